@@ -1,0 +1,48 @@
+# Everything a fresh machine needs: `make run` (set up, train, export, serve) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA := data/synth.csv
+MODEL_DIR ?= models/default
+ROWS ?= 200000
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup run model serve test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[train,dev]'
+	touch $@
+
+$(DATA): | $(VENV)/.installed
+	$(PY) -m training synth --rows $(ROWS) --seed 0 --out $(DATA)
+
+# A second run finds the exported model and goes straight to serving.
+$(MODEL_DIR)/spec.json: | $(DATA)
+	$(PY) -m training train --data $(DATA) --model nffm --out $(MODEL_DIR) --no-progress
+
+model: setup $(MODEL_DIR)/spec.json
+
+run: model
+	@echo
+	@echo "ctrserve: serving $(MODEL_DIR) on http://$(HOST):$(PORT)  (Ctrl-C stops it). Try:"
+	@echo "  curl -s -X POST http://$(HOST):$(PORT)/predict -H 'content-type: application/json' \\"
+	@echo "       -d '{\"features\": {\"c0\": \"c0_1\", \"c3\": \"c3_7\", \"n0\": 2.5}}'"
+	@echo
+	CTR_MODEL_DIR=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(PY) -m app
+
+serve: setup
+	CTR_MODEL_DIR=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(PY) -m app
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy app
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Feature spec and encoder shared by the trainer and the service."""

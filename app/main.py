@@ -1,0 +1,136 @@
+"""The app factory. ``uvicorn app.main:app`` and ``python -m app`` both end up here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.routes import health, models, predict
+from app.cache import ScoreCache
+from app.core.config import Settings, get_settings
+from app.core.logging import configure_logging
+from app.features.errors import EncodeError
+from app.metrics import ServiceMetrics
+from app.scoring.registry import ModelRegistry
+from app.scoring.scorer import Scorer, ScoringError
+from app.scoring.service import PredictionService
+
+logger = logging.getLogger(__name__)
+
+
+class LatencyMiddleware:
+    """Pure ASGI timing of every request (cheaper than ``BaseHTTPMiddleware``)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, endpoints: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            path = scope["path"] if scope["path"] in self.endpoints else "other"
+            self.metrics.request_latency.labels(path, f"{status_code // 100}xx").observe(
+                time.perf_counter() - started
+            )
+
+
+def _encode_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, EncodeError)
+    detail = [{"loc": ["body", "features", exc.field], "msg": exc.detail, "type": "encode_error"}]
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's default echoes the input back; that can hold NaN (unrenderable) or data
+    the client should not see reflected. Keep where, what and why."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _scoring_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("scoring failed: %s", exc)
+    return JSONResponse(
+        {"detail": "the model could not score this request; try again"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
+def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. Nothing is loaded until the lifespan starts."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    cache = ScoreCache(settings.cache_maxsize, settings.cache_ttl_s)
+    metrics = ServiceMetrics(cache_size=cache.__len__)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scorer = Scorer.load(settings.model_dir, settings.ort_intra_op_threads)
+        registry = ModelRegistry(scorer, settings.ort_intra_op_threads)
+        app.state.service = PredictionService(registry, cache, metrics)
+        metrics.set_model(scorer.manifest.model_type, scorer.version)
+        logger.info(
+            "serving %s version %s (cache %d entries, ttl %.0fs)",
+            scorer.manifest.model_type,
+            scorer.version,
+            settings.cache_maxsize,
+            settings.cache_ttl_s,
+        )
+        yield
+
+    app = FastAPI(
+        title="ctrserve",
+        summary="Field-aware CTR/CVR scoring on onnxruntime behind a TTL LRU cache.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    routers = (predict.router, health.router, models.router)
+    for router in routers:
+        app.include_router(router)
+    app.add_exception_handler(EncodeError, _encode_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ScoringError, _scoring_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    endpoints = frozenset(
+        getattr(route, "path", "") for router in routers for route in router.routes
+    )
+    app.add_middleware(LatencyMiddleware, metrics=metrics, endpoints=endpoints)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``app.main:app`` for uvicorn, built on first access rather than at import."""
+    if name == "app":
+        return create_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

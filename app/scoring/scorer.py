@@ -1,0 +1,119 @@
+"""Score encoded rows with onnxruntime. No torch, no FastAPI: the service and
+``python -m training evaluate`` both use this.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from app.features.encoder import FeatureEncoder, RawValue
+from app.features.errors import SpecError
+from app.features.spec import UNSEEN_INDEX
+from app.scoring.manifest import ModelManifest, content_version, sha256_file
+
+logger = logging.getLogger(__name__)
+
+
+class ScoringError(RuntimeError):
+    """onnxruntime failed or returned something unusable (the service answers 503)."""
+
+
+class Scorer:
+    """One loaded model version: manifest, encoder and onnxruntime session."""
+
+    def __init__(
+        self, manifest: ModelManifest, session: ort.InferenceSession, model_dir: Path
+    ) -> None:
+        self.manifest = manifest
+        self.session = session
+        self.model_dir = model_dir
+        self.encoder = FeatureEncoder(manifest.features)
+        self.version = manifest.version
+        self._input = manifest.onnx.input_name
+        self._output = manifest.onnx.output_name
+        self._num_fields = len(manifest.features.fields)
+
+    @classmethod
+    def load(cls, model_dir: Path, intra_op_threads: int = 1) -> Scorer:
+        """Load and verify ``model_dir``: manifest, sha256, graph I/O, and a smoke score.
+
+        Raises:
+            SpecError: anything wrong with the directory, with the reason.
+        """
+        manifest = ModelManifest.load(model_dir)
+        onnx_path = model_dir / manifest.onnx.file
+        if not onnx_path.is_file():
+            raise SpecError(f"{onnx_path}: missing")
+        actual = sha256_file(onnx_path)
+        if actual != manifest.onnx.sha256:
+            raise SpecError(
+                f"{onnx_path}: sha256 {actual[:12]}… does not match spec.json "
+                f"({manifest.onnx.sha256[:12]}…); the file is corrupt or from another export"
+            )
+        if content_version(actual, manifest.features) != manifest.version:
+            raise SpecError(f"{model_dir}: version in spec.json does not match its content")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(
+                str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad graphs
+            raise SpecError(f"{onnx_path}: onnxruntime cannot load it ({exc})") from None
+        scorer = cls(manifest, session, model_dir)
+        scorer._check_graph()
+        logger.info(
+            "loaded model %s version %s from %s (%d fields)",
+            manifest.model_type,
+            manifest.version,
+            model_dir,
+            scorer._num_fields,
+        )
+        return scorer
+
+    def _check_graph(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if self._input not in inputs or self._output not in outputs:
+            raise SpecError(
+                f"{self.model_dir}: graph I/O {sorted(inputs)} -> {sorted(outputs)} does not "
+                f"match spec.json ({self._input!r} -> {self._output!r})"
+            )
+        width = inputs[self._input].shape[-1]
+        if isinstance(width, int) and width != self._num_fields:
+            raise SpecError(
+                f"{self.model_dir}: graph takes {width} fields, spec.json lists {self._num_fields}"
+            )
+        try:
+            self.smoke_test()
+        except ScoringError as exc:
+            raise SpecError(f"{self.model_dir}: smoke prediction failed ({exc})") from None
+
+    def smoke_test(self) -> float:
+        """Score one all-unseen row; proves the graph runs and gives a finite number."""
+        row = np.full((1, self._num_fields), UNSEEN_INDEX, dtype=np.int64)
+        return float(self.score_indices(row)[0])
+
+    def score_indices(self, indices: NDArray[np.int64]) -> NDArray[np.float32]:
+        """Probabilities (binary) or values (regression) for ``(N, F)`` encoded rows."""
+        if len(indices) == 0:
+            return np.empty(0, dtype=np.float32)
+        try:
+            (scores,) = self.session.run([self._output], {self._input: indices})
+        except Exception as exc:  # ORT's exceptions are not one type
+            raise ScoringError(f"onnxruntime failed: {exc}") from exc
+        result = np.asarray(scores, dtype=np.float32).reshape(-1)
+        if result.shape[0] != indices.shape[0] or not np.isfinite(result).all():
+            raise ScoringError("the model returned non-finite or mis-shaped scores")
+        return result
+
+    def score_rows(self, rows: Sequence[Mapping[str, RawValue]]) -> NDArray[np.float32]:
+        return self.score_indices(self.encoder.encode_rows(rows))

@@ -1,0 +1,131 @@
+"""Health, readiness, metrics, model metadata and hot reload."""
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.features.spec import FeatureSpec
+from app.main import create_app
+from app.scoring.manifest import content_version
+
+ROW = {"c0": "c0_1", "n0": 1.0}
+AUTH = {"Authorization": "Bearer t0ken"}
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready"
+
+
+def test_model_metadata(client: TestClient, model_dir: Path) -> None:
+    info = client.get("/model").json()
+    assert info["model_type"] == "nffm"
+    assert info["task"] == "binary"
+    assert [f["name"] for f in info["fields"]][:2] == ["c0", "c1"]
+    assert info["metrics"]["auc"] > 0.5
+    assert info["model_dir"] == str(model_dir)
+
+
+def test_metrics_count_cache_and_latency(client: TestClient) -> None:
+    client.post("/predict", json={"features": ROW})
+    client.post("/predict", json={"features": ROW})
+    text = client.get("/metrics").text
+    assert "ctr_cache_hits_total 1.0" in text
+    assert "ctr_cache_misses_total 1.0" in text
+    assert "ctr_cache_entries 1.0" in text
+    assert 'ctr_request_latency_seconds_count{endpoint="/predict",status="2xx"} 2.0' in text
+    assert "ctr_scored_batch_rows_count 1.0" in text
+    assert 'ctr_model_info{model_type="nffm"' in text
+
+
+def test_reload_requires_the_token(client: TestClient) -> None:
+    assert client.post("/admin/reload").status_code == 401
+    wrong = client.post("/admin/reload", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+
+
+def test_reload_is_off_without_a_token(model_dir: Path) -> None:
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        response = client.post("/admin/reload", headers=AUTH)
+    assert response.status_code == 403
+    assert "disabled" in response.json()["detail"]
+
+
+def _copy_with_new_version(model_dir: Path, target: Path) -> Path:
+    """A second valid version: the same graph with one vocabulary value renamed."""
+    shutil.copytree(model_dir, target)
+    manifest = json.loads((target / "spec.json").read_text())
+    field = manifest["features"]["fields"][0]
+    field["vocabulary"] = [*field["vocabulary"][:-1], "renamed-value"]
+    spec = FeatureSpec.model_validate(manifest["features"])
+    manifest["version"] = content_version(manifest["onnx"]["sha256"], spec)
+    (target / "spec.json").write_text(json.dumps(manifest))
+    return target
+
+
+def test_reload_swaps_and_never_serves_stale_scores(
+    client: TestClient, model_dir: Path, tmp_path: Path
+) -> None:
+    old = client.post("/predict", json={"features": ROW}).json()
+    new_dir = _copy_with_new_version(model_dir, tmp_path / "v2")
+    response = client.post("/admin/reload", headers=AUTH, json={"model_dir": str(new_dir)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["previous_version"] == old["model_version"]
+    after = client.post("/predict", json={"features": ROW}).json()
+    assert after["model_version"] == body["version"] != old["model_version"]
+    assert after["cached"] is False  # the version is part of the key
+
+
+def test_bad_reload_keeps_the_old_model(
+    client: TestClient, model_dir: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    version = client.get("/model").json()["version"]
+    response = client.post("/admin/reload", headers=AUTH, json={"model_dir": str(broken)})
+    assert response.status_code == 422
+    assert "sha256" in response.json()["detail"]
+    assert version in response.json()["detail"]
+    assert client.get("/model").json()["version"] == version
+    assert client.post("/predict", json={"features": ROW}).status_code == 200
+    assert 'ctr_model_reloads_total{outcome="failed"} 1.0' in client.get("/metrics").text
+
+
+def test_reload_under_concurrent_requests(
+    client: TestClient, model_dir: Path, tmp_path: Path
+) -> None:
+    new_dir = _copy_with_new_version(model_dir, tmp_path / "v2")
+    failures: list[int] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def hammer(offset: int) -> None:
+        i = 0
+        while not stop.is_set():
+            response = client.post("/predict", json={"features": {"c0": f"c0_{offset + i % 50}"}})
+            if response.status_code != 200:
+                failures.append(response.status_code)
+            else:
+                versions.add(response.json()["model_version"])
+            i += 1
+
+    threads = [threading.Thread(target=hammer, args=(k * 100,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for target in (new_dir, model_dir, new_dir):
+        assert (
+            client.post("/admin/reload", headers=AUTH, json={"model_dir": str(target)}).status_code
+            == 200
+        )
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(versions) == 2

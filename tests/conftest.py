@@ -1,0 +1,61 @@
+"""Shared fixtures: a small synthetic log and one tiny exported model per session.
+
+The model is trained here (torch is in the test environment) so no binary artifact is
+committed; the torch-free app tests only read the exported directory.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.core.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH_ROWS = 10_000
+
+
+@pytest.fixture(scope="session")
+def synth_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "synth.csv"
+    _run_cli("synth", "--rows", str(SYNTH_ROWS), "--seed", "3", "--out", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny NFFM, trained and exported through the real CLI."""
+    out = tmp_path_factory.mktemp("models") / "nffm"
+    _run_cli(
+        "train",
+        "--data",
+        str(synth_csv),
+        "--model",
+        "nffm",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--embed-dim",
+        "4",
+        "--mlp-dims",
+        "16",
+        "--no-progress",
+    )
+    return out
+
+
+@pytest.fixture
+def settings(model_dir: Path) -> Settings:
+    return Settings(model_dir=model_dir, cache_maxsize=1000, cache_ttl_s=60, reload_token="t0ken")
+
+
+def _run_cli(*args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"python -m training {' '.join(args)} failed:\n{result.stderr}")

@@ -1,0 +1,117 @@
+import math
+
+import numpy as np
+import pytest
+
+from app.features.encoder import FeatureEncoder, canonical_token
+from app.features.errors import EncodeError
+from app.features.spec import (
+    MISSING_INDEX,
+    NUM_RESERVED,
+    UNSEEN_INDEX,
+    CategoricalField,
+    FeatureSpec,
+    NumericField,
+)
+
+
+@pytest.fixture
+def encoder() -> FeatureEncoder:
+    spec = FeatureSpec(
+        fields=(
+            CategoricalField(name="site", vocabulary=("news", "sports", "5")),
+            NumericField(name="age", binning="quantile", bin_edges=(18.0, 30.0, 50.0)),
+        )
+    )
+    return FeatureEncoder(spec)
+
+
+def test_known_values_take_their_rows(encoder: FeatureEncoder) -> None:
+    out = encoder.encode_rows([{"site": "news", "age": 25}, {"site": "5", "age": 60}])
+    assert out.dtype == np.int64
+    assert out.tolist() == [
+        [NUM_RESERVED + 0, NUM_RESERVED + 1],
+        [NUM_RESERVED + 2, NUM_RESERVED + 3],
+    ]
+
+
+@pytest.mark.parametrize("row", [{}, {"site": None, "age": None}, {"site": "", "age": ""}])
+def test_missing_values(encoder: FeatureEncoder, row: dict[str, object]) -> None:
+    assert encoder.encode_rows([row]).tolist() == [[MISSING_INDEX, MISSING_INDEX]]
+
+
+def test_unseen_values_share_one_row(encoder: FeatureEncoder) -> None:
+    out = encoder.encode_rows([{"site": "never"}, {"site": "seen"}, {"site": 123}])
+    assert out[:, 0].tolist() == [UNSEEN_INDEX] * 3
+
+
+@pytest.mark.parametrize(
+    ("age", "expected_bin"),
+    [(-1e9, 0), (17.999, 0), (18.0, 1), (29.9, 1), (30.0, 2), (50.0, 3), (1e12, 3), ("25", 1)],
+)
+def test_numeric_bin_edges(encoder: FeatureEncoder, age: object, expected_bin: int) -> None:
+    assert encoder.encode_rows([{"age": age}])[0, 1] == NUM_RESERVED + expected_bin
+
+
+@pytest.mark.parametrize("spelling", [5, 5.0, "5", np.int64(5)])
+def test_equivalent_spellings_encode_alike(encoder: FeatureEncoder, spelling: object) -> None:
+    assert encoder.encode_rows([{"site": spelling}])[0, 0] == NUM_RESERVED + 2
+
+
+def test_key_order_does_not_matter(encoder: FeatureEncoder) -> None:
+    a = encoder.encode_rows([{"site": "news", "age": 20}])
+    b = encoder.encode_rows([{"age": 20, "site": "news"}])
+    assert a.tolist() == b.tolist()
+
+
+def test_unknown_field_lists_allowed_ones(encoder: FeatureEncoder) -> None:
+    with pytest.raises(EncodeError, match=r"unknown field.*\['site', 'age'\]") as info:
+        encoder.encode_rows([{"sitee": "news"}])
+    assert info.value.field == "sitee"
+
+
+@pytest.mark.parametrize("bad", ["old", [1], {"a": 1}, True, math.inf])
+def test_bad_numeric_values_name_the_field(encoder: FeatureEncoder, bad: object) -> None:
+    with pytest.raises(EncodeError) as info:
+        encoder.encode_rows([{"age": bad}])
+    assert info.value.field == "age"
+
+
+def test_bad_categorical_type(encoder: FeatureEncoder) -> None:
+    with pytest.raises(EncodeError, match="site"):
+        encoder.encode_rows([{"site": ["news"]}])
+
+
+def test_columns_and_rows_agree(encoder: FeatureEncoder) -> None:
+    rows = [
+        {"site": "news", "age": 20.0},
+        {"site": None, "age": math.nan},
+        {"site": "x", "age": 99},
+    ]
+    columns = {
+        "site": np.array(["news", None, "x"], dtype=object),
+        "age": np.array([20.0, math.nan, 99.0]),
+    }
+    assert encoder.encode_columns(columns, 3).tolist() == encoder.encode_rows(rows).tolist()
+
+
+def test_columns_of_wrong_length(encoder: FeatureEncoder) -> None:
+    with pytest.raises(EncodeError, match="expected 3"):
+        encoder.encode_columns({"site": ["a", "b"]}, 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "token"),
+    [
+        (None, None),
+        ("", None),
+        ("a", "a"),
+        (7, "7"),
+        (7.0, "7"),
+        (7.5, "7.5"),
+        (math.nan, None),
+        (True, "true"),
+    ],
+)
+def test_canonical_token(value: object, token: str | None) -> None:
+    assert canonical_token(value) == token

@@ -1,0 +1,130 @@
+"""The trainer CLI end to end, as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from tests.training.test_data import write_criteo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def test_synth_train_evaluate(synth_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fm"
+    trained = cli(
+        "train",
+        "--data",
+        str(synth_csv),
+        "--model",
+        "fm",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--no-progress",
+    )
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads(trained.stdout)
+    assert summary["model"] == "fm"
+    assert 0.5 < summary["test"]["auc"] <= summary["oracle_test"]["auc"] + 0.05
+    evaluated = cli("evaluate", "--model-dir", str(out), "--data", str(synth_csv))
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert {"auc", "logloss", "calibration"} <= metrics.keys()
+    assert metrics["rows"] == 10_000
+
+
+def test_ladder_prints_a_table(synth_csv: Path, tmp_path: Path) -> None:
+    report = tmp_path / "ladder.md"
+    result = cli(
+        "ladder",
+        "--data",
+        str(synth_csv),
+        "--models",
+        "lr,fm",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--report",
+        str(report),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("| model | test AUC")
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["lr", "fm", "oracle (p_true)"]
+    assert "samples/s" in report.read_text()
+
+
+def test_criteo_format(tmp_path: Path) -> None:
+    data = write_criteo(tmp_path / "criteo.txt", rows=300)
+    out = tmp_path / "criteo-lr"
+    result = cli(
+        "train",
+        "--data",
+        str(data),
+        "--format",
+        "criteo",
+        "--model",
+        "lr",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    spec = json.loads((out / "spec.json").read_text())
+    assert len(spec["features"]["fields"]) == 39
+
+
+def test_regression_on_aggregates(tmp_path: Path) -> None:
+    data = tmp_path / "agg.csv"
+    assert cli("synth", "--rows", "20000", "--aggregate", "--out", str(data)).returncode == 0
+    result = cli(
+        "train",
+        "--data",
+        str(data),
+        "--task",
+        "regression",
+        "--model",
+        "nffm",
+        "--embed-dim",
+        "4",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "reg"),
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    test = json.loads(result.stdout)["test"]
+    assert {"rmse", "weighted_rmse"} <= test.keys()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "missing.csv", "--out", "x"], "missing.csv: no such file"),
+        (["train", "--data", "{bad}", "--out", "x"], "line 3: expected 2 columns"),
+        (["train", "--data", "{bad}", "--out", "x", "--dropout", "1.5"], "dropout"),
+    ],
+)
+def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,site\n0,a\n1,b,c\n")
+    result = cli(*[a.replace("{bad}", str(bad)) for a in args])
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

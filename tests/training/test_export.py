@@ -1,0 +1,187 @@
+"""Every exported model scores like its torch original, and unseen values get field averages."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from app.features.spec import NUM_RESERVED, UNSEEN_INDEX  # noqa: E402
+from app.scoring.manifest import ModelManifest  # noqa: E402
+from app.scoring.scorer import Scorer  # noqa: E402
+from training.data import read_table  # noqa: E402
+from training.export import fixture_rows, load_checkpoint, reexport, write_artifact  # noqa: E402
+from training.layers import FeaturesEmbedding, FeaturesLinear, FieldAwareEmbedding  # noqa: E402
+from training.models import DEFAULTS, MODELS, build_model  # noqa: E402
+from training.train import TrainConfig, fit, prepare  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def prepared(synth_csv: Path):
+    table = read_table(synth_csv)
+    return prepare(table, TrainConfig(model=DEFAULTS["lr"], seed=0))
+
+
+def _model(name: str, field_dims: tuple[int, ...]) -> torch.nn.Module:
+    config = DEFAULTS[name].model_copy(update={"embed_dim": 4, "mlp_dims": (8,)})
+    torch.manual_seed(1)
+    model = build_model(field_dims, config)
+    with torch.no_grad():  # move every table away from its near-zero init
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_onnxruntime_matches_torch_on_10k_rows(prepared, tmp_path: Path, name: str) -> None:
+    spec = prepared.spec
+    model = _model(name, spec.field_dims)
+    config = DEFAULTS[name].model_copy(update={"embed_dim": 4, "mlp_dims": (8,)})
+    write_artifact(model, spec, config, "binary", tmp_path / name, {}, {})
+    rows = fixture_rows(spec.field_dims, 10_000, seed=7)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(rows))).numpy()
+    actual = Scorer.load(tmp_path / name).score_indices(rows)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
+
+
+def _hand_filled(model: torch.nn.Module, field_dims: tuple[int, ...]) -> torch.nn.Module:
+    """Set each unseen row to the mean of its field's value rows, written out plainly."""
+    filled = copy.deepcopy(model)
+    for module in filled.modules():
+        if isinstance(module, FeaturesLinear):
+            table = module.weight.weight
+        elif isinstance(module, FeaturesEmbedding | FieldAwareEmbedding):
+            table = module.embedding.weight
+        else:
+            continue
+        start = 0
+        with torch.no_grad():
+            for size in field_dims:
+                rows = [table[start + r] for r in range(NUM_RESERVED, size)]
+                table[start + UNSEEN_INDEX] = sum(rows) / len(rows)
+                start += size
+    return filled
+
+
+@pytest.mark.parametrize("name", ["ffm", "nffm", "deepfm"])
+def test_unseen_value_scores_with_field_average(prepared, tmp_path: Path, name: str) -> None:
+    spec = prepared.spec
+    model = _model(name, spec.field_dims)
+    reference = _hand_filled(model, spec.field_dims)
+    config = DEFAULTS[name].model_copy(update={"embed_dim": 4, "mlp_dims": (8,)})
+    write_artifact(model, spec, config, "binary", tmp_path / name, {}, {})
+    scorer = Scorer.load(tmp_path / name)
+
+    base = {"c1": "c1_0", "c2": "c2_1", "n0": 3.0}
+    first = scorer.score_rows([{**base, "c0": "never-seen-1"}])[0]
+    second = scorer.score_rows([{**base, "c0": "never-seen-2"}])[0]
+    assert first == second
+
+    indices = scorer.encoder.encode_rows([{**base, "c0": "never-seen-1"}])
+    assert indices[0, 0] == UNSEEN_INDEX
+    with torch.no_grad():
+        expected = torch.sigmoid(reference(torch.from_numpy(indices))).item()
+    assert first == pytest.approx(expected, abs=1e-5)
+
+
+def test_regression_export_has_no_sigmoid(prepared, tmp_path: Path) -> None:
+    spec = prepared.spec
+    model = _model("fm", spec.field_dims)
+    write_artifact(model, spec, DEFAULTS["fm"], "regression", tmp_path / "fm", {}, {})
+    rows = fixture_rows(spec.field_dims, 64)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(rows)).numpy()
+    np.testing.assert_allclose(
+        Scorer.load(tmp_path / "fm").score_indices(rows), expected, atol=1e-5
+    )
+
+
+def test_artifact_is_self_describing(model_dir: Path) -> None:
+    manifest = ModelManifest.load(model_dir)
+    assert manifest.model_type == "nffm"
+    assert manifest.task == "binary"
+    assert manifest.onnx.opset == 18
+    assert manifest.metrics["auc"] > 0.5
+    assert json.loads((model_dir / "metrics.json").read_text()) == manifest.metrics
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "checkpoint.pt",
+        "metrics.json",
+        "model.onnx",
+        "spec.json",
+    ]
+
+
+def test_reexport_from_checkpoint_is_identical(model_dir: Path, tmp_path: Path) -> None:
+    manifest = reexport(model_dir, tmp_path / "again")
+    assert manifest.features == ModelManifest.load(model_dir).features
+    rows = fixture_rows(manifest.features.field_dims, 500)
+    np.testing.assert_allclose(
+        Scorer.load(tmp_path / "again").score_indices(rows),
+        Scorer.load(model_dir).score_indices(rows),
+        atol=1e-6,
+    )
+    model, _ = load_checkpoint(model_dir)
+    assert isinstance(model, MODELS["nffm"])
+
+
+def test_evaluate_reproduces_training_metrics(model_dir: Path, synth_csv: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "evaluate",
+            "--model-dir",
+            str(model_dir),
+            "--data",
+            str(synth_csv),
+            "--split",
+            "test",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    evaluated = json.loads(result.stdout)
+    reported = ModelManifest.load(model_dir).metrics
+    assert evaluated["rows"] == reported["rows"]
+    # onnxruntime and torch agree to ~1e-7; that can only reorder near-ties in the AUC
+    assert evaluated["auc"] == pytest.approx(reported["auc"], abs=1e-4)
+    assert evaluated["logloss"] == pytest.approx(reported["logloss"], abs=1e-5)
+
+
+def test_failed_export_leaves_previous_directory(prepared, tmp_path: Path, monkeypatch) -> None:
+    import training.export as export
+
+    spec = prepared.spec
+    out = tmp_path / "lr"
+    write_artifact(_model("lr", spec.field_dims), spec, DEFAULTS["lr"], "binary", out, {}, {})
+    before = (out / "spec.json").read_text()
+
+    def broken_parity(*args, **kwargs):
+        raise export.ExportError("simulated parity failure")
+
+    monkeypatch.setattr(export, "check_parity", broken_parity)
+    with pytest.raises(export.ExportError, match="simulated"):
+        write_artifact(_model("fm", spec.field_dims), spec, DEFAULTS["fm"], "binary", out, {}, {})
+    assert (out / "spec.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["lr"]  # no staging directory left behind
+
+
+def test_fit_improves_over_chance(prepared) -> None:
+    config = TrainConfig(
+        model=DEFAULTS["ffm"].model_copy(update={"embed_dim": 4}), epochs=3, learning_rate=1e-2
+    )
+    model = build_model(prepared.spec.field_dims, config.model)
+    result = fit(model, prepared, config, progress=False)
+    assert result.history[-1]["val_auc"] > 0.6

@@ -1,0 +1,92 @@
+"""Fast vectorised formulas against plain pairwise loops."""
+
+import itertools
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.layers import (  # noqa: E402
+    MLP,
+    BiInteractionPooling,
+    FactorizationMachine,
+    FeaturesEmbedding,
+    FeaturesLinear,
+    FieldAwareEmbedding,
+    FieldAwareProducts,
+    fill_unseen_rows,
+)
+
+FIELD_DIMS = (5, 7, 3, 4)
+
+
+def test_fm_matches_pairwise_loop() -> None:
+    embeddings = torch.randn(6, 4, 3, dtype=torch.float64)
+    expected = sum(
+        (embeddings[:, i] * embeddings[:, j]).sum(dim=1)
+        for i, j in itertools.combinations(range(4), 2)
+    )
+    torch.testing.assert_close(FactorizationMachine()(embeddings), expected)
+
+
+def test_bi_interaction_matches_pairwise_loop() -> None:
+    embeddings = torch.randn(6, 4, 3, dtype=torch.float64)
+    expected = sum(
+        embeddings[:, i] * embeddings[:, j] for i, j in itertools.combinations(range(4), 2)
+    )
+    torch.testing.assert_close(BiInteractionPooling()(embeddings), expected)
+
+
+def test_field_aware_products_match_pairwise_loop() -> None:
+    indices = torch.stack([torch.randint(0, d, (6,)) for d in FIELD_DIMS], dim=1)
+    embedding = FieldAwareEmbedding(FIELD_DIMS, embed_dim=3)
+    field_aware = embedding(indices)
+    table = embedding.embedding.weight.view(-1, len(FIELD_DIMS), 3)
+    offsets = [0, 5, 12, 15]
+    expected = torch.stack(
+        [
+            table[indices[:, i] + offsets[i], j] * table[indices[:, j] + offsets[j], i]
+            for i, j in itertools.combinations(range(len(FIELD_DIMS)), 2)
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(FieldAwareProducts(len(FIELD_DIMS))(field_aware), expected)
+
+
+def test_offsets_keep_fields_apart() -> None:
+    linear = FeaturesLinear(FIELD_DIMS)
+    with torch.no_grad():
+        linear.weight.weight.copy_(torch.arange(sum(FIELD_DIMS), dtype=torch.float32)[:, None])
+    # index 0 of each field -> global rows 0, 5, 12, 15
+    assert linear(torch.zeros(1, 4, dtype=torch.int64)).item() == pytest.approx(0 + 5 + 12 + 15)
+
+
+def test_embedding_shapes() -> None:
+    indices = torch.zeros(2, 4, dtype=torch.int64)
+    assert FeaturesEmbedding(FIELD_DIMS, 8)(indices).shape == (2, 4, 8)
+    assert FieldAwareEmbedding(FIELD_DIMS, 8)(indices).shape == (2, 4, 4, 8)
+
+
+@pytest.mark.parametrize(("dropout", "batch_norm"), [(0.0, False), (0.5, True)])
+def test_mlp_options(dropout: float, batch_norm: bool) -> None:
+    mlp = MLP(10, (8, 4), dropout=dropout, batch_norm=batch_norm)
+    kinds = {type(m).__name__ for m in mlp.modules()}
+    assert ("Dropout" in kinds) == (dropout > 0)
+    assert ("BatchNorm1d" in kinds) == batch_norm
+    assert mlp(torch.randn(3, 10)).shape == (3,)
+
+
+def test_mlp_rejects_bad_dropout() -> None:
+    with pytest.raises(ValueError, match="dropout"):
+        MLP(4, (2,), dropout=1.0)
+
+
+def test_fill_unseen_rows_is_the_plain_field_average() -> None:
+    embedding = FeaturesEmbedding(FIELD_DIMS, 3)
+    model = torch.nn.Sequential(embedding)
+    fill_unseen_rows(model, FIELD_DIMS)
+    table = embedding.embedding.weight
+    start = 0
+    for size in FIELD_DIMS:
+        torch.testing.assert_close(table[start + 1], table[start + 2 : start + size].mean(dim=0))
+        start += size

@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+pytest.importorskip("pandas")
+
+from training import synth
+
+
+def test_deterministic_and_well_formed() -> None:
+    a, b = synth.generate(2000, seed=5), synth.generate(2000, seed=5)
+    assert a.equals(b)
+    assert a["p_true"].between(0, 1).all()
+    assert set(a["label"].unique()) <= {0, 1}
+    # labels are drawn from p_true: the observed rate tracks the mean probability
+    assert a["label"].mean() == pytest.approx(a["p_true"].mean(), abs=0.03)
+
+
+def test_values_are_zipf_distributed() -> None:
+    frame = synth.generate(20_000, seed=0)
+    counts = frame["c0"].value_counts()
+    assert counts.iloc[0] > 10 * counts.iloc[50]  # a heavy head and a long tail
+
+
+def test_truth_depends_on_seed_only() -> None:
+    small, large = synth.generate(500, seed=1), synth.generate(5000, seed=1)
+    assert small.columns.tolist() == large.columns.tolist()
+    with pytest.raises(ValueError, match="rows"):
+        synth.generate(0)
+
+
+def test_aggregate_keeps_every_impression() -> None:
+    frame = synth.generate(5000, seed=2)
+    agg = synth.aggregate(frame)
+    assert agg["impressions"].sum() == 5000
+    assert agg["clicks"].sum() == frame["label"].sum()
+    assert agg["weight"].sum() == pytest.approx(1.0)
+    assert np.allclose(agg["rate"], agg["clicks"] / agg["impressions"])

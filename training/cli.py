@@ -1,0 +1,131 @@
+"""``python -m training synth|train|evaluate|ladder|export`` -- the trainer's CLI.
+
+Bad input ends with one ``error: ...`` line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from app.features.errors import SpecError
+from training import commands
+from training.data import DataError
+from training.export import ExportError
+from training.models import MODELS
+
+logger = logging.getLogger("training")
+
+
+def _csv_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _csv_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="CSV/TSV/Parquet or Criteo file")
+    parser.add_argument(
+        "--format",
+        choices=["csv", "tsv", "criteo", "parquet"],
+        default=None,
+        help="file layout (default: from the suffix; Criteo must be named)",
+    )
+    parser.add_argument("--label", default=None, help="label column (default: label/click/rate)")
+    parser.add_argument(
+        "--weight", default=None, help="row weight column (regression: share of impressions)"
+    )
+    parser.add_argument("--categorical", type=_csv_list, default=(), help="categorical columns")
+    parser.add_argument("--numeric", type=_csv_list, default=(), help="numeric columns (binned)")
+    parser.add_argument("--ignore", type=_csv_list, default=(), help="columns to leave out")
+
+
+def _add_train_args(parser: argparse.ArgumentParser) -> None:
+    _add_data_args(parser)
+    parser.add_argument("--task", choices=["binary", "regression"], default=None)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML with TrainConfig fields; flags given here override it",
+    )
+    parser.add_argument("--embed-dim", type=int, default=None)
+    parser.add_argument("--mlp-dims", type=_int_list, default=None, help="e.g. 400,400,400")
+    parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", "--lr", type=float, default=None)
+    parser.add_argument("--l2", type=float, default=None)
+    parser.add_argument("--patience", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--min-count", type=int, default=None)
+    parser.add_argument("--binning", choices=["quantile", "log"], default=None)
+    parser.add_argument("--num-bins", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write synthetic CTR logs with known p_true")
+    synth.add_argument("--rows", type=int, default=200_000)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", type=Path, required=True, help=".csv or .parquet")
+    synth.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="write feature combinations with impressions and rate (regression)",
+    )
+
+    train = commands.add_parser("train", help="train one model and export it")
+    _add_train_args(train)
+    train.add_argument("--model", choices=sorted(MODELS), default="nffm")
+    train.add_argument("--out", type=Path, required=True, help="model directory, e.g. models/nffm")
+
+    ladder = commands.add_parser(
+        "ladder", help="train all seven models on one split, print a table"
+    )
+    _add_train_args(ladder)
+    ladder.add_argument("--models", type=_csv_list, default=tuple(MODELS))
+    ladder.add_argument("--report", type=Path, default=None, help="also write the table (Markdown)")
+    ladder.add_argument("--out-dir", type=Path, default=None, help="also export each model here")
+
+    evaluate = commands.add_parser("evaluate", help="score a file with an exported model (ORT)")
+    evaluate.add_argument("--model-dir", type=Path, required=True)
+    _add_data_args(evaluate)
+    evaluate.add_argument(
+        "--split",
+        choices=["all", "test", "val", "train"],
+        default="all",
+        help="rows to score: the whole file, or one split of the training run",
+    )
+
+    export = commands.add_parser("export", help="re-export model.onnx from checkpoint.pt")
+    export.add_argument("--model-dir", type=Path, required=True)
+    export.add_argument("--out", type=Path, default=None, help="default: in place")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        return commands.run(args)
+    except (DataError, SpecError, ExportError, ValueError, ValidationError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2

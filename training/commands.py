@@ -1,0 +1,287 @@
+"""What each CLI sub-command does, once its arguments are parsed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from app.scoring.manifest import ModelManifest
+from app.scoring.scorer import Scorer
+from training import synth
+from training.data import ColumnRoles, DataError, Table, read_table
+from training.evaluation import Metrics, binary_metrics, regression_metrics
+from training.export import reexport, write_artifact
+from training.models import DEFAULTS, MODELS, ModelConfig
+from training.train import (
+    Prepared,
+    TrainConfig,
+    count_parameters,
+    evaluate,
+    fit,
+    new_model,
+    prepare,
+    split_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def train_config(args: argparse.Namespace, model: str) -> TrainConfig:
+    """Defaults per model, then the YAML file, then flags."""
+    base: dict[str, object] = {}
+    if args.config is not None:
+        try:
+            loaded = yaml.safe_load(args.config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise DataError(f"{args.config}: cannot read config ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise DataError(f"{args.config}: expected a mapping of TrainConfig fields")
+        base = loaded
+    if model not in DEFAULTS:
+        raise DataError(f"unknown model {model!r}; choose from {sorted(DEFAULTS)}")
+    model_fields: dict[str, object] = DEFAULTS[model].model_dump()  # type: ignore[index]
+    overrides = base.pop("model", None) or {}
+    if not isinstance(overrides, dict):
+        raise DataError(f"{args.config}: 'model' must be a mapping of model hyper-parameters")
+    model_fields.update(overrides)
+    model_fields["name"] = model
+    for flag in ("embed_dim", "mlp_dims", "dropout", "batch_norm"):
+        if getattr(args, flag) is not None:
+            model_fields[flag] = getattr(args, flag)
+    for flag in (
+        "task",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "l2",
+        "patience",
+        "seed",
+        "min_count",
+        "binning",
+        "num_bins",
+    ):
+        if getattr(args, flag) is not None:
+            base[flag] = getattr(args, flag)
+    return TrainConfig.model_validate({**base, "model": ModelConfig.model_validate(model_fields)})
+
+
+def run(args: argparse.Namespace) -> int:
+    handlers = {
+        "synth": run_synth,
+        "train": run_train,
+        "ladder": run_ladder,
+        "evaluate": run_evaluate,
+        "export": run_export,
+    }
+    return handlers[args.command](args)
+
+
+def _emit(payload: object) -> None:
+    sys.stdout.write(json.dumps(payload, indent=1) + "\n")
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    frame = synth.generate(args.rows, args.seed)
+    if args.aggregate:
+        frame = synth.aggregate(frame)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.suffix.lower() in {".parquet", ".pq"}:
+        frame.to_parquet(args.out, index=False)
+    else:
+        frame.to_csv(args.out, index=False, sep="\t" if args.out.suffix == ".tsv" else ",")
+    logger.info("wrote %d rows to %s", len(frame), args.out)
+    return 0
+
+
+def _read(args: argparse.Namespace, config: TrainConfig | None = None) -> Table:
+    roles = ColumnRoles(args.label, args.weight, args.categorical, args.numeric, args.ignore)
+    task = config.task if config is not None else "binary"
+    return read_table(args.data, args.format, roles, task)
+
+
+def oracle_metrics(table: Table, rows: np.ndarray, task: str = "binary") -> Metrics | None:
+    """Metrics of the generator's true probabilities on ``rows``, when the file has them."""
+    if task != "binary" or "p_true" not in table.frame.columns or len(rows) == 0:
+        return None
+    frame = table.frame.iloc[rows]
+    p_true = pd.to_numeric(frame["p_true"], errors="coerce").to_numpy(dtype=np.float64)
+    if np.isnan(p_true).any():
+        return None
+    return binary_metrics(frame[table.label].to_numpy(dtype=np.float64), p_true)
+
+
+def _test_rows(table: Table, config: TrainConfig) -> np.ndarray:
+    return split_rows(len(table.frame), config.val_fraction, config.test_fraction, config.seed)[2]
+
+
+def train_one(
+    table: Table, prepared: Prepared, config: TrainConfig, out: Path | None, progress: bool
+) -> dict[str, object]:
+    """Fit one model on a prepared split, evaluate on test, optionally export it."""
+    model = new_model(prepared, config)
+    result = fit(model, prepared, config, progress=progress)
+    split = prepared.test if len(prepared.test) else prepared.val
+    metrics = evaluate(model, split, config.task)
+    summary: dict[str, object] = {
+        "model": config.model.name,
+        "test": metrics,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "parameters": count_parameters(model),
+        "train_seconds": round(result.train_seconds, 2),
+        "samples_per_s": round(result.samples_per_s),
+    }
+    if out is not None:
+        training = {
+            "data": str(table.path),
+            "rows": len(table.frame),
+            "label": table.label,
+            "weight": table.weight,
+            "config": config.model_dump(mode="json"),
+            **{k: v for k, v in summary.items() if k not in {"model", "test"}},
+            "history": result.history,
+        }
+        manifest = write_artifact(
+            model, prepared.spec, config.model, config.task, out, metrics, training
+        )
+        summary["version"] = manifest.version
+        summary["model_dir"] = str(out)
+    return summary
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = train_config(args, args.model)
+    table = _read(args, config)
+    prepared = prepare(table, config)
+    logger.info(
+        "%d rows: %d train / %d validation / %d test, %d fields",
+        len(table.frame),
+        len(prepared.train),
+        len(prepared.val),
+        len(prepared.test),
+        len(prepared.spec.fields),
+    )
+    summary = train_one(table, prepared, config, args.out, progress=not args.no_progress)
+    oracle = oracle_metrics(table, _test_rows(table, config), config.task)
+    if oracle is not None:
+        summary["oracle_test"] = oracle
+    _emit(summary)
+    return 0
+
+
+def run_ladder(args: argparse.Namespace) -> int:
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        raise DataError(f"unknown models {unknown}; choose from {list(MODELS)}")
+    configs = [train_config(args, name) for name in args.models]
+    table = _read(args, configs[0])
+    prepared = prepare(table, configs[0])
+    rows = []
+    for config in configs:
+        out = None if args.out_dir is None else args.out_dir / config.model.name
+        rows.append(train_one(table, prepared, config, out, progress=not args.no_progress))
+    oracle = oracle_metrics(table, _test_rows(table, configs[0]), configs[0].task)
+    table_text = ladder_table(rows, oracle, configs[0].task)
+    sys.stdout.write(table_text + "\n")
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        header = (
+            f"Ladder on `{table.path.name}` ({len(table.frame):,} rows; "
+            f"{len(prepared.train):,} train / {len(prepared.val):,} validation / "
+            f"{len(prepared.test):,} test; seed {configs[0].seed}), "
+            f"{time.strftime('%Y-%m-%d')}.\n\n"
+        )
+        args.report.write_text(header + table_text + "\n")
+    return 0
+
+
+def ladder_table(rows: list[dict[str, object]], oracle: Metrics | None, task: str) -> str:
+    """A Markdown table: one line per model, plus the oracle when the truth is known."""
+    if task == "binary":
+        lines = [
+            "| model | test AUC | test log loss | lift vs oracle | parameters | train s "
+            "| samples/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            test = row["test"]
+            assert isinstance(test, dict)
+            lift = "" if oracle is None else f"{(test['auc'] - 0.5) / (oracle['auc'] - 0.5):.1%}"
+            lines.append(
+                f"| {row['model']} | {test['auc']:.4f} | {test['logloss']:.4f} | {lift} | "
+                f"{row['parameters']:,} | {row['train_seconds']} | {row['samples_per_s']:,} |"
+            )
+        if oracle is not None:
+            lines.append(
+                f"| oracle (p_true) | {oracle['auc']:.4f} | {oracle['logloss']:.4f} | 100% | | | |"
+            )
+        return "\n".join(lines)
+    head = "| model | test weighted RMSE | test RMSE | parameters | train s | samples/s |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for row in rows:
+        test = row["test"]
+        assert isinstance(test, dict)
+        lines.append(
+            f"| {row['model']} | {test['weighted_rmse']:.5f} | {test['rmse']:.5f} | "
+            f"{row['parameters']:,} | {row['train_seconds']} | {row['samples_per_s']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    scorer = Scorer.load(args.model_dir)
+    manifest = scorer.manifest
+    table = read_table(args.data, args.format, _roles_for(manifest, args), manifest.task)
+    if args.split != "all":
+        config = TrainConfig.model_validate(manifest.training.get("config"))
+        parts = split_rows(len(table.frame), config.val_fraction, config.test_fraction, config.seed)
+        chosen = dict(zip(("train", "val", "test"), parts, strict=True))[args.split]
+        table = replace(table, frame=table.frame.iloc[chosen])
+    indices = scorer.encoder.encode_columns(table.feature_columns(), len(table.frame))
+    predictions = scorer.score_indices(indices)
+    if manifest.task == "binary":
+        metrics = binary_metrics(table.labels, predictions)
+    else:
+        metrics = regression_metrics(table.labels, predictions, table.weights)
+    _emit(
+        {
+            "model_dir": str(args.model_dir),
+            "version": manifest.version,
+            "split": args.split,
+            **metrics,
+        }
+    )
+    return 0
+
+
+def _roles_for(manifest: ModelManifest, args: argparse.Namespace) -> ColumnRoles:
+    """The model's own fields and label, unless the user names other columns."""
+    from app.features.spec import CategoricalField
+
+    fields = manifest.features.fields
+    label = args.label or manifest.training.get("label")
+    weight = args.weight or manifest.training.get("weight")
+    return ColumnRoles(
+        label=label if isinstance(label, str) else None,
+        weight=weight if isinstance(weight, str) else None,
+        categorical=args.categorical
+        or tuple(f.name for f in fields if isinstance(f, CategoricalField)),
+        numeric=args.numeric
+        or tuple(f.name for f in fields if not isinstance(f, CategoricalField)),
+        ignore=args.ignore,
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    manifest = reexport(args.model_dir, args.out)
+    _emit({"model_dir": str(args.out or args.model_dir), "version": manifest.version})
+    return 0

@@ -1,0 +1,46 @@
+"""Metrics for both tasks, as plain dicts that go straight into metrics.json."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import log_loss, roc_auc_score
+
+Metrics = dict[str, float]
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> Metrics:
+    """AUC, log loss and calibration (mean predicted vs observed rate)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    single_class = labels.min() == labels.max()
+    metrics: Metrics = {
+        "rows": float(len(labels)),
+        "auc": float("nan") if single_class else float(roc_auc_score(labels, probabilities)),
+        "logloss": float(log_loss(labels, probabilities, labels=[0.0, 1.0])),
+        "mean_predicted": float(probabilities.mean()),
+        "observed_rate": float(labels.mean()),
+    }
+    metrics["calibration"] = metrics["mean_predicted"] / max(metrics["observed_rate"], 1e-12)
+    return metrics
+
+
+def regression_metrics(
+    targets: np.ndarray, predictions: np.ndarray, weights: np.ndarray | None
+) -> Metrics:
+    """RMSE and weighted RMSE (InMobi's loss: weight = share of impressions)."""
+    targets = np.asarray(targets, dtype=np.float64)
+    predictions = np.asarray(predictions, dtype=np.float64)
+    squared = (predictions - targets) ** 2
+    w = np.ones_like(targets) if weights is None else np.asarray(weights, dtype=np.float64)
+    return {
+        "rows": float(len(targets)),
+        "rmse": float(np.sqrt(squared.mean())),
+        "weighted_rmse": float(np.sqrt((w * squared).sum() / max(w.sum(), 1e-12))),
+        "mean_predicted": float(np.average(predictions, weights=w)),
+        "observed_rate": float(np.average(targets, weights=w)),
+    }
+
+
+def headline(metrics: Metrics) -> float:
+    """The number early stopping maximises: AUC, or minus the weighted RMSE."""
+    return metrics["auc"] if "auc" in metrics else -metrics["weighted_rmse"]

@@ -1,0 +1,196 @@
+"""Export a trained model to ``models/<name>/``: model.onnx + spec.json + metrics.json.
+
+Every export fills the unseen rows with field averages, checks the graph with
+``onnx.checker`` and proves onnxruntime agrees with torch before anything is written where
+the service could load it. The directory appears atomically (built beside it, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from pydantic import JsonValue
+from torch import nn
+
+from app.features.spec import MISSING_INDEX, UNSEEN_INDEX, FeatureSpec
+from app.scoring.manifest import (
+    METRICS_FILE,
+    ONNX_FILE,
+    ModelManifest,
+    OnnxGraph,
+    content_version,
+    sha256_file,
+)
+from training.data import Task
+from training.layers import fill_unseen_rows
+from training.models import ModelConfig, build_model
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18
+INPUT_NAME = "indices"
+OUTPUT_NAME = "score"
+CHECKPOINT_FILE = "checkpoint.pt"
+PARITY_ATOL = 1e-5
+
+
+class ExportError(RuntimeError):
+    """The exported graph is invalid or disagrees with the torch model."""
+
+
+class _ServingHead(nn.Module):
+    """The graph the service runs: the model plus a sigmoid for the binary task."""
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model = model
+        self.binary = task == "binary"
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` int64 -> ``(B,)`` probability or value."""
+        scores = self.model(indices)
+        return torch.sigmoid(scores) if self.binary else scores
+
+
+def fixture_rows(field_dims: tuple[int, ...], num_rows: int, seed: int = 0) -> np.ndarray:
+    """Random valid index rows with every reserved row (missing, unseen) represented."""
+    rng = np.random.default_rng(seed)
+    rows = np.stack([rng.integers(0, dim, num_rows) for dim in field_dims], axis=1)
+    rows[0, :] = MISSING_INDEX
+    rows[1 % num_rows, :] = UNSEEN_INDEX
+    return rows.astype(np.int64)
+
+
+def to_onnx(model: nn.Module, task: Task, num_fields: int, path: Path) -> None:
+    """Write the serving graph with a dynamic batch axis and a pinned opset."""
+    head = _ServingHead(model, task).eval()
+    example = torch.zeros((2, num_fields), dtype=torch.int64)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        # The exporter's own internals emit deprecation noise we cannot act on.
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        program = torch.onnx.export(
+            head,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+            report=False,
+        )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    program.save(str(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path}: onnx.checker rejected the graph: {exc}") from exc
+
+
+def check_parity(model: nn.Module, task: Task, path: Path, rows: np.ndarray) -> float:
+    """Max |torch - onnxruntime| on ``rows``; raises if above :data:`PARITY_ATOL`."""
+    head = _ServingHead(model, task).eval()
+    with torch.no_grad():
+        expected = head(torch.from_numpy(rows)).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: rows})
+    gap = float(np.max(np.abs(actual - expected))) if len(rows) else 0.0
+    if not gap <= PARITY_ATOL:
+        raise ExportError(f"onnxruntime differs from torch by {gap:.3g} (> {PARITY_ATOL})")
+    return gap
+
+
+def write_artifact(
+    model: nn.Module,
+    spec: FeatureSpec,
+    config: ModelConfig,
+    task: Task,
+    out_dir: Path,
+    metrics: dict[str, float],
+    training: dict[str, JsonValue],
+) -> ModelManifest:
+    """Export ``model`` into ``out_dir`` atomically and return its manifest."""
+    model.eval()
+    fill_unseen_rows(model, spec.field_dims)
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        onnx_path = staging / ONNX_FILE
+        to_onnx(model, task, len(spec.fields), onnx_path)
+        gap = check_parity(model, task, onnx_path, fixture_rows(spec.field_dims, 2048))
+        logger.info("export parity: max |torch - onnxruntime| = %.2e", gap)
+        digest = sha256_file(onnx_path)
+        manifest = ModelManifest(
+            model_type=config.name,
+            hyperparameters=config.model_dump(mode="json", exclude={"name"}),
+            task=task,
+            features=spec,
+            onnx=OnnxGraph(
+                sha256=digest, opset=OPSET, input_name=INPUT_NAME, output_name=OUTPUT_NAME
+            ),
+            version=content_version(digest, spec),
+            metrics=metrics,
+            training={**training, "parity_max_abs_diff": gap},
+            created_at=datetime.now(UTC),
+        )
+        manifest.save(staging)
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        torch.save(model.state_dict(), staging / CHECKPOINT_FILE)
+        os.chmod(staging, 0o755)
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("exported %s version %s to %s", config.name, manifest.version, out_dir)
+    return manifest
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` with ``staging`` so a reader sees the old or the new, never half."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    out_dir.rename(retired)
+    staging.rename(out_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def load_checkpoint(model_dir: Path) -> tuple[nn.Module, ModelManifest]:
+    """Rebuild the torch model of an exported directory from its weights-only checkpoint."""
+    manifest = ModelManifest.load(model_dir)
+    config = ModelConfig.model_validate({"name": manifest.model_type, **manifest.hyperparameters})
+    model = build_model(manifest.features.field_dims, config)
+    state = torch.load(model_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model, manifest
+
+
+def reexport(model_dir: Path, out_dir: Path | None = None) -> ModelManifest:
+    """Export again from ``checkpoint.pt`` (e.g. after an exporter upgrade)."""
+    model, manifest = load_checkpoint(model_dir)
+    config = ModelConfig.model_validate({"name": manifest.model_type, **manifest.hyperparameters})
+    return write_artifact(
+        model,
+        manifest.features,
+        config,
+        manifest.task,
+        out_dir or model_dir,
+        manifest.metrics,
+        dict(manifest.training),
+    )

@@ -1,0 +1,171 @@
+"""Tiny composable blocks the whole model ladder is built from.
+
+Every block takes encoded indices or embeddings, never raw features. Field offsets and
+pair indices are non-persistent buffers built once in ``__init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from app.features.spec import NUM_RESERVED, UNSEEN_INDEX
+
+
+def _offsets(field_dims: Sequence[int]) -> torch.Tensor:
+    dims = torch.tensor([0, *field_dims[:-1]], dtype=torch.int64)
+    return torch.cumsum(dims, dim=0)
+
+
+class FeaturesLinear(nn.Module):
+    """First-order term ``w0 + sum_i w[x_i]``."""
+
+    def __init__(self, field_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.weight = nn.Embedding(sum(field_dims), 1)
+        self.bias = nn.Parameter(torch.zeros(1))
+        nn.init.zeros_(self.weight.weight)
+        self.register_buffer("offsets", _offsets(field_dims), persistent=False)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` int64 -> ``(B,)``."""
+        return self.weight(indices + self.offsets).sum(dim=(1, 2)) + self.bias
+
+
+class FeaturesEmbedding(nn.Module):
+    """One ``embed_dim`` vector per value: ``v_i``."""
+
+    def __init__(self, field_dims: Sequence[int], embed_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(sum(field_dims), embed_dim)
+        nn.init.normal_(self.embedding.weight, std=0.01)
+        self.register_buffer("offsets", _offsets(field_dims), persistent=False)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` int64 -> ``(B, F, K)``."""
+        return self.embedding(indices + self.offsets)
+
+
+class FieldAwareEmbedding(nn.Module):
+    """One vector per value *per field*: ``v_{i, f}`` for every target field ``f``."""
+
+    def __init__(self, field_dims: Sequence[int], embed_dim: int) -> None:
+        super().__init__()
+        self.num_fields = len(field_dims)
+        self.embed_dim = embed_dim
+        # One table with F*K columns: a single gather per batch instead of F gathers.
+        self.embedding = nn.Embedding(sum(field_dims), self.num_fields * embed_dim)
+        nn.init.normal_(self.embedding.weight, std=0.01)
+        self.register_buffer("offsets", _offsets(field_dims), persistent=False)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` int64 -> ``(B, F, F, K)``; ``[b, i, j]`` is ``v_{x_i, f=j}``."""
+        vectors = self.embedding(indices + self.offsets)
+        return vectors.view(-1, self.num_fields, self.num_fields, self.embed_dim)
+
+
+class FieldPairs(nn.Module):
+    """All field pairs ``i < j``, as index buffers built once with ``triu_indices``."""
+
+    def __init__(self, num_fields: int) -> None:
+        super().__init__()
+        rows, cols = torch.triu_indices(num_fields, num_fields, offset=1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.rows.numel())
+
+
+class FieldAwareProducts(nn.Module):
+    """Element-wise pair products ``v_{i, f(j)} ⊙ v_{j, f(i)}`` for all ``i < j``."""
+
+    def __init__(self, num_fields: int) -> None:
+        super().__init__()
+        self.pairs = FieldPairs(num_fields)
+
+    def forward(self, field_aware: torch.Tensor) -> torch.Tensor:
+        """``(B, F, F, K)`` -> ``(B, P, K)`` with ``P = F(F-1)/2``."""
+        left = field_aware[:, self.pairs.rows, self.pairs.cols]
+        right = field_aware[:, self.pairs.cols, self.pairs.rows]
+        return left * right
+
+
+class FactorizationMachine(nn.Module):
+    """``sum_{i<j} <v_i, v_j>`` via the O(FK) identity ``((sum v)^2 - sum v^2) / 2``."""
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, F, K)`` -> ``(B,)``."""
+        return BiInteractionPooling()(embeddings).sum(dim=1)
+
+
+class BiInteractionPooling(nn.Module):
+    """``sum_{i<j} v_i ⊙ v_j`` (He & Chua 2017), the vector form of the FM term."""
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, F, K)`` -> ``(B, K)``."""
+        square_of_sum = embeddings.sum(dim=1).pow(2)
+        sum_of_square = embeddings.pow(2).sum(dim=1)
+        return 0.5 * (square_of_sum - sum_of_square)
+
+
+class MLP(nn.Module):
+    """Hidden layers ending in a single linear output unit.
+
+    Dropout and batch norm are options (off by default: InMobi's NFFM used neither).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        mlp_dims: Sequence[int],
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if any(d < 1 for d in mlp_dims):
+            raise ValueError(f"mlp_dims must be positive, got {list(mlp_dims)}")
+        layers: list[nn.Module] = []
+        for dim in mlp_dims:
+            layers.append(nn.Linear(input_dim, dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(dim))
+            layers.append(activation())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            input_dim = dim
+        layers.append(nn.Linear(input_dim, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` float -> ``(B,)``."""
+        return self.layers(inputs).squeeze(-1)
+
+
+def fill_unseen_rows(model: nn.Module, field_dims: Sequence[int]) -> None:
+    """Set every field's unseen row to the plain average of its value rows, in every table.
+
+    This is InMobi's rule for values never seen in training. The average is unweighted on
+    purpose: a new value is far more like a typical *value* of its field (most values are
+    tail values) than like the impression-weighted head that frequency weighting would
+    favour. Reserved rows (missing, unseen) are left out of the average.
+    """
+    starts = _offsets(field_dims).tolist()
+    for module in model.modules():
+        if isinstance(module, FeaturesLinear):
+            table = module.weight.weight
+        elif isinstance(module, FeaturesEmbedding | FieldAwareEmbedding):
+            table = module.embedding.weight
+        else:
+            continue
+        with torch.no_grad():
+            for start, size in zip(starts, field_dims, strict=True):
+                values = table[start + NUM_RESERVED : start + size]
+                average = values.mean(dim=0) if len(values) else torch.zeros_like(table[0])
+                table[start + UNSEEN_INDEX] = average
