@@ -7,8 +7,9 @@ MODEL_DIR ?= models/default
 ROWS ?= 200000
 HOST ?= 127.0.0.1
 PORT ?= 8000
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test clean
+.PHONY: setup run model serve test bench loadtest clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +44,18 @@ test: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app
 	$(PY) -m pytest
+
+# Side-by-side serving benchmarks -> docs/BENCHMARKS.md (installs wrk and matplotlib).
+bench: model
+	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	test -f models/ladder/nffm/spec.json || $(PY) -m training ladder --data $(DATA) \
+		--out-dir models/ladder --no-progress
+	$(PY) -m benchmarks.serving
+
+# A bounded headless locust run against a fresh server on 127.0.0.1; fails on any failure.
+loadtest: model
+	$(PY) -m loadtest.run --model-dir $(MODEL_DIR) --users 50 --duration 30
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache

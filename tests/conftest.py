@@ -44,6 +44,8 @@ def model_dir(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         "--mlp-dims",
         "16",
         "--no-progress",
+        "--batch-size",
+        "256",
     )
     return out
 

@@ -119,10 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ours_or_warnings(record: logging.LogRecord) -> bool:
+    """Our INFO lines, everyone's warnings; the ONNX exporter's INFO chatter stays quiet."""
+    return record.levelno >= logging.WARNING or record.name.startswith(("training", "app"))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ours_or_warnings)
     args = build_parser().parse_args(argv)
     try:
         return commands.run(args)

@@ -21,14 +21,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-CATEGORICAL_CARDINALITIES = (2000, 1000, 500, 200, 100, 50, 20, 8)
+CATEGORICAL_CARDINALITIES = (1000, 500, 200, 100, 50, 20, 10, 5)
 NUMERIC_FIELDS = ("n0", "n1")
-ZIPF_EXPONENT = 1.1
-INTERACTION_DIM = 4
+ZIPF_EXPONENT = 1.2
+INTERACTION_DIM = 2
+PLANTED_PAIRS = 10
+INTERACTION_SCALE = 1.0
+NONLINEAR_WEIGHT = 2.5
 MISSING_RATE = 0.03
 # Effects of a value shrink with its popularity rank, 1 / sqrt(1 + rank / TAIL_DECAY_RANK):
 # as in real logs, the long tail of rare ids behaves much like the field's typical value.
-TAIL_DECAY_RANK: float | None = 50.0
+TAIL_DECAY_RANK: float | None = 20.0
 # Fields the --aggregate mode groups by: the five lowest-cardinality ones, so that each
 # combination collects enough impressions for its rate to mean something.
 AGGREGATE_FIELDS = ("c3", "c4", "c5", "c6", "c7")
@@ -55,10 +58,10 @@ def _tail_decay(cardinality: int) -> np.ndarray:
 def _make_truth(rng: np.random.Generator) -> _Truth:
     num_fields = len(CATEGORICAL_CARDINALITIES)
     all_pairs = [(i, j) for i in range(num_fields) for j in range(i + 1, num_fields)]
-    chosen = rng.choice(len(all_pairs), size=12, replace=False)
+    chosen = rng.choice(len(all_pairs), size=PLANTED_PAIRS, replace=False)
     pairs = [all_pairs[k] for k in sorted(chosen)]
     towards: dict[tuple[int, int], np.ndarray] = {}
-    scale = 1.0 / np.sqrt(INTERACTION_DIM)
+    scale = INTERACTION_SCALE / np.sqrt(INTERACTION_DIM)
     for i, j in pairs:
         for a, b in ((i, j), (j, i)):
             card = CATEGORICAL_CARDINALITIES[a]
@@ -67,6 +70,10 @@ def _make_truth(rng: np.random.Generator) -> _Truth:
         rng.normal(0.0, 0.4, card) * _tail_decay(card)[:, 0] for card in CATEGORICAL_CARDINALITIES
     ]
     return _Truth(bias=-1.6, first_order=first_order, pairs=pairs, towards=towards)
+
+
+def _with_zero_row(table: np.ndarray) -> np.ndarray:
+    return np.vstack([table, np.zeros((1, table.shape[1]))])
 
 
 def _zipf_ranks(rng: np.random.Generator, cardinality: int, rows: int) -> np.ndarray:
@@ -85,38 +92,46 @@ def generate(rows: int, seed: int = 0) -> pd.DataFrame:
     truth = _make_truth(np.random.default_rng(seed))
     rng = np.random.default_rng(seed + 1)
     names = _categorical_names()
-    ranks = [_zipf_ranks(rng, card, rows) for card in CATEGORICAL_CARDINALITIES]
+    # A missing value is drawn first and carries no effect (rank `card` = an all-zero row),
+    # so p_true is a function of exactly what the file shows: nothing hidden is left for
+    # the oracle to know.
+    ranks = []
+    for card in CATEGORICAL_CARDINALITIES:
+        field_ranks = _zipf_ranks(rng, card, rows)
+        field_ranks[rng.uniform(size=rows) < MISSING_RATE] = card
+        ranks.append(field_ranks)
 
     logit = np.full(rows, truth.bias)
     for field, effects in enumerate(truth.first_order):
-        logit += effects[ranks[field]]
-    interaction = {}
+        logit += np.append(effects, 0.0)[ranks[field]]
+    z = []
     for i, j in truth.pairs:
-        left = truth.towards[(i, j)][ranks[i]]
-        right = truth.towards[(j, i)][ranks[j]]
-        interaction[(i, j)] = (left * right).sum(axis=1)
-        logit += interaction[(i, j)]
-    first, second = truth.pairs[0], truth.pairs[1]
-    logit += 1.5 * np.maximum(interaction[first] + interaction[second], 0.0) - 0.3
+        left = _with_zero_row(truth.towards[(i, j)])[ranks[i]]
+        right = _with_zero_row(truth.towards[(j, i)])[ranks[j]]
+        z.append((left * right).sum(axis=1))
+        logit += z[-1]
+    # Non-linear in the pairwise terms: ReLUs of sums of two interactions each.
+    logit += NONLINEAR_WEIGHT * (np.maximum(z[0] + z[1], 0.0) + np.maximum(-z[2] - z[3], 0.0))
 
-    n0 = rng.lognormal(mean=1.0, sigma=1.2, size=rows)
-    n1 = rng.uniform(0.0, 1.0, size=rows)
-    logit += 0.6 * np.sin(np.log1p(n0) * 2.0)
-    # n1 matters only for half the values of c6: a numeric x categorical interaction.
-    logit += 1.2 * (n1 - 0.5) * np.where(ranks[6] % 2 == 0, 1.0, -1.0)
+    n0 = np.round(rng.lognormal(mean=1.0, sigma=1.2, size=rows), 3)
+    n0[rng.uniform(size=rows) < MISSING_RATE] = np.nan
+    n1 = np.round(rng.uniform(0.0, 1.0, size=rows), 4)
+    logit += np.nan_to_num(0.6 * np.sin(np.log1p(n0) * 2.0))
+    # n1 matters only through c6 (even values up, odd values down): numeric x categorical.
+    c6 = ranks[6]
+    direction = np.where(c6 == CATEGORICAL_CARDINALITIES[6], 0.0, np.where(c6 % 2 == 0, 1.0, -1.0))
+    logit += 1.2 * (n1 - 0.5) * direction
 
     p_true = 1.0 / (1.0 + np.exp(-logit))
     label = (rng.uniform(size=rows) < p_true).astype(np.int64)
 
     frame = pd.DataFrame({"label": label})
-    for name, field_ranks in zip(names, ranks, strict=True):
+    for name, card, field_ranks in zip(names, CATEGORICAL_CARDINALITIES, ranks, strict=True):
         tokens = np.char.add(f"{name}_", field_ranks.astype(str)).astype(object)
-        tokens[rng.uniform(size=rows) < MISSING_RATE] = None
+        tokens[field_ranks == card] = None
         frame[name] = tokens
-    n0 = np.round(n0, 3)
-    n0[rng.uniform(size=rows) < MISSING_RATE] = np.nan
     frame["n0"] = n0
-    frame["n1"] = np.round(n1, 4)
+    frame["n1"] = n1
     frame["p_true"] = np.round(p_true, 6)
     return frame
 

@@ -34,10 +34,10 @@ class TrainConfig(BaseModel):
 
     model: ModelConfig
     task: Task = "binary"
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=1024, ge=1)
-    learning_rate: float = Field(default=2e-3, gt=0)
-    l2: float = Field(default=1e-6, ge=0, description="L2 on embedding tables (Adam's coupled L2)")
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=4096, ge=1)
+    learning_rate: float = Field(default=5e-3, gt=0)
+    l2: float = Field(default=1e-4, ge=0, description="L2 on embedding tables (Adam's coupled L2)")
     patience: int = Field(default=2, ge=1, description="epochs without validation gain")
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, ge=0, lt=0.5)

@@ -33,6 +33,8 @@ def test_synth_train_evaluate(synth_csv: Path, tmp_path: Path) -> None:
         "--epochs",
         "2",
         "--no-progress",
+        "--batch-size",
+        "512",
     )
     assert trained.returncode == 0, trained.stderr
     summary = json.loads(trained.stdout)
@@ -56,6 +58,8 @@ def test_ladder_prints_a_table(synth_csv: Path, tmp_path: Path) -> None:
         "--epochs",
         "1",
         "--no-progress",
+        "--batch-size",
+        "512",
         "--report",
         str(report),
     )
@@ -82,6 +86,8 @@ def test_criteo_format(tmp_path: Path) -> None:
         "--epochs",
         "1",
         "--no-progress",
+        "--batch-size",
+        "512",
     )
     assert result.returncode == 0, result.stderr
     spec = json.loads((out / "spec.json").read_text())
@@ -106,6 +112,8 @@ def test_regression_on_aggregates(tmp_path: Path) -> None:
         "--out",
         str(tmp_path / "reg"),
         "--no-progress",
+        "--batch-size",
+        "512",
     )
     assert result.returncode == 0, result.stderr
     test = json.loads(result.stdout)["test"]

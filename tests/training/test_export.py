@@ -180,7 +180,10 @@ def test_failed_export_leaves_previous_directory(prepared, tmp_path: Path, monke
 
 def test_fit_improves_over_chance(prepared) -> None:
     config = TrainConfig(
-        model=DEFAULTS["ffm"].model_copy(update={"embed_dim": 4}), epochs=3, learning_rate=1e-2
+        model=DEFAULTS["ffm"].model_copy(update={"embed_dim": 4}),
+        epochs=3,
+        learning_rate=1e-2,
+        batch_size=256,
     )
     model = build_model(prepared.spec.field_dims, config.model)
     result = fit(model, prepared, config, progress=False)

@@ -1,0 +1,31 @@
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS build
+# Build stage: a venv with the service's dependencies only (the `serve` extra: no torch).
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY training ./training
+RUN pip install --quiet '.[serve]' \
+    && python -c "import app.main" \
+    && ! python -c "import torch" 2>/dev/null
+
+FROM ${BASE_IMAGE}
+RUN useradd --system --no-create-home --uid 10001 ctrserve
+COPY --from=build /opt/venv /opt/venv
+# The default model is baked in (run `make model` before building); mount another one over
+# /models/default, or point CTR_MODEL_DIR at a volume, to serve something else.
+COPY models/ /models/
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CTR_MODEL_DIR=/models/default \
+    CTR_HOST=0.0.0.0 \
+    CTR_PORT=8000 \
+    CTR_WORKERS=1
+USER ctrserve
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('CTR_PORT', '8000'), timeout=2)"]
+CMD ["python", "-m", "app"]

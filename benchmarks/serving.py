@@ -1,0 +1,384 @@
+"""The serving benchmark suite: every comparison side by side, in one run, on 127.0.0.1.
+
+    make bench            # or: .venv/bin/python -m benchmarks.serving [--duration 8]
+
+Writes docs/BENCHMARKS.md (tables), docs/benchmarks.json (raw numbers) and
+docs/latency_*.png (latency distributions). Durations are bounded; nothing is asserted --
+the ratios are reported against their goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+
+from app.scoring.scorer import Scorer
+from benchmarks.harness import ROOT, WrkResult, cache_counts, machine, server, write_bodies, wrk
+from loadtest.payloads import load_spec, random_rows, unique_rows
+
+logger = logging.getLogger("benchmarks")
+APP = [sys.executable, "-m", "app"]
+UVICORN = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "--factory",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "{port}",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+]
+BARE = [*UVICORN, "benchmarks.variants:create_bare_app"]
+ASYNC = [*UVICORN, "benchmarks.variants:create_async_app"]
+
+
+class Suite:
+    def __init__(self, model_dir: Path, ladder_dir: Path, duration_s: int) -> None:
+        self.model_dir = model_dir
+        self.ladder_dir = ladder_dir
+        self.duration_s = duration_s
+        self.spec = load_spec(model_dir)
+        self.env = {
+            "CTR_MODEL_DIR": str(model_dir),
+            "CTR_CACHE_TTL_S": "3600",
+            "CTR_CACHE_MAXSIZE": "1000000",
+        }
+        self.sections: list[str] = []
+        self.raw: dict[str, object] = {}
+        self.distributions: dict[str, dict[str, dict[float, float]]] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def _single_bodies(self, count: int, seed: int) -> Path:
+        return write_bodies([{"features": r} for r in unique_rows(self.spec, count, seed)])
+
+    def _load(self, base: str, bodies: Path, connections: int = 16) -> WrkResult:
+        return wrk(f"{base}/predict", bodies, self.duration_s, connections)
+
+    def _table(self, title: str, intro: str, header: list[str], rows: list[list[str]]) -> None:
+        lines = [
+            f"## {title}",
+            "",
+            intro,
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        self.sections.append("\n".join(lines) + "\n")
+        logger.info("\n%s", "\n".join(lines))
+
+    @staticmethod
+    def _row(name: str, result: WrkResult) -> list[str]:
+        return [
+            name,
+            f"{result.req_per_s:,.0f}",
+            f"{result.p50_ms:.2f}",
+            f"{result.p99_ms:.2f}",
+            str(result.errors),
+        ]
+
+    # -- sections ------------------------------------------------------------------------
+    def ceiling(self) -> dict[str, float]:
+        """Bare constant endpoint vs /predict hit, miss and cache-disabled (single rows)."""
+        misses = self._single_bodies(400_000, seed=1)
+        hit = write_bodies([{"features": random_rows(self.spec, 1, seed=2)[0]}])
+        results: dict[str, WrkResult] = {}
+        with server(BARE) as base:
+            results["bare FastAPI, constant JSON"] = self._load(base, hit)
+        with server(APP, self.env) as base:
+            results["/predict, cache hit"] = self._load(base, hit)
+            results["/predict, cache miss"] = self._load(base, misses)
+        with server(APP, {**self.env, "CTR_CACHE_MAXSIZE": "0"}) as base:
+            results["/predict, cache disabled"] = self._load(base, misses)
+        self.distributions["ceiling"] = {k: v.percentiles_ms for k, v in results.items()}
+        self._table(
+            "HTTP ceiling (single-row requests)",
+            f"wrk, 1 thread, 16 connections, {self.duration_s} s each; one uvicorn worker. "
+            "Misses use distinct rows, so every request is scored by onnxruntime.",
+            ["server", "req/s", "p50 ms", "p99 ms", "errors"],
+            [self._row(k, v) for k, v in results.items()],
+        )
+        bare = results["bare FastAPI, constant JSON"].req_per_s
+        self.raw["ceiling"] = {k: v.__dict__ for k, v in results.items()}
+        return {
+            "hit_vs_bare": results["/predict, cache hit"].req_per_s / bare,
+            "miss_vs_bare": results["/predict, cache miss"].req_per_s / bare,
+        }
+
+    def sync_vs_async(self) -> None:
+        """The shipped thread-pool route vs an async route that scores on the event loop."""
+        misses = self._single_bodies(300_000, seed=3)
+        batch = write_bodies(
+            [{"instances": random_rows(self.spec, 100, seed=s)} for s in range(200)]
+        )
+        rows = []
+        for name, command, env in (
+            ("def + thread pool (shipped)", APP, {**self.env, "CTR_CACHE_MAXSIZE": "0"}),
+            ("async def, inline", ASYNC, {**self.env, "CTR_CACHE_MAXSIZE": "0"}),
+        ):
+            with server(command, env) as base:
+                rows.append(self._row(f"{name}: 1 row", self._load(base, misses)))
+                rows.append(self._row(f"{name}: 100 rows", self._load(base, batch)))
+        self._table(
+            "Sync (thread pool) vs async (inline) /predict",
+            "Cache disabled, so every request calls onnxruntime; 16 connections.",
+            ["route", "req/s", "p50 ms", "p99 ms", "errors"],
+            rows,
+        )
+
+    def batches(self) -> dict[str, float]:
+        """Server time per batch vs raw onnxruntime on the same (pre-encoded) rows."""
+        scorer = Scorer.load(self.model_dir)
+        rows_out, ratios = [], {}
+        with server(APP, {**self.env, "CTR_CACHE_MAXSIZE": "0"}) as base, httpx.Client() as client:
+            for size in (1, 100, 1000, 10_000):
+                rows = random_rows(self.spec, size, seed=size)
+                payload = json.dumps({"instances": rows}).encode()
+                indices = scorer.encoder.encode_rows(rows)
+                repeats = max(5, min(200, 20_000 // size))
+                server_s = _median_time(
+                    lambda p=payload: client.post(
+                        f"{base}/predict", content=p, headers={"content-type": "application/json"}
+                    ).raise_for_status(),
+                    repeats,
+                )
+                ort_s = _median_time(lambda i=indices: scorer.score_indices(i), repeats)
+                encode_s = _median_time(lambda r=rows: scorer.encoder.encode_rows(r), repeats)
+                ratios[str(size)] = server_s / ort_s
+                rows_out.append(
+                    [
+                        f"{size:,}",
+                        f"{server_s * 1e3:.2f}",
+                        f"{ort_s * 1e3:.3f}",
+                        f"{encode_s * 1e3:.3f}",
+                        f"{server_s / ort_s:.1f}x",
+                        f"{size / server_s:,.0f}",
+                    ]
+                )
+        self._table(
+            "Batch scoring: server time vs raw onnxruntime",
+            "Median of repeated requests over one keep-alive connection, cache disabled. "
+            "Server time is the client-measured round trip (JSON, validation, encoding, ORT, "
+            "response); raw ORT is `session.run` on the already-encoded rows.",
+            ["rows", "server ms", "raw ORT ms", "encode ms", "server / ORT", "rows/s"],
+            rows_out,
+        )
+        self.raw["batches"] = ratios
+        return ratios
+
+    def model_cost(self) -> None:
+        """onnxruntime vs torch eager per ladder model, batch 1 and 1,024."""
+        try:
+            import torch
+
+            from training.export import load_checkpoint
+        except ImportError:
+            logger.warning("torch not installed: skipping the per-model section")
+            return
+        torch.set_num_threads(1)
+        rows = []
+        for model_dir in sorted(
+            p for p in self.ladder_dir.iterdir() if (p / "spec.json").is_file()
+        ):
+            scorer = Scorer.load(model_dir)
+            model, manifest = load_checkpoint(model_dir)
+            model.eval()
+            spec = manifest.features
+            data = scorer.encoder.encode_rows(random_rows(spec, 1024, seed=5))
+            cells = [manifest.model_type]
+            for batch in (1, 1024):
+                part = data[:batch]
+                tensor = torch.from_numpy(part)
+                repeats = 2000 if batch == 1 else 50
+                ort_s = _median_time(lambda p=part, s=scorer: s.score_indices(p), repeats)
+                with torch.inference_mode():
+                    torch_s = _median_time(lambda t=tensor, m=model: torch.sigmoid(m(t)), repeats)
+                cells += [f"{ort_s * 1e6:,.0f}", f"{torch_s * 1e6:,.0f}", f"{torch_s / ort_s:.1f}x"]
+            rows.append(cells)
+        self._table(
+            "Model cost: onnxruntime vs torch eager",
+            "Microseconds per call, median; one intra-op thread for both.",
+            [
+                "model",
+                "ORT µs (1)",
+                "torch µs (1)",
+                "ORT speed-up (1)",
+                "ORT µs (1,024)",
+                "torch µs (1,024)",
+                "ORT speed-up (1,024)",
+            ],
+            rows,
+        )
+
+    def cache_effect(self) -> float:
+        """Throughput with and without the cache at set hit ratios."""
+        rng = np.random.default_rng(9)
+        hot = [{"features": r} for r in random_rows(self.spec, 50, seed=10)]
+        cold = [{"features": r} for r in unique_rows(self.spec, 300_000, seed=11)]
+        rows, speedups = [], {}
+        for target in (0.0, 0.5, 0.9, 0.99):
+            picks = rng.uniform(size=len(cold)) < target
+            bodies = [
+                hot[int(rng.integers(len(hot)))] if p else c
+                for p, c in zip(picks, cold, strict=True)
+            ]
+            path = write_bodies(bodies)
+            with server(APP, self.env) as base:
+                for body in hot:  # warm the hot set
+                    httpx.post(f"{base}/predict", json=body, timeout=5)
+                h0, m0 = cache_counts(base)
+                cached = self._load(base, path)
+                h1, m1 = cache_counts(base)
+            with server(APP, {**self.env, "CTR_CACHE_MAXSIZE": "0"}) as base:
+                uncached = self._load(base, path)
+            measured = (h1 - h0) / max(1.0, (h1 - h0) + (m1 - m0))
+            speedups[target] = cached.req_per_s / uncached.req_per_s
+            rows.append(
+                [
+                    f"{target:.0%}",
+                    f"{measured:.1%}",
+                    f"{cached.req_per_s:,.0f}",
+                    f"{cached.p99_ms:.2f}",
+                    f"{uncached.req_per_s:,.0f}",
+                    f"{uncached.p99_ms:.2f}",
+                    f"{speedups[target]:.2f}x",
+                ]
+            )
+        self._table(
+            "Cache effect at set hit ratios",
+            "A hot set of 50 rows mixed with distinct cold rows; the measured hit ratio comes "
+            "from the service's own Prometheus counters.",
+            [
+                "target hits",
+                "measured hits",
+                "cached req/s",
+                "cached p99 ms",
+                "no-cache req/s",
+                "no-cache p99 ms",
+                "speed-up",
+            ],
+            rows,
+        )
+        self.raw["cache_effect"] = speedups
+        return speedups[0.9]
+
+    def workers(self) -> None:
+        misses = self._single_bodies(300_000, seed=13)
+        rows = []
+        for workers in (1, 2):
+            env = {**self.env, "CTR_CACHE_MAXSIZE": "0", "CTR_WORKERS": str(workers)}
+            with server(APP, env) as base:
+                rows.append(self._row(f"{workers} worker(s)", self._load(base, misses)))
+        self._table(
+            "1 vs 2 uvicorn workers",
+            "Cache disabled, distinct single rows. wrk itself needs one of the two cores.",
+            ["workers", "req/s", "p50 ms", "p99 ms", "errors"],
+            rows,
+        )
+
+    # -- report --------------------------------------------------------------------------
+    def write(self, goals: list[list[str]], out: Path) -> None:
+        packages = ", ".join(
+            f"{p} {version(p)}" for p in ("fastapi", "uvicorn", "onnxruntime", "pydantic", "numpy")
+        )
+        head = [
+            "# ctrserve benchmarks",
+            "",
+            f"Generated by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
+            f"Machine: {machine()}. {packages}. Model: `{self.model_dir}` "
+            f"({len(self.spec.fields)} fields). Every comparison below ran in this one run.",
+            "",
+            "## Goals",
+            "",
+            "| ratio | goal | measured | met |",
+            "|---|---|---|---|",
+            *["| " + " | ".join(g) + " |" for g in goals],
+            "",
+        ]
+        plots = [f"![{name}](latency_{name}.png)" for name in self.distributions]
+        out.write_text(
+            "\n".join(head) + "\n" + "\n".join(self.sections) + "\n" + "\n".join(plots) + "\n"
+        )
+        (out.parent / "benchmarks.json").write_text(json.dumps(self.raw, indent=1, default=str))
+        self._plot(out.parent)
+
+    def _plot(self, folder: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        for name, series in self.distributions.items():
+            figure, axis = plt.subplots(figsize=(7, 4))
+            for label, points in series.items():
+                axis.plot(list(points.values()), list(points.keys()), marker="o", label=label)
+            axis.set_xscale("log")
+            axis.set_xlabel("latency (ms, log scale)")
+            axis.set_ylabel("percentile")
+            axis.set_title(f"Latency distribution: {name}")
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=8)
+            figure.tight_layout()
+            figure.savefig(folder / f"latency_{name}.png", dpi=110)
+            plt.close(figure)
+
+
+def _median_time(call: Callable[[], object], repeats: int) -> float:
+    call()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _goal(name: str, goal: float, measured: float, higher_is_better: bool = True) -> list[str]:
+    met = measured >= goal if higher_is_better else measured <= goal
+    sign = "≥" if higher_is_better else "≤"
+    return [name, f"{sign} {goal}", f"{measured:.2f}", "yes" if met else "**no**"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models/default")
+    parser.add_argument("--ladder-dir", type=Path, default=ROOT / "models/ladder")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    suite = Suite(args.model_dir, args.ladder_dir, args.duration)
+    ceiling = suite.ceiling()
+    suite.sync_vs_async()
+    batches = suite.batches()
+    suite.model_cost()
+    cache_90 = suite.cache_effect()
+    suite.workers()
+    overhead = max(batches["1000"], batches["10000"])
+    goals = [
+        _goal("cache-hit /predict req/s ÷ bare endpoint", 0.8, ceiling["hit_vs_bare"]),
+        _goal("cache-miss /predict req/s ÷ bare endpoint", 0.5, ceiling["miss_vs_bare"]),
+        _goal("server time ÷ raw ORT at ≥ 1,000 rows (worst)", 1.5, overhead, False),
+        _goal("req/s with cache ÷ without, at 90% hits", 5.0, cache_90),
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    suite.write(goals, args.out)
+    logger.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

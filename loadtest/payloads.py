@@ -1,0 +1,78 @@
+"""Request rows drawn from a model's own spec.json, for load tests and benchmarks.
+
+Torch-free (numpy + the shared spec). Values follow the vocabulary order, which is sorted by
+training count, so a Zipf draw over it looks like real traffic: a hot head, a long tail, a
+few values never seen in training, some missing fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from app.features.spec import CategoricalField, FeatureSpec
+from app.scoring.manifest import ModelManifest
+
+Row = dict[str, str | float | None]
+
+
+def load_spec(model_dir: Path) -> FeatureSpec:
+    return ModelManifest.load(model_dir).features
+
+
+def _zipf_choice(rng: np.random.Generator, size: int, count: int, exponent: float) -> np.ndarray:
+    weights = 1.0 / np.arange(1, size + 1) ** exponent
+    return rng.choice(size, size=count, p=weights / weights.sum())
+
+
+def random_rows(
+    spec: FeatureSpec,
+    count: int,
+    seed: int = 0,
+    unseen_rate: float = 0.02,
+    missing_rate: float = 0.03,
+    exponent: float = 1.1,
+) -> list[Row]:
+    """``count`` rows; each field is Zipf over its vocabulary (or uniform over its bins)."""
+    rng = np.random.default_rng(seed)
+    columns: dict[str, list[str | float | None]] = {}
+    for field in spec.fields:
+        if isinstance(field, CategoricalField) and field.vocabulary:
+            picks = _zipf_choice(rng, len(field.vocabulary), count, exponent)
+            values: list[str | float | None] = [field.vocabulary[i] for i in picks]
+            for i in np.flatnonzero(rng.uniform(size=count) < unseen_rate):
+                values[i] = f"unseen-{rng.integers(1 << 30)}"
+        elif isinstance(field, CategoricalField):
+            values = [None] * count
+        else:
+            edges = np.asarray(field.bin_edges or (0.0,))
+            low, high = edges[0] - 1.0, edges[-1] + 1.0
+            values = [round(float(v), 4) for v in rng.uniform(low, high, count)]
+        for i in np.flatnonzero(rng.uniform(size=count) < missing_rate):
+            values[i] = None
+        columns[field.name] = values
+    return [{name: columns[name][i] for name in spec.names} for i in range(count)]
+
+
+def unique_rows(spec: FeatureSpec, count: int, seed: int = 0) -> list[Row]:
+    """Rows whose encoded forms are pairwise distinct (cache misses by construction).
+
+    The first categorical fields are drawn uniformly from their whole vocabulary, so the
+    combination space is far larger than ``count``; exact duplicates are dropped and redrawn.
+    """
+    seen: set[tuple[object, ...]] = set()
+    rows: list[Row] = []
+    rng = np.random.default_rng(seed)
+    while len(rows) < count:
+        for row in random_rows(spec, count, int(rng.integers(1 << 30)), exponent=0.0):
+            key = tuple(row.values())
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    return rows[:count]
+
+
+def zipf_stream(pool_size: int, count: int, exponent: float, seed: int = 0) -> np.ndarray:
+    """Positions into a pool of ``pool_size`` rows, Zipf-distributed: repeats hit the cache."""
+    return _zipf_choice(np.random.default_rng(seed), pool_size, count, exponent)
