@@ -1,16 +1,24 @@
-"""ScoreCache: a thread-safe TTL LRU cache of scores, keyed on model version + encoded row."""
+"""ScoreCache: a thread-safe TTL LRU cache with hit/miss counts.
+
+The service keeps two: scores keyed on model version + encoded row (the semantic cache:
+equivalent requests share an entry), and in front of it finished single-row responses keyed
+on model version + the exact request bytes (a hit skips parsing, encoding and serialising).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
+from typing import Generic, TypeVar
 
 from cachetools import TTLCache
 
+V = TypeVar("V")
 
-class ScoreCache:
-    """TTL + LRU cache of floats with hit/miss counts.
+
+class ScoreCache(Generic[V]):
+    """TTL + LRU cache with hit/miss counts.
 
     cachetools caches are not thread-safe and FastAPI runs sync routes in a thread pool, so
     every access holds one lock; a lookup or fill of a whole batch takes it once.
@@ -30,7 +38,7 @@ class ScoreCache:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         self.maxsize = maxsize
         self.ttl_s = ttl_s
-        self._cache: TTLCache[Hashable, float] | None = (
+        self._cache: TTLCache[Hashable, V] | None = (
             TTLCache(maxsize=maxsize, ttl=ttl_s, timer=timer) if maxsize > 0 else None
         )
         self._lock = threading.Lock()
@@ -48,8 +56,8 @@ class ScoreCache:
             self._cache.expire()
             return len(self._cache)
 
-    def get_many(self, keys: Sequence[Hashable]) -> list[float | None]:
-        """Cached score per key, ``None`` where missing or expired."""
+    def get_many(self, keys: Sequence[Hashable]) -> list[V | None]:
+        """Cached value per key, ``None`` where missing or expired."""
         with self._lock:
             if self._cache is None:
                 self.misses += len(keys)
@@ -60,12 +68,18 @@ class ScoreCache:
             self.misses += len(keys) - hit_count
         return found
 
-    def put_many(self, keys: Sequence[Hashable], values: Sequence[float]) -> None:
+    def put_many(self, keys: Sequence[Hashable], values: Sequence[V]) -> None:
         if self._cache is None:
             return
         with self._lock:
             for key, value in zip(keys, values, strict=True):
                 self._cache[key] = value
+
+    def get(self, key: Hashable) -> V | None:
+        return self.get_many((key,))[0]
+
+    def put(self, key: Hashable, value: V) -> None:
+        self.put_many((key,), (value,))
 
     def clear(self) -> None:
         if self._cache is not None:

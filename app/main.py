@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -9,7 +10,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.routes import health, models, predict
@@ -62,12 +65,20 @@ def _encode_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's default echoes the input back; that can hold NaN (unrenderable) or data
-    the client should not see reflected. Keep where, what and why."""
-    assert isinstance(exc, RequestValidationError)
+    """422 with where, what and why of each problem.
+
+    FastAPI's default echoes the input back; that can hold NaN (which JSON cannot render) or
+    data a client should not see reflected, so only location, message and type are kept.
+    Bodies validated by a route itself (``ValidationError``) get the same shape.
+    """
+    if isinstance(exc, RequestValidationError):
+        errors = [dict(error) for error in exc.errors()]
+    else:
+        assert isinstance(exc, ValidationError)
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
     detail = [
         {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
-        for error in exc.errors()
+        for error in errors
     ]
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
@@ -80,6 +91,12 @@ def _scoring_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up before sending its whole body: nobody is left to answer."""
+    logger.debug("client disconnected during %s", request.url.path)
+    return Response(status_code=499)
+
+
 def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s", request.url.path, exc_info=exc)
     return JSONResponse({"detail": "internal error"}, status_code=500)
@@ -89,7 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Nothing is loaded until the lifespan starts."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    cache = ScoreCache(settings.cache_maxsize, settings.cache_ttl_s)
+    cache: ScoreCache[float] = ScoreCache(settings.cache_maxsize, settings.cache_ttl_s)
+    response_cache: ScoreCache[bytes] = ScoreCache(settings.cache_maxsize, settings.cache_ttl_s)
     metrics = ServiceMetrics(cache_size=cache.__len__)
 
     @asynccontextmanager
@@ -98,6 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry(scorer, settings.ort_intra_op_threads)
         app.state.service = PredictionService(registry, cache, metrics)
         metrics.set_model(scorer.manifest.model_type, scorer.version)
+        # Everything alive now (libraries, the model) lives as long as the process: keep it
+        # out of the cyclic collector's scans, which grow with the caches on the hot path.
+        gc.freeze()
         logger.info(
             "serving %s version %s (cache %d entries, ttl %.0fs)",
             scorer.manifest.model_type,
@@ -114,13 +135,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.response_cache = response_cache
     app.state.metrics = metrics
     routers = (predict.router, health.router, models.router)
     for router in routers:
         app.include_router(router)
     app.add_exception_handler(EncodeError, _encode_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ValidationError, _validation_error)
     app.add_exception_handler(ScoringError, _scoring_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
     endpoints = frozenset(
         getattr(route, "path", "") for router in routers for route in router.routes

@@ -43,7 +43,7 @@ UVICORN = [
     "--no-access-log",
 ]
 BARE = [*UVICORN, "benchmarks.variants:create_bare_app"]
-ASYNC = [*UVICORN, "benchmarks.variants:create_async_app"]
+SECTIONS = ("ceiling", "sync_vs_async", "batches", "model_cost", "cache_effect", "workers")
 
 
 class Suite:
@@ -120,23 +120,25 @@ class Suite:
         }
 
     def sync_vs_async(self) -> None:
-        """The shipped thread-pool route vs an async route that scores on the event loop."""
+        """Scoring on the event loop vs in the thread pool, by request size."""
         misses = self._single_bodies(300_000, seed=3)
         batch = write_bodies(
-            [{"instances": random_rows(self.spec, 100, seed=s)} for s in range(200)]
+            [{"instances": unique_rows(self.spec, 100, seed=s)} for s in range(300)]
         )
         rows = []
-        for name, command, env in (
-            ("def + thread pool (shipped)", APP, {**self.env, "CTR_CACHE_MAXSIZE": "0"}),
-            ("async def, inline", ASYNC, {**self.env, "CTR_CACHE_MAXSIZE": "0"}),
+        for name, inline_max_rows in (
+            ("thread pool always (CTR_INLINE_MAX_ROWS=0)", "0"),
+            ("inline up to 64 rows (shipped default)", "64"),
+            ("inline always", "1000000"),
         ):
-            with server(command, env) as base:
+            env = {**self.env, "CTR_CACHE_MAXSIZE": "0", "CTR_INLINE_MAX_ROWS": inline_max_rows}
+            with server(APP, env) as base:
                 rows.append(self._row(f"{name}: 1 row", self._load(base, misses)))
                 rows.append(self._row(f"{name}: 100 rows", self._load(base, batch)))
         self._table(
-            "Sync (thread pool) vs async (inline) /predict",
-            "Cache disabled, so every request calls onnxruntime; 16 connections.",
-            ["route", "req/s", "p50 ms", "p99 ms", "errors"],
+            "Event loop (inline) vs thread pool for the onnxruntime call",
+            "Cache disabled, distinct rows, so every request calls onnxruntime; 16 connections.",
+            ["scoring", "req/s", "p50 ms", "p99 ms", "errors"],
             rows,
         )
 
@@ -359,9 +361,17 @@ def main() -> None:
     parser.add_argument("--ladder-dir", type=Path, default=ROOT / "models/ladder")
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/BENCHMARKS.md")
+    parser.add_argument(
+        "--only", choices=SECTIONS, default=None, help="run one section, print it, write nothing"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     suite = Suite(args.model_dir, args.ladder_dir, args.duration)
+    if args.only:
+        getattr(suite, args.only)()
+        return
     ceiling = suite.ceiling()
     suite.sync_vs_async()
     batches = suite.batches()

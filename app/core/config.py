@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(default=300.0, gt=0)
     ort_intra_op_threads: int = Field(default=1, ge=1, description="onnxruntime threads per call")
     max_batch_size: int = Field(default=10_000, ge=1, description="rows per /predict request")
+    inline_max_rows: int = Field(
+        default=64,
+        ge=0,
+        description="requests with at most this many rows are scored on the event loop; "
+        "larger ones in the thread pool (0 = always the thread pool)",
+    )
     reload_token: SecretStr | None = Field(
         default=None, description="bearer token for POST /admin/reload; unset disables reload"
     )

@@ -53,7 +53,9 @@ class Explanation:
 class PredictionService:
     """Encode -> cache lookup -> one onnxruntime call for all misses -> cache fill."""
 
-    def __init__(self, registry: ModelRegistry, cache: ScoreCache, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, registry: ModelRegistry, cache: ScoreCache[float], metrics: ServiceMetrics
+    ) -> None:
         self.registry = registry
         self.cache = cache
         self.metrics = metrics
@@ -68,21 +70,31 @@ class PredictionService:
         # model would see equal input (key order, unseen values, 5 vs "5" all collapse).
         keys = [(scorer.version, row.tobytes()) for row in indices]
         found = self.cache.get_many(keys)
-        misses = [i for i, value in enumerate(found) if value is None]
-        scores = np.asarray([0.0 if v is None else v for v in found], dtype=np.float32)
+        cached = [value is not None for value in found]
+        misses = [i for i, hit in enumerate(cached) if not hit]
         if misses:
-            try:
-                fresh = scorer.score_indices(indices[misses])
-            except ScoringError:
-                self.metrics.scoring_errors.inc()
-                raise
-            self.metrics.scored_batch_rows.observe(len(misses))
-            scores[misses] = fresh
+            # Every miss of the request goes to onnxruntime in one call.
+            fresh = self._run(scorer, indices if len(misses) == len(keys) else indices[misses])
             self.cache.put_many([keys[i] for i in misses], fresh.tolist())
+            if len(misses) == len(keys):
+                scores = fresh
+            else:
+                scores = np.array([0.0 if v is None else v for v in found], dtype=np.float32)
+                scores[misses] = fresh
+        else:
+            scores = np.array(found, dtype=np.float32)
         self.metrics.cache_hits.inc(len(keys) - len(misses))
         self.metrics.cache_misses.inc(len(misses))
-        missed = set(misses)
-        return Scored(scores, [i not in missed for i in range(len(keys))], scorer.version)
+        return Scored(scores, cached, scorer.version)
+
+    def _run(self, scorer: Scorer, indices: NDArray[np.int64]) -> NDArray[np.float32]:
+        try:
+            fresh = scorer.score_indices(indices)
+        except ScoringError:
+            self.metrics.scoring_errors.inc()
+            raise
+        self.metrics.scored_batch_rows.observe(len(indices))
+        return fresh
 
     def explain(self, features: Mapping[str, RawValue]) -> Explanation:
         """Each field's effect = score - score with that field set to its field average.

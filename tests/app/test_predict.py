@@ -68,7 +68,7 @@ def test_missing_fields_mean_missing(client: TestClient) -> None:
         ({}, "exactly one"),
         ({"features": ROW, "instances": [ROW]}, "exactly one"),
         ({"features": ROW, "extra": 1}, "extra"),
-        ({"features": "c0=1"}, "dictionary"),
+        ({"features": "c0=1"}, "should be an object"),
     ],
 )
 def test_bad_input_is_422_with_a_reason(client: TestClient, payload: object, fragment: str) -> None:
