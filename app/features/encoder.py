@@ -23,8 +23,6 @@ from app.features.spec import (
     NumericField,
 )
 
-RawValue = str | int | float | bool | None
-
 
 def canonical_token(value: object) -> str | None:
     """The token a categorical value is looked up by, or ``None`` for missing.
@@ -42,8 +40,8 @@ def canonical_token(value: object) -> str | None:
         return str(int(value))
     if isinstance(value, float | np.floating):
         number = float(value)
-        if math.isnan(number):
-            return None
+        if not math.isfinite(number):
+            raise TypeError(f"{number} is not a value; send null for missing")
         if number.is_integer():
             return str(int(number))
         return repr(number)
@@ -77,12 +75,15 @@ class _NumericColumn:
         self._edge_list = list(field.bin_edges)
 
     def index(self, value: object) -> int:
-        """One value's index; the same bins as :meth:`encode`, without numpy overhead."""
+        """One request value's index: the bins of :meth:`encode`, without numpy overhead.
+
+        Here NaN is an error, not "missing": a client says missing with null.
+        """
         number = self._as_float(value)
-        if math.isnan(number):
-            return MISSING_INDEX
-        if math.isinf(number):
-            raise EncodeError(self.name, "infinite values are not allowed")
+        if not math.isfinite(number):
+            if value is None or value == "":
+                return MISSING_INDEX
+            raise EncodeError(self.name, f"{value!r} is not a finite number; send null for missing")
         return NUM_RESERVED + bisect.bisect_right(self._edge_list, number)
 
     def _as_float(self, value: object) -> float:
@@ -118,6 +119,7 @@ class FeatureEncoder:
             _CategoricalColumn(f) if isinstance(f, CategoricalField) else _NumericColumn(f)
             for f in spec.fields
         ]
+        self._getters = [(column.name, column.index) for column in self._columns]
 
     def check_names(self, names: Iterable[str]) -> None:
         """Reject field names the model does not know, listing the ones it does."""
@@ -143,18 +145,22 @@ class FeatureEncoder:
                 out[:, j] = column.encode(values, num_rows)
         return out
 
-    def encode_rows(self, rows: Sequence[Mapping[str, RawValue]]) -> NDArray[np.int64]:
+    def encode_rows(self, rows: Sequence[Mapping[str, object]]) -> NDArray[np.int64]:
         """Encode request rows (the service's path). A key left out of a row means missing.
+
+        Every value is type-checked here: strings, numbers, booleans or null; NaN and
+        infinities are refused (JSON has no such numbers; null means missing).
 
         Returns:
             int64 array of shape ``(len(rows), num_fields)``.
         """
         # Row by row in plain Python: a request holds few rows, and per-column numpy calls
         # cost more than they save below a few thousand rows.
-        columns = self._columns
+        getters = self._getters
         encoded = []
         for row in rows:
             if not self._name_set.issuperset(row):
                 self.check_names(row)
-            encoded.append([column.index(row.get(column.name)) for column in columns])
-        return np.array(encoded, dtype=np.int64).reshape(len(rows), len(columns))
+            get = row.get
+            encoded.append([index(get(name)) for name, index in getters])
+        return np.array(encoded, dtype=np.int64).reshape(len(rows), len(getters))

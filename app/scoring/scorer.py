@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from app.features.encoder import FeatureEncoder, RawValue
+from app.features.encoder import FeatureEncoder
 from app.features.errors import SpecError
 from app.features.spec import UNSEEN_INDEX
 from app.scoring.manifest import ModelManifest, content_version, sha256_file
@@ -115,5 +115,5 @@ class Scorer:
             raise ScoringError("the model returned non-finite or mis-shaped scores")
         return result
 
-    def score_rows(self, rows: Sequence[Mapping[str, RawValue]]) -> NDArray[np.float32]:
+    def score_rows(self, rows: Sequence[Mapping[str, object]]) -> NDArray[np.float32]:
         return self.score_indices(self.encoder.encode_rows(rows))

@@ -11,7 +11,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.cache import ScoreCache
-from app.features.encoder import RawValue
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import ServiceMetrics
 from app.scoring.registry import ModelRegistry
@@ -60,7 +59,7 @@ class PredictionService:
         self.cache = cache
         self.metrics = metrics
 
-    def predict(self, rows: Sequence[Mapping[str, RawValue]]) -> Scored:
+    def predict(self, rows: Sequence[Mapping[str, object]]) -> Scored:
         """Score raw rows. Raises ``EncodeError`` (bad input) or ``ScoringError``."""
         scorer = self.registry.current  # one reference for the whole request
         return self._score(scorer, scorer.encoder.encode_rows(rows))
@@ -96,7 +95,7 @@ class PredictionService:
         self.metrics.scored_batch_rows.observe(len(indices))
         return fresh
 
-    def explain(self, features: Mapping[str, RawValue]) -> Explanation:
+    def explain(self, features: Mapping[str, object]) -> Explanation:
         """Each field's effect = score - score with that field set to its field average.
 
         The field average is the unseen row filled at export, so this reuses exactly the

@@ -85,7 +85,7 @@ def test_bad_categorical_type(encoder: FeatureEncoder) -> None:
 def test_columns_and_rows_agree(encoder: FeatureEncoder) -> None:
     rows = [
         {"site": "news", "age": 20.0},
-        {"site": None, "age": math.nan},
+        {"site": None, "age": None},
         {"site": "x", "age": 99},
     ]
     columns = {
@@ -109,9 +109,21 @@ def test_columns_of_wrong_length(encoder: FeatureEncoder) -> None:
         (7, "7"),
         (7.0, "7"),
         (7.5, "7.5"),
-        (math.nan, None),
         (True, "true"),
     ],
 )
 def test_canonical_token(value: object, token: str | None) -> None:
     assert canonical_token(value) == token
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_request_rows_refuse_non_finite_numbers(encoder: FeatureEncoder, value: float) -> None:
+    for field in ("site", "age"):
+        with pytest.raises(EncodeError, match="null for missing") as info:
+            encoder.encode_rows([{field: value}])
+        assert info.value.field == field
+
+
+def test_training_columns_read_nan_as_missing(encoder: FeatureEncoder) -> None:
+    out = encoder.encode_columns({"age": np.array([math.nan, 20.0])}, 2)
+    assert out[:, 1].tolist() == [MISSING_INDEX, NUM_RESERVED + 1]
