@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     ort_intra_op_threads: int = Field(default=1, ge=1, description="onnxruntime threads per call")
     max_batch_size: int = Field(default=10_000, ge=1, description="rows per /predict request")
     inline_max_rows: int = Field(
-        default=64,
+        default=256,
         ge=0,
         description="requests with at most this many rows are scored on the event loop; "
         "larger ones in the thread pool (0 = always the thread pool)",

@@ -85,8 +85,9 @@ async def predict(request: Request) -> Response:
     single = PredictResponse(
         prediction=float(scored.scores[0]), model_version=scored.version, cached=scored.cached[0]
     )
-    if front_key is not None and front_key[0] == scored.version:
-        # What a repeat of these exact bytes will get: the same score, marked as cached.
+    if front_key is not None and scored.cached[0] and front_key[0] == scored.version:
+        # Admitted on second sight (the row was already in the score cache), so one-off rows
+        # cost no response entry: a repeat of these bytes gets the same score, marked cached.
         responses.put(
             front_key, single.model_copy(update={"cached": True}).model_dump_json().encode()
         )
