@@ -22,8 +22,8 @@ from locust.env import Environment
 from loadtest.payloads import load_spec, random_rows, zipf_stream
 
 MODEL_DIR = Path(os.environ.get("CTR_MODEL_DIR", "models/default"))
-POOL_SIZE = int(os.environ.get("LOADTEST_POOL_SIZE", "20000"))
-ZIPF = float(os.environ.get("LOADTEST_ZIPF", "1.1"))
+POOL_SIZE = int(os.environ.get("LOADTEST_POOL_SIZE", "200000"))
+ZIPF = float(os.environ.get("LOADTEST_ZIPF", "1.0"))
 BATCH_SIZE = int(os.environ.get("LOADTEST_BATCH_SIZE", "50"))
 BATCH_SHARE = float(os.environ.get("LOADTEST_BATCH_SHARE", "0.1"))
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.harness import ROOT, server
+from benchmarks.harness import ROOT, cache_counts, server
 
 
 def main() -> int:
@@ -54,6 +54,7 @@ def main() -> int:
             env={**os.environ, **env},
             check=False,
         )
+        hits, misses = cache_counts(base)
     with open(f"{args.out}_stats.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             sys.stdout.write(
@@ -61,6 +62,10 @@ def main() -> int:
                 f"{row['Failure Count']:>4}  req/s {float(row['Requests/s']):8.1f}  "
                 f"p50 {row['50%']:>4} ms  p99 {row['99%']:>4} ms\n"
             )
+    sys.stdout.write(
+        f"cache hit ratio {hits / max(hits + misses, 1.0):.1%} "
+        f"({hits:,.0f} hits, {misses:,.0f} misses, rows counted)\n"
+    )
     return result.returncode
 
 
