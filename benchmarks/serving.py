@@ -44,7 +44,15 @@ UVICORN = [
     "--no-access-log",
 ]
 BARE = [*UVICORN, "benchmarks.variants:create_bare_app"]
-SECTIONS = ("ceiling", "sync_vs_async", "batches", "model_cost", "cache_effect", "workers")
+SECTIONS = (
+    "ceiling",
+    "sync_vs_async",
+    "batches",
+    "model_cost",
+    "cache_effect",
+    "workers",
+    "profile",
+)
 
 
 class Suite:
@@ -61,6 +69,7 @@ class Suite:
         self.sections: list[str] = []
         self.raw: dict[str, object] = {}
         self.distributions: dict[str, dict[str, dict[float, float]]] = {}
+        self.stages_ms: dict[int, tuple[float, float, float]] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def _single_bodies(self, count: int, seed: int) -> Path:
@@ -116,8 +125,10 @@ class Suite:
         bare = results["bare FastAPI, constant JSON"].req_per_s
         self.raw["ceiling"] = {k: v.__dict__ for k, v in results.items()}
         return {
+            "bare": bare,
             "hit_vs_bare": results["/predict, cache hit"].req_per_s / bare,
             "miss_vs_bare": results["/predict, cache miss"].req_per_s / bare,
+            "disabled_vs_bare": results["/predict, cache disabled"].req_per_s / bare,
         }
 
     def sync_vs_async(self) -> None:
@@ -169,6 +180,7 @@ class Suite:
                     lambda p=payload: PredictRequest.model_validate_json(p), repeats
                 )
                 ratios[str(size)] = server_s / ort_s
+                self.stages_ms[size] = (parse_s * 1e3, encode_s * 1e3, ort_s * 1e3)
                 rows_out.append(
                     [
                         f"{size:,}",
@@ -296,6 +308,50 @@ class Suite:
         self.raw["cache_effect"] = speedups
         return speedups[0.9]
 
+    def profile(self) -> None:
+        """Where a single-row request's time goes, in process (no network, no wrk)."""
+        from app.core.config import Settings
+        from app.main import create_app
+        from benchmarks.asgi import per_request_us
+        from benchmarks.variants import create_bare_app
+
+        scorer = Scorer.load(self.model_dir)
+        row = random_rows(self.spec, 1, seed=21)[0]
+        raw = json.dumps({"features": row}).encode()
+        distinct = [
+            json.dumps({"features": r}).encode() for r in unique_rows(self.spec, 30_000, 22)
+        ]
+        indices = scorer.encoder.encode_rows([row])
+        settings = Settings(model_dir=self.model_dir, log_level="WARNING")
+        stages = [
+            ("bare FastAPI app, whole request", per_request_us(create_bare_app(), [raw])),
+            (
+                "ctrserve app, repeated body (response cache hit)",
+                per_request_us(create_app(settings), [raw]),
+            ),
+            (
+                "ctrserve app, distinct bodies (cache misses)",
+                per_request_us(create_app(settings), distinct),
+            ),
+            (
+                "  parse + validate body",
+                _median_time(lambda: PredictRequest.model_validate_json(raw), 5000) * 1e6,
+            ),
+            ("  encode row", _median_time(lambda: scorer.encoder.encode_rows([row]), 5000) * 1e6),
+            (
+                "  onnxruntime call (1 row)",
+                _median_time(lambda: scorer.score_indices(indices), 5000) * 1e6,
+            ),
+        ]
+        self._table(
+            "Where the time goes (single row, in process)",
+            "Each app driven through its ASGI interface with no network (so these are pure "
+            "Python costs per request); the indented stages are timed alone. The framework "
+            "around a request costs several times the model itself.",
+            ["stage", "µs"],
+            [[name, f"{value:,.1f}"] for name, value in stages],
+        )
+
     def workers(self) -> None:
         misses = self._single_bodies(300_000, seed=13)
         rows = []
@@ -311,7 +367,7 @@ class Suite:
         )
 
     # -- report --------------------------------------------------------------------------
-    def write(self, goals: list[list[str]], out: Path) -> None:
+    def write(self, goals: list[list[str]], why: list[str], out: Path) -> None:
         packages = ", ".join(
             f"{p} {version(p)}" for p in ("fastapi", "uvicorn", "onnxruntime", "pydantic", "numpy")
         )
@@ -327,6 +383,8 @@ class Suite:
             "| ratio | goal | measured | met |",
             "|---|---|---|---|",
             *["| " + " | ".join(g) + " |" for g in goals],
+            "",
+            *why,
             "",
         ]
         plots = [f"![{name}](latency_{name}.png)" for name in self.distributions]
@@ -373,6 +431,41 @@ def _goal(name: str, goal: float, measured: float, higher_is_better: bool = True
     return [name, f"{sign} {goal}", f"{measured:.2f}", "yes" if met else "**no**"]
 
 
+def _why(
+    goals: list[list[str]], ceiling: dict[str, float], stages: dict[int, tuple[float, float, float]]
+) -> list[str]:
+    """For each goal not met, the measured reason (numbers from this same run)."""
+    unmet = {g[0] for g in goals if g[-1] != "yes"}
+    lines = []
+    if any("cache-miss" in g for g in unmet):
+        lines.append(
+            "- **Cache miss vs bare.** A miss does everything a hit skips -- parse and validate "
+            "the body, encode the row, look up and fill both caches, call onnxruntime -- and "
+            "the profile section below shows those stages together cost more than the bare "
+            "framework's whole request. Without the cache (no lookups, no fills) the ratio is "
+            f"{ceiling['disabled_vs_bare']:.2f}; a miss-only stream is a cache's worst case."
+        )
+    if any("raw ORT" in g for g in unmet) and 1000 in stages:
+        parse, encode, ort = stages[1000]
+        lines.append(
+            "- **Batch overhead.** At 1,000 rows, parsing and validating the JSON "
+            f"({parse:.1f} ms) and encoding ({encode:.1f} ms) alone take "
+            f"{(parse + encode) / ort:.1f}x the "
+            f"onnxruntime call ({ort:.1f} ms): Python work per value (10,000 of them) against a "
+            "model that needs under 2 µs a row. Reaching 1.5x would need a columnar or "
+            "pre-encoded request format rather than JSON objects."
+        )
+    if any("90% hits" in g for g in unmet):
+        bound = 1 / ceiling["disabled_vs_bare"]
+        lines.append(
+            "- **Cache speed-up.** A hit cannot beat the bare endpoint, so the speed-up is "
+            f"bounded by bare ÷ no-cache = {bound:.2f}x on this machine: scoring a row costs "
+            "onnxruntime about 15 µs, little next to HTTP. InMobi's cache paid off against a "
+            "model server far slower than its cache; here the model is already cheap."
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models/default")
@@ -396,6 +489,7 @@ def main() -> None:
     suite.model_cost()
     cache_90 = suite.cache_effect()
     suite.workers()
+    suite.profile()
     overhead = max(batches["1000"], batches["10000"])
     goals = [
         _goal("cache-hit /predict req/s ÷ bare endpoint", 0.8, ceiling["hit_vs_bare"]),
@@ -404,7 +498,7 @@ def main() -> None:
         _goal("req/s with cache ÷ without, at 90% hits", 5.0, cache_90),
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    suite.write(goals, args.out)
+    suite.write(goals, _why(goals, ceiling, suite.stages_ms), args.out)
     logger.info("wrote %s", args.out)
 
 
