@@ -49,6 +49,12 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--categorical", type=_csv_list, default=(), help="categorical columns")
     parser.add_argument("--numeric", type=_csv_list, default=(), help="numeric columns (binned)")
     parser.add_argument("--ignore", type=_csv_list, default=(), help="columns to leave out")
+    parser.add_argument(
+        "--bad-rows",
+        choices=["error", "skip"],
+        default="error",
+        help="malformed rows: stop at the first (default), or skip and report every one",
+    )
 
 
 def _add_train_args(parser: argparse.ArgumentParser) -> None:

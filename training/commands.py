@@ -105,7 +105,7 @@ def run_synth(args: argparse.Namespace) -> int:
 def _read(args: argparse.Namespace, config: TrainConfig | None = None) -> Table:
     roles = ColumnRoles(args.label, args.weight, args.categorical, args.numeric, args.ignore)
     task = config.task if config is not None else "binary"
-    return read_table(args.data, args.format, roles, task)
+    return read_table(args.data, args.format, roles, task, args.bad_rows)
 
 
 def oracle_metrics(table: Table, rows: np.ndarray, task: str = "binary") -> Metrics | None:
@@ -145,6 +145,7 @@ def train_one(
             "data": str(table.path),
             "rows": len(table.frame),
             "label": table.label,
+            "skipped_rows": len(table.skipped),
             "weight": table.weight,
             "config": config.model_dump(mode="json"),
             **{k: v for k, v in summary.items() if k not in {"model", "test"}},
@@ -171,6 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
         len(prepared.spec.fields),
     )
     summary = train_one(table, prepared, config, args.out, progress=not args.no_progress)
+    summary["skipped_rows"] = len(table.skipped)
     oracle = oracle_metrics(table, _test_rows(table, config), config.task)
     if oracle is not None:
         summary["oracle_test"] = oracle
@@ -240,7 +242,9 @@ def ladder_table(rows: list[dict[str, object]], oracle: Metrics | None, task: st
 def run_evaluate(args: argparse.Namespace) -> int:
     scorer = Scorer.load(args.model_dir)
     manifest = scorer.manifest
-    table = read_table(args.data, args.format, _roles_for(manifest, args), manifest.task)
+    table = read_table(
+        args.data, args.format, _roles_for(manifest, args), manifest.task, args.bad_rows
+    )
     if args.split != "all":
         config = TrainConfig.model_validate(manifest.training.get("config"))
         parts = split_rows(len(table.frame), config.val_fraction, config.test_fraction, config.seed)
@@ -257,6 +261,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "model_dir": str(args.model_dir),
             "version": manifest.version,
             "split": args.split,
+            "skipped_rows": len(table.skipped),
             **metrics,
         }
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 DataFormat = Literal["csv", "tsv", "criteo", "parquet"]
 Task = Literal["binary", "regression"]
+BadRows = Literal["error", "skip"]
 
 CRITEO_NUMERIC = tuple(f"I{i}" for i in range(1, 14))
 CRITEO_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
@@ -31,6 +33,28 @@ _LABEL_CANDIDATES = ("label", "click", "rate")
 
 class DataError(ValueError):
     """A data file cannot be used; the message names the file (and line/column)."""
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A malformed row left out under ``bad_rows="skip"``: where it was and why."""
+
+    line: int
+    reason: str
+
+
+class _Problems:
+    """Malformed rows: raise at the first (``error``) or collect them all (``skip``)."""
+
+    def __init__(self, path: Path, mode: BadRows) -> None:
+        self.path = path
+        self.mode = mode
+        self.skipped: list[SkippedRow] = []
+
+    def found(self, line: int, reason: str) -> None:
+        if self.mode == "error":
+            raise DataError(f"{self.path}: line {line}{reason}")
+        self.skipped.append(SkippedRow(line, reason.lstrip(":, ")))
 
 
 @dataclass(frozen=True)
@@ -54,6 +78,7 @@ class Table:
     weight: str | None
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
+    skipped: tuple[SkippedRow, ...] = ()
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -88,6 +113,7 @@ def read_table(
     fmt: DataFormat | None = None,
     roles: ColumnRoles | None = None,
     task: Task = "binary",
+    bad_rows: BadRows = "error",
 ) -> Table:
     """Read ``path`` and check it against the task.
 
@@ -95,7 +121,10 @@ def read_table(
         fmt: file layout; inferred from the suffix when ``None`` (Criteo must be named).
         roles: column roles; the label, categorical and numeric columns are inferred when
             left empty (integer and string columns are categorical, float columns numeric).
+        bad_rows: ``error`` stops at the first malformed row, naming file, line and column;
+            ``skip`` leaves malformed rows out and lists every one in ``Table.skipped``.
     """
+    problems = _Problems(path, bad_rows)
     roles = roles or ColumnRoles()
     fmt = fmt or detect_format(path)
     if not path.is_file():
@@ -103,7 +132,7 @@ def read_table(
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
     if fmt == "criteo":
-        frame = _read_delimited(path, "\t", header=False, names=CRITEO_COLUMNS)
+        frame, lines = _read_delimited(path, "\t", False, problems, names=CRITEO_COLUMNS)
         roles = ColumnRoles(
             label=roles.label or "label",
             weight=roles.weight,
@@ -116,20 +145,32 @@ def read_table(
             frame = pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises many types for a bad file
             raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+        lines = np.arange(1, len(frame) + 1)  # Parquet has rows, not lines: count from 1
     else:
-        frame = _read_delimited(path, "\t" if fmt == "tsv" else ",", header=True)
+        frame, lines = _read_delimited(path, "\t" if fmt == "tsv" else ",", True, problems)
     if frame.empty:
         raise DataError(f"{path}: no data rows")
-    return _resolve(path, frame, roles, task, header=fmt not in {"criteo", "parquet"})
+    return _resolve(path, frame, lines, roles, task, problems)
 
 
 def _read_delimited(
-    path: Path, sep: str, header: bool, names: tuple[str, ...] | None = None
-) -> pd.DataFrame:
-    """Read every column as text first; types are checked afterwards with line numbers."""
-    _check_column_counts(path, sep, header, expected=len(names) if names else None)
+    path: Path,
+    sep: str,
+    header: bool,
+    problems: _Problems,
+    names: tuple[str, ...] | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read every column as text first; types are checked afterwards with line numbers.
+
+    Returns:
+        the frame and, for each of its rows, the line of the file it came from.
+    """
+    bad_lines, good_lines = _check_column_counts(path, sep, header, len(names) if names else None)
+    for line, expected, found in bad_lines:
+        problems.found(line, f": expected {expected} columns, found {found}")
+    skip = {line - 1 for line, _, _ in bad_lines}  # pandas counts lines from 0
     try:
-        return pd.read_csv(
+        frame = pd.read_csv(
             path,
             sep=sep,
             header=0 if header else None,
@@ -138,34 +179,51 @@ def _read_delimited(
             keep_default_na=False,
             na_values=[""],
             engine="c",
+            skiprows=sorted(skip) if skip else None,
+            skip_blank_lines=True,
         )
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: {exc}") from None
+    if len(good_lines) != len(frame):
+        raise DataError(f"{path}: could not match {len(frame)} parsed rows to their lines")
+    return frame, np.asarray(good_lines)
 
 
-def _check_column_counts(path: Path, sep: str, header: bool, expected: int | None) -> None:
-    """Find the first line whose column count differs, so the error can name it."""
+def _check_column_counts(
+    path: Path, sep: str, header: bool, expected: int | None
+) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """Lines whose column count differs from the header's (or ``expected``), and the line
+    of every good data row, so later errors can name the line."""
+    bad: list[tuple[int, int, int]] = []
+    good: list[int] = []
     try:
         with path.open(newline="") as handle:
             reader = csv.reader(handle, delimiter=sep)
-            for line_no, row in enumerate(reader, start=1):
+            for row in reader:
+                if not row:
+                    continue  # blank line: pandas skips it too
                 if expected is None:
                     expected = len(row)
-                    continue
-                if row and len(row) != expected:
-                    raise DataError(
-                        f"{path}: line {line_no}: expected {expected} columns, found {len(row)}"
-                    )
+                elif len(row) != expected:
+                    bad.append((reader.line_num, expected, len(row)))
+                else:
+                    good.append(reader.line_num)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc})") from None
     if header and expected is None:
         raise DataError(f"{path}: the file is empty")
+    return bad, good
 
 
 def _resolve(
-    path: Path, frame: pd.DataFrame, roles: ColumnRoles, task: Task, header: bool
+    path: Path,
+    frame: pd.DataFrame,
+    lines: np.ndarray,
+    roles: ColumnRoles,
+    task: Task,
+    problems: _Problems,
 ) -> Table:
     frame.columns = [str(c) for c in frame.columns]
     columns = list(frame.columns)
@@ -191,21 +249,56 @@ def _resolve(
     if not categorical and not numeric:
         raise DataError(f"{path}: no feature columns besides the label {label!r}")
 
-    offset = 2 if header else 1  # data row i sits on line i + offset
+    bad = np.zeros(len(frame), dtype=bool)
+
+    def flag(mask: np.ndarray, column: str, reason: Callable[[int], str]) -> None:
+        for row in np.flatnonzero(mask & ~bad):
+            problems.found(int(lines[row]), f", column {column!r}: {reason(row)}")
+        bad[mask] = True
+
     for column in (label, *numeric, *([weight] if weight else [])):
-        frame[column] = _to_numbers(path, frame[column], column, offset)
-    _check_label(path, frame[label], label, task, offset)
+        text = frame[column]
+        numbers = pd.to_numeric(text, errors="coerce")
+        flag(
+            (numbers.isna() & text.notna()).to_numpy(),
+            column,
+            lambda row, t=text: f"expected a number, got {t.iloc[row]!r}",
+        )
+        frame[column] = numbers.astype(np.float64)
+    values = frame[label]
+    if task == "binary":
+        label_bad = ~values.isin([0.0, 1.0]).to_numpy()
+        expectation = "binary labels must be 0 or 1"
+    else:
+        label_bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
+        expectation = "regression targets must be finite numbers"
+    flag(label_bad, label, lambda row: f"{expectation}, got {_shown(values.iloc[row])}")
     if weight is not None:
-        bad = ~(frame[weight] >= 0)
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(
-                f"{path}: line {row + offset}, column {weight!r}: weights must be >= 0, "
-                f"got {frame[weight].iloc[row]!r}"
-            )
+        weights = frame[weight]
+        flag(
+            ~(weights >= 0).to_numpy(),
+            weight,
+            lambda row: f"weights must be >= 0, got {_shown(weights.iloc[row])}",
+        )
+    if bad.any():
+        frame = frame.loc[~bad].reset_index(drop=True)
+        if frame.empty:
+            raise DataError(f"{path}: every row is malformed ({len(problems.skipped)} skipped)")
     for column in categorical:
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-    return Table(path, frame, label, weight, tuple(categorical), tuple(numeric))
+    skipped = tuple(sorted(problems.skipped, key=lambda s: s.line))
+    if skipped:
+        logger.warning(
+            "%s: skipped %d malformed rows, first: %s",
+            path,
+            len(skipped),
+            "; ".join(f"line {s.line}: {s.reason}" for s in skipped[:3]),
+        )
+    return Table(path, frame, label, weight, tuple(categorical), tuple(numeric), skipped)
+
+
+def _shown(value: object) -> str:
+    return "an empty value" if pd.isna(value) else repr(value)
 
 
 def _looks_fractional(column: pd.Series) -> bool:
@@ -214,31 +307,3 @@ def _looks_fractional(column: pd.Series) -> bool:
         return False
     numbers = pd.to_numeric(text, errors="coerce")
     return bool(numbers.notna().all() and text.str.contains(r"[.eE]", regex=True).any())
-
-
-def _to_numbers(path: Path, column: pd.Series, name: str, offset: int) -> pd.Series:
-    numbers = pd.to_numeric(column, errors="coerce")
-    bad = numbers.isna() & column.notna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"{path}: line {row + offset}, column {name!r}: expected a number, "
-            f"got {column.iloc[row]!r}"
-        )
-    return numbers.astype(np.float64)
-
-
-def _check_label(path: Path, label: pd.Series, name: str, task: Task, offset: int) -> None:
-    if task == "binary":
-        bad = ~label.isin([0.0, 1.0])
-        expectation = "binary labels must be 0 or 1"
-    else:
-        bad = ~np.isfinite(label.to_numpy(dtype=np.float64))
-        expectation = "regression targets must be finite numbers"
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        value = label.iloc[row]
-        raise DataError(
-            f"{path}: line {row + offset}, column {name!r}: {expectation}, got "
-            f"{'an empty value' if pd.isna(value) else repr(value)}"
-        )

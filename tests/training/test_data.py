@@ -115,3 +115,32 @@ def test_negative_weight_is_refused(tmp_path: Path) -> None:
     path.write_text("rate,weight,site\n0.5,-1,a\n")
     with pytest.raises(DataError, match="line 2, column 'weight'"):
         read_table(path, task="regression")
+
+
+def test_skip_mode_counts_and_reports_every_malformed_row(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        "label,site,price\n"
+        "0,a,1.5\n"
+        "1,b,2.5,extra\n"  # line 3: too many columns
+        "1,c,cheap\n"  # line 4: not a number
+        "\n"
+        "7,d,1.0\n"  # line 6: label out of range
+        "1,e,3.0\n"
+    )
+    with pytest.raises(DataError, match="line 3: expected 3 columns, found 4"):
+        read_table(path, roles=ColumnRoles(numeric=("price",)))
+    table = read_table(path, roles=ColumnRoles(numeric=("price",)), bad_rows="skip")
+    assert table.frame["site"].tolist() == ["a", "e"]
+    assert [(s.line, s.reason.split(":")[0]) for s in table.skipped] == [
+        (3, "expected 3 columns, found 4"),
+        (4, "column 'price'"),
+        (6, "column 'label'"),
+    ]
+
+
+def test_skip_mode_with_nothing_left(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("label,site\n5,a\n")
+    with pytest.raises(DataError, match="every row is malformed"):
+        read_table(path, bad_rows="skip")
