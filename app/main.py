@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -58,6 +59,42 @@ class LatencyMiddleware:
             )
 
 
+class TimeoutMiddleware:
+    """Answer 504 when a request is still unanswered after ``timeout_s``.
+
+    The deadline is checked whenever the request awaits (reading the body, the thread pool);
+    a synchronous onnxruntime call in progress cannot be interrupted and finishes first.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.app(scope, receive, send_tracking)
+        except TimeoutError:
+            if started:
+                raise
+            logger.warning("request to %s timed out after %.1fs", scope["path"], self.timeout_s)
+            response = JSONResponse(
+                {"detail": f"no answer within {self.timeout_s:g}s (CTR_REQUEST_TIMEOUT_S)"},
+                status_code=status.HTTP_504_GATEWAY_TIMEOUT,
+            )
+            await response(scope, receive, send)
+
+
 def _encode_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EncodeError)
     detail = [{"loc": ["body", "features", exc.field], "msg": exc.detail, "type": "encode_error"}]
@@ -112,8 +149,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scorer = Scorer.load(settings.model_dir, settings.ort_intra_op_threads)
-        registry = ModelRegistry(scorer, settings.ort_intra_op_threads)
+        scorer = Scorer.load(
+            settings.model_dir, settings.ort_intra_op_threads, settings.max_value_chars
+        )
+        registry = ModelRegistry(scorer, settings.ort_intra_op_threads, settings.max_value_chars)
         app.state.service = PredictionService(registry, cache, metrics)
         metrics.set_model(scorer.manifest.model_type, scorer.version)
         # Everything alive now (libraries, the model) lives as long as the process: keep it
@@ -133,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Field-aware CTR/CVR scoring on onnxruntime behind a TTL LRU cache.",
         version="0.1.0",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.response_cache = response_cache
@@ -149,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     endpoints = frozenset(
         getattr(route, "path", "") for router in routers for route in router.routes
     )
+    app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(LatencyMiddleware, metrics=metrics, endpoints=endpoints)
     return app
 

@@ -31,6 +31,15 @@ class Settings(BaseSettings):
         description="requests with at most this many rows are scored on the event loop; "
         "larger ones in the thread pool (0 = always the thread pool)",
     )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="request body limit (413 above it)"
+    )
+    max_value_chars: int = Field(
+        default=256, ge=1, description="longest string value a request may carry (422 above)"
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request still unanswered after this gets a 504"
+    )
     reload_token: SecretStr | None = Field(
         default=None, description="bearer token for POST /admin/reload; unset disables reload"
     )

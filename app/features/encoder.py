@@ -49,15 +49,24 @@ def canonical_token(value: object) -> str | None:
 
 
 class _CategoricalColumn:
-    def __init__(self, field: CategoricalField) -> None:
+    def __init__(self, field: CategoricalField, max_chars: int | None) -> None:
         self.name = field.name
+        self.max_chars = max_chars
         # "" is mapped here too, so the common case (a str) is one dict lookup.
         self.lookup: dict[str, int] = {"": MISSING_INDEX}
         self.lookup.update((v, NUM_RESERVED + i) for i, v in enumerate(field.vocabulary))
 
     def index(self, value: object) -> int:
         if type(value) is str:
-            return self.lookup.get(value, UNSEEN_INDEX)
+            found = self.lookup.get(value)
+            if found is not None:
+                return found
+            if self.max_chars is not None and len(value) > self.max_chars:
+                # Only unseen strings can be long: every vocabulary value passed above.
+                raise EncodeError(
+                    self.name, f"value of {len(value)} characters exceeds {self.max_chars}"
+                )
+            return UNSEEN_INDEX
         try:
             token = canonical_token(value)
         except TypeError as exc:
@@ -69,8 +78,9 @@ class _CategoricalColumn:
 
 
 class _NumericColumn:
-    def __init__(self, field: NumericField) -> None:
+    def __init__(self, field: NumericField, max_chars: int | None) -> None:
         self.name = field.name
+        self.max_chars = max_chars
         self.edges = np.asarray(field.bin_edges, dtype=np.float64)
         self._edge_list = list(field.bin_edges)
 
@@ -91,6 +101,10 @@ class _NumericColumn:
             return math.nan
         if isinstance(value, bool) or not isinstance(value, int | float | str | np.number):
             raise EncodeError(self.name, f"expected a number or null, got {type(value).__name__}")
+        if isinstance(value, str) and self.max_chars is not None and len(value) > self.max_chars:
+            raise EncodeError(
+                self.name, f"value of {len(value)} characters exceeds {self.max_chars}"
+            )
         try:
             return float(value)
         except ValueError:
@@ -109,14 +123,20 @@ class _NumericColumn:
 
 
 class FeatureEncoder:
-    """Encode raw rows or columns with one :class:`FeatureSpec`."""
+    """Encode raw rows or columns with one :class:`FeatureSpec`.
 
-    def __init__(self, spec: FeatureSpec) -> None:
+    Args:
+        max_value_chars: refuse longer strings (the service's limit); ``None`` for no limit.
+    """
+
+    def __init__(self, spec: FeatureSpec, max_value_chars: int | None = None) -> None:
         self.spec = spec
         self.names = spec.names
         self._name_set = frozenset(self.names)
         self._columns = [
-            _CategoricalColumn(f) if isinstance(f, CategoricalField) else _NumericColumn(f)
+            _CategoricalColumn(f, max_value_chars)
+            if isinstance(f, CategoricalField)
+            else _NumericColumn(f, max_value_chars)
             for f in spec.fields
         ]
         self._getters = [(column.name, column.index) for column in self._columns]

@@ -18,9 +18,12 @@ class ModelRegistry:
     flight during a reload finish on the model they started with.
     """
 
-    def __init__(self, scorer: Scorer, intra_op_threads: int) -> None:
+    def __init__(
+        self, scorer: Scorer, intra_op_threads: int, max_value_chars: int | None = None
+    ) -> None:
         self._current = scorer
         self._intra_op_threads = intra_op_threads
+        self._max_value_chars = max_value_chars
         self._reload_lock = threading.Lock()
 
     @property
@@ -38,7 +41,7 @@ class ModelRegistry:
         """
         with self._reload_lock:
             target = model_dir or self._current.model_dir
-            loaded = Scorer.load(target, self._intra_op_threads)
+            loaded = Scorer.load(target, self._intra_op_threads, self._max_value_chars)
             previous, self._current = self._current, loaded
         logger.info("swapped model %s -> %s", previous.version, loaded.version)
         return previous, loaded

@@ -28,19 +28,25 @@ class Scorer:
     """One loaded model version: manifest, encoder and onnxruntime session."""
 
     def __init__(
-        self, manifest: ModelManifest, session: ort.InferenceSession, model_dir: Path
+        self,
+        manifest: ModelManifest,
+        session: ort.InferenceSession,
+        model_dir: Path,
+        max_value_chars: int | None = None,
     ) -> None:
         self.manifest = manifest
         self.session = session
         self.model_dir = model_dir
-        self.encoder = FeatureEncoder(manifest.features)
+        self.encoder = FeatureEncoder(manifest.features, max_value_chars)
         self.version = manifest.version
         self._input = manifest.onnx.input_name
         self._output = manifest.onnx.output_name
         self._num_fields = len(manifest.features.fields)
 
     @classmethod
-    def load(cls, model_dir: Path, intra_op_threads: int = 1) -> Scorer:
+    def load(
+        cls, model_dir: Path, intra_op_threads: int = 1, max_value_chars: int | None = None
+    ) -> Scorer:
         """Load and verify ``model_dir``: manifest, sha256, graph I/O, and a smoke score.
 
         Raises:
@@ -68,7 +74,7 @@ class Scorer:
             )
         except Exception as exc:  # ORT raises its own exception types for bad graphs
             raise SpecError(f"{onnx_path}: onnxruntime cannot load it ({exc})") from None
-        scorer = cls(manifest, session, model_dir)
+        scorer = cls(manifest, session, model_dir, max_value_chars)
         scorer._check_graph()
         logger.info(
             "loaded model %s version %s from %s (%d fields)",

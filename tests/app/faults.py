@@ -1,0 +1,102 @@
+"""Broken copies of a good model directory, one per fault the service must refuse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from app.features.spec import FeatureSpec
+from app.scoring.manifest import content_version, sha256_file
+
+
+def _rewrite_manifest(target: Path, change: Callable[[dict[str, object]], None]) -> None:
+    """Edit spec.json and keep its sha256 and version consistent with the files."""
+    path = target / "spec.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    onnx = manifest["onnx"]
+    assert isinstance(onnx, dict)
+    onnx["sha256"] = sha256_file(target / "model.onnx")
+    spec = FeatureSpec.model_validate(manifest["features"])
+    manifest["version"] = content_version(onnx["sha256"], spec)
+    path.write_text(json.dumps(manifest))
+
+
+def _truncated(target: Path) -> None:
+    data = (target / "model.onnx").read_bytes()
+    (target / "model.onnx").write_bytes(data[: len(data) // 2])
+
+
+def _garbage_with_matching_hash(target: Path) -> None:
+    (target / "model.onnx").write_bytes(b"\x08\x07garbage that is not a protobuf graph")
+    _rewrite_manifest(target, lambda manifest: None)
+
+
+def _spec_does_not_match_graph(target: Path) -> None:
+    def drop_a_field(manifest: dict[str, object]) -> None:
+        features = manifest["features"]
+        assert isinstance(features, dict)
+        features["fields"] = features["fields"][:-1]
+
+    _rewrite_manifest(target, drop_a_field)
+
+
+def _wrong_io_names(target: Path) -> None:
+    def rename(manifest: dict[str, object]) -> None:
+        onnx = manifest["onnx"]
+        assert isinstance(onnx, dict)
+        onnx["output_name"] = "probability"
+
+    _rewrite_manifest(target, rename)
+
+
+def _missing_spec(target: Path) -> None:
+    (target / "spec.json").unlink()
+
+
+def _missing_graph(target: Path) -> None:
+    (target / "model.onnx").unlink()
+
+
+def _nan_output(target: Path) -> None:
+    """A valid graph with the right I/O that answers NaN for every row."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Cast", ["indices"], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["as_float", "axis"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "nan"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nan",
+        [helper.make_tensor_value_info("indices", TensorProto.INT64, ["batch", None])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        initializer=[
+            helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(target / "model.onnx"))
+    _rewrite_manifest(target, lambda manifest: None)
+
+
+FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "truncated model.onnx": (_truncated, "sha256"),
+    "corrupt model.onnx": (_garbage_with_matching_hash, "onnxruntime cannot load it"),
+    "spec.json does not match the graph": (_spec_does_not_match_graph, "graph takes"),
+    "wrong input/output names": (_wrong_io_names, "does not match spec.json"),
+    "missing spec.json": (_missing_spec, "cannot read"),
+    "missing model.onnx": (_missing_graph, "missing"),
+    "model outputs NaN": (_nan_output, "smoke prediction failed"),
+}
+
+
+def broken_copy(model_dir: Path, target: Path, fault: str) -> Path:
+    shutil.copytree(model_dir, target)
+    FAULTS[fault][0](target)
+    return target

@@ -1,0 +1,55 @@
+"""Request limits: body size, batch size, value length, timeout -- each a setting."""
+
+import asyncio
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.main import TimeoutMiddleware, create_app
+
+
+def _client(model_dir: Path, **overrides: object) -> TestClient:
+    return TestClient(create_app(Settings(model_dir=model_dir, **overrides)))
+
+
+def test_body_over_the_limit_is_413(model_dir: Path) -> None:
+    with _client(model_dir, max_body_bytes=2048) as client:
+        rows = [{"c0": "c0_1", "n0": 1.5}] * 200
+        response = client.post("/predict", json={"instances": rows})
+        assert response.status_code == 413
+        assert client.post("/predict", json={"features": rows[0]}).status_code == 200
+
+
+def test_batch_over_the_limit_is_413(model_dir: Path) -> None:
+    with _client(model_dir, max_batch_size=3) as client:
+        response = client.post("/predict", json={"instances": [{}] * 4})
+        assert response.status_code == 413
+        assert "CTR_MAX_BATCH_SIZE" in response.json()["detail"]
+
+
+def test_long_string_is_422_naming_the_field(model_dir: Path) -> None:
+    with _client(model_dir, max_value_chars=16) as client:
+        response = client.post("/predict", json={"features": {"c2": "x" * 17}})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"][-1] == "c2"
+        assert "exceeds 16" in response.text
+        numeric = client.post("/predict", json={"features": {"n0": "1" * 17}})
+        assert numeric.status_code == 422
+        assert client.post("/predict", json={"features": {"c2": "x" * 16}}).status_code == 200
+
+
+def test_slow_request_gets_504() -> None:
+    slow = FastAPI()
+
+    @slow.get("/slow")
+    async def sleepy() -> dict[str, str]:
+        await asyncio.sleep(1.0)
+        return {"status": "late"}
+
+    slow.add_middleware(TimeoutMiddleware, timeout_s=0.05)
+    with TestClient(slow) as client:
+        response = client.get("/slow")
+    assert response.status_code == 504
+    assert "0.05s" in response.json()["detail"]
