@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test bench loadtest clean
+.PHONY: setup run model serve test bench reliability loadtest clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,11 @@ bench: model
 	test -f models/ladder/nffm/spec.json || $(PY) -m training ladder --data $(DATA) \
 		--out-dir models/ladder --no-progress
 	$(PY) -m benchmarks.serving
+
+# Fuzzing, limits, faults, reload under load, memory bound, shutdown, audit -> docs/RELIABILITY.md
+reliability: model
+	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
+	$(PY) -m benchmarks.reliability
 
 # A bounded headless locust run against a fresh server on 127.0.0.1; fails on any failure.
 loadtest: model

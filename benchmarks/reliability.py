@@ -1,0 +1,459 @@
+"""The reliability suite: every check of docs/RELIABILITY.md, measured in one run on 127.0.0.1.
+
+    make reliability      # or: .venv/bin/python -m benchmarks.reliability
+
+Fuzzing (schemathesis, hypothesis), limits, faults at start-up and reload, reload under
+load, bounded memory, graceful shutdown and security checks. Every figure in the report is
+produced here; bounded durations and request counts only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx2 as httpx
+import psutil
+
+from benchmarks.harness import ROOT, machine, server, write_bodies, wrk
+from loadtest.payloads import load_spec, random_rows, unique_rows
+
+logger = logging.getLogger("reliability")
+APP = [sys.executable, "-m", "app"]
+TOKEN = "reliability-suite-token"
+AUTH_HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Report:
+    def __init__(self) -> None:
+        self.sections: list[str] = []
+
+    def table(self, title: str, intro: str, header: list[str], rows: list[list[str]]) -> None:
+        lines = [
+            f"## {title}",
+            "",
+            intro,
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        self.sections.append("\n".join(lines) + "\n")
+        logger.info("\n%s", "\n".join(lines))
+
+
+def fuzzing(report: Report, model_dir: Path, examples: int) -> None:
+    import schemathesis
+    from fastapi.testclient import TestClient
+
+    from app.core.config import Settings
+    from app.main import create_app
+
+    rows = []
+    app = create_app(Settings(model_dir=model_dir, reload_token=TOKEN, log_level="ERROR"))
+    with TestClient(app):
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        operations = [result.ok() for result in schema.get_all_operations()]
+        for mode in ("positive", "negative"):
+            for operation in operations:
+                if mode == "negative" and not operation.body:
+                    continue
+                statuses: dict[int, int] = {}
+                _fuzz_operation(operation, mode, examples, statuses)
+                cases = sum(statuses.values())
+                errors = sum(n for code, n in statuses.items() if code >= 500)
+                codes = ", ".join(f"{c}: {n}" for c, n in sorted(statuses.items()))
+                rows.append(
+                    [
+                        f"{operation.method.upper()} {operation.path}",
+                        mode,
+                        str(cases),
+                        str(errors),
+                        codes,
+                    ]
+                )
+    report.table(
+        "Fuzzing the HTTP API (schemathesis)",
+        f"Requests generated from the service's own OpenAPI schema, up to {examples} per "
+        "operation and mode; positive cases follow the schema, negative ones break it.",
+        ["operation", "mode", "cases", "5xx", "status codes"],
+        rows,
+    )
+
+
+def _fuzz_operation(operation: object, mode: str, examples: int, statuses: dict[int, int]) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    strategy = operation.as_strategy(schemathesis.GenerationMode(mode))  # type: ignore[attr-defined]
+
+    @given(case=strategy)
+    @settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    def call(case: object) -> None:
+        # with the operator's token, so /admin/reload's body is fuzzed too, not just its auth
+        code = case.call(headers=AUTH_HEADERS).status_code  # type: ignore[attr-defined]
+        statuses[code] = statuses.get(code, 0) + 1
+
+    call()
+
+
+def encoder_fuzzing(report: Report, examples: int) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from app.features.errors import EncodeError
+    from tests.features.test_encoder_fuzz import ENCODER
+    from tests.features.test_encoder_fuzz import rows as row_strategy
+
+    outcome = {"encoded": 0, "refused": 0, "crashed": 0}
+
+    @given(st.lists(row_strategy, min_size=1, max_size=5))
+    @settings(max_examples=examples, deadline=None, database=None)
+    def run(batch: list[dict[str, object]]) -> None:
+        try:
+            ENCODER.encode_rows(batch)
+            outcome["encoded"] += 1
+        except EncodeError:
+            outcome["refused"] += 1
+        except Exception:
+            outcome["crashed"] += 1
+
+    run()
+    report.table(
+        "Fuzzing the encoder (hypothesis)",
+        "Batches of rows with arbitrary JSON values (nested lists and objects, NaN, huge "
+        "integers, any text) under known and unknown field names.",
+        ["cases", "encoded", "refused with EncodeError", "any other exception"],
+        [
+            [
+                str(sum(outcome.values())),
+                str(outcome["encoded"]),
+                str(outcome["refused"]),
+                str(outcome["crashed"]),
+            ]
+        ],
+    )
+
+
+def limits(report: Report, model_dir: Path) -> None:
+    env = {
+        "CTR_MODEL_DIR": str(model_dir),
+        "CTR_MAX_BODY_BYTES": "65536",
+        "CTR_MAX_BATCH_SIZE": "100",
+        "CTR_MAX_VALUE_CHARS": "64",
+    }
+    checks = [
+        ("body over CTR_MAX_BODY_BYTES (64 KiB here)", {"instances": [{"c0": "x" * 60}] * 1200}),
+        ("batch over CTR_MAX_BATCH_SIZE (100 here)", {"instances": [{}] * 101}),
+        ("string over CTR_MAX_VALUE_CHARS (64 here)", {"features": {"c0": "x" * 65}}),
+        ("unknown field name", {"features": {"not_a_field": 1}}),
+        ("empty batch", {"instances": []}),
+        ("NaN value", None),
+    ]
+    rows = []
+    with server(APP, env) as base, httpx.Client(timeout=10) as client:
+        for name, payload in checks:
+            if payload is None:
+                response = client.post(
+                    f"{base}/predict",
+                    content=b'{"features":{"n0":NaN}}',
+                    headers={"content-type": "application/json"},
+                )
+            else:
+                response = client.post(f"{base}/predict", json=payload)
+            detail = response.text[:110].replace("|", "/")
+            rows.append([name, str(response.status_code), f"`{detail}`"])
+    report.table(
+        "Limits",
+        "Each limit is a setting with a default (README, Settings); a live server answers:",
+        ["request", "status", "answer (start)"],
+        rows,
+    )
+
+
+def faults(report: Report, model_dir: Path) -> None:
+    from tests.app.faults import FAULTS, broken_copy
+
+    rows = []
+    env = {"CTR_MODEL_DIR": str(model_dir), "CTR_RELOAD_TOKEN": TOKEN}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with tempfile.TemporaryDirectory() as scratch, server(APP, env) as base:
+        serving = httpx.get(f"{base}/model", timeout=5).json()["version"]
+        for index, fault in enumerate(sorted(FAULTS)):
+            broken = broken_copy(model_dir, Path(scratch) / f"m{index}", fault)
+            start = subprocess.run(
+                [sys.executable, "-m", "app"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "CTR_MODEL_DIR": str(broken), "CTR_PORT": "1"},
+            )
+            refused_at_start = start.returncode != 0 and FAULTS[fault][1] in start.stderr
+            reload = httpx.post(
+                f"{base}/admin/reload", headers=auth, timeout=30, json={"model_dir": str(broken)}
+            )
+            still = httpx.get(f"{base}/model", timeout=5).json()["version"] == serving
+            scored = httpx.post(f"{base}/predict", json={"features": {}}, timeout=5)
+            rows.append(
+                [
+                    fault,
+                    "refused" if refused_at_start else "**started**",
+                    str(reload.status_code),
+                    "yes" if still else "**no**",
+                    str(scored.status_code),
+                ]
+            )
+    report.table(
+        "Faults at start-up and reload",
+        "Each broken copy of the model directory is started as a fresh service (it must "
+        "refuse to start, naming the reason) and offered to a running service by "
+        "POST /admin/reload (it must be refused while the old version keeps serving).",
+        ["fault", "fresh start", "reload status", "old model still serving", "/predict after"],
+        rows,
+    )
+
+
+def reload_under_load(report: Report, model_dir: Path, duration_s: int) -> None:
+    spec = load_spec(model_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        second = Path(scratch) / "v2"
+        shutil.copytree(model_dir, second)
+        _rename_a_value(second)
+        bodies = write_bodies([{"features": r} for r in random_rows(spec, 50_000, seed=4)])
+        env = {"CTR_MODEL_DIR": str(model_dir), "CTR_RELOAD_TOKEN": TOKEN}
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        with server(APP, env) as base:
+            versions: set[str] = set()
+            bad: list[str] = []
+            reloads = {"ok": 0, "failed": 0}
+            stop = threading.Event()
+
+            def checker() -> None:
+                with httpx.Client(timeout=10) as client:
+                    i = 0
+                    while not stop.is_set():
+                        response = client.post(
+                            f"{base}/predict", json={"features": {"c0": f"c0_{i % 97}"}}
+                        )
+                        body = response.json() if response.status_code == 200 else {}
+                        if "model_version" not in body:
+                            bad.append(f"{response.status_code}")
+                        else:
+                            versions.add(body["model_version"])
+                        i += 1
+
+            def reloader() -> None:
+                targets = [second, model_dir]
+                i = 0
+                with httpx.Client(timeout=30) as client:
+                    while not stop.is_set():
+                        response = client.post(
+                            f"{base}/admin/reload",
+                            headers=auth,
+                            json={"model_dir": str(targets[i % 2])},
+                        )
+                        reloads["ok" if response.status_code == 200 else "failed"] += 1
+                        i += 1
+                        stop.wait(0.5)
+
+            threads = [threading.Thread(target=checker), threading.Thread(target=reloader)]
+            for thread in threads:
+                thread.start()
+            result = wrk(f"{base}/predict", bodies, duration_s, connections=16)
+            stop.set()
+            for thread in threads:
+                thread.join()
+    report.table(
+        "Hot reload under load",
+        f"wrk for {duration_s} s (16 connections) while the model is swapped between two "
+        "versions every 0.5 s; a second client checks that every answer names the version "
+        "that scored it.",
+        [
+            "requests (wrk)",
+            "failed requests",
+            "reloads ok / failed",
+            "answers without a version",
+            "versions seen",
+        ],
+        [
+            [
+                f"{result.requests:,}",
+                str(result.errors),
+                f"{reloads['ok']} / {reloads['failed']}",
+                str(len(bad)),
+                str(len(versions)),
+            ]
+        ],
+    )
+
+
+def _rename_a_value(target: Path) -> None:
+    from app.features.spec import FeatureSpec
+    from app.scoring.manifest import content_version
+
+    manifest = json.loads((target / "spec.json").read_text())
+    field = manifest["features"]["fields"][0]
+    field["vocabulary"] = [*field["vocabulary"][:-1], "renamed-value"]
+    spec = FeatureSpec.model_validate(manifest["features"])
+    manifest["version"] = content_version(manifest["onnx"]["sha256"], spec)
+    (target / "spec.json").write_text(json.dumps(manifest))
+
+
+def memory(report: Report, model_dir: Path, unique_keys: int, maxsize: int) -> None:
+    spec = load_spec(model_dir)
+    rows_out = []
+    for cache in (maxsize, 0):
+        env = {
+            "CTR_MODEL_DIR": str(model_dir),
+            "CTR_CACHE_MAXSIZE": str(cache),
+            "CTR_CACHE_TTL_S": "3600",
+        }
+        with server(APP, env) as base, httpx.Client(timeout=60) as client:
+            process = _server_process(base)
+            sent = 0
+            checkpoints = sorted({unique_keys // 4, unique_keys // 2, unique_keys})
+            for checkpoint in checkpoints:
+                while sent < checkpoint:
+                    size = min(2000, checkpoint - sent)
+                    rows = unique_rows(spec, size, seed=1_000_000 + sent)
+                    client.post(f"{base}/predict", json={"instances": rows}).raise_for_status()
+                    sent += size
+                entries = _metric(client.get(f"{base}/metrics").text, "ctr_cache_entries")
+                rss = process.memory_info().rss / 2**20
+                rows_out.append([f"{cache:,}", f"{sent:,}", f"{entries:,.0f}", f"{rss:,.0f}"])
+    report.table(
+        "Bounded memory under a flood of distinct rows",
+        f"{unique_keys:,} distinct rows sent in batches of 2,000; resident memory of the "
+        "server process (psutil) at each checkpoint, with the default-size cache and "
+        "without a cache. Entries never exceed CTR_CACHE_MAXSIZE, so memory levels off.",
+        ["CTR_CACHE_MAXSIZE", "distinct rows sent", "cache entries", "RSS MiB"],
+        rows_out,
+    )
+
+
+def _server_process(base: str) -> psutil.Process:
+    port = int(base.rsplit(":", 1)[1])
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
+            return psutil.Process(connection.pid)
+    raise RuntimeError(f"no process listens on {port}")
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def shutdown(report: Report, model_dir: Path) -> None:
+    from tests.app.test_hardening import test_sigterm_lets_the_request_in_flight_finish
+
+    started = time.perf_counter()
+    try:
+        test_sigterm_lets_the_request_in_flight_finish(model_dir)
+        outcome = "in-flight request answered 200, process exited on SIGTERM"
+    except AssertionError as exc:
+        outcome = f"**failed**: {exc}"
+    report.table(
+        "Graceful shutdown",
+        "A request whose body is half sent when SIGTERM arrives; the rest is sent after.",
+        ["outcome", "seconds"],
+        [[outcome, f"{time.perf_counter() - started:.1f}"]],
+    )
+
+
+def security(report: Report) -> None:
+    rows = []
+    app_sources = "\n".join(p.read_text() for p in (ROOT / "app").rglob("*.py"))
+    for banned in ("pickle", "torch.load", "joblib", "eval(", "exec("):
+        rows.append([f"`{banned}` in app/", "absent" if banned not in app_sources else "**found**"])
+    rows.append(
+        [
+            "reload token comparison",
+            "secrets.compare_digest"
+            if "compare_digest" in app_sources
+            else "**not constant-time**",
+        ]
+    )
+    audit = subprocess.run(
+        [sys.executable, "-m", "pip_audit", "--progress-spinner", "off", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if audit.stdout.strip().startswith("{"):
+        found = json.loads(audit.stdout)
+        packages = found.get("dependencies", [])
+        vulnerable = [p for p in packages if p.get("vulns")]
+        ids = ", ".join(
+            f"{p['name']} {p['version']}: " + " ".join(v["id"] for v in p["vulns"])
+            for p in vulnerable
+        )
+        rows.append(
+            [
+                "pip-audit over the installed environment",
+                f"{len(packages)} packages, {len(vulnerable)} with known vulnerabilities"
+                + (f" ({ids})" if ids else ""),
+            ]
+        )
+    else:
+        reason = (audit.stderr.strip().splitlines() or ["no output"])[-1][:160]
+        rows.append(["pip-audit over the installed environment", f"could not run: {reason}"])
+    report.table(
+        "Security checks",
+        "Static checks of the service code and a dependency audit.",
+        ["check", "result"],
+        rows,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models/default")
+    parser.add_argument("--examples", type=int, default=300, help="fuzz cases per operation")
+    parser.add_argument("--duration", type=int, default=20, help="seconds of reload under load")
+    parser.add_argument("--unique-keys", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/RELIABILITY.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "httpx2", "app"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    report = Report()
+    fuzzing(report, args.model_dir, args.examples)
+    encoder_fuzzing(report, args.examples * 10)
+    limits(report, args.model_dir)
+    faults(report, args.model_dir)
+    reload_under_load(report, args.model_dir, args.duration)
+    memory(report, args.model_dir, args.unique_keys, maxsize=100_000)
+    shutdown(report, args.model_dir)
+    security(report)
+    head = [
+        "# ctrserve reliability",
+        "",
+        f"Generated by `make reliability` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
+        f"Machine: {machine()}. Model: `{args.model_dir}`. The same checks run, smaller, in "
+        "the test suite (tests/app/test_fuzz.py, test_faults.py, test_limits.py, "
+        "test_hardening.py, tests/features/test_encoder_fuzz.py).",
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(head) + "\n" + "\n".join(report.sections))
+    logger.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
