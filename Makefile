@@ -44,6 +44,7 @@ test: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app
 	$(PY) -m pytest
+	$(PY) scripts/audit.py
 
 # Side-by-side serving benchmarks -> docs/BENCHMARKS.md (installs wrk and matplotlib).
 bench: model

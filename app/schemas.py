@@ -104,7 +104,11 @@ class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_dir: str | None = Field(
-        default=None, description="directory to load; default: the current one again"
+        default=None,
+        min_length=1,
+        max_length=4096,
+        pattern=r"^[^\x00]+$",
+        description="directory to load; default: the current one again",
     )
 
 

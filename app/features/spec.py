@@ -118,8 +118,10 @@ def load_json_model(model: type[_M], path: Path) -> _M:
     """Read and validate a JSON file, turning every failure into one ``SpecError``."""
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte in the path
+        raise SpecError(
+            f"{path!s:.200}: cannot read ({getattr(exc, 'strerror', None) or exc})"
+        ) from exc
     try:
         return model.model_validate(json.loads(text))
     except json.JSONDecodeError as exc:

@@ -129,3 +129,9 @@ def test_reload_under_concurrent_requests(
         thread.join()
     assert failures == []
     assert len(versions) == 2
+
+
+def test_reload_refuses_unusable_paths(client: TestClient) -> None:
+    for model_dir in ["bad\u0000path", "", "x" * 5000]:
+        response = client.post("/admin/reload", headers=AUTH, json={"model_dir": model_dir})
+        assert response.status_code == 422, response.text
