@@ -128,3 +128,17 @@ def cache_counts(base: str) -> tuple[float, float]:
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def markdown_section(title: str, intro: str, header: list[str], rows: list[list[str]]) -> str:
+    """A report section: heading, one paragraph, one table."""
+    lines = [
+        f"## {title}",
+        "",
+        intro,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

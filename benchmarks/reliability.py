@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx2 as httpx
 import psutil
 
-from benchmarks.harness import ROOT, machine, server, write_bodies, wrk
+from benchmarks.harness import ROOT, machine, markdown_section, server, write_bodies, wrk
 from loadtest.payloads import load_spec, random_rows, unique_rows
 
 logger = logging.getLogger("reliability")
@@ -39,17 +38,9 @@ class Report:
         self.sections: list[str] = []
 
     def table(self, title: str, intro: str, header: list[str], rows: list[list[str]]) -> None:
-        lines = [
-            f"## {title}",
-            "",
-            intro,
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        self.sections.append("\n".join(lines) + "\n")
-        logger.info("\n%s", "\n".join(lines))
+        section = markdown_section(title, intro, header, rows)
+        self.sections.append(section)
+        logger.info("\n%s", section)
 
 
 def fuzzing(report: Report, model_dir: Path, examples: int) -> None:
@@ -227,11 +218,11 @@ def faults(report: Report, model_dir: Path) -> None:
 
 
 def reload_under_load(report: Report, model_dir: Path, duration_s: int) -> None:
+    from tests.app.faults import second_version
+
     spec = load_spec(model_dir)
     with tempfile.TemporaryDirectory() as scratch:
-        second = Path(scratch) / "v2"
-        shutil.copytree(model_dir, second)
-        _rename_a_value(second)
+        second = second_version(model_dir, Path(scratch) / "v2")
         bodies = write_bodies([{"features": r} for r in random_rows(spec, 50_000, seed=4)])
         env = {"CTR_MODEL_DIR": str(model_dir), "CTR_RELOAD_TOKEN": TOKEN}
         auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -298,18 +289,6 @@ def reload_under_load(report: Report, model_dir: Path, duration_s: int) -> None:
             ]
         ],
     )
-
-
-def _rename_a_value(target: Path) -> None:
-    from app.features.spec import FeatureSpec
-    from app.scoring.manifest import content_version
-
-    manifest = json.loads((target / "spec.json").read_text())
-    field = manifest["features"]["fields"][0]
-    field["vocabulary"] = [*field["vocabulary"][:-1], "renamed-value"]
-    spec = FeatureSpec.model_validate(manifest["features"])
-    manifest["version"] = content_version(manifest["onnx"]["sha256"], spec)
-    (target / "spec.json").write_text(json.dumps(manifest))
 
 
 def memory(report: Report, model_dir: Path, unique_keys: int, maxsize: int) -> None:

@@ -25,7 +25,16 @@ import numpy as np
 
 from app.schemas import PredictRequest
 from app.scoring.scorer import Scorer
-from benchmarks.harness import ROOT, WrkResult, cache_counts, machine, server, write_bodies, wrk
+from benchmarks.harness import (
+    ROOT,
+    WrkResult,
+    cache_counts,
+    machine,
+    markdown_section,
+    server,
+    write_bodies,
+    wrk,
+)
 from loadtest.payloads import load_spec, random_rows, unique_rows
 
 logger = logging.getLogger("benchmarks")
@@ -80,17 +89,9 @@ class Suite:
         return wrk(f"{base}/predict", bodies, self.duration_s, connections)
 
     def _table(self, title: str, intro: str, header: list[str], rows: list[list[str]]) -> None:
-        lines = [
-            f"## {title}",
-            "",
-            intro,
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        self.sections.append("\n".join(lines) + "\n")
-        logger.info("\n%s", "\n".join(lines))
+        section = markdown_section(title, intro, header, rows)
+        self.sections.append(section)
+        logger.info("\n%s", section)
 
     @staticmethod
     def _row(name: str, result: WrkResult) -> list[str]:

@@ -100,3 +100,17 @@ def broken_copy(model_dir: Path, target: Path, fault: str) -> Path:
     shutil.copytree(model_dir, target)
     FAULTS[fault][0](target)
     return target
+
+
+def second_version(model_dir: Path, target: Path) -> Path:
+    """A second valid version: the same graph with one vocabulary value renamed."""
+    shutil.copytree(model_dir, target)
+
+    def rename(manifest: dict[str, object]) -> None:
+        features = manifest["features"]
+        assert isinstance(features, dict)
+        field = features["fields"][0]
+        field["vocabulary"] = [*field["vocabulary"][:-1], "renamed-value"]
+
+    _rewrite_manifest(target, rename)
+    return target

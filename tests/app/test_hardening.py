@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.app.test_uvicorn import ROOT, _free_port
+from benchmarks.harness import free_port
+from tests.app.test_uvicorn import ROOT
 
 pytest.importorskip("numpy")
 
@@ -52,7 +53,7 @@ def test_secrets_and_payloads_stay_out_of_logs(
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CTR_MODEL_DIR": str(model_dir),

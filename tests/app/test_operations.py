@@ -1,6 +1,5 @@
 """Health, readiness, metrics, model metadata and hot reload."""
 
-import json
 import shutil
 import threading
 from pathlib import Path
@@ -8,9 +7,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.features.spec import FeatureSpec
 from app.main import create_app
-from app.scoring.manifest import content_version
+from tests.app.faults import second_version
 
 ROW = {"c0": "c0_1", "n0": 1.0}
 AUTH = {"Authorization": "Bearer t0ken"}
@@ -56,23 +54,11 @@ def test_reload_is_off_without_a_token(model_dir: Path) -> None:
     assert "disabled" in response.json()["detail"]
 
 
-def _copy_with_new_version(model_dir: Path, target: Path) -> Path:
-    """A second valid version: the same graph with one vocabulary value renamed."""
-    shutil.copytree(model_dir, target)
-    manifest = json.loads((target / "spec.json").read_text())
-    field = manifest["features"]["fields"][0]
-    field["vocabulary"] = [*field["vocabulary"][:-1], "renamed-value"]
-    spec = FeatureSpec.model_validate(manifest["features"])
-    manifest["version"] = content_version(manifest["onnx"]["sha256"], spec)
-    (target / "spec.json").write_text(json.dumps(manifest))
-    return target
-
-
 def test_reload_swaps_and_never_serves_stale_scores(
     client: TestClient, model_dir: Path, tmp_path: Path
 ) -> None:
     old = client.post("/predict", json={"features": ROW}).json()
-    new_dir = _copy_with_new_version(model_dir, tmp_path / "v2")
+    new_dir = second_version(model_dir, tmp_path / "v2")
     response = client.post("/admin/reload", headers=AUTH, json={"model_dir": str(new_dir)})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -101,7 +87,7 @@ def test_bad_reload_keeps_the_old_model(
 def test_reload_under_concurrent_requests(
     client: TestClient, model_dir: Path, tmp_path: Path
 ) -> None:
-    new_dir = _copy_with_new_version(model_dir, tmp_path / "v2")
+    new_dir = second_version(model_dir, tmp_path / "v2")
     failures: list[int] = []
     versions: set[str] = set()
     stop = threading.Event()

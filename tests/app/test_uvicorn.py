@@ -1,7 +1,6 @@
 """One real uvicorn process on 127.0.0.1, configured through the environment."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,18 +10,14 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from benchmarks.harness import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def server(model_dir: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CTR_MODEL_DIR": str(model_dir),
