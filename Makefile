@@ -9,14 +9,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test bench reliability loadtest clean
+.PHONY: setup run model serve test bench reliability quality loadtest clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,dev]'
+	$(PY) -m pip install --quiet -e '.[train,dev,compare]'
 	touch $@
 
 $(DATA): | $(VENV)/.installed
@@ -58,6 +58,10 @@ bench: model
 reliability: model
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	$(PY) -m benchmarks.reliability
+
+# The ladder vs LightGBM vs DeepCTR-Torch on Criteo, Avazu and 1M synthetic rows -> docs/QUALITY.md
+quality: setup
+	$(PY) -m benchmarks.quality
 
 # A bounded headless locust run against a fresh server on 127.0.0.1; fails on any failure.
 loadtest: model

@@ -62,18 +62,28 @@ class LatencyMiddleware:
 class TimeoutMiddleware:
     """Answer 504 when a request is still unanswered after ``timeout_s``.
 
-    The deadline is checked whenever the request awaits (reading the body, the thread pool);
-    a synchronous onnxruntime call in progress cannot be interrupted and finishes first.
+    One sweeper task per event loop cancels overdue requests, so a request costs a dict
+    insert and delete instead of a timer of its own (which cost ~10 µs, a sixth of a cache
+    hit). The deadline takes effect at the request's next await (reading the body, the
+    thread pool); a synchronous onnxruntime call in progress finishes first.
     """
 
     def __init__(self, app: ASGIApp, timeout_s: float) -> None:
         self.app = app
         self.timeout_s = timeout_s
+        self._deadlines: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        task = asyncio.current_task()
+        if scope["type"] != "http" or task is None:
             await self.app(scope, receive, send)
             return
+        loop = asyncio.get_running_loop()
+        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._sweep())
+        self._deadlines[task] = loop.time() + self.timeout_s
         started = False
 
         async def send_tracking(message: Message) -> None:
@@ -82,17 +92,31 @@ class TimeoutMiddleware:
             await send(message)
 
         try:
-            async with asyncio.timeout(self.timeout_s):
-                await self.app(scope, receive, send_tracking)
-        except TimeoutError:
-            if started:
+            await self.app(scope, receive, send_tracking)
+        except asyncio.CancelledError:
+            if task not in self._expired or started:
                 raise
+            task.uncancel()
             logger.warning("request to %s timed out after %.1fs", scope["path"], self.timeout_s)
             response = JSONResponse(
                 {"detail": f"no answer within {self.timeout_s:g}s (CTR_REQUEST_TIMEOUT_S)"},
                 status_code=status.HTTP_504_GATEWAY_TIMEOUT,
             )
             await response(scope, receive, send)
+        finally:
+            self._deadlines.pop(task, None)
+            self._expired.discard(task)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(0.5, self.timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
 
 def _encode_error(request: Request, exc: Exception) -> JSONResponse:

@@ -119,6 +119,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows to score: the whole file, or one split of the training run",
     )
 
+    compare = commands.add_parser(
+        "compare", help="the ladder vs LightGBM vs DeepCTR-Torch on one split, with 95% CIs"
+    )
+    _add_data_args(compare)
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--models", type=_csv_list, default=tuple(MODELS))
+    compare.add_argument(
+        "--no-baselines", action="store_true", help="only the ladder (no LightGBM / DeepCTR-Torch)"
+    )
+    compare.add_argument(
+        "--no-tune", action="store_true", help="min-count 1 instead of choosing it on validation"
+    )
+    compare.add_argument("--report", type=Path, default=None, help="also write the table here")
+
+    inspect = commands.add_parser("inspect", help="map a field's latent vectors (PCA/t-SNE)")
+    inspect.add_argument("--model-dir", type=Path, required=True)
+    inspect.add_argument("--field", required=True)
+    inspect.add_argument("--plot", type=Path, required=True, help="PNG to write")
+    inspect.add_argument("--method", choices=["pca", "tsne"], default="pca")
+    inspect.add_argument(
+        "--data", type=Path, default=None, help="rows to colour values by their click rate"
+    )
+    inspect.add_argument("--format", choices=["csv", "tsv", "criteo", "parquet"], default=None)
+
     export = commands.add_parser("export", help="re-export model.onnx from checkpoint.pt")
     export.add_argument("--model-dir", type=Path, required=True)
     export.add_argument("--out", type=Path, default=None, help="default: in place")

@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         "ladder": run_ladder,
         "evaluate": run_evaluate,
         "export": run_export,
+        "compare": run_compare,
+        "inspect": run_inspect,
     }
     return handlers[args.command](args)
 
@@ -289,4 +291,39 @@ def _roles_for(manifest: ModelManifest, args: argparse.Namespace) -> ColumnRoles
 def run_export(args: argparse.Namespace) -> int:
     manifest = reexport(args.model_dir, args.out)
     _emit({"model_dir": str(args.out or args.model_dir), "version": manifest.version})
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from training.compare import compare, markdown
+
+    table = _read(args)
+    entries, setup = compare(
+        table,
+        args.seed,
+        args.models,
+        baselines=not args.no_baselines,
+        tune_min_count=not args.no_tune,
+    )
+    oracle = oracle_metrics(table, split_rows(len(table.frame), 0.1, 0.1, args.seed)[2])
+    text = markdown(entries, None if oracle is None else oracle["auc"])
+    sys.stdout.write(text + "\n")
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(f"Set-up: {json.dumps(setup)}\n\n{text}\n")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from training.inspect_vectors import plot_field
+
+    table = None
+    if args.data is not None:
+        manifest = ModelManifest.load(args.model_dir)
+        own_columns = argparse.Namespace(
+            label=None, weight=None, categorical=(), numeric=(), ignore=()
+        )
+        roles = _roles_for(manifest, own_columns)
+        table = read_table(args.data, args.format, roles, manifest.task, "skip")
+    _emit(plot_field(args.model_dir, args.field, table, args.plot, args.method))
     return 0

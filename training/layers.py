@@ -14,7 +14,7 @@ from torch import nn
 from app.features.spec import NUM_RESERVED, UNSEEN_INDEX
 
 
-def _offsets(field_dims: Sequence[int]) -> torch.Tensor:
+def field_offsets(field_dims: Sequence[int]) -> torch.Tensor:
     dims = torch.tensor([0, *field_dims[:-1]], dtype=torch.int64)
     return torch.cumsum(dims, dim=0)
 
@@ -27,7 +27,7 @@ class FeaturesLinear(nn.Module):
         self.weight = nn.Embedding(sum(field_dims), 1)
         self.bias = nn.Parameter(torch.zeros(1))
         nn.init.zeros_(self.weight.weight)
-        self.register_buffer("offsets", _offsets(field_dims), persistent=False)
+        self.register_buffer("offsets", field_offsets(field_dims), persistent=False)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` int64 -> ``(B,)``."""
@@ -41,7 +41,7 @@ class FeaturesEmbedding(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(sum(field_dims), embed_dim)
         nn.init.normal_(self.embedding.weight, std=0.01)
-        self.register_buffer("offsets", _offsets(field_dims), persistent=False)
+        self.register_buffer("offsets", field_offsets(field_dims), persistent=False)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` int64 -> ``(B, F, K)``."""
@@ -58,7 +58,7 @@ class FieldAwareEmbedding(nn.Module):
         # One table with F*K columns: a single gather per batch instead of F gathers.
         self.embedding = nn.Embedding(sum(field_dims), self.num_fields * embed_dim)
         nn.init.normal_(self.embedding.weight, std=0.01)
-        self.register_buffer("offsets", _offsets(field_dims), persistent=False)
+        self.register_buffer("offsets", field_offsets(field_dims), persistent=False)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` int64 -> ``(B, F, F, K)``; ``[b, i, j]`` is ``v_{x_i, f=j}``."""
@@ -156,7 +156,7 @@ def fill_unseen_rows(model: nn.Module, field_dims: Sequence[int]) -> None:
     tail values) than like the impression-weighted head that frequency weighting would
     favour. Reserved rows (missing, unseen) are left out of the average.
     """
-    starts = _offsets(field_dims).tolist()
+    starts = field_offsets(field_dims).tolist()
     for module in model.modules():
         if isinstance(module, FeaturesLinear):
             table = module.weight.weight

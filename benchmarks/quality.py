@@ -1,0 +1,287 @@
+"""The quality report: docs/QUALITY.md from one command (make quality).
+
+Criteo and Avazu slices from ../shared/data (or $CTR_DATA_DIR) and 1M synthetic rows: the
+seven ladder models, LightGBM and DeepCTR-Torch's DeepFM and ONN on one seeded split each,
+AUC with bootstrap 95% intervals; the regression task on aggregated Avazu rows; latent-vector
+maps. Data files are read in place and never copied into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.harness import ROOT, machine
+from training import synth
+from training.commands import oracle_metrics
+from training.compare import Entry, compare, markdown
+from training.data import ColumnRoles, Table, read_table
+from training.train import split_rows
+
+logger = logging.getLogger("quality")
+DATA = Path(os.environ.get("CTR_DATA_DIR", ROOT.parent / "shared" / "data"))
+DOCS = ROOT / "docs"
+MODELS = ROOT / "models" / "quality"
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def auc_plot(name: str, entries: list[Entry], oracle: float | None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted(entries, key=lambda e: e.auc)
+    colours = {"ctrserve": "tab:blue", "LightGBM": "tab:green", "DeepCTR-Torch": "tab:orange"}
+    figure, axis = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.5))
+    axis.barh(
+        [e.name for e in ordered],
+        [e.auc for e in ordered],
+        xerr=[[e.auc - e.auc_low for e in ordered], [e.auc_high - e.auc for e in ordered]],
+        color=[colours[e.family] for e in ordered],
+        capsize=3,
+    )
+    if oracle is not None:
+        axis.axvline(oracle, color="black", linestyle="--", label="oracle (p_true)")
+        axis.legend(loc="lower right")
+    low = min(e.auc_low for e in ordered)
+    axis.set_xlim(max(0.5, low - 0.02), min(1.0, max(e.auc_high for e in ordered) + 0.02))
+    axis.set_xlabel("test AUC with bootstrap 95% interval")
+    axis.set_title(f"{name}: the ladder vs LightGBM vs DeepCTR-Torch")
+    figure.tight_layout()
+    out = DOCS / f"quality_{name}_auc.png"
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
+def dataset_section(name: str, table: Table, source: str, tune: bool) -> str:
+    started = time.perf_counter()
+    entries, setup = compare(table, seed=0, tune_min_count=tune, export_dir=MODELS / name)
+    test_rows = split_rows(len(table.frame), 0.1, 0.1, 0)[2]
+    oracle = oracle_metrics(table, test_rows)
+    oracle_auc = None if oracle is None else oracle["auc"]
+    plot = auc_plot(name, entries, oracle_auc)
+    grid = setup["min_count_grid"]
+    tuning = (
+        "min-count chosen on NFFM's validation AUC: "
+        + ", ".join(f"{k} -> {v:.4f}" for k, v in grid.items())  # type: ignore[union-attr]
+        if grid
+        else "min-count 1 (not tuned)"
+    )
+    text = (
+        f"## {name}\n\n{source}. {setup['rows']:,} rows, {setup['fields']} fields; seeded "
+        f"random split 80/10/10 (seed {setup['seed']}): {setup['train']:,} train, "
+        f"{setup['validation']:,} validation, {setup['test']:,} test rows (test click rate "
+        f"{setup['test_rate']:.1%}). Batch size {setup['batch_size']}; {tuning}. "
+        f"Ran in {time.perf_counter() - started:.0f} s.\n\n"
+        f"{markdown(entries, oracle_auc)}\n\n![{name} AUC]({plot.name})\n"
+    )
+    return text
+
+
+def speed_section(table: Table) -> str:
+    """Our DeepFM vs DeepCTR-Torch's, one epoch each on the same rows and settings, timing
+    the training loop alone (no validation, no metrics) so the loops are compared fairly."""
+    from training.compare import replace_model, sized_config, train_speed
+    from training.train import prepare
+
+    config = replace_model(sized_config("nffm", len(table.frame), 0), "deepfm")
+    prepared = prepare(table, config)
+    ours, theirs = train_speed(prepared, config)
+    return (
+        "## Training speed: DeepFM\n\n"
+        f"One epoch over the {len(prepared.train):,} synthetic training rows, same "
+        f"hyper-parameters (k=10, 400-400-400, dropout 0.5, Adam lr {config.learning_rate}, "
+        f"batch {config.batch_size}, L2 on embeddings), training loop only: ctrserve "
+        f"{ours:,.0f} samples/s vs DeepCTR-Torch {theirs:,.0f} samples/s: "
+        f"**{ours / theirs:.2f}x** (goal 2x).\n"
+    )
+
+
+def regression_section(avazu: Path) -> str:
+    """InMobi's setting on real rows: predict a combination's click rate, weighted RMSE."""
+    from training.evaluation import regression_metrics
+    from training.models import DEFAULTS
+    from training.train import TrainConfig, fit, new_model, predict, prepare
+
+    keys = ["site_id", "app_id", "banner_pos", "device_type", "device_conn_type", "C1"]
+    raw = pd.read_csv(avazu, dtype=str)
+    raw["click"] = raw["click"].astype(int)
+    grouped = raw.groupby(keys).agg(impressions=("click", "size"), clicks=("click", "sum"))
+    grouped = grouped.reset_index()
+    grouped["rate"] = grouped["clicks"] / grouped["impressions"]
+    grouped["weight"] = grouped["impressions"] / grouped["impressions"].sum()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "agg.csv"
+        grouped.to_csv(path, index=False)
+        table = read_table(
+            path,
+            roles=ColumnRoles(
+                label="rate",
+                weight="weight",
+                categorical=tuple(keys),
+                ignore=("impressions", "clicks"),
+            ),
+            task="regression",
+        )
+        for name in ("lr", "fm", "nffm"):
+            config = TrainConfig(model=DEFAULTS[name], task="regression", batch_size=64, seed=0)
+            prepared = prepare(table, config)
+            model = new_model(prepared, config)
+            fit(model, prepared, config, progress=False)
+            metrics = regression_metrics(
+                prepared.test.labels,
+                predict(model, prepared.test.indices, "regression"),
+                prepared.test.weights,
+            )
+            rows.append((name, metrics))
+        rows.append(("LightGBM", _lightgbm_regression(prepared)))
+    lines = [
+        "## Regression: click rate of feature combinations (Avazu)",
+        "",
+        f"Avazu rows aggregated by {', '.join(keys)}: {len(grouped):,} combinations; label = "
+        "observed click rate, weight = the combination's share of impressions; loss and metric "
+        "= weighted RMSE (InMobi's setting). Same seeded 80/10/10 split for every model.",
+        "",
+        "| model | test weighted RMSE | test RMSE |",
+        "|---|---|---|",
+        *[f"| {n} | {m['weighted_rmse']:.4f} | {m['rmse']:.4f} |" for n, m in rows],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _lightgbm_regression(prepared: object) -> dict[str, float]:
+    import lightgbm as lgb
+
+    from training.evaluation import regression_metrics
+
+    train, val, test = prepared.train, prepared.val, prepared.test  # type: ignore[attr-defined]
+    categorical = list(range(train.indices.shape[1]))
+    booster = lgb.train(
+        {
+            "objective": "regression",
+            "learning_rate": 0.05,
+            "num_leaves": 15,
+            "min_data_in_leaf": 5,
+            "verbose": -1,
+            "seed": 0,
+            "deterministic": True,
+        },
+        lgb.Dataset(
+            train.indices, train.labels, weight=train.weights, categorical_feature=categorical
+        ),
+        num_boost_round=2000,
+        valid_sets=[
+            lgb.Dataset(
+                val.indices, val.labels, weight=val.weights, categorical_feature=categorical
+            )
+        ],
+        callbacks=[lgb.early_stopping(50, verbose=False)],
+    )
+    return regression_metrics(test.labels, booster.predict(test.indices), test.weights)
+
+
+def inspect_section(pictures: list[tuple[str, str, Path]]) -> str:
+    from training.inspect_vectors import plot_field
+
+    lines = ["## What the latent vectors show", ""]
+    for dataset, field, data in pictures:
+        model_dir = MODELS / dataset / "nffm"
+        out = DOCS / f"latent_{dataset}_{field}.png"
+        fmt = "criteo" if dataset == "criteo" else None
+        roles = ColumnRoles(label="click") if dataset == "avazu" else None
+        table = read_table(data, fmt, roles, bad_rows="skip") if data.is_file() else None
+        summary = plot_field(model_dir, field, table, out, "pca")
+        lines.append(
+            f"- {dataset}, field `{field}` ({summary['values']} values): PCA of NFFM's "
+            f"field-aware vectors, coloured by observed click rate; correlation of the first "
+            f"axis with the click rate {summary['corr_first_axis_vs_rate']:+.2f}.\n\n"
+            f"  ![{dataset} {field}]({out.name})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--synthetic-rows", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=DOCS / "QUALITY.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for chatty in ("onnxscript", "onnx_ir", "torch.onnx", "app"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    DOCS.mkdir(exist_ok=True)
+    sections: list[str] = []
+    criteo, avazu = DATA / "criteo" / "criteo_train.txt", DATA / "avazu" / "train.csv"
+    files = []
+    if criteo.is_file():
+        text = dataset_section(
+            "criteo",
+            read_table(criteo, "criteo"),
+            f"`{criteo.name}` (md5 {md5(criteo)})",
+            tune=True,
+        )
+        sections.append(text)
+        files.append(criteo)
+    if avazu.is_file():
+        table = read_table(avazu, roles=ColumnRoles(label="click", ignore=("id",)))
+        text = dataset_section("avazu", table, f"`{avazu.name}` (md5 {md5(avazu)})", tune=True)
+        sections.append(text)
+        files.append(avazu)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "synth.csv"
+        synth.generate(args.synthetic_rows, seed=0).to_csv(path, index=False)
+        table = read_table(path)
+        text = dataset_section(
+            "synthetic",
+            table,
+            f"`python -m training synth --rows {args.synthetic_rows} --seed 0` (md5 {md5(path)})",
+            tune=False,
+        )
+        sections.append(text)
+        speed = speed_section(table)
+        if avazu.is_file():
+            sections.append(regression_section(avazu))
+        pictures = [("synthetic", "c0", path)]
+        if avazu.is_file():
+            pictures.insert(0, ("avazu", "site_id", avazu))
+        if criteo.is_file():
+            pictures.insert(0, ("criteo", "C6", criteo))
+        sections.append(inspect_section(pictures))
+    packages = ", ".join(
+        f"{p} {version(p)}"
+        for p in ("torch", "onnxruntime", "lightgbm", "deepctr-torch", "scikit-learn")
+    )
+    head = [
+        "# ctrserve quality",
+        "",
+        f"Generated by `make quality` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Machine: "
+        f"{machine()}. {packages}. Seeds: split 0, models 0, bootstrap 0 "
+        f"({1000} resamples of the test rows).",
+        "",
+        "Data: " + ("; ".join(f"`{f}` md5 {md5(f)}" for f in files) or "no real slices found"),
+        "",
+    ]
+    args.out.write_text("\n".join(head) + "\n" + speed + "\n" + "\n".join(sections))
+    logger.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
