@@ -72,8 +72,14 @@ def server(command: Sequence[str], env: dict[str, str] | None = None) -> Iterato
             process.kill()
 
 
+# Request bodies for wrk live here; the folder is removed when the process exits.
+_BODIES = tempfile.TemporaryDirectory(prefix="ctrserve-bodies-")
+
+
 def write_bodies(bodies: Sequence[object]) -> Path:
-    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".jsonl", delete=False, dir=_BODIES.name
+    ) as handle:
         for body in bodies:
             handle.write(json.dumps(body, separators=(",", ":")) + "\n")
     return Path(handle.name)
