@@ -214,7 +214,7 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
         prepared.test.labels,
         scores,
         elapsed,
-        len(prepared.train) * trees,
+        len(prepared.train),  # one fit over the rows: samples/s = rows / fit time
         leaves,
         note=f"{mode}, {trees} trees",
     )
@@ -250,41 +250,36 @@ def run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
         return _run_deepctr(prepared, name, config)
 
 
-def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
-    from deepctr_torch.callbacks import EarlyStopping
+def _deepctr_inputs(indices: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"f{j}": indices[:, j] for j in range(indices.shape[1])}
+
+
+def _deepctr_model(name: str, prepared: Prepared, config: TrainConfig) -> torch.nn.Module:
+    """DeepCTR-Torch's DeepFM or ONN over our encoded fields, with our hyper-parameters."""
     from deepctr_torch.inputs import SparseFeat
     from deepctr_torch.models import ONN, DeepFM
 
-    dims = prepared.spec.field_dims
     columns = [
         SparseFeat(f"f{j}", vocabulary_size=d, embedding_dim=config.model.embed_dim)
-        for j, d in enumerate(dims)
+        for j, d in enumerate(prepared.spec.field_dims)
     ]
-
-    def inputs(indices: np.ndarray) -> dict[str, np.ndarray]:
-        return {f"f{j}": indices[:, j] for j in range(indices.shape[1])}
-
     torch.manual_seed(config.seed)
-    if name == "DeepFM":
-        model = DeepFM(
-            columns,
-            columns,
-            dnn_hidden_units=config.model.mlp_dims,
-            dnn_dropout=config.model.dropout,
-            l2_reg_embedding=config.l2,
-            seed=config.seed,
-            task="binary",
-        )
-    else:
-        model = ONN(
-            columns,
-            columns,
-            dnn_hidden_units=config.model.mlp_dims,
-            dnn_dropout=config.model.dropout,
-            l2_reg_embedding=config.l2,
-            seed=config.seed,
-            task="binary",
-        )
+    model_class = DeepFM if name == "DeepFM" else ONN
+    return model_class(
+        columns,
+        columns,
+        dnn_hidden_units=config.model.mlp_dims,
+        dnn_dropout=config.model.dropout,
+        l2_reg_embedding=config.l2,
+        seed=config.seed,
+        task="binary",
+    )
+
+
+def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
+    from deepctr_torch.callbacks import EarlyStopping
+
+    model = _deepctr_model(name, prepared, config)
     model.compile(
         torch.optim.Adam(model.parameters(), lr=config.learning_rate),
         "binary_crossentropy",
@@ -295,17 +290,17 @@ def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
     )
     started = time.perf_counter()
     history = model.fit(
-        inputs(prepared.train.indices),
+        _deepctr_inputs(prepared.train.indices),
         prepared.train.labels,
         batch_size=config.batch_size,
         epochs=config.epochs,
         verbose=0,
-        validation_data=(inputs(prepared.val.indices), prepared.val.labels),
+        validation_data=(_deepctr_inputs(prepared.val.indices), prepared.val.labels),
         callbacks=[stopper],
     )
     elapsed = time.perf_counter() - started
     epochs = len(history.history.get("val_auc", [])) or config.epochs
-    scores = model.predict(inputs(prepared.test.indices), batch_size=16384).reshape(-1)
+    scores = model.predict(_deepctr_inputs(prepared.test.indices), batch_size=16384).reshape(-1)
     parameters = sum(p.numel() for p in model.parameters())
     return _entry(
         f"DeepCTR-Torch {name}",
@@ -331,29 +326,12 @@ def train_speed(prepared: Prepared, config: TrainConfig) -> tuple[float, float]:
     )
     ours = len(prepared.train) / (time.perf_counter() - started)
     with _deepctr_offline():
-        from deepctr_torch.inputs import SparseFeat
-        from deepctr_torch.models import DeepFM
-
-        columns = [
-            SparseFeat(f"f{j}", vocabulary_size=d, embedding_dim=config.model.embed_dim)
-            for j, d in enumerate(prepared.spec.field_dims)
-        ]
-        theirs_model = DeepFM(
-            columns,
-            columns,
-            dnn_hidden_units=config.model.mlp_dims,
-            dnn_dropout=config.model.dropout,
-            l2_reg_embedding=config.l2,
-            seed=config.seed,
-            task="binary",
-        )
+        theirs_model = _deepctr_model("DeepFM", prepared, config)
         theirs_model.compile(
             torch.optim.Adam(theirs_model.parameters(), lr=config.learning_rate),
             "binary_crossentropy",
         )
-        inputs = {
-            f"f{j}": prepared.train.indices[:, j] for j in range(prepared.train.indices.shape[1])
-        }
+        inputs = _deepctr_inputs(prepared.train.indices)
         started = time.perf_counter()
         theirs_model.fit(
             inputs, prepared.train.labels, batch_size=config.batch_size, epochs=1, verbose=0
@@ -448,4 +426,11 @@ def markdown(entries: list[Entry], oracle: float | None = None) -> str:
         )
     if oracle is not None:
         lines.append(f"| oracle (p_true) | | {oracle:.4f} | | | | | | | |")
+    lines += [
+        "",
+        "Train s / samples/s: ctrserve counts its training epochs (validation excluded); "
+        "DeepCTR-Torch's fit includes its per-epoch validation; LightGBM is the whole fit over "
+        "the training rows. Parameters for LightGBM = trees x 31 leaves. Latency = encoding "
+        "plus onnxruntime for one raw row, in process (HTTP overhead: docs/BENCHMARKS.md).",
+    ]
     return "\n".join(lines)
