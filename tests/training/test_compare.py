@@ -51,7 +51,8 @@ def test_compare_on_a_criteo_layout_file(tmp_path: Path) -> None:
         str(report),
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    names = [line.split("|")[1].strip() for line in result.stdout.splitlines()[2:]]
+    rows = [line for line in result.stdout.splitlines()[2:] if line.startswith("|")]
+    names = [line.split("|")[1].strip() for line in rows]
     assert sorted(names) == sorted(
         ["lr", "nffm", "LightGBM", "DeepCTR-Torch DeepFM", "DeepCTR-Torch ONN"]
     )
