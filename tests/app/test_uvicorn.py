@@ -1,46 +1,23 @@
 """One real uvicorn process on 127.0.0.1, configured through the environment."""
 
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
-from benchmarks.harness import free_port
+from benchmarks.harness import server as start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def server(model_dir: Path) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "CTR_MODEL_DIR": str(model_dir),
-        "CTR_PORT": str(port),
-        "CTR_HOST": "127.0.0.1",
-        "CTR_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("uvicorn did not become ready in 60 s")
+    """`python -m app` as a user starts it, configured by CTR_* variables only."""
+    with start_server([sys.executable, "-m", "app"], {"CTR_MODEL_DIR": str(model_dir)}) as base:
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_real_server_predicts_and_caches(server: str) -> None:

@@ -1,8 +1,6 @@
 """The comparison and inspection commands, on a tiny Criteo-layout file made here."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +10,9 @@ pytest.importorskip("torch")
 pytest.importorskip("lightgbm")
 pytest.importorskip("deepctr_torch")
 
+from tests.training.test_cli import cli
 from tests.training.test_data import write_criteo
 from training.compare import bootstrap_auc
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True
-    )
 
 
 def test_bootstrap_interval_brackets_the_auc() -> None:
