@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 from training.layers import (  # noqa: E402
     MLP,
     BiInteractionPooling,
+    Dropout,
     FactorizationMachine,
     FeaturesEmbedding,
     FeaturesLinear,
@@ -79,6 +80,37 @@ def test_mlp_options(dropout: float, batch_norm: bool) -> None:
 def test_mlp_rejects_bad_dropout() -> None:
     with pytest.raises(ValueError, match="dropout"):
         MLP(4, (2,), dropout=1.0)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_keeps_1_minus_p_and_preserves_the_mean(p: float) -> None:
+    torch.manual_seed(0)
+    inputs = torch.ones(1000, 1001, requires_grad=True)  # odd size: a partial last word
+    outputs = Dropout(p).train()(inputs)
+    kept = outputs != 0
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.002)
+    assert outputs.mean().item() == pytest.approx(1.0, abs=0.01)
+    outputs.sum().backward()
+    assert inputs.grad is not None
+    assert torch.equal(inputs.grad != 0, kept)  # gradient flows through kept units only
+
+
+def test_dropout_is_seeded_and_identity_in_eval() -> None:
+    layer = Dropout(0.5)
+    inputs = torch.randn(64, 32)
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        draws.append(layer.train()(inputs))
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], Dropout(0.5).train()(inputs))
+    assert layer.eval()(inputs) is inputs
+    assert Dropout(0.0).train()(inputs) is inputs
+
+
+def test_dropout_rejects_bad_rate() -> None:
+    with pytest.raises(ValueError, match="dropout"):
+        Dropout(-0.1)
 
 
 def test_fill_unseen_rows_is_the_plain_field_average() -> None:
