@@ -1,4 +1,5 @@
-"""``python -m training synth|train|evaluate|ladder|export`` -- the trainer's CLI.
+"""``python -m training <command>`` -- the trainer's CLI: synth, train, tune, ladder, evaluate,
+export, compare, inspect.
 
 Bad input ends with one ``error: ...`` line on stderr and exit status 2, never a traceback.
 """
@@ -119,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows to score: the whole file, or one split of the training run",
     )
 
+    tune = commands.add_parser(
+        "tune", help="choose min-count, embedding size and L2 on the validation rows"
+    )
+    _add_train_args(tune)
+    tune.add_argument("--model", choices=sorted(MODELS), default="nffm")
+    tune.add_argument(
+        "--write-config", type=Path, default=None, help="save the winner as YAML for --config"
+    )
+
     compare = commands.add_parser(
         "compare", help="the ladder vs LightGBM vs DeepCTR-Torch on one split, with 95% CIs"
     )
@@ -129,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-baselines", action="store_true", help="only the ladder (no LightGBM / DeepCTR-Torch)"
     )
     compare.add_argument(
-        "--no-tune", action="store_true", help="min-count 1 instead of choosing it on validation"
+        "--no-tune",
+        action="store_true",
+        help="size defaults instead of searching min-count, k and L2 on validation",
     )
     compare.add_argument("--report", type=Path, default=None, help="also write the table here")
 

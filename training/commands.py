@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,14 @@ from training.train import (
     prepare,
     split_rows,
 )
+from training.tuning import size_defaults
 
 logger = logging.getLogger(__name__)
 
 
-def train_config(args: argparse.Namespace, model: str) -> TrainConfig:
-    """Defaults per model, then the YAML file, then flags."""
+def train_config(args: argparse.Namespace, model: str, rows: int | None = None) -> TrainConfig:
+    """Defaults per model (and per data size once ``rows`` is known: ``size_defaults``),
+    then the YAML file, then flags."""
     base: dict[str, object] = {}
     if args.config is not None:
         try:
@@ -49,6 +51,11 @@ def train_config(args: argparse.Namespace, model: str) -> TrainConfig:
     if model not in DEFAULTS:
         raise DataError(f"unknown model {model!r}; choose from {sorted(DEFAULTS)}")
     model_fields: dict[str, object] = DEFAULTS[model].model_dump()  # type: ignore[index]
+    if rows is not None:
+        sized = size_defaults(model, rows)  # type: ignore[arg-type]
+        if "embed_dim" in sized:
+            model_fields["embed_dim"] = sized.pop("embed_dim")
+        base = {**sized, **base}
     overrides = base.pop("model", None) or {}
     if not isinstance(overrides, dict):
         raise DataError(f"{args.config}: 'model' must be a mapping of model hyper-parameters")
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluate": run_evaluate,
         "export": run_export,
         "compare": run_compare,
+        "tune": run_tune,
         "inspect": run_inspect,
     }
     return handlers[args.command](args)
@@ -162,8 +170,8 @@ def train_one(
 
 
 def run_train(args: argparse.Namespace) -> int:
-    config = train_config(args, args.model)
-    table = _read(args, config)
+    table = _read(args, train_config(args, args.model))
+    config = train_config(args, args.model, len(table.frame))
     prepared = prepare(table, config)
     logger.info(
         "%d rows: %d train / %d validation / %d test, %d fields",
@@ -186,8 +194,8 @@ def run_ladder(args: argparse.Namespace) -> int:
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         raise DataError(f"unknown models {unknown}; choose from {list(MODELS)}")
-    configs = [train_config(args, name) for name in args.models]
-    table = _read(args, configs[0])
+    table = _read(args, train_config(args, args.models[0]))
+    configs = [train_config(args, name, len(table.frame)) for name in args.models]
     prepared = prepare(table, configs[0])
     rows = []
     for config in configs:
@@ -303,7 +311,7 @@ def run_compare(args: argparse.Namespace) -> int:
         args.seed,
         args.models,
         baselines=not args.no_baselines,
-        tune_min_count=not args.no_tune,
+        tune_models=() if args.no_tune else args.models,
     )
     oracle = oracle_metrics(table, split_rows(len(table.frame), 0.1, 0.1, args.seed)[2])
     text = markdown(entries, None if oracle is None else oracle["auc"])
@@ -311,6 +319,32 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(f"Set-up: {json.dumps(setup)}\n\n{text}\n")
+    return 0
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """Search min-count, embedding size and L2 on the validation rows; knobs given as flags
+    are held. Prints every trial; ``--write-config`` saves the winner for ``train --config``."""
+    from training.tuning import GRID, settings_of, tune
+
+    table = _read(args, train_config(args, args.model))
+    config = train_config(args, args.model, len(table.frame))
+    grid = {knob: values for knob, values in GRID.items() if getattr(args, knob) is None}
+    if not grid:
+        raise DataError("nothing to tune: --min-count, --embed-dim and --l2 are all given")
+    best, trials = tune(table, config, grid)
+    summary: dict[str, object] = {
+        "model": args.model,
+        "best": settings_of(best, GRID),
+        "trials": [asdict(trial) for trial in trials],
+    }
+    if args.write_config is not None:
+        mapping = best.model_dump(mode="json", exclude={"model"})
+        mapping["model"] = best.model.model_dump(mode="json", exclude={"name"})
+        args.write_config.parent.mkdir(parents=True, exist_ok=True)
+        args.write_config.write_text(yaml.safe_dump(mapping, sort_keys=False))
+        summary["config"] = str(args.write_config)
+    _emit(summary)
     return 0
 
 

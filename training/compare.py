@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,13 +28,15 @@ from app.scoring.scorer import Scorer
 from training.data import Table
 from training.evaluation import binary_metrics
 from training.export import write_artifact
-from training.models import DEFAULTS, MODELS, ModelName
+from training.models import MODELS
 from training.train import Prepared, TrainConfig, count_parameters, fit, new_model, predict, prepare
+from training.tuning import GRID, SMALL_DATA_ROWS, Trial, settings_of, sized_config, tune
 
 logger = logging.getLogger(__name__)
 
 BOOTSTRAP_ROUNDS = 1000
-MIN_COUNT_GRID = (1, 2, 5)
+LIGHTGBM_LEAVES = (15, 63)
+LIGHTGBM_MAX_ROUNDS = 5000
 
 
 @dataclass(frozen=True)
@@ -65,26 +69,6 @@ def bootstrap_auc(
             values.append(roc_auc_score(labels[sample], scores[sample]))
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
-
-
-def sized_config(name: ModelName, train_rows: int, seed: int, min_count: int = 1) -> TrainConfig:
-    """Defaults that also suit small files: enough optimiser steps per epoch on 5k rows."""
-    batch_size = int(min(4096, max(256, train_rows // 50)))
-    return TrainConfig(model=DEFAULTS[name], batch_size=batch_size, seed=seed, min_count=min_count)
-
-
-def choose_min_count(table: Table, seed: int) -> tuple[int, dict[int, float]]:
-    """Pick the vocabulary min-count by NFFM's validation AUC (never the test rows)."""
-    scores = {}
-    for min_count in MIN_COUNT_GRID:
-        config = sized_config("nffm", len(table.frame), seed, min_count)
-        prepared = prepare(table, config)
-        model = new_model(prepared, config)
-        fit(model, prepared, config, progress=False)
-        labels, probabilities = prepared.val.labels, predict(model, prepared.val.indices, "binary")
-        scores[min_count] = float(roc_auc_score(labels, probabilities))
-        logger.info("min_count %d: NFFM validation AUC %.4f", min_count, scores[min_count])
-    return max(scores, key=lambda k: scores[k]), scores
 
 
 def _entry(
@@ -140,13 +124,18 @@ def run_ladder_model(table: Table, prepared: Prepared, config: TrainConfig, work
         count_parameters(model),
         onnx_kb=(out / "model.onnx").stat().st_size / 1024,
         latency_us=latency,
-        note=f"best epoch {result.best_epoch}",
+        note=f"{_settings_note(config)}, best epoch {result.best_epoch}",
     )
 
 
+def _settings_note(config: TrainConfig) -> str:
+    embedding = "" if config.model.name == "lr" else f"k={config.model.embed_dim}, "
+    return f"{embedding}L2 {config.l2:g}, min-count {config.min_count}"
+
+
 def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
-    """LightGBM on the same fields, in its better setting on validation: native
-    categoricals, or each index replaced by its training frequency."""
+    """LightGBM on the same fields, in its best setting on validation: native categoricals
+    or each index replaced by its training frequency, times ``LIGHTGBM_LEAVES``."""
     import lightgbm as lgb
 
     frequency = [
@@ -159,8 +148,10 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
             return indices
         return np.stack([frequency[j][indices[:, j]] for j in range(indices.shape[1])], axis=1)
 
-    best: tuple[float, str, object, float] | None = None
-    for mode in ("categorical", "frequency"):
+    # Large files: a faster rate, so early stopping rather than the round cap ends the fit.
+    learning_rate = 0.05 if len(prepared.train) < SMALL_DATA_ROWS else 0.1
+    best: tuple[float, str, int, object, float] | None = None
+    for mode, num_leaves in itertools.product(("categorical", "frequency"), LIGHTGBM_LEAVES):
         started = time.perf_counter()
         train = lgb.Dataset(
             features(prepared.train.indices, mode),
@@ -175,8 +166,8 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
         )
         params = {
             "objective": "binary",
-            "learning_rate": 0.05,
-            "num_leaves": 31,
+            "learning_rate": learning_rate,
+            "num_leaves": num_leaves,
             "min_data_in_leaf": 20,
             "feature_fraction": 0.9,
             "bagging_fraction": 0.9,
@@ -190,7 +181,7 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
         booster = lgb.train(
             params,
             train,
-            num_boost_round=2000,
+            num_boost_round=LIGHTGBM_MAX_ROUNDS,
             valid_sets=[valid],
             callbacks=[lgb.early_stopping(50, verbose=False)],
         )
@@ -199,15 +190,19 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
             prepared.val.labels, booster.predict(features(prepared.val.indices, mode))
         )
         logger.info(
-            "LightGBM %s: validation AUC %.4f, %d trees", mode, val_auc, booster.best_iteration
+            "LightGBM %s, %d leaves: validation AUC %.4f, %d trees",
+            mode,
+            num_leaves,
+            val_auc,
+            booster.best_iteration,
         )
         if best is None or val_auc > best[0]:
-            best = (val_auc, mode, booster, elapsed)
+            best = (val_auc, mode, num_leaves, booster, elapsed)
     assert best is not None
-    _, mode, booster, elapsed = best
+    _, mode, num_leaves, booster, elapsed = best
     scores = booster.predict(features(prepared.test.indices, mode))  # type: ignore[attr-defined]
     trees = booster.best_iteration  # type: ignore[attr-defined]
-    leaves = trees * 31
+    capped = " (round cap)" if trees >= LIGHTGBM_MAX_ROUNDS else ""
     return _entry(
         "LightGBM",
         "LightGBM",
@@ -215,8 +210,8 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
         scores,
         elapsed,
         len(prepared.train),  # one fit over the rows: samples/s = rows / fit time
-        leaves,
-        note=f"{mode}, {trees} trees",
+        trees * num_leaves,
+        note=f"{mode}, {num_leaves} leaves, lr {learning_rate}, {trees} trees{capped}",
     )
 
 
@@ -345,50 +340,63 @@ def compare(
     seed: int = 0,
     models: tuple[str, ...] = tuple(MODELS),
     baselines: bool = True,
-    tune_min_count: bool = True,
+    tune_models: Collection[str] = tuple(MODELS),
+    grid: dict[str, tuple[Any, ...]] | None = None,
     export_dir: Path | None = None,
-) -> tuple[list[Entry], dict[str, object]]:
+) -> tuple[list[Entry], dict[str, Any]]:
     """Train and score every contender on one split; returns entries and the set-up.
 
     Args:
+        tune_models: ladder models whose knobs (``grid``, default ``tuning.GRID``) are searched
+            on the validation rows; the others take ``tuning.size_defaults``. DeepCTR-Torch's
+            DeepFM and ONN take the settings of our deepfm and nffm, so each pair trains
+            with the same hyper-parameters.
         export_dir: keep the exported ladder models here (default: a temporary folder).
     """
     torch.set_num_threads(2)
-    if tune_min_count:
-        min_count, grid = choose_min_count(table, seed)
-    else:
-        min_count, grid = 1, {}
-    base = sized_config("nffm", len(table.frame), seed, min_count)
-    prepared = prepare(table, base)
+    configs: dict[str, TrainConfig] = {}
+    trials: dict[str, list[Trial]] = {}
+    needed = [*models, *(n for n in ("deepfm", "nffm") if baselines and n not in models)]
+    for name in needed:
+        start = sized_config(name, len(table.frame), seed)  # type: ignore[arg-type]
+        if name in tune_models:
+            configs[name], trials[name] = tune(table, start, grid)
+        else:
+            configs[name] = start
+    prepared_by_count: dict[int, Prepared] = {}
+
+    def prepared_for(config: TrainConfig) -> Prepared:
+        if config.min_count not in prepared_by_count:
+            prepared_by_count[config.min_count] = prepare(table, config)
+        return prepared_by_count[config.min_count]
+
     entries = []
     with tempfile.TemporaryDirectory() as scratch:
         workdir = export_dir or Path(scratch)
         for name in models:
-            config = replace_model(base, name)
-            entries.append(run_ladder_model(table, prepared, config, workdir))
+            config = configs[name]
+            entries.append(run_ladder_model(table, prepared_for(config), config, workdir))
             logger.info("%s: test AUC %.4f", name, entries[-1].auc)
     if baselines:
-        entries.append(run_lightgbm(prepared, seed))
+        entries.append(run_lightgbm(prepared_for(configs["nffm"]), seed))
         for name, ours in (("DeepFM", "deepfm"), ("ONN", "nffm")):
-            entries.append(run_deepctr(prepared, name, replace_model(base, ours)))
+            config = configs[ours]
+            entries.append(run_deepctr(prepared_for(config), name, config))
             logger.info("%s: test AUC %.4f", entries[-1].name, entries[-1].auc)
-    setup: dict[str, object] = {
+    prepared = prepared_for(configs[needed[0]])
+    setup: dict[str, Any] = {
         "rows": len(table.frame),
         "train": len(prepared.train),
         "validation": len(prepared.val),
         "test": len(prepared.test),
         "fields": len(prepared.spec.fields),
         "seed": seed,
-        "min_count": min_count,
-        "min_count_grid": grid,
-        "batch_size": base.batch_size,
+        "batch_size": configs[needed[0]].batch_size,
         "test_rate": float(prepared.test.labels.mean()),
+        "settings": {name: settings_of(config, GRID) for name, config in configs.items()},
+        "trials": {name: [asdict(trial) for trial in runs] for name, runs in trials.items()},
     }
     return entries, setup
-
-
-def replace_model(config: TrainConfig, name: str) -> TrainConfig:
-    return config.model_copy(update={"model": DEFAULTS[name]})  # type: ignore[index]
 
 
 def _raw_row(table: Table) -> dict[str, object]:
@@ -430,7 +438,7 @@ def markdown(entries: list[Entry], oracle: float | None = None) -> str:
         "",
         "Train s / samples/s: ctrserve counts its training epochs (validation excluded); "
         "DeepCTR-Torch's fit includes its per-epoch validation; LightGBM is the whole fit over "
-        "the training rows. Parameters for LightGBM = trees x 31 leaves. Latency = encoding "
+        "the training rows. Parameters for LightGBM = trees x leaves. Latency = encoding "
         "plus onnxruntime for one raw row, in process (HTTP overhead: docs/BENCHMARKS.md).",
     ]
     return "\n".join(lines)

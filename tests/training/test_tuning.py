@@ -1,0 +1,83 @@
+"""Size-aware defaults and the validation search behind them."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("torch")
+
+from app.scoring.manifest import ModelManifest
+from tests.training.test_cli import cli
+from training.data import read_table
+from training.models import DEFAULTS
+from training.train import TrainConfig, split_rows
+from training.tuning import SMALL_DATA_ROWS, size_defaults, sized_config, tune
+
+SMALL_GRID = {"embed_dim": (2, 4), "l2": (1e-4, 1e-2)}
+
+
+def test_small_files_get_small_tables_and_enough_steps() -> None:
+    small = sized_config("nffm", 6_000)
+    assert small.batch_size == 256  # >= 20 steps an epoch, not one 4096-row batch
+    assert small.min_count == 5
+    assert small.model.embed_dim == 4
+    assert sized_config("fm", 6_000).model.embed_dim == 8
+    assert sized_config("ffm", 6_000).model.embed_dim == DEFAULTS["ffm"].embed_dim
+    assert "embed_dim" not in size_defaults("lr", 6_000)
+
+
+def test_large_files_keep_the_published_settings() -> None:
+    large = sized_config("nffm", 2 * SMALL_DATA_ROWS * 50)
+    assert large.batch_size == 4096
+    assert large.model == DEFAULTS["nffm"]
+    assert large.min_count == 1
+    assert sized_config("nffm", SMALL_DATA_ROWS).batch_size == SMALL_DATA_ROWS // 50
+
+
+def _quick(rows: int) -> TrainConfig:
+    config = sized_config("nffm", rows, epochs=2)
+    model = config.model.model_copy(update={"mlp_dims": (8,)})
+    return config.model_copy(update={"model": model})
+
+
+def test_tune_picks_its_best_trial_and_never_reads_the_test_rows(synth_csv: Path) -> None:
+    table = read_table(synth_csv)
+    table = replace(table, frame=table.frame.iloc[:4000])
+    start = _quick(len(table.frame))
+    best, trials = tune(table, start, SMALL_GRID)
+    assert 3 <= len(trials) <= 4  # coordinate search: start, other k, then other L2
+    assert len({tuple(t.settings.values()) for t in trials}) == len(trials)
+    winner = max(trials, key=lambda t: t.val_score)
+    assert winner.settings == {"embed_dim": best.model.embed_dim, "l2": best.l2}
+
+    test_rows = split_rows(len(table.frame), start.val_fraction, start.test_fraction, 0)[2]
+    frame = table.frame.copy()
+    frame.loc[frame.index[test_rows], table.label] = 1 - frame[table.label].iloc[test_rows]
+    _, flipped = tune(replace(table, frame=frame), start, SMALL_GRID)
+    assert [t.val_score for t in flipped] == [t.val_score for t in trials]
+
+
+def test_tune_cli_writes_a_config_that_train_accepts(synth_csv: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tuned.yaml"
+    common = ["--data", str(synth_csv), "--model", "ffm", "--epochs", "1", "--no-progress"]
+    result = cli("tune", *common, "--min-count", "2", "--write-config", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = yaml.safe_load(result.stdout)
+    assert {tuple(t["settings"]) for t in summary["trials"]} == {("embed_dim", "l2")}
+    assert yaml.safe_load(config.read_text())["min_count"] == 2
+
+    out = tmp_path / "model"
+    trained = cli("train", *common, "--config", str(config), "--out", str(out))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    used = ModelManifest.load(out).training["config"]
+    assert used["model"]["embed_dim"] == summary["best"]["embed_dim"]
+    assert used["l2"] == summary["best"]["l2"]
+
+
+def test_tune_refuses_when_every_knob_is_held(synth_csv: Path) -> None:
+    held = ["--min-count", "1", "--embed-dim", "4", "--l2", "0.001"]
+    result = cli("tune", "--data", str(synth_csv), *held)
+    assert result.returncode == 2
+    assert "nothing to tune" in result.stderr
