@@ -190,10 +190,14 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_ladder(args: argparse.Namespace) -> int:
-    unknown = [m for m in args.models if m not in MODELS]
+def _known_models(names: tuple[str, ...]) -> None:
+    unknown = [m for m in names if m not in MODELS]
     if unknown:
         raise DataError(f"unknown models {unknown}; choose from {list(MODELS)}")
+
+
+def run_ladder(args: argparse.Namespace) -> int:
+    _known_models(args.models)
     table = _read(args, train_config(args, args.models[0]))
     configs = [train_config(args, name, len(table.frame)) for name in args.models]
     prepared = prepare(table, configs[0])
@@ -305,6 +309,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from training.compare import compare, markdown
 
+    _known_models(args.models)
     table = _read(args)
     entries, setup = compare(
         table,
