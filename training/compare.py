@@ -124,11 +124,11 @@ def run_ladder_model(table: Table, prepared: Prepared, config: TrainConfig, work
         count_parameters(model),
         onnx_kb=(out / "model.onnx").stat().st_size / 1024,
         latency_us=latency,
-        note=f"{_settings_note(config)}, best epoch {result.best_epoch}",
+        note=f"{settings_note(config)}, best epoch {result.best_epoch}",
     )
 
 
-def _settings_note(config: TrainConfig) -> str:
+def settings_note(config: TrainConfig) -> str:
     embedding = "" if config.model.name == "lr" else f"k={config.model.embed_dim}, "
     return f"{embedding}L2 {config.l2:g}, min-count {config.min_count}"
 
