@@ -20,7 +20,7 @@ SMALL_GRID = {"embed_dim": (2, 4), "l2": (1e-4, 1e-2)}
 
 def test_small_files_get_small_tables_and_enough_steps() -> None:
     small = sized_config("nffm", 6_000)
-    assert small.batch_size == 256  # >= 20 steps an epoch, not one 4096-row batch
+    assert small.batch_size == 256  # ~20 steps an epoch, not one 4096-row batch
     assert small.min_count == 5
     assert small.model.embed_dim == 4
     assert sized_config("fm", 6_000).model.embed_dim == 8
@@ -33,7 +33,8 @@ def test_large_files_keep_the_published_settings() -> None:
     assert large.batch_size == 4096
     assert large.model == DEFAULTS["nffm"]
     assert large.min_count == 1
-    assert sized_config("nffm", SMALL_DATA_ROWS).batch_size == SMALL_DATA_ROWS // 50
+    assert sized_config("nffm", 200_000).batch_size == 4096  # the default job's size
+    assert sized_config("nffm", 20_000).batch_size == 512
 
 
 def _quick(rows: int) -> TrainConfig:
