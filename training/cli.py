@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="size defaults instead of searching min-count, k and L2 on validation",
     )
+    compare.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="also retrain every contender on this many seeded splits in all (mean ± sd)",
+    )
     compare.add_argument("--report", type=Path, default=None, help="also write the table here")
 
     inspect = commands.add_parser("inspect", help="map a field's latent vectors (PCA/t-SNE)")

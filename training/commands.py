@@ -310,6 +310,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from training.compare import compare, markdown
 
     _known_models(args.models)
+    if args.repeats < 1:
+        raise DataError(f"--repeats must be at least 1, got {args.repeats}")
     table = _read(args)
     entries, setup = compare(
         table,
@@ -317,6 +319,7 @@ def run_compare(args: argparse.Namespace) -> int:
         args.models,
         baselines=not args.no_baselines,
         tune_models=() if args.no_tune else args.models,
+        repeats=args.repeats,
     )
     oracle = oracle_metrics(table, split_rows(len(table.frame), 0.1, 0.1, args.seed)[2])
     text = markdown(entries, None if oracle is None else oracle["auc"])

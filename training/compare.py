@@ -15,8 +15,8 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class Entry:
     onnx_kb: float | None = None
     latency_us: float | None = None
     note: str = ""
+    split_aucs: tuple[float, ...] = ()  # test AUC on seeded splits 0, 1, ... (``repeats``)
 
 
 def bootstrap_auc(
@@ -335,6 +336,61 @@ def train_speed(prepared: Prepared, config: TrainConfig) -> tuple[float, float]:
     return ours, theirs
 
 
+Preparer = Callable[[TrainConfig], Prepared]
+
+
+def preparer(table: Table) -> Preparer:
+    """``prepare`` cached by (split seed, min-count): contenders that share them share the
+    encoded rows."""
+    cache: dict[tuple[int, int], Prepared] = {}
+
+    def prepared_for(config: TrainConfig) -> Prepared:
+        key = (config.seed, config.min_count)
+        if key not in cache:
+            cache[key] = prepare(table, config)
+        return cache[key]
+
+    return prepared_for
+
+
+def run_baselines(
+    prepared_for: Preparer, configs: dict[str, TrainConfig], seed: int
+) -> list[Entry]:
+    """LightGBM on NFFM's encoded fields; DeepCTR-Torch's DeepFM and ONN with the settings of
+    our deepfm and nffm."""
+    entries = [run_lightgbm(prepared_for(configs["nffm"]), seed)]
+    for name, ours in (("DeepFM", "deepfm"), ("ONN", "nffm")):
+        config = configs[ours]
+        entries.append(run_deepctr(prepared_for(config), name, config))
+        logger.info("%s: test AUC %.4f", entries[-1].name, entries[-1].auc)
+    return entries
+
+
+def split_test_aucs(
+    table: Table,
+    configs: dict[str, TrainConfig],
+    models: tuple[str, ...],
+    baselines: bool,
+    seed: int,
+) -> dict[str, float]:
+    """Every contender's test AUC on another seeded split, with the settings chosen on the
+    first split (no search, no export): how much of a ranking is the split's luck."""
+    reseeded = {name: config.model_copy(update={"seed": seed}) for name, config in configs.items()}
+    prepared_for = preparer(table)
+    aucs = {}
+    for name in models:
+        config = reseeded[name]
+        prepared = prepared_for(config)
+        model = new_model(prepared, config)
+        fit(model, prepared, config, progress=False)
+        scores = predict(model, prepared.test.indices, "binary")
+        aucs[name] = float(roc_auc_score(prepared.test.labels, scores))
+    if baselines:
+        aucs.update({e.name: e.auc for e in run_baselines(prepared_for, reseeded, seed)})
+    logger.info("split %d: %s", seed, {k: round(v, 4) for k, v in aucs.items()})
+    return aucs
+
+
 def compare(
     table: Table,
     seed: int = 0,
@@ -343,6 +399,7 @@ def compare(
     tune_models: Collection[str] = tuple(MODELS),
     grid: dict[str, tuple[Any, ...]] | None = None,
     export_dir: Path | None = None,
+    repeats: int = 1,
 ) -> tuple[list[Entry], dict[str, Any]]:
     """Train and score every contender on one split; returns entries and the set-up.
 
@@ -352,6 +409,8 @@ def compare(
             DeepFM and ONN take the settings of our deepfm and nffm, so each pair trains
             with the same hyper-parameters.
         export_dir: keep the exported ladder models here (default: a temporary folder).
+        repeats: also retrain every contender on ``repeats - 1`` more seeded splits (seeds
+            ``seed + 1`` ...) with the same settings; each entry's ``split_aucs`` holds them.
     """
     torch.set_num_threads(2)
     configs: dict[str, TrainConfig] = {}
@@ -363,13 +422,7 @@ def compare(
             configs[name], trials[name] = tune(table, start, grid)
         else:
             configs[name] = start
-    prepared_by_count: dict[int, Prepared] = {}
-
-    def prepared_for(config: TrainConfig) -> Prepared:
-        if config.min_count not in prepared_by_count:
-            prepared_by_count[config.min_count] = prepare(table, config)
-        return prepared_by_count[config.min_count]
-
+    prepared_for = preparer(table)
     entries = []
     with tempfile.TemporaryDirectory() as scratch:
         workdir = export_dir or Path(scratch)
@@ -378,11 +431,15 @@ def compare(
             entries.append(run_ladder_model(table, prepared_for(config), config, workdir))
             logger.info("%s: test AUC %.4f", name, entries[-1].auc)
     if baselines:
-        entries.append(run_lightgbm(prepared_for(configs["nffm"]), seed))
-        for name, ours in (("DeepFM", "deepfm"), ("ONN", "nffm")):
-            config = configs[ours]
-            entries.append(run_deepctr(prepared_for(config), name, config))
-            logger.info("%s: test AUC %.4f", entries[-1].name, entries[-1].auc)
+        entries += run_baselines(prepared_for, configs, seed)
+    if repeats > 1:
+        others = [
+            split_test_aucs(table, configs, models, baselines, seed + offset)
+            for offset in range(1, repeats)
+        ]
+        entries = [
+            replace(e, split_aucs=(e.auc, *(aucs[e.name] for aucs in others))) for e in entries
+        ]
     prepared = prepared_for(configs[needed[0]])
     setup: dict[str, Any] = {
         "rows": len(table.frame),
@@ -391,6 +448,7 @@ def compare(
         "test": len(prepared.test),
         "fields": len(prepared.spec.fields),
         "seed": seed,
+        "repeats": repeats,
         "batch_size": configs[needed[0]].batch_size,
         "test_rate": float(prepared.test.labels.mean()),
         "settings": {name: settings_of(config, GRID) for name, config in configs.items()},
@@ -420,20 +478,41 @@ def _median_us(call: object, repeats: int) -> float:
 
 
 def markdown(entries: list[Entry], oracle: float | None = None) -> str:
-    lines = [
-        "| model | family | test AUC [95% CI] | log loss | train s | samples/s | parameters "
-        "| ONNX KB | latency µs (1 row) | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    splits = len(entries[0].split_aucs) if entries else 0
+    header = [
+        "model",
+        "family",
+        "test AUC [95% CI]",
+        "log loss",
+        "train s",
+        "samples/s",
+        "parameters",
+        "ONNX KB",
+        "latency µs (1 row)",
+        *([f"test AUC over {splits} splits: mean ± sd"] if splits > 1 else []),
+        "note",
     ]
+    rows = [header, ["---"] * len(header)]
     for e in sorted(entries, key=lambda e: -e.auc):
-        lines.append(
-            f"| {e.name} | {e.family} | {e.auc:.4f} [{e.auc_low:.4f}, {e.auc_high:.4f}] | "
-            f"{e.logloss:.4f} | {e.train_s:.1f} | {e.samples_per_s:,.0f} | {e.parameters:,} | "
-            f"{'' if e.onnx_kb is None else f'{e.onnx_kb:,.0f}'} | "
-            f"{'' if e.latency_us is None else f'{e.latency_us:.0f}'} | {e.note} |"
+        spread = statistics.stdev(e.split_aucs) if splits > 1 else 0.0
+        rows.append(
+            [
+                e.name,
+                e.family,
+                f"{e.auc:.4f} [{e.auc_low:.4f}, {e.auc_high:.4f}]",
+                f"{e.logloss:.4f}",
+                f"{e.train_s:.1f}",
+                f"{e.samples_per_s:,.0f}",
+                f"{e.parameters:,}",
+                "" if e.onnx_kb is None else f"{e.onnx_kb:,.0f}",
+                "" if e.latency_us is None else f"{e.latency_us:.0f}",
+                *([f"{statistics.mean(e.split_aucs):.4f} ± {spread:.4f}"] if splits > 1 else []),
+                e.note,
+            ]
         )
     if oracle is not None:
-        lines.append(f"| oracle (p_true) | | {oracle:.4f} | | | | | | | |")
+        rows.append(["oracle (p_true)", "", f"{oracle:.4f}"] + [""] * (len(header) - 3))
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
     lines += [
         "",
         "Train s / samples/s: ctrserve counts its training epochs (validation excluded); "
@@ -441,4 +520,9 @@ def markdown(entries: list[Entry], oracle: float | None = None) -> str:
         "the training rows. Parameters for LightGBM = trees x leaves. Latency = encoding "
         "plus onnxruntime for one raw row, in process (HTTP overhead: docs/BENCHMARKS.md).",
     ]
+    if splits > 1:
+        lines[-1] += (
+            f" Over {splits} splits: every contender retrained with the same settings on "
+            f"{splits} seeded splits (the first is the one in the other columns)."
+        )
     return "\n".join(lines)

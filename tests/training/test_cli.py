@@ -127,6 +127,7 @@ def test_regression_on_aggregates(tmp_path: Path) -> None:
         (["train", "--data", "{bad}", "--out", "x"], "line 3: expected 2 columns"),
         (["train", "--data", "{bad}", "--out", "x", "--dropout", "1.5"], "dropout"),
         (["compare", "--data", "{bad}", "--models", "nffm,gbdt"], "unknown models ['gbdt']"),
+        (["compare", "--data", "{bad}", "--repeats", "0"], "--repeats must be at least 1"),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:

@@ -38,6 +38,8 @@ def test_compare_on_a_criteo_layout_file(tmp_path: Path) -> None:
         "--models",
         "lr,nffm",
         "--no-tune",
+        "--repeats",
+        "2",
         "--report",
         str(report),
     )
@@ -48,6 +50,7 @@ def test_compare_on_a_criteo_layout_file(tmp_path: Path) -> None:
         ["lr", "nffm", "LightGBM", "DeepCTR-Torch DeepFM", "DeepCTR-Torch ONN"]
     )
     assert "[" in result.stdout  # every AUC carries its interval
+    assert all(" ± " in line for line in rows)  # and its spread over the two splits
     assert json.loads(report.read_text().splitlines()[0].removeprefix("Set-up: "))["seed"] == 0
 
 
