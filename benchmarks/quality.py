@@ -380,8 +380,8 @@ def main() -> None:
         "min-count, embedding size k and L2 are searched one knob at a time (the trials are "
         "listed under each table); DeepCTR-Torch's DeepFM and ONN train with the settings our "
         "deepfm and nffm won with; LightGBM picks native categoricals or frequency encoding and "
-        "15 or 63 leaves, early-stopped on validation. At 1M rows only NFFM is searched (k and "
-        "L2). The test rows are scored once, at the end. On the real slices every contender "
+        "15, 63 or 255 leaves, early-stopped on validation. At 1M rows only NFFM is searched "
+        "(k and L2). The test rows are scored once, at the end. On the real slices every contender "
         f"is then retrained, with the same settings, on {SMALL_DATA_SPLITS - 1} more seeded "
         "splits: the mean ± sd column shows how much of a ranking is one split's luck. Raw "
         "numbers: quality.json.",

@@ -35,8 +35,8 @@ from training.tuning import GRID, SMALL_DATA_ROWS, Trial, settings_of, sized_con
 logger = logging.getLogger(__name__)
 
 BOOTSTRAP_ROUNDS = 1000
-LIGHTGBM_LEAVES = (15, 63)
-LIGHTGBM_MAX_ROUNDS = 5000
+LIGHTGBM_LEAVES = (15, 63, 255)
+LIGHTGBM_MAX_ROUNDS = 20_000
 
 
 @dataclass(frozen=True)
