@@ -118,6 +118,13 @@ def _read(args: argparse.Namespace, config: TrainConfig | None = None) -> Table:
     return read_table(args.data, args.format, roles, task, args.bad_rows)
 
 
+def _read_sized(args: argparse.Namespace, model: str) -> tuple[Table, TrainConfig]:
+    """The table, then the config with defaults for its size: the config's task decides how
+    the file is read, and the row count decides the defaults, so it is built twice."""
+    table = _read(args, train_config(args, model))
+    return table, train_config(args, model, len(table.frame))
+
+
 def oracle_metrics(table: Table, rows: np.ndarray, task: str = "binary") -> Metrics | None:
     """Metrics of the generator's true probabilities on ``rows``, when the file has them."""
     if task != "binary" or "p_true" not in table.frame.columns or len(rows) == 0:
@@ -170,8 +177,7 @@ def train_one(
 
 
 def run_train(args: argparse.Namespace) -> int:
-    table = _read(args, train_config(args, args.model))
-    config = train_config(args, args.model, len(table.frame))
+    table, config = _read_sized(args, args.model)
     prepared = prepare(table, config)
     logger.info(
         "%d rows: %d train / %d validation / %d test, %d fields",
@@ -198,7 +204,7 @@ def _known_models(names: tuple[str, ...]) -> None:
 
 def run_ladder(args: argparse.Namespace) -> int:
     _known_models(args.models)
-    table = _read(args, train_config(args, args.models[0]))
+    table, _ = _read_sized(args, args.models[0])
     configs = [train_config(args, name, len(table.frame)) for name in args.models]
     prepared = prepare(table, configs[0])
     rows = []
@@ -335,8 +341,7 @@ def run_tune(args: argparse.Namespace) -> int:
     are held. Prints every trial; ``--write-config`` saves the winner for ``train --config``."""
     from training.tuning import GRID, settings_of, tune
 
-    table = _read(args, train_config(args, args.model))
-    config = train_config(args, args.model, len(table.frame))
+    table, config = _read_sized(args, args.model)
     grid = {knob: values for knob, values in GRID.items() if getattr(args, knob) is None}
     if not grid:
         raise DataError("nothing to tune: --min-count, --embed-dim and --l2 are all given")

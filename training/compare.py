@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,16 @@ from training.data import Table
 from training.evaluation import binary_metrics
 from training.export import write_artifact
 from training.models import MODELS
-from training.train import Prepared, TrainConfig, count_parameters, fit, new_model, predict, prepare
+from training.train import (
+    Prepared,
+    Preparer,
+    TrainConfig,
+    cached_prepare,
+    count_parameters,
+    fit,
+    new_model,
+    predict,
+)
 from training.tuning import GRID, SMALL_DATA_ROWS, Trial, settings_of, sized_config, tune
 
 logger = logging.getLogger(__name__)
@@ -336,23 +345,6 @@ def train_speed(prepared: Prepared, config: TrainConfig) -> tuple[float, float]:
     return ours, theirs
 
 
-Preparer = Callable[[TrainConfig], Prepared]
-
-
-def preparer(table: Table) -> Preparer:
-    """``prepare`` cached by (split seed, min-count): contenders that share them share the
-    encoded rows."""
-    cache: dict[tuple[int, int], Prepared] = {}
-
-    def prepared_for(config: TrainConfig) -> Prepared:
-        key = (config.seed, config.min_count)
-        if key not in cache:
-            cache[key] = prepare(table, config)
-        return cache[key]
-
-    return prepared_for
-
-
 def run_baselines(
     prepared_for: Preparer, configs: dict[str, TrainConfig], seed: int
 ) -> list[Entry]:
@@ -376,7 +368,7 @@ def split_test_aucs(
     """Every contender's test AUC on another seeded split, with the settings chosen on the
     first split (no search, no export): how much of a ranking is the split's luck."""
     reseeded = {name: config.model_copy(update={"seed": seed}) for name, config in configs.items()}
-    prepared_for = preparer(table)
+    prepared_for = cached_prepare(table)
     aucs = {}
     for name in models:
         config = reseeded[name]
@@ -422,7 +414,7 @@ def compare(
             configs[name], trials[name] = tune(table, start, grid)
         else:
             configs[name] = start
-    prepared_for = preparer(table)
+    prepared_for = cached_prepare(table)
     entries = []
     with tempfile.TemporaryDirectory() as scratch:
         workdir = export_dir or Path(scratch)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -108,6 +109,30 @@ def prepare(table: Table, config: TrainConfig) -> Prepared:
         val=encode_table(table, spec, val_rows),
         test=encode_table(table, spec, test_rows),
     )
+
+
+Preparer = Callable[[TrainConfig], Prepared]
+
+
+def cached_prepare(table: Table) -> Preparer:
+    """``prepare`` for one table, remembered by the settings it reads: runs that differ only
+    in the model or the optimiser (a search, a comparison) share the encoded rows."""
+    cache: dict[tuple[object, ...], Prepared] = {}
+
+    def prepared_for(config: TrainConfig) -> Prepared:
+        key = (
+            config.seed,
+            config.val_fraction,
+            config.test_fraction,
+            config.min_count,
+            config.binning,
+            config.num_bins,
+        )
+        if key not in cache:
+            cache[key] = prepare(table, config)
+        return cache[key]
+
+    return prepared_for
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

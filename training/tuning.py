@@ -16,7 +16,7 @@ from typing import Any
 from training.data import Table
 from training.evaluation import headline
 from training.models import DEFAULTS, ModelName
-from training.train import Prepared, TrainConfig, evaluate, fit, new_model, prepare
+from training.train import TrainConfig, cached_prepare, evaluate, fit, new_model
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def sized_config(name: ModelName, rows: int, seed: int = 0, **overrides: Any) ->
     """The model's defaults with ``size_defaults`` applied, then ``overrides``."""
     settings = {**size_defaults(name, rows), **overrides}
     embed_dim = settings.pop("embed_dim", DEFAULTS[name].embed_dim)
-    model = DEFAULTS[name].model_copy(update={"embed_dim": embed_dim})
-    return TrainConfig(model=model, seed=seed, **settings)
+    config = TrainConfig(model=DEFAULTS[name], seed=seed, **settings)
+    return with_setting(config, "embed_dim", embed_dim)
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,13 @@ def tune(
     grid = dict(GRID if grid is None else grid)
     if start.model.name == "lr":
         grid.pop("embed_dim", None)
-    prepared_by_count: dict[int, Prepared] = {}
+    prepared_for = cached_prepare(table)
     trials: dict[tuple[Any, ...], Trial] = {}
 
     def score(config: TrainConfig) -> float:
         key = tuple(settings_of(config, grid).values())
         if key not in trials:
-            if config.min_count not in prepared_by_count:
-                prepared_by_count[config.min_count] = prepare(table, config)
-            prepared = prepared_by_count[config.min_count]
+            prepared = prepared_for(config)
             started = time.perf_counter()
             model = new_model(prepared, config)
             fit(model, prepared, config, progress=False)
