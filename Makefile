@@ -23,10 +23,10 @@ $(DATA): | $(VENV)/.installed
 	$(PY) -m training synth --rows $(ROWS) --seed 0 --out $(DATA)
 
 # A second run finds the exported model and goes straight to serving.
-$(MODEL_DIR)/spec.json: | $(DATA)
+$(MODEL_DIR)/CURRENT: | $(DATA)
 	$(PY) -m training train --data $(DATA) --model nffm --out $(MODEL_DIR) --no-progress
 
-model: setup $(MODEL_DIR)/spec.json
+model: setup $(MODEL_DIR)/CURRENT
 
 run: model
 	@echo
@@ -50,7 +50,7 @@ test: setup
 bench: model
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	$(PY) -m pip install --quiet -e '.[bench]'
-	test -f models/ladder/nffm/spec.json || $(PY) -m training ladder --data $(DATA) \
+	test -f models/ladder/nffm/CURRENT || $(PY) -m training ladder --data $(DATA) \
 		--out-dir models/ladder --no-progress
 	$(PY) -m benchmarks.serving
 

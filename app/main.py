@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -17,12 +18,14 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.routes import health, models, predict
-from app.cache import ScoreCache
+from app.cache import ResponseCache, ScoreCache
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.features.errors import EncodeError
-from app.metrics import ServiceMetrics
+from app.metrics import ServiceMetrics, mark_worker_gone
+from app.scoring.poller import RepositoryPoller
 from app.scoring.registry import ModelRegistry
+from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer, ScoringError
 from app.scoring.service import PredictionService
 
@@ -167,29 +170,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Nothing is loaded until the lifespan starts."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    cache: ScoreCache[float] = ScoreCache(settings.cache_maxsize, settings.cache_ttl_s)
-    response_cache: ScoreCache[bytes] = ScoreCache(settings.cache_maxsize, settings.cache_ttl_s)
-    metrics = ServiceMetrics(cache_size=cache.__len__)
+    metrics = ServiceMetrics()
+
+    def load(version_dir: Path) -> Scorer:
+        scorer = Scorer.load(version_dir, settings.ort_intra_op_threads, settings.max_value_chars)
+        scorer.warm(settings.warmup_batch_sizes())
+        return scorer
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scorer = Scorer.load(
-            settings.model_dir, settings.ort_intra_op_threads, settings.max_value_chars
+        repository = ModelRepository(settings.model_dir)
+        registry = ModelRegistry(repository, load, settings.model_version)
+        service = PredictionService(
+            registry,
+            ScoreCache(settings.cache_maxsize, settings.cache_ttl_s),
+            ResponseCache(settings.response_cache_max_bytes, settings.cache_ttl_s),
+            metrics,
         )
-        registry = ModelRegistry(scorer, settings.ort_intra_op_threads, settings.max_value_chars)
-        app.state.service = PredictionService(registry, cache, metrics)
-        metrics.set_model(scorer.manifest.model_type, scorer.version)
+        app.state.service = service
+        poller = RepositoryPoller(service, settings.poll_interval_s)
         # Everything alive now (libraries, the model) lives as long as the process: keep it
         # out of the cyclic collector's scans, which grow with the caches on the hot path.
         gc.freeze()
+        scorer = registry.current
+        policy = f"pinned to {registry.pinned_version}" if registry.pinned_version else "latest"
         logger.info(
-            "serving %s version %s (cache %d entries, ttl %.0fs)",
-            scorer.manifest.model_type,
+            "serving %s/%s (%s, %s; cache %d entries, ttl %.0fs; polling every %.1fs)",
+            repository.name,
             scorer.version,
+            scorer.manifest.model_type,
+            policy,
             settings.cache_maxsize,
             settings.cache_ttl_s,
+            settings.poll_interval_s,
         )
-        yield
+        poller.start()
+        try:
+            yield
+        finally:
+            poller.stop()
+            service.flush_metrics()
+            mark_worker_gone()
 
     app = FastAPI(
         title="ctrserve",
@@ -199,8 +220,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
-    app.state.response_cache = response_cache
-    app.state.metrics = metrics
     routers = (predict.router, health.router, models.router)
     for router in routers:
         app.include_router(router)

@@ -90,10 +90,14 @@ class FieldInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    name: str = Field(description="the repository's name (models/<name>)")
     model_type: str
     version: str
     task: Literal["binary", "regression"]
-    model_dir: str
+    model_dir: str = Field(description="the version directory being served")
+    repository: str
+    versions: list[str] = Field(description="versions in the repository, oldest first")
+    pinned: bool = Field(description="CTR_MODEL_VERSION pins this service to one version")
     hyperparameters: dict[str, JsonValue]
     fields: list[FieldInfo]
     metrics: dict[str, float]
@@ -101,21 +105,48 @@ class ModelInfo(BaseModel):
 
 
 class ReloadRequest(BaseModel):
+    """Which version the fleet should serve; an empty body re-reads CURRENT now."""
+
     model_config = ConfigDict(extra="forbid")
 
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="a version already in the repository: point CURRENT at it",
+    )
     model_dir: str | None = Field(
         default=None,
         min_length=1,
         max_length=4096,
         pattern=r"^[^\x00]+$",
-        description="directory to load; default: the current one again",
+        description="an exported model elsewhere: copy it in as a version, point CURRENT at it",
     )
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> ReloadRequest:
+        if self.version is not None and self.model_dir is not None:
+            raise ValueError("send 'version' or 'model_dir', not both")
+        return self
 
 
 class ReloadResponse(BaseModel):
     previous_version: str
     version: str
     model_dir: str
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "unavailable"]
+    model_version: str
+    target_version: str | None = Field(
+        description="what this worker should serve (CURRENT, or the pinned version)"
+    )
+    last_error: str | None = Field(
+        default=None,
+        description="why the target version is not served (the old one keeps serving)",
+    )
 
 
 class ErrorResponse(BaseModel):

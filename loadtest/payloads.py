@@ -13,12 +13,14 @@ import numpy as np
 
 from app.features.spec import CategoricalField, FeatureSpec
 from app.scoring.manifest import ModelManifest
+from app.scoring.repository import resolve_model_dir
 
 Row = dict[str, str | float | None]
 
 
 def load_spec(model_dir: Path) -> FeatureSpec:
-    return ModelManifest.load(model_dir).features
+    """The feature spec of ``model_dir``'s current version (or of a flat directory)."""
+    return ModelManifest.load(resolve_model_dir(model_dir)).features
 
 
 def _zipf_choice(rng: np.random.Generator, size: int, count: int, exponent: float) -> np.ndarray:

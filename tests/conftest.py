@@ -6,6 +6,7 @@ committed; the torch-free app tests only read the exported directory.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +52,14 @@ def model_dir(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture
-def settings(model_dir: Path) -> Settings:
-    return Settings(model_dir=model_dir, cache_maxsize=1000, cache_ttl_s=60, reload_token="t0ken")
+def repository(model_dir: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the session's model repository: reloads may change it."""
+    return Path(shutil.copytree(model_dir, tmp_path / "repository"))
+
+
+@pytest.fixture
+def settings(repository: Path) -> Settings:
+    return Settings(model_dir=repository, cache_maxsize=1000, cache_ttl_s=60, reload_token="t0ken")
 
 
 def _run_cli(*args: str) -> None:

@@ -100,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model and export it")
     _add_train_args(train)
     train.add_argument("--model", choices=sorted(MODELS), default="nffm")
-    train.add_argument("--out", type=Path, required=True, help="model directory, e.g. models/nffm")
+    train.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="model repository, e.g. models/nffm: adds a version and points CURRENT at it",
+    )
 
     ladder = commands.add_parser(
         "ladder", help="train all seven models on one split, print a table"
@@ -163,7 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="re-export model.onnx from checkpoint.pt")
     export.add_argument("--model-dir", type=Path, required=True)
-    export.add_argument("--out", type=Path, default=None, help="default: in place")
+    export.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="repository (default: the same one, as a new version)",
+    )
     return parser
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 
 from app.scoring.manifest import ModelManifest
+from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from training import synth
 from training.data import ColumnRoles, DataError, Table, read_table
@@ -260,7 +261,7 @@ def ladder_table(rows: list[dict[str, object]], oracle: Metrics | None, task: st
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    scorer = Scorer.load(args.model_dir)
+    scorer = Scorer.load(resolve_model_dir(args.model_dir))
     manifest = scorer.manifest
     table = read_table(
         args.data, args.format, _roles_for(manifest, args), manifest.task, args.bad_rows
@@ -278,7 +279,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         metrics = regression_metrics(table.labels, predictions, table.weights)
     _emit(
         {
-            "model_dir": str(args.model_dir),
+            "model_dir": str(scorer.model_dir),
             "version": manifest.version,
             "split": args.split,
             "skipped_rows": len(table.skipped),
@@ -366,7 +367,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     table = None
     if args.data is not None:
-        manifest = ModelManifest.load(args.model_dir)
+        manifest = ModelManifest.load(resolve_model_dir(args.model_dir))
         own_columns = argparse.Namespace(
             label=None, weight=None, categorical=(), numeric=(), ignore=()
         )

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
+from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from training.data import Table
 from training.evaluation import binary_metrics
@@ -121,7 +122,7 @@ def run_ladder_model(table: Table, prepared: Prepared, config: TrainConfig, work
         binary_metrics(prepared.test.labels, scores),
         {},
     )
-    scorer = Scorer.load(out)
+    scorer = Scorer.load(resolve_model_dir(out))
     row = _raw_row(table)
     latency = _median_us(lambda: scorer.score_rows([row]), 2000)
     return _entry(

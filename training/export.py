@@ -1,8 +1,9 @@
-"""Export a trained model to ``models/<name>/``: model.onnx + spec.json + metrics.json.
+"""Export a trained model into the repository ``models/<name>/`` as a new version.
 
 Every export fills the unseen rows with field averages, checks the graph with
-``onnx.checker`` and proves onnxruntime agrees with torch before anything is written where
-the service could load it. The directory appears atomically (built beside it, then renamed).
+``onnx.checker`` and proves onnxruntime agrees with torch in a hidden staging directory;
+only then is it renamed into place as ``models/<name>/<version>/`` (never changed again)
+and ``CURRENT`` flipped to it, which every serving worker follows.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from app.scoring.manifest import (
     content_version,
     sha256_file,
 )
+from app.scoring.repository import ModelRepository, resolve_model_dir
 from training.data import Task
 from training.layers import fill_unseen_rows
 from training.models import ModelConfig, build_model
@@ -123,12 +124,12 @@ def write_artifact(
     metrics: dict[str, float],
     training: dict[str, JsonValue],
 ) -> ModelManifest:
-    """Export ``model`` into ``out_dir`` atomically and return its manifest."""
+    """Export ``model`` as a new version of the repository ``out_dir``, then point
+    ``CURRENT`` at it. Returns the version's manifest."""
     model.eval()
     fill_unseen_rows(model, spec.field_dims)
-    out_dir = out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    repository = ModelRepository(out_dir)
+    staging = repository.staging_dir()
     try:
         onnx_path = staging / ONNX_FILE
         to_onnx(model, task, len(spec.fields), onnx_path)
@@ -151,28 +152,23 @@ def write_artifact(
         manifest.save(staging)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         torch.save(model.state_dict(), staging / CHECKPOINT_FILE)
-        os.chmod(staging, 0o755)
-        _swap_in(staging, out_dir)
+        for item in staging.iterdir():
+            os.chmod(item, 0o644)
+        version_dir = repository.commit(staging, manifest.version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("exported %s version %s to %s", config.name, manifest.version, out_dir)
+    repository.set_current(manifest.version)
+    logger.info(
+        "exported %s version %s to %s (CURRENT)", config.name, manifest.version, version_dir
+    )
     return manifest
 
 
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` with ``staging`` so a reader sees the old or the new, never half."""
-    if not out_dir.exists():
-        staging.rename(out_dir)
-        return
-    retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    out_dir.rename(retired)
-    staging.rename(out_dir)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def load_checkpoint(model_dir: Path) -> tuple[nn.Module, ModelManifest]:
-    """Rebuild the torch model of an exported directory from its weights-only checkpoint."""
+    """Rebuild the torch model of an exported model (a repository's current version, or a
+    version or flat directory) from its weights-only checkpoint."""
+    model_dir = resolve_model_dir(model_dir)
     manifest = ModelManifest.load(model_dir)
     config = ModelConfig.model_validate({"name": manifest.model_type, **manifest.hyperparameters})
     model = build_model(manifest.features.field_dims, config)
@@ -182,7 +178,8 @@ def load_checkpoint(model_dir: Path) -> tuple[nn.Module, ModelManifest]:
 
 
 def reexport(model_dir: Path, out_dir: Path | None = None) -> ModelManifest:
-    """Export again from ``checkpoint.pt`` (e.g. after an exporter upgrade)."""
+    """Export again from ``checkpoint.pt`` (e.g. after an exporter upgrade), as a new version
+    of ``out_dir`` (default: the same repository)."""
     model, manifest = load_checkpoint(model_dir)
     config = ModelConfig.model_validate({"name": manifest.model_type, **manifest.hyperparameters})
     return write_artifact(

@@ -9,7 +9,6 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.core.config import Settings
-from app.metrics import ServiceMetrics
 from app.scoring.service import PredictionService
 
 
@@ -23,14 +22,8 @@ def get_service(request: Request) -> PredictionService:
     return service
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
-    metrics: ServiceMetrics = request.app.state.metrics
-    return metrics
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ServiceDep = Annotated[PredictionService, Depends(get_service)]
-MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_MIN_RESPONSE_CACHE_BYTES = 64 * 1024
 
 
 class Settings(BaseSettings):
@@ -17,12 +19,27 @@ class Settings(BaseSettings):
         env_prefix="CTR_", env_file=".env", extra="ignore", protected_namespaces=()
     )
 
-    model_dir: Path = Field(default=Path("models/default"), description="exported model directory")
+    model_dir: Path = Field(
+        default=Path("models/default"),
+        description="model repository (models/<name>/ with <version>/ folders and CURRENT), "
+        "or a flat exported model directory",
+    )
+    model_version: str | None = Field(
+        default=None, description="serve this version and ignore CURRENT (unset: follow CURRENT)"
+    )
+    poll_interval_s: float = Field(
+        default=2.0, gt=0, description="seconds between checks of the repository's CURRENT"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
     cache_maxsize: int = Field(default=100_000, ge=0, description="cached scores; 0 disables")
-    cache_ttl_s: float = Field(default=300.0, gt=0)
+    cache_ttl_s: float = Field(default=300.0, gt=0, description="seconds a cached score lives")
+    response_cache_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="memory for exact repeats of single-row bodies; 0 disables",
+    )
     ort_intra_op_threads: int = Field(default=1, ge=1, description="onnxruntime threads per call")
     max_batch_size: int = Field(default=10_000, ge=1, description="rows per /predict request")
     inline_max_rows: int = Field(
@@ -45,6 +62,18 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
+
+    @field_validator("response_cache_max_bytes")
+    @classmethod
+    def _usable_response_budget(cls, value: int) -> int:
+        if 0 < value < _MIN_RESPONSE_CACHE_BYTES:
+            raise ValueError(f"must be 0 (off) or at least {_MIN_RESPONSE_CACHE_BYTES} bytes")
+        return value
+
+    def warmup_batch_sizes(self) -> tuple[int, ...]:
+        """Batch sizes a new model version is scored at before it takes traffic."""
+        largest = min(self.max_batch_size, 1024)
+        return tuple(sorted({1, min(8, largest), min(64, largest), largest}))
 
 
 @lru_cache

@@ -1,47 +1,137 @@
-"""Holds the model being served and swaps in a new one atomically (hot reload)."""
+"""The model version this worker serves, following the repository's ``CURRENT`` pointer."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
+from app.features.errors import SpecError
+from app.scoring.repository import ModelRepository, check_version_name, resolve_model_dir
 from app.scoring.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 
+Loader = Callable[[Path], Scorer]
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A version this worker was asked to serve and could not: it keeps the old one."""
+
+    version: str
+    reason: str
+    at: float  # unix time
+
+
+@dataclass(frozen=True)
+class Swap:
+    previous: Scorer
+    current: Scorer
+
 
 class ModelRegistry:
-    """The current :class:`Scorer`, replaced only by a fully loaded and verified one.
+    """The current :class:`Scorer`, replaced only by a fully loaded, verified and warmed one.
 
     A request reads ``registry.current`` once and keeps that reference, so requests in
-    flight during a reload finish on the model they started with.
+    flight during a swap finish on the version they started with. Every worker of every
+    replica holds its own registry over the same repository; :meth:`poll` is how each one
+    converges on the pointer, so nothing has to reach the workers one by one.
+
+    Args:
+        repository: where versions and the pointer live.
+        loader: loads, verifies and warms one version directory (raises ``SpecError``).
+        pinned_version: serve this version and ignore the pointer.
     """
 
     def __init__(
-        self, scorer: Scorer, intra_op_threads: int, max_value_chars: int | None = None
+        self, repository: ModelRepository, loader: Loader, pinned_version: str | None = None
     ) -> None:
-        self._current = scorer
-        self._intra_op_threads = intra_op_threads
-        self._max_value_chars = max_value_chars
-        self._reload_lock = threading.Lock()
+        self.repository = repository
+        self.pinned_version = None if pinned_version is None else check_version_name(pinned_version)
+        self._loader = loader
+        self._lock = threading.Lock()
+        self.last_failure: LoadFailure | None = None
+        self._current = loader(repository.version_dir(self.target_version()))
 
     @property
     def current(self) -> Scorer:
         return self._current
 
-    def reload(self, model_dir: Path | None = None) -> tuple[Scorer, Scorer]:
-        """Load ``model_dir`` (default: the current one again) and swap it in.
+    def target_version(self) -> str:
+        """The version this worker should serve now."""
+        return self.pinned_version or self.repository.current_version()
 
-        The new model is verified and warmed up (sha256, graph I/O, a smoke score) before
-        the swap; any failure raises and leaves the old model serving.
+    def poll(self) -> Swap | None:
+        """Swap to the target version if it changed.
 
-        Returns:
-            ``(previous, new)`` scorers.
+        A target that failed to load is not retried on every poll (a broken export would
+        otherwise be reloaded every few seconds by every worker); it is retried when the
+        pointer moves, or on an explicit :meth:`switch`.
+
+        Raises:
+            SpecError: the target could not be loaded (the first time only).
         """
-        with self._reload_lock:
-            target = model_dir or self._current.model_dir
-            loaded = Scorer.load(target, self._intra_op_threads, self._max_value_chars)
-            previous, self._current = self._current, loaded
+        with self._lock:
+            try:
+                target = self.target_version()
+            except SpecError as exc:
+                return self._fail("?", str(exc))
+            if target == self._current.version:
+                self.last_failure = None
+                return None
+            if self.last_failure is not None and self.last_failure.version == target:
+                return None
+            return self._swap_to(target)
+
+    def switch(self, version: str | None = None) -> Swap | None:
+        """Point the repository at ``version`` (verified here first) and serve it.
+
+        Without a version, re-read the pointer now instead of at the next poll. The pointer
+        is only written once this worker has loaded the version, so a version that cannot
+        load never reaches the rest of the fleet.
+        """
+        with self._lock:
+            if version is None:
+                target = self.target_version()
+            else:
+                if self.pinned_version is not None and version != self.pinned_version:
+                    raise SpecError(
+                        f"this service is pinned to version {self.pinned_version} "
+                        "(CTR_MODEL_VERSION); unpin it to follow or move the pointer"
+                    )
+                target = check_version_name(version)
+            if target == self._current.version:
+                if version is not None and not self.repository.is_flat:
+                    self.repository.set_current(target)
+                self.last_failure = None
+                return None
+            swap = self._swap_to(target)
+            if version is not None and not self.repository.is_flat:
+                self.repository.set_current(target)
+            return swap
+
+    def publish(self, source: Path) -> Swap | None:
+        """Copy an exported model into the repository as a version and switch to it."""
+        checked = self._loader(resolve_model_dir(source))
+        version = self.repository.publish(source)
+        assert version == checked.version
+        return self.switch(version)
+
+    def _swap_to(self, version: str) -> Swap:
+        try:
+            loaded = self._loader(self.repository.version_dir(version))
+        except SpecError as exc:
+            return self._fail(version, str(exc))
+        previous, self._current = self._current, loaded
+        self.last_failure = None
         logger.info("swapped model %s -> %s", previous.version, loaded.version)
-        return previous, loaded
+        return Swap(previous, loaded)
+
+    def _fail(self, version: str, reason: str) -> NoReturn:
+        self.last_failure = LoadFailure(version, reason, time.time())
+        raise SpecError(reason)

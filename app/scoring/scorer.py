@@ -103,6 +103,18 @@ class Scorer:
         except ScoringError as exc:
             raise SpecError(f"{self.model_dir}: smoke prediction failed ({exc})") from None
 
+    def warm(self, batch_sizes: Sequence[int]) -> None:
+        """Score rows at each batch size before live traffic does.
+
+        onnxruntime sizes its buffers on the first call of each shape; warming a new version
+        beside the old one keeps that first-call cost off the requests after the swap.
+        """
+        rng = np.random.default_rng(0)
+        dims = np.array(self.manifest.features.field_dims, dtype=np.int64)
+        for size in sorted(set(batch_sizes)):
+            if size > 0:
+                self.score_indices((rng.random((size, self._num_fields)) * dims).astype(np.int64))
+
     def smoke_test(self) -> float:
         """Score one all-unseen row; proves the graph runs and gives a finite number."""
         row = np.full((1, self._num_fields), UNSEEN_INDEX, dtype=np.int64)

@@ -1,24 +1,30 @@
-"""Cache-then-score for request rows, and per-field explanations. Imports no FastAPI."""
+"""Cache-then-score for request rows, following the model repository, and per-field
+explanations. Every caching decision lives here; imports no FastAPI."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from app.cache import ScoreCache
+from app.cache import ResponseCache, RowKey, ScoreCache
+from app.features.errors import SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
-from app.metrics import ServiceMetrics
-from app.scoring.registry import ModelRegistry
+from app.metrics import STAGES, HealthTally, ServiceMetrics
+from app.schemas import PredictRequest
+from app.scoring.registry import ModelRegistry, Swap
 from app.scoring.scorer import Scorer, ScoringError
 
 logger = logging.getLogger(__name__)
 
 EncodedAs = Literal["value", "missing", "unseen"]
+_PARSE, _ENCODE, _CACHE, _ORT = range(len(STAGES))
 
 
 @dataclass(frozen=True)
@@ -50,31 +56,88 @@ class Explanation:
 
 
 class PredictionService:
-    """Encode -> cache lookup -> one onnxruntime call for all misses -> cache fill."""
+    """Parse -> response cache -> encode -> score cache -> one onnxruntime call -> fill.
+
+    Also the one place a model swap happens for this worker (:meth:`follow`,
+    :meth:`switch`, :meth:`publish`): the caches of the old version are dropped and the
+    metrics updated whichever way the swap came.
+    """
 
     def __init__(
-        self, registry: ModelRegistry, cache: ScoreCache[float], metrics: ServiceMetrics
+        self,
+        registry: ModelRegistry,
+        cache: ScoreCache[float],
+        responses: ResponseCache,
+        metrics: ServiceMetrics,
     ) -> None:
         self.registry = registry
         self.cache = cache
+        self.responses = responses
         self.metrics = metrics
+        self._tallies: dict[str, HealthTally] = {}
+        self._announce(registry.current)
 
-    def predict(self, rows: Sequence[Mapping[str, object]]) -> Scored:
-        """Score raw rows. Raises ``EncodeError`` (bad input) or ``ScoringError``."""
+    # -- requests ---------------------------------------------------------------------
+
+    def repeat(self, body: bytes) -> Scored | None:
+        """The answer to an exact repeat of a single-row body whose score is still cached."""
+        if not self.responses.enabled:
+            return None
+        started = time.perf_counter()
+        scorer = self.registry.current
+        key = self.responses.lookup(ResponseCache.digest(body), scorer.version)
+        score = None if key is None else self.cache.get_many((key,))[0]
+        if score is None:
+            return None
+        tally = self._tally(scorer)
+        tally.add_stage(_CACHE, time.perf_counter() - started)
+        scores = np.array([score], dtype=np.float32)
+        tally.add_scores(scores)
+        self.metrics.cache_hits.inc()
+        return Scored(scores, [True], scorer.version)
+
+    def parse(self, body: bytes) -> PredictRequest:
+        """Validate a /predict body (raises pydantic's ``ValidationError``)."""
+        started = time.perf_counter()
+        request = PredictRequest.model_validate_json(body)
+        self._tally(self.registry.current).add_stage(_PARSE, time.perf_counter() - started)
+        return request
+
+    def predict(self, rows: Sequence[Mapping[str, object]], body: bytes | None = None) -> Scored:
+        """Score raw rows. Raises ``EncodeError`` (bad input) or ``ScoringError``.
+
+        ``body``: the raw single-row request, offered to the response cache.
+        """
         scorer = self.registry.current  # one reference for the whole request
-        return self._score(scorer, scorer.encoder.encode_rows(rows))
+        started = time.perf_counter()
+        indices = scorer.encoder.encode_rows(rows)
+        tally = self._tally(scorer)
+        tally.add_stage(_ENCODE, time.perf_counter() - started)
+        tally.add_rows(indices)
+        scored, keys = self._score(scorer, indices, tally)
+        if body is not None and len(keys) == 1:
+            self.responses.offer(ResponseCache.digest(body), keys[0])
+        return scored
 
-    def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> Scored:
+    def _score(
+        self, scorer: Scorer, indices: NDArray[np.int64], tally: HealthTally
+    ) -> tuple[Scored, list[RowKey]]:
         # The encoded row's bytes are the key: cheap to build, and equal exactly when the
         # model would see equal input (key order, unseen values, 5 vs "5" all collapse).
-        keys = [(scorer.version, row.tobytes()) for row in indices]
+        started = time.perf_counter()
+        version = scorer.version
+        keys = [(version, row.tobytes()) for row in indices]
         found = self.cache.get_many(keys)
-        cached = [value is not None for value in found]
-        misses = [i for i, hit in enumerate(cached) if not hit]
+        misses = [i for i, value in enumerate(found) if value is None]
+        cache_s = time.perf_counter() - started
         if misses:
             # Every miss of the request goes to onnxruntime in one call.
+            ort_started = time.perf_counter()
             fresh = self._run(scorer, indices if len(misses) == len(keys) else indices[misses])
+            tally.add_stage(_ORT, time.perf_counter() - ort_started)
+            fill_started = time.perf_counter()
             self.cache.put_many([keys[i] for i in misses], fresh.tolist())
+            cache_s += time.perf_counter() - fill_started
             if len(misses) == len(keys):
                 scores = fresh
             else:
@@ -82,9 +145,12 @@ class PredictionService:
                 scores[misses] = fresh
         else:
             scores = np.array(found, dtype=np.float32)
+        tally.add_stage(_CACHE, cache_s)
+        tally.add_scores(scores)
         self.metrics.cache_hits.inc(len(keys) - len(misses))
         self.metrics.cache_misses.inc(len(misses))
-        return Scored(scores, cached, scorer.version)
+        cached = [value is not None for value in found]
+        return Scored(scores, cached, version), keys
 
     def _run(self, scorer: Scorer, indices: NDArray[np.int64]) -> NDArray[np.float32]:
         try:
@@ -107,7 +173,7 @@ class PredictionService:
         variants = np.repeat(row[None, :], num_fields + 2, axis=0)
         variants[np.arange(num_fields), np.arange(num_fields)] = UNSEEN_INDEX
         variants[num_fields] = UNSEEN_INDEX  # baseline: every field at its average
-        scores = self._score(scorer, variants).scores
+        scores = self._score(scorer, variants, self._tally(scorer))[0].scores
         prediction, baseline = float(scores[num_fields + 1]), float(scores[num_fields])
         effects = [
             FieldEffect(
@@ -120,6 +186,77 @@ class PredictionService:
         ]
         effects.sort(key=lambda e: abs(e.effect), reverse=True)
         return Explanation(prediction, baseline, effects, scorer.version)
+
+    # -- model versions ---------------------------------------------------------------
+
+    def follow(self) -> Swap | None:
+        """One poll of the repository pointer (the poller calls this every few seconds).
+
+        A version that fails to load is logged and counted once; the old one keeps serving.
+        """
+        try:
+            return self._reload(self.registry.poll)
+        except SpecError:
+            return None
+
+    def switch(self, version: str | None) -> Swap | None:
+        """Serve ``version`` and point the repository at it (``None``: re-read the pointer
+        now instead of at the next poll).
+
+        Raises:
+            SpecError: it cannot be loaded; the old version keeps serving.
+        """
+        return self._reload(lambda: self.registry.switch(version))
+
+    def publish(self, source: Path) -> Swap | None:
+        """Copy an exported model into the repository as a version, point at it, serve it.
+
+        Raises:
+            SpecError: it cannot be loaded; nothing is published, the old version serves.
+        """
+        return self._reload(lambda: self.registry.publish(source))
+
+    def flush_metrics(self) -> None:
+        """Move this worker's tallies and cache sizes into its Prometheus collectors."""
+        serving = self.registry.current.version
+        for version, tally in list(self._tallies.items()):
+            tally.flush(self.metrics)
+            if version != serving:
+                del self._tallies[version]
+        self.metrics.cache_entries.set(len(self.cache))
+        self.metrics.response_cache_bytes.set(self.responses.nbytes)
+
+    def _tally(self, scorer: Scorer) -> HealthTally:
+        tally = self._tallies.get(scorer.version)
+        if tally is None:
+            tally = self._tallies.setdefault(scorer.version, HealthTally(scorer.encoder.names))
+        return tally
+
+    def _announce(self, scorer: Scorer) -> None:
+        self.metrics.set_model(scorer.manifest.model_type, scorer.version)
+
+    def _swapped(self, swap: Swap | None) -> Swap | None:
+        if swap is None:
+            return None
+        # Entries of the old version can never be served again (the version is part of
+        # every key): drop them now rather than let them crowd the LRU until they expire.
+        self.cache.clear()
+        self.responses.clear()
+        self._announce(swap.current)
+        self.metrics.reloads.labels(outcome="ok").inc()
+        return swap
+
+    def _reload(self, attempt: Callable[[], Swap | None]) -> Swap | None:
+        try:
+            swap = attempt()
+        except SpecError as exc:
+            self._refused(exc)
+            raise
+        return self._swapped(swap)
+
+    def _refused(self, exc: SpecError) -> None:
+        self.metrics.reloads.labels(outcome="failed").inc()
+        logger.error("model load refused, still serving %s: %s", self.registry.current.version, exc)
 
 
 def _kind(index: int) -> EncodedAs:

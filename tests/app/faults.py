@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app.features.spec import FeatureSpec
 from app.scoring.manifest import content_version, sha256_file
+from app.scoring.repository import resolve_model_dir
 
 
 def _rewrite_manifest(target: Path, change: Callable[[dict[str, object]], None]) -> None:
@@ -90,21 +91,22 @@ FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "corrupt model.onnx": (_garbage_with_matching_hash, "onnxruntime cannot load it"),
     "spec.json does not match the graph": (_spec_does_not_match_graph, "graph takes"),
     "wrong input/output names": (_wrong_io_names, "does not match spec.json"),
-    "missing spec.json": (_missing_spec, "cannot read"),
+    "missing spec.json": (_missing_spec, "spec.json"),
     "missing model.onnx": (_missing_graph, "missing"),
     "model outputs NaN": (_nan_output, "smoke prediction failed"),
 }
 
 
 def broken_copy(model_dir: Path, target: Path, fault: str) -> Path:
-    shutil.copytree(model_dir, target)
+    """A flat copy of ``model_dir``'s current version with ``fault`` in it."""
+    shutil.copytree(resolve_model_dir(model_dir), target)
     FAULTS[fault][0](target)
     return target
 
 
 def second_version(model_dir: Path, target: Path) -> Path:
-    """A second valid version: the same graph with one vocabulary value renamed."""
-    shutil.copytree(model_dir, target)
+    """A second valid version (flat): the same graph with one vocabulary value renamed."""
+    shutil.copytree(resolve_model_dir(model_dir), target)
 
     def rename(manifest: dict[str, object]) -> None:
         features = manifest["features"]

@@ -1,10 +1,11 @@
-"""ScoreCache: LRU size bound, TTL expiry (fake clock), disabled mode, thread safety."""
+"""ScoreCache: LRU size bound, TTL expiry (fake clock), disabled mode, thread safety.
+ResponseCache: second-sight admission, byte bound, expiry, version awareness."""
 
 import threading
 
 import pytest
 
-from app.cache import ScoreCache
+from app.cache import ResponseCache, ScoreCache
 
 
 class FakeClock:
@@ -15,12 +16,11 @@ class FakeClock:
         return self.now
 
 
-def test_hit_after_miss_and_counts() -> None:
+def test_hit_after_miss() -> None:
     cache = ScoreCache(10, 60)
     assert cache.get_many(["a"]) == [None]
     cache.put_many(["a"], [0.5])
     assert cache.get_many(["a", "b"]) == [0.5, None]
-    assert (cache.hits, cache.misses) == (1, 2)
 
 
 def test_ttl_expiry() -> None:
@@ -60,11 +60,13 @@ def test_bad_arguments(maxsize: int, ttl: float) -> None:
 def test_consistent_under_threads() -> None:
     cache = ScoreCache(500, 60)
     errors: list[str] = []
+    lookups = [0]
 
     def worker(seed: int) -> None:
         for i in range(2000):
             key = (seed * 7 + i) % 800
             value = cache.get_many([key])[0]
+            lookups[0] += 1
             if value is not None and value != key / 1000:
                 errors.append(f"{key} -> {value}")
             cache.put_many([key], [key / 1000])
@@ -75,5 +77,62 @@ def test_consistent_under_threads() -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert len(cache) <= 500
-    assert cache.hits + cache.misses == 8 * 2000
+    assert 0 < len(cache) <= 500
+    assert lookups[0] == 8 * 2000
+
+
+KEY = ("v1", b"\x01" * 80)
+
+
+def test_response_cache_admits_on_second_sight() -> None:
+    responses = ResponseCache(1 << 20, 60)
+    digest = ResponseCache.digest(b'{"features":{"c0":"a"}}')
+    responses.offer(digest, KEY)
+    assert responses.lookup(digest, "v1") is None  # one sighting admits nothing
+    responses.offer(digest, KEY)
+    assert responses.lookup(digest, "v1") == KEY
+    assert responses.lookup(digest, "v2") is None  # another version's row key never serves
+
+
+def test_response_cache_keys_on_the_digest_not_the_body() -> None:
+    small, large = b"{}", b"{" + b" " * 100_000 + b"}"
+    assert len(ResponseCache.digest(small)) == len(ResponseCache.digest(large)) == 16
+    assert ResponseCache.digest(small) != ResponseCache.digest(b"{ }")
+
+
+def test_response_cache_is_bounded_in_bytes() -> None:
+    budget = 256 * 1024
+    responses = ResponseCache(budget, 60)
+    for i in range(20_000):
+        digest = ResponseCache.digest(str(i).encode())
+        responses.offer(digest, ("v1", i.to_bytes(80, "little")))
+        responses.offer(digest, ("v1", i.to_bytes(80, "little")))
+        assert responses.nbytes <= budget
+    admitted = sum(
+        responses.lookup(ResponseCache.digest(str(i).encode()), "v1") is not None
+        for i in range(20_000)
+    )
+    assert 0 < admitted < 20_000  # the newest stay, the oldest were evicted
+
+
+def test_response_cache_expires() -> None:
+    clock = FakeClock()
+    responses = ResponseCache(1 << 20, ttl_s=30, timer=clock)
+    digest = ResponseCache.digest(b"body")
+    responses.offer(digest, KEY)
+    clock.now = 31  # a first sight forgotten after the TTL is a first sight again
+    responses.offer(digest, KEY)
+    assert responses.lookup(digest, "v1") is None
+    responses.offer(digest, KEY)
+    assert responses.lookup(digest, "v1") == KEY
+    clock.now = 62
+    assert responses.lookup(digest, "v1") is None
+
+
+def test_response_cache_off() -> None:
+    responses = ResponseCache(0, 60)
+    digest = ResponseCache.digest(b"body")
+    responses.offer(digest, KEY)
+    responses.offer(digest, KEY)
+    assert responses.lookup(digest, "v1") is None
+    assert not responses.enabled

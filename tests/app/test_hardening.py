@@ -21,17 +21,21 @@ pytest.importorskip("numpy")
 
 
 def test_caches_stay_within_their_bound_under_a_flood(model_dir: Path) -> None:
-    with TestClient(create_app(Settings(model_dir=model_dir, cache_maxsize=200))) as client:
+    budget = 64 * 1024
+    settings = Settings(model_dir=model_dir, cache_maxsize=200, response_cache_max_bytes=budget)
+    with TestClient(create_app(settings)) as client:
         for start in range(0, 3000, 500):
             rows = [{"c0": f"c0_{i % 300}", "n0": float(i)} for i in range(start, start + 500)]
             assert client.post("/predict", json={"instances": rows}).status_code == 200
         for i in range(600):  # single rows, each twice: fills the response cache too
             for _ in range(2):
                 client.post("/predict", json={"features": {"c1": f"c1_{i}", "n1": i / 600}})
-        state = client.app.state
-        assert len(state.service.cache) == 200
-        assert len(state.response_cache) == 200
-        assert "ctr_cache_entries 200.0" in client.get("/metrics").text
+        service = client.app.state.service
+        assert len(service.cache) == 200
+        assert 0.5 * budget < service.responses.nbytes <= budget
+        text = client.get("/metrics").text
+        assert "ctr_cache_entries 200.0" in text
+        assert f"ctr_response_cache_bytes {float(service.responses.nbytes)}" in text
 
 
 def test_secrets_and_payloads_stay_out_of_logs(

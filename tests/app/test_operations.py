@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
+from app.scoring.repository import resolve_model_dir
 from tests.app.faults import second_version
 
 ROW = {"c0": "c0_1", "n0": 1.0}
@@ -20,13 +21,16 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert ready["status"] == "ready"
 
 
-def test_model_metadata(client: TestClient, model_dir: Path) -> None:
+def test_model_metadata(client: TestClient, repository: Path) -> None:
     info = client.get("/model").json()
     assert info["model_type"] == "nffm"
     assert info["task"] == "binary"
     assert [f["name"] for f in info["fields"]][:2] == ["c0", "c1"]
     assert info["metrics"]["auc"] > 0.5
-    assert info["model_dir"] == str(model_dir)
+    assert info["model_dir"] == str(repository / info["version"])
+    assert info["name"] == "repository"
+    assert info["versions"] == [info["version"]]
+    assert info["pinned"] is False
 
 
 def test_metrics_count_cache_and_latency(client: TestClient) -> None:
@@ -39,6 +43,25 @@ def test_metrics_count_cache_and_latency(client: TestClient) -> None:
     assert 'ctr_request_latency_seconds_count{endpoint="/predict",status="2xx"} 2.0' in text
     assert "ctr_scored_batch_rows_count 1.0" in text
     assert 'ctr_model_info{model_type="nffm"' in text
+
+
+def test_model_health_and_stage_metrics(client: TestClient) -> None:
+    rows = [
+        {"c0": "never-seen-1", "c1": "c1_0"},
+        {"c0": "never-seen-2"},
+        {"c0": "c0_1", "c1": "never-seen-3", "n0": 1.0},
+    ]
+    client.post("/predict", json={"instances": rows})
+    text = client.get("/metrics").text
+    assert "ctr_encoded_rows_total 3.0" in text
+    assert 'ctr_field_values_total{encoded_as="unseen",field="c0"} 2.0' in text
+    assert 'ctr_field_values_total{encoded_as="unseen",field="c1"} 1.0' in text
+    assert 'ctr_field_values_total{encoded_as="missing",field="c1"} 1.0' in text
+    assert 'ctr_field_values_total{encoded_as="missing",field="n0"} 2.0' in text
+    assert "ctr_prediction_count 3.0" in text
+    assert 'ctr_prediction_bucket{le="+Inf"} 3.0' in text
+    for stage in ("parse", "encode", "cache", "onnxruntime"):
+        assert f'ctr_stage_seconds_count{{stage="{stage}"}} 1.0' in text
 
 
 def test_reload_requires_the_token(client: TestClient) -> None:
@@ -72,7 +95,7 @@ def test_bad_reload_keeps_the_old_model(
     client: TestClient, model_dir: Path, tmp_path: Path
 ) -> None:
     broken = tmp_path / "broken"
-    shutil.copytree(model_dir, broken)
+    shutil.copytree(resolve_model_dir(model_dir), broken)
     (broken / "model.onnx").write_bytes(b"not a model")
     version = client.get("/model").json()["version"]
     response = client.post("/admin/reload", headers=AUTH, json={"model_dir": str(broken)})

@@ -122,12 +122,3 @@ def test_explain_effects_are_sorted_and_add_up(client: TestClient) -> None:
 
 def test_explain_rejects_unknown_fields(client: TestClient) -> None:
     assert client.post("/explain", json={"features": {"bogus": 1}}).status_code == 422
-
-
-def test_identical_bytes_are_answered_from_the_response_cache(client: TestClient) -> None:
-    payload = {"features": {"c0": "c0_3", "n1": 0.5}}
-    answers = [client.post("/predict", json=payload).json() for _ in range(3)]
-    assert [a["cached"] for a in answers] == [False, True, True]
-    assert len({a["prediction"] for a in answers}) == 1
-    # admitted on second sight: the third answer came from the finished-response cache
-    assert len(client.app.state.response_cache) == 1

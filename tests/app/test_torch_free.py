@@ -17,12 +17,13 @@ def test_app_serves_without_torch(model_dir: Path) -> None:
         from fastapi.testclient import TestClient
         from app.core.config import Settings
         from app.main import create_app
+        from app.scoring.repository import resolve_model_dir
         from app.scoring.scorer import Scorer
 
         with TestClient(create_app(Settings(model_dir={str(model_dir)!r}))) as client:
             response = client.post("/predict", json={{"features": {{"c0": "c0_1"}}}})
             assert response.status_code == 200, response.text
-        assert Scorer.load(Path({str(model_dir)!r})).smoke_test() > 0
+        assert Scorer.load(resolve_model_dir(Path({str(model_dir)!r}))).smoke_test() > 0
         assert not any(name.startswith("training") for name in sys.modules)
         print("ok")
         """

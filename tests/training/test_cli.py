@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from app.scoring.repository import resolve_model_dir
 from tests.training.test_data import write_criteo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_criteo_format(tmp_path: Path) -> None:
         "512",
     )
     assert result.returncode == 0, result.stderr
-    spec = json.loads((out / "spec.json").read_text())
+    spec = json.loads((resolve_model_dir(out) / "spec.json").read_text())
     assert len(spec["features"]["fields"]) == 39
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
+from app.features.errors import SpecError  # noqa: E402
 from app.features.spec import NUM_RESERVED, UNSEEN_INDEX  # noqa: E402
 from app.scoring.manifest import ModelManifest  # noqa: E402
+from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E402
 from app.scoring.scorer import Scorer  # noqa: E402
 from training.data import read_table  # noqa: E402
 from training.export import fixture_rows, load_checkpoint, reexport, write_artifact  # noqa: E402
@@ -49,7 +52,7 @@ def test_onnxruntime_matches_torch_on_10k_rows(prepared, tmp_path: Path, name: s
     rows = fixture_rows(spec.field_dims, 10_000, seed=7)
     with torch.no_grad():
         expected = torch.sigmoid(model(torch.from_numpy(rows))).numpy()
-    actual = Scorer.load(tmp_path / name).score_indices(rows)
+    actual = Scorer.load(resolve_model_dir(tmp_path / name)).score_indices(rows)
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
 
 
@@ -79,7 +82,7 @@ def test_unseen_value_scores_with_field_average(prepared, tmp_path: Path, name: 
     reference = _hand_filled(model, spec.field_dims)
     config = DEFAULTS[name].model_copy(update={"embed_dim": 4, "mlp_dims": (8,)})
     write_artifact(model, spec, config, "binary", tmp_path / name, {}, {})
-    scorer = Scorer.load(tmp_path / name)
+    scorer = Scorer.load(resolve_model_dir(tmp_path / name))
 
     base = {"c1": "c1_0", "c2": "c2_1", "n0": 3.0}
     first = scorer.score_rows([{**base, "c0": "never-seen-1"}])[0]
@@ -101,18 +104,21 @@ def test_regression_export_has_no_sigmoid(prepared, tmp_path: Path) -> None:
     with torch.no_grad():
         expected = model(torch.from_numpy(rows)).numpy()
     np.testing.assert_allclose(
-        Scorer.load(tmp_path / "fm").score_indices(rows), expected, atol=1e-5
+        Scorer.load(resolve_model_dir(tmp_path / "fm")).score_indices(rows), expected, atol=1e-5
     )
 
 
 def test_artifact_is_self_describing(model_dir: Path) -> None:
-    manifest = ModelManifest.load(model_dir)
+    manifest = ModelManifest.load(resolve_model_dir(model_dir))
     assert manifest.model_type == "nffm"
     assert manifest.task == "binary"
     assert manifest.onnx.opset == 18
     assert manifest.metrics["auc"] > 0.5
-    assert json.loads((model_dir / "metrics.json").read_text()) == manifest.metrics
-    assert sorted(p.name for p in model_dir.iterdir()) == [
+    assert sorted(p.name for p in model_dir.iterdir()) == ["CURRENT", manifest.version]
+    assert (model_dir / "CURRENT").read_text() == manifest.version + "\n"
+    version_dir = model_dir / manifest.version
+    assert json.loads((version_dir / "metrics.json").read_text()) == manifest.metrics
+    assert sorted(p.name for p in version_dir.iterdir()) == [
         "checkpoint.pt",
         "metrics.json",
         "model.onnx",
@@ -122,11 +128,11 @@ def test_artifact_is_self_describing(model_dir: Path) -> None:
 
 def test_reexport_from_checkpoint_is_identical(model_dir: Path, tmp_path: Path) -> None:
     manifest = reexport(model_dir, tmp_path / "again")
-    assert manifest.features == ModelManifest.load(model_dir).features
+    assert manifest.features == ModelManifest.load(resolve_model_dir(model_dir)).features
     rows = fixture_rows(manifest.features.field_dims, 500)
     np.testing.assert_allclose(
-        Scorer.load(tmp_path / "again").score_indices(rows),
-        Scorer.load(model_dir).score_indices(rows),
+        Scorer.load(resolve_model_dir(tmp_path / "again")).score_indices(rows),
+        Scorer.load(resolve_model_dir(model_dir)).score_indices(rows),
         atol=1e-6,
     )
     model, _ = load_checkpoint(model_dir)
@@ -153,20 +159,21 @@ def test_evaluate_reproduces_training_metrics(model_dir: Path, synth_csv: Path) 
         check=True,
     )
     evaluated = json.loads(result.stdout)
-    reported = ModelManifest.load(model_dir).metrics
+    reported = ModelManifest.load(resolve_model_dir(model_dir)).metrics
     assert evaluated["rows"] == reported["rows"]
     # onnxruntime and torch agree to ~1e-7; that can only reorder near-ties in the AUC
     assert evaluated["auc"] == pytest.approx(reported["auc"], abs=1e-4)
     assert evaluated["logloss"] == pytest.approx(reported["logloss"], abs=1e-5)
 
 
-def test_failed_export_leaves_previous_directory(prepared, tmp_path: Path, monkeypatch) -> None:
+def test_failed_export_leaves_the_served_version(prepared, tmp_path: Path, monkeypatch) -> None:
     import training.export as export
 
     spec = prepared.spec
     out = tmp_path / "lr"
-    write_artifact(_model("lr", spec.field_dims), spec, DEFAULTS["lr"], "binary", out, {}, {})
-    before = (out / "spec.json").read_text()
+    first = write_artifact(
+        _model("lr", spec.field_dims), spec, DEFAULTS["lr"], "binary", out, {}, {}
+    )
 
     def broken_parity(*args, **kwargs):
         raise export.ExportError("simulated parity failure")
@@ -174,8 +181,33 @@ def test_failed_export_leaves_previous_directory(prepared, tmp_path: Path, monke
     monkeypatch.setattr(export, "check_parity", broken_parity)
     with pytest.raises(export.ExportError, match="simulated"):
         write_artifact(_model("fm", spec.field_dims), spec, DEFAULTS["fm"], "binary", out, {}, {})
-    assert (out / "spec.json").read_text() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["lr"]  # no staging directory left behind
+    assert (out / "CURRENT").read_text().strip() == first.version
+    assert sorted(p.name for p in out.iterdir()) == ["CURRENT", first.version]  # no staging left
+
+
+def test_a_second_export_adds_a_version_and_moves_the_pointer(prepared, tmp_path: Path) -> None:
+    spec = prepared.spec
+    out = tmp_path / "repo"
+    first = write_artifact(
+        _model("lr", spec.field_dims), spec, DEFAULTS["lr"], "binary", out, {}, {}
+    )
+    second = write_artifact(
+        _model("fm", spec.field_dims), spec, DEFAULTS["fm"], "binary", out, {}, {}
+    )
+    assert first.version != second.version
+    repository = ModelRepository(out)
+    assert repository.versions() == [first.version, second.version]
+    assert repository.current_version() == second.version
+    # the first version is untouched: still loadable, byte for byte as written
+    assert Scorer.load(out / first.version).version == first.version
+
+
+def test_export_refuses_a_flat_first_stage_directory(prepared, model_dir: Path, tmp_path) -> None:
+    flat = Path(shutil.copytree(resolve_model_dir(model_dir), tmp_path / "flat"))
+    spec = prepared.spec
+    with pytest.raises(SpecError, match="flat model directory"):
+        write_artifact(_model("lr", spec.field_dims), spec, DEFAULTS["lr"], "binary", flat, {}, {})
+    assert Scorer.load(resolve_model_dir(flat)).version == ModelManifest.load(flat).version
 
 
 def test_fit_improves_over_chance(prepared) -> None:

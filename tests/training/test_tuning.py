@@ -9,6 +9,7 @@ import yaml
 pytest.importorskip("torch")
 
 from app.scoring.manifest import ModelManifest
+from app.scoring.repository import resolve_model_dir
 from tests.training.test_cli import cli
 from training.data import read_table
 from training.models import DEFAULTS
@@ -72,7 +73,7 @@ def test_tune_cli_writes_a_config_that_train_accepts(synth_csv: Path, tmp_path: 
     out = tmp_path / "model"
     trained = cli("train", *common, "--config", str(config), "--out", str(out))
     assert trained.returncode == 0, trained.stderr[-2000:]
-    used = ModelManifest.load(out).training["config"]
+    used = ModelManifest.load(resolve_model_dir(out)).training["config"]
     assert used["model"]["embed_dim"] == summary["best"]["embed_dim"]
     assert used["l2"] == summary["best"]["l2"]
 

@@ -1,19 +1,17 @@
-"""GET /model (metadata) and POST /admin/reload (hot swap)."""
+"""GET /model (metadata) and POST /admin/reload (roll a version out to the fleet)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import MetricsDep, ReloadAuth, ServiceDep
+from app.api.deps import ReloadAuth, ServiceDep
 from app.features.errors import SpecError
 from app.features.spec import CategoricalField
 from app.schemas import ErrorResponse, FieldInfo, ModelInfo, ReloadRequest, ReloadResponse
 
-logger = logging.getLogger(__name__)
 router = APIRouter(tags=["model"])
 
 
@@ -21,11 +19,16 @@ router = APIRouter(tags=["model"])
 def model_info(service: ServiceDep) -> ModelInfo:
     scorer = service.registry.current
     manifest = scorer.manifest
+    repository = service.registry.repository
     return ModelInfo(
+        name=repository.name,
         model_type=manifest.model_type,
         version=manifest.version,
         task=manifest.task,
         model_dir=str(scorer.model_dir),
+        repository=str(repository.root),
+        versions=repository.versions(),
+        pinned=service.registry.pinned_version is not None,
         hyperparameters=manifest.hyperparameters,
         fields=[
             FieldInfo(
@@ -51,23 +54,25 @@ def model_info(service: ServiceDep) -> ModelInfo:
         422: {"model": ErrorResponse, "description": "new model refused; the old one serves"},
     },
 )
-async def reload_model(
-    service: ServiceDep, metrics: MetricsDep, body: ReloadRequest | None = None
-) -> ReloadResponse:
-    """Load a model directory, verify and warm it, then swap it in atomically."""
-    target = Path(body.model_dir) if body and body.model_dir else None
+async def reload_model(service: ServiceDep, body: ReloadRequest | None = None) -> ReloadResponse:
+    """Roll a version out to every worker and replica that shares the repository.
+
+    This worker loads, verifies and warms the version first and only then writes
+    ``CURRENT``; every other worker picks the pointer up at its next poll
+    (``CTR_POLL_INTERVAL_S``). An empty body re-reads ``CURRENT`` here now.
+    """
+    previous = service.registry.current
     try:
-        previous, loaded = await run_in_threadpool(service.registry.reload, target)
+        if body is not None and body.model_dir is not None:
+            await run_in_threadpool(service.publish, Path(body.model_dir))
+        else:
+            await run_in_threadpool(service.switch, body.version if body else None)
     except SpecError as exc:
-        metrics.reloads.labels(outcome="failed").inc()
-        serving = service.registry.current.version
-        logger.error("reload refused, still serving %s: %s", serving, exc)
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"reload refused, still serving version {serving}: {exc}",
+            f"reload refused, still serving version {service.registry.current.version}: {exc}",
         ) from None
-    metrics.reloads.labels(outcome="ok").inc()
-    metrics.set_model(loaded.manifest.model_type, loaded.version)
+    current = service.registry.current
     return ReloadResponse(
-        previous_version=previous.version, version=loaded.version, model_dir=str(loaded.model_dir)
+        previous_version=previous.version, version=current.version, model_dir=str(current.model_dir)
     )

@@ -6,7 +6,6 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep, get_service, get_settings_dep
-from app.cache import ScoreCache
 from app.schemas import (
     BatchPredictResponse,
     ErrorResponse,
@@ -16,13 +15,11 @@ from app.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from app.scoring.service import Scored
 
 router = APIRouter(tags=["scoring"])
 
 _JSON = "application/json"
-# Single-row bodies up to this size are also cached as finished responses, keyed on their
-# exact bytes; anything larger only goes through the score cache.
-_MAX_FRONT_KEY_BYTES = 4096
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     413: {"model": ErrorResponse, "description": "batch larger than CTR_MAX_BATCH_SIZE"},
@@ -33,10 +30,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 # The hot path reads and validates the body itself (pydantic-core parses and validates the
 # JSON in one step) and returns ready bytes: FastAPI's generic body and response handling
-# cost more than the whole scoring of a cached row. A repeated single-row body is answered
-# from the response cache before any parsing. Small requests are scored inline on the
-# event loop (microseconds of onnxruntime); larger ones go to the thread pool so they never
-# stall other requests. README "Sync vs async" has the measurements behind both choices.
+# cost more than the whole scoring of a cached row. An exact repeat of a single-row body is
+# answered before any parsing (the service's response cache). Small requests are scored
+# inline on the event loop (microseconds of onnxruntime); larger ones go to the thread pool
+# so they never stall other requests. README "Sync vs async" has the measurements behind
+# both choices.
 @router.post(
     "/predict",
     response_model=PredictResponse | BatchPredictResponse,
@@ -53,16 +51,11 @@ async def predict(request: Request) -> Response:
     # Plain calls rather than Depends(): FastAPI's dependency solving costs this route more
     # than half its throughput on cache hits (see docs/BENCHMARKS.md).
     service, settings = get_service(request), get_settings_dep(request)
-    responses: ScoreCache[bytes] = request.app.state.response_cache
     raw = await request.body()
-    front_key = None
-    if responses.enabled and len(raw) <= _MAX_FRONT_KEY_BYTES:
-        front_key = (service.registry.current.version, raw)
-        ready = responses.get(front_key)
-        if ready is not None:
-            service.metrics.cache_hits.inc()
-            return Response(ready, media_type=_JSON)
-    body = PredictRequest.model_validate_json(raw)
+    repeat = service.repeat(raw)
+    if repeat is not None:
+        return _single(repeat)
+    body = service.parse(raw)
     rows = [body.features] if body.features is not None else body.instances or []
     if len(rows) > settings.max_batch_size:
         raise HTTPException(
@@ -70,28 +63,27 @@ async def predict(request: Request) -> Response:
             f"batch of {len(rows)} rows exceeds the limit of "
             f"{settings.max_batch_size} (CTR_MAX_BATCH_SIZE)",
         )
+    single_body = raw if body.features is not None else None
     if len(rows) <= settings.inline_max_rows:
-        scored = service.predict(rows)
+        scored = service.predict(rows, single_body)
     else:
-        scored = await run_in_threadpool(service.predict, rows)
-    if body.instances is not None:
-        batch = BatchPredictResponse(
-            predictions=scored.scores.tolist(),
-            model_version=scored.version,
-            cached=scored.cached,
-            cache_hits=sum(scored.cached),
-        )
-        return Response(batch.model_dump_json(), media_type=_JSON)
-    single = PredictResponse(
+        scored = await run_in_threadpool(service.predict, rows, single_body)
+    if body.instances is None:
+        return _single(scored)
+    batch = BatchPredictResponse(
+        predictions=scored.scores.tolist(),
+        model_version=scored.version,
+        cached=scored.cached,
+        cache_hits=sum(scored.cached),
+    )
+    return Response(batch.model_dump_json(), media_type=_JSON)
+
+
+def _single(scored: Scored) -> Response:
+    answer = PredictResponse(
         prediction=float(scored.scores[0]), model_version=scored.version, cached=scored.cached[0]
     )
-    if front_key is not None and scored.cached[0] and front_key[0] == scored.version:
-        # Admitted on second sight (the row was already in the score cache), so one-off rows
-        # cost no response entry: a repeat of these bytes gets the same score, marked cached.
-        responses.put(
-            front_key, single.model_copy(update={"cached": True}).model_dump_json().encode()
-        )
-    return Response(single.model_dump_json(), media_type=_JSON)
+    return Response(answer.model_dump_json(), media_type=_JSON)
 
 
 @router.post("/explain", responses=_ERRORS)

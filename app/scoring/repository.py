@@ -1,0 +1,190 @@
+"""The model repository every worker and replica serves from.
+
+```
+models/<name>/<version>/   model.onnx + spec.json (+ metrics.json, checkpoint.pt)
+models/<name>/CURRENT      the version to serve, one line
+```
+
+A version directory is written once under a hidden staging name and renamed into place
+complete, so a reader never sees half a version; nothing is ever renamed away from under a
+reader. ``CURRENT`` is replaced with ``os.replace``, which is atomic on POSIX file systems,
+so a reader sees the old pointer or the new one. Every worker polls the pointer (see
+:class:`~app.scoring.registry.ModelRegistry`): writing it once rolls a version out to every
+process that shares the directory.
+
+A flat model directory from ctrserve's first stage (``spec.json`` at the top) still loads,
+as a repository of one version with no pointer to follow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from app.features.errors import SpecError
+from app.scoring.manifest import MANIFEST_FILE, ModelManifest
+
+POINTER_FILE = "CURRENT"
+_STAGING_PREFIX = ".staging-"
+# Versions are content hashes written by export; anything else that names a directory
+# inside the repository (no separators, no dot-files) is accepted, so hand-made versions work.
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_version_name(version: str) -> str:
+    """``version`` if it can name a version directory; :class:`SpecError` otherwise."""
+    if not _VERSION.fullmatch(version):
+        raise SpecError(
+            f"{version!r} is not a version name (letters, digits, '.', '_', '-'; "
+            "at most 128 characters, not starting with a dot)"
+        )
+    return version
+
+
+class ModelRepository:
+    """A directory of immutable model versions plus the ``CURRENT`` pointer.
+
+    Args:
+        root: ``models/<name>``; its name is the model's name.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def name(self) -> str:
+        return self.root.resolve().name
+
+    @property
+    def is_flat(self) -> bool:
+        """A first-stage model directory: one version, no pointer."""
+        return (self.root / MANIFEST_FILE).is_file()
+
+    def versions(self) -> list[str]:
+        """Complete versions present, oldest first (by their manifests' ``created_at``)."""
+        if self.is_flat:
+            return [ModelManifest.load(self.root).version]
+        if not self.root.is_dir():
+            return []
+        found = [
+            entry
+            for entry in self.root.iterdir()
+            if entry.is_dir()
+            and _VERSION.fullmatch(entry.name)
+            and (entry / MANIFEST_FILE).is_file()
+        ]
+        return [entry.name for entry in sorted(found, key=lambda d: (_created(d), d.name))]
+
+    def current_version(self) -> str:
+        """The version ``CURRENT`` names (or a flat directory's own version).
+
+        Raises:
+            SpecError: no pointer, or it names something that is not a version.
+        """
+        if self.is_flat:
+            return ModelManifest.load(self.root).version
+        pointer = self.root / POINTER_FILE
+        try:
+            version = pointer.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise SpecError(
+                f"{self.root}: neither a model repository (no {POINTER_FILE} file) nor an "
+                f"exported model directory (no {MANIFEST_FILE}); export a model into it first"
+            ) from None
+        except (OSError, ValueError) as exc:  # ValueError: undecodable, or a NUL in the path
+            raise SpecError(f"{pointer}: cannot read it ({exc})") from None
+        return check_version_name(version)
+
+    def version_dir(self, version: str) -> Path:
+        """The directory of ``version`` (checked to exist)."""
+        if self.is_flat:
+            if version != ModelManifest.load(self.root).version:
+                raise SpecError(f"{self.root} is a flat model directory without version {version}")
+            return self.root
+        path = self.root / check_version_name(version)
+        if not path.is_dir():
+            raise SpecError(f"{self.root}: no version {version} (have: {self.versions()})")
+        return path
+
+    def current_dir(self) -> Path:
+        return self.version_dir(self.current_version())
+
+    def set_current(self, version: str) -> None:
+        """Point ``CURRENT`` at an existing version, atomically (write a temp file, rename)."""
+        if self.is_flat:
+            raise SpecError(
+                f"{self.root} is a flat model directory with no {POINTER_FILE} pointer; serve a "
+                "model repository (what `python -m training train --out` writes) to switch versions"
+            )
+        self.version_dir(version)
+        handle, temp = tempfile.mkstemp(prefix=f".{POINTER_FILE}.", dir=self.root)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as pointer:
+                pointer.write(version + "\n")
+                pointer.flush()
+                os.fsync(pointer.fileno())
+            os.chmod(temp, 0o644)
+            os.replace(temp, self.root / POINTER_FILE)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+    def staging_dir(self) -> Path:
+        """A fresh hidden directory inside the repository to build a version in."""
+        if self.is_flat:
+            raise SpecError(
+                f"{self.root} is a flat model directory from an older ctrserve; export to a new "
+                f"path, or move its files into {self.root}/<version>/ and write {POINTER_FILE}"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.root))
+
+    def commit(self, staging: Path, version: str) -> Path:
+        """Rename a finished staging directory into place as ``version``.
+
+        A version is immutable: when it already exists (the same content hash, exported
+        again) the staging copy is dropped and the existing directory kept.
+        """
+        target = self.root / check_version_name(version)
+        os.chmod(staging, 0o755)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / MANIFEST_FILE).is_file():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def publish(self, source: Path) -> str:
+        """Copy an exported model (flat directory or another repository's current version)
+        in as a new version. The caller verifies ``source`` first; returns its version."""
+        source_dir = ModelRepository(source).current_dir()
+        version = ModelManifest.load(source_dir).version
+        if (self.root / version / MANIFEST_FILE).is_file():
+            return version
+        staging = self.staging_dir()
+        try:
+            for item in source_dir.iterdir():
+                if item.is_file():
+                    shutil.copy2(item, staging / item.name)
+            self.commit(staging, version)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return version
+
+
+def _created(version_dir: Path) -> str:
+    try:
+        return ModelManifest.load(version_dir).created_at.isoformat()
+    except SpecError:
+        return ""
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """The directory holding the model to use: a flat directory itself, or a repository's
+    current version. Commands that take ``--model-dir`` accept either."""
+    return ModelRepository(path).current_dir()

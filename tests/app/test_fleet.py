@@ -1,0 +1,82 @@
+"""Several uvicorn workers behind one port serve one version, and /metrics counts them all.
+
+The bug this guards: each worker had its own registry, so a reload reached one worker and
+about half of all fresh connections kept the old model indefinitely.
+"""
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from benchmarks.harness import server as start_server
+from tests.app.faults import second_version
+
+AUTH = {"Authorization": "Bearer fleet-token"}
+ROW = {"features": {"c0": "c0_4", "n0": 2.0}}
+
+
+@pytest.fixture
+def fleet(repository: Path) -> Iterator[str]:
+    env = {
+        "CTR_MODEL_DIR": str(repository),
+        "CTR_WORKERS": "2",
+        "CTR_POLL_INTERVAL_S": "0.5",
+        "CTR_RELOAD_TOKEN": "fleet-token",
+    }
+    with start_server([sys.executable, "-m", "app"], env) as base:
+        yield base
+
+
+def _fresh(base: str) -> dict[str, object]:
+    """One request on a new connection: the kernel hands it to either worker."""
+    response = httpx.post(f"{base}/predict", json=ROW, timeout=10)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _sum(text: str, pattern: str) -> float:
+    return sum(float(m) for m in re.findall(pattern + r" ([0-9.e+]+)\n", text))
+
+
+def test_one_reload_reaches_every_worker(fleet: str, repository: Path, tmp_path: Path) -> None:
+    sent = 0
+    deadline = time.monotonic() + 30
+    text = ""
+    while text.count('ctr_model_info{model_type="nffm"') < 2:  # both workers are up
+        assert time.monotonic() < deadline, text
+        _fresh(fleet)
+        sent += 1
+        text = httpx.get(f"{fleet}/metrics", timeout=10).text
+    old = _fresh(fleet)["model_version"]
+    sent += 1
+
+    reload = httpx.post(
+        f"{fleet}/admin/reload",
+        headers=AUTH,
+        json={"model_dir": str(second_version(repository, tmp_path / "v2"))},
+        timeout=60,
+    )
+    assert reload.status_code == 200, reload.text
+    new = reload.json()["version"]
+    assert new != old
+    started = time.monotonic()
+    streak = 0
+    while streak < 30:  # thirty fresh connections in a row answered by the new version
+        assert time.monotonic() - started < 10, "a worker still serves the old version"
+        streak = streak + 1 if _fresh(fleet)["model_version"] == new else 0
+        sent += 1
+
+    text = httpx.get(f"{fleet}/metrics", timeout=10).text
+    served = re.findall(
+        r'ctr_model_info\{model_type="nffm",pid="(\d+)",version="(\w+)"\} 1.0', text
+    )
+    assert len({pid for pid, _ in served}) == 2
+    assert {version for _, version in served} == {new}
+    answered = _sum(text, r'ctr_request_latency_seconds_count\{endpoint="/predict",status="2xx"\}')
+    assert answered == sent
+    assert _sum(text, "ctr_cache_hits_total") + _sum(text, "ctr_cache_misses_total") == sent
