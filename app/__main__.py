@@ -1,19 +1,26 @@
-"""``python -m app``: serve the model repository in ``CTR_MODEL_DIR`` with uvicorn."""
+"""``python -m app``: serve the model repository in ``CTR_MODEL_DIR`` with uvicorn.
+
+``python -m app publish --from DIR``: copy an exported model into that repository as a
+version (verified first) and point ``CURRENT`` at it, so every worker and replica that
+follows the repository serves it within one poll interval.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-
-import uvicorn
 
 from app.core.config import get_settings
 
 # Not imported from app.metrics: prometheus_client picks its mode when first imported, and
 # that must happen after this variable is set.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+logger = logging.getLogger("app")
 
 
 def _metrics_dir() -> Path | None:
@@ -34,7 +41,9 @@ def _metrics_dir() -> Path | None:
     return made
 
 
-def main() -> None:
+def serve() -> int:
+    import uvicorn
+
     settings = get_settings()
     made = _metrics_dir()
     try:
@@ -50,7 +59,59 @@ def main() -> None:
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+    return 0
+
+
+def publish(source: Path, if_empty: bool) -> int:
+    from app.core.logging import configure_logging
+    from app.features.errors import SpecError
+    from app.scoring.repository import ModelRepository, resolve_model_dir
+    from app.scoring.scorer import Scorer
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    repository = ModelRepository(settings.model_dir)
+    try:
+        if if_empty and (repository.is_flat or (repository.root / "CURRENT").is_file()):
+            logger.info("%s already has a model; nothing published", repository.root)
+            return 0
+        checked = Scorer.load(resolve_model_dir(source))
+        version = repository.publish(source)
+        repository.set_current(version)
+    except (SpecError, OSError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    model_type = checked.manifest.model_type
+    logger.info("published %s version %s to %s (CURRENT)", model_type, version, repository.root)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m app", description="Serve a model repository, or publish a model into it."
+    )
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve CTR_MODEL_DIR (the default)")
+    publish_parser = commands.add_parser(
+        "publish", help="copy an exported model into CTR_MODEL_DIR and point CURRENT at it"
+    )
+    publish_parser.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        required=True,
+        help="an exported model: a repository (its current version) or a version directory",
+    )
+    publish_parser.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="only when the repository has no CURRENT yet (seeding a fresh volume)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "publish":
+        return publish(args.source, args.if_empty)
+    return serve()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,6 +24,7 @@ import httpx2 as httpx
 import numpy as np
 
 from app.schemas import PredictRequest
+from app.scoring.repository import POINTER_FILE, resolve_model_dir
 from app.scoring.scorer import Scorer
 from benchmarks.harness import (
     ROOT,
@@ -162,7 +163,7 @@ class Suite:
 
     def batches(self) -> dict[str, float]:
         """Server time per batch vs raw onnxruntime on the same (pre-encoded) rows."""
-        scorer = Scorer.load(self.model_dir)
+        scorer = Scorer.load(resolve_model_dir(self.model_dir))
         rows_out, ratios = [], {}
         with server(APP, {**self.env, "CTR_CACHE_MAXSIZE": "0"}) as base, httpx.Client() as client:
             for size in (1, 100, 1000, 10_000):
@@ -226,9 +227,9 @@ class Suite:
         torch.set_num_threads(1)
         rows = []
         for model_dir in sorted(
-            p for p in self.ladder_dir.iterdir() if (p / "spec.json").is_file()
+            p for p in self.ladder_dir.iterdir() if (p / POINTER_FILE).is_file()
         ):
-            scorer = Scorer.load(model_dir)
+            scorer = Scorer.load(resolve_model_dir(model_dir))
             model, manifest = load_checkpoint(model_dir)
             model.eval()
             spec = manifest.features
@@ -317,7 +318,7 @@ class Suite:
         from benchmarks.asgi import per_request_us
         from benchmarks.variants import create_bare_app
 
-        scorer = Scorer.load(self.model_dir)
+        scorer = Scorer.load(resolve_model_dir(self.model_dir))
         row = random_rows(self.spec, 1, seed=21)[0]
         raw = json.dumps({"features": row}).encode()
         distinct = [

@@ -133,7 +133,7 @@ def run_ladder_model(table: Table, prepared: Prepared, config: TrainConfig, work
         result.train_seconds,
         len(prepared.train) * len(result.history),
         count_parameters(model),
-        onnx_kb=(out / "model.onnx").stat().st_size / 1024,
+        onnx_kb=(scorer.model_dir / scorer.manifest.onnx.file).stat().st_size / 1024,
         latency_us=latency,
         note=f"{settings_note(config)}, best epoch {result.best_epoch}",
     )

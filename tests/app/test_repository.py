@@ -1,6 +1,9 @@
 """The model repository: versions written once, an atomic pointer, and workers that follow it."""
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +18,7 @@ from app.scoring.manifest import ModelManifest
 from app.scoring.repository import ModelRepository, resolve_model_dir
 from tests.app.faults import broken_copy, second_version
 
+ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer t0ken"}
 ROW = {"features": {"c0": "c0_1", "n0": 1.0}}
 
@@ -173,3 +177,40 @@ def test_a_pinned_service_ignores_the_pointer(repository: Path, tmp_path: Path) 
         moved = client.post("/admin/reload", headers=AUTH, json={"version": new})
         assert moved.status_code == 422
         assert "pinned" in moved.json()["detail"]
+
+
+def _publish(repository: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", "publish", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CTR_MODEL_DIR": str(repository)},
+    )
+
+
+def test_publish_seeds_an_empty_repository_once(model_dir: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh" / "default"
+    first = _publish(fresh, "--from", str(model_dir), "--if-empty")
+    assert first.returncode == 0, first.stderr
+    version = ModelRepository(fresh).current_version()
+    assert version == ModelRepository(model_dir).current_version()
+    other = second_version(model_dir, tmp_path / "v2")
+    again = _publish(fresh, "--from", str(other), "--if-empty")
+    assert again.returncode == 0, again.stderr
+    assert ModelRepository(fresh).current_version() == version  # left alone
+    moved = _publish(fresh, "--from", str(other))
+    assert moved.returncode == 0, moved.stderr
+    assert ModelRepository(fresh).current_version() == ModelManifest.load(other).version
+
+
+def test_publish_refuses_a_broken_model(repository: Path, tmp_path: Path) -> None:
+    before = ModelRepository(repository).current_version()
+    broken = broken_copy(repository, tmp_path / "broken", "truncated model.onnx")
+    result = _publish(repository, "--from", str(broken))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
+    assert "sha256" in result.stderr
+    assert ModelRepository(repository).current_version() == before
+    assert ModelRepository(repository).versions() == [before]
