@@ -26,6 +26,9 @@ RowKey = tuple[str, bytes]  # (model version, encoded row bytes)
 # first sight); rounded up so the bound holds.
 _ANSWER_OVERHEAD_BYTES = 420
 _SEEN_ENTRY_BYTES = 360
+# A single row of 40 fields is about 1-2 KiB of JSON. Longer bodies are not digested: a
+# hash of every large batch body on every request would cost more than a repeat saves.
+MAX_REPEAT_BODY_BYTES = 8192
 
 
 class ScoreCache(Generic[V]):
@@ -124,8 +127,10 @@ class ResponseCache:
         )
         self._lock = threading.Lock()
 
-    @staticmethod
-    def digest(body: bytes) -> bytes:
+    def key(self, body: bytes) -> bytes | None:
+        """The digest this body is cached under, or ``None`` if it is never cached."""
+        if not self.enabled or len(body) > MAX_REPEAT_BODY_BYTES:
+            return None
         return hashlib.blake2b(body, digest_size=16).digest()
 
     @property
@@ -135,17 +140,13 @@ class ResponseCache:
             return int(self._seen.currsize + self._answers.currsize)
 
     def lookup(self, digest: bytes, version: str) -> RowKey | None:
-        """The row key this body encodes to under ``version``, if it is a known repeat."""
-        if not self.enabled:
-            return None
+        """The row key a body encodes to under ``version``, if it is a known repeat."""
         with self._lock:
             key = self._answers.get(digest)
         return key if key is not None and key[0] == version else None
 
     def offer(self, digest: bytes, key: RowKey) -> None:
         """Remember a body scored as ``key``: the first sight is noted, the second admitted."""
-        if not self.enabled:
-            return
         with self._lock:
             if digest in self._seen:
                 del self._seen[digest]

@@ -57,8 +57,8 @@ class LatencyMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             path = scope["path"] if scope["path"] in self.endpoints else "other"
-            self.metrics.request_latency.labels(path, f"{status_code // 100}xx").observe(
-                time.perf_counter() - started
+            self.metrics.tally.request(
+                path, f"{status_code // 100}xx", time.perf_counter() - started
             )
 
 

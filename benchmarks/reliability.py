@@ -13,17 +13,22 @@ import argparse
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2 as httpx
 import psutil
 
+from app.scoring.repository import ModelRepository
 from benchmarks.harness import ROOT, machine, markdown_section, server, write_bodies, wrk
 from loadtest.payloads import load_spec, random_rows, unique_rows
 
@@ -217,77 +222,171 @@ def faults(report: Report, model_dir: Path) -> None:
     )
 
 
-def reload_under_load(report: Report, model_dir: Path, duration_s: int) -> None:
+@contextmanager
+def _scratch_repository(model_dir: Path) -> Iterator[tuple[Path, str, str]]:
+    """A copy of the repository with a second version in it: (repository, first, second).
+
+    Reloads move CURRENT, so they run on a copy, never on the user's own repository.
+    """
     from tests.app.faults import second_version
 
-    spec = load_spec(model_dir)
     with tempfile.TemporaryDirectory() as scratch:
-        second = second_version(model_dir, Path(scratch) / "v2")
-        bodies = write_bodies([{"features": r} for r in random_rows(spec, 50_000, seed=4)])
-        env = {"CTR_MODEL_DIR": str(model_dir), "CTR_RELOAD_TOKEN": TOKEN}
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        with server(APP, env) as base:
-            versions: set[str] = set()
-            bad: list[str] = []
-            reloads = {"ok": 0, "failed": 0}
-            stop = threading.Event()
+        repository = Path(shutil.copytree(model_dir, Path(scratch) / "default"))
+        first = ModelRepository(repository).current_version()
+        second = ModelRepository(repository).publish(
+            second_version(repository, Path(scratch) / "v2")
+        )
+        yield repository, first, second
 
-            def checker() -> None:
-                with httpx.Client(timeout=10) as client:
-                    i = 0
-                    while not stop.is_set():
-                        response = client.post(
-                            f"{base}/predict", json={"features": {"c0": f"c0_{i % 97}"}}
-                        )
-                        body = response.json() if response.status_code == 200 else {}
-                        if "model_version" not in body:
-                            bad.append(f"{response.status_code}")
-                        else:
-                            versions.add(body["model_version"])
-                        i += 1
 
-            def reloader() -> None:
-                targets = [second, model_dir]
-                i = 0
-                with httpx.Client(timeout=30) as client:
-                    while not stop.is_set():
-                        response = client.post(
-                            f"{base}/admin/reload",
-                            headers=auth,
-                            json={"model_dir": str(targets[i % 2])},
-                        )
-                        reloads["ok" if response.status_code == 200 else "failed"] += 1
-                        i += 1
-                        stop.wait(0.5)
+def _predict_total(base: str, poll_interval_s: float) -> float:
+    """/predict answers counted by /metrics, once every worker has flushed its tally."""
+    time.sleep(2 * poll_interval_s)
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    pattern = r'ctr_request_latency_seconds_count\{endpoint="/predict",status="2xx"\} (\S+)'
+    return sum(float(value) for value in re.findall(pattern, text))
 
-            threads = [threading.Thread(target=checker), threading.Thread(target=reloader)]
-            for thread in threads:
-                thread.start()
-            result = wrk(f"{base}/predict", bodies, duration_s, connections=16)
-            stop.set()
-            for thread in threads:
-                thread.join()
+
+def reload_under_load(report: Report, model_dir: Path, duration_s: int) -> None:
+    rows_out = []
+    spec = load_spec(model_dir)
+    bodies = write_bodies([{"features": r} for r in random_rows(spec, 50_000, seed=4)])
+    for workers in (1, 2):
+        with _scratch_repository(model_dir) as (repository, first, second):
+            env = {
+                "CTR_MODEL_DIR": str(repository),
+                "CTR_RELOAD_TOKEN": TOKEN,
+                "CTR_WORKERS": str(workers),
+                "CTR_POLL_INTERVAL_S": "0.5",
+            }
+            with server(APP, env) as base:
+                row = _reload_while_loaded(base, bodies, duration_s, first, second)
+                rows_out.append([str(workers), *row])
     report.table(
         "Hot reload under load",
-        f"wrk for {duration_s} s (16 connections) while the model is swapped between two "
-        "versions every 0.5 s; a second client checks that every answer names the version "
-        "that scored it.",
+        f"wrk for {duration_s} s (16 connections) while POST /admin/reload moves CURRENT "
+        "between two versions every 0.5 s; a second client checks that every answer names the "
+        "version that scored it. With 2 workers the reload reaches one worker, which writes "
+        "CURRENT; the other follows it at its next poll (CTR_POLL_INTERVAL_S=0.5). /predict "
+        "answers counted by /metrics (every worker summed) against the requests both clients "
+        "completed; wrk does not count the requests still in flight when it stops.",
         [
-            "requests (wrk)",
+            "workers",
+            "requests (wrk + checker)",
             "failed requests",
             "reloads ok / failed",
             "answers without a version",
             "versions seen",
+            "/predict answers in /metrics",
         ],
-        [
-            [
-                f"{result.requests:,}",
-                str(result.errors),
-                f"{reloads['ok']} / {reloads['failed']}",
-                str(len(bad)),
-                str(len(versions)),
-            ]
-        ],
+        rows_out,
+    )
+
+
+def _reload_while_loaded(
+    base: str, bodies: Path, duration_s: int, first: str, second: str
+) -> list[str]:
+    versions: set[str] = set()
+    bad: list[str] = []
+    checked = [0]
+    reloads = {"ok": 0, "failed": 0}
+    stop = threading.Event()
+
+    def checker() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                response = client.post(
+                    f"{base}/predict", json={"features": {"c0": f"c0_{checked[0] % 97}"}}
+                )
+                body = response.json() if response.status_code == 200 else {}
+                if "model_version" not in body:
+                    bad.append(f"{response.status_code}")
+                else:
+                    versions.add(body["model_version"])
+                checked[0] += 1
+
+    def reloader() -> None:
+        targets = [second, first]
+        i = 0
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(
+                    f"{base}/admin/reload", headers=AUTH_HEADERS, json={"version": targets[i % 2]}
+                )
+                reloads["ok" if response.status_code == 200 else "failed"] += 1
+                i += 1
+                stop.wait(0.5)
+
+    threads = [threading.Thread(target=checker), threading.Thread(target=reloader)]
+    for thread in threads:
+        thread.start()
+    result = wrk(f"{base}/predict", bodies, duration_s, connections=16)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    sent = result.requests + checked[0]
+    return [
+        f"{sent:,}",
+        str(result.errors),
+        f"{reloads['ok']} / {reloads['failed']}",
+        str(len(bad)),
+        str(len(versions)),
+        f"{_predict_total(base, 0.5):,.0f}",
+    ]
+
+
+def fleet_rollout(report: Report, model_dir: Path, rounds: int) -> None:
+    """2 workers: after one reload, how long until fresh connections all see the new version."""
+    rows_out = []
+    with _scratch_repository(model_dir) as (repository, first, second):
+        env = {
+            "CTR_MODEL_DIR": str(repository),
+            "CTR_RELOAD_TOKEN": TOKEN,
+            "CTR_WORKERS": "2",
+            "CTR_POLL_INTERVAL_S": "2",
+        }
+        with server(APP, env) as base:
+            sent = 0
+            for round_ in range(rounds):
+                target = second if round_ % 2 == 0 else first
+                started = time.monotonic()
+                response = httpx.post(
+                    f"{base}/admin/reload",
+                    headers=AUTH_HEADERS,
+                    json={"version": target},
+                    timeout=30,
+                )
+                response.raise_for_status()
+                streak = 0
+                old_answers = 0
+                while streak < 50:
+                    answer = httpx.post(
+                        f"{base}/predict", json={"features": {"c0": "c0_1"}}, timeout=10
+                    ).json()
+                    sent += 1
+                    if answer["model_version"] == target:
+                        streak += 1
+                    else:
+                        streak, old_answers = 0, old_answers + 1
+                    if time.monotonic() - started > 30:
+                        break
+                converged = time.monotonic() - started
+                rows_out.append(
+                    [
+                        str(round_ + 1),
+                        f"{converged:.2f}" if streak >= 50 else "**not within 30 s**",
+                        str(old_answers),
+                    ]
+                )
+            counted = _predict_total(base, 2)
+    report.table(
+        "Rolling a version out to 2 workers",
+        f"One POST /admin/reload per round (CTR_POLL_INTERVAL_S=2), then requests each on a "
+        f"fresh connection until 50 in a row name the new version. The bound is one poll "
+        f"interval plus loading and warming. /metrics counted {counted:,.0f} /predict answers "
+        f"for the {sent:,} requests sent.",
+        ["round", "seconds until 50 fresh connections in a row see it", "old-version answers"],
+        rows_out,
     )
 
 
@@ -418,6 +517,7 @@ def main() -> None:
     limits(report, args.model_dir)
     faults(report, args.model_dir)
     reload_under_load(report, args.model_dir, args.duration)
+    fleet_rollout(report, args.model_dir, rounds=5)
     memory(report, args.model_dir, args.unique_keys, maxsize=100_000)
     shutdown(report, args.model_dir)
     security(report)

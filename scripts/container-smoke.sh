@@ -1,32 +1,72 @@
 #!/usr/bin/env bash
-# Build the image with podman, run it on 127.0.0.1 (read-only root filesystem), POST /predict,
-# check the answer, stop the container. Exits non-zero on any failure.
+# Build the image with podman and run it as a fleet on 127.0.0.1: two containers (read-only
+# root filesystems, unprivileged) share one mounted model repository. POST /predict to both,
+# roll a new model out with one POST /admin/reload to the first, and check that both serve
+# it. Exits non-zero on any failure; stops only the containers it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=../shared/tools/podman-build.sh
 IMAGE=localhost/ctrserve:latest
-NAME=ctrserve-smoke-$$
-PORT=${PORT:-18123}
+PORT_A=${PORT_A:-18123}
+PORT_B=${PORT_B:-18124}
+TOKEN=smoke-token-$$
+PY=.venv/bin/python
 
 make model
 "$BUILD" -t "$IMAGE" .
 podman --runtime runc image inspect "$IMAGE" --format 'image size: {{.Size}} bytes' \
   | awk '{printf "%s %s %.0f MB\n", $1, $2, $3 / 1e6}'
 
-# podman run options go before the image: the tool passes them straight to `podman run`.
-"$BUILD" --run -d --name "$NAME" --read-only \
-  -e CTR_HOST=127.0.0.1 -e CTR_PORT="$PORT" "$IMAGE" >/dev/null
-trap 'podman --runtime runc stop -t 10 "$NAME" >/dev/null 2>&1 || true' EXIT
+# The shared volume: a copy of the default repository, and a second model to roll out.
+work=$(mktemp -d)
+names=()
+cleanup() {
+  for name in "${names[@]}"; do podman --runtime runc stop -t 10 "$name" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+cp -r models/default "$work/repository"
+"$PY" -m training train --data data/synth.csv --model lr --epochs 1 --out "$work/export" --no-progress >/dev/null
+chmod -R a+rwX "$work"
 
-for _ in $(seq 1 60); do
-  curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
-  sleep 1
+for port in "$PORT_A" "$PORT_B"; do
+  name=ctrserve-smoke-$$-$port
+  # podman run options go before the image: the tool passes them straight to `podman run`.
+  "$BUILD" --run -d --name "$name" --read-only \
+    -v "$work/repository:/models/default" -v "$work/export:/exports/lr:ro" \
+    -e CTR_HOST=127.0.0.1 -e CTR_PORT="$port" -e CTR_WORKERS=2 -e CTR_POLL_INTERVAL_S=1 \
+    -e CTR_RELOAD_TOKEN="$TOKEN" "$IMAGE" >/dev/null
+  names+=("$name")
 done
-curl -fsS "http://127.0.0.1:$PORT/readyz"; echo
-answer=$(curl -fsS -X POST "http://127.0.0.1:$PORT/predict" -H 'content-type: application/json' \
-  -d '{"features": {"c0": "c0_1", "c3": "c3_7", "n0": 2.5}}')
-echo "$answer"
-python3 -c 'import json, sys; a = json.loads(sys.argv[1]); assert 0 < a["prediction"] < 1, a; assert a["model_version"], a' "$answer"
-whoami_in=$(podman --runtime runc exec "$NAME" id -u)
-[ "$whoami_in" != 0 ] || { echo "container runs as root" >&2; exit 1; }
-echo "container smoke test passed (uid $whoami_in, read-only root filesystem)"
+
+version_of() { curl -fsS "http://127.0.0.1:$1/model" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])'; }
+for port in "$PORT_A" "$PORT_B"; do
+  for _ in $(seq 1 60); do
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 1
+  done
+  curl -fsS "http://127.0.0.1:$port/readyz"; echo
+  answer=$(curl -fsS -X POST "http://127.0.0.1:$port/predict" -H 'content-type: application/json' \
+    -d '{"features": {"c0": "c0_1", "c3": "c3_7", "n0": 2.5}}')
+  echo "$answer"
+  python3 -c 'import json, sys; a = json.loads(sys.argv[1]); assert 0 < a["prediction"] < 1, a' "$answer"
+done
+old=$(version_of "$PORT_A")
+
+reload=$(curl -fsS -X POST "http://127.0.0.1:$PORT_A/admin/reload" -H "Authorization: Bearer $TOKEN" \
+  -H 'content-type: application/json' -d '{"model_dir": "/exports/lr"}')
+echo "reload via the first container: $reload"
+new=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["version"])' "$reload")
+[ "$new" != "$old" ] || { echo "the reload did not change the version" >&2; exit 1; }
+for port in "$PORT_A" "$PORT_B"; do
+  for _ in $(seq 1 20); do
+    [ "$(version_of "$port")" = "$new" ] && break
+    sleep 0.5
+  done
+  [ "$(version_of "$port")" = "$new" ] || { echo "container on $port still serves $old" >&2; exit 1; }
+  echo "container on $port serves $new"
+done
+
+uid_in=$(podman --runtime runc exec "${names[0]}" id -u)
+[ "$uid_in" != 0 ] || { echo "container runs as root" >&2; exit 1; }
+echo "container smoke test passed: 2 containers share one repository; one reload reached both (uid $uid_in, read-only root filesystems)"

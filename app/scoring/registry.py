@@ -8,10 +8,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from app.features.errors import SpecError
-from app.scoring.repository import ModelRepository, check_version_name, resolve_model_dir
+from app.scoring.repository import (
+    POINTER_FILE,
+    ModelRepository,
+    check_version_name,
+    resolve_model_dir,
+)
 from app.scoring.scorer import Scorer
 
 logger = logging.getLogger(__name__)
@@ -56,7 +60,8 @@ class ModelRegistry:
         self._loader = loader
         self._lock = threading.Lock()
         self.last_failure: LoadFailure | None = None
-        self._current = loader(repository.version_dir(self.target_version()))
+        initial = self.pinned_version or repository.current_version()
+        self._current = loader(repository.version_dir(initial))
 
     @property
     def current(self) -> Scorer:
@@ -64,7 +69,11 @@ class ModelRegistry:
 
     def target_version(self) -> str:
         """The version this worker should serve now."""
-        return self.pinned_version or self.repository.current_version()
+        if self.pinned_version is not None:
+            return self.pinned_version
+        if self.repository.is_flat:
+            return self._current.version  # nothing to follow; don't re-read its spec.json
+        return self.repository.current_version()
 
     def poll(self) -> Swap | None:
         """Swap to the target version if it changed.
@@ -80,13 +89,18 @@ class ModelRegistry:
             try:
                 target = self.target_version()
             except SpecError as exc:
-                return self._fail("?", str(exc))
+                self._refuse_once(POINTER_FILE, str(exc))
+                return None
             if target == self._current.version:
                 self.last_failure = None
                 return None
             if self.last_failure is not None and self.last_failure.version == target:
                 return None
-            return self._swap_to(target)
+            try:
+                return self._install(self._load(target))
+            except SpecError as exc:
+                self._refuse_once(target, str(exc))
+                return None
 
     def switch(self, version: str | None = None) -> Swap | None:
         """Point the repository at ``version`` (verified here first) and serve it.
@@ -96,42 +110,50 @@ class ModelRegistry:
         load never reaches the rest of the fleet.
         """
         with self._lock:
-            if version is None:
-                target = self.target_version()
-            else:
-                if self.pinned_version is not None and version != self.pinned_version:
-                    raise SpecError(
-                        f"this service is pinned to version {self.pinned_version} "
-                        "(CTR_MODEL_VERSION); unpin it to follow or move the pointer"
-                    )
-                target = check_version_name(version)
-            if target == self._current.version:
-                if version is not None and not self.repository.is_flat:
-                    self.repository.set_current(target)
-                self.last_failure = None
-                return None
-            swap = self._swap_to(target)
-            if version is not None and not self.repository.is_flat:
+            if version is not None:
+                self._check_may_move_pointer()
+            target = self.target_version() if version is None else check_version_name(version)
+            loaded = None if target == self._current.version else self._load(target)
+            if version is not None:
                 self.repository.set_current(target)
-            return swap
+            self.last_failure = None
+            return None if loaded is None else self._install(loaded)
 
     def publish(self, source: Path) -> Swap | None:
         """Copy an exported model into the repository as a version and switch to it."""
+        self._check_may_move_pointer()
         checked = self._loader(resolve_model_dir(source))
         version = self.repository.publish(source)
         assert version == checked.version
         return self.switch(version)
 
-    def _swap_to(self, version: str) -> Swap:
-        try:
-            loaded = self._loader(self.repository.version_dir(version))
-        except SpecError as exc:
-            return self._fail(version, str(exc))
+    def _check_may_move_pointer(self) -> None:
+        if self.pinned_version is not None:
+            raise SpecError(
+                f"this service is pinned to version {self.pinned_version} (CTR_MODEL_VERSION): "
+                "it neither follows nor moves CURRENT; send the reload to an unpinned one"
+            )
+        if self.repository.is_flat:
+            raise SpecError(
+                f"{self.repository.root} is a flat model directory with no CURRENT pointer; "
+                "serve a model repository (what `python -m training train --out` writes)"
+            )
+
+    def _load(self, version: str) -> Scorer:
+        """Load, verify and warm ``version`` beside the one serving."""
+        return self._loader(self.repository.version_dir(version))
+
+    def _install(self, loaded: Scorer) -> Swap:
         previous, self._current = self._current, loaded
         self.last_failure = None
         logger.info("swapped model %s -> %s", previous.version, loaded.version)
         return Swap(previous, loaded)
 
-    def _fail(self, version: str, reason: str) -> NoReturn:
+    def _refuse_once(self, version: str, reason: str) -> None:
+        """Remember why ``version`` is not served; raise only the first time, so the poller
+        logs and counts a broken version once rather than every few seconds."""
+        known = self.last_failure
+        if known is not None and (known.version, known.reason) == (version, reason):
+            return
         self.last_failure = LoadFailure(version, reason, time.time())
         raise SpecError(reason)

@@ -64,7 +64,7 @@ class ModelRepository:
         return (self.root / MANIFEST_FILE).is_file()
 
     def versions(self) -> list[str]:
-        """Complete versions present, oldest first (by their manifests' ``created_at``)."""
+        """Complete versions present, oldest first."""
         if self.is_flat:
             return [ModelManifest.load(self.root).version]
         if not self.root.is_dir():
@@ -76,7 +76,9 @@ class ModelRepository:
             and _VERSION.fullmatch(entry.name)
             and (entry / MANIFEST_FILE).is_file()
         ]
-        return [entry.name for entry in sorted(found, key=lambda d: (_created(d), d.name))]
+        # By when their manifest was written (at export), without reading the manifests:
+        # a spec.json with million-value vocabularies is not read on every /model call.
+        return [e.name for e in sorted(found, key=lambda d: (_written(d), d.name))]
 
     def current_version(self) -> str:
         """The version ``CURRENT`` names (or a flat directory's own version).
@@ -120,7 +122,10 @@ class ModelRepository:
                 "model repository (what `python -m training train --out` writes) to switch versions"
             )
         self.version_dir(version)
-        handle, temp = tempfile.mkstemp(prefix=f".{POINTER_FILE}.", dir=self.root)
+        try:
+            handle, temp = tempfile.mkstemp(prefix=f".{POINTER_FILE}.", dir=self.root)
+        except OSError as exc:
+            raise SpecError(f"cannot write {POINTER_FILE} in {self.root}: {exc}") from None
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as pointer:
                 pointer.write(version + "\n")
@@ -165,23 +170,29 @@ class ModelRepository:
         version = ModelManifest.load(source_dir).version
         if (self.root / version / MANIFEST_FILE).is_file():
             return version
-        staging = self.staging_dir()
+        try:
+            staging = self.staging_dir()
+        except OSError as exc:
+            raise SpecError(f"cannot add a version to {self.root}: {exc}") from None
         try:
             for item in source_dir.iterdir():
                 if item.is_file():
                     shutil.copy2(item, staging / item.name)
             self.commit(staging, version)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise SpecError(f"cannot copy {source_dir} into {self.root}: {exc}") from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return version
 
 
-def _created(version_dir: Path) -> str:
+def _written(version_dir: Path) -> float:
     try:
-        return ModelManifest.load(version_dir).created_at.isoformat()
-    except SpecError:
-        return ""
+        return (version_dir / MANIFEST_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def resolve_model_dir(path: Path) -> Path:

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from app.cache import ResponseCache, RowKey, ScoreCache
 from app.features.errors import SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
-from app.metrics import STAGES, HealthTally, ServiceMetrics
+from app.metrics import STAGES, ServiceMetrics
 from app.schemas import PredictRequest
 from app.scoring.registry import ModelRegistry, Swap
 from app.scoring.scorer import Scorer, ScoringError
@@ -74,33 +74,33 @@ class PredictionService:
         self.cache = cache
         self.responses = responses
         self.metrics = metrics
-        self._tallies: dict[str, HealthTally] = {}
         self._announce(registry.current)
 
     # -- requests ---------------------------------------------------------------------
 
     def repeat(self, body: bytes) -> Scored | None:
         """The answer to an exact repeat of a single-row body whose score is still cached."""
-        if not self.responses.enabled:
-            return None
         started = time.perf_counter()
+        digest = self.responses.key(body)
+        if digest is None:
+            return None
         scorer = self.registry.current
-        key = self.responses.lookup(ResponseCache.digest(body), scorer.version)
+        key = self.responses.lookup(digest, scorer.version)
         score = None if key is None else self.cache.get_many((key,))[0]
         if score is None:
             return None
-        tally = self._tally(scorer)
-        tally.add_stage(_CACHE, time.perf_counter() - started)
+        tally = self.metrics.tally
+        tally.stage(_CACHE, time.perf_counter() - started)
         scores = np.array([score], dtype=np.float32)
-        tally.add_scores(scores)
-        self.metrics.cache_hits.inc()
+        tally.scores(scores)
+        tally.lookups(1, 0)
         return Scored(scores, [True], scorer.version)
 
     def parse(self, body: bytes) -> PredictRequest:
         """Validate a /predict body (raises pydantic's ``ValidationError``)."""
         started = time.perf_counter()
         request = PredictRequest.model_validate_json(body)
-        self._tally(self.registry.current).add_stage(_PARSE, time.perf_counter() - started)
+        self.metrics.tally.stage(_PARSE, time.perf_counter() - started)
         return request
 
     def predict(self, rows: Sequence[Mapping[str, object]], body: bytes | None = None) -> Scored:
@@ -111,20 +111,20 @@ class PredictionService:
         scorer = self.registry.current  # one reference for the whole request
         started = time.perf_counter()
         indices = scorer.encoder.encode_rows(rows)
-        tally = self._tally(scorer)
-        tally.add_stage(_ENCODE, time.perf_counter() - started)
-        tally.add_rows(indices)
-        scored, keys = self._score(scorer, indices, tally)
-        if body is not None and len(keys) == 1:
-            self.responses.offer(ResponseCache.digest(body), keys[0])
+        tally = self.metrics.tally
+        tally.stage(_ENCODE, time.perf_counter() - started)
+        tally.rows(scorer.version, scorer.encoder.names, indices)
+        scored, keys = self._score(scorer, indices)
+        digest = None if body is None or len(keys) != 1 else self.responses.key(body)
+        if digest is not None:
+            self.responses.offer(digest, keys[0])
         return scored
 
-    def _score(
-        self, scorer: Scorer, indices: NDArray[np.int64], tally: HealthTally
-    ) -> tuple[Scored, list[RowKey]]:
+    def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> tuple[Scored, list[RowKey]]:
         # The encoded row's bytes are the key: cheap to build, and equal exactly when the
         # model would see equal input (key order, unseen values, 5 vs "5" all collapse).
         started = time.perf_counter()
+        tally = self.metrics.tally
         version = scorer.version
         keys = [(version, row.tobytes()) for row in indices]
         found = self.cache.get_many(keys)
@@ -134,7 +134,7 @@ class PredictionService:
             # Every miss of the request goes to onnxruntime in one call.
             ort_started = time.perf_counter()
             fresh = self._run(scorer, indices if len(misses) == len(keys) else indices[misses])
-            tally.add_stage(_ORT, time.perf_counter() - ort_started)
+            tally.stage(_ORT, time.perf_counter() - ort_started)
             fill_started = time.perf_counter()
             self.cache.put_many([keys[i] for i in misses], fresh.tolist())
             cache_s += time.perf_counter() - fill_started
@@ -145,10 +145,9 @@ class PredictionService:
                 scores[misses] = fresh
         else:
             scores = np.array(found, dtype=np.float32)
-        tally.add_stage(_CACHE, cache_s)
-        tally.add_scores(scores)
-        self.metrics.cache_hits.inc(len(keys) - len(misses))
-        self.metrics.cache_misses.inc(len(misses))
+        tally.stage(_CACHE, cache_s)
+        tally.scores(scores)
+        tally.lookups(len(keys) - len(misses), len(misses))
         cached = [value is not None for value in found]
         return Scored(scores, cached, version), keys
 
@@ -158,7 +157,7 @@ class PredictionService:
         except ScoringError:
             self.metrics.scoring_errors.inc()
             raise
-        self.metrics.scored_batch_rows.observe(len(indices))
+        self.metrics.tally.scored(len(indices))
         return fresh
 
     def explain(self, features: Mapping[str, object]) -> Explanation:
@@ -173,7 +172,7 @@ class PredictionService:
         variants = np.repeat(row[None, :], num_fields + 2, axis=0)
         variants[np.arange(num_fields), np.arange(num_fields)] = UNSEEN_INDEX
         variants[num_fields] = UNSEEN_INDEX  # baseline: every field at its average
-        scores = self._score(scorer, variants, self._tally(scorer))[0].scores
+        scores = self._score(scorer, variants)[0].scores
         prediction, baseline = float(scores[num_fields + 1]), float(scores[num_fields])
         effects = [
             FieldEffect(
@@ -218,19 +217,9 @@ class PredictionService:
 
     def flush_metrics(self) -> None:
         """Move this worker's tallies and cache sizes into its Prometheus collectors."""
-        serving = self.registry.current.version
-        for version, tally in list(self._tallies.items()):
-            tally.flush(self.metrics)
-            if version != serving:
-                del self._tallies[version]
+        self.metrics.flush()
         self.metrics.cache_entries.set(len(self.cache))
         self.metrics.response_cache_bytes.set(self.responses.nbytes)
-
-    def _tally(self, scorer: Scorer) -> HealthTally:
-        tally = self._tallies.get(scorer.version)
-        if tally is None:
-            tally = self._tallies.setdefault(scorer.version, HealthTally(scorer.encoder.names))
-        return tally
 
     def _announce(self, scorer: Scorer) -> None:
         self.metrics.set_model(scorer.manifest.model_type, scorer.version)

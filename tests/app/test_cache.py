@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from app.cache import ResponseCache, ScoreCache
+from app.cache import MAX_REPEAT_BODY_BYTES, ResponseCache, ScoreCache
 
 
 class FakeClock:
@@ -82,11 +82,18 @@ def test_consistent_under_threads() -> None:
 
 
 KEY = ("v1", b"\x01" * 80)
+CACHE = ResponseCache(1 << 20, 60)
+
+
+def _digest(body: bytes) -> bytes:
+    digest = CACHE.key(body)
+    assert digest is not None
+    return digest
 
 
 def test_response_cache_admits_on_second_sight() -> None:
     responses = ResponseCache(1 << 20, 60)
-    digest = ResponseCache.digest(b'{"features":{"c0":"a"}}')
+    digest = _digest(b'{"features":{"c0":"a"}}')
     responses.offer(digest, KEY)
     assert responses.lookup(digest, "v1") is None  # one sighting admits nothing
     responses.offer(digest, KEY)
@@ -94,23 +101,22 @@ def test_response_cache_admits_on_second_sight() -> None:
     assert responses.lookup(digest, "v2") is None  # another version's row key never serves
 
 
-def test_response_cache_keys_on_the_digest_not_the_body() -> None:
-    small, large = b"{}", b"{" + b" " * 100_000 + b"}"
-    assert len(ResponseCache.digest(small)) == len(ResponseCache.digest(large)) == 16
-    assert ResponseCache.digest(small) != ResponseCache.digest(b"{ }")
+def test_response_cache_keys_on_a_digest_and_skips_large_bodies() -> None:
+    assert len(_digest(b"{}")) == len(_digest(b"{" + b" " * 8000 + b"}")) == 16
+    assert _digest(b"{}") != _digest(b"{ }")
+    assert CACHE.key(b"{" + b" " * MAX_REPEAT_BODY_BYTES + b"}") is None  # a batch, not a row
 
 
 def test_response_cache_is_bounded_in_bytes() -> None:
     budget = 256 * 1024
     responses = ResponseCache(budget, 60)
     for i in range(20_000):
-        digest = ResponseCache.digest(str(i).encode())
+        digest = _digest(str(i).encode())
         responses.offer(digest, ("v1", i.to_bytes(80, "little")))
         responses.offer(digest, ("v1", i.to_bytes(80, "little")))
         assert responses.nbytes <= budget
     admitted = sum(
-        responses.lookup(ResponseCache.digest(str(i).encode()), "v1") is not None
-        for i in range(20_000)
+        responses.lookup(_digest(str(i).encode()), "v1") is not None for i in range(20_000)
     )
     assert 0 < admitted < 20_000  # the newest stay, the oldest were evicted
 
@@ -118,7 +124,7 @@ def test_response_cache_is_bounded_in_bytes() -> None:
 def test_response_cache_expires() -> None:
     clock = FakeClock()
     responses = ResponseCache(1 << 20, ttl_s=30, timer=clock)
-    digest = ResponseCache.digest(b"body")
+    digest = _digest(b"body")
     responses.offer(digest, KEY)
     clock.now = 31  # a first sight forgotten after the TTL is a first sight again
     responses.offer(digest, KEY)
@@ -131,8 +137,5 @@ def test_response_cache_expires() -> None:
 
 def test_response_cache_off() -> None:
     responses = ResponseCache(0, 60)
-    digest = ResponseCache.digest(b"body")
-    responses.offer(digest, KEY)
-    responses.offer(digest, KEY)
-    assert responses.lookup(digest, "v1") is None
+    assert responses.key(b"body") is None
     assert not responses.enabled

@@ -71,6 +71,9 @@ def test_one_reload_reaches_every_worker(fleet: str, repository: Path, tmp_path:
         streak = streak + 1 if _fresh(fleet)["model_version"] == new else 0
         sent += 1
 
+    # Each worker flushes its counts every poll interval (0.5 s here), so a scrape is at
+    # most that far behind; after it, the totals are exact.
+    time.sleep(1.0)
     text = httpx.get(f"{fleet}/metrics", timeout=10).text
     served = re.findall(
         r'ctr_model_info\{model_type="nffm",pid="(\d+)",version="(\w+)"\} 1.0', text

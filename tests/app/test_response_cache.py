@@ -28,7 +28,7 @@ def test_same_bytes_three_times_then_a_reload(client: TestClient, tmp_path: Path
     assert len({a["prediction"] for a in answers}) == 1
     service = client.app.state.service
     old = str(answers[0]["model_version"])
-    assert service.responses.lookup(ResponseCache.digest(BODY), old) is not None
+    assert service.responses.lookup(service.responses.key(BODY), old) is not None
 
     new_dir = second_version(service.registry.repository.root, tmp_path / "v2")
     reload = client.post("/admin/reload", headers=HEADERS, json={"model_dir": str(new_dir)})
@@ -45,7 +45,7 @@ def test_a_respelling_is_not_admitted_on_first_sight(client: TestClient) -> None
     assert _post(client, respelled)["cached"] is True  # the score cache knows the row
     service = client.app.state.service
     version = service.registry.current.version
-    assert service.responses.lookup(ResponseCache.digest(respelled), version) is None
+    assert service.responses.lookup(service.responses.key(respelled), version) is None
 
 
 class FakeClock:
