@@ -131,6 +131,12 @@ def cache_counts(base: str) -> tuple[float, float]:
     return hits, misses
 
 
+def relative(path: Path) -> str:
+    """``path`` as a report names it: relative to the repository, never this machine's."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else resolved.name
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"

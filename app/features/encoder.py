@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,6 +49,48 @@ def canonical_token(value: object) -> str | None:
     raise TypeError(f"expected a string, number or null, got {type(value).__name__}")
 
 
+# Array kinds encoded column-wise in numpy: str, bytes, signed and unsigned ints, floats, bool.
+_TYPED_KINDS = frozenset("USiufb")
+
+
+def _typed(values: object) -> NDArray[np.generic] | None:
+    if isinstance(values, np.ndarray) and values.dtype.kind in _TYPED_KINDS:
+        return values.reshape(-1)
+    return None
+
+
+class _SortedVocabulary:
+    """A vocabulary as a sorted numpy array, for lookups of whole arrays by binary search.
+
+    One array of str (JSON tensors) and one of UTF-8 bytes (binary tensors), so neither
+    input is converted value by value.
+    """
+
+    def __init__(self, vocabulary: Sequence[str]) -> None:
+        indices = np.arange(NUM_RESERVED, NUM_RESERVED + len(vocabulary), dtype=np.int64)
+        text = np.array(vocabulary, dtype=np.str_) if vocabulary else np.array([""])[:0]
+        order = np.argsort(text, kind="stable")
+        self.text, self.text_index = text[order], indices[order]
+        raw = np.array([v.encode() for v in vocabulary], dtype=np.bytes_)
+        order = np.argsort(raw, kind="stable")
+        self.raw, self.raw_index = raw[order], indices[order]
+
+    def find(self, tokens: NDArray[np.generic]) -> NDArray[np.int64]:
+        """Index of each token (str or bytes array); ``UNSEEN_INDEX`` where absent."""
+        keys, found = (
+            (self.raw, self.raw_index)
+            if tokens.dtype.kind == "S"
+            else (
+                self.text,
+                self.text_index,
+            )
+        )
+        if len(keys) == 0:
+            return np.full(len(tokens), UNSEEN_INDEX, dtype=np.int64)
+        position = np.minimum(np.searchsorted(keys, tokens), len(keys) - 1)
+        return np.where(keys[position] == tokens, found[position], UNSEEN_INDEX)
+
+
 class _CategoricalColumn:
     def __init__(self, field: CategoricalField, max_chars: int | None) -> None:
         self.name = field.name
@@ -55,6 +98,7 @@ class _CategoricalColumn:
         # "" is mapped here too, so the common case (a str) is one dict lookup.
         self.lookup: dict[str, int] = {"": MISSING_INDEX}
         self.lookup.update((v, NUM_RESERVED + i) for i, v in enumerate(field.vocabulary))
+        self.sorted = _SortedVocabulary(field.vocabulary)
 
     def index(self, value: object) -> int:
         if type(value) is str:
@@ -74,7 +118,54 @@ class _CategoricalColumn:
         return MISSING_INDEX if token is None else self.lookup.get(token, UNSEEN_INDEX)
 
     def encode(self, values: Iterable[object], count: int) -> NDArray[np.int64]:
+        typed = _typed(values)
+        if typed is not None:
+            return self.encode_array(typed)
         return np.fromiter(map(self.index, values), dtype=np.int64, count=count)
+
+    def encode_array(self, values: NDArray[np.generic]) -> NDArray[np.int64]:
+        """A typed array at once: the same index :meth:`index` gives each value, except
+        that NaN means missing here (a tensor has no null)."""
+        kind = values.dtype.kind
+        missing: NDArray[np.bool_] | None = None
+        if kind in "US":
+            tokens = values
+            missing = values == values.dtype.type()
+        elif kind == "b":
+            tokens = np.where(values, "true", "false")
+        elif kind in "iu":
+            tokens = values.astype(np.str_)
+        else:  # floats: integral ones spelled as ints, as canonical_token spells them
+            numbers = values.astype(np.float64)
+            if np.isinf(numbers).any():
+                raise EncodeError(self.name, "infinite values are not allowed")
+            missing = np.isnan(numbers)
+            integral = ~missing & (numbers == np.round(numbers))
+            tokens = numbers.astype(np.str_)
+            if integral.any():
+                tokens = tokens.astype(object)
+                tokens[integral] = [str(int(n)) for n in numbers[integral].tolist()]
+                tokens = tokens.astype(np.str_)
+        indices = self.sorted.find(tokens)
+        if kind in "US":
+            self._refuse_long_unseen(values, indices)
+        if missing is not None:
+            indices[missing] = MISSING_INDEX
+        return indices
+
+    def _refuse_long_unseen(self, values: NDArray[np.generic], indices: NDArray[np.int64]) -> None:
+        """The row path's length limit: only unseen strings can be too long."""
+        chars_per_item = 4 if values.dtype.kind == "U" else 1
+        if self.max_chars is None or values.dtype.itemsize // chars_per_item <= self.max_chars:
+            return
+        lengths = np.char.str_len(cast("NDArray[np.str_]", values))  # bytes, for bytes
+        for i in np.flatnonzero((lengths > self.max_chars) & (indices == UNSEEN_INDEX)):
+            value = values[i]
+            chars = len(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+            if chars > self.max_chars:
+                raise EncodeError(
+                    self.name, f"value of {chars} characters exceeds {self.max_chars}"
+                )
 
 
 class _NumericColumn:
@@ -111,15 +202,38 @@ class _NumericColumn:
             raise EncodeError(self.name, f"expected a number, got {value!r}") from None
 
     def encode(self, values: Iterable[object], count: int) -> NDArray[np.int64]:
-        if isinstance(values, np.ndarray) and values.dtype.kind == "f":
-            numbers = values.astype(np.float64, copy=False)
-        else:
-            numbers = np.fromiter(map(self._as_float, values), dtype=np.float64, count=count)
+        typed = _typed(values)
+        if typed is not None:
+            return self.encode_array(typed)
+        numbers = np.fromiter(map(self._as_float, values), dtype=np.float64, count=count)
+        return self._bins(numbers)
+
+    def encode_array(self, values: NDArray[np.generic]) -> NDArray[np.int64]:
+        """A typed array at once; NaN and empty strings mean missing."""
+        if values.dtype.kind not in "US":
+            return self._bins(values.astype(np.float64, copy=False))
+        empty = values == values.dtype.type()
+        try:
+            numbers = np.where(empty, "nan", values).astype(np.float64)
+        except ValueError:
+            bad = next(v for v in values.tolist() if v and not _is_number(v))
+            raise EncodeError(self.name, f"expected a number, got {bad!r}") from None
+        return self._bins(numbers)
+
+    def _bins(self, numbers: NDArray[np.float64]) -> NDArray[np.int64]:
         if np.isinf(numbers).any():
             raise EncodeError(self.name, "infinite values are not allowed")
         missing = np.isnan(numbers)
         bins = np.searchsorted(self.edges, np.where(missing, 0.0, numbers), side="right")
         return np.where(missing, MISSING_INDEX, NUM_RESERVED + bins).astype(np.int64)
+
+
+def _is_number(value: str | bytes) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 class FeatureEncoder:
@@ -150,7 +264,11 @@ class FeatureEncoder:
     def encode_columns(
         self, columns: Mapping[str, Sequence[object] | NDArray[np.generic]], num_rows: int
     ) -> NDArray[np.int64]:
-        """Encode column-major data (the trainer's path). Absent columns are all missing.
+        """Encode column-major data (the trainer's and the inference protocol's path).
+
+        Typed numpy arrays (str, bytes, numbers, bool) are encoded whole with numpy; other
+        sequences value by value. Absent columns are all missing; NaN and empty strings in a
+        typed array mean missing.
 
         Returns:
             int64 array of shape ``(num_rows, num_fields)``.
