@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.routes import health, models, predict
+from app.api.routes import health, models, predict, v2
 from app.cache import ResponseCache, ScoreCache
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
@@ -33,12 +33,15 @@ logger = logging.getLogger(__name__)
 
 
 class LatencyMiddleware:
-    """Pure ASGI timing of every request (cheaper than ``BaseHTTPMiddleware``)."""
+    """Pure ASGI timing of every request (cheaper than ``BaseHTTPMiddleware``).
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, endpoints: frozenset[str]) -> None:
+    Labelled by the route's path template (``/v2/models/{model_name}/infer``), so the
+    label set is bounded by the routes, whatever paths clients send.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.endpoints = endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,7 +59,7 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            path = scope["path"] if scope["path"] in self.endpoints else "other"
+            path = getattr(scope.get("route"), "path", None) or "other"
             self.metrics.tally.request(
                 path, f"{status_code // 100}xx", time.perf_counter() - started
             )
@@ -205,9 +208,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.poll_interval_s,
         )
         poller.start()
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from app.protocol.grpc_service import start_grpc  # grpcio only when asked for
+
+            grpc_server = await start_grpc(service, settings, app.version)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             poller.stop()
             service.flush_metrics()
             mark_worker_gone()
@@ -220,7 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
-    routers = (predict.router, health.router, models.router)
+    routers = (predict.router, health.router, models.router, v2.router)
     for router in routers:
         app.include_router(router)
     app.add_exception_handler(EncodeError, _encode_error)
@@ -229,11 +239,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ScoringError, _scoring_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
-    endpoints = frozenset(
-        getattr(route, "path", "") for router in routers for route in router.routes
-    )
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
-    app.add_middleware(LatencyMiddleware, metrics=metrics, endpoints=endpoints)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app
 
 

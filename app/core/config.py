@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    grpc_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port of the gRPC inference service (KServe V2); unset: no gRPC",
+    )
     cache_maxsize: int = Field(default=100_000, ge=0, description="cached scores; 0 disables")
     cache_ttl_s: float = Field(default=300.0, gt=0, description="seconds a cached score lives")
     response_cache_max_bytes: int = Field(

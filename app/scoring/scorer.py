@@ -115,6 +115,14 @@ class Scorer:
             if size > 0:
                 self.score_indices((rng.random((size, self._num_fields)) * dims).astype(np.int64))
 
+    def ready(self) -> bool:
+        """Whether the model scores a smoke row right now."""
+        try:
+            self.smoke_test()
+        except ScoringError:
+            return False
+        return True
+
     def smoke_test(self) -> float:
         """Score one all-unseen row; proves the graph runs and gives a finite number."""
         row = np.full((1, self._num_fields), UNSEEN_INDEX, dtype=np.int64)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -119,6 +119,19 @@ class PredictionService:
         if digest is not None:
             self.responses.offer(digest, keys[0])
         return scored
+
+    def predict_columns(self, arrays: Mapping[str, NDArray[Any]], num_rows: int) -> Scored:
+        """Score one array per field (the inference protocol's tensors), encoded whole.
+
+        Raises ``EncodeError`` (bad input) or ``ScoringError``.
+        """
+        scorer = self.registry.current
+        started = time.perf_counter()
+        indices = scorer.encoder.encode_columns(arrays, num_rows)
+        tally = self.metrics.tally
+        tally.stage(_ENCODE, time.perf_counter() - started)
+        tally.rows(scorer.version, scorer.encoder.names, indices)
+        return self._score(scorer, indices)[0]
 
     def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> tuple[Scored, list[RowKey]]:
         # The encoded row's bytes are the key: cheap to build, and equal exactly when the

@@ -1,0 +1,167 @@
+"""The Open Inference Protocol (KServe V2) over HTTP: what Triton, KServe and MLServer speak.
+
+Same model, same encoder, same score cache as ``/predict``; requests are columnar (one
+tensor per field), in JSON or with Triton's binary tensor data extension. Errors are
+``{"error": "..."}`` with a 4xx status, as the protocol's clients expect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import JsonValue
+from pydantic_core import to_json
+
+from app.api.deps import get_service, get_settings_dep
+from app.protocol.infer import score, served
+from app.protocol.tensors import (
+    PLATFORM,
+    ProtocolError,
+    check_outputs,
+    http_response,
+    input_metadata,
+    output_metadata,
+    parse_http,
+)
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol (KServe V2)"])
+
+SERVER_NAME = "ctrserve"
+EXTENSIONS = ["binary_tensor_data"]
+_HEADER_LENGTH = "Inference-Header-Content-Length"
+_ERROR = {"content": {"application/json": {"example": {"error": "what was wrong"}}}}
+
+
+def _error(message: str, status_code: int = status.HTTP_400_BAD_REQUEST) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code)
+
+
+@router.get("/health/live")
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={503: {"description": "no model can score"}})
+def ready(request: Request, response: Response) -> dict[str, bool]:
+    is_ready = get_service(request).registry.current.ready()
+    if not is_ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"ready": is_ready}
+
+
+@router.get("")
+def server_metadata(request: Request) -> dict[str, JsonValue]:
+    return {"name": SERVER_NAME, "version": request.app.version, "extensions": list(EXTENSIONS)}
+
+
+@router.get("/models/{model_name}", responses={404: _ERROR})
+@router.get("/models/{model_name}/versions/{model_version}", responses={404: _ERROR})
+def model_metadata(request: Request, model_name: str, model_version: str | None = None) -> Any:
+    try:
+        scorer = served(get_service(request), model_name, model_version)
+    except ProtocolError as exc:
+        return _error(str(exc), exc.status)
+    return {
+        "name": model_name,
+        "versions": [scorer.version],
+        "platform": PLATFORM,
+        "inputs": input_metadata(scorer.manifest.features),
+        "outputs": output_metadata(),
+    }
+
+
+@router.get("/models/{model_name}/ready", responses={404: _ERROR})
+@router.get("/models/{model_name}/versions/{model_version}/ready", responses={404: _ERROR})
+def model_ready(
+    request: Request, response: Response, model_name: str, model_version: str | None = None
+) -> Any:
+    try:
+        scorer = served(get_service(request), model_name, model_version)
+    except ProtocolError as exc:
+        return _error(str(exc), exc.status)
+    is_ready = scorer.ready()
+    if not is_ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"name": model_name, "ready": is_ready}
+
+
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "datatype", "shape"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "datatype": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "parameters": {"type": "object"},
+                                    "data": {"type": "array"},
+                                },
+                            },
+                        },
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+                "example": {
+                    "inputs": [
+                        {"name": "c0", "datatype": "BYTES", "shape": [2], "data": ["c0_1", ""]},
+                        {"name": "n0", "datatype": "FP32", "shape": [2], "data": [2.5, 0.1]},
+                    ]
+                },
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/models/{model_name}/infer",
+    responses={400: _ERROR, 404: _ERROR, 413: _ERROR, 503: _ERROR},
+    openapi_extra=_INFER_BODY,
+)
+@router.post(
+    "/models/{model_name}/versions/{model_version}/infer",
+    responses={400: _ERROR, 404: _ERROR, 413: _ERROR, 503: _ERROR},
+    openapi_extra=_INFER_BODY,
+)
+async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+    """Score N rows sent as one tensor per field."""
+    service, settings = get_service(request), get_settings_dep(request)
+    body = await request.body()
+    try:
+        served(service, model_name, model_version)
+        decoded = parse_http(body, request.headers.get(_HEADER_LENGTH))
+        check_outputs(decoded.outputs)
+        scored = await score(service, settings, decoded.arrays, decoded.num_rows)
+    except ProtocolError as exc:
+        return _error(str(exc), exc.status)
+    answer, raw = http_response(
+        model_name,
+        scored.version,
+        decoded.id,
+        scored.scores,
+        decoded.binary_output,
+        sum(scored.cached),
+    )
+    head = to_json(answer)
+    if not raw:
+        return Response(head, media_type="application/json")
+    return Response(
+        head + raw,
+        media_type="application/octet-stream",
+        headers={_HEADER_LENGTH: str(len(head))},
+    )

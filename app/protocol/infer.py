@@ -1,0 +1,57 @@
+"""Scoring decoded protocol requests: one path for HTTP and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from numpy.typing import NDArray
+
+from app.core.config import Settings
+from app.features.errors import EncodeError
+from app.protocol.tensors import ProtocolError
+from app.scoring.scorer import Scorer, ScoringError
+from app.scoring.service import PredictionService, Scored
+
+PAYLOAD_TOO_LARGE = 413
+UNAVAILABLE = 503
+
+
+def served(service: PredictionService, name: str, version: str | None) -> Scorer:
+    """The loaded model, if ``name`` (the repository's name) and ``version`` are what serves."""
+    scorer = service.registry.current
+    served_name = service.registry.repository.name
+    if name != served_name:
+        raise ProtocolError(f"unknown model '{name}'; this server serves '{served_name}'", 404)
+    if version and version != scorer.version:
+        raise ProtocolError(
+            f"model '{name}' version '{version}' is not loaded; serving '{scorer.version}'", 404
+        )
+    return scorer
+
+
+async def score(
+    service: PredictionService, settings: Settings, arrays: Mapping[str, NDArray[Any]], rows: int
+) -> Scored:
+    """Score one array per field; every failure is a :class:`ProtocolError` with its status.
+
+    Small requests are scored on the event loop (microseconds of onnxruntime), larger ones
+    in a thread, as ``/predict`` does (README: sync vs async).
+    """
+    if rows > settings.max_batch_size:
+        raise ProtocolError(
+            f"batch of {rows} rows exceeds the limit of {settings.max_batch_size} "
+            "(CTR_MAX_BATCH_SIZE)",
+            PAYLOAD_TOO_LARGE,
+        )
+    try:
+        if rows <= settings.inline_max_rows:
+            return service.predict_columns(arrays, rows)
+        return await asyncio.to_thread(service.predict_columns, arrays, rows)
+    except EncodeError as exc:
+        raise ProtocolError(f"input '{exc.field}': {exc.detail}") from None
+    except ScoringError:
+        raise ProtocolError(
+            "the model could not score this request; try again", UNAVAILABLE
+        ) from None

@@ -1,0 +1,211 @@
+"""The Open Inference Protocol (KServe V2) with the stock Triton clients, HTTP and gRPC."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from benchmarks.harness import free_port  # noqa: E402
+from benchmarks.harness import server as start_server  # noqa: E402
+
+ROWS = [
+    {"c0": "c0_1", "c3": "c3_7", "n0": 2.5},
+    {"c0": "never-seen", "n1": 0.3},
+    {},
+    {"c1": "c1_2", "c2": "c2_0", "n0": -4.0, "n1": 1e6},
+]
+
+
+@pytest.fixture(scope="module")
+def endpoints(model_dir: Path) -> Iterator[tuple[str, str]]:
+    """(HTTP base URL, gRPC address) of one real `python -m app`."""
+    grpc_port = free_port()
+    env = {"CTR_MODEL_DIR": str(model_dir), "CTR_GRPC_PORT": str(grpc_port)}
+    with start_server([sys.executable, "-m", "app"], env) as base:
+        yield base, f"127.0.0.1:{grpc_port}"
+
+
+def _metadata(base: str) -> dict:
+    return httpx.get(f"{base}/v2/models/nffm", timeout=5).json()
+
+
+def _tensors(metadata: dict, rows: list[dict[str, object]]) -> dict[str, np.ndarray]:
+    """Rows as one array per field: '' and NaN spell missing."""
+    arrays = {}
+    for tensor in metadata["inputs"]:
+        name = tensor["name"]
+        if tensor["datatype"] == "BYTES":
+            arrays[name] = np.array([str(r.get(name, "")).encode() for r in rows], dtype=object)
+        else:
+            arrays[name] = np.array([r.get(name, np.nan) for r in rows], dtype=np.float32)
+    return arrays
+
+
+def _inputs(module, metadata: dict, rows: list[dict[str, object]]) -> list:
+    inputs = []
+    for tensor in metadata["inputs"]:
+        values = _tensors(metadata, rows)[tensor["name"]]
+        infer_input = module.InferInput(tensor["name"], [len(rows)], tensor["datatype"])
+        infer_input.set_data_from_numpy(values)
+        inputs.append(infer_input)
+    return inputs
+
+
+def _predict(base: str, rows: list[dict[str, object]]) -> np.ndarray:
+    # /predict gets the same values the float32 tensors carry
+    exact = [
+        {k: float(np.float32(v)) if isinstance(v, float) else v for k, v in r.items()} for r in rows
+    ]
+    body = httpx.post(f"{base}/predict", json={"instances": exact}, timeout=10).json()
+    return np.array(body["predictions"], dtype=np.float32)
+
+
+def test_health_and_metadata_over_http(endpoints: tuple[str, str]) -> None:
+    base, _ = endpoints
+    client = httpclient.InferenceServerClient(base.removeprefix("http://"))
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("nffm")
+    assert not client.is_model_ready("other")
+    server = client.get_server_metadata()
+    assert server["name"] == "ctrserve"
+    assert "binary_tensor_data" in server["extensions"]
+    metadata = client.get_model_metadata("nffm")
+    version = metadata["versions"][0]
+    assert client.get_model_metadata("nffm", model_version=version)["name"] == "nffm"
+    assert [t["name"] for t in metadata["inputs"]][:2] == ["c0", "c1"]
+    assert {t["datatype"] for t in metadata["inputs"]} == {"BYTES", "FP32"}
+    assert metadata["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1]}]
+
+
+def test_binary_http_infer_equals_predict(endpoints: tuple[str, str]) -> None:
+    base, _ = endpoints
+    client = httpclient.InferenceServerClient(base.removeprefix("http://"))
+    metadata = _metadata(base)
+    result = client.infer("nffm", _inputs(httpclient, metadata, ROWS), request_id="r-1")
+    response = result.get_response()
+    assert response["id"] == "r-1"
+    assert response["outputs"][0]["parameters"]["binary_data_size"] == 4 * len(ROWS)
+    np.testing.assert_array_equal(result.as_numpy("score"), _predict(base, ROWS))
+    # the same score cache as /predict: every row is a hit now
+    again = client.infer("nffm", _inputs(httpclient, metadata, ROWS))
+    assert again.get_response()["parameters"]["cache_hits"] == len(ROWS)
+
+
+def test_json_infer_with_nested_shape_and_numbers_as_text(endpoints: tuple[str, str]) -> None:
+    base, _ = endpoints
+    body = {
+        "inputs": [
+            {"name": "c0", "datatype": "BYTES", "shape": [2, 1], "data": [["c0_1"], [""]]},
+            {"name": "n0", "datatype": "BYTES", "shape": [2], "data": ["2.5", ""]},
+            {"name": "c3", "datatype": "BYTES", "shape": [2], "data": ["c3_7", "c3_7"]},
+        ]
+    }
+    response = httpx.post(f"{base}/v2/models/nffm/infer", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["outputs"][0]["name"] == "score"
+    expected = _predict(base, [{"c0": "c0_1", "n0": 2.5, "c3": "c3_7"}, {"c3": "c3_7"}])
+    np.testing.assert_array_equal(np.array(answer["outputs"][0]["data"], np.float32), expected)
+
+
+def test_grpc_health_metadata_and_infer(endpoints: tuple[str, str]) -> None:
+    base, address = endpoints
+    client = grpcclient.InferenceServerClient(address)
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("nffm")
+    assert client.get_server_metadata().name == "ctrserve"
+    metadata = client.get_model_metadata("nffm", as_json=True)
+    assert metadata["inputs"][0] == {"name": "c0", "datatype": "BYTES", "shape": ["-1"]}
+    http_metadata = _metadata(base)
+    result = client.infer("nffm", _inputs(grpcclient, http_metadata, ROWS))
+    np.testing.assert_array_equal(result.as_numpy("score"), _predict(base, ROWS))
+    assert result.get_response().model_version == http_metadata["versions"][0]
+
+
+def test_grpc_errors_name_the_problem(endpoints: tuple[str, str]) -> None:
+    _, address = endpoints
+    client = grpcclient.InferenceServerClient(address)
+    unknown = grpcclient.InferInput("nope", [1], "BYTES")
+    unknown.set_data_from_numpy(np.array([b"x"], dtype=object))
+    with pytest.raises(InferenceServerException, match="input 'nope': unknown field"):
+        client.infer("nffm", [unknown])
+    with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+        client.infer("other", [unknown])
+    text = grpcclient.InferInput("n0", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"cheap"], dtype=object))
+    with pytest.raises(InferenceServerException, match="input 'n0': expected a number"):
+        client.infer("nffm", [text])
+
+
+def _binary_body(
+    tensors: list[tuple[str, str, list[int], bytes]], outputs=None
+) -> tuple[bytes, int]:
+    head = {
+        "inputs": [
+            {"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(raw)}}
+            for n, d, s, raw in tensors
+        ]
+    }
+    if outputs is not None:
+        head["outputs"] = outputs
+    encoded = json.dumps(head).encode()
+    return encoded + b"".join(raw for *_, raw in tensors), len(encoded)
+
+
+JSON_ROW = b'{"inputs": [{"name": "c0", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}'
+
+
+def _bytes(*values: bytes) -> bytes:
+    return b"".join(len(v).to_bytes(4, "little") + v for v in values)
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "status", "message"),
+    [
+        (*_binary_body([("c0", "BYTES", [2], _bytes(b"a"))]), 400, "input 'c0': 1 BYTES elements"),
+        (*_binary_body([("c0", "BYTES", [1], b"\x05\x00\x00\x00ab")]), 400, "runs past the data"),
+        (*_binary_body([("n0", "FP32", [2], b"\x00" * 7)]), 400, "7 bytes of FP32 data"),
+        (*_binary_body([("n0", "FP16X", [1], b"\x00" * 4)]), 400, "datatype 'FP16X'"),
+        (*_binary_body([("n0", "FP32", [1, 2], b"\x00" * 8)]), 400, "is not [N] or [N, 1]"),
+        (
+            *_binary_body([("n0", "FP32", [1], b"\x00" * 4), ("n1", "FP32", [2], b"\x00" * 8)]),
+            400,
+            "disagree on the number of rows",
+        ),
+        (*_binary_body([("c0", "BYTES", [1], _bytes(b"a"))], [{"name": "p"}]), 400, "output 'p'"),
+        (b'{"inputs": [', None, 400, "invalid inference request"),
+        (b'{"inputs": []}', None, 400, "inputs"),
+        (JSON_ROW + b"x" * 10, len(JSON_ROW), 400, "10 bytes of binary data follow"),
+        (b"{}", 99, 400, "outside the 2-byte body"),
+    ],
+)
+def test_http_errors_are_4xx_and_name_the_problem(
+    endpoints: tuple[str, str], body: bytes, header: int | None, status: int, message: str
+) -> None:
+    base, _ = endpoints
+    headers = {"content-type": "application/octet-stream"}
+    if header is not None:
+        headers["Inference-Header-Content-Length"] = str(header)
+    response = httpx.post(f"{base}/v2/models/nffm/infer", content=body, headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_unknown_model_and_version_are_404(endpoints: tuple[str, str]) -> None:
+    base, _ = endpoints
+    assert httpx.get(f"{base}/v2/models/other", timeout=5).status_code == 404
+    missing = httpx.get(f"{base}/v2/models/nffm/versions/0123/ready", timeout=5)
+    assert missing.status_code == 404
+    assert "not loaded" in missing.json()["error"]
