@@ -33,6 +33,7 @@ def _metrics_dir() -> Path | None:
     """
     given = os.environ.get(MULTIPROC_ENV)
     if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
         for stale in Path(given).glob("*.db"):
             stale.unlink()
         return None
@@ -91,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m app", description="Serve a model repository, or publish a model into it."
     )
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="serve CTR_MODEL_DIR (the default)")
+    serve_parser = commands.add_parser("serve", help="serve CTR_MODEL_DIR (the default)")
+    serve_parser.add_argument(
+        "--model-name",
+        help="the model's name in the inference protocol (CTR_MODEL_NAME); KServe passes "
+        "its InferenceService's name here",
+    )
+    serve_parser.add_argument("--model-dir", type=Path, help="the repository (CTR_MODEL_DIR)")
     publish_parser = commands.add_parser(
         "publish", help="copy an exported model into CTR_MODEL_DIR and point CURRENT at it"
     )
@@ -110,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "publish":
         return publish(args.source, args.if_empty)
+    # Flags become the settings' variables, which uvicorn's worker processes inherit.
+    if getattr(args, "model_name", None):
+        os.environ["CTR_MODEL_NAME"] = args.model_name
+    if getattr(args, "model_dir", None):
+        os.environ["CTR_MODEL_DIR"] = str(args.model_dir)
     return serve()
 
 

@@ -182,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        repository = ModelRepository(settings.model_dir)
+        repository = ModelRepository(settings.model_dir, settings.model_name)
         registry = ModelRegistry(repository, load, settings.model_version)
         service = PredictionService(
             registry,

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
         description="model repository (models/<name>/ with <version>/ folders and CURRENT), "
         "or a flat exported model directory",
     )
+    model_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the model's name in the inference protocol (unset: the repository's "
+        "directory name)",
+    )
     model_version: str | None = Field(
         default=None, description="serve this version and ignore CURRENT (unset: follow CURRENT)"
     )

@@ -48,15 +48,17 @@ class ModelRepository:
     """A directory of immutable model versions plus the ``CURRENT`` pointer.
 
     Args:
-        root: ``models/<name>``; its name is the model's name.
+        root: ``models/<name>``.
+        name: the model's name; default: the directory's name.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, name: str | None = None) -> None:
         self.root = root
+        self._name = name
 
     @property
     def name(self) -> str:
-        return self.root.resolve().name
+        return self._name or self.root.resolve().name
 
     @property
     def is_flat(self) -> bool:
