@@ -24,7 +24,7 @@ import httpx2 as httpx
 import numpy as np
 
 from app.schemas import PredictRequest
-from app.scoring.repository import POINTER_FILE, resolve_model_dir
+from app.scoring.repository import POINTER_FILE, ModelRepository, resolve_model_dir
 from app.scoring.scorer import Scorer
 from benchmarks.harness import (
     ROOT,
@@ -37,7 +37,7 @@ from benchmarks.harness import (
     write_bodies,
     wrk,
 )
-from loadtest.payloads import load_spec, random_rows, unique_rows
+from loadtest.payloads import load_spec, random_rows, unique_rows, v2_json_body, v2_tensors
 
 logger = logging.getLogger("benchmarks")
 APP = [sys.executable, "-m", "app"]
@@ -59,6 +59,7 @@ SECTIONS = (
     "ceiling",
     "sync_vs_async",
     "batches",
+    "protocol",
     "model_cost",
     "cache_effect",
     "workers",
@@ -214,6 +215,97 @@ class Suite:
             rows_out,
         )
         self.raw["batches"] = ratios
+        return ratios
+
+    def protocol(self) -> dict[str, float]:
+        """The Open Inference Protocol (V2) against /predict: batch server time, single rows."""
+        import tritonclient.http as triton
+
+        scorer = Scorer.load(resolve_model_dir(self.model_dir))
+        name = ModelRepository(self.model_dir).name
+        infer = f"/v2/models/{name}/infer"
+        env = {**self.env, "CTR_CACHE_MAXSIZE": "0"}
+        rows_out, ratios = [], {}
+        with server(APP, env) as base, httpx.Client() as client:
+            for size in (1, 100, 1000, 10_000):
+                rows = random_rows(self.spec, size, seed=size)
+                indices = scorer.encoder.encode_rows(rows)
+                inputs = []
+                for field, values in v2_tensors(self.spec, rows).items():
+                    datatype = "BYTES" if values.dtype == object else "FP32"
+                    tensor = triton.InferInput(field, [size], datatype)
+                    tensor.set_data_from_numpy(values, binary_data=True)
+                    inputs.append(tensor)
+                # the stock client's own binary framing, binary scores back
+                binary, json_size = triton.InferenceServerClient.generate_request_body(
+                    inputs, outputs=[triton.InferRequestedOutput("score", binary_data=True)]
+                )
+                requests = {
+                    "/predict (JSON rows)": ("/predict", json.dumps({"instances": rows}), {}),
+                    "V2 JSON tensors": (infer, json.dumps(v2_json_body(self.spec, rows)), {}),
+                    "V2 binary tensors": (
+                        infer,
+                        binary,
+                        {"Inference-Header-Content-Length": str(json_size)},
+                    ),
+                }
+                repeats = max(5, min(200, 20_000 // size))
+                ort_s = _median_time(lambda i=indices: scorer.score_indices(i), repeats)
+                for label, (path, body, headers) in requests.items():
+                    route = "/predict" if path == "/predict" else "/v2/models/{model_name}/infer"
+                    before = _latency_totals(client, base, route)
+                    round_trip_s = _median_time(
+                        lambda p=path, b=body, h=headers: client.post(
+                            f"{base}{p}",
+                            content=b,
+                            headers={"content-type": "application/octet-stream", **h},
+                        ).raise_for_status(),
+                        repeats,
+                    )
+                    after = _latency_totals(client, base, route)
+                    server_s = (after[0] - before[0]) / (after[1] - before[1])
+                    ratios[f"{label} {size}"] = server_s / ort_s
+                    rows_out.append(
+                        [
+                            f"{size:,}",
+                            label,
+                            f"{round_trip_s * 1e3:.3f}",
+                            f"{server_s * 1e3:.3f}",
+                            f"{ort_s * 1e3:.3f}",
+                            f"{server_s / ort_s:.2f}x",
+                        ]
+                    )
+        self._table(
+            "Open Inference Protocol (V2) vs /predict: batch server time",
+            "Repeated requests over one keep-alive connection, cache disabled, the same rows "
+            "each way. V2 binary bodies are built by tritonclient's own `generate_request_body` "
+            "(BYTES length-prefixed, FP32 raw) and ask for binary scores back. Round trip: "
+            "median as the client sees it. Server: mean time inside the server (body read to "
+            "response sent), from its own `ctr_request_latency_seconds`. Raw ORT: median "
+            "`session.run` on the already-encoded rows, in this process.",
+            ["rows", "request", "round trip ms", "server ms", "raw ORT ms", "server / ORT"],
+            rows_out,
+        )
+        singles = unique_rows(self.spec, 200_000, seed=11)
+        bodies = {
+            "/predict": ("/predict", write_bodies([{"features": r} for r in singles])),
+            "V2 JSON": (infer, write_bodies([v2_json_body(self.spec, [r]) for r in singles])),
+        }
+        single_rows = []
+        for cache in ("1000000", "0"):
+            with server(APP, {**self.env, "CTR_CACHE_MAXSIZE": cache}) as base:
+                for label, (path, file) in bodies.items():
+                    result = wrk(f"{base}{path}", file, self.duration_s)
+                    suffix = "distinct rows" if cache != "0" else "cache disabled"
+                    single_rows.append(self._row(f"{label}, {suffix}", result))
+        self._table(
+            "Open Inference Protocol (V2) vs /predict: single rows",
+            f"wrk, 16 connections, {self.duration_s} s each, distinct rows (every request a "
+            "score-cache miss), one worker.",
+            ["request", "req/s", "p50 ms", "p99 ms", "errors"],
+            single_rows,
+        )
+        self.raw["protocol"] = ratios
         return ratios
 
     def model_cost(self) -> None:
@@ -420,6 +512,17 @@ class Suite:
             plt.close(figure)
 
 
+def _latency_totals(client: httpx.Client, base: str, route: str) -> tuple[float, float]:
+    """(seconds, requests) the server has counted for ``route``'s 2xx answers so far."""
+    text = client.get(f"{base}/metrics").text
+    totals = []
+    for part in ("sum", "count"):
+        prefix = f'ctr_request_latency_seconds_{part}{{endpoint="{route}",status="2xx"}} '
+        line = next((ln for ln in text.splitlines() if ln.startswith(prefix)), prefix + "0")
+        totals.append(float(line.split()[-1]))
+    return totals[0], totals[1]
+
+
 def _median_time(call: Callable[[], object], repeats: int) -> float:
     call()  # warm-up
     times = []
@@ -498,6 +601,7 @@ def main() -> None:
     ceiling = suite.ceiling()
     suite.sync_vs_async()
     batches = suite.batches()
+    protocol = suite.protocol()
     suite.model_cost()
     cache_90 = suite.cache_effect()
     suite.workers()
@@ -508,6 +612,12 @@ def main() -> None:
         _goal("cache-miss /predict req/s ÷ bare endpoint", 0.5, ceiling["miss_vs_bare"]),
         _goal("server time ÷ raw ORT at ≥ 1,000 rows (worst)", 1.5, overhead, False),
         _goal("req/s with cache ÷ without, at 90% hits", 5.0, cache_90),
+        _goal(
+            "V2 binary server time ÷ raw ORT at 1,000 rows",
+            2.0,
+            protocol["V2 binary tensors 1000"],
+            False,
+        ),
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     suite.write(goals, _why(goals, ceiling, suite.stages_ms, suite.profile_us), args.out)

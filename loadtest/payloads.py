@@ -7,6 +7,7 @@ few values never seen in training, some missing fields.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,63 @@ def unique_rows(spec: FeatureSpec, count: int, seed: int = 0) -> list[Row]:
 def zipf_stream(pool_size: int, count: int, exponent: float, seed: int = 0) -> np.ndarray:
     """Positions into a pool of ``pool_size`` rows, Zipf-distributed: repeats hit the cache."""
     return _zipf_choice(np.random.default_rng(seed), pool_size, count, exponent)
+
+
+def v2_tensors(spec: FeatureSpec, rows: list[Row]) -> dict[str, np.ndarray]:
+    """Rows as Open Inference Protocol tensors: one array per field, in the model's order.
+
+    Categorical fields are BYTES (object arrays of bytes, as tritonclient takes them),
+    numeric ones FP32; an empty string or NaN spells missing.
+    """
+    tensors: dict[str, np.ndarray] = {}
+    for field in spec.fields:
+        values = [row.get(field.name) for row in rows]
+        if isinstance(field, CategoricalField):
+            tensors[field.name] = np.array(
+                [b"" if v is None else str(v).encode() for v in values], dtype=object
+            )
+        else:
+            tensors[field.name] = np.array(
+                [np.nan if v is None else v for v in values], dtype=np.float32
+            )
+    return tensors
+
+
+def v2_json_body(spec: FeatureSpec, rows: list[Row]) -> dict[str, object]:
+    """An infer request in the protocol's plain JSON form."""
+    inputs = []
+    for name, values in v2_tensors(spec, rows).items():
+        if values.dtype == object:
+            data: list[object] = [v.decode() for v in values]
+            datatype = "BYTES"
+        else:
+            data = [None if np.isnan(v) else float(v) for v in values.tolist()]
+            datatype = "FP32"
+        inputs.append({"name": name, "datatype": datatype, "shape": [len(rows)], "data": data})
+    return {"inputs": inputs}
+
+
+def v2_binary_body(spec: FeatureSpec, rows: list[Row]) -> tuple[bytes, int]:
+    """An infer request in the binary tensor data form: (body, JSON header length).
+
+    BYTES elements are a 4-byte little-endian length and the bytes; FP32 values raw. It
+    asks for the scores back as binary FP32.
+    """
+    inputs, blobs = [], []
+    for name, values in v2_tensors(spec, rows).items():
+        if values.dtype == object:
+            raw = b"".join(len(v).to_bytes(4, "little") + v for v in values)
+            datatype = "BYTES"
+        else:
+            raw, datatype = values.astype("<f4").tobytes(), "FP32"
+        inputs.append(
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": [len(rows)],
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        blobs.append(raw)
+    head = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    return head + b"".join(blobs), len(head)

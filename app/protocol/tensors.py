@@ -7,8 +7,8 @@ service (``raw_input_contents`` or typed contents), so both speak exactly one di
 - categorical fields as ``BYTES`` (UTF-8 strings); numeric fields as ``FP32``, ``FP64``,
   ``INT32`` or ``INT64``, or as ``BYTES`` holding numbers written as text; ids may also be
   sent as integers to a categorical field;
-- missing is an empty string (``BYTES``) or NaN (floating point); a field with no tensor is
-  missing in every row;
+- missing is an empty string (``BYTES``), NaN (binary floating point) or null (JSON
+  floating point); a field with no tensor is missing in every row;
 - one output, :data:`OUTPUT_NAME`, ``FP32`` of shape ``[N]``.
 
 Everything here is columnar numpy: a 1,000-row request is a few array operations per field,
@@ -18,6 +18,7 @@ not a Python call per value. No FastAPI, no gRPC.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 DATATYPES = ("BYTES", *NUMERIC_DTYPES)
+_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
 
 class ProtocolError(ValueError):
@@ -178,13 +180,16 @@ def _from_json(name: str, datatype: str, data: list[JsonValue], rank: int) -> ND
         if not all(type(value) is bool for value in flat):
             raise ProtocolError(f"input '{name}': BOOL data must be true or false")
         return np.array(flat, dtype=dtype)
-    if not all(type(value) in (int, float) for value in flat):
-        bad = next(value for value in flat if type(value) not in (int, float))
+    # JSON has no NaN: null is a missing value of a floating-point tensor.
+    allowed = (int, float, type(None)) if dtype.kind == "f" else (int,)
+    if not all(type(value) in allowed for value in flat):
+        bad = next(value for value in flat if type(value) not in allowed)
+        kind = "numbers or null" if dtype.kind == "f" else "integers"
         raise ProtocolError(
-            f"input '{name}': {datatype} data must be numbers, got {type(bad).__name__}"
+            f"input '{name}': {datatype} data must be {kind}, got {type(bad).__name__}"
         )
-    if dtype.kind in "iu" and not all(type(value) is int for value in flat):
-        raise ProtocolError(f"input '{name}': {datatype} data must be integers")
+    if dtype.kind == "f":
+        flat = [math.nan if value is None else value for value in flat]
     try:
         return np.array(flat, dtype=dtype)
     except OverflowError:
@@ -224,18 +229,17 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[np.b
         if (framed["n"] == width).all():
             return framed["v"].copy()
     elements: list[bytes] = []
-    position = 0
-    while position < len(data):
-        if position + 4 > len(data):
-            raise ProtocolError(f"input '{name}': BYTES data ends inside an element's length")
-        size = int.from_bytes(data[position : position + 4], "little")
-        position += 4
-        if position + size > len(data):
-            raise ProtocolError(
-                f"input '{name}': a BYTES element of {size} bytes runs past the data"
-            )
-        elements.append(data[position : position + size])
-        position += size
+    append, unpack, position, end = elements.append, _LENGTH.unpack_from, 0, len(data)
+    try:
+        while position < end:  # the tightest loop that stays pure Python: ~0.16 µs each
+            size = unpack(data, position)[0]
+            position += 4
+            append(data[position : position + size])
+            position += size
+    except struct.error:
+        raise ProtocolError(f"input '{name}': BYTES data ends inside an element's length") from None
+    if position > end:
+        raise ProtocolError(f"input '{name}': the last BYTES element runs past the data")
     if len(elements) != count:
         raise ProtocolError(f"input '{name}': {len(elements)} BYTES elements for shape of {count}")
     return np.array(elements, dtype=np.bytes_)

@@ -139,19 +139,24 @@ class PredictionService:
         started = time.perf_counter()
         tally = self.metrics.tally
         version = scorer.version
-        keys = [(version, row.tobytes()) for row in indices]
-        found = self.cache.get_many(keys)
-        misses = [i for i, value in enumerate(found) if value is None]
+        if self.cache.enabled:
+            keys = [(version, row.tobytes()) for row in indices]
+            found = self.cache.get_many(keys)
+            misses = [i for i, value in enumerate(found) if value is None]
+        else:  # no keys to build, nothing to look up or fill
+            keys, found, misses = [], [None] * len(indices), list(range(len(indices)))
         cache_s = time.perf_counter() - started
         if misses:
             # Every miss of the request goes to onnxruntime in one call.
             ort_started = time.perf_counter()
-            fresh = self._run(scorer, indices if len(misses) == len(keys) else indices[misses])
+            every = len(misses) == len(indices)
+            fresh = self._run(scorer, indices if every else indices[misses])
             tally.stage(_ORT, time.perf_counter() - ort_started)
-            fill_started = time.perf_counter()
-            self.cache.put_many([keys[i] for i in misses], fresh.tolist())
-            cache_s += time.perf_counter() - fill_started
-            if len(misses) == len(keys):
+            if keys:
+                fill_started = time.perf_counter()
+                self.cache.put_many([keys[i] for i in misses], fresh.tolist())
+                cache_s += time.perf_counter() - fill_started
+            if every:
                 scores = fresh
             else:
                 scores = np.array([0.0 if v is None else v for v in found], dtype=np.float32)
@@ -160,7 +165,7 @@ class PredictionService:
             scores = np.array(found, dtype=np.float32)
         tally.stage(_CACHE, cache_s)
         tally.scores(scores)
-        tally.lookups(len(keys) - len(misses), len(misses))
+        tally.lookups(len(indices) - len(misses), len(misses))
         cached = [value is not None for value in found]
         return Scored(scores, cached, version), keys
 
