@@ -7,6 +7,7 @@ ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY training ./training
+COPY ctrserve.py ./
 RUN pip install --quiet '.[serve]' \
     && python -c "import app.main" \
     && ! python -c "import torch" 2>/dev/null

@@ -11,20 +11,30 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup run model serve test bench reliability quality loadtest clean
 
-setup: $(VENV)/.installed
+# `make run` installs what the main job needs (train + serve); `make test` adds the rest.
+RUN_DEPS := $(VENV)/.installed-run
+TEST_DEPS := $(VENV)/.installed-test
 
-$(VENV)/.installed: pyproject.toml
+setup: $(RUN_DEPS)
+
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,dev,compare]'
+
+$(RUN_DEPS): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[train]'
 	touch $@
 
-$(DATA): | $(VENV)/.installed
-	$(PY) -m training synth --rows $(ROWS) --seed 0 --out $(DATA)
+$(TEST_DEPS): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[train,dev,bench]'
+	touch $@ $(RUN_DEPS)
+
+$(DATA): | $(RUN_DEPS)
+	$(VENV)/bin/ctrserve synth --rows $(ROWS) --seed 0 --out $(DATA)
 
 # A second run finds the exported model and goes straight to serving.
 $(MODEL_DIR)/CURRENT: | $(DATA)
-	$(PY) -m training train --data $(DATA) --model nffm --out $(MODEL_DIR) --no-progress
+	$(VENV)/bin/ctrserve train --data $(DATA) --model nffm --out $(MODEL_DIR) --no-progress
 
 model: setup $(MODEL_DIR)/CURRENT
 
@@ -34,12 +44,12 @@ run: model
 	@echo "  curl -s -X POST http://$(HOST):$(PORT)/predict -H 'content-type: application/json' \\"
 	@echo "       -d '{\"features\": {\"c0\": \"c0_1\", \"c3\": \"c3_7\", \"n0\": 2.5}}'"
 	@echo
-	CTR_MODEL_DIR=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(PY) -m app
+	CTR_MODEL_DIR=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(VENV)/bin/ctrserve serve
 
 serve: setup
-	CTR_MODEL_DIR=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(PY) -m app
+	CTR_MODEL_DIR=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(VENV)/bin/ctrserve serve
 
-test: setup
+test: $(TEST_DEPS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app
@@ -47,24 +57,23 @@ test: setup
 	$(PY) scripts/audit.py
 
 # Side-by-side serving benchmarks -> docs/BENCHMARKS.md (installs wrk and matplotlib).
-bench: model
+bench: model $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
-	$(PY) -m pip install --quiet -e '.[bench]'
 	test -f models/ladder/nffm/CURRENT || $(PY) -m training ladder --data $(DATA) \
 		--out-dir models/ladder --no-progress
 	$(PY) -m benchmarks.serving
 
 # Fuzzing, limits, faults, reload under load, memory bound, shutdown, audit -> docs/RELIABILITY.md
-reliability: model
+reliability: model $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	$(PY) -m benchmarks.reliability
 
 # The ladder vs LightGBM vs DeepCTR-Torch on Criteo, Avazu and 1M synthetic rows -> docs/QUALITY.md
-quality: setup
+quality: $(TEST_DEPS)
 	$(PY) -m benchmarks.quality
 
 # A bounded headless locust run against a fresh server on 127.0.0.1; fails on any failure.
-loadtest: model
+loadtest: model $(TEST_DEPS)
 	$(PY) -m loadtest.run --model-dir $(MODEL_DIR) --users 50 --duration 30
 
 clean:

@@ -24,11 +24,12 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.harness import ROOT, machine
+from benchmarks.compare import Entry, compare, markdown
+from support.reports import machine
+from support.servers import ROOT
 from training import synth
-from training.commands import oracle_metrics
-from training.compare import Entry, compare, markdown
 from training.data import ColumnRoles, Table, read_table
+from training.evaluation import oracle_metrics
 from training.models import MODELS
 from training.train import split_rows
 from training.tuning import GRID
@@ -184,11 +185,11 @@ def trials_table(trials: dict[str, list[dict[str, Any]]]) -> str:
 def speed_section(table: Table) -> str:
     """Our DeepFM vs DeepCTR-Torch's, one epoch each on the same rows and settings, timing
     the training loop alone (no validation, no metrics) so the loops are compared fairly."""
-    from training.compare import train_speed
+    from benchmarks.compare import train_speed
+    from training.config import build_config
     from training.train import prepare
-    from training.tuning import sized_config
 
-    config = sized_config("deepfm", len(table.frame))
+    config = build_config("deepfm", len(table.frame))
     prepared = prepare(table, config)
     ours, theirs = train_speed(prepared, config)
     return (
@@ -203,10 +204,11 @@ def speed_section(table: Table) -> str:
 
 def regression_section(avazu: Path) -> str:
     """InMobi's setting on real rows: predict a combination's click rate, weighted RMSE."""
-    from training.compare import settings_note
+    from benchmarks.compare import settings_note
+    from training.config import build_config
     from training.evaluation import regression_metrics
     from training.train import fit, new_model, predict, prepare
-    from training.tuning import sized_config, tune
+    from training.tuning import tune
 
     keys = ["site_id", "app_id", "banner_pos", "device_type", "device_conn_type", "C1"]
     raw = pd.read_csv(avazu, dtype=str)
@@ -231,7 +233,9 @@ def regression_section(avazu: Path) -> str:
         )
         for name in ("lr", "fm", "nffm"):
             # ~580 training rows: batches of 64, and the knobs searched on validation wRMSE.
-            start = sized_config(name, len(table.frame), task="regression", batch_size=64)
+            start = build_config(
+                name, len(table.frame), flags={"task": "regression", "batch_size": 64}
+            )
             config, _ = tune(table, start)
             prepared = prepare(table, config)
             model = new_model(prepared, config)

@@ -23,7 +23,7 @@ from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 
 from app.scoring.repository import ModelRepository
-from loadtest.payloads import load_spec, random_rows, v2_binary_body, zipf_stream
+from support.payloads import load_spec, random_rows, v2_binary_body, zipf_stream
 
 MODEL_DIR = Path(os.environ.get("CTR_MODEL_DIR", "models/default"))
 POOL_SIZE = int(os.environ.get("LOADTEST_POOL_SIZE", "200000"))

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.harness import ROOT, cache_counts, server
+from support.servers import ROOT, cache_counts, server
 
 
 def main() -> int:
@@ -25,6 +25,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=30, help="seconds (bounded)")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest/results/run")
     args = parser.parse_args()
+    args.model_dir = args.model_dir.resolve()  # servers under test start in an empty directory
     args.out.parent.mkdir(parents=True, exist_ok=True)
     env = {"CTR_MODEL_DIR": str(args.model_dir)}
     with server([sys.executable, "-m", "app"], env) as base:

@@ -6,6 +6,7 @@ committed; the torch-free app tests only read the exported directory.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,15 @@ from app.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH_ROWS = 10_000
+
+
+@pytest.fixture(autouse=True)
+def _only_the_settings_a_test_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's CTR_* variables and .env file never reach a test's settings."""
+    for name in list(os.environ):
+        if name.startswith("CTR_") or name == "PROMETHEUS_MULTIPROC_DIR":
+            monkeypatch.delenv(name)
+    monkeypatch.setitem(Settings.model_config, "env_file", None)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -35,7 +36,17 @@ def _int_list(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="CSV/TSV/Parquet or Criteo file")
     parser.add_argument(
         "--format",
@@ -59,7 +70,13 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(parser: argparse.ArgumentParser) -> None:
-    _add_data_args(parser)
+    add_data_args(parser)
+    add_hyperparameter_args(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and the TrainConfig flags; ``training.config`` says which wins."""
     parser.add_argument("--task", choices=["binary", "regression"], default=None)
     parser.add_argument(
         "--config",
@@ -80,7 +97,6 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-count", type=int, default=None)
     parser.add_argument("--binning", choices=["quantile", "log"], default=None)
     parser.add_argument("--num-bins", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="write synthetic CTR logs with known p_true")
-    synth.add_argument("--rows", type=int, default=200_000)
+    synth.add_argument("--rows", type=_positive_int, default=200_000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", type=Path, required=True, help=".csv or .parquet")
     synth.add_argument(
@@ -117,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a file with an exported model (ORT)")
     evaluate.add_argument("--model-dir", type=Path, required=True)
-    _add_data_args(evaluate)
+    add_data_args(evaluate)
     evaluate.add_argument(
         "--split",
         choices=["all", "test", "val", "train"],
@@ -133,28 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--write-config", type=Path, default=None, help="save the winner as YAML for --config"
     )
-
-    compare = commands.add_parser(
-        "compare", help="the ladder vs LightGBM vs DeepCTR-Torch on one split, with 95% CIs"
-    )
-    _add_data_args(compare)
-    compare.add_argument("--seed", type=int, default=0)
-    compare.add_argument("--models", type=_csv_list, default=tuple(MODELS))
-    compare.add_argument(
-        "--no-baselines", action="store_true", help="only the ladder (no LightGBM / DeepCTR-Torch)"
-    )
-    compare.add_argument(
-        "--no-tune",
-        action="store_true",
-        help="size defaults instead of searching min-count, k and L2 on validation",
-    )
-    compare.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="also retrain every contender on this many seeded splits in all (mean ± sd)",
-    )
-    compare.add_argument("--report", type=Path, default=None, help="also write the table here")
 
     inspect = commands.add_parser("inspect", help="map a field's latent vectors (PCA/t-SNE)")
     inspect.add_argument("--model-dir", type=Path, required=True)
@@ -189,8 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_ours_or_warnings)
     args = build_parser().parse_args(argv)
+    return run_guarded(lambda: commands.run(args))
+
+
+def run_guarded(command: Callable[[], int]) -> int:
+    """Run a command; the domain's own errors (bad data, a bad model directory, a refused
+    export, invalid settings) become one ``error:`` line and status 2. Anything else is a
+    bug and keeps its traceback."""
     try:
-        return commands.run(args)
-    except (DataError, SpecError, ExportError, ValueError, ValidationError) as exc:
+        return command()
+    except (DataError, SpecError, ExportError, ValidationError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -11,17 +11,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
 
 from app.scoring.manifest import ModelManifest
 from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from training import synth
+from training.config import config_from_args
 from training.data import ColumnRoles, DataError, Table, read_table
-from training.evaluation import Metrics, binary_metrics, regression_metrics
+from training.evaluation import Metrics, binary_metrics, oracle_metrics, regression_metrics
 from training.export import reexport, write_artifact
-from training.models import DEFAULTS, MODELS, ModelConfig
+from training.models import MODELS
 from training.train import (
     Prepared,
     TrainConfig,
@@ -32,54 +32,8 @@ from training.train import (
     prepare,
     split_rows,
 )
-from training.tuning import size_defaults
 
 logger = logging.getLogger(__name__)
-
-
-def train_config(args: argparse.Namespace, model: str, rows: int | None = None) -> TrainConfig:
-    """Defaults per model (and per data size once ``rows`` is known: ``size_defaults``),
-    then the YAML file, then flags."""
-    base: dict[str, object] = {}
-    if args.config is not None:
-        try:
-            loaded = yaml.safe_load(args.config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise DataError(f"{args.config}: cannot read config ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise DataError(f"{args.config}: expected a mapping of TrainConfig fields")
-        base = loaded
-    if model not in DEFAULTS:
-        raise DataError(f"unknown model {model!r}; choose from {sorted(DEFAULTS)}")
-    model_fields: dict[str, object] = DEFAULTS[model].model_dump()  # type: ignore[index]
-    if rows is not None:
-        sized = size_defaults(model, rows)  # type: ignore[arg-type]
-        if "embed_dim" in sized:
-            model_fields["embed_dim"] = sized.pop("embed_dim")
-        base = {**sized, **base}
-    overrides = base.pop("model", None) or {}
-    if not isinstance(overrides, dict):
-        raise DataError(f"{args.config}: 'model' must be a mapping of model hyper-parameters")
-    model_fields.update(overrides)
-    model_fields["name"] = model
-    for flag in ("embed_dim", "mlp_dims", "dropout", "batch_norm"):
-        if getattr(args, flag) is not None:
-            model_fields[flag] = getattr(args, flag)
-    for flag in (
-        "task",
-        "epochs",
-        "batch_size",
-        "learning_rate",
-        "l2",
-        "patience",
-        "seed",
-        "min_count",
-        "binning",
-        "num_bins",
-    ):
-        if getattr(args, flag) is not None:
-            base[flag] = getattr(args, flag)
-    return TrainConfig.model_validate({**base, "model": ModelConfig.model_validate(model_fields)})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
         "ladder": run_ladder,
         "evaluate": run_evaluate,
         "export": run_export,
-        "compare": run_compare,
         "tune": run_tune,
         "inspect": run_inspect,
     }
@@ -122,19 +75,8 @@ def _read(args: argparse.Namespace, config: TrainConfig | None = None) -> Table:
 def _read_sized(args: argparse.Namespace, model: str) -> tuple[Table, TrainConfig]:
     """The table, then the config with defaults for its size: the config's task decides how
     the file is read, and the row count decides the defaults, so it is built twice."""
-    table = _read(args, train_config(args, model))
-    return table, train_config(args, model, len(table.frame))
-
-
-def oracle_metrics(table: Table, rows: np.ndarray, task: str = "binary") -> Metrics | None:
-    """Metrics of the generator's true probabilities on ``rows``, when the file has them."""
-    if task != "binary" or "p_true" not in table.frame.columns or len(rows) == 0:
-        return None
-    frame = table.frame.iloc[rows]
-    p_true = pd.to_numeric(frame["p_true"], errors="coerce").to_numpy(dtype=np.float64)
-    if np.isnan(p_true).any():
-        return None
-    return binary_metrics(frame[table.label].to_numpy(dtype=np.float64), p_true)
+    table = _read(args, config_from_args(args, model))
+    return table, config_from_args(args, model, len(table.frame))
 
 
 def _test_rows(table: Table, config: TrainConfig) -> np.ndarray:
@@ -206,7 +148,7 @@ def _known_models(names: tuple[str, ...]) -> None:
 def run_ladder(args: argparse.Namespace) -> int:
     _known_models(args.models)
     table, _ = _read_sized(args, args.models[0])
-    configs = [train_config(args, name, len(table.frame)) for name in args.models]
+    configs = [config_from_args(args, name, len(table.frame)) for name in args.models]
     prepared = prepare(table, configs[0])
     rows = []
     for config in configs:
@@ -310,30 +252,6 @@ def _roles_for(manifest: ModelManifest, args: argparse.Namespace) -> ColumnRoles
 def run_export(args: argparse.Namespace) -> int:
     manifest = reexport(args.model_dir, args.out)
     _emit({"model_dir": str(args.out or args.model_dir), "version": manifest.version})
-    return 0
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    from training.compare import compare, markdown
-
-    _known_models(args.models)
-    if args.repeats < 1:
-        raise DataError(f"--repeats must be at least 1, got {args.repeats}")
-    table = _read(args)
-    entries, setup = compare(
-        table,
-        args.seed,
-        args.models,
-        baselines=not args.no_baselines,
-        tune_models=() if args.no_tune else args.models,
-        repeats=args.repeats,
-    )
-    oracle = oracle_metrics(table, split_rows(len(table.frame), 0.1, 0.1, args.seed)[2])
-    text = markdown(entries, None if oracle is None else oracle["auc"])
-    sys.stdout.write(text + "\n")
-    if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(f"Set-up: {json.dumps(setup)}\n\n{text}\n")
     return 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
+
+from training.data import Table
 
 Metrics = dict[str, float]
 
@@ -44,3 +47,14 @@ def regression_metrics(
 def headline(metrics: Metrics) -> float:
     """The number early stopping maximises: AUC, or minus the weighted RMSE."""
     return metrics["auc"] if "auc" in metrics else -metrics["weighted_rmse"]
+
+
+def oracle_metrics(table: Table, rows: np.ndarray, task: str = "binary") -> Metrics | None:
+    """Metrics of the generator's true probabilities on ``rows``, when the file has them."""
+    if task != "binary" or "p_true" not in table.frame.columns or len(rows) == 0:
+        return None
+    frame = table.frame.iloc[rows]
+    p_true = pd.to_numeric(frame["p_true"], errors="coerce").to_numpy(dtype=np.float64)
+    if np.isnan(p_true).any():
+        return None
+    return binary_metrics(frame[table.label].to_numpy(dtype=np.float64), p_true)

@@ -85,13 +85,12 @@ def generate(rows: int, seed: int = 0) -> pd.DataFrame:
     """Draw ``rows`` impressions: feature columns, ``label`` and the true ``p_true``.
 
     The truth (value effects, planted pairs) depends on ``seed`` alone, so two files drawn
-    with the same seed and different row counts share one ground truth.
+    with the same seed and different row counts share one ground truth:
+    :func:`true_probability` recomputes ``p_true`` from any frame's features and the seed.
     """
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
-    truth = _make_truth(np.random.default_rng(seed))
     rng = np.random.default_rng(seed + 1)
-    names = _categorical_names()
     # A missing value is drawn first and carries no effect (rank `card` = an all-zero row),
     # so p_true is a function of exactly what the file shows: nothing hidden is left for
     # the oracle to know.
@@ -100,8 +99,42 @@ def generate(rows: int, seed: int = 0) -> pd.DataFrame:
         field_ranks = _zipf_ranks(rng, card, rows)
         field_ranks[rng.uniform(size=rows) < MISSING_RATE] = card
         ranks.append(field_ranks)
+    n0 = np.round(rng.lognormal(mean=1.0, sigma=1.2, size=rows), 3)
+    n0[rng.uniform(size=rows) < MISSING_RATE] = np.nan
+    n1 = np.round(rng.uniform(0.0, 1.0, size=rows), 4)
+    p_true = _probability(_make_truth(np.random.default_rng(seed)), ranks, n0, n1)
+    label = (rng.uniform(size=rows) < p_true).astype(np.int64)
 
-    logit = np.full(rows, truth.bias)
+    frame = pd.DataFrame({"label": label})
+    for name, card, field_ranks in zip(
+        _categorical_names(), CATEGORICAL_CARDINALITIES, ranks, strict=True
+    ):
+        tokens = np.char.add(f"{name}_", field_ranks.astype(str)).astype(object)
+        tokens[field_ranks == card] = None
+        frame[name] = tokens
+    frame["n0"] = n0
+    frame["n1"] = n1
+    frame["p_true"] = np.round(p_true, 6)
+    return frame
+
+
+def true_probability(frame: pd.DataFrame, seed: int) -> np.ndarray:
+    """The click probability the world of ``seed`` gives each row of ``frame``."""
+    ranks = []
+    for name, card in zip(_categorical_names(), CATEGORICAL_CARDINALITIES, strict=True):
+        tokens = frame[name]
+        missing = tokens.isna().to_numpy()
+        values = tokens.where(~missing, f"{name}_{card}").astype(str).str.removeprefix(f"{name}_")
+        ranks.append(values.astype(np.int64).to_numpy())
+    n0 = frame["n0"].to_numpy(dtype=np.float64)
+    n1 = frame["n1"].to_numpy(dtype=np.float64)
+    return _probability(_make_truth(np.random.default_rng(seed)), ranks, n0, n1)
+
+
+def _probability(
+    truth: _Truth, ranks: list[np.ndarray], n0: np.ndarray, n1: np.ndarray
+) -> np.ndarray:
+    logit = np.full(len(n0), truth.bias)
     for field, effects in enumerate(truth.first_order):
         logit += np.append(effects, 0.0)[ranks[field]]
     z = []
@@ -112,28 +145,12 @@ def generate(rows: int, seed: int = 0) -> pd.DataFrame:
         logit += z[-1]
     # Non-linear in the pairwise terms: ReLUs of sums of two interactions each.
     logit += NONLINEAR_WEIGHT * (np.maximum(z[0] + z[1], 0.0) + np.maximum(-z[2] - z[3], 0.0))
-
-    n0 = np.round(rng.lognormal(mean=1.0, sigma=1.2, size=rows), 3)
-    n0[rng.uniform(size=rows) < MISSING_RATE] = np.nan
-    n1 = np.round(rng.uniform(0.0, 1.0, size=rows), 4)
     logit += np.nan_to_num(0.6 * np.sin(np.log1p(n0) * 2.0))
     # n1 matters only through c6 (even values up, odd values down): numeric x categorical.
     c6 = ranks[6]
     direction = np.where(c6 == CATEGORICAL_CARDINALITIES[6], 0.0, np.where(c6 % 2 == 0, 1.0, -1.0))
     logit += 1.2 * (n1 - 0.5) * direction
-
-    p_true = 1.0 / (1.0 + np.exp(-logit))
-    label = (rng.uniform(size=rows) < p_true).astype(np.int64)
-
-    frame = pd.DataFrame({"label": label})
-    for name, card, field_ranks in zip(names, CATEGORICAL_CARDINALITIES, ranks, strict=True):
-        tokens = np.char.add(f"{name}_", field_ranks.astype(str)).astype(object)
-        tokens[field_ranks == card] = None
-        frame[name] = tokens
-    frame["n0"] = n0
-    frame["n1"] = n1
-    frame["p_true"] = np.round(p_true, 6)
-    return frame
+    return 1.0 / (1.0 + np.exp(-logit))
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:

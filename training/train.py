@@ -45,7 +45,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     min_count: int = Field(default=1, ge=1)
     binning: Binning = "quantile"
-    num_bins: int = Field(default=16, ge=2)
+    num_bins: int = Field(default=16, ge=2, description="quantile bins per numeric field")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def cached_prepare(table: Table) -> Preparer:
     return prepared_for
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     embedding_types = (FeaturesLinear, FeaturesEmbedding, FieldAwareEmbedding)
     embedding_params = {
         id(p) for m in model.modules() if isinstance(m, embedding_types) for p in m.parameters()
@@ -241,7 +241,7 @@ def fit(
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     result = FitResult()
     best_score, best_state = -np.inf, copy.deepcopy(model.state_dict())
     for epoch in range(1, config.epochs + 1):

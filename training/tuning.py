@@ -56,14 +56,6 @@ def size_defaults(name: ModelName, rows: int) -> dict[str, Any]:
     return settings
 
 
-def sized_config(name: ModelName, rows: int, seed: int = 0, **overrides: Any) -> TrainConfig:
-    """The model's defaults with ``size_defaults`` applied, then ``overrides``."""
-    settings = {**size_defaults(name, rows), **overrides}
-    embed_dim = settings.pop("embed_dim", DEFAULTS[name].embed_dim)
-    config = TrainConfig(model=DEFAULTS[name], seed=seed, **settings)
-    return with_setting(config, "embed_dim", embed_dim)
-
-
 @dataclass(frozen=True)
 class Trial:
     """One configuration tried: its knob values and its validation score (AUC, or minus the

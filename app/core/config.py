@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _MIN_RESPONSE_CACHE_BYTES = 64 * 1024
@@ -81,6 +81,16 @@ class Settings(BaseSettings):
         if 0 < value < _MIN_RESPONSE_CACHE_BYTES:
             raise ValueError(f"must be 0 (off) or at least {_MIN_RESPONSE_CACHE_BYTES} bytes")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Cross-field checks, so a contradictory configuration fails at start-up."""
+        if self.inline_max_rows > self.max_batch_size:
+            raise ValueError(
+                f"inline_max_rows ({self.inline_max_rows}) must not exceed max_batch_size "
+                f"({self.max_batch_size}): set CTR_INLINE_MAX_ROWS too"
+            )
+        return self
 
     def warmup_batch_sizes(self) -> tuple[int, ...]:
         """Batch sizes a new model version is scored at before it takes traffic."""

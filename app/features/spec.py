@@ -106,13 +106,6 @@ class FeatureSpec(BaseModel):
         """Rows per field, i.e. the sizes the model's embedding tables are built from."""
         return tuple(f.size for f in self.fields)
 
-    def save(self, path: Path) -> None:
-        path.write_text(self.model_dump_json(indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> FeatureSpec:
-        return load_json_model(cls, path)
-
 
 def load_json_model(model: type[_M], path: Path) -> _M:
     """Read and validate a JSON file, turning every failure into one ``SpecError``."""

@@ -10,7 +10,7 @@ from app.core.config import Settings
 from app.features.errors import SpecError
 from app.main import create_app
 from app.scoring.scorer import Scorer
-from tests.app.faults import FAULTS, broken_copy
+from support.faults import FAULTS, broken_copy
 
 pytest.importorskip("onnx")  # the NaN model is built with the onnx package
 

@@ -13,8 +13,11 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from benchmarks.harness import server as start_server
-from tests.app.faults import second_version
+from support.faults import second_version
+from support.servers import server as start_server
+
+pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
+
 
 AUTH = {"Authorization": "Bearer fleet-token"}
 ROW = {"features": {"c0": "c0_4", "n0": 2.0}}

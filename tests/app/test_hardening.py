@@ -1,12 +1,7 @@
 """Bounded caches under a flood of distinct rows, graceful SIGTERM, and what logs never hold."""
 
 import logging
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
-from benchmarks.harness import free_port
-from tests.app.test_uvicorn import ROOT
-
-pytest.importorskip("numpy")
+from support.shutdown import sigterm_during_a_request
 
 
 def test_caches_stay_within_their_bound_under_a_flood(model_dir: Path) -> None:
@@ -57,44 +49,8 @@ def test_secrets_and_payloads_stay_out_of_logs(
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model_dir: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "CTR_MODEL_DIR": str(model_dir),
-        "CTR_PORT": str(port),
-        "CTR_LOG_LEVEL": "WARNING",
-    }
-    server = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                probe = socket.create_connection(("127.0.0.1", port), timeout=1)
-                probe.close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("server did not start")
-                time.sleep(0.2)
-        time.sleep(0.5)  # lifespan: let the model finish loading
-        body = b'{"features": {"c0": "c0_1", "n0": 2.5}}'
-        head = (
-            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
-        )
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            conn.sendall(head + body[:10])  # the request is now in flight
-            time.sleep(0.3)
-            server.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            conn.sendall(body[10:])
-            answer = b""
-            while chunk := conn.recv(65536):
-                answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-        assert b'"prediction"' in answer
-        # uvicorn re-raises the signal once shutdown is complete, so the exit says SIGTERM
-        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
-    finally:
-        if server.poll() is None:
-            server.kill()
+    outcome = sigterm_during_a_request(model_dir)
+    assert outcome.answer.startswith(b"HTTP/1.1 200"), outcome.answer[:200]
+    assert b'"prediction"' in outcome.answer
+    # uvicorn re-raises the signal once shutdown is complete, so the exit says SIGTERM
+    assert outcome.exit_code in (0, -signal.SIGTERM)

@@ -23,7 +23,7 @@ def test_body_over_the_limit_is_413(model_dir: Path) -> None:
 
 
 def test_batch_over_the_limit_is_413(model_dir: Path) -> None:
-    with _client(model_dir, max_batch_size=3) as client:
+    with _client(model_dir, max_batch_size=3, inline_max_rows=3) as client:
         response = client.post("/predict", json={"instances": [{}] * 4})
         assert response.status_code == 413
         assert "CTR_MAX_BATCH_SIZE" in response.json()["detail"]

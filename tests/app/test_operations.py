@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.main import create_app
 from app.scoring.repository import resolve_model_dir
-from tests.app.faults import second_version
+from support.faults import second_version
 
 ROW = {"c0": "c0_1", "n0": 1.0}
 AUTH = {"Authorization": "Bearer t0ken"}
@@ -89,6 +89,7 @@ def test_reload_swaps_and_never_serves_stale_scores(
     after = client.post("/predict", json={"features": ROW}).json()
     assert after["model_version"] == body["version"] != old["model_version"]
     assert after["cached"] is False  # the version is part of the key
+    assert after["prediction"] != old["prediction"]  # the new model scores this row anew
 
 
 def test_bad_reload_keeps_the_old_model(

@@ -78,19 +78,23 @@ def test_bad_input_is_422_with_a_reason(client: TestClient, payload: object, fra
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "where", "reason"),
     [
-        b'{"features": {"n0": NaN}}',
-        b'{"features": {"n0": Infinity}}',
-        b'{"features": ',
-        b"not json",
-        b"",
+        (b'{"features": {"n0": NaN}}', ["body", "features", "n0"], "nan is not a finite number"),
+        (b'{"features": {"n0": Infinity}}', ["body", "features", "n0"], "inf is not a finite"),
+        (b'{"features": ', ["body"], "Invalid JSON"),
+        (b"not json", ["body"], "Invalid JSON"),
+        (b"", ["body"], "Invalid JSON: EOF"),
     ],
 )
-def test_malformed_json_and_non_finite_numbers(client: TestClient, raw: bytes) -> None:
+def test_malformed_json_and_non_finite_numbers(
+    client: TestClient, raw: bytes, where: list[str], reason: str
+) -> None:
     response = client.post("/predict", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422
-    assert response.json()["detail"]
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == where
+    assert reason in problem["msg"]
 
 
 def test_oversized_batch_is_413(client: TestClient, settings) -> None:

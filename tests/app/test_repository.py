@@ -16,7 +16,7 @@ from app.features.errors import SpecError
 from app.main import create_app
 from app.scoring.manifest import ModelManifest
 from app.scoring.repository import ModelRepository, resolve_model_dir
-from tests.app.faults import broken_copy, second_version
+from support.faults import broken_copy, second_version
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer t0ken"}

@@ -10,7 +10,7 @@ from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer
 from app.scoring.service import PredictionService
-from tests.app.faults import second_version
+from support.faults import second_version
 
 BODY = b'{"features": {"c0": "c0_3", "n1": 0.5}}'
 HEADERS = {"content-type": "application/json", "Authorization": "Bearer t0ken"}

@@ -5,6 +5,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -7,7 +7,10 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from benchmarks.harness import server as start_server
+from support.servers import server as start_server
+
+pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
+
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,8 +15,10 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from benchmarks.harness import free_port  # noqa: E402
-from benchmarks.harness import server as start_server  # noqa: E402
+from support.servers import free_port  # noqa: E402
+from support.servers import server as start_server  # noqa: E402
+
+pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
 
 ROWS = [
     {"c0": "c0_1", "c3": "c3_7", "n0": 2.5},
@@ -194,6 +196,7 @@ def _bytes(*values: bytes) -> bytes:
 def test_http_errors_are_4xx_and_name_the_problem(
     endpoints: tuple[str, str], body: bytes, header: int | None, status: int, message: str
 ) -> None:
+
     base, _ = endpoints
     headers = {"content-type": "application/octet-stream"}
     if header is not None:

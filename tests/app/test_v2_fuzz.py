@@ -25,7 +25,9 @@ def fuzz_client(model_dir, tmp_path_factory) -> Iterator[TestClient]:
 
     repository = tmp_path_factory.mktemp("fuzz") / "repository"
     shutil.copytree(model_dir, repository)
-    with TestClient(create_app(Settings(model_dir=repository, max_batch_size=64))) as client:
+    with TestClient(
+        create_app(Settings(model_dir=repository, max_batch_size=64, inline_max_rows=64))
+    ) as client:
         yield client
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from app.features.errors import SpecError
-from app.features.spec import CategoricalField, FeatureSpec, NumericField
+from app.features.spec import CategoricalField, FeatureSpec, NumericField, load_json_model
 
 
 def _spec() -> FeatureSpec:
@@ -17,8 +17,8 @@ def _spec() -> FeatureSpec:
 
 def test_round_trip(tmp_path: Path) -> None:
     spec = _spec()
-    spec.save(tmp_path / "spec.json")
-    assert FeatureSpec.load(tmp_path / "spec.json") == spec
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    assert load_json_model(FeatureSpec, tmp_path / "spec.json") == spec
 
 
 def test_sizes_include_reserved_rows() -> None:
@@ -51,5 +51,5 @@ def test_load_errors_name_the_file(tmp_path: Path, content: str | None, message:
     if content is not None:
         path.write_text(content)
     with pytest.raises(SpecError, match=message) as info:
-        FeatureSpec.load(path)
+        load_json_model(FeatureSpec, path)
     assert str(path) in str(info.value)

@@ -1,8 +1,6 @@
 """The trainer CLI end to end, as a user runs it."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,15 +8,12 @@ import pytest
 pytest.importorskip("torch")
 
 from app.scoring.repository import resolve_model_dir
-from tests.training.test_data import write_criteo
+from support.training_files import training_cli as cli
+from support.training_files import write_criteo
+
+pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True
-    )
 
 
 def test_synth_train_evaluate(synth_csv: Path, tmp_path: Path) -> None:
@@ -127,8 +122,11 @@ def test_regression_on_aggregates(tmp_path: Path) -> None:
         (["train", "--data", "missing.csv", "--out", "x"], "missing.csv: no such file"),
         (["train", "--data", "{bad}", "--out", "x"], "line 3: expected 2 columns"),
         (["train", "--data", "{bad}", "--out", "x", "--dropout", "1.5"], "dropout"),
-        (["compare", "--data", "{bad}", "--models", "nffm,gbdt"], "unknown models ['gbdt']"),
-        (["compare", "--data", "{bad}", "--repeats", "0"], "--repeats must be at least 1"),
+        (
+            ["train", "--data", "{bad}", "--out", "x", "--binning", "log", "--num-bins", "8"],
+            "--num-bins sets quantile bins",
+        ),
+        (["synth", "--rows", "0", "--out", "x.csv"], "expected a positive integer"),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:

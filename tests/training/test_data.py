@@ -5,6 +5,7 @@ import pytest
 
 pytest.importorskip("pandas")
 
+from support.training_files import write_criteo
 from training.data import (
     CRITEO_CATEGORICAL,
     CRITEO_NUMERIC,
@@ -12,22 +13,6 @@ from training.data import (
     DataError,
     read_table,
 )
-
-
-def _criteo_line(label: int, ints: list[str], cats: list[str]) -> str:
-    return "\t".join([str(label), *ints, *cats])
-
-
-def write_criteo(path: Path, rows: int = 20, seed: int = 0) -> Path:
-    """A tiny file in the Criteo layout: label, I1..I13, C1..C26, empty = missing."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for r in range(rows):
-        ints = [str(int(v)) if v >= 0 else "" for v in rng.integers(-3, 50, 13)]
-        cats = [f"{rng.integers(0, 2**32):08x}" if rng.uniform() > 0.2 else "" for _ in range(26)]
-        lines.append(_criteo_line(r % 2, ints, cats))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_criteo_layout(tmp_path: Path) -> None:

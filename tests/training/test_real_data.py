@@ -10,6 +10,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CTR_DATA_DIR", ROOT.parent / "shared" / "data"))
 CRITEO = DATA / "criteo" / "criteo_train.txt"
@@ -24,6 +26,7 @@ AVAZU = DATA / "avazu" / "train.csv"
 def test_real_slice_trains_above_chance(
     path: Path, fmt: str, extra: list[str], tmp_path: Path
 ) -> None:
+
     if not path.is_file():
         pytest.skip(f"{path} not present (set CTR_DATA_DIR to run)")
     result = subprocess.run(

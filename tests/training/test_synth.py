@@ -22,8 +22,13 @@ def test_values_are_zipf_distributed() -> None:
 
 
 def test_truth_depends_on_seed_only() -> None:
+    """One world per seed, whatever the row count: each file's p_true is that world's
+    probability of its rows, and another seed's world scores the same rows differently."""
     small, large = synth.generate(500, seed=1), synth.generate(5000, seed=1)
-    assert small.columns.tolist() == large.columns.tolist()
+    for frame in (small, large):
+        np.testing.assert_allclose(synth.true_probability(frame, 1), frame["p_true"], atol=1e-6)
+    elsewhere = synth.true_probability(large, 2)
+    assert np.abs(elsewhere - large["p_true"]).mean() > 0.05
     with pytest.raises(ValueError, match="rows"):
         synth.generate(0)
 

@@ -10,36 +10,40 @@ pytest.importorskip("torch")
 
 from app.scoring.manifest import ModelManifest
 from app.scoring.repository import resolve_model_dir
-from tests.training.test_cli import cli
+from support.training_files import training_cli as cli
+from training.config import build_config
 from training.data import read_table
 from training.models import DEFAULTS
 from training.train import TrainConfig, split_rows
-from training.tuning import SMALL_DATA_ROWS, size_defaults, sized_config, tune
+from training.tuning import SMALL_DATA_ROWS, size_defaults, tune
+
+pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
+
 
 SMALL_GRID = {"embed_dim": (2, 4), "l2": (1e-4, 1e-2)}
 
 
 def test_small_files_get_small_tables_and_enough_steps() -> None:
-    small = sized_config("nffm", 6_000)
+    small = build_config("nffm", 6_000)
     assert small.batch_size == 256  # ~20 steps an epoch, not one 4096-row batch
     assert small.min_count == 5
     assert small.model.embed_dim == 4
-    assert sized_config("fm", 6_000).model.embed_dim == 8
-    assert sized_config("ffm", 6_000).model.embed_dim == DEFAULTS["ffm"].embed_dim
+    assert build_config("fm", 6_000).model.embed_dim == 8
+    assert build_config("ffm", 6_000).model.embed_dim == DEFAULTS["ffm"].embed_dim
     assert "embed_dim" not in size_defaults("lr", 6_000)
 
 
 def test_large_files_keep_the_published_settings() -> None:
-    large = sized_config("nffm", 2 * SMALL_DATA_ROWS * 50)
+    large = build_config("nffm", 2 * SMALL_DATA_ROWS * 50)
     assert large.batch_size == 4096
     assert large.model == DEFAULTS["nffm"]
     assert large.min_count == 1
-    assert sized_config("nffm", 200_000).batch_size == 4096  # the default job's size
-    assert sized_config("nffm", 20_000).batch_size == 512
+    assert build_config("nffm", 200_000).batch_size == 4096  # the default job's size
+    assert build_config("nffm", 20_000).batch_size == 512
 
 
 def _quick(rows: int) -> TrainConfig:
-    config = sized_config("nffm", rows, epochs=2)
+    config = build_config("nffm", rows, flags={"epochs": 2})
     model = config.model.model_copy(update={"mlp_dims": (8,)})
     return config.model_copy(update={"model": model})
 

@@ -105,14 +105,16 @@ def broken_copy(model_dir: Path, target: Path, fault: str) -> Path:
 
 
 def second_version(model_dir: Path, target: Path) -> Path:
-    """A second valid version (flat): the same graph with one vocabulary value renamed."""
+    """A second valid version (flat): the same graph, the first field's two most frequent
+    values swapped, so rows holding either score differently than under the first."""
     shutil.copytree(resolve_model_dir(model_dir), target)
 
     def rename(manifest: dict[str, object]) -> None:
         features = manifest["features"]
         assert isinstance(features, dict)
         field = features["fields"][0]
-        field["vocabulary"] = [*field["vocabulary"][:-1], "renamed-value"]
+        first, second, *rest = field["vocabulary"]
+        field["vocabulary"] = [second, first, *rest]
 
     _rewrite_manifest(target, rename)
     return target

@@ -7,15 +7,18 @@ the public slices here are small.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import itertools
+import json
 import logging
 import statistics
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
+from benchmarks.timing import median_seconds
+from training.config import build_config
 from training.data import Table
 from training.evaluation import binary_metrics
 from training.export import write_artifact
@@ -37,10 +42,11 @@ from training.train import (
     cached_prepare,
     count_parameters,
     fit,
+    make_optimizer,
     new_model,
     predict,
 )
-from training.tuning import GRID, SMALL_DATA_ROWS, Trial, settings_of, sized_config, tune
+from training.tuning import GRID, SMALL_DATA_ROWS, Trial, settings_of, tune
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +130,7 @@ def run_ladder_model(table: Table, prepared: Prepared, config: TrainConfig, work
     )
     scorer = Scorer.load(resolve_model_dir(out))
     row = _raw_row(table)
-    latency = _median_us(lambda: scorer.score_rows([row]), 2000)
+    latency = median_seconds(lambda: scorer.score_rows([row]), 2000) * 1e6
     return _entry(
         config.model.name,
         "ctrserve",
@@ -321,11 +327,16 @@ def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
 
 
 def train_speed(prepared: Prepared, config: TrainConfig) -> tuple[float, float]:
-    """Samples/s of one training epoch: our DeepFM vs DeepCTR-Torch's, same settings."""
+    """Samples/s of one training epoch: our DeepFM vs DeepCTR-Torch's, same settings.
+
+    Both pay for L2 on the embedding tables with ``config.l2``: ours as Adam's coupled weight
+    decay on the tables (how it trains), DeepCTR-Torch's as its ``l2_reg_embedding`` loss
+    term over the full tables (how it trains).
+    """
     from training.train import train_epoch
 
     model = new_model(prepared, config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = make_optimizer(model, config)  # L2 on the embedding tables, as in training
     started = time.perf_counter()
     train_epoch(
         model, optimizer, prepared.train, config, torch.Generator().manual_seed(0), progress=False
@@ -393,10 +404,13 @@ def compare(
     grid: dict[str, tuple[Any, ...]] | None = None,
     export_dir: Path | None = None,
     repeats: int = 1,
+    config_for: Callable[[str], TrainConfig] | None = None,
 ) -> tuple[list[Entry], dict[str, Any]]:
     """Train and score every contender on one split; returns entries and the set-up.
 
     Args:
+        config_for: each model's starting TrainConfig (default: ``build_config`` for the
+            file's size with ``seed``); the command line passes its ``--config`` and flags.
         tune_models: ladder models whose knobs (``grid``, default ``tuning.GRID``) are searched
             on the validation rows; the others take ``tuning.size_defaults``. DeepCTR-Torch's
             DeepFM and ONN take the settings of our deepfm and nffm, so each pair trains
@@ -409,8 +423,13 @@ def compare(
     configs: dict[str, TrainConfig] = {}
     trials: dict[str, list[Trial]] = {}
     needed = [*models, *(n for n in ("deepfm", "nffm") if baselines and n not in models)]
+    if config_for is None:
+
+        def config_for(name: str) -> TrainConfig:
+            return build_config(name, len(table.frame), flags={"seed": seed})
+
     for name in needed:
-        start = sized_config(name, len(table.frame), seed)  # type: ignore[arg-type]
+        start = config_for(name)
         if name in tune_models:
             configs[name], trials[name] = tune(table, start, grid)
         else:
@@ -457,17 +476,6 @@ def _raw_row(table: Table) -> dict[str, object]:
 
 def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
-
-
-def _median_us(call: object, repeats: int) -> float:
-    assert callable(call)
-    call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e6
 
 
 def markdown(entries: list[Entry], oracle: float | None = None) -> str:
@@ -519,3 +527,72 @@ def markdown(entries: list[Entry], oracle: float | None = None) -> str:
             f"{splits} seeded splits (the first is the one in the other columns)."
         )
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.compare``: the comparison on one data file, printed."""
+    from training.cli import add_data_args, add_hyperparameter_args, run_guarded
+    from training.config import flags_of, read_config_file
+    from training.data import ColumnRoles, DataError, read_table
+    from training.evaluation import oracle_metrics
+    from training.train import split_rows
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
+    add_data_args(parser)
+    add_hyperparameter_args(parser)
+    parser.add_argument("--models", type=lambda t: tuple(t.split(",")), default=tuple(MODELS))
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="only the ladder (no LightGBM / DeepCTR-Torch)"
+    )
+    parser.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="take the settings as built (defaults, size, --config, flags) without a search",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="also retrain every contender on this many seeded splits in all (mean ± sd)",
+    )
+    parser.add_argument("--report", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        unknown = sorted(set(args.models) - set(MODELS))
+        if unknown:
+            raise DataError(f"unknown models {unknown}; choose from {sorted(MODELS)}")
+        if args.repeats < 1:
+            raise DataError(f"--repeats must be at least 1, got {args.repeats}")
+        file_settings, flags = read_config_file(args.config), flags_of(args)
+        roles = ColumnRoles(args.label, args.weight, args.categorical, args.numeric, args.ignore)
+        table = read_table(args.data, args.format, roles, "binary", args.bad_rows)
+        seed = 0 if args.seed is None else args.seed
+        # knobs fixed by a flag or the file are held, as `tune` holds them
+        held = {k for k in GRID if flags.get(k) is not None or k in file_settings}
+        grid = {knob: values for knob, values in GRID.items() if knob not in held}
+        entries, setup = compare(
+            table,
+            seed,
+            args.models,
+            baselines=not args.no_baselines,
+            tune_models=() if args.no_tune or not grid else args.models,
+            grid=grid,
+            repeats=args.repeats,
+            config_for=lambda name: build_config(
+                name, len(table.frame), file_settings, {**flags, "seed": seed}
+            ),
+        )
+        oracle = oracle_metrics(table, split_rows(len(table.frame), 0.1, 0.1, seed)[2])
+        text = markdown(entries, None if oracle is None else oracle["auc"])
+        sys.stdout.write(text + "\n")
+        if args.report is not None:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(f"Set-up: {json.dumps(setup)}\n\n{text}\n")
+        return 0
+
+    return run_guarded(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

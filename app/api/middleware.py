@@ -1,0 +1,108 @@
+"""Pure ASGI middlewares: request timing and the request deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi import status
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class LatencyMiddleware:
+    """Pure ASGI timing of every request (cheaper than ``BaseHTTPMiddleware``).
+
+    Labelled by the route's path template (``/v2/models/{model_name}/infer``), so the
+    label set is bounded by the routes, whatever paths clients send.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            path = getattr(scope.get("route"), "path", None) or "other"
+            self.metrics.tally.request(
+                path, f"{status_code // 100}xx", time.perf_counter() - started
+            )
+
+
+class TimeoutMiddleware:
+    """Answer 504 when a request is still unanswered after ``timeout_s``.
+
+    One sweeper task per event loop cancels overdue requests, so a request costs a dict
+    insert and delete instead of a timer of its own (which cost ~10 µs, a sixth of a cache
+    hit). The deadline takes effect at the request's next await (reading the body, the
+    thread pool); a synchronous onnxruntime call in progress finishes first.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self._deadlines: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        if scope["type"] != "http" or task is None:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._sweep())
+        self._deadlines[task] = loop.time() + self.timeout_s
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except asyncio.CancelledError:
+            if task not in self._expired or started:
+                raise
+            task.uncancel()
+            logger.warning("request to %s timed out after %.1fs", scope["path"], self.timeout_s)
+            response = JSONResponse(
+                {"detail": f"no answer within {self.timeout_s:g}s (CTR_REQUEST_TIMEOUT_S)"},
+                status_code=status.HTTP_504_GATEWAY_TIMEOUT,
+            )
+            await response(scope, receive, send)
+        finally:
+            self._deadlines.pop(task, None)
+            self._expired.discard(task)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(0.5, self.timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()

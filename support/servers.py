@@ -1,0 +1,74 @@
+"""Start servers on 127.0.0.1 for tests, benchmarks and the load test; bounded waits only."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2 as httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server(command: Sequence[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``command`` (which must listen on ``$PORT``) until the block ends; yield its URL.
+
+    The process starts in an empty working directory, so a developer's ``.env`` in the
+    repository never configures a server under test: only ``env`` and the environment do.
+    """
+    port = free_port()
+    full_env = {
+        **os.environ,
+        **(env or {}),
+        "PORT": str(port),
+        "CTR_PORT": str(port),
+        "CTR_HOST": "127.0.0.1",
+        "CTR_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    command = [part.replace("{port}", str(port)) for part in command]
+    with tempfile.TemporaryDirectory(prefix="ctrserve-cwd-") as cwd:
+        process = subprocess.Popen(command, cwd=cwd, env=full_env, stdout=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server {command} did not start")
+                time.sleep(0.2)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def cache_counts(base: str) -> tuple[float, float]:
+    """(hits, misses) from the service's Prometheus endpoint."""
+    hits = misses = 0.0
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith("ctr_cache_hits_total "):
+            hits = float(line.split()[1])
+        elif line.startswith("ctr_cache_misses_total "):
+            misses = float(line.split()[1])
+    return hits, misses
