@@ -36,16 +36,6 @@ def _int_list(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="CSV/TSV/Parquet or Criteo file")
     parser.add_argument(
@@ -104,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="write synthetic CTR logs with known p_true")
-    synth.add_argument("--rows", type=_positive_int, default=200_000)
+    synth.add_argument("--rows", type=int, default=200_000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", type=Path, required=True, help=".csv or .parquet")
     synth.add_argument(

@@ -54,6 +54,8 @@ def _emit(payload: object) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    if args.rows < 1:
+        raise DataError(f"--rows must be a positive number of rows, got {args.rows}")
     frame = synth.generate(args.rows, args.seed)
     if args.aggregate:
         frame = synth.aggregate(frame)

@@ -12,7 +12,7 @@ import torch
 
 from app.features.encoder import FeatureEncoder
 from app.features.spec import NUM_RESERVED, CategoricalField
-from training.data import Table
+from training.data import DataError, Table
 from training.export import load_checkpoint
 from training.layers import FeaturesEmbedding, FieldAwareEmbedding, field_offsets
 
@@ -32,7 +32,7 @@ def field_vectors(model: torch.nn.Module, field_dims: tuple[int, ...], field: in
         if isinstance(m, FieldAwareEmbedding | FeaturesEmbedding)
     ]
     if not tables:
-        raise ValueError("this model has no latent vectors (LR): nothing to map")
+        raise DataError("this model has no latent vectors (LR): nothing to map")
     start = int(field_offsets(field_dims)[field])
     rows = tables[0][start + NUM_RESERVED : start + field_dims[field]]
     return rows.detach().numpy()
@@ -78,12 +78,12 @@ def plot_field(
     model, manifest = load_checkpoint(model_dir)
     spec = manifest.features
     if field_name not in spec.names:
-        raise ValueError(f"unknown field {field_name!r}; fields are {list(spec.names)}")
+        raise DataError(f"unknown field {field_name!r}; fields are {list(spec.names)}")
     field = spec.names.index(field_name)
     definition = spec.fields[field]
     vectors = field_vectors(model, spec.field_dims, field)[:max_values]
     if len(vectors) < 3:
-        raise ValueError(f"field {field_name!r} has only {len(vectors)} values: nothing to map")
+        raise DataError(f"field {field_name!r} has only {len(vectors)} values: nothing to map")
     labels = (
         list(definition.vocabulary)
         if isinstance(definition, CategoricalField)

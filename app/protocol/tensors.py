@@ -174,7 +174,9 @@ def _from_json(name: str, datatype: str, data: list[JsonValue], rank: int) -> ND
             raise ProtocolError(
                 f"input '{name}': BYTES data must be strings, got {type(bad).__name__}"
             )
-        return np.array(flat, dtype=np.str_)
+        # numpy's fixed-width strings drop trailing NULs: keep such values exact as objects
+        exact = any(value.endswith("\x00") for value in flat)  # type: ignore[union-attr]
+        return np.array(flat, dtype=object if exact else np.str_)
     dtype = _numeric_dtype(name, datatype)
     if dtype.kind == "b":
         if not all(type(value) is bool for value in flat):
@@ -214,7 +216,8 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[np.b
 
     Equal lengths (hashed ids, fixed-width codes) are decoded with one numpy view; mixed
     lengths need a scan, since each element's position depends on the lengths before it.
-    As numpy byte strings, elements lose trailing NUL bytes (no token should end in one).
+    Elements ending in a NUL byte, which numpy's fixed-width byte strings would drop, come
+    back as an object array of text instead (exact, encoded value by value).
     """
     data = bytes(raw)
     if count == 0:
@@ -227,7 +230,9 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[np.b
     if len(data) == count * (4 + width):
         framed = np.frombuffer(data, dtype=np.dtype([("n", "<u4"), ("v", f"S{width}")]))
         if (framed["n"] == width).all():
-            return framed["v"].copy()
+            last = np.frombuffer(data, dtype=np.uint8)[3 + width :: 4 + width]
+            if width == 0 or not (last == 0).any():
+                return framed["v"].copy()
     elements: list[bytes] = []
     append, unpack, position, end = elements.append, _LENGTH.unpack_from, 0, len(data)
     try:
@@ -242,6 +247,9 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[np.b
         raise ProtocolError(f"input '{name}': the last BYTES element runs past the data")
     if len(elements) != count:
         raise ProtocolError(f"input '{name}': {len(elements)} BYTES elements for shape of {count}")
+    if any(element.endswith(b"\x00") for element in elements):
+        # numpy's fixed-width bytes drop trailing NULs: keep such values exact as text
+        return np.array([e.decode("utf-8", "replace") for e in elements], dtype=object)
     return np.array(elements, dtype=np.bytes_)
 
 

@@ -126,7 +126,7 @@ def test_regression_on_aggregates(tmp_path: Path) -> None:
             ["train", "--data", "{bad}", "--out", "x", "--binning", "log", "--num-bins", "8"],
             "--num-bins sets quantile bins",
         ),
-        (["synth", "--rows", "0", "--out", "x.csv"], "expected a positive integer"),
+        (["synth", "--rows", "0", "--out", "x.csv"], "--rows must be a positive number"),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
