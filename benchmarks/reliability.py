@@ -40,6 +40,10 @@ logger = logging.getLogger("reliability")
 APP = [sys.executable, "-m", "app"]
 TOKEN = "reliability-suite-token"
 AUTH_HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+# The suite's parameters; the report's prose takes them from here.
+CONNECTIONS = 16
+RELOAD_EVERY_S = 0.5
+FLOOD_BATCH_ROWS = 2000
 
 
 class Report:
@@ -257,17 +261,19 @@ def reload_under_load(report: Report, model_dir: Path, duration_s: int) -> None:
                 "CTR_MODEL_DIR": str(repository),
                 "CTR_RELOAD_TOKEN": TOKEN,
                 "CTR_WORKERS": str(workers),
-                "CTR_POLL_INTERVAL_S": "0.5",
+                "CTR_POLL_INTERVAL_S": str(RELOAD_EVERY_S),
             }
             with server(APP, env) as base:
                 row = _reload_while_loaded(base, bodies, duration_s, first, second)
                 rows_out.append([str(workers), *row])
     report.table(
         "Hot reload under load",
-        f"wrk for {duration_s} s (16 connections) while POST /admin/reload moves CURRENT "
-        "between two versions every 0.5 s; a second client checks that every answer names the "
+        f"wrk for {duration_s} s ({CONNECTIONS} connections) while POST /admin/reload moves "
+        f"CURRENT between two versions every {RELOAD_EVERY_S} s; a second client checks that "
+        "every answer names the "
         "version that scored it. With 2 workers the reload reaches one worker, which writes "
-        "CURRENT; the other follows it at its next poll (CTR_POLL_INTERVAL_S=0.5). /predict "
+        f"CURRENT; the other follows it at its next poll (CTR_POLL_INTERVAL_S={RELOAD_EVERY_S}). "
+        "/predict "
         "answers counted by /metrics (every worker summed) against the requests both clients "
         "completed; wrk does not count the requests still in flight when it stops.",
         [
@@ -315,12 +321,12 @@ def _reload_while_loaded(
                 )
                 reloads["ok" if response.status_code == 200 else "failed"] += 1
                 i += 1
-                stop.wait(0.5)
+                stop.wait(RELOAD_EVERY_S)
 
     threads = [threading.Thread(target=checker), threading.Thread(target=reloader)]
     for thread in threads:
         thread.start()
-    result = wrk(f"{base}/predict", bodies, duration_s, connections=16)
+    result = wrk(f"{base}/predict", bodies, duration_s, connections=CONNECTIONS)
     stop.set()
     for thread in threads:
         thread.join()
@@ -331,7 +337,7 @@ def _reload_while_loaded(
         f"{reloads['ok']} / {reloads['failed']}",
         str(len(bad)),
         str(len(versions)),
-        f"{_predict_total(base, 0.5):,.0f}",
+        f"{_predict_total(base, RELOAD_EVERY_S):,.0f}",
     ]
 
 
@@ -405,7 +411,7 @@ def memory(report: Report, model_dir: Path, unique_keys: int, maxsize: int) -> N
             checkpoints = sorted({unique_keys // 4, unique_keys // 2, unique_keys})
             for checkpoint in checkpoints:
                 while sent < checkpoint:
-                    size = min(2000, checkpoint - sent)
+                    size = min(FLOOD_BATCH_ROWS, checkpoint - sent)
                     rows = unique_rows(spec, size, seed=1_000_000 + sent)
                     client.post(f"{base}/predict", json={"instances": rows}).raise_for_status()
                     sent += size
@@ -414,8 +420,9 @@ def memory(report: Report, model_dir: Path, unique_keys: int, maxsize: int) -> N
                 rows_out.append([f"{cache:,}", f"{sent:,}", f"{entries:,.0f}", f"{rss:,.0f}"])
     report.table(
         "Bounded memory under a flood of distinct rows",
-        f"{unique_keys:,} distinct rows sent in batches of 2,000; resident memory of the "
-        "server process (psutil) at each checkpoint, with a 100,000-entry cache and without a "
+        f"{unique_keys:,} distinct rows sent in batches of {FLOOD_BATCH_ROWS:,}; resident memory "
+        f"of the server process (psutil) at each checkpoint, with a {maxsize:,}-entry cache and "
+        "without a "
         "cache. Entries never exceed CTR_CACHE_MAXSIZE; growth once the cache is full is "
         "allocator slack, not cache entries.",
         ["CTR_CACHE_MAXSIZE", "distinct rows sent", "cache entries", "RSS MiB"],
@@ -439,7 +446,7 @@ def response_cache_flood(report: Report, model_dir: Path, duration_s: int) -> No
         }
         with server(APP, env) as base:
             process = _server_process(base)
-            result = wrk(f"{base}/predict", bodies, duration_s, connections=16)
+            result = wrk(f"{base}/predict", bodies, duration_s, connections=CONNECTIONS)
             held = _metric(
                 httpx.get(f"{base}/metrics", timeout=10).text, "ctr_response_cache_bytes"
             )
