@@ -51,6 +51,9 @@ def canonical_token(value: object) -> str | None:
 
 # Array kinds encoded column-wise in numpy: str, bytes, signed and unsigned ints, floats, bool.
 _TYPED_KINDS = frozenset("USiufb")
+# Up to this many rows a typed column is encoded value by value: a dozen numpy calls per
+# field cost more than a few dict lookups (measured: 93 µs against 6 µs for one 10-field row).
+SMALL_COLUMN_ROWS = 16
 
 
 def _typed(values: object) -> NDArray[np.generic] | None:
@@ -212,6 +215,14 @@ class _NumericColumn:
         """A typed array at once; NaN and empty strings mean missing."""
         if values.dtype.kind not in "US":
             return self._bins(values.astype(np.float64, copy=False))
+        chars_per_item = 4 if values.dtype.kind == "U" else 1
+        if self.max_chars is not None and values.dtype.itemsize // chars_per_item > self.max_chars:
+            lengths = np.char.str_len(cast("NDArray[np.str_]", values))
+            if (lengths > self.max_chars).any():
+                longest = int(lengths.max())
+                raise EncodeError(
+                    self.name, f"value of {longest} characters exceeds {self.max_chars}"
+                )
         empty = values == values.dtype.type()
         try:
             numbers = np.where(empty, "nan", values).astype(np.float64)
@@ -226,6 +237,18 @@ class _NumericColumn:
         missing = np.isnan(numbers)
         bins = np.searchsorted(self.edges, np.where(missing, 0.0, numbers), side="right")
         return np.where(missing, MISSING_INDEX, NUM_RESERVED + bins).astype(np.int64)
+
+
+def _plain_values(values: NDArray[np.generic]) -> list[object]:
+    """A short typed array as the Python values the row path reads the same way (NaN is
+    missing, bytes are UTF-8 text; undecodable bytes stay distinct from every vocabulary
+    value, as they are in the array path)."""
+    kind = values.dtype.kind
+    if kind == "S":
+        return [v.decode("utf-8", "surrogateescape") for v in values.tolist()]
+    if kind == "f":
+        return [None if math.isnan(v) else v for v in values.astype(np.float64).tolist()]
+    return list(values.tolist())
 
 
 def _is_number(value: str | bytes) -> bool:
@@ -280,7 +303,12 @@ class FeatureEncoder:
             if values is not None:
                 if len(values) != num_rows:
                     raise EncodeError(column.name, f"has {len(values)} values, expected {num_rows}")
-                out[:, j] = column.encode(values, num_rows)
+                typed = _typed(values)
+                if typed is not None and num_rows <= SMALL_COLUMN_ROWS:
+                    plain = _plain_values(typed)
+                    out[:, j] = np.fromiter(map(column.index, plain), np.int64, num_rows)
+                else:
+                    out[:, j] = column.encode(values, num_rows)
         return out
 
     def encode_rows(self, rows: Sequence[Mapping[str, object]]) -> NDArray[np.int64]:

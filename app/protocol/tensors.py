@@ -79,7 +79,9 @@ class _Tensor(BaseModel):
     datatype: str
     shape: list[int] = Field(min_length=1, max_length=2)
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
-    data: list[JsonValue] | None = None
+    # Checked by _from_json, element by element for its datatype: validating arbitrary JSON
+    # here first would double the cost of a request's data.
+    data: list[Any] | None = None
 
 
 class _Output(BaseModel):
@@ -164,8 +166,8 @@ def parse_http(body: bytes, header_length: str | None) -> InferRequest:
     )
 
 
-def _from_json(name: str, datatype: str, data: list[JsonValue], rank: int) -> NDArray[Any]:
-    flat: list[JsonValue] = data
+def _from_json(name: str, datatype: str, data: list[Any], rank: int) -> NDArray[Any]:
+    flat: list[Any] = data
     for _ in range(rank - 1):  # nested ([[v], [v]]) or already flat: the protocol allows both
         flat = [x for item in flat for x in (item if isinstance(item, list) else [item])]
     if datatype == "BYTES":
@@ -175,7 +177,7 @@ def _from_json(name: str, datatype: str, data: list[JsonValue], rank: int) -> ND
                 f"input '{name}': BYTES data must be strings, got {type(bad).__name__}"
             )
         # numpy's fixed-width strings drop trailing NULs: keep such values exact as objects
-        exact = any(value.endswith("\x00") for value in flat)  # type: ignore[union-attr]
+        exact = any(value.endswith("\x00") for value in flat)
         return np.array(flat, dtype=object if exact else np.str_)
     dtype = _numeric_dtype(name, datatype)
     if dtype.kind == "b":

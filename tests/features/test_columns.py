@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.features.encoder import FeatureEncoder
+from app.features.encoder import SMALL_COLUMN_ROWS, FeatureEncoder
 from app.features.errors import EncodeError
 from app.features.spec import CategoricalField, FeatureSpec, NumericField
 
@@ -37,7 +37,8 @@ numbers = (
 @st.composite
 def columns(draw: st.DrawFn) -> tuple[list[dict[str, object]], dict[str, np.ndarray]]:
     """The same values as JSON rows and as typed tensors, in every spelling tensors allow."""
-    n = draw(st.integers(1, 8))
+    # both sides of SMALL_COLUMN_ROWS: value by value below it, whole arrays above
+    n = draw(st.integers(1, SMALL_COLUMN_ROWS + 8))
     site = draw(st.lists(tokens, min_size=n, max_size=n))
     count = draw(st.lists(st.none() | numbers, min_size=n, max_size=n))
     ids = draw(st.lists(st.integers(-5, 60), min_size=n, max_size=n))
@@ -62,6 +63,9 @@ def columns(draw: st.DrawFn) -> tuple[list[dict[str, object]], dict[str, np.ndar
     if count_tensor.dtype == np.float32:  # the row carries what the tensor can hold
         for row, value in zip(rows, count_tensor.tolist(), strict=True):
             row["count"] = None if np.isnan(value) else value
+    elif count_tensor.dtype.kind == "U":  # numbers as text in both, length limit and all
+        for row, text in zip(rows, count_tensor.tolist(), strict=True):
+            row["count"] = text or None
     ids_tensor = draw(
         st.sampled_from(
             [
@@ -114,12 +118,13 @@ def test_missing_spellings_in_tensors() -> None:
     ("tensors", "field", "message"),
     [
         ({"count": np.array(["1.5", "cheap"])}, "count", "expected a number, got 'cheap'"),
-        ({"count": np.array([np.inf])}, "count", "infinite"),
+        ({"count": np.array([np.inf])}, "count", "inf"),
         ({"site": np.array(["x" * 13])}, "site", "13 characters exceeds 12"),
-        ({"site": np.array([np.inf])}, "site", "infinite"),
+        ({"site": np.array([np.inf])}, "site", "inf"),
+        ({"count": np.array([np.inf] * 20)}, "count", "infinite"),  # the whole-array path
     ],
 )
 def test_bad_tensors_are_refused_naming_the_field(tensors, field: str, message: str) -> None:
     with pytest.raises(EncodeError, match=message) as caught:
-        ENCODER.encode_columns(tensors, 1 if len(next(iter(tensors.values()))) == 1 else 2)
+        ENCODER.encode_columns(tensors, len(next(iter(tensors.values()))))
     assert caught.value.field == field
