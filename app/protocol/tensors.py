@@ -195,7 +195,9 @@ def _from_json(name: str, datatype: str, data: list[Any], rank: int) -> NDArray[
     if dtype.kind == "f":
         flat = [math.nan if value is None else value for value in flat]
     try:
-        return np.array(flat, dtype=dtype)
+        # a number too large for a float type becomes inf, which the encoder refuses by name
+        with np.errstate(over="ignore"):
+            return np.array(flat, dtype=dtype)
     except OverflowError:
         raise ProtocolError(f"input '{name}': a value does not fit {datatype}") from None
 

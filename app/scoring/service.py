@@ -109,11 +109,7 @@ class PredictionService:
         ``body``: the raw single-row request, offered to the response cache.
         """
         scorer = self.registry.current  # one reference for the whole request
-        started = time.perf_counter()
-        indices = scorer.encoder.encode_rows(rows)
-        tally = self.metrics.tally
-        tally.stage(_ENCODE, time.perf_counter() - started)
-        tally.rows(scorer.version, scorer.encoder.names, indices)
+        indices = self._encode(scorer, lambda: scorer.encoder.encode_rows(rows))
         scored, keys = self._score(scorer, indices)
         digest = None if body is None or len(keys) != 1 else self.responses.key(body)
         if digest is not None:
@@ -126,12 +122,17 @@ class PredictionService:
         Raises ``EncodeError`` (bad input) or ``ScoringError``.
         """
         scorer = self.registry.current
+        indices = self._encode(scorer, lambda: scorer.encoder.encode_columns(arrays, num_rows))
+        return self._score(scorer, indices)[0]
+
+    def _encode(self, scorer: Scorer, encode: Callable[[], NDArray[np.int64]]) -> NDArray[np.int64]:
+        """Encode (timed), and count the missing and unseen values of what was encoded."""
         started = time.perf_counter()
-        indices = scorer.encoder.encode_columns(arrays, num_rows)
+        indices = encode()
         tally = self.metrics.tally
         tally.stage(_ENCODE, time.perf_counter() - started)
         tally.rows(scorer.version, scorer.encoder.names, indices)
-        return self._score(scorer, indices)[0]
+        return indices
 
     def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> tuple[Scored, list[RowKey]]:
         # The encoded row's bytes are the key: cheap to build, and equal exactly when the

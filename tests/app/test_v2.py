@@ -189,6 +189,12 @@ def _bytes(*values: bytes) -> bytes:
         (*_binary_body([("c0", "BYTES", [1], _bytes(b"a"))], [{"name": "p"}]), 400, "output 'p'"),
         (b'{"inputs": [', None, 400, "invalid inference request"),
         (b'{"inputs": []}', None, 400, "inputs"),
+        (
+            b'{"inputs": [{"name": "n0", "datatype": "FP16", "shape": [1], "data": [1e6]}]}',
+            None,
+            400,
+            "input 'n0': inf is not a finite number",  # too large for FP16
+        ),
         (JSON_ROW + b"x" * 10, len(JSON_ROW), 400, "10 bytes of binary data follow"),
         (b"{}", 99, 400, "outside the 2-byte body"),
     ],

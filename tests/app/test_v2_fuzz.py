@@ -3,10 +3,8 @@ arbitrary JSON. Every answer is a 2xx or a 4xx with an error message, never a 5x
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -14,9 +12,9 @@ from hypothesis import strategies as st
 
 from app.core.config import Settings
 from app.main import create_app
+from support.fuzz import v2_requests
 
 URL = "/v2/models/repository/infer"
-DATATYPES = ["BYTES", "FP32", "FP64", "INT64", "INT32", "BOOL", "UINT8", "FP16", "STRING", ""]
 
 
 @pytest.fixture(scope="module")
@@ -31,93 +29,13 @@ def fuzz_client(model_dir, tmp_path_factory) -> Iterator[TestClient]:
         yield client
 
 
-def _element(value: bytes) -> bytes:
-    return len(value).to_bytes(4, "little") + value
-
-
-FIELDS = {"c0": "BYTES", "c1": "BYTES", "c3": "BYTES", "n0": "FP32", "n1": "FP32"}
-FAULTS = [
-    "none",
-    "none",
-    "truncate",
-    "header",
-    "datatype",
-    "shape",
-    "size",
-    "name",
-    "junk",
-    "rows",
-]
-
-
-@st.composite
-def requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
-    """A valid request of N rows, in JSON or binary, then at most one fault."""
-    n = draw(st.integers(1, 6))
-    names = draw(st.lists(st.sampled_from(sorted(FIELDS)), min_size=1, max_size=5, unique=True))
-    inputs: list[dict[str, object]] = []
-    blobs: list[bytes] = []
-    for name in names:
-        datatype = FIELDS[name]
-        if datatype == "BYTES" or (draw(st.booleans()) and name.startswith("n")):
-            values = draw(st.lists(st.text(max_size=6), min_size=n, max_size=n))
-            if name.startswith("n"):
-                values = [str(draw(st.floats(-1e3, 1e3))) if v else "" for v in values]
-            datatype, raw, data = "BYTES", b"".join(_element(v.encode()) for v in values), values
-        else:
-            numbers = draw(st.lists(st.floats(-1e6, 1e6, width=32), min_size=n, max_size=n))
-            datatype = draw(st.sampled_from(["FP32", "FP64"]))
-            dtype = "<f4" if datatype == "FP32" else "<f8"
-            raw, data = np.array(numbers, dtype=dtype).tobytes(), numbers
-        entry: dict[str, object] = {"name": name, "datatype": datatype, "shape": [n]}
-        if draw(st.booleans()):
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            entry["data"] = data
-        inputs.append(entry)
-    fault = draw(st.sampled_from(FAULTS))
-    target = inputs[draw(st.integers(0, len(inputs) - 1))]
-    if fault == "datatype":
-        target["datatype"] = draw(st.sampled_from(DATATYPES))
-    elif fault == "shape":
-        target["shape"] = draw(st.lists(st.integers(-2, 70), min_size=0, max_size=3))
-    elif fault == "size" and "parameters" in target:
-        size = target["parameters"]["binary_data_size"]  # type: ignore[index]
-        target["parameters"] = {"binary_data_size": size + draw(st.integers(-9, 9))}
-    elif fault == "name":
-        target["name"] = draw(st.sampled_from(["zzz", "", "C0", "c0 "]))
-    elif fault == "rows":
-        target["shape"] = [n + 1]
-    head: dict[str, object] = {"inputs": inputs}
-    if draw(st.booleans()):
-        head["parameters"] = {"binary_data_output": draw(st.booleans())}
-    if draw(st.booleans()):
-        head["outputs"] = [{"name": draw(st.sampled_from(["score", "score", "other"]))}]
-    encoded = json.dumps(head).encode()
-    body = encoded + b"".join(blobs)
-    headers = {"content-type": "application/octet-stream"}
-    if blobs or fault == "header":
-        headers["Inference-Header-Content-Length"] = str(len(encoded))
-    if fault == "header":
-        headers["Inference-Header-Content-Length"] = draw(
-            st.sampled_from(["12abc", "", "-1", str(len(body) + 1)])
-            | st.integers(0, len(body)).map(str)
-        )
-    elif fault == "truncate":
-        body = body[: draw(st.integers(0, max(0, len(body) - 1)))]
-    elif fault == "junk":
-        body += draw(st.binary(min_size=1, max_size=16))
-    return body, headers
-
-
 @settings(
     max_examples=600,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(requests())
+@given(v2_requests())
 def test_v2_infer_never_answers_5xx(fuzz_client: TestClient, request) -> None:
     body, headers = request
     response = fuzz_client.post(URL, content=body, headers=headers)
