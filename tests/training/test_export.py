@@ -114,7 +114,7 @@ def test_artifact_is_self_describing(model_dir: Path) -> None:
     assert manifest.task == "binary"
     assert manifest.onnx.opset == 18
     assert manifest.metrics["auc"] > 0.5
-    assert sorted(p.name for p in model_dir.iterdir()) == ["CURRENT", manifest.version]
+    assert {p.name for p in model_dir.iterdir()} == {"CURRENT", manifest.version}
     assert (model_dir / "CURRENT").read_text() == manifest.version + "\n"
     version_dir = model_dir / manifest.version
     assert json.loads((version_dir / "metrics.json").read_text()) == manifest.metrics
@@ -182,7 +182,7 @@ def test_failed_export_leaves_the_served_version(prepared, tmp_path: Path, monke
     with pytest.raises(export.ExportError, match="simulated"):
         write_artifact(_model("fm", spec.field_dims), spec, DEFAULTS["fm"], "binary", out, {}, {})
     assert (out / "CURRENT").read_text().strip() == first.version
-    assert sorted(p.name for p in out.iterdir()) == ["CURRENT", first.version]  # no staging left
+    assert {p.name for p in out.iterdir()} == {"CURRENT", first.version}  # no staging left
 
 
 def test_a_second_export_adds_a_version_and_moves_the_pointer(prepared, tmp_path: Path) -> None:
