@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from app.features.encoder import FeatureEncoder
 from app.features.spec import CategoricalField, FeatureSpec, NumericField
+from support.payloads import bytes_tensor
 
 SPEC = FeatureSpec(
     fields=(
@@ -32,10 +33,6 @@ rows = st.dictionaries(st.sampled_from(FIELD_NAMES), json_values)
 # -- the Open Inference Protocol's infer framing ----------------------------------------
 
 DATATYPES = ["BYTES", "FP32", "FP64", "INT64", "INT32", "BOOL", "UINT8", "FP16", "STRING", ""]
-
-
-def _element(value: bytes) -> bytes:
-    return len(value).to_bytes(4, "little") + value
 
 
 FIELDS = {"c0": "BYTES", "c1": "BYTES", "c3": "BYTES", "n0": "FP32", "n1": "FP32"}
@@ -66,7 +63,7 @@ def v2_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
             values = draw(st.lists(st.text(max_size=6), min_size=n, max_size=n))
             if name.startswith("n"):
                 values = [str(draw(st.floats(-1e3, 1e3))) if v else "" for v in values]
-            datatype, raw, data = "BYTES", b"".join(_element(v.encode()) for v in values), values
+            datatype, raw, data = "BYTES", bytes_tensor(v.encode() for v in values), values
         else:
             numbers = draw(st.lists(st.floats(-1e6, 1e6, width=32), min_size=n, max_size=n))
             datatype = draw(st.sampled_from(["FP32", "FP64"]))

@@ -8,6 +8,7 @@ few values never seen in training, some missing fields.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,12 @@ def v2_json_body(spec: FeatureSpec, rows: list[Row]) -> dict[str, object]:
     return {"inputs": inputs}
 
 
+def bytes_tensor(values: Iterable[bytes]) -> bytes:
+    """BYTES elements as the binary tensor data extension lays them out: a 4-byte
+    little-endian length, then the bytes, for each."""
+    return b"".join(len(v).to_bytes(4, "little") + v for v in values)
+
+
 def v2_binary_body(spec: FeatureSpec, rows: list[Row]) -> tuple[bytes, int]:
     """An infer request in the binary tensor data form: (body, JSON header length).
 
@@ -124,7 +131,7 @@ def v2_binary_body(spec: FeatureSpec, rows: list[Row]) -> tuple[bytes, int]:
     inputs, blobs = [], []
     for name, values in v2_tensors(spec, rows).items():
         if values.dtype == object:
-            raw = b"".join(len(v).to_bytes(4, "little") + v for v in values)
+            raw = bytes_tensor(values)
             datatype = "BYTES"
         else:
             raw, datatype = values.astype("<f4").tobytes(), "FP32"

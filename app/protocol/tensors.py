@@ -257,11 +257,6 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[np.b
     return np.array(elements, dtype=np.bytes_)
 
 
-def encode_bytes(values: Sequence[bytes]) -> bytes:
-    """The inverse of :func:`decode_bytes` (for tests and clients)."""
-    return b"".join(len(v).to_bytes(4, "little") + v for v in values)
-
-
 def _numeric_dtype(name: str, datatype: str) -> np.dtype[Any]:
     dtype = NUMERIC_DTYPES.get(datatype)
     if dtype is None:

@@ -15,6 +15,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from support.payloads import bytes_tensor  # noqa: E402
 from support.servers import free_port  # noqa: E402
 from support.servers import server as start_server  # noqa: E402
 
@@ -169,14 +170,14 @@ def _binary_body(
 JSON_ROW = b'{"inputs": [{"name": "c0", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}'
 
 
-def _bytes(*values: bytes) -> bytes:
-    return b"".join(len(v).to_bytes(4, "little") + v for v in values)
-
-
 @pytest.mark.parametrize(
     ("body", "header", "status", "message"),
     [
-        (*_binary_body([("c0", "BYTES", [2], _bytes(b"a"))]), 400, "input 'c0': 1 BYTES elements"),
+        (
+            *_binary_body([("c0", "BYTES", [2], bytes_tensor([b"a"]))]),
+            400,
+            "input 'c0': 1 BYTES elements",
+        ),
         (*_binary_body([("c0", "BYTES", [1], b"\x05\x00\x00\x00ab")]), 400, "runs past the data"),
         (*_binary_body([("n0", "FP32", [2], b"\x00" * 7)]), 400, "7 bytes of FP32 data"),
         (*_binary_body([("n0", "FP16X", [1], b"\x00" * 4)]), 400, "datatype 'FP16X'"),
@@ -186,7 +187,11 @@ def _bytes(*values: bytes) -> bytes:
             400,
             "disagree on the number of rows",
         ),
-        (*_binary_body([("c0", "BYTES", [1], _bytes(b"a"))], [{"name": "p"}]), 400, "output 'p'"),
+        (
+            *_binary_body([("c0", "BYTES", [1], bytes_tensor([b"a"]))], [{"name": "p"}]),
+            400,
+            "output 'p'",
+        ),
         (b'{"inputs": [', None, 400, "invalid inference request"),
         (b'{"inputs": []}', None, 400, "inputs"),
         (
