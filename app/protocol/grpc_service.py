@@ -22,19 +22,17 @@ from app.core.config import Settings
 from app.protocol.infer import PAYLOAD_TOO_LARGE, UNAVAILABLE, score, served
 from app.protocol.tensors import (
     OUTPUT_NAME,
-    PLATFORM,
     ProtocolError,
     check_outputs,
     gather_grpc,
-    input_metadata,
-    output_metadata,
+    model_metadata,
+    server_metadata,
 )
 from app.scoring.scorer import Scorer
 from app.scoring.service import PredictionService
 
 logger = logging.getLogger(__name__)
 
-SERVER_NAME = "ctrserve"
 _CODES = {
     404: grpc.StatusCode.NOT_FOUND,
     PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -75,9 +73,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.ServerReadyResponse(ready=self._service.registry.current.ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._version, extensions=["binary_tensor_data"]
-        )
+        return pb.ServerMetadataResponse(**server_metadata(self._version))
 
     async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
         scorer = await self._served(request.name, request.version, context)
@@ -86,13 +82,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
         scorer = await self._served(request.name, request.version, context)
         tensor = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(
-            name=request.name,
-            versions=[scorer.version],
-            platform=PLATFORM,
-            inputs=[tensor(**t) for t in input_metadata(scorer.manifest.features)],
-            outputs=[tensor(**t) for t in output_metadata()],
-        )
+        metadata = model_metadata(request.name, scorer.version, scorer.manifest.features)
+        for part in ("inputs", "outputs"):
+            metadata[part] = [tensor(**t) for t in metadata[part]]  # type: ignore[arg-type,union-attr]
+        return pb.ModelMetadataResponse(**metadata)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:

@@ -31,6 +31,8 @@ from app.features.spec import CategoricalField, FeatureSpec
 
 OUTPUT_NAME = "score"
 PLATFORM = "onnxruntime_onnx"
+SERVER_NAME = "ctrserve"
+EXTENSIONS = ("binary_tensor_data",)
 # Little-endian, as the binary tensor data extension and gRPC raw contents lay them out.
 NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("?"),
@@ -364,9 +366,13 @@ def http_response(
     return answer, raw
 
 
-def input_metadata(spec: FeatureSpec) -> list[dict[str, JsonValue]]:
+def server_metadata(version: str) -> dict[str, JsonValue]:
+    return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(name: str, version: str, spec: FeatureSpec) -> dict[str, JsonValue]:
     """What a client should send: BYTES per categorical field, FP32 per numeric one."""
-    return [
+    inputs: list[JsonValue] = [
         {
             "name": f.name,
             "datatype": "BYTES" if isinstance(f, CategoricalField) else "FP32",
@@ -374,7 +380,11 @@ def input_metadata(spec: FeatureSpec) -> list[dict[str, JsonValue]]:
         }
         for f in spec.fields
     ]
-
-
-def output_metadata() -> list[dict[str, JsonValue]]:
-    return [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1]}]
+    outputs: list[JsonValue] = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1]}]
+    return {
+        "name": name,
+        "versions": [version],
+        "platform": PLATFORM,
+        "inputs": inputs,
+        "outputs": outputs,
+    }

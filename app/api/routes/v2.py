@@ -17,19 +17,16 @@ from pydantic_core import to_json
 from app.api.deps import get_service, get_settings_dep
 from app.protocol.infer import score, served
 from app.protocol.tensors import (
-    PLATFORM,
     ProtocolError,
     check_outputs,
     http_response,
-    input_metadata,
-    output_metadata,
+    model_metadata,
     parse_http,
+    server_metadata,
 )
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (KServe V2)"])
 
-SERVER_NAME = "ctrserve"
-EXTENSIONS = ["binary_tensor_data"]
 _HEADER_LENGTH = "Inference-Header-Content-Length"
 _ERROR = {"content": {"application/json": {"example": {"error": "what was wrong"}}}}
 
@@ -52,24 +49,18 @@ def ready(request: Request, response: Response) -> dict[str, bool]:
 
 
 @router.get("")
-def server_metadata(request: Request) -> dict[str, JsonValue]:
-    return {"name": SERVER_NAME, "version": request.app.version, "extensions": list(EXTENSIONS)}
+def server(request: Request) -> dict[str, JsonValue]:
+    return server_metadata(request.app.version)
 
 
 @router.get("/models/{model_name}", responses={404: _ERROR})
 @router.get("/models/{model_name}/versions/{model_version}", responses={404: _ERROR})
-def model_metadata(request: Request, model_name: str, model_version: str | None = None) -> Any:
+def model(request: Request, model_name: str, model_version: str | None = None) -> Any:
     try:
         scorer = served(get_service(request), model_name, model_version)
     except ProtocolError as exc:
         return _error(str(exc), exc.status)
-    return {
-        "name": model_name,
-        "versions": [scorer.version],
-        "platform": PLATFORM,
-        "inputs": input_metadata(scorer.manifest.features),
-        "outputs": output_metadata(),
-    }
+    return model_metadata(model_name, scorer.version, scorer.manifest.features)
 
 
 @router.get("/models/{model_name}/ready", responses={404: _ERROR})
