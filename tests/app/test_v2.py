@@ -55,9 +55,9 @@ def _tensors(metadata: dict, rows: list[dict[str, object]]) -> dict[str, np.ndar
 
 
 def _inputs(module, metadata: dict, rows: list[dict[str, object]]) -> list:
-    inputs = []
+    inputs, arrays = [], _tensors(metadata, rows)
     for tensor in metadata["inputs"]:
-        values = _tensors(metadata, rows)[tensor["name"]]
+        values = arrays[tensor["name"]]
         infer_input = module.InferInput(tensor["name"], [len(rows)], tensor["datatype"])
         infer_input.set_data_from_numpy(values)
         inputs.append(infer_input)
