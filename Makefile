@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test bench reliability quality loadtest clean
+.PHONY: setup run model serve test bench bench-train reliability quality loadtest clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -62,6 +62,11 @@ bench: model $(TEST_DEPS)
 	test -f models/ladder/nffm/CURRENT || $(PY) -m training ladder --data $(DATA) \
 		--out-dir models/ladder --no-progress
 	$(PY) -m benchmarks.serving
+
+# Training at scale: Criteo-shaped synthetic files of 1M, 3M and 10M rows (generated, then
+# deleted; ~4 GB of disk at the peak), peak RSS and speed vs DeepCTR-Torch -> docs/TRAINING.md
+bench-train: $(TEST_DEPS)
+	$(PY) -m benchmarks.training
 
 # Fuzzing, limits, faults, reload under load, memory bound, shutdown, audit -> docs/RELIABILITY.md
 reliability: model $(TEST_DEPS)

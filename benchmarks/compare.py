@@ -31,21 +31,13 @@ from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from benchmarks.timing import median_seconds
 from training.config import build_config
-from training.data import Table
-from training.evaluation import binary_metrics
+from training.data import BadRowLog, BadRows, DataSource
+from training.dataset import Prepared, prepare
+from training.evaluation import binary_metrics, oracle_metrics
 from training.export import write_artifact
 from training.models import MODELS
-from training.train import (
-    Prepared,
-    Preparer,
-    TrainConfig,
-    cached_prepare,
-    count_parameters,
-    fit,
-    make_optimizer,
-    new_model,
-    predict,
-)
+from training.optim import SparseOptimizer
+from training.train import TrainConfig, count_parameters, fit, new_model, predict
 from training.tuning import GRID, SMALL_DATA_ROWS, Trial, settings_of, tune
 
 logger = logging.getLogger(__name__)
@@ -114,10 +106,14 @@ def _entry(
     )
 
 
-def run_ladder_model(table: Table, prepared: Prepared, config: TrainConfig, workdir: Path) -> Entry:
+Preparer = Callable[[TrainConfig], Prepared]
+
+
+def run_ladder_model(prepared: Prepared, config: TrainConfig, workdir: Path) -> Entry:
     model = new_model(prepared, config)
     result = fit(model, prepared, config, progress=False)
-    scores = predict(model, prepared.test.indices, "binary")
+    test = prepared.test.load()
+    scores = predict(model, test.indices, "binary")
     out = workdir / config.model.name
     write_artifact(
         model,
@@ -125,16 +121,16 @@ def run_ladder_model(table: Table, prepared: Prepared, config: TrainConfig, work
         config.model,
         "binary",
         out,
-        binary_metrics(prepared.test.labels, scores),
+        binary_metrics(test.labels, scores),
         {},
     )
     scorer = Scorer.load(resolve_model_dir(out))
-    row = _raw_row(table)
+    row = _raw_row(prepared.source)
     latency = median_seconds(lambda: scorer.score_rows([row]), 2000) * 1e6
     return _entry(
         config.model.name,
         "ctrserve",
-        prepared.test.labels,
+        test.labels,
         scores,
         result.train_seconds,
         len(prepared.train) * len(result.history),
@@ -155,8 +151,11 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
     or each index replaced by its training frequency, times ``LIGHTGBM_LEAVES``."""
     import lightgbm as lgb
 
+    train_rows, val_rows, test_rows = (
+        split.load() for split in (prepared.train, prepared.val, prepared.test)
+    )
     frequency = [
-        np.bincount(prepared.train.indices[:, j], minlength=dim)
+        np.bincount(train_rows.indices[:, j], minlength=dim)
         for j, dim in enumerate(prepared.spec.field_dims)
     ]
 
@@ -166,21 +165,19 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
         return np.stack([frequency[j][indices[:, j]] for j in range(indices.shape[1])], axis=1)
 
     # Large files: a faster rate, so early stopping rather than the round cap ends the fit.
-    learning_rate = 0.05 if len(prepared.train) < SMALL_DATA_ROWS else 0.1
+    learning_rate = 0.05 if len(train_rows) < SMALL_DATA_ROWS else 0.1
     best: tuple[float, str, int, object, float] | None = None
     for mode, num_leaves in itertools.product(("categorical", "frequency"), LIGHTGBM_LEAVES):
         started = time.perf_counter()
         train = lgb.Dataset(
-            features(prepared.train.indices, mode),
-            prepared.train.labels,
+            features(train_rows.indices, mode),
+            train_rows.labels,
             categorical_feature="auto"
             if mode == "frequency"
-            else list(range(prepared.train.indices.shape[1])),
+            else list(range(train_rows.indices.shape[1])),
             free_raw_data=False,
         )
-        valid = lgb.Dataset(
-            features(prepared.val.indices, mode), prepared.val.labels, reference=train
-        )
+        valid = lgb.Dataset(features(val_rows.indices, mode), val_rows.labels, reference=train)
         params = {
             "objective": "binary",
             "learning_rate": learning_rate,
@@ -203,9 +200,7 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
             callbacks=[lgb.early_stopping(50, verbose=False)],
         )
         elapsed = time.perf_counter() - started
-        val_auc = roc_auc_score(
-            prepared.val.labels, booster.predict(features(prepared.val.indices, mode))
-        )
+        val_auc = roc_auc_score(val_rows.labels, booster.predict(features(val_rows.indices, mode)))
         logger.info(
             "LightGBM %s, %d leaves: validation AUC %.4f, %d trees",
             mode,
@@ -217,16 +212,16 @@ def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
             best = (val_auc, mode, num_leaves, booster, elapsed)
     assert best is not None
     _, mode, num_leaves, booster, elapsed = best
-    scores = booster.predict(features(prepared.test.indices, mode))  # type: ignore[attr-defined]
+    scores = booster.predict(features(test_rows.indices, mode))  # type: ignore[attr-defined]
     trees = booster.best_iteration  # type: ignore[attr-defined]
     capped = " (round cap)" if trees >= LIGHTGBM_MAX_ROUNDS else ""
     return _entry(
         "LightGBM",
         "LightGBM",
-        prepared.test.labels,
+        test_rows.labels,
         scores,
         elapsed,
-        len(prepared.train),  # one fit over the rows: samples/s = rows / fit time
+        len(train_rows),  # one fit over the rows: samples/s = rows / fit time
         trees * num_leaves,
         note=f"{mode}, {num_leaves} leaves, lr {learning_rate}, {trees} trees{capped}",
     )
@@ -263,7 +258,7 @@ def run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
 
 
 def _deepctr_inputs(indices: np.ndarray) -> dict[str, np.ndarray]:
-    return {f"f{j}": indices[:, j] for j in range(indices.shape[1])}
+    return {f"f{j}": indices[:, j].astype(np.int64) for j in range(indices.shape[1])}
 
 
 def _deepctr_model(name: str, prepared: Prepared, config: TrainConfig) -> torch.nn.Module:
@@ -300,27 +295,28 @@ def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
     stopper = EarlyStopping(
         monitor="val_auc", mode="max", patience=config.patience, restore_best_weights=True
     )
+    train, val, test = (split.load() for split in (prepared.train, prepared.val, prepared.test))
     started = time.perf_counter()
     history = model.fit(
-        _deepctr_inputs(prepared.train.indices),
-        prepared.train.labels,
+        _deepctr_inputs(train.indices),
+        train.labels,
         batch_size=config.batch_size,
         epochs=config.epochs,
         verbose=0,
-        validation_data=(_deepctr_inputs(prepared.val.indices), prepared.val.labels),
+        validation_data=(_deepctr_inputs(val.indices), val.labels),
         callbacks=[stopper],
     )
     elapsed = time.perf_counter() - started
     epochs = len(history.history.get("val_auc", [])) or config.epochs
-    scores = model.predict(_deepctr_inputs(prepared.test.indices), batch_size=16384).reshape(-1)
+    scores = model.predict(_deepctr_inputs(test.indices), batch_size=16384).reshape(-1)
     parameters = sum(p.numel() for p in model.parameters())
     return _entry(
         f"DeepCTR-Torch {name}",
         "DeepCTR-Torch",
-        prepared.test.labels,
+        test.labels,
         scores,
         elapsed,
-        len(prepared.train) * epochs,
+        len(train) * epochs,
         parameters,
         note=f"{epochs} epochs",
     )
@@ -329,18 +325,18 @@ def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
 def train_speed(prepared: Prepared, config: TrainConfig) -> tuple[float, float]:
     """Samples/s of one training epoch: our DeepFM vs DeepCTR-Torch's, same settings.
 
-    Both pay for L2 on the embedding tables with ``config.l2``: ours as Adam's coupled weight
-    decay on the tables (how it trains), DeepCTR-Torch's as its ``l2_reg_embedding`` loss
-    term over the full tables (how it trains).
+    Both pay for L2 on the embedding tables with ``config.l2``: ours on the rows each batch
+    touched, with sparse updates (how it trains), DeepCTR-Torch's as its ``l2_reg_embedding``
+    loss term over the full tables with dense Adam (how it trains).
     """
     from training.train import train_epoch
 
     model = new_model(prepared, config)
-    optimizer = make_optimizer(model, config)  # L2 on the embedding tables, as in training
-    started = time.perf_counter()
-    train_epoch(
-        model, optimizer, prepared.train, config, torch.Generator().manual_seed(0), progress=False
+    optimizer = SparseOptimizer(
+        model, prepared.spec.field_dims, config.learning_rate, config.l2, config.optimizer
     )
+    started = time.perf_counter()
+    train_epoch(model, optimizer, prepared.train, config, np.random.default_rng(0), progress=False)
     ours = len(prepared.train) / (time.perf_counter() - started)
     with _deepctr_offline():
         theirs_model = _deepctr_model("DeepFM", prepared, config)
@@ -348,11 +344,10 @@ def train_speed(prepared: Prepared, config: TrainConfig) -> tuple[float, float]:
             torch.optim.Adam(theirs_model.parameters(), lr=config.learning_rate),
             "binary_crossentropy",
         )
-        inputs = _deepctr_inputs(prepared.train.indices)
+        train = prepared.train.load()
+        inputs = _deepctr_inputs(train.indices)
         started = time.perf_counter()
-        theirs_model.fit(
-            inputs, prepared.train.labels, batch_size=config.batch_size, epochs=1, verbose=0
-        )
+        theirs_model.fit(inputs, train.labels, batch_size=config.batch_size, epochs=1, verbose=0)
         theirs = len(prepared.train) / (time.perf_counter() - started)
     return ours, theirs
 
@@ -371,7 +366,7 @@ def run_baselines(
 
 
 def split_test_aucs(
-    table: Table,
+    prepared_for: Preparer,
     configs: dict[str, TrainConfig],
     models: tuple[str, ...],
     baselines: bool,
@@ -380,15 +375,14 @@ def split_test_aucs(
     """Every contender's test AUC on another seeded split, with the settings chosen on the
     first split (no search, no export): how much of a ranking is the split's luck."""
     reseeded = {name: config.model_copy(update={"seed": seed}) for name, config in configs.items()}
-    prepared_for = cached_prepare(table)
     aucs = {}
     for name in models:
         config = reseeded[name]
         prepared = prepared_for(config)
         model = new_model(prepared, config)
         fit(model, prepared, config, progress=False)
-        scores = predict(model, prepared.test.indices, "binary")
-        aucs[name] = float(roc_auc_score(prepared.test.labels, scores))
+        test = prepared.test.load()
+        aucs[name] = float(roc_auc_score(test.labels, predict(model, test.indices, "binary")))
     if baselines:
         aucs.update({e.name: e.auc for e in run_baselines(prepared_for, reseeded, seed)})
     logger.info("split %d: %s", seed, {k: round(v, 4) for k, v in aucs.items()})
@@ -396,7 +390,7 @@ def split_test_aucs(
 
 
 def compare(
-    table: Table,
+    source: DataSource,
     seed: int = 0,
     models: tuple[str, ...] = tuple(MODELS),
     baselines: bool = True,
@@ -405,6 +399,7 @@ def compare(
     export_dir: Path | None = None,
     repeats: int = 1,
     config_for: Callable[[str], TrainConfig] | None = None,
+    bad_rows: BadRows = "error",
 ) -> tuple[list[Entry], dict[str, Any]]:
     """Train and score every contender on one split; returns entries and the set-up.
 
@@ -420,41 +415,47 @@ def compare(
             ``seed + 1`` ...) with the same settings; each entry's ``split_aucs`` holds them.
     """
     torch.set_num_threads(2)
+    rows = source.estimated_rows()
+
+    def prepared_for(config: TrainConfig) -> Prepared:
+        return prepare(source, config, bad_rows=bad_rows)
+
     configs: dict[str, TrainConfig] = {}
     trials: dict[str, list[Trial]] = {}
     needed = [*models, *(n for n in ("deepfm", "nffm") if baselines and n not in models)]
     if config_for is None:
 
         def config_for(name: str) -> TrainConfig:
-            return build_config(name, len(table.frame), flags={"seed": seed})
+            return build_config(name, rows, flags={"seed": seed})
 
     for name in needed:
         start = config_for(name)
         if name in tune_models:
-            configs[name], trials[name] = tune(table, start, grid)
+            configs[name], trials[name] = tune(prepared_for, start, grid)
         else:
             configs[name] = start
-    prepared_for = cached_prepare(table)
     entries = []
     with tempfile.TemporaryDirectory() as scratch:
         workdir = export_dir or Path(scratch)
         for name in models:
             config = configs[name]
-            entries.append(run_ladder_model(table, prepared_for(config), config, workdir))
+            entries.append(run_ladder_model(prepared_for(config), config, workdir))
             logger.info("%s: test AUC %.4f", name, entries[-1].auc)
     if baselines:
         entries += run_baselines(prepared_for, configs, seed)
     if repeats > 1:
         others = [
-            split_test_aucs(table, configs, models, baselines, seed + offset)
+            split_test_aucs(prepared_for, configs, models, baselines, seed + offset)
             for offset in range(1, repeats)
         ]
         entries = [
             replace(e, split_aucs=(e.auc, *(aucs[e.name] for aucs in others))) for e in entries
         ]
     prepared = prepared_for(configs[needed[0]])
+    test = prepared.test
+    oracle = oracle_metrics(test.labels.read(), None if test.oracle is None else test.oracle.read())
     setup: dict[str, Any] = {
-        "rows": len(table.frame),
+        "rows": prepared.rows,
         "train": len(prepared.train),
         "validation": len(prepared.val),
         "test": len(prepared.test),
@@ -462,20 +463,24 @@ def compare(
         "seed": seed,
         "repeats": repeats,
         "batch_size": configs[needed[0]].batch_size,
-        "test_rate": float(prepared.test.labels.mean()),
+        "test_rate": float(prepared.test.labels.read().mean()),
+        "oracle_auc": None if oracle is None else oracle["auc"],
         "settings": {name: settings_of(config, GRID) for name, config in configs.items()},
         "trials": {name: [asdict(trial) for trial in runs] for name, runs in trials.items()},
     }
     return entries, setup
 
 
-def _raw_row(table: Table) -> dict[str, object]:
-    row = table.frame.iloc[0]
-    return {name: (None if _missing(row[name]) else row[name]) for name in table.feature_names}
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+def _raw_row(source: DataSource) -> dict[str, object]:
+    """The first row of the data as a client would send it."""
+    batch = next(iter(source.batches(BadRowLog("skip"))))
+    row: dict[str, object] = {
+        name: batch.categorical[name][0].as_py() for name in source.categorical
+    }
+    for name in source.numeric:
+        value = float(batch.numeric[name][0])
+        row[name] = None if np.isnan(value) else value
+    return row
 
 
 def markdown(entries: list[Entry], oracle: float | None = None) -> str:
@@ -533,9 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.compare``: the comparison on one data file, printed."""
     from training.cli import add_data_args, add_hyperparameter_args, run_guarded
     from training.config import flags_of, read_config_file
-    from training.data import ColumnRoles, DataError, read_table
-    from training.evaluation import oracle_metrics
-    from training.train import split_rows
+    from training.data import ColumnRoles, DataError, open_source
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
     add_data_args(parser)
@@ -566,13 +569,14 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"--repeats must be at least 1, got {args.repeats}")
         file_settings, flags = read_config_file(args.config), flags_of(args)
         roles = ColumnRoles(args.label, args.weight, args.categorical, args.numeric, args.ignore)
-        table = read_table(args.data, args.format, roles, "binary", args.bad_rows)
+        source = open_source(args.data, args.format, roles, "binary")
+        rows = source.estimated_rows()
         seed = 0 if args.seed is None else args.seed
         # knobs fixed by a flag or the file are held, as `tune` holds them
         held = {k for k in GRID if flags.get(k) is not None or k in file_settings}
         grid = {knob: values for knob, values in GRID.items() if knob not in held}
         entries, setup = compare(
-            table,
+            source,
             seed,
             args.models,
             baselines=not args.no_baselines,
@@ -580,11 +584,11 @@ def main(argv: list[str] | None = None) -> int:
             grid=grid,
             repeats=args.repeats,
             config_for=lambda name: build_config(
-                name, len(table.frame), file_settings, {**flags, "seed": seed}
+                name, rows, file_settings, {**flags, "seed": seed}
             ),
+            bad_rows=args.bad_rows,
         )
-        oracle = oracle_metrics(table, split_rows(len(table.frame), 0.1, 0.1, seed)[2])
-        text = markdown(entries, None if oracle is None else oracle["auc"])
+        text = markdown(entries, setup["oracle_auc"])
         sys.stdout.write(text + "\n")
         if args.report is not None:
             args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -28,10 +28,9 @@ from benchmarks.compare import Entry, compare, markdown
 from support.reports import machine
 from support.servers import ROOT
 from training import synth
-from training.data import ColumnRoles, Table, read_table
-from training.evaluation import oracle_metrics
+from training.data import ColumnRoles, DataSource, open_source
+from training.dataset import CACHE_ENV
 from training.models import MODELS
-from training.train import split_rows
 from training.tuning import GRID
 
 logger = logging.getLogger("quality")
@@ -86,7 +85,7 @@ def auc_plot(name: str, entries: list[Entry], oracle: float | None) -> Path:
 
 def dataset_section(
     name: str,
-    table: Table,
+    data: DataSource,
     source: str,
     tune_models: tuple[str, ...],
     grid: dict[str, tuple[Any, ...]] | None = None,
@@ -95,16 +94,14 @@ def dataset_section(
     """The section's Markdown, and its raw results for docs/quality.json."""
     started = time.perf_counter()
     entries, setup = compare(
-        table,
+        data,
         seed=0,
         tune_models=tune_models,
         grid=grid,
         export_dir=OUT_MODELS / name,
         repeats=repeats,
     )
-    test_rows = split_rows(len(table.frame), 0.1, 0.1, 0)[2]
-    oracle = oracle_metrics(table, test_rows)
-    oracle_auc = None if oracle is None else oracle["auc"]
+    oracle_auc = setup["oracle_auc"]
     plot = auc_plot(name, entries, oracle_auc)
     searched = ", ".join(f"{knob} {list(values)}" for knob, values in (grid or GRID).items())
     tuned = ", ".join(tune_models) or "none"
@@ -182,15 +179,15 @@ def trials_table(trials: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join([*lines, "", "</details>", ""])
 
 
-def speed_section(table: Table) -> str:
+def speed_section(data: DataSource) -> str:
     """Our DeepFM vs DeepCTR-Torch's, one epoch each on the same rows and settings, timing
     the training loop alone (no validation, no metrics) so the loops are compared fairly."""
     from benchmarks.compare import train_speed
     from training.config import build_config
-    from training.train import prepare
+    from training.dataset import prepare
 
-    config = build_config("deepfm", len(table.frame))
-    prepared = prepare(table, config)
+    config = build_config("deepfm", data.estimated_rows())
+    prepared = prepare(data, config)
     ours, theirs = train_speed(prepared, config)
     return (
         "## Training speed: DeepFM\n\n"
@@ -206,8 +203,9 @@ def regression_section(avazu: Path) -> str:
     """InMobi's setting on real rows: predict a combination's click rate, weighted RMSE."""
     from benchmarks.compare import settings_note
     from training.config import build_config
+    from training.dataset import prepare
     from training.evaluation import regression_metrics
-    from training.train import fit, new_model, predict, prepare
+    from training.train import fit, new_model, predict
     from training.tuning import tune
 
     keys = ["site_id", "app_id", "banner_pos", "device_type", "device_conn_type", "C1"]
@@ -221,7 +219,7 @@ def regression_section(avazu: Path) -> str:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "agg.csv"
         grouped.to_csv(path, index=False)
-        table = read_table(
+        data = open_source(
             path,
             roles=ColumnRoles(
                 label="rate",
@@ -233,17 +231,14 @@ def regression_section(avazu: Path) -> str:
         )
         for name in ("lr", "fm", "nffm"):
             # ~580 training rows: batches of 64, and the knobs searched on validation wRMSE.
-            start = build_config(
-                name, len(table.frame), flags={"task": "regression", "batch_size": 64}
-            )
-            config, _ = tune(table, start)
-            prepared = prepare(table, config)
+            start = build_config(name, len(grouped), flags={"task": "regression", "batch_size": 64})
+            config, _ = tune(lambda trial: prepare(data, trial), start)
+            prepared = prepare(data, config)
             model = new_model(prepared, config)
             fit(model, prepared, config, progress=False)
+            test = prepared.test.load()
             metrics = regression_metrics(
-                prepared.test.labels,
-                predict(model, prepared.test.indices, "regression"),
-                prepared.test.weights,
+                test.labels, predict(model, test.indices, "regression"), test.weights
             )
             rows.append((name, settings_note(config), metrics))
         lightgbm = _lightgbm_regression(prepared)
@@ -268,7 +263,10 @@ def _lightgbm_regression(prepared: object) -> dict[str, float]:
 
     from training.evaluation import regression_metrics
 
-    train, val, test = prepared.train, prepared.val, prepared.test  # type: ignore[attr-defined]
+    train, val, test = (
+        split.load()
+        for split in (prepared.train, prepared.val, prepared.test)  # type: ignore[attr-defined]
+    )
     categorical = list(range(train.indices.shape[1]))
     booster = lgb.train(
         {
@@ -303,8 +301,8 @@ def inspect_section(pictures: list[tuple[str, str, Path]]) -> str:
         out = DOCS / f"latent_{dataset}_{field}.png"
         fmt = "criteo" if dataset == "criteo" else None
         roles = ColumnRoles(label="click") if dataset == "avazu" else None
-        table = read_table(data, fmt, roles, bad_rows="skip") if data.is_file() else None
-        summary = plot_field(model_dir, field, table, out, "pca")
+        source = open_source(data, fmt, roles) if data.is_file() else None
+        summary = plot_field(model_dir, field, source, out, "pca")
         lines.append(
             f"- {dataset}, field `{field}` ({summary['values']} values): PCA of NFFM's "
             f"field-aware vectors, coloured by observed click rate; correlation of the first "
@@ -323,6 +321,9 @@ def main() -> None:
     for chatty in ("onnxscript", "onnx_ir", "torch.onnx", "app"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     DOCS.mkdir(exist_ok=True)
+    # Shards of the generated and public files live as long as this run, not in the cache.
+    shards = tempfile.TemporaryDirectory(prefix="ctrserve-shards-")
+    os.environ[CACHE_ENV] = shards.name
     sections: list[str] = []
     results: dict[str, dict[str, Any]] = {}
     criteo, avazu = DATA / "criteo" / "criteo_train.txt", DATA / "avazu" / "train.csv"
@@ -330,7 +331,7 @@ def main() -> None:
     if criteo.is_file():
         text, results["criteo"] = dataset_section(
             "criteo",
-            read_table(criteo, "criteo"),
+            open_source(criteo, "criteo"),
             f"`{criteo.name}` (md5 {md5(criteo)})",
             tuple(MODELS),
             repeats=SMALL_DATA_SPLITS,
@@ -338,26 +339,26 @@ def main() -> None:
         sections.append(text)
         files.append(criteo)
     if avazu.is_file():
-        table = read_table(avazu, roles=ColumnRoles(label="click", ignore=("id",)))
+        data = open_source(avazu, roles=ColumnRoles(label="click", ignore=("id",)))
         source = f"`{avazu.name}` (md5 {md5(avazu)})"
         text, results["avazu"] = dataset_section(
-            "avazu", table, source, tuple(MODELS), repeats=SMALL_DATA_SPLITS
+            "avazu", data, source, tuple(MODELS), repeats=SMALL_DATA_SPLITS
         )
         sections.append(text)
         files.append(avazu)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "synth.csv"
-        synth.generate(args.synthetic_rows, seed=0).to_csv(path, index=False)
-        table = read_table(path)
+        synth.write(path, args.synthetic_rows, seed=0)
+        data = open_source(path)
         text, results["synthetic"] = dataset_section(
             "synthetic",
-            table,
+            data,
             f"`python -m training synth --rows {args.synthetic_rows} --seed 0` (md5 {md5(path)})",
             ("nffm",),
             LARGE_GRID,
         )
         sections.append(text)
-        speed = speed_section(table)
+        speed = speed_section(data)
         if avazu.is_file():
             sections.append(regression_section(avazu))
         pictures = [("synthetic", "c0", path)]

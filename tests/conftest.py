@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,20 @@ def _only_the_settings_a_test_passes(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("CTR_") or name == "PROMETHEUS_MULTIPROC_DIR":
             monkeypatch.delenv(name)
     monkeypatch.setitem(Settings.model_config, "env_file", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shard_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Encoded shards go to a directory of this test session, never the user's cache
+    (set for the whole session: the session-wide fixtures train through the CLI too)."""
+    path = tmp_path_factory.mktemp("shards")
+    before = os.environ.get("CTRSERVE_CACHE_DIR")
+    os.environ["CTRSERVE_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("CTRSERVE_CACHE_DIR", None)
+    else:
+        os.environ["CTRSERVE_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

@@ -36,8 +36,27 @@ def _int_list(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _memory_size(text: str) -> int:
+    """``3G``, ``2500M``, ``512K`` or bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if cleaned and cleaned[-1] in units:
+            return int(float(cleaned[:-1]) * units[cleaned[-1]])
+        return int(cleaned)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 3G or 2500M, got {text!r}"
+        ) from None
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="CSV/TSV/Parquet or Criteo file")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="a CSV/TSV/Criteo/Parquet file (.gz too), a directory of them, or a glob",
+    )
     parser.add_argument(
         "--format",
         choices=["csv", "tsv", "criteo", "parquet"],
@@ -63,6 +82,19 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
     add_data_args(parser)
     add_hyperparameter_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where encoded shards are kept and reused "
+        "(default: $CTRSERVE_CACHE_DIR, else ~/.cache/ctrserve/shards)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=_memory_size,
+        default=None,
+        help="refuse a run planned above this, e.g. 3G (default: the memory available now)",
+    )
 
 
 def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +117,21 @@ def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--min-count", type=int, default=None)
+    parser.add_argument(
+        "--max-vocab", type=int, default=None, help="keep at most this many values per field"
+    )
+    parser.add_argument(
+        "--exact-values",
+        type=int,
+        default=None,
+        help="distinct values a field counts exactly before a heavy-hitter sketch takes over",
+    )
+    parser.add_argument("--optimizer", choices=["adam", "adagrad"], default=None)
+    parser.add_argument(
+        "--time-column", default=None, help="split by time: train before --val-from, ..."
+    )
+    parser.add_argument("--val-from", default=None, help="time split: first validation value")
+    parser.add_argument("--test-from", default=None, help="time split: first test value")
     parser.add_argument("--binning", choices=["quantile", "log"], default=None)
     parser.add_argument("--num-bins", type=int, default=None)
 
@@ -96,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser("synth", help="write synthetic CTR logs with known p_true")
     synth.add_argument("--rows", type=int, default=200_000)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--out", type=Path, required=True, help=".csv or .parquet")
+    synth.add_argument(
+        "--out", type=Path, required=True, help=".csv, .tsv (optionally .gz) or .parquet"
+    )
+    synth.add_argument(
+        "--layout",
+        choices=["default", "criteo"],
+        default="default",
+        help="criteo: 13 integer + 26 categorical fields, cardinalities up to ~10^6",
+    )
     synth.add_argument(
         "--aggregate",
         action="store_true",

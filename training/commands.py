@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +18,14 @@ from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from training import synth
 from training.config import config_from_args
-from training.data import ColumnRoles, DataError, Table, read_table
+from training.data import BadRowLog, ColumnRoles, DataError, DataSource, open_source
+from training.dataset import Prepared, encode_batch, prepare, split_rule
 from training.evaluation import Metrics, binary_metrics, oracle_metrics, regression_metrics
 from training.export import reexport, write_artifact
+from training.memory import available_memory, check_fits, plan
 from training.models import MODELS
-from training.train import (
-    Prepared,
-    TrainConfig,
-    count_parameters,
-    evaluate,
-    fit,
-    new_model,
-    prepare,
-    split_rows,
-)
+from training.split import SPLIT_NAMES
+from training.train import TrainConfig, count_parameters, evaluate, fit, new_model
 
 logger = logging.getLogger(__name__)
 
@@ -56,39 +50,64 @@ def _emit(payload: object) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     if args.rows < 1:
         raise DataError(f"--rows must be a positive number of rows, got {args.rows}")
-    frame = synth.generate(args.rows, args.seed)
-    if args.aggregate:
-        frame = synth.aggregate(frame)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.suffix.lower() in {".parquet", ".pq"}:
-        frame.to_parquet(args.out, index=False)
-    else:
-        frame.to_csv(args.out, index=False, sep="\t" if args.out.suffix == ".tsv" else ",")
-    logger.info("wrote %d rows to %s", len(frame), args.out)
+    rows = synth.write(args.out, args.rows, args.seed, args.layout, args.aggregate)
+    logger.info("wrote %d rows to %s", rows, args.out)
     return 0
 
 
-def _read(args: argparse.Namespace, config: TrainConfig | None = None) -> Table:
+def _source(args: argparse.Namespace, config: TrainConfig) -> DataSource:
     roles = ColumnRoles(args.label, args.weight, args.categorical, args.numeric, args.ignore)
-    task = config.task if config is not None else "binary"
-    return read_table(args.data, args.format, roles, task, args.bad_rows)
+    return open_source(args.data, args.format, roles, config.task, config.time_column)
 
 
-def _read_sized(args: argparse.Namespace, model: str) -> tuple[Table, TrainConfig]:
-    """The table, then the config with defaults for its size: the config's task decides how
-    the file is read, and the row count decides the defaults, so it is built twice."""
-    table = _read(args, config_from_args(args, model))
-    return table, config_from_args(args, model, len(table.frame))
+def _prepared(args: argparse.Namespace, model: str) -> tuple[Prepared, TrainConfig, int]:
+    """The prepared shards, the config and the row count its size defaults came from
+    (estimated before reading). The config's task decides how the file is read, so a
+    config without the row count comes first."""
+    source = _source(args, config_from_args(args, model))
+    rows = source.estimated_rows()
+    config = config_from_args(args, model, rows)
+    return _prepare(source, config, args), config, rows
 
 
-def _test_rows(table: Table, config: TrainConfig) -> np.ndarray:
-    return split_rows(len(table.frame), config.val_fraction, config.test_fraction, config.seed)[2]
+def _prepare(source: DataSource, config: TrainConfig, args: argparse.Namespace) -> Prepared:
+    prepared = prepare(source, config, args.cache_dir, args.bad_rows)
+    logger.info(
+        "%s rows: %s train / %s validation / %s test, %d fields, shards in %s",
+        f"{prepared.rows:,}",
+        f"{len(prepared.train):,}",
+        f"{len(prepared.val):,}",
+        f"{len(prepared.test):,}",
+        len(prepared.spec.fields),
+        prepared.directory,
+    )
+    return prepared
+
+
+def _check_memory(prepared: Prepared, config: TrainConfig, budget: int | None) -> dict[str, int]:
+    """Print the memory plan; refuse (with the knobs to turn) when it does not fit."""
+    memory = plan(prepared.spec.field_dims, config.model, config.batch_size, config.optimizer)
+    limit = budget if budget is not None else available_memory()
+    logger.info(
+        "memory plan for %s (budget %s MiB):\n  %s",
+        config.model.name,
+        f"{limit >> 20:,}",
+        "\n  ".join(memory.lines()),
+    )
+    check_fits(memory, limit)
+    return {"planned_mib": memory.total >> 20, "budget_mib": limit >> 20}
 
 
 def train_one(
-    table: Table, prepared: Prepared, config: TrainConfig, out: Path | None, progress: bool
+    prepared: Prepared,
+    config: TrainConfig,
+    out: Path | None,
+    progress: bool,
+    max_memory: int | None = None,
 ) -> dict[str, object]:
-    """Fit one model on a prepared split, evaluate on test, optionally export it."""
+    """Fit one model on prepared shards, evaluate on test, optionally export it."""
+    memory = _check_memory(prepared, config, max_memory)
     model = new_model(prepared, config)
     result = fit(model, prepared, config, progress=progress)
     split = prepared.test if len(prepared.test) else prepared.val
@@ -101,14 +120,17 @@ def train_one(
         "parameters": count_parameters(model),
         "train_seconds": round(result.train_seconds, 2),
         "samples_per_s": round(result.samples_per_s),
+        "memory": memory,
     }
     if out is not None:
+        source = prepared.source
         training = {
-            "data": str(table.path),
-            "rows": len(table.frame),
-            "label": table.label,
-            "skipped_rows": len(table.skipped),
-            "weight": table.weight,
+            "data": [p.name for p in source.files],
+            "data_fingerprint": prepared.fingerprint,
+            "rows": prepared.rows,
+            "label": source.label,
+            "skipped_rows": prepared.skipped,
+            "weight": source.weight,
             "config": config.model_dump(mode="json"),
             **{k: v for k, v in summary.items() if k not in {"model", "test"}},
             "history": result.history,
@@ -121,20 +143,22 @@ def train_one(
     return summary
 
 
+def _oracle(prepared: Prepared) -> Metrics | None:
+    split = prepared.test if len(prepared.test) else prepared.val
+    if split.oracle is None:
+        return None
+    return oracle_metrics(split.labels.read(), split.oracle.read())
+
+
 def run_train(args: argparse.Namespace) -> int:
-    table, config = _read_sized(args, args.model)
-    prepared = prepare(table, config)
-    logger.info(
-        "%d rows: %d train / %d validation / %d test, %d fields",
-        len(table.frame),
-        len(prepared.train),
-        len(prepared.val),
-        len(prepared.test),
-        len(prepared.spec.fields),
+    prepared, config, _ = _prepared(args, args.model)
+    summary = train_one(
+        prepared, config, args.out, progress=not args.no_progress, max_memory=args.max_memory
     )
-    summary = train_one(table, prepared, config, args.out, progress=not args.no_progress)
-    summary["skipped_rows"] = len(table.skipped)
-    oracle = oracle_metrics(table, _test_rows(table, config), config.task)
+    summary["skipped_rows"] = prepared.skipped
+    if prepared.skipped:
+        summary["skipped_rows_file"] = str(prepared.skipped_file)
+    oracle = _oracle(prepared) if config.task == "binary" else None
     if oracle is not None:
         summary["oracle_test"] = oracle
     _emit(summary)
@@ -149,22 +173,24 @@ def _known_models(names: tuple[str, ...]) -> None:
 
 def run_ladder(args: argparse.Namespace) -> int:
     _known_models(args.models)
-    table, _ = _read_sized(args, args.models[0])
-    configs = [config_from_args(args, name, len(table.frame)) for name in args.models]
-    prepared = prepare(table, configs[0])
+    prepared, first, rows = _prepared(args, args.models[0])
+    configs = [config_from_args(args, name, rows) for name in args.models]
     rows = []
     for config in configs:
         out = None if args.out_dir is None else args.out_dir / config.model.name
-        rows.append(train_one(table, prepared, config, out, progress=not args.no_progress))
-    oracle = oracle_metrics(table, _test_rows(table, configs[0]), configs[0].task)
-    table_text = ladder_table(rows, oracle, configs[0].task)
+        # Models share the shards: the data settings are the same for every rung.
+        rows.append(
+            train_one(prepared, config, out, not args.no_progress, max_memory=args.max_memory)
+        )
+    oracle = _oracle(prepared) if first.task == "binary" else None
+    table_text = ladder_table(rows, oracle, first.task)
     sys.stdout.write(table_text + "\n")
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         header = (
-            f"Ladder on `{table.path.name}` ({len(table.frame):,} rows; "
+            f"Ladder on `{prepared.source.name}` ({prepared.rows:,} rows; "
             f"{len(prepared.train):,} train / {len(prepared.val):,} validation / "
-            f"{len(prepared.test):,} test; seed {configs[0].seed}), "
+            f"{len(prepared.test):,} test; seed {first.seed}), "
             f"{time.strftime('%Y-%m-%d')}.\n\n"
         )
         args.report.write_text(header + table_text + "\n")
@@ -205,28 +231,51 @@ def ladder_table(rows: list[dict[str, object]], oracle: Metrics | None, task: st
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    """Score a file with an exported model through onnxruntime, streamed batch by batch;
+    ``--split`` scores one split of the training run, and refuses a file that is not the
+    one the model was trained on."""
     scorer = Scorer.load(resolve_model_dir(args.model_dir))
     manifest = scorer.manifest
-    table = read_table(
-        args.data, args.format, _roles_for(manifest, args), manifest.task, args.bad_rows
-    )
+    config = None
     if args.split != "all":
         config = TrainConfig.model_validate(manifest.training.get("config"))
-        parts = split_rows(len(table.frame), config.val_fraction, config.test_fraction, config.seed)
-        chosen = dict(zip(("train", "val", "test"), parts, strict=True))[args.split]
-        table = replace(table, frame=table.frame.iloc[chosen])
-    indices = scorer.encoder.encode_columns(table.feature_columns(), len(table.frame))
-    predictions = scorer.score_indices(indices)
+    source = open_source(
+        args.data,
+        args.format,
+        _roles_for(manifest, args),
+        manifest.task,
+        None if config is None else config.time_column,
+    )
+    if config is not None:
+        trained_on = manifest.training.get("data_fingerprint")
+        if trained_on != source.fingerprint():
+            raise DataError(
+                f"{args.data}: not the data this model was trained on (its fingerprint "
+                f"differs from the one in spec.json), so its {args.split} split would not be "
+                "the same rows; use --split all to score the whole file"
+            )
+    wanted = None if config is None else SPLIT_NAMES.index(args.split)
+    rule = None if config is None else split_rule(config)
+    log = BadRowLog(args.bad_rows)
+    predictions, labels, weights = [], [], []
+    for batch in source.batches(log):
+        indices = encode_batch(scorer.encoder, batch)
+        chosen = slice(None) if rule is None else rule.assign(batch) == wanted
+        predictions.append(scorer.score_indices(indices[chosen]))
+        labels.append(batch.labels[chosen])
+        if batch.weights is not None:
+            weights.append(batch.weights[chosen])
+    scores, truth = np.concatenate(predictions), np.concatenate(labels)
     if manifest.task == "binary":
-        metrics = binary_metrics(table.labels, predictions)
+        metrics = binary_metrics(truth, scores)
     else:
-        metrics = regression_metrics(table.labels, predictions, table.weights)
+        metrics = regression_metrics(truth, scores, np.concatenate(weights) if weights else None)
     _emit(
         {
             "model_dir": str(scorer.model_dir),
             "version": manifest.version,
             "split": args.split,
-            "skipped_rows": len(table.skipped),
+            "skipped_rows": len(log.rows),
             **metrics,
         }
     )
@@ -262,11 +311,12 @@ def run_tune(args: argparse.Namespace) -> int:
     are held. Prints every trial; ``--write-config`` saves the winner for ``train --config``."""
     from training.tuning import GRID, settings_of, tune
 
-    table, config = _read_sized(args, args.model)
+    source = _source(args, config_from_args(args, args.model))
+    config = config_from_args(args, args.model, source.estimated_rows())
     grid = {knob: values for knob, values in GRID.items() if getattr(args, knob) is None}
     if not grid:
         raise DataError("nothing to tune: --min-count, --embed-dim and --l2 are all given")
-    best, trials = tune(table, config, grid)
+    best, trials = tune(lambda trial: _prepare(source, trial, args), config, grid)
     summary: dict[str, object] = {
         "model": args.model,
         "best": settings_of(best, GRID),
@@ -285,13 +335,13 @@ def run_tune(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     from training.inspect_vectors import plot_field
 
-    table = None
+    source = None
     if args.data is not None:
         manifest = ModelManifest.load(resolve_model_dir(args.model_dir))
         own_columns = argparse.Namespace(
             label=None, weight=None, categorical=(), numeric=(), ignore=()
         )
         roles = _roles_for(manifest, own_columns)
-        table = read_table(args.data, args.format, roles, manifest.task, "skip")
-    _emit(plot_field(args.model_dir, args.field, table, args.plot, args.method))
+        source = open_source(args.data, args.format, roles, manifest.task)
+    _emit(plot_field(args.model_dir, args.field, source, args.plot, args.method))
     return 0

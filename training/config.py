@@ -29,8 +29,14 @@ TRAIN_FLAGS = (
     "patience",
     "seed",
     "min_count",
+    "max_vocab",
+    "exact_values",
     "binning",
     "num_bins",
+    "optimizer",
+    "time_column",
+    "val_from",
+    "test_from",
 )
 
 

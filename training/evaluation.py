@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
-
-from training.data import Table
 
 Metrics = dict[str, float]
 
@@ -49,12 +46,8 @@ def headline(metrics: Metrics) -> float:
     return metrics["auc"] if "auc" in metrics else -metrics["weighted_rmse"]
 
 
-def oracle_metrics(table: Table, rows: np.ndarray, task: str = "binary") -> Metrics | None:
-    """Metrics of the generator's true probabilities on ``rows``, when the file has them."""
-    if task != "binary" or "p_true" not in table.frame.columns or len(rows) == 0:
+def oracle_metrics(labels: np.ndarray, oracle: np.ndarray | None) -> Metrics | None:
+    """Metrics of the generator's true probabilities, when the data has them."""
+    if oracle is None or len(labels) == 0 or np.isnan(oracle).any():
         return None
-    frame = table.frame.iloc[rows]
-    p_true = pd.to_numeric(frame["p_true"], errors="coerce").to_numpy(dtype=np.float64)
-    if np.isnan(p_true).any():
-        return None
-    return binary_metrics(frame[table.label].to_numpy(dtype=np.float64), p_true)
+    return binary_metrics(labels, oracle)

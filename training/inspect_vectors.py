@@ -12,7 +12,8 @@ import torch
 
 from app.features.encoder import FeatureEncoder
 from app.features.spec import NUM_RESERVED, CategoricalField
-from training.data import DataError, Table
+from training.data import BadRowLog, DataError, DataSource
+from training.dataset import encode_batch
 from training.export import load_checkpoint
 from training.layers import FeaturesEmbedding, FieldAwareEmbedding, field_offsets
 
@@ -39,12 +40,15 @@ def field_vectors(model: torch.nn.Module, field_dims: tuple[int, ...], field: in
 
 
 def value_rates(
-    table: Table, encoder: FeatureEncoder, field: int, size: int
+    source: DataSource, encoder: FeatureEncoder, field: int, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Observed click rate and impressions of every value of ``field`` in ``table``."""
-    indices = encoder.encode_columns(table.feature_columns(), len(table.frame))[:, field]
-    counts = np.bincount(indices, minlength=size)
-    clicks = np.bincount(indices, weights=table.labels, minlength=size)
+    """Observed click rate and impressions of every value of ``field`` in ``source``,
+    streamed batch by batch (malformed rows are left out)."""
+    counts, clicks = np.zeros(size), np.zeros(size)
+    for batch in source.batches(BadRowLog("skip")):
+        indices = encode_batch(encoder, batch)[:, field]
+        counts += np.bincount(indices, minlength=size)
+        clicks += np.bincount(indices, weights=batch.labels, minlength=size)
     rates = np.divide(clicks, counts, out=np.full(size, np.nan), where=counts > 0)
     return rates[NUM_RESERVED:], counts[NUM_RESERVED:]
 
@@ -64,7 +68,7 @@ def project(vectors: np.ndarray, method: Method, seed: int = 0) -> np.ndarray:
 def plot_field(
     model_dir: Path,
     field_name: str,
-    table: Table | None,
+    source: DataSource | None,
     out: Path,
     method: Method = "pca",
     max_values: int = 2000,
@@ -89,8 +93,8 @@ def plot_field(
         if isinstance(definition, CategoricalField)
         else [f"bin {b}" for b in range(len(vectors))]
     )[: len(vectors)]
-    if table is not None:
-        rates, counts = value_rates(table, FeatureEncoder(spec), field, spec.field_dims[field])
+    if source is not None:
+        rates, counts = value_rates(source, FeatureEncoder(spec), field, spec.field_dims[field])
         rates, counts = rates[: len(vectors)], counts[: len(vectors)]
     else:
         rates, counts = np.full(len(vectors), np.nan), np.ones(len(vectors))

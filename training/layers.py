@@ -1,7 +1,8 @@
 """Tiny composable blocks the whole model ladder is built from.
 
 Every block takes encoded indices or embeddings, never raw features. Field offsets and
-pair indices are non-persistent buffers built once in ``__init__``.
+pair indices are non-persistent buffers built once in ``__init__``. Embedding tables take
+sparse gradients: a step touches the rows its batch read, never the whole vocabulary.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class FeaturesLinear(nn.Module):
 
     def __init__(self, field_dims: Sequence[int]) -> None:
         super().__init__()
-        self.weight = nn.Embedding(sum(field_dims), 1)
+        self.weight = nn.Embedding(sum(field_dims), 1, sparse=True)
         self.bias = nn.Parameter(torch.zeros(1))
         nn.init.zeros_(self.weight.weight)
         self.register_buffer("offsets", field_offsets(field_dims), persistent=False)
@@ -39,7 +40,7 @@ class FeaturesEmbedding(nn.Module):
 
     def __init__(self, field_dims: Sequence[int], embed_dim: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(sum(field_dims), embed_dim)
+        self.embedding = nn.Embedding(sum(field_dims), embed_dim, sparse=True)
         nn.init.normal_(self.embedding.weight, std=0.01)
         self.register_buffer("offsets", field_offsets(field_dims), persistent=False)
 
@@ -56,7 +57,7 @@ class FieldAwareEmbedding(nn.Module):
         self.num_fields = len(field_dims)
         self.embed_dim = embed_dim
         # One table with F*K columns: a single gather per batch instead of F gathers.
-        self.embedding = nn.Embedding(sum(field_dims), self.num_fields * embed_dim)
+        self.embedding = nn.Embedding(sum(field_dims), self.num_fields * embed_dim, sparse=True)
         nn.init.normal_(self.embedding.weight, std=0.01)
         self.register_buffer("offsets", field_offsets(field_dims), persistent=False)
 
@@ -182,6 +183,22 @@ class MLP(nn.Module):
         return self.layers(inputs).squeeze(-1)
 
 
+def embedding_tables(model: nn.Module) -> list[nn.Parameter]:
+    """Every table indexed by field offsets (first-order weights, vectors, field-aware)."""
+    tables = []
+    for module in model.modules():
+        if isinstance(module, FeaturesLinear):
+            tables.append(module.weight.weight)
+        elif isinstance(module, FeaturesEmbedding | FieldAwareEmbedding):
+            tables.append(module.embedding.weight)
+    return tables
+
+
+def unseen_rows(field_dims: Sequence[int]) -> torch.Tensor:
+    """Each field's unseen row in the tables, as table row numbers."""
+    return field_offsets(field_dims) + UNSEEN_INDEX
+
+
 def fill_unseen_rows(model: nn.Module, field_dims: Sequence[int]) -> None:
     """Set every field's unseen row to the plain average of its value rows, in every table.
 
@@ -191,13 +208,7 @@ def fill_unseen_rows(model: nn.Module, field_dims: Sequence[int]) -> None:
     favour. Reserved rows (missing, unseen) are left out of the average.
     """
     starts = field_offsets(field_dims).tolist()
-    for module in model.modules():
-        if isinstance(module, FeaturesLinear):
-            table = module.weight.weight
-        elif isinstance(module, FeaturesEmbedding | FieldAwareEmbedding):
-            table = module.embedding.weight
-        else:
-            continue
+    for table in embedding_tables(model):
         with torch.no_grad():
             for start, size in zip(starts, field_dims, strict=True):
                 values = table[start + NUM_RESERVED : start + size]

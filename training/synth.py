@@ -16,10 +16,16 @@ Each row carries ``p_true``, so the oracle AUC on any split is known.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 CATEGORICAL_CARDINALITIES = (1000, 500, 200, 100, 50, 20, 10, 5)
 NUMERIC_FIELDS = ("n0", "n1")
@@ -81,16 +87,18 @@ def _zipf_ranks(rng: np.random.Generator, cardinality: int, rows: int) -> np.nda
     return rng.choice(cardinality, size=rows, p=weights / weights.sum())
 
 
-def generate(rows: int, seed: int = 0) -> pd.DataFrame:
+def generate(rows: int, seed: int = 0, chunk: int = 0) -> pd.DataFrame:
     """Draw ``rows`` impressions: feature columns, ``label`` and the true ``p_true``.
 
     The truth (value effects, planted pairs) depends on ``seed`` alone, so two files drawn
     with the same seed and different row counts share one ground truth:
     :func:`true_probability` recomputes ``p_true`` from any frame's features and the seed.
+    ``chunk`` numbers the pieces of a large file (each its own random stream); chunk 0 is
+    the whole of a small one.
     """
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
-    rng = np.random.default_rng(seed + 1)
+    rng = np.random.default_rng(seed + 1 if chunk == 0 else [seed + 1, chunk])
     # A missing value is drawn first and carries no effect (rank `card` = an all-zero row),
     # so p_true is a function of exactly what the file shows: nothing hidden is left for
     # the oracle to know.
@@ -168,3 +176,64 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     out["rate"] = out["clicks"] / out["impressions"]
     out["weight"] = out["impressions"] / out["impressions"].sum()
     return out
+
+
+Layout = Literal["default", "criteo"]
+# Rows drawn and written at a time: the generator's memory is bounded by this, not the file.
+CHUNK_ROWS = 250_000
+
+
+def write(
+    path: Path, rows: int, seed: int, layout: Layout = "default", aggregated: bool = False
+) -> int:
+    """Write ``rows`` rows to ``path`` (.csv/.tsv, optionally .gz, or .parquet) chunk by
+    chunk, in memory bounded by :data:`CHUNK_ROWS`; returns the rows written (the
+    combinations, when aggregated)."""
+    if aggregated:
+        if layout != "default":
+            raise ValueError("--aggregate groups the default layout's fields only")
+        # Combinations need every impression at once: aggregated files are small.
+        frame = aggregate(generate(rows, seed))
+        return _write_tables(path, iter([pa.Table.from_pandas(frame, preserve_index=False)]))
+    if layout == "criteo":
+        from training.synth_criteo import World
+
+        world = World(seed)
+        draw: Callable[[int, int], pa.Table] = world.draw
+    else:
+
+        def draw(count: int, chunk: int) -> pa.Table:
+            return pa.Table.from_pandas(generate(count, seed, chunk), preserve_index=False)
+
+    starts = range(0, rows, CHUNK_ROWS)
+    return _write_tables(
+        path, (draw(min(CHUNK_ROWS, rows - s), chunk) for chunk, s in enumerate(starts))
+    )
+
+
+def _write_tables(path: Path, tables: Iterator[pa.Table]) -> int:
+    suffixes = [s.lower() for s in path.suffixes]
+    first = next(tables)
+    written = 0
+    if suffixes and suffixes[-1] in {".parquet", ".pq"}:
+        with pq.ParquetWriter(path, first.schema) as writer:
+            for table in _chain(first, tables):
+                writer.write_table(table.cast(first.schema))
+                written += table.num_rows
+        return written
+    plain = suffixes[:-1] if suffixes and suffixes[-1] == ".gz" else suffixes
+    delimiter = "\t" if plain and plain[-1] == ".tsv" else ","
+    options = pacsv.WriteOptions(delimiter=delimiter, quoting_style="none", quoting_header="none")
+    with (
+        pa.output_stream(str(path), compression="detect") as stream,
+        pacsv.CSVWriter(stream, first.schema, write_options=options) as writer,
+    ):
+        for table in _chain(first, tables):
+            writer.write_table(table.cast(first.schema))
+            written += table.num_rows
+    return written
+
+
+def _chain(first: pa.Table, rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    yield first
+    yield from rest

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from training.data import Table
+from training.dataset import Prepared
 from training.evaluation import headline
 from training.models import DEFAULTS, ModelName
-from training.train import TrainConfig, cached_prepare, evaluate, fit, new_model
+from training.train import TrainConfig, evaluate, fit, new_model
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +82,23 @@ def settings_of(config: TrainConfig, grid: dict[str, tuple[Any, ...]]) -> dict[s
 
 
 def tune(
-    table: Table, start: TrainConfig, grid: dict[str, tuple[Any, ...]] | None = None
+    prepared_for: Callable[[TrainConfig], Prepared],
+    start: TrainConfig,
+    grid: dict[str, tuple[Any, ...]] | None = None,
 ) -> tuple[TrainConfig, list[Trial]]:
     """Coordinate search on the validation score: each knob in turn over its grid, the others held
     at the best values so far. Costs at most ``sum(len(values))`` fits instead of the
     grid's product; LR has no embedding, so its ``embed_dim`` is never searched.
+
+    Args:
+        prepared_for: the shards for a configuration (:func:`training.dataset.prepare`:
+            configurations that differ only in the model share one cached preparation).
 
     Returns the best configuration and every trial, in the order run.
     """
     grid = dict(GRID if grid is None else grid)
     if start.model.name == "lr":
         grid.pop("embed_dim", None)
-    prepared_for = cached_prepare(table)
     trials: dict[tuple[Any, ...], Trial] = {}
 
     def score(config: TrainConfig) -> float:

@@ -311,6 +311,22 @@ class FeatureEncoder:
                     out[:, j] = column.encode(values, num_rows)
         return out
 
+    def encode_coded(
+        self, position: int, distinct: Sequence[object], codes: NDArray[np.integer]
+    ) -> NDArray[np.int64]:
+        """One field of a dictionary-encoded column (Arrow's, a pandas Categorical): each
+        distinct value goes through the request path's per-value code once, and ``codes``
+        pick the results, so a column of millions of rows costs a numpy gather. A negative
+        code means missing."""
+        column = self._columns[position]
+        looked_up = np.fromiter(map(column.index, distinct), np.int64, len(distinct))
+        with_missing: NDArray[np.int64] = np.append(looked_up, MISSING_INDEX)
+        return cast("NDArray[np.int64]", with_missing[codes])
+
+    def encode_field(self, position: int, values: NDArray[np.generic]) -> NDArray[np.int64]:
+        """One field of a typed column, vectorised (NaN and empty strings are missing)."""
+        return self._columns[position].encode_array(values.reshape(-1))
+
     def encode_rows(self, rows: Sequence[Mapping[str, object]]) -> NDArray[np.int64]:
         """Encode request rows (the service's path). A key left out of a row means missing.
 

@@ -1,5 +1,6 @@
 """The trainer CLI end to end, as a user runs it."""
 
+import gzip
 import json
 from pathlib import Path
 
@@ -41,6 +42,45 @@ def test_synth_train_evaluate(synth_csv: Path, tmp_path: Path) -> None:
     metrics = json.loads(evaluated.stdout)
     assert {"auc", "logloss", "calibration"} <= metrics.keys()
     assert metrics["rows"] == 10_000
+    test_split = cli(
+        "evaluate", "--model-dir", str(out), "--data", str(synth_csv), "--split", "test"
+    )
+    assert test_split.returncode == 0, test_split.stderr
+    assert json.loads(test_split.stdout)["auc"] == pytest.approx(summary["test"]["auc"], abs=1e-4)
+
+    other = tmp_path / "other.csv"
+    other.write_text(synth_csv.read_text().replace("\n0,", "\n1,", 5))
+    refused = cli("evaluate", "--model-dir", str(out), "--data", str(other), "--split", "test")
+    assert refused.returncode == 2
+    assert "not the data this model was trained on" in refused.stderr
+
+
+def test_time_split_and_gzip_shards(tmp_path: Path) -> None:
+    day = tmp_path / "day"
+    day.mkdir()
+    for hour in range(3):
+        lines = ["label,site,hour"] + [f"{i % 2},s{i % 11},{hour}" for i in range(600)]
+        with gzip.open(day / f"part-{hour}.csv.gz", "wt") as handle:
+            handle.write("\n".join(lines) + "\n")
+    result = cli(
+        "train", "--data", str(day), "--model", "lr", "--out", str(tmp_path / "m"),
+        "--time-column", "hour", "--val-from", "1", "--test-from", "2", "--epochs", "1",
+        "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["test"]["rows"] == 600  # the last hour, held out
+
+
+def test_a_model_too_large_for_the_budget_is_refused(synth_csv: Path, tmp_path: Path) -> None:
+    result = cli(
+        "train", "--data", str(synth_csv), "--model", "nffm", "--out", str(tmp_path / "m"),
+        "--max-memory", "100M", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--max-memory" in result.stderr
+    assert "--max-vocab" in result.stderr
+    assert not (tmp_path / "m").exists()
 
 
 def test_ladder_prints_a_table(synth_csv: Path, tmp_path: Path) -> None:
@@ -127,6 +167,10 @@ def test_regression_on_aggregates(tmp_path: Path) -> None:
             "--num-bins sets quantile bins",
         ),
         (["synth", "--rows", "0", "--out", "x.csv"], "--rows must be a positive number"),
+        (
+            ["train", "--data", "{bad}", "--out", "x", "--time-column", "site"],
+            "a time split needs --time-column, --val-from and --test-from",
+        ),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:

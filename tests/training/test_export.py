@@ -18,19 +18,19 @@ from app.features.spec import NUM_RESERVED, UNSEEN_INDEX  # noqa: E402
 from app.scoring.manifest import ModelManifest  # noqa: E402
 from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E402
 from app.scoring.scorer import Scorer  # noqa: E402
-from training.data import read_table  # noqa: E402
+from training.data import open_source  # noqa: E402
+from training.dataset import prepare  # noqa: E402
 from training.export import fixture_rows, load_checkpoint, reexport, write_artifact  # noqa: E402
 from training.layers import FeaturesEmbedding, FeaturesLinear, FieldAwareEmbedding  # noqa: E402
 from training.models import DEFAULTS, MODELS, build_model  # noqa: E402
-from training.train import TrainConfig, fit, prepare  # noqa: E402
+from training.train import TrainConfig, fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def prepared(synth_csv: Path):
-    table = read_table(synth_csv)
-    return prepare(table, TrainConfig(model=DEFAULTS["lr"], seed=0))
+    return prepare(open_source(synth_csv), TrainConfig(model=DEFAULTS["lr"], seed=0))
 
 
 def _model(name: str, field_dims: tuple[int, ...]) -> torch.nn.Module:

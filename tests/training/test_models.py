@@ -3,6 +3,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training.models import DEFAULTS, MODELS, build_model  # noqa: E402
+from training.optim import SparseOptimizer  # noqa: E402
 from training.train import batch_loss  # noqa: E402
 
 FIELD_DIMS = (12, 9, 6, 5)
@@ -33,10 +34,10 @@ def test_forward_shape_and_dtype(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", LADDER)
-def test_one_adam_step_lowers_the_loss(name: str) -> None:
+def test_one_sparse_adam_step_lowers_the_loss(name: str) -> None:
     model = _small(name)
     indices, labels = _batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = SparseOptimizer(model, FIELD_DIMS, learning_rate=1e-2, l2=0.0)
     before = batch_loss(model(indices), labels, None, "binary")
     before.backward()
     optimizer.step()
@@ -50,7 +51,7 @@ def test_can_overfit_a_tiny_set(name: str) -> None:
     model = _small(name)
     indices, labels = _batch(16, seed=1)
     indices[:, 0] = torch.arange(16) % FIELD_DIMS[0]  # rows distinguishable by field 0
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-2)
+    optimizer = SparseOptimizer(model, FIELD_DIMS, learning_rate=5e-2, l2=0.0)
     for _ in range(300):
         optimizer.zero_grad()
         loss = batch_loss(model(indices), labels, None, "binary")

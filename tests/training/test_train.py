@@ -6,9 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.data import read_table  # noqa: E402
+from training.data import open_source  # noqa: E402
+from training.dataset import prepare  # noqa: E402
 from training.models import DEFAULTS  # noqa: E402
-from training.train import TrainConfig, evaluate, fit, new_model, prepare  # noqa: E402
+from training.train import TrainConfig, evaluate, fit, new_model  # noqa: E402
 
 
 def _run(synth_csv: Path, seed: int) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
@@ -18,7 +19,7 @@ def _run(synth_csv: Path, seed: int) -> tuple[list[dict[str, float]], dict[str, 
         batch_size=512,
         seed=seed,
     )
-    prepared = prepare(read_table(synth_csv), config)
+    prepared = prepare(open_source(synth_csv), config)
     model = new_model(prepared, config)
     result = fit(model, prepared, config, progress=False)
     return result.history, model.state_dict()
@@ -44,10 +45,35 @@ def test_early_stopping_restores_the_best_epoch(synth_csv: Path) -> None:
         learning_rate=0.05,  # overfits fast, so validation AUC peaks early
         batch_size=256,
     )
-    prepared = prepare(read_table(synth_csv), config)
+    prepared = prepare(open_source(synth_csv), config)
     model = new_model(prepared, config)
     result = fit(model, prepared, config, progress=False)
     best = max(result.history, key=lambda h: h["val_auc"])
     assert result.best_epoch == best["epoch"]
     assert len(result.history) < 12
     assert evaluate(model, prepared.val, "binary")["auc"] == pytest.approx(best["val_auc"])
+
+
+def test_a_step_updates_only_the_rows_its_batch_read(synth_csv: Path) -> None:
+    """Sparse updates: rows no batch touched keep their initial values (dense Adam with
+    weight decay would have moved every row), and unseen rows hold the field average."""
+    from training.layers import unseen_rows
+
+    config = TrainConfig(
+        model=DEFAULTS["ffm"].model_copy(update={"embed_dim": 4}), epochs=1, batch_size=256
+    )
+    prepared = prepare(open_source(synth_csv), config)
+    model = new_model(prepared, config)
+    before = model.field_aware.embedding.weight.detach().clone()
+    fit(model, prepared, config, progress=False)
+    after = model.field_aware.embedding.weight.detach()
+    offsets = torch.tensor([0, *prepared.spec.field_dims[:-1]]).cumsum(0)
+    touched = torch.unique(
+        torch.from_numpy(prepared.train.load().indices.astype("int64")) + offsets
+    )
+    untouched = torch.ones(len(before), dtype=torch.bool)
+    untouched[touched] = False
+    untouched[unseen_rows(prepared.spec.field_dims)] = False
+    assert untouched.any()
+    torch.testing.assert_close(after[untouched], before[untouched], rtol=0, atol=0)
+    assert not torch.equal(after[touched], before[touched])

@@ -1,8 +1,8 @@
 """Size-aware defaults and the validation search behind them."""
 
-from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -12,9 +12,11 @@ from app.scoring.manifest import ModelManifest
 from app.scoring.repository import resolve_model_dir
 from support.training_files import training_cli as cli
 from training.config import build_config
-from training.data import read_table
+from training.data import open_source
+from training.dataset import prepare, split_rule
 from training.models import DEFAULTS
-from training.train import TrainConfig, split_rows
+from training.split import TEST
+from training.train import TrainConfig
 from training.tuning import SMALL_DATA_ROWS, size_defaults, tune
 
 pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
@@ -48,21 +50,29 @@ def _quick(rows: int) -> TrainConfig:
     return config.model_copy(update={"model": model})
 
 
-def test_tune_picks_its_best_trial_and_never_reads_the_test_rows(synth_csv: Path) -> None:
-    table = read_table(synth_csv)
-    table = replace(table, frame=table.frame.iloc[:4000])
-    start = _quick(len(table.frame))
-    best, trials = tune(table, start, SMALL_GRID)
+def test_tune_picks_its_best_trial_and_never_reads_the_test_rows(
+    synth_csv: Path, tmp_path: Path
+) -> None:
+    lines = synth_csv.read_text().splitlines()[:4001]
+    data = tmp_path / "small.csv"
+    data.write_text("\n".join(lines) + "\n")
+    start = _quick(4000)
+    best, trials = tune(lambda c: prepare(open_source(data), c), start, SMALL_GRID)
     assert 3 <= len(trials) <= 4  # coordinate search: start, other k, then other L2
     assert len({tuple(t.settings.values()) for t in trials}) == len(trials)
     winner = max(trials, key=lambda t: t.val_score)
     assert winner.settings == {"embed_dim": best.model.embed_dim, "l2": best.l2}
 
-    test_rows = split_rows(len(table.frame), start.val_fraction, start.test_fraction, 0)[2]
-    frame = table.frame.copy()
-    frame.loc[frame.index[test_rows], table.label] = 1 - frame[table.label].iloc[test_rows]
-    _, flipped = tune(replace(table, frame=frame), start, SMALL_GRID)
-    assert [t.val_score for t in flipped] == [t.val_score for t in trials]
+    # Flip every test row's label: the search must not notice.
+    test_rows = split_rule(start).by_position(np.arange(4000)) == TEST
+    flipped_lines = [lines[0]] + [
+        (("1" if line[0] == "0" else "0") + line[1:]) if is_test else line
+        for line, is_test in zip(lines[1:], test_rows, strict=True)
+    ]
+    flipped = tmp_path / "flipped.csv"
+    flipped.write_text("\n".join(flipped_lines) + "\n")
+    _, again = tune(lambda c: prepare(open_source(flipped), c), start, SMALL_GRID)
+    assert [t.val_score for t in again] == [t.val_score for t in trials]
 
 
 def test_tune_cli_writes_a_config_that_train_accepts(synth_csv: Path, tmp_path: Path) -> None:

@@ -1,0 +1,73 @@
+"""Optimisers whose step costs O(batch), not O(vocabulary).
+
+Embedding tables take sparse gradients (only the rows a batch read) and a lazy optimiser
+updates only those rows: SparseAdam (Adam's moments kept per row, advanced when the row is
+touched) or Adagrad, which torch updates sparsely too. L2 is applied as libffm applies it,
+to the rows a batch touched: ``grad += l2 * w`` on those rows only. The unseen row of every
+field is not trained -- its gradient is dropped -- because it is not a value: it holds the
+field average (refreshed from the trained rows each epoch), which is what the exported model
+scores unseen values with, so training sees what serving will do. Dense layers use Adam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from training.layers import embedding_tables, unseen_rows
+
+OptimizerName = Literal["adam", "adagrad"]
+
+
+class SparseOptimizer:
+    """One optimiser for the tables (sparse) and one for the dense layers (Adam)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        field_dims: Sequence[int],
+        learning_rate: float,
+        l2: float,
+        name: OptimizerName = "adam",
+    ) -> None:
+        self.tables = embedding_tables(model)
+        table_ids = {id(t) for t in self.tables}
+        dense = [p for p in model.parameters() if id(p) not in table_ids]
+        self.sparse: torch.optim.Optimizer = (
+            torch.optim.SparseAdam(self.tables, lr=learning_rate)
+            if name == "adam"
+            else torch.optim.Adagrad(self.tables, lr=learning_rate)
+        )
+        self.dense = torch.optim.Adam(dense, lr=learning_rate) if dense else None
+        self.l2 = l2
+        self.unseen = unseen_rows(field_dims)
+
+    def zero_grad(self) -> None:
+        self.sparse.zero_grad(set_to_none=True)
+        if self.dense is not None:
+            self.dense.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for table in self.tables:
+            if table.grad is not None:
+                table.grad = self._touched_rows_gradient(table)
+        self.sparse.step()
+        if self.dense is not None:
+            self.dense.step()
+
+    def _touched_rows_gradient(self, table: nn.Parameter) -> torch.Tensor:
+        """The batch's gradient summed per row, unseen rows dropped, L2 on the rest."""
+        assert table.grad is not None
+        grad = table.grad.coalesce()
+        rows, values = grad.indices()[0], grad.values()
+        keep = ~torch.isin(rows, self.unseen)
+        rows, values = rows[keep], values[keep]
+        if self.l2 > 0:
+            values = values + self.l2 * table.detach()[rows]
+        # Rows come from a coalesced tensor, so they are unique and sorted: skip the check.
+        return torch.sparse_coo_tensor(
+            rows.unsqueeze(0), values, table.shape, is_coalesced=True, check_invariants=False
+        )

@@ -1,0 +1,117 @@
+"""Which split a row belongs to, decided from the row alone (no row count needed).
+
+``hash``: a seeded hash of the row's position, compared with the fractions, so a streamed
+file splits the same way on every pass, in every process, on every machine.
+``time``: by a column -- rows before ``val_from`` train, rows from ``test_from`` on test,
+the rest validate: how CTR models are judged in practice (the future is held out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from training.data import Batch, DataError
+
+TRAIN, VAL, TEST = 0, 1, 2
+SPLIT_NAMES = ("train", "val", "test")
+
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser: a well-mixed 64-bit hash of each value, vectorised."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX_1
+        z = (z ^ (z >> np.uint64(27))) * _MIX_2
+        return z ^ (z >> np.uint64(31))
+
+
+def row_hash(positions: np.ndarray, salt: np.uint64 | int = 0) -> np.ndarray:
+    """A seeded 64-bit hash of row positions: the same for a row in any batch or process."""
+    return _splitmix64(_splitmix64(positions.astype(np.uint64)) ^ np.uint64(salt))
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """How rows are split; ``time_column`` set means a time split."""
+
+    val_fraction: float
+    test_fraction: float
+    seed: int
+    time_column: str | None = None
+    val_from: str | None = None
+    test_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.time_column is None:
+            return
+        if self.val_from is None or self.test_from is None:
+            raise DataError("a time split needs both --val-from and --test-from")
+        if _as_number(self.val_from) is not None and _as_number(self.test_from) is not None:
+            if float(self.val_from) > float(self.test_from):
+                raise DataError(f"--val-from {self.val_from} is after --test-from {self.test_from}")
+        elif self.val_from > self.test_from:
+            raise DataError(f"--val-from {self.val_from} is after --test-from {self.test_from}")
+
+    def assign(self, batch: Batch) -> np.ndarray:
+        """``TRAIN``/``VAL``/``TEST`` (int8) for every row of ``batch``."""
+        if self.time_column is None:
+            return self.by_position(batch.positions)
+        if batch.time is None or self.val_from is None or self.test_from is None:
+            raise DataError(f"a time split needs the column {self.time_column!r} in the data")
+        time = batch.time
+        val_from: object = self.val_from
+        test_from: object = self.test_from
+        numbers = _numeric_times(time)
+        if numbers is not None:
+            val_from, test_from = _bound(self.val_from), _bound(self.test_from)
+            time = numbers
+        else:
+            time = time.cast(pa.string())
+        out = np.full(len(time), TRAIN, dtype=np.int8)
+        out[pc.greater_equal(time, val_from).to_numpy(zero_copy_only=False)] = VAL
+        out[pc.greater_equal(time, test_from).to_numpy(zero_copy_only=False)] = TEST
+        return out
+
+    def by_position(self, positions: np.ndarray) -> np.ndarray:
+        """The hash split of rows at ``positions`` (their place in the source, from 0)."""
+        mixed = row_hash(positions, self.seed & 0xFFFFFFFFFFFFFFFF)
+        uniform = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        out = np.full(len(positions), TRAIN, dtype=np.int8)
+        out[uniform < self.test_fraction + self.val_fraction] = VAL
+        out[uniform < self.test_fraction] = TEST
+        return out
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _bound(text: str) -> float:
+    number = _as_number(text)
+    if number is None:
+        raise DataError(f"the time column holds numbers, so {text!r} must be a number")
+    return number
+
+
+def _numeric_times(time: pa.Array) -> pa.Array | None:
+    """The time column as numbers when it holds them (an hour, a day index, epoch seconds),
+    else ``None`` (ISO dates and times compare as text)."""
+    if pa.types.is_integer(time.type) or pa.types.is_floating(time.type):
+        return time.cast(pa.float64())
+    if pa.types.is_timestamp(time.type) or pa.types.is_date(time.type):
+        return None
+    try:
+        return pc.cast(time, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
