@@ -1,6 +1,7 @@
 """The one way a TrainConfig is built, for train, tune, ladder and compare alike.
 
-Precedence, lowest first: the model's published defaults (``models.DEFAULTS``), then the
+Precedence, lowest first: the model's published defaults (``models.DEFAULTS`` and
+``models.TRAINING_DEFAULTS``), then the
 defaults for the file's size (``tuning.size_defaults``, when the row count is known), then a
 YAML file of TrainConfig fields (``--config``), then flags given on the command line.
 """
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 
 from training.data import DataError
-from training.models import DEFAULTS, ModelConfig
+from training.models import DEFAULTS, TRAINING_DEFAULTS, ModelConfig
 from training.train import TrainConfig
 from training.tuning import size_defaults
 
@@ -56,7 +57,7 @@ def build_config(
     if model not in DEFAULTS:
         raise DataError(f"unknown model {model!r}; choose from {sorted(DEFAULTS)}")
     model_fields: dict[str, Any] = DEFAULTS[model].model_dump()  # type: ignore[index]
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = dict(TRAINING_DEFAULTS.get(model, {}))  # type: ignore[call-overload]
     if rows is not None:
         sized = size_defaults(model, rows)  # type: ignore[arg-type]
         if "embed_dim" in sized:

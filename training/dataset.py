@@ -157,6 +157,8 @@ def prepare(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        pa.default_memory_pool().release_unused()  # the counts' memory, before training
     return _load(source, directory)
 
 

@@ -24,6 +24,7 @@ from training.dataset import Prepared
 from training.evaluation import Metrics, binary_metrics, headline, regression_metrics
 from training.fit_spec import EXACT_VALUES, Binning
 from training.layers import fill_unseen_rows
+from training.memory import keep_freed_memory_in_the_heap
 from training.models import ModelConfig, build_model
 from training.optim import OptimizerName, SparseOptimizer
 from training.shards import Split
@@ -177,6 +178,7 @@ def fit(
     every validation, so the validation score is the score the exported model will have.
     The best weights wait on disk, not in a second copy of the tables in memory.
     """
+    keep_freed_memory_in_the_heap()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     field_dims = prepared.spec.field_dims

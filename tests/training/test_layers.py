@@ -51,7 +51,7 @@ def test_field_aware_products_match_pairwise_loop() -> None:
         ],
         dim=1,
     )
-    torch.testing.assert_close(FieldAwareProducts(len(FIELD_DIMS))(field_aware), expected)
+    torch.testing.assert_close(FieldAwareProducts(len(FIELD_DIMS), 3)(field_aware), expected)
 
 
 def test_offsets_keep_fields_apart() -> None:

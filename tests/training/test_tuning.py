@@ -37,10 +37,12 @@ def test_small_files_get_small_tables_and_enough_steps() -> None:
 
 def test_large_files_keep_the_published_settings() -> None:
     large = build_config("nffm", 2 * SMALL_DATA_ROWS * 50)
-    assert large.batch_size == 4096
+    assert large.batch_size == 1024
     assert large.model == DEFAULTS["nffm"]
     assert large.min_count == 1
-    assert build_config("nffm", 200_000).batch_size == 4096  # the default job's size
+    assert build_config("nffm", 200_000).batch_size == 1024  # the default job: at most 1024
+    assert build_config("nffm", 200_000).optimizer == "adagrad"  # measured: NFFM only
+    assert build_config("fm", 200_000).optimizer == "adam"
     assert build_config("nffm", 20_000).batch_size == 512
 
 
