@@ -40,3 +40,25 @@ def test_aggregate_keeps_every_impression() -> None:
     assert agg["clicks"].sum() == frame["label"].sum()
     assert agg["weight"].sum() == pytest.approx(1.0)
     assert np.allclose(agg["rate"], agg["clicks"] / agg["impressions"])
+
+
+def test_criteo_layout_world(tmp_path) -> None:
+    """The Criteo-shaped world: 13 counts + 26 tokens, written chunk by chunk (gzip here),
+    readable with Criteo's roles, labels drawn from p_true."""
+    from training.data import CRITEO_CATEGORICAL, CRITEO_NUMERIC, open_source
+    from training.synth_criteo import CARDINALITIES
+
+    path = tmp_path / "criteo.tsv.gz"
+    assert synth.write(path, 30_000, seed=1, layout="criteo") == 30_000
+    source = open_source(path)
+    assert (source.categorical, source.numeric) == (CRITEO_CATEGORICAL, CRITEO_NUMERIC)
+    assert source.has_oracle
+    batches = list(source.batches())
+    labels = np.concatenate([b.labels for b in batches])
+    oracle = np.concatenate([b.oracle for b in batches])
+    assert labels.mean() == pytest.approx(oracle.mean(), abs=0.02)
+    counts = np.concatenate([b.numeric["I1"] for b in batches])
+    assert (counts[~np.isnan(counts)] == 0).mean() > 0.15  # counts with a mass at zero
+    biggest = CARDINALITIES.index(max(CARDINALITIES))
+    tokens = {t for b in batches for t in b.categorical[f"C{biggest + 1}"].to_pylist()}
+    assert len(tokens) > 5_000  # a long tail of ids, as in the real logs
