@@ -12,7 +12,6 @@ import csv
 import glob
 import hashlib
 import json
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-
-logger = logging.getLogger(__name__)
 
 DataFormat = Literal["csv", "tsv", "criteo", "parquet"]
 Task = Literal["binary", "regression"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-SPLIT_FILES = ("indices", "labels", "weights", "oracle")
 # Rows a shuffled block holds, and blocks a shuffle buffer mixes: 16 random blocks of 16k
 # rows, about 2.5M index values (10 MB at int32 for 40 fields).
 BLOCK_ROWS = 16_384
