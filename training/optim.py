@@ -33,6 +33,9 @@ class SparseOptimizer:
         l2: float,
         name: OptimizerName = "adam",
     ) -> None:
+        # torch's sparse optimisers build COO tensors from indices they made themselves;
+        # say so once (torch warns until told whether to check their invariants).
+        torch.sparse.check_sparse_tensor_invariants.disable()
         self.tables = embedding_tables(model)
         table_ids = {id(t) for t in self.tables}
         dense = [p for p in model.parameters() if id(p) not in table_ids]
@@ -67,7 +70,5 @@ class SparseOptimizer:
         rows, values = rows[keep], values[keep]
         if self.l2 > 0:
             values = values + self.l2 * table.detach()[rows]
-        # Rows come from a coalesced tensor, so they are unique and sorted: skip the check.
-        return torch.sparse_coo_tensor(
-            rows.unsqueeze(0), values, table.shape, is_coalesced=True, check_invariants=False
-        )
+        # Rows come from a coalesced tensor, so they are unique and sorted.
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), values, table.shape, is_coalesced=True)
