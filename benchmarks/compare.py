@@ -452,8 +452,7 @@ def compare(
             replace(e, split_aucs=(e.auc, *(aucs[e.name] for aucs in others))) for e in entries
         ]
     prepared = prepared_for(configs[needed[0]])
-    test = prepared.test
-    oracle = oracle_metrics(test.labels.read(), None if test.oracle is None else test.oracle.read())
+    oracle = oracle_metrics(prepared.test)
     setup: dict[str, Any] = {
         "rows": prepared.rows,
         "train": len(prepared.train),

@@ -144,10 +144,7 @@ def train_one(
 
 
 def _oracle(prepared: Prepared) -> Metrics | None:
-    split = prepared.test if len(prepared.test) else prepared.val
-    if split.oracle is None:
-        return None
-    return oracle_metrics(split.labels.read(), split.oracle.read())
+    return oracle_metrics(prepared.test if len(prepared.test) else prepared.val)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -445,7 +445,7 @@ class _ParquetFile:
 
 def _arrow_reason(exc: Exception) -> str:
     text = str(exc)
-    if "invalid UTF8" in text or "UTF8" in text:
+    if "UTF8" in text:
         return f"not UTF-8 text ({text})"
     return text
 

@@ -95,11 +95,11 @@ def split_rule(settings: Any) -> SplitRule:
     )
 
 
-def cache_key(source: DataSource, settings: Any, bad_rows: BadRows) -> str:
+def cache_key(source: DataSource, fingerprint: str, settings: Any, bad_rows: BadRows) -> str:
     described = {
         "format": CACHE_FORMAT,
         "files": [str(p.resolve()) for p in source.files],
-        "fingerprint": source.fingerprint(),
+        "fingerprint": fingerprint,
         "modified": source.modified(),
         "layout": source.fmt,
         "columns": [source.label, source.weight, source.categorical, source.numeric],
@@ -140,7 +140,8 @@ def prepare(
     """The spec and shards for ``source`` under ``settings`` (a TrainConfig), from the
     cache when they are there, else made in two passes and cached."""
     root = cache_root or default_cache_root()
-    directory = root / cache_key(source, settings, bad_rows)
+    fingerprint = source.fingerprint()
+    directory = root / cache_key(source, fingerprint, settings, bad_rows)
     if (directory / "meta.json").exists():
         logger.info("encoded shards from the cache: %s", directory)
         return _load(source, directory)
@@ -149,7 +150,7 @@ def prepare(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        _build(source, settings, bad_rows, staging)
+        _build(source, fingerprint, settings, bad_rows, staging)
         try:
             staging.rename(directory)
         except OSError:  # another process finished the same shards first: use theirs
@@ -162,7 +163,9 @@ def prepare(
     return _load(source, directory)
 
 
-def _build(source: DataSource, settings: Any, bad_rows: BadRows, out: Path) -> None:
+def _build(
+    source: DataSource, fingerprint: str, settings: Any, bad_rows: BadRows, out: Path
+) -> None:
     rule = split_rule(settings)
     builder = SpecBuilder(
         source.categorical,
@@ -235,7 +238,7 @@ def _build(source: DataSource, settings: Any, bad_rows: BadRows, out: Path) -> N
     meta = {
         "format": CACHE_FORMAT,
         "data": [p.name for p in source.files],
-        "fingerprint": source.fingerprint(),
+        "fingerprint": fingerprint,
         "rows": {name: int(counts[i]) for i, name in enumerate(SPLIT_NAMES)},
         "skipped": len(log.rows),
         "sketched": sketched,

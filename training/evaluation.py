@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
+from training.shards import Split
+
 Metrics = dict[str, float]
 
 
@@ -46,8 +48,11 @@ def headline(metrics: Metrics) -> float:
     return metrics["auc"] if "auc" in metrics else -metrics["weighted_rmse"]
 
 
-def oracle_metrics(labels: np.ndarray, oracle: np.ndarray | None) -> Metrics | None:
-    """Metrics of the generator's true probabilities, when the data has them."""
-    if oracle is None or len(labels) == 0 or np.isnan(oracle).any():
+def oracle_metrics(split: Split) -> Metrics | None:
+    """Metrics of the generator's true probabilities on a split, when the data has them."""
+    if split.oracle is None or len(split) == 0:
         return None
-    return binary_metrics(labels, oracle)
+    oracle = split.oracle.read()
+    if np.isnan(oracle).any():
+        return None
+    return binary_metrics(split.labels.read(), oracle)
