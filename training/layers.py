@@ -88,7 +88,9 @@ class FieldAwareProducts(nn.Module):
     ``F x F x K`` block, with an index built once. Measured on an NFFM step (39 fields,
     k=4, batch 1024): 2.4x faster forward and backward than two advanced-indexing gathers
     ``[:, rows, cols]``, whose backward is an accumulating ``index_put`` over the block.
-    (A custom backward gathering by the inverse permutation was slower still.)
+    (A custom backward gathering by the inverse permutation was slower still.) The two
+    factors are split with ``unbind``: taking ``[:, 0]`` and ``[:, 1]`` cost 3 ms more per
+    step, each slice's backward zero-filling the whole block and adding the two.
     """
 
     def __init__(self, num_fields: int, embed_dim: int) -> None:
@@ -105,7 +107,8 @@ class FieldAwareProducts(nn.Module):
         """``(B, F, F, K)`` -> ``(B, P, K)`` with ``P = F(F-1)/2``."""
         flat = field_aware.reshape(field_aware.shape[0], -1)
         both = flat.index_select(1, self.elements).view(-1, 2, self.num_pairs, self.embed_dim)
-        return both[:, 0] * both[:, 1]
+        left, right = both.unbind(1)  # backward stacks; indexing [:, 0] zero-filled twice
+        return left * right
 
 
 class FactorizationMachine(nn.Module):
