@@ -329,15 +329,17 @@ def train_speed(prepared: Prepared, config: TrainConfig) -> tuple[float, float]:
     touched, with sparse updates (how it trains), DeepCTR-Torch's as its ``l2_reg_embedding``
     loss term over the full tables with dense Adam (how it trains).
     """
-    from training.train import train_epoch
+    from training.distributed import Cluster
+    from training.train import epoch_batches, train_epoch
 
     model = new_model(prepared, config)
     optimizer = SparseOptimizer(
         model, prepared.spec.field_dims, config.learning_rate, config.l2, config.optimizer
     )
+    batches, rows = epoch_batches(prepared.train, config, 1, Cluster())
     started = time.perf_counter()
-    train_epoch(model, optimizer, prepared.train, config, np.random.default_rng(0), progress=False)
-    ours = len(prepared.train) / (time.perf_counter() - started)
+    train_epoch(model, optimizer, batches, rows, config, torch.device("cpu"), progress=False)
+    ours = rows / (time.perf_counter() - started)
     with _deepctr_offline():
         theirs_model = _deepctr_model("DeepFM", prepared, config)
         theirs_model.compile(

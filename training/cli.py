@@ -1,5 +1,5 @@
-"""``python -m training <command>`` -- the trainer's CLI: synth, train, tune, ladder, evaluate,
-export, compare, inspect.
+"""``python -m training <command>`` -- the trainer's CLI: synth, prepare, train, tune, ladder,
+evaluate, export, inspect.
 
 Bad input ends with one ``error: ...`` line on stderr and exit status 2, never a traceback.
 """
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from app.features.errors import SpecError
 from training import commands
 from training.data import DataError
+from training.distributed import DEFAULT_TIMEOUT_S
 from training.export import ExportError
 from training.models import MODELS
 
@@ -90,6 +91,19 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
         "(default: $CTRSERVE_CACHE_DIR, else ~/.cache/ctrserve/shards)",
     )
     parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="train on this rank's GPU (cuda), the CPU, or a GPU when there is one (auto)",
+    )
+    parser.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="under torchrun: seconds any rank waits for the others (shard preparation "
+        "included) before the job ends with an error",
+    )
+    parser.add_argument(
         "--max-memory",
         type=_memory_size,
         default=None,
@@ -158,7 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="write feature combinations with impressions and rate (regression)",
     )
 
-    train = commands.add_parser("train", help="train one model and export it")
+    prepare = commands.add_parser(
+        "prepare", help="fit the spec and write the encoded shards into the cache, once"
+    )
+    _add_train_args(prepare)
+    prepare.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="nffm",
+        help="whose size defaults decide the data settings (as train would)",
+    )
+
+    train = commands.add_parser(
+        "train", help="train one model and export it (alone, or as ranks under torchrun)"
+    )
     _add_train_args(train)
     train.add_argument("--model", choices=sorted(MODELS), default="nffm")
     train.add_argument(

@@ -20,6 +20,13 @@ from training import synth
 from training.config import config_from_args
 from training.data import BadRowLog, ColumnRoles, DataError, DataSource, open_source
 from training.dataset import Prepared, encode_batch, prepare, split_rule
+from training.distributed import (
+    Cluster,
+    check_same,
+    cluster_session,
+    in_turn,
+    launched_by_torchrun,
+)
 from training.evaluation import Metrics, binary_metrics, oracle_metrics, regression_metrics
 from training.export import reexport, write_artifact
 from training.memory import available_memory, check_fits, plan
@@ -33,6 +40,7 @@ logger = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> int:
     handlers = {
         "synth": run_synth,
+        "prepare": run_prepare,
         "train": run_train,
         "ladder": run_ladder,
         "evaluate": run_evaluate,
@@ -61,14 +69,21 @@ def _source(args: argparse.Namespace, config: TrainConfig) -> DataSource:
     return open_source(args.data, args.format, roles, config.task, config.time_column)
 
 
-def _prepared(args: argparse.Namespace, model: str) -> tuple[Prepared, TrainConfig, int]:
+def _prepared(
+    args: argparse.Namespace, model: str, cluster: Cluster | None = None
+) -> tuple[Prepared, TrainConfig, int]:
     """The prepared shards, the config and the row count its size defaults came from
     (estimated before reading). The config's task decides how the file is read, so a
-    config without the row count comes first."""
+    config without the row count comes first. In a job the shards are prepared once and
+    every rank checks that it holds the same spec and splits as rank 0."""
+    cluster = cluster or Cluster()
     source = _source(args, config_from_args(args, model))
     rows = source.estimated_rows()
     config = config_from_args(args, model, rows)
-    return _prepare(source, config, args), config, rows
+    prepared = in_turn(cluster, lambda: _prepare(source, config, args))
+    layout = [len(prepared.train), len(prepared.val), len(prepared.test), prepared.fingerprint]
+    check_same(cluster, "spec and splits", prepared.spec.model_dump_json() + repr(layout))
+    return prepared, config, rows
 
 
 def _prepare(source: DataSource, config: TrainConfig, args: argparse.Namespace) -> Prepared:
@@ -85,10 +100,42 @@ def _prepare(source: DataSource, config: TrainConfig, args: argparse.Namespace) 
     return prepared
 
 
-def _check_memory(prepared: Prepared, config: TrainConfig, budget: int | None) -> dict[str, int]:
-    """Print the memory plan; refuse (with the knobs to turn) when it does not fit."""
-    memory = plan(prepared.spec.field_dims, config.model, config.batch_size, config.optimizer)
-    limit = budget if budget is not None else available_memory()
+def _single_process(command: str) -> None:
+    if launched_by_torchrun():
+        raise DataError(
+            f"{command} runs in one process: launch it with python -m training, not torchrun "
+            "(train and ladder take torchrun)"
+        )
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Read the data, fit the spec and write the shards into the cache, nothing else: the
+    step a multi-node job runs once (an init container, a first job) before its ranks start,
+    so that none of them waits for another to read the logs."""
+    _single_process("prepare")
+    prepared = _prepared(args, args.model)[0]
+    _emit(
+        {
+            "shards": str(prepared.directory),
+            "rows": prepared.rows,
+            "splits": {s.name: len(s) for s in (prepared.train, prepared.val, prepared.test)},
+            "fields": len(prepared.spec.fields),
+            "table_rows": sum(prepared.spec.field_dims),
+            "skipped_rows": prepared.skipped,
+            "pass_seconds": prepared.seconds,
+        }
+    )
+    return 0
+
+
+def _check_memory(
+    prepared: Prepared, config: TrainConfig, budget: int | None, cluster: Cluster
+) -> dict[str, int]:
+    """Print the memory plan; refuse (with the knobs to turn) when it does not fit. Ranks on
+    one machine share its memory: each gets its share of the budget."""
+    per_rank = max(1, config.batch_size // cluster.world_size)
+    memory = plan(prepared.spec.field_dims, config.model, per_rank, config.optimizer)
+    limit = (budget if budget is not None else available_memory()) // cluster.local_world_size
     logger.info(
         "memory plan for %s (budget %s MiB):\n  %s",
         config.model.name,
@@ -105,11 +152,17 @@ def train_one(
     out: Path | None,
     progress: bool,
     max_memory: int | None = None,
+    cluster: Cluster | None = None,
 ) -> dict[str, object]:
-    """Fit one model on prepared shards, evaluate on test, optionally export it."""
-    memory = _check_memory(prepared, config, max_memory)
+    """Fit one model on prepared shards, evaluate on test, optionally export it. In a job
+    every rank trains; only rank 0 scores the test rows and exports (the others get ``{}``)."""
+    cluster = cluster or Cluster()
+    memory = _check_memory(prepared, config, max_memory, cluster)
     model = new_model(prepared, config)
-    result = fit(model, prepared, config, progress=progress)
+    result = fit(model, prepared, config, progress=progress, cluster=cluster)
+    if not cluster.is_main:
+        return {}
+    model.to("cpu")
     split = prepared.test if len(prepared.test) else prepared.val
     metrics = evaluate(model, split, config.task)
     summary: dict[str, object] = {
@@ -120,6 +173,8 @@ def train_one(
         "parameters": count_parameters(model),
         "train_seconds": round(result.train_seconds, 2),
         "samples_per_s": round(result.samples_per_s),
+        "processes": cluster.world_size,
+        "device": str(cluster.device),
         "memory": memory,
     }
     if out is not None:
@@ -148,10 +203,13 @@ def _oracle(prepared: Prepared) -> Metrics | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    prepared, config, _ = _prepared(args, args.model)
-    summary = train_one(
-        prepared, config, args.out, progress=not args.no_progress, max_memory=args.max_memory
-    )
+    with cluster_session(args.device, args.collective_timeout) as cluster:
+        prepared, config, _ = _prepared(args, args.model, cluster)
+        summary = train_one(
+            prepared, config, args.out, not args.no_progress, args.max_memory, cluster
+        )
+    if not cluster.is_main:
+        return 0
     summary["skipped_rows"] = prepared.skipped
     if prepared.skipped:
         summary["skipped_rows_file"] = str(prepared.skipped_file)
@@ -170,17 +228,20 @@ def _known_models(names: tuple[str, ...]) -> None:
 
 def run_ladder(args: argparse.Namespace) -> int:
     _known_models(args.models)
-    prepared, first, rows = _prepared(args, args.models[0])
-    configs = [config_from_args(args, name, rows) for name in args.models]
-    rows = []
-    for config in configs:
-        out = None if args.out_dir is None else args.out_dir / config.model.name
-        # Models share the shards: the data settings are the same for every rung.
-        rows.append(
-            train_one(prepared, config, out, not args.no_progress, max_memory=args.max_memory)
-        )
+    with cluster_session(args.device, args.collective_timeout) as cluster:
+        prepared, first, rows = _prepared(args, args.models[0], cluster)
+        configs = [config_from_args(args, name, rows) for name in args.models]
+        results = []
+        for config in configs:
+            out = None if args.out_dir is None else args.out_dir / config.model.name
+            # Models share the shards: the data settings are the same for every rung.
+            results.append(
+                train_one(prepared, config, out, not args.no_progress, args.max_memory, cluster)
+            )
+    if not cluster.is_main:
+        return 0
     oracle = _oracle(prepared) if first.task == "binary" else None
-    table_text = ladder_table(rows, oracle, first.task)
+    table_text = ladder_table(results, oracle, first.task)
     sys.stdout.write(table_text + "\n")
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -308,6 +369,7 @@ def run_tune(args: argparse.Namespace) -> int:
     are held. Prints every trial; ``--write-config`` saves the winner for ``train --config``."""
     from training.tuning import GRID, settings_of, tune
 
+    _single_process("tune")
     source = _source(args, config_from_args(args, args.model))
     config = config_from_args(args, args.model, source.estimated_rows())
     grid = {knob: values for knob, values in GRID.items() if getattr(args, knob) is None}

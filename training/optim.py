@@ -7,6 +7,11 @@ to the rows a batch touched: ``grad += l2 * w`` on those rows only. The unseen r
 field is not trained -- its gradient is dropped -- because it is not a value: it holds the
 field average (refreshed from the trained rows each epoch), which is what the exported model
 scores unseen values with, so training sees what serving will do. Dense layers use Adam.
+
+On a backend that cannot sum sparse gradients across ranks (nccl), the tables take dense
+gradients instead: the same rules apply to the rows with a non-zero gradient, and Adam's
+moments then move every row each step (it is no longer lazy), at O(vocabulary) a step --
+the price of that backend, paid on a GPU.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class SparseOptimizer:
         learning_rate: float,
         l2: float,
         name: OptimizerName = "adam",
+        sparse_gradients: bool = True,
     ) -> None:
         # torch's sparse optimisers build COO tensors from indices they made themselves;
         # say so once (torch warns until told whether to check their invariants).
@@ -39,14 +45,16 @@ class SparseOptimizer:
         self.tables = embedding_tables(model)
         table_ids = {id(t) for t in self.tables}
         dense = [p for p in model.parameters() if id(p) not in table_ids]
+        adam = torch.optim.SparseAdam if sparse_gradients else torch.optim.Adam
         self.sparse: torch.optim.Optimizer = (
-            torch.optim.SparseAdam(self.tables, lr=learning_rate)
+            adam(self.tables, lr=learning_rate)
             if name == "adam"
             else torch.optim.Adagrad(self.tables, lr=learning_rate)
         )
         self.dense = torch.optim.Adam(dense, lr=learning_rate) if dense else None
         self.l2 = l2
-        self.unseen = unseen_rows(field_dims)
+        device = self.tables[0].device if self.tables else torch.device("cpu")
+        self.unseen = unseen_rows(field_dims).to(device)
 
     def zero_grad(self) -> None:
         self.sparse.zero_grad(set_to_none=True)
@@ -55,8 +63,12 @@ class SparseOptimizer:
 
     def step(self) -> None:
         for table in self.tables:
-            if table.grad is not None:
+            if table.grad is None:
+                continue
+            if table.grad.is_sparse:
                 table.grad = self._touched_rows_gradient(table)
+            else:
+                self._dense_touched_rows(table)
         self.sparse.step()
         if self.dense is not None:
             self.dense.step()
@@ -71,6 +83,15 @@ class SparseOptimizer:
             values = values + self.l2 * table.detach()[rows]
         # Rows come from torch.unique, so they are unique and sorted.
         return torch.sparse_coo_tensor(rows.unsqueeze(0), values, table.shape, is_coalesced=True)
+
+    def _dense_touched_rows(self, table: nn.Parameter) -> None:
+        """The same rules on a dense gradient: unseen rows zeroed, L2 on touched rows."""
+        assert table.grad is not None
+        grad = table.grad
+        grad[self.unseen] = 0
+        if self.l2 > 0:
+            touched = grad.ne(0).any(dim=1, keepdim=True)
+            grad.add_(self.l2 * table.detach() * touched)
 
 
 def _summed_per_row(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

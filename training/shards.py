@@ -143,10 +143,13 @@ class Split:
         """Every row in memory: for small splits and for baselines that want arrays."""
         return self.read()
 
-    def blocks(self, rows: int = BLOCK_ROWS * BUFFER_BLOCKS) -> Iterator[Arrays]:
-        """The rows in order, ``rows`` at a time (evaluation)."""
-        for start in range(0, len(self), rows):
-            yield self.read(start, start + rows)
+    def blocks(
+        self, rows: int = BLOCK_ROWS * BUFFER_BLOCKS, start: int = 0, stop: int | None = None
+    ) -> Iterator[Arrays]:
+        """Rows ``start:stop`` in order, ``rows`` at a time (evaluation)."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        for first in range(start, stop, rows):
+            yield self.read(first, min(first + rows, stop))
 
     def shuffled(
         self,

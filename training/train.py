@@ -2,7 +2,10 @@
 
 No trainer class: each step is a function a test or notebook can call on its own. The data
 comes from :func:`training.dataset.prepare` (spec + shards on disk), read in shuffled blocks,
-so memory depends on the model and the batch, never on the number of rows.
+so memory depends on the model and the batch, never on the number of rows. The same
+functions run as one rank of a torchrun job (:mod:`training.distributed`): ``--batch-size``
+is the global batch, split between the ranks, so a job gives the same model on 1 or N
+processes up to the order of the rows.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +24,26 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm import tqdm
 
-from training.data import Task
+from training.data import DataError, Task
 from training.dataset import Prepared
+from training.distributed import (
+    Cluster,
+    block_rows_for,
+    deal_blocks,
+    dense_table_gradients,
+    from_main,
+    gather_on_main,
+    rank_rows,
+    summed,
+    wrap,
+)
 from training.evaluation import Metrics, binary_metrics, headline, regression_metrics
 from training.fit_spec import EXACT_VALUES, Binning
 from training.layers import fill_unseen_rows
 from training.memory import activations_kept_in_the_heap
 from training.models import ModelConfig, build_model
 from training.optim import OptimizerName, SparseOptimizer
-from training.shards import Split
+from training.shards import BLOCK_ROWS, Arrays, Split
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +90,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     train_seconds: float = 0.0
+    samples_seen: int = 0
     samples_per_s: float = 0.0
 
 
@@ -93,25 +110,27 @@ def batch_loss(
 def train_epoch(
     model: nn.Module,
     optimizer: SparseOptimizer,
-    split: Split,
+    batches: Iterable[Arrays],
+    rows: int,
     config: TrainConfig,
-    rng: np.random.Generator,
+    device: torch.device,
     description: str = "train",
     progress: bool = True,
-) -> float:
-    """One pass over ``split`` in shuffled mini-batches; returns the mean training loss."""
+) -> tuple[float, int]:
+    """One pass over ``batches`` (about ``rows`` rows, for the progress bar); returns the
+    summed training loss and the rows it was summed over."""
     model.train()
     total, seen = 0.0, 0
     started = time.perf_counter()
-    bar = tqdm(total=len(split), desc=description, unit="row", leave=False, disable=not progress)
-    for batch in split.shuffled(config.batch_size, rng):
+    bar = tqdm(total=rows, desc=description, unit="row", leave=False, disable=not progress)
+    for batch in batches:
         if config.model.batch_norm and len(batch) < 2:
             continue  # batch norm cannot train on a single row
         optimizer.zero_grad()
         loss = batch_loss(
-            model(torch.from_numpy(batch.indices.astype(np.int64))),
-            torch.from_numpy(batch.labels),
-            None if batch.weights is None else torch.from_numpy(batch.weights),
+            model(_tensor(batch.indices.astype(np.int64), device)),
+            _tensor(batch.labels, device),
+            None if batch.weights is None else _tensor(batch.weights, device),
             config.task,
         )
         loss.backward()
@@ -124,32 +143,81 @@ def train_epoch(
             samples_s=f"{seen / (time.perf_counter() - started):,.0f}",
         )
     bar.close()
-    return total / max(seen, 1)
+    return total, seen
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(array).to(device, non_blocking=True)
+
+
+def epoch_batches(
+    split: Split, config: TrainConfig, epoch: int, cluster: Cluster
+) -> tuple[Iterator[Arrays], int]:
+    """This rank's shuffled mini-batches for one epoch, and the rows they hold.
+
+    Alone: every block, in a new seeded order each epoch. As a rank: its share of the
+    blocks, ``batch_size / world_size`` rows a step, and as many steps as every other rank.
+    """
+    per_rank = max(1, config.batch_size // cluster.world_size)
+    block_rows = block_rows_for(len(split), cluster, BLOCK_ROWS)
+    share = deal_blocks(len(split), block_rows, per_rank, cluster, config.seed, epoch)
+    rng = np.random.default_rng([config.seed, epoch, cluster.rank])
+    batches = split.shuffled(per_rank, rng, block_rows=block_rows, blocks=share.blocks)
+    if not cluster.distributed:
+        return batches, share.rows
+    if share.steps == 0:
+        raise DataError(
+            f"{len(split):,} training rows cannot be shared by {cluster.world_size} ranks"
+        )
+    listed = ", ".join(str(b) for b in sorted(share.blocks)[:12])
+    more = "" if len(share.blocks) <= 12 else ", ..."
+    logger.info(
+        "rank %d, epoch %d: reads %d of the %d train blocks (%s%s), %d steps of %d rows",
+        cluster.rank,
+        epoch,
+        len(share.blocks),
+        share.total_blocks,
+        listed,
+        more,
+        share.steps,
+        per_rank,
+    )
+    return islice(batches, share.steps), min(share.rows, share.steps * per_rank)
 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, indices: np.ndarray, task: Task, batch_size: int = 4096
+    model: nn.Module,
+    indices: np.ndarray,
+    task: Task,
+    batch_size: int = 4096,
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """Probabilities (binary) or values (regression) for encoded rows in memory, 4096 rows
     a forward pass: a 39-field NFFM's activations for 16384 rows were ~1 GB of peak RSS."""
     model.eval()
+    device = device or torch.device("cpu")
     outputs = [
-        model(torch.from_numpy(indices[start : start + batch_size].astype(np.int64)))
+        model(_tensor(indices[start : start + batch_size].astype(np.int64), device)).cpu()
         for start in range(0, len(indices), batch_size)
     ]
     scores = torch.cat(outputs) if outputs else torch.empty(0)
     return (torch.sigmoid(scores) if task == "binary" else scores).numpy()
 
 
+Scored = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+
+
 def predict_split(
-    model: nn.Module, split: Split, task: Task
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Predictions, labels and weights for every row of a split on disk, read block by
-    block: the split's rows are never all in memory, only its scores."""
+    model: nn.Module, split: Split, task: Task, cluster: Cluster | None = None
+) -> Scored:
+    """Predictions, labels and weights for the rows of a split on disk (a rank's slice of
+    them in a job), read block by block: the rows are never all in memory, only scores."""
+    cluster = cluster or Cluster()
+    start, stop = rank_rows(len(split), cluster)
     predictions, labels, weights = [], [], []
-    for block in split.blocks():
-        predictions.append(predict(model, block.indices, task))
+    for block in split.blocks(start=start, stop=stop):
+        predictions.append(predict(model, block.indices, task, device=cluster.device))
         labels.append(block.labels)
         if block.weights is not None:
             weights.append(block.weights)
@@ -160,11 +228,23 @@ def predict_split(
     )
 
 
-def evaluate(model: nn.Module, split: Split, task: Task) -> Metrics:
-    predictions, labels, weights = predict_split(model, split, task)
-    if task == "binary":
-        return binary_metrics(labels, predictions)
-    return regression_metrics(labels, predictions, weights)
+def evaluate(model: nn.Module, split: Split, task: Task, cluster: Cluster | None = None) -> Metrics:
+    """The split's metrics; in a job each rank scores a slice, rank 0 computes the metrics
+    on all of them (AUC does not add up from parts) and every rank gets rank 0's numbers."""
+    cluster = cluster or Cluster()
+    parts = gather_on_main(cluster, predict_split(model, split, task, cluster))
+    metrics = None
+    if parts is not None:
+        predictions = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        given = [p[2] for p in parts if p[2] is not None]
+        weights = np.concatenate(given) if given else None
+        metrics = (
+            binary_metrics(labels, predictions)
+            if task == "binary"
+            else regression_metrics(labels, predictions, weights)
+        )
+    return from_main(cluster, metrics)
 
 
 def fit(
@@ -172,18 +252,29 @@ def fit(
     prepared: Prepared,
     config: TrainConfig,
     progress: bool = True,
+    cluster: Cluster | None = None,
 ) -> FitResult:
-    """Train with early stopping on the validation metric; leaves the best weights loaded.
+    """Train with early stopping on the validation metric; leaves the best weights loaded
+    (on rank 0, the only rank that exports, in a job).
 
     Unseen rows hold the field average of the trained rows, refreshed before every epoch and
     every validation, so the validation score is the score the exported model will have.
     The best weights wait on disk, not in a second copy of the tables in memory.
     """
+    cluster = cluster or Cluster()
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     field_dims = prepared.spec.field_dims
+    model.to(cluster.device)
+    if not cluster.sparse_gradients:
+        dense_table_gradients(model)
+    stepped = wrap(model, cluster, buffers_change=config.model.batch_norm)
     optimizer = SparseOptimizer(
-        model, field_dims, config.learning_rate, config.l2, config.optimizer
+        model,
+        field_dims,
+        config.learning_rate,
+        config.l2,
+        config.optimizer,
+        sparse_gradients=cluster.sparse_gradients,
     )
     result = FitResult()
     best_score = -np.inf
@@ -191,25 +282,31 @@ def fit(
         best_path = Path(scratch) / "best.pt"
         for epoch in range(1, config.epochs + 1):
             fill_unseen_rows(model, field_dims)
+            batches, rows = epoch_batches(prepared.train, config, epoch, cluster)
             started = time.perf_counter()
             with activations_kept_in_the_heap():
-                loss = train_epoch(
-                    model,
+                loss_sum, seen = train_epoch(
+                    stepped,
                     optimizer,
-                    prepared.train,
+                    batches,
+                    rows,
                     config,
-                    rng,
+                    cluster.device,
                     description=f"{config.model.name} epoch {epoch}",
-                    progress=progress,
+                    progress=progress and cluster.is_main,
                 )
             result.train_seconds += time.perf_counter() - started
+            loss_sum, rows_seen = summed(cluster, [loss_sum, float(seen)])
+            result.samples_seen += int(rows_seen)
+            loss = loss_sum / max(rows_seen, 1.0)
             fill_unseen_rows(model, field_dims)
-            val = evaluate(model, prepared.val, config.task)
+            val = evaluate(model, prepared.val, config.task, cluster)
             score = headline(val)
             result.history.append(
                 {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}}
             )
-            logger.info(
+            logger.log(
+                logging.INFO if cluster.is_main else logging.DEBUG,
                 "%s epoch %d: train loss %.5f, validation %s %.5f",
                 config.model.name,
                 epoch,
@@ -217,15 +314,17 @@ def fit(
                 "auc" if config.task == "binary" else "-wrmse",
                 score,
             )
+            # Every rank holds rank 0's score, so every rank takes the same branch here.
             if score > best_score:
                 best_score, result.best_epoch = score, epoch
-                torch.save(model.state_dict(), best_path)
+                if cluster.is_main:
+                    torch.save(model.state_dict(), best_path)
             elif epoch - result.best_epoch >= config.patience:
                 logger.info("early stop: no validation gain for %d epochs", config.patience)
                 break
-        model.load_state_dict(torch.load(best_path, weights_only=True))
-    epochs_run = len(result.history)
-    result.samples_per_s = epochs_run * len(prepared.train) / max(result.train_seconds, 1e-9)
+        if cluster.is_main:
+            model.load_state_dict(torch.load(best_path, weights_only=True))
+    result.samples_per_s = result.samples_seen / max(result.train_seconds, 1e-9)
     return result
 
 
