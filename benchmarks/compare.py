@@ -540,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.cli import add_data_args, add_hyperparameter_args, run_guarded
     from training.config import flags_of, read_config_file
     from training.data import ColumnRoles, DataError, open_source
+    from training.distributed import single_process_only
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
     add_data_args(parser)
@@ -563,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
+        single_process_only("compare")
         unknown = sorted(set(args.models) - set(MODELS))
         if unknown:
             raise DataError(f"unknown models {unknown}; choose from {sorted(MODELS)}")

@@ -25,7 +25,7 @@ from training.distributed import (
     check_same,
     cluster_session,
     in_turn,
-    launched_by_torchrun,
+    single_process_only,
 )
 from training.evaluation import Metrics, binary_metrics, oracle_metrics, regression_metrics
 from training.export import reexport, write_artifact
@@ -100,19 +100,11 @@ def _prepare(source: DataSource, config: TrainConfig, args: argparse.Namespace) 
     return prepared
 
 
-def _single_process(command: str) -> None:
-    if launched_by_torchrun():
-        raise DataError(
-            f"{command} runs in one process: launch it with python -m training, not torchrun "
-            "(train and ladder take torchrun)"
-        )
-
-
 def run_prepare(args: argparse.Namespace) -> int:
     """Read the data, fit the spec and write the shards into the cache, nothing else: the
     step a multi-node job runs once (an init container, a first job) before its ranks start,
     so that none of them waits for another to read the logs."""
-    _single_process("prepare")
+    single_process_only("prepare")
     prepared = _prepared(args, args.model)[0]
     _emit(
         {
@@ -369,7 +361,7 @@ def run_tune(args: argparse.Namespace) -> int:
     are held. Prints every trial; ``--write-config`` saves the winner for ``train --config``."""
     from training.tuning import GRID, settings_of, tune
 
-    _single_process("tune")
+    single_process_only("tune")
     source = _source(args, config_from_args(args, args.model))
     config = config_from_args(args, args.model, source.estimated_rows())
     grid = {knob: values for knob, values in GRID.items() if getattr(args, knob) is None}

@@ -94,6 +94,15 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def single_process_only(command: str) -> None:
+    """Refuse, clearly, a command that does not run as ranks when torchrun launched it."""
+    if launched_by_torchrun():
+        raise DataError(
+            f"{command} runs in one process: launch it without torchrun "
+            "(train and ladder are the commands that run as torchrun ranks)"
+        )
+
+
 @contextmanager
 def cluster_session(
     device: DeviceChoice = "auto", timeout_s: float = DEFAULT_TIMEOUT_S

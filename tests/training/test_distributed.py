@@ -25,7 +25,6 @@ from app.features.spec import UNSEEN_INDEX  # noqa: E402
 from app.scoring.repository import ModelRepository  # noqa: E402
 from support.servers import ROOT  # noqa: E402
 from support.training_files import training_cli  # noqa: E402
-from training import cli  # noqa: E402
 from training.distributed import Cluster, block_rows_for, deal_blocks, resolve_device  # noqa: E402
 from training.layers import field_offsets  # noqa: E402
 from training.models import ModelConfig, build_model  # noqa: E402
@@ -188,12 +187,23 @@ def test_asking_for_a_gpu_without_one_is_a_clear_error(
     assert resolve_device("auto") == torch.device("cpu")
 
 
-def test_tune_says_it_runs_in_one_process(
-    logs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("module", "command"),
+    [("training", "tune"), ("training", "prepare"), ("benchmarks.compare", "compare")],
+)
+def test_single_process_commands_say_so_under_torchrun(
+    logs: Path, module: str, command: str
 ) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert cli.main(["tune", "--data", str(logs), "--no-progress"]) == 2
-    assert "tune runs in one process" in capsys.readouterr().err
+    args = ["--data", str(logs)] if command == "compare" else [command, "--data", str(logs)]
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WORLD_SIZE": "2"},  # as torchrun sets it
+    )
+    assert result.returncode == 2
+    assert f"error: {command} runs in one process" in result.stderr
 
 
 @pytest.mark.gpu
