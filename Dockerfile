@@ -12,6 +12,24 @@ RUN pip install --quiet '.[serve]' \
     && python -c "import app.main" \
     && ! python -c "import torch" 2>/dev/null
 
+# The training image, for deploy/training/pytorchjob.yaml: `docker build --target train -t
+# ctrserve-train .` adds torch (the `train` extra) and torchrun. A plain `docker build`
+# skips this stage: the service image below never contains torch.
+FROM ${BASE_IMAGE} AS train
+RUN useradd --system --no-create-home --uid 10001 ctrserve
+WORKDIR /src
+ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY pyproject.toml README.md ctrserve.py ./
+COPY app ./app
+COPY training ./training
+RUN python -m venv /opt/venv \
+    && pip install --quiet '.[train]' \
+    && python -c "import torch.distributed, training.distributed" \
+    && command -v torchrun
+USER ctrserve
+CMD ["torchrun", "--help"]
+
 FROM ${BASE_IMAGE}
 RUN useradd --system --no-create-home --uid 10001 ctrserve
 COPY --from=build /opt/venv /opt/venv

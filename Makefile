@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test bench bench-train reliability quality loadtest clean
+.PHONY: setup run model serve test bench bench-train bench-dist reliability quality loadtest clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -67,6 +67,11 @@ bench: model $(TEST_DEPS)
 # deleted; ~4 GB of disk at the peak), peak RSS and speed vs DeepCTR-Torch -> docs/TRAINING.md
 bench-train: $(TEST_DEPS)
 	$(PY) -m benchmarks.training
+
+# 1 vs 2 torchrun processes on 1M Criteo-shaped rows: samples/s, AUC, communication per step
+# -> docs/DISTRIBUTED.md
+bench-dist: $(TEST_DEPS)
+	$(PY) -m benchmarks.distributed
 
 # Fuzzing, limits, faults, reload under load, memory bound, shutdown, audit -> docs/RELIABILITY.md
 reliability: model $(TEST_DEPS)
