@@ -76,6 +76,46 @@ def test_two_processes_train_the_model_one_process_trains(logs: Path, tmp_path: 
     assert len(ModelRepository(tmp_path / "two").versions()) == 1
 
 
+@pytest.mark.slow
+def test_two_nodes_meet_at_a_rendezvous_and_each_prepares_its_own_disk(
+    logs: Path, tmp_path: Path
+) -> None:
+    """Two torchrun launchers, as on two machines (one process each, a c10d rendezvous on
+    127.0.0.1), each with its own shard cache, as machines without a shared volume have."""
+    port = _free_port()
+    launch = [
+        *("-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"),
+        *("--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"),
+        *("--rdzv-id", "two-nodes", "-m", "training", "train", "--data", str(logs)),
+        *("--model", "ffm", "--epochs", "2", "--no-progress", "--out", str(tmp_path / "models")),
+    ]
+    launchers = [
+        subprocess.Popen(
+            [sys.executable, *launch, "--cache-dir", str(tmp_path / f"disk{node}")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in range(2)
+    ]
+    outputs = []
+    for launcher in launchers:
+        try:
+            outputs.append(launcher.communicate(timeout=JOB_TIMEOUT_S))
+        finally:
+            if launcher.poll() is None:
+                launcher.terminate()
+                launcher.communicate(timeout=60)
+    assert [launcher.returncode for launcher in launchers] == [0, 0], outputs
+    summaries = [json.loads(out) for out, _ in outputs if out.strip()]
+    assert len(summaries) == 1  # rank 0 alone reports ...
+    assert summaries[0]["processes"] == 2
+    assert len(ModelRepository(tmp_path / "models").versions()) == 1  # ... and exports
+    for node in range(2):  # each machine built the same shards on its own disk
+        assert len(list((tmp_path / f"disk{node}").glob("*/meta.json"))) == 1
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
