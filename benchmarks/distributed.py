@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.training import MAX_VOCAB, generate, measure, train_command
-from support.reports import machine, markdown_section
+from support.reports import machine, markdown_section, results_json
 from support.servers import ROOT
 
 logger = logging.getLogger("bench.distributed")
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(Path(scratch), args.rows)
     text = report(results, started)
     args.out.write_text(text + "\n")
-    (DOCS / "distributed.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (DOCS / "distributed.json").write_text(results_json(results, scratch))
     sys.stdout.write(text + "\n")
     return 0
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from support.reports import machine, markdown_section
+from support.reports import machine, markdown_section, results_json
 from support.servers import ROOT
 
 logger = logging.getLogger("bench.training")
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args.rows, Path(scratch))
     text = report(results, started)
     args.out.write_text(text + "\n")
-    (DOCS / "training.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (DOCS / "training.json").write_text(results_json(results, scratch))
     sys.stdout.write(text + "\n")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -32,3 +33,9 @@ def markdown_section(title: str, intro: str, header: list[str], rows: list[list[
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def results_json(results: object, scratch: str) -> str:
+    """Raw results as JSON, with the run's temporary directory written as ``<scratch>``: a
+    report names no absolute path of the machine it ran on."""
+    return json.dumps(results, indent=1, default=str).replace(scratch, "<scratch>") + "\n"
