@@ -18,15 +18,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks.training import MAX_VOCAB, generate, measure, train_command
-from support.reports import machine, markdown_section, results_json
+from support.reports import machine, markdown_section, run_and_report
 from support.servers import ROOT
 
 logger = logging.getLogger("bench.distributed")
@@ -225,14 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         return probe(args.data, args.cache_dir, args.rows)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    with tempfile.TemporaryDirectory(prefix="ctrserve-dist-bench-") as scratch:
-        results = run(Path(scratch), args.rows)
-    text = report(results, started)
-    args.out.write_text(text + "\n")
-    (DOCS / "distributed.json").write_text(results_json(results, scratch))
-    sys.stdout.write(text + "\n")
-    return 0
+    return run_and_report(
+        "ctrserve-dist-bench-",
+        lambda scratch: run(scratch, args.rows),
+        report,
+        args.out,
+        DOCS / "distributed.json",
+    )
 
 
 if __name__ == "__main__":

@@ -21,17 +21,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from support.reports import machine, markdown_section, results_json
+from support.reports import machine, markdown_section, run_and_report
 from support.servers import ROOT
 
 logger = logging.getLogger("bench.training")
@@ -314,14 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.peer is not None:
         return peer_epoch(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    with tempfile.TemporaryDirectory(prefix="ctrserve-train-bench-") as scratch:
-        results = run(args.rows, Path(scratch))
-    text = report(results, started)
-    args.out.write_text(text + "\n")
-    (DOCS / "training.json").write_text(results_json(results, scratch))
-    sys.stdout.write(text + "\n")
-    return 0
+    return run_and_report(
+        "ctrserve-train-bench-",
+        lambda scratch: run(args.rows, scratch),
+        report,
+        args.out,
+        DOCS / "training.json",
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from support.servers import ROOT
 
@@ -35,7 +40,22 @@ def markdown_section(title: str, intro: str, header: list[str], rows: list[list[
     return "\n".join(lines) + "\n"
 
 
-def results_json(results: object, scratch: str) -> str:
-    """Raw results as JSON, with the run's temporary directory written as ``<scratch>``: a
-    report names no absolute path of the machine it ran on."""
-    return json.dumps(results, indent=1, default=str).replace(scratch, "<scratch>") + "\n"
+def run_and_report(
+    prefix: str,
+    run: Callable[[Path], Any],
+    report: Callable[[Any, str], str],
+    out: Path,
+    raw: Path,
+) -> int:
+    """A benchmark's whole life: ``run`` in a temporary directory (its generated data is
+    deleted with it), the Markdown ``report`` to ``out`` and stdout, the raw results to
+    ``raw`` as JSON, with that directory written as ``<scratch>``: a report names no
+    absolute path of the machine it ran on."""
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        results = run(Path(scratch))
+    text = report(results, started)
+    out.write_text(text + "\n")
+    raw.write_text(json.dumps(results, indent=1, default=str).replace(scratch, "<scratch>") + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
