@@ -125,7 +125,7 @@ def _check_memory(
 ) -> dict[str, int]:
     """Print the memory plan; refuse (with the knobs to turn) when it does not fit. Ranks on
     one machine share its memory: each gets its share of the budget."""
-    per_rank = max(1, config.batch_size // cluster.world_size)
+    per_rank = cluster.rank_batch(config.batch_size)
     memory = plan(prepared.spec.field_dims, config.model, per_rank, config.optimizer)
     limit = (budget if budget is not None else available_memory()) // cluster.local_world_size
     logger.info(

@@ -72,6 +72,10 @@ class Cluster:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def rank_batch(self, batch_size: int) -> int:
+        """This rank's rows a step: ``--batch-size`` is the global batch, split evenly."""
+        return max(1, batch_size // self.world_size)
+
     @property
     def sparse_gradients(self) -> bool:
         """gloo sums sparse tensors; nccl does not, so CUDA ranks send dense ones."""

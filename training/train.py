@@ -158,7 +158,7 @@ def epoch_batches(
     Alone: every block, in a new seeded order each epoch. As a rank: its share of the
     blocks, ``batch_size / world_size`` rows a step, and as many steps as every other rank.
     """
-    per_rank = max(1, config.batch_size // cluster.world_size)
+    per_rank = cluster.rank_batch(config.batch_size)
     block_rows = block_rows_for(len(split), cluster, BLOCK_ROWS)
     share = deal_blocks(len(split), block_rows, per_rank, cluster, config.seed, epoch)
     rng = np.random.default_rng([config.seed, epoch, cluster.rank])
