@@ -28,7 +28,8 @@ def field_vectors(model: torch.nn.Module, field_dims: tuple[int, ...], field: in
     concatenated, since together they are what the model knows about the value.
     """
     tables = [
-        m.embedding.weight
+        # A field-aware row ends with the value's first-order weight: not a latent vector.
+        m.embedding.weight[:, :-1] if isinstance(m, FieldAwareEmbedding) else m.embedding.weight
         for m in model.modules()
         if isinstance(m, FieldAwareEmbedding | FeaturesEmbedding)
     ]

@@ -20,7 +20,7 @@ from training.layers import (
     FeaturesEmbedding,
     FeaturesLinear,
     FieldAwareEmbedding,
-    FieldAwareProducts,
+    FieldAwareTerms,
 )
 
 ModelName = Literal["lr", "fm", "ffm", "deepfm", "nfm", "deepffm", "nffm"]
@@ -91,14 +91,13 @@ class FFM(nn.Module):
 
     def __init__(self, field_dims: Sequence[int], config: ModelConfig) -> None:
         super().__init__()
-        self.linear = FeaturesLinear(field_dims)
         self.field_aware = FieldAwareEmbedding(field_dims, config.embed_dim)
-        self.products = FieldAwareProducts(len(field_dims), config.embed_dim)
+        self.terms = FieldAwareTerms(len(field_dims), config.embed_dim)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` int64 -> ``(B,)``."""
-        pairs = self.products(self.field_aware(indices))
-        return self.linear(indices) + pairs.sum(dim=(1, 2))
+        linear, products = self.terms(self.field_aware(indices))
+        return linear + products.sum(dim=(1, 2))
 
 
 class DeepFM(nn.Module):
@@ -140,9 +139,8 @@ class DeepFFM(nn.Module):
     def __init__(self, field_dims: Sequence[int], config: ModelConfig) -> None:
         super().__init__()
         num_fields = len(field_dims)
-        self.linear = FeaturesLinear(field_dims)
         self.field_aware = FieldAwareEmbedding(field_dims, config.embed_dim)
-        self.products = FieldAwareProducts(num_fields, config.embed_dim)
+        self.terms = FieldAwareTerms(num_fields, config.embed_dim)
         self.mlp = MLP(
             num_fields * num_fields * config.embed_dim,
             config.mlp_dims,
@@ -152,9 +150,10 @@ class DeepFFM(nn.Module):
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` int64 -> ``(B,)``."""
-        field_aware = self.field_aware(indices)
-        ffm = self.products(field_aware).sum(dim=(1, 2))
-        return self.linear(indices) + ffm + self.mlp(field_aware.flatten(1))
+        rows = self.field_aware(indices)
+        linear, products = self.terms(rows)
+        vectors = self.field_aware.vectors(rows)
+        return linear + products.sum(dim=(1, 2)) + self.mlp(vectors.flatten(1))
 
 
 class NFFM(nn.Module):
@@ -166,11 +165,10 @@ class NFFM(nn.Module):
 
     def __init__(self, field_dims: Sequence[int], config: ModelConfig) -> None:
         super().__init__()
-        self.linear = FeaturesLinear(field_dims)
         self.field_aware = FieldAwareEmbedding(field_dims, config.embed_dim)
-        self.products = FieldAwareProducts(len(field_dims), config.embed_dim)
+        self.terms = FieldAwareTerms(len(field_dims), config.embed_dim)
         self.mlp = MLP(
-            self.products.num_pairs * config.embed_dim,
+            self.terms.num_pairs * config.embed_dim,
             config.mlp_dims,
             config.dropout,
             config.batch_norm,
@@ -178,8 +176,8 @@ class NFFM(nn.Module):
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` int64 -> ``(B,)``."""
-        products = self.products(self.field_aware(indices))
-        return self.linear(indices) + self.mlp(products.flatten(1))
+        linear, products = self.terms(self.field_aware(indices))
+        return linear + self.mlp(products.flatten(1))
 
 
 MODELS: dict[ModelName, type[nn.Module]] = {

@@ -14,7 +14,7 @@ from training.layers import (  # noqa: E402
     FeaturesEmbedding,
     FeaturesLinear,
     FieldAwareEmbedding,
-    FieldAwareProducts,
+    FieldAwareTerms,
     fill_unseen_rows,
 )
 
@@ -38,20 +38,37 @@ def test_bi_interaction_matches_pairwise_loop() -> None:
     torch.testing.assert_close(BiInteractionPooling()(embeddings), expected)
 
 
-def test_field_aware_products_match_pairwise_loop() -> None:
+def test_field_aware_terms_match_pairwise_loop() -> None:
     indices = torch.stack([torch.randint(0, d, (6,)) for d in FIELD_DIMS], dim=1)
     embedding = FieldAwareEmbedding(FIELD_DIMS, embed_dim=3)
-    field_aware = embedding(indices)
-    table = embedding.embedding.weight.view(-1, len(FIELD_DIMS), 3)
+    terms = FieldAwareTerms(len(FIELD_DIMS), 3)
+    with torch.no_grad():
+        embedding.embedding.weight.normal_()
+        terms.bias.fill_(0.5)
+    table = embedding.embedding.weight
+    vectors = table[:, :-1].view(-1, len(FIELD_DIMS), 3)
     offsets = [0, 5, 12, 15]
-    expected = torch.stack(
+    rows = [indices[:, i] + offsets[i] for i in range(len(FIELD_DIMS))]
+    expected_products = torch.stack(
         [
-            table[indices[:, i] + offsets[i], j] * table[indices[:, j] + offsets[j], i]
+            vectors[rows[i], j] * vectors[rows[j], i]
             for i, j in itertools.combinations(range(len(FIELD_DIMS)), 2)
         ],
         dim=1,
     )
-    torch.testing.assert_close(FieldAwareProducts(len(FIELD_DIMS), 3)(field_aware), expected)
+    expected_linear = 0.5 + sum(table[r, -1] for r in rows)
+    linear, products = terms(embedding(indices))
+    torch.testing.assert_close(products, expected_products)
+    torch.testing.assert_close(linear, expected_linear)
+
+
+def test_field_aware_rows_hold_vectors_then_weight() -> None:
+    embedding = FieldAwareEmbedding(FIELD_DIMS, embed_dim=3)
+    table = embedding.embedding.weight
+    assert table.shape == (sum(FIELD_DIMS), len(FIELD_DIMS) * 3 + 1)
+    assert torch.count_nonzero(table[:, -1]) == 0  # first-order weights start at zero
+    rows = embedding(torch.zeros(2, 4, dtype=torch.int64))
+    torch.testing.assert_close(embedding.vectors(rows)[:, 1, 2], table[5, 6:9].expand(2, 3))
 
 
 def test_offsets_keep_fields_apart() -> None:
@@ -65,7 +82,7 @@ def test_offsets_keep_fields_apart() -> None:
 def test_embedding_shapes() -> None:
     indices = torch.zeros(2, 4, dtype=torch.int64)
     assert FeaturesEmbedding(FIELD_DIMS, 8)(indices).shape == (2, 4, 8)
-    assert FieldAwareEmbedding(FIELD_DIMS, 8)(indices).shape == (2, 4, 4, 8)
+    assert FieldAwareEmbedding(FIELD_DIMS, 8)(indices).shape == (2, 4, 4 * 8 + 1)
 
 
 @pytest.mark.parametrize(("dropout", "batch_norm"), [(0.0, False), (0.5, True)])
