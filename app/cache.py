@@ -1,7 +1,8 @@
 """The service's two caches; neither imports FastAPI.
 
-- :class:`ScoreCache`: scores keyed on model version + encoded row (the semantic cache:
-  key order, ``5`` vs ``"5"`` and different unseen values of a field share an entry).
+- :class:`ScoreCache`: scores keyed on the encoded row, for one model version at a time
+  (the semantic cache: key order, ``5`` vs ``"5"`` and different unseen values of a field
+  share an entry).
 - :class:`ResponseCache`: in front of it, exact repeats of a single-row request body mapped
   to the score-cache key they encode to, so a repeat skips parsing and encoding.
 """
@@ -12,12 +13,14 @@ import hashlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
 
-from cachetools import TTLCache
+import numpy as np
+from cachetools import LRUCache, TTLCache
+from numpy.typing import NDArray
 
-V = TypeVar("V")
 RowKey = tuple[str, bytes]  # (model version, encoded row bytes)
 
 # Bytes one entry costs in a cachetools TTLCache beyond its value's own bytes object: the
@@ -29,13 +32,83 @@ _SEEN_ENTRY_BYTES = 360
 # A single row of 40 fields is about 1-2 KiB of JSON. Longer bodies are not digested: a
 # hash of every large batch body on every request would cost more than a repeat saves.
 MAX_REPEAT_BODY_BYTES = 8192
+DOORKEEPER_MIN_ROWS = 1 << 16
 
 
-class ScoreCache(Generic[V]):
-    """TTL + LRU cache, one lock per batch.
+@dataclass
+class Lookup:
+    """What the cache knew about a batch: which rows it had, a score per row (NaN until the
+    caller fills in the misses), and the keys of the rows it looked up, for
+    :meth:`ScoreCache.store`."""
 
-    cachetools caches are not thread-safe and large requests are scored in the thread
-    pool, so every access holds one lock; a lookup or fill of a whole batch takes it once.
+    hits: NDArray[np.bool_]
+    scores: NDArray[np.float32]
+    keys: list[bytes]  # the key of every row looked up, in ``looked_up`` order
+    looked_up: NDArray[np.intp]
+    version: str
+
+
+class Doorkeeper:
+    """Which rows were probably seen lately: TinyLFU's doorkeeper, as numpy tables of flags.
+
+    A batch row is cached from its second sight on, so a stream of one-off rows costs one
+    vectorised hash and a few array operations a batch instead of a cache lookup and a
+    cache write per row. False positives only admit a row early. Two generations of flags:
+    after ``capacity`` marks the older one is dropped, so sightings age out and the tables
+    stay sparse, while rows seen in the last generation are still known (a single table
+    wiped at once made every hot row a first sight again). Memory: one byte a flag, four
+    flags per entry of capacity, twice.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(capacity, 1)
+        size = 1 << (4 * self._capacity - 1).bit_length()  # a power of two >= 4x capacity
+        self._shift = np.uint64(64 - (size.bit_length() - 1))
+        self._current = np.zeros(size, dtype=np.bool_)
+        self._previous = np.zeros(size, dtype=np.bool_)
+        self._marked = 0
+        self._weights = np.empty(0, dtype=np.uint64)  # one odd multiplier per field
+
+    def _row_hash(self, indices: NDArray[np.int64]) -> NDArray[np.uint64]:
+        width = indices.shape[1]
+        if len(self._weights) != width:
+            rng = np.random.default_rng(0x5EED)
+            odd = rng.integers(1, 2**63, size=width, dtype=np.uint64) | np.uint64(1)
+            self._weights = np.asarray(odd, dtype=np.uint64)
+        mixed = indices.astype(np.uint64) @ self._weights  # wraps mod 2**64 on purpose
+        return (mixed * np.uint64(0x9E3779B97F4A7C15)) >> self._shift
+
+    def seen(self, indices: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Whether each row was marked in this generation or the last; marks them all."""
+        slots = self._row_hash(indices)
+        seen = self._current[slots] | self._previous[slots]
+        self._current[slots] = True
+        self._marked += len(slots)
+        if self._marked > self._capacity:
+            self._previous, self._current = self._current, self._previous
+            self._current[:] = False
+            self._marked = 0
+        return seen
+
+
+class ScoreCache:
+    """Scores of one model version, LRU-bounded, with a TTL; one lock per batch.
+
+    Built for the miss path, where a batch of new rows used to spend more in the cache than
+    in onnxruntime (profiled: writes 16.5% and lookups ~6% of an all-miss 100-row request):
+
+    - Keys are the row's indices as bytes, in the smallest unsigned type that holds the
+      model's largest index, made for a whole batch by one numpy call (the ``tolist`` of a
+      void view), not a tuple and a ``tobytes`` per row.
+    - cachetools' ``LRUCache`` holds ``(score, expires_at)``: the clock is read once a batch
+      and an expired entry leaves when it is next looked up or falls off the LRU end.
+      ``TTLCache`` keeps a second linked list and reads the clock on every access:
+      measured on 100-row all-miss batches of a 39-field model, 7.2 µs a row against 2.6.
+    - Batch rows go through a :class:`Doorkeeper`: a row is looked up and stored from its
+      second sight. Single rows are always looked up and stored (a repeat of a request is
+      answered from the cache the second time).
+    - It belongs to one version at a time (:meth:`reset` on a swap): a request that was
+      scored by the old version across a swap neither reads nor writes the new entries.
 
     Args:
         maxsize: entries kept; ``0`` disables caching (every lookup misses, nothing stored).
@@ -50,41 +123,103 @@ class ScoreCache(Generic[V]):
             raise ValueError(f"maxsize must be >= 0, got {maxsize}")
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
-        self._cache: TTLCache[Hashable, V] | None = (
-            TTLCache(maxsize=maxsize, ttl=ttl_s, timer=timer) if maxsize > 0 else None
+        self.ttl_s = ttl_s
+        self._timer = timer
+        self._entries: LRUCache[bytes, tuple[float, float]] | None = (
+            LRUCache(maxsize=maxsize) if maxsize > 0 else None
         )
+        # At least 64k rows remembered, so that a small cache still sees a batch come back.
+        self._doorkeeper = Doorkeeper(max(maxsize, DOORKEEPER_MIN_ROWS))
         self._lock = threading.Lock()
+        self._version = ""
+        self._key_type: np.dtype[np.unsignedinteger] = np.dtype(np.uint32)
 
     @property
     def enabled(self) -> bool:
-        return self._cache is not None
+        return self._entries is not None
+
+    def reset(self, version: str, largest_index: int) -> None:
+        """Serve ``version`` from now on: every entry of the previous one is dropped."""
+        with self._lock:
+            self._version = version
+            self._key_type = np.min_scalar_type(max(largest_index, 0))
+            if self._key_type.kind != "u":
+                self._key_type = np.dtype(np.uint64)
+            if self._entries is not None:
+                self._entries.clear()
 
     def __len__(self) -> int:
-        if self._cache is None:
+        """Entries held (expired ones included until they are looked up or evicted)."""
+        if self._entries is None:
             return 0
         with self._lock:
-            self._cache.expire()
-            return len(self._cache)
+            return len(self._entries)
 
-    def get_many(self, keys: Sequence[Hashable]) -> list[V | None]:
-        """Cached value per key, ``None`` where missing or expired."""
-        if self._cache is None:
-            return [None] * len(keys)
+    def keys(self, indices: NDArray[np.int64]) -> list[bytes]:
+        """The key of each row: its indices' bytes (one numpy call for the batch)."""
+        rows = np.ascontiguousarray(indices, dtype=self._key_type)
+        whole_rows = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
+        return cast("list[bytes]", whole_rows.tolist())  # a void item's tolist() is bytes
+
+    def lookup(self, version: str, indices: NDArray[np.int64]) -> Lookup:
+        """The cached score of each row of ``indices`` (NaN where it has to be scored)."""
+        scores = np.full(len(indices), np.nan, dtype=np.float32)
+        hits = np.zeros(len(indices), dtype=np.bool_)
+        nothing = Lookup(hits, scores, [], np.empty(0, dtype=np.intp), version)
+        if self._entries is None:
+            return nothing
         with self._lock:
-            get = self._cache.get
-            return [get(key) for key in keys]
+            if version != self._version:
+                return nothing
+            seen = self._doorkeeper.seen(indices)
+            looked_up = np.arange(len(indices)) if len(indices) == 1 else np.flatnonzero(seen)
+            keys = self.keys(indices[looked_up])
+            now, entries, found = self._timer(), self._entries, []
+            for position, key in enumerate(keys):
+                entry = entries.get(key)
+                if entry is not None:
+                    if entry[1] > now:
+                        found.append((position, entry[0]))
+                    else:
+                        del entries[key]
+        if found:
+            positions, values = zip(*found, strict=True)
+            rows = looked_up[list(positions)]
+            scores[rows] = values
+            hits[rows] = True
+        return Lookup(hits, scores, keys, looked_up, version)
 
-    def put_many(self, keys: Sequence[Hashable], values: Sequence[V]) -> None:
-        if self._cache is None:
+    def store(self, lookup: Lookup) -> None:
+        """Keep the scores (filled in by now) of the rows ``lookup`` looked up and missed."""
+        if self._entries is None or not lookup.keys:
             return
+        missed = ~lookup.hits[lookup.looked_up]
+        if not missed.any():
+            return
+        values = lookup.scores[lookup.looked_up[missed]].tolist()
+        keys = [key for key, miss in zip(lookup.keys, missed.tolist(), strict=True) if miss]
         with self._lock:
+            if lookup.version != self._version:
+                return
+            expires = self._timer() + self.ttl_s
+            entries = self._entries
             for key, value in zip(keys, values, strict=True):
-                self._cache[key] = value
+                entries[key] = (value, expires)
 
-    def clear(self) -> None:
-        if self._cache is not None:
-            with self._lock:
-                self._cache.clear()
+    def get(self, version: str, key: bytes) -> float | None:
+        """One row's live score by its key (the response cache's second step)."""
+        if self._entries is None:
+            return None
+        with self._lock:
+            if version != self._version:
+                return None
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[1] <= self._timer():
+                del self._entries[key]
+                return None
+            return entry[0]
 
 
 class ResponseCache:

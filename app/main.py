@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
 from app.api.middleware import LatencyMiddleware, TimeoutMiddleware
+from app.api.repeats import RepeatMiddleware
 from app.api.routes import health, models, predict, v2
 from app.cache import ResponseCache, ScoreCache
 from app.core.config import Settings, get_settings
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ScoreCache(settings.cache_maxsize, settings.cache_ttl_s),
             ResponseCache(settings.response_cache_max_bytes, settings.cache_ttl_s),
             metrics,
+            settings.coalesce_max_rows,
         )
         app.state.service = service
         poller = RepositoryPoller(service, settings.poll_interval_s)
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)
+    app.add_middleware(RepeatMiddleware)  # innermost: timed and bounded like any request
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

@@ -13,6 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
+# A scope key naming the endpoint of a request answered before routing (app/api/repeats.py).
+ENDPOINT = "ctrserve.endpoint"
 
 
 class LatencyMiddleware:
@@ -42,7 +44,7 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            path = getattr(scope.get("route"), "path", None) or "other"
+            path = getattr(scope.get("route"), "path", None) or scope.get(ENDPOINT, "other")
             self.metrics.tally.request(
                 path, f"{status_code // 100}xx", time.perf_counter() - started
             )

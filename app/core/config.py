@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         description="requests with at most this many rows are scored on the event loop; "
         "larger ones in the thread pool (0 = always the thread pool)",
     )
+    coalesce_max_rows: int = Field(
+        default=64,
+        ge=0,
+        description="single-row cache misses of one turn of the event loop are scored in one "
+        "onnxruntime call of at most this many rows; 0 scores each on its own",
+    )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="request body limit (413 above it)"
     )

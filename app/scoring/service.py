@@ -13,11 +13,12 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from app.cache import ResponseCache, RowKey, ScoreCache
+from app.cache import Lookup, ResponseCache, ScoreCache
 from app.features.errors import SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
 from app.schemas import PredictRequest
+from app.scoring.coalescer import MissCoalescer
 from app.scoring.registry import ModelRegistry, Swap
 from app.scoring.scorer import Scorer, ScoringError
 
@@ -58,6 +59,9 @@ class Explanation:
 class PredictionService:
     """Parse -> response cache -> encode -> score cache -> one onnxruntime call -> fill.
 
+    With ``coalesce_max_rows`` > 0 a single-row miss shares its onnxruntime call with the
+    other single-row misses of the same turn of the event loop (:class:`MissCoalescer`).
+
     Also the one place a model swap happens for this worker (:meth:`follow`,
     :meth:`switch`, :meth:`publish`): the caches of the old version are dropped and the
     metrics updated whichever way the swap came.
@@ -66,14 +70,18 @@ class PredictionService:
     def __init__(
         self,
         registry: ModelRegistry,
-        cache: ScoreCache[float],
+        cache: ScoreCache,
         responses: ResponseCache,
         metrics: ServiceMetrics,
+        coalesce_max_rows: int = 0,
     ) -> None:
         self.registry = registry
         self.cache = cache
         self.responses = responses
         self.metrics = metrics
+        self.coalescer = (
+            MissCoalescer(self._run, coalesce_max_rows) if coalesce_max_rows > 0 else None
+        )
         self._announce(registry.current)
 
     # -- requests ---------------------------------------------------------------------
@@ -86,7 +94,7 @@ class PredictionService:
             return None
         scorer = self.registry.current
         key = self.responses.lookup(digest, scorer.version)
-        score = None if key is None else self.cache.get_many((key,))[0]
+        score = None if key is None else self.cache.get(scorer.version, key[1])
         if score is None:
             return None
         tally = self.metrics.tally
@@ -110,11 +118,26 @@ class PredictionService:
         """
         scorer = self.registry.current  # one reference for the whole request
         indices = self._encode(scorer, lambda: scorer.encoder.encode_rows(rows))
-        scored, keys = self._score(scorer, indices)
-        digest = None if body is None or len(keys) != 1 else self.responses.key(body)
-        if digest is not None:
-            self.responses.offer(digest, keys[0])
+        scored = self._score(scorer, indices)
+        self._offer(body, scorer, indices)
         return scored
+
+    async def predict_row(self, features: Mapping[str, object], body: bytes) -> Scored:
+        """One row, as :meth:`predict`; with coalescing on, a miss is scored in one call with
+        the other misses of this turn of the event loop. Raises as :meth:`predict`."""
+        if self.coalescer is None:
+            return self.predict([features], body)
+        scorer = self.registry.current
+        indices = self._encode(scorer, lambda: scorer.encoder.encode_rows([features]))
+        scored = await self._score_coalesced(self.coalescer, scorer, indices)
+        self._offer(body, scorer, indices)
+        return scored
+
+    def _offer(self, body: bytes | None, scorer: Scorer, indices: NDArray[np.int64]) -> None:
+        """Offer a single-row body to the response cache, with the row key it encoded to."""
+        digest = None if body is None or len(indices) != 1 else self.responses.key(body)
+        if digest is not None and self.cache.enabled:
+            self.responses.offer(digest, (scorer.version, self.cache.keys(indices)[0]))
 
     def predict_columns(self, arrays: Mapping[str, NDArray[Any]], num_rows: int) -> Scored:
         """Score one array per field (the inference protocol's tensors), encoded whole.
@@ -123,7 +146,7 @@ class PredictionService:
         """
         scorer = self.registry.current
         indices = self._encode(scorer, lambda: scorer.encoder.encode_columns(arrays, num_rows))
-        return self._score(scorer, indices)[0]
+        return self._score(scorer, indices)
 
     def _encode(self, scorer: Scorer, encode: Callable[[], NDArray[np.int64]]) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""
@@ -134,49 +157,49 @@ class PredictionService:
         tally.rows(scorer.version, scorer.encoder.names, indices)
         return indices
 
-    def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> tuple[Scored, list[RowKey]]:
-        # The encoded row's bytes are the key: cheap to build, and equal exactly when the
-        # model would see equal input (key order, unseen values, 5 vs "5" all collapse).
+    def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> Scored:
         started = time.perf_counter()
-        tally = self.metrics.tally
-        version = scorer.version
-        if self.cache.enabled:
-            keys = [(version, row.tobytes()) for row in indices]
-            found = self.cache.get_many(keys)
-            misses = [i for i, value in enumerate(found) if value is None]
-        else:  # no keys to build, nothing to look up or fill
-            keys, found, misses = [], [None] * len(indices), list(range(len(indices)))
+        lookup = self.cache.lookup(scorer.version, indices)
         cache_s = time.perf_counter() - started
-        if misses:
+        misses = np.flatnonzero(~lookup.hits)
+        if len(misses):
             # Every miss of the request goes to onnxruntime in one call.
-            ort_started = time.perf_counter()
             every = len(misses) == len(indices)
-            fresh = self._run(scorer, indices if every else indices[misses])
-            tally.stage(_ORT, time.perf_counter() - ort_started)
-            if keys:
-                fill_started = time.perf_counter()
-                self.cache.put_many([keys[i] for i in misses], fresh.tolist())
-                cache_s += time.perf_counter() - fill_started
-            if every:
-                scores = fresh
-            else:
-                scores = np.array([0.0 if v is None else v for v in found], dtype=np.float32)
-                scores[misses] = fresh
-        else:
-            scores = np.array(found, dtype=np.float32)
-        tally.stage(_CACHE, cache_s)
-        tally.scores(scores)
-        tally.lookups(len(indices) - len(misses), len(misses))
-        cached = [value is not None for value in found]
-        return Scored(scores, cached, version), keys
+            lookup.scores[misses] = self._run(scorer, indices if every else indices[misses])
+        return self._settle(lookup, cache_s)
+
+    async def _score_coalesced(
+        self, coalescer: MissCoalescer, scorer: Scorer, row: NDArray[np.int64]
+    ) -> Scored:
+        started = time.perf_counter()
+        lookup = self.cache.lookup(scorer.version, row)
+        cache_s = time.perf_counter() - started
+        if not lookup.hits[0]:
+            lookup.scores[0] = await coalescer.score(scorer, row)
+        return self._settle(lookup, cache_s)
+
+    def _settle(self, lookup: Lookup, cache_s: float) -> Scored:
+        """Store the fresh scores and count the request."""
+        started = time.perf_counter()
+        self.cache.store(lookup)
+        tally = self.metrics.tally
+        tally.stage(_CACHE, cache_s + time.perf_counter() - started)
+        tally.scores(lookup.scores)
+        hits = int(np.count_nonzero(lookup.hits))
+        tally.lookups(hits, len(lookup.hits) - hits)
+        return Scored(lookup.scores, lookup.hits.tolist(), lookup.version)
 
     def _run(self, scorer: Scorer, indices: NDArray[np.int64]) -> NDArray[np.float32]:
+        """One onnxruntime call (timed: with coalescing, one observation per call)."""
+        started = time.perf_counter()
         try:
             fresh = scorer.score_indices(indices)
         except ScoringError:
             self.metrics.scoring_errors.inc()
             raise
-        self.metrics.tally.scored(len(indices))
+        tally = self.metrics.tally
+        tally.stage(_ORT, time.perf_counter() - started)
+        tally.scored(len(indices))
         return fresh
 
     def explain(self, features: Mapping[str, object]) -> Explanation:
@@ -191,7 +214,7 @@ class PredictionService:
         variants = np.repeat(row[None, :], num_fields + 2, axis=0)
         variants[np.arange(num_fields), np.arange(num_fields)] = UNSEEN_INDEX
         variants[num_fields] = UNSEEN_INDEX  # baseline: every field at its average
-        scores = self._score(scorer, variants)[0].scores
+        scores = self._score(scorer, variants).scores
         prediction, baseline = float(scores[num_fields + 1]), float(scores[num_fields])
         effects = [
             FieldEffect(
@@ -241,14 +264,16 @@ class PredictionService:
         self.metrics.response_cache_bytes.set(self.responses.nbytes)
 
     def _announce(self, scorer: Scorer) -> None:
+        """Point the score cache and the metrics at the version now served."""
+        self.cache.reset(scorer.version, max(scorer.manifest.features.field_dims) - 1)
         self.metrics.set_model(scorer.manifest.model_type, scorer.version)
 
     def _swapped(self, swap: Swap | None) -> Swap | None:
         if swap is None:
             return None
-        # Entries of the old version can never be served again (the version is part of
-        # every key): drop them now rather than let them crowd the LRU until they expire.
-        self.cache.clear()
+        # Entries of the old version can never be served again (the score cache serves one
+        # version, the response cache checks it): drop them rather than let them crowd the
+        # caches until they expire. _announce resets the score cache.
         self.responses.clear()
         self._announce(swap.current)
         self.metrics.reloads.labels(outcome="ok").inc()

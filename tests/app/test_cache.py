@@ -1,11 +1,13 @@
-"""ScoreCache: LRU size bound, TTL expiry (fake clock), disabled mode, thread safety.
+"""ScoreCache: LRU size bound, TTL expiry (fake clock), one version at a time, second-sight
+admission of batch rows, disabled mode, thread safety.
 ResponseCache: second-sight admission, byte bound, expiry, version awareness."""
 
 import threading
 
+import numpy as np
 import pytest
 
-from app.cache import MAX_REPEAT_BODY_BYTES, ResponseCache, ScoreCache
+from app.cache import MAX_REPEAT_BODY_BYTES, Doorkeeper, ResponseCache, ScoreCache
 
 
 class FakeClock:
@@ -16,37 +18,92 @@ class FakeClock:
         return self.now
 
 
-def test_hit_after_miss() -> None:
+def _rows(*values: int) -> np.ndarray:
+    """One 3-field row per value."""
+    return np.array([[v, v + 1, 2] for v in values], dtype=np.int64)
+
+
+def _cache(maxsize: int = 10, ttl_s: float = 60, **kwargs: object) -> ScoreCache:
+    cache = ScoreCache(maxsize, ttl_s, **kwargs)  # type: ignore[arg-type]
+    cache.reset("v1", largest_index=1000)
+    return cache
+
+
+def _score(cache: ScoreCache, rows: np.ndarray, version: str = "v1") -> list[bool]:
+    """Look rows up, 'score' the misses as value / 100, store; which rows were hits."""
+    lookup = cache.lookup(version, rows)
+    lookup.scores[~lookup.hits] = rows[~lookup.hits, 0] / 100
+    cache.store(lookup)
+    return lookup.hits.tolist()
+
+
+def test_single_row_hit_after_miss() -> None:
+    cache = _cache()
+    assert _score(cache, _rows(1)) == [False]
+    lookup = cache.lookup("v1", _rows(1))
+    assert lookup.hits.tolist() == [True]
+    assert lookup.scores[0] == pytest.approx(0.01)
+
+
+def test_batch_rows_are_cached_from_their_second_sight() -> None:
+    cache = _cache()
+    assert _score(cache, _rows(1, 2)) == [False, False]  # first sight: not even looked up
+    assert len(cache) == 0
+    assert _score(cache, _rows(1, 2, 3)) == [False, False, False]  # seen: stored now
+    assert len(cache) == 2
+    assert _score(cache, _rows(1, 2, 3)) == [True, True, False]
+    assert _score(cache, _rows(4)) == [False]  # a single row is stored at first sight
+    assert _score(cache, _rows(4, 5)) == [True, False]
+
+
+def test_keys_are_the_row_in_the_smallest_type() -> None:
     cache = ScoreCache(10, 60)
-    assert cache.get_many(["a"]) == [None]
-    cache.put_many(["a"], [0.5])
-    assert cache.get_many(["a", "b"]) == [0.5, None]
+    cache.reset("v1", largest_index=200)
+    assert cache.keys(_rows(7)) == [bytes([7, 8, 2])]
+    cache.reset("v1", largest_index=70_000)
+    assert cache.keys(_rows(7)) == [np.array([7, 8, 2], dtype=np.uint32).tobytes()]
 
 
 def test_ttl_expiry() -> None:
     clock = FakeClock()
-    cache = ScoreCache(10, ttl_s=30, timer=clock)
-    cache.put_many(["a"], [0.1])
+    cache = _cache(ttl_s=30, timer=clock)
+    _score(cache, _rows(1))
     clock.now = 29.9
-    assert cache.get_many(["a"]) == [0.1]
+    assert cache.lookup("v1", _rows(1)).hits.tolist() == [True]
+    assert cache.get("v1", cache.keys(_rows(1))[0]) == pytest.approx(0.01)
     clock.now = 30.1
-    assert cache.get_many(["a"]) == [None]
-    assert len(cache) == 0
+    assert cache.lookup("v1", _rows(1)).hits.tolist() == [False]
+    assert len(cache) == 0  # the expired entry left when it was looked up
 
 
 def test_lru_bound() -> None:
-    cache = ScoreCache(2, 60)
-    cache.put_many(["a", "b"], [1.0, 2.0])
-    cache.get_many(["a"])  # a is now the most recently used
-    cache.put_many(["c"], [3.0])
-    assert cache.get_many(["a", "b", "c"]) == [1.0, None, 3.0]
+    cache = _cache(maxsize=2)
+    _score(cache, _rows(1))
+    _score(cache, _rows(2))
+    _score(cache, _rows(1))  # 1 is now the most recently used
+    _score(cache, _rows(3))
+    assert [cache.lookup("v1", _rows(v)).hits[0] for v in (1, 2, 3)] == [True, False, True]
     assert len(cache) == 2
 
 
+def test_one_version_at_a_time() -> None:
+    cache = _cache()
+    _score(cache, _rows(1))
+    in_flight = cache.lookup("v1", _rows(2))  # a request scored by v1 ...
+    cache.reset("v2", largest_index=1000)  # ... while v2 takes over
+    in_flight.scores[:] = 0.5
+    cache.store(in_flight)
+    assert len(cache) == 0
+    assert cache.lookup("v1", _rows(1)).hits.tolist() == [False]  # nothing of v1 is served
+    assert _score(cache, _rows(1), "v2") == [False]
+    assert cache.get("v1", cache.keys(_rows(1))[0]) is None
+    assert cache.get("v2", cache.keys(_rows(1))[0]) == pytest.approx(0.01)
+
+
 def test_size_zero_disables() -> None:
-    cache = ScoreCache(0, 60)
-    cache.put_many(["a"], [1.0])
-    assert cache.get_many(["a"]) == [None]
+    cache = _cache(maxsize=0)
+    assert _score(cache, _rows(1)) == [False]
+    assert _score(cache, _rows(1)) == [False]
     assert not cache.enabled
     assert len(cache) == 0
 
@@ -57,19 +114,33 @@ def test_bad_arguments(maxsize: int, ttl: float) -> None:
         ScoreCache(maxsize, ttl)
 
 
+def test_doorkeeper_remembers_one_generation_back() -> None:
+    doorkeeper = Doorkeeper(capacity=100)  # a new generation after every 100 marks
+    old, new = _rows(*range(10)), _rows(*range(500, 510))
+    assert not doorkeeper.seen(old).any()
+    for _ in range(10):  # 110 marks: generation 2 starts
+        assert doorkeeper.seen(old).all()
+    assert not doorkeeper.seen(new).any()
+    assert doorkeeper.seen(old).all()  # known from the previous generation
+    for _ in range(20):  # two more generations of new rows only
+        doorkeeper.seen(new)
+    assert not doorkeeper.seen(old).any()  # aged out
+
+
 def test_consistent_under_threads() -> None:
-    cache = ScoreCache(500, 60)
+    cache = _cache(maxsize=500)
     errors: list[str] = []
     lookups = [0]
 
     def worker(seed: int) -> None:
         for i in range(2000):
-            key = (seed * 7 + i) % 800
-            value = cache.get_many([key])[0]
+            value = (seed * 7 + i) % 800
+            lookup = cache.lookup("v1", _rows(value))
             lookups[0] += 1
-            if value is not None and value != key / 1000:
-                errors.append(f"{key} -> {value}")
-            cache.put_many([key], [key / 1000])
+            if lookup.hits[0] and lookup.scores[0] != np.float32(value / 100):
+                errors.append(f"{value} -> {lookup.scores[0]}")
+            lookup.scores[:] = value / 100
+            cache.store(lookup)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
     for thread in threads:

@@ -45,6 +45,12 @@ def test_batch_with_mixed_hits_and_misses(client: TestClient) -> None:
     assert body["cache_hits"] == 2
     assert len(body["predictions"]) == 4
     assert body["predictions"][0] == body["predictions"][3]
+    # A batch row is stored from its second sight, so one-off rows cost no cache writes.
+    again = client.post("/predict", json={"instances": rows}).json()
+    assert again["cached"] == [True, False, False, True]
+    third = client.post("/predict", json={"instances": rows}).json()
+    assert third["cached"] == [True, True, True, True]
+    assert third["predictions"] == pytest.approx(body["predictions"])
     single = client.post("/predict", json={"features": {**ROW, "c1": "c1_5"}}).json()
     assert single["cached"] is True
     assert single["prediction"] == pytest.approx(body["predictions"][1])

@@ -48,6 +48,19 @@ def test_a_respelling_is_not_admitted_on_first_sight(client: TestClient) -> None
     assert service.responses.lookup(service.responses.key(respelled), version) is None
 
 
+def test_a_repeat_is_answered_and_counted_like_any_request(client: TestClient) -> None:
+    answers = [_post(client) for _ in range(3)]
+    assert answers[1] == answers[2]
+    text = client.get("/metrics").text
+    counted = 'ctr_request_latency_seconds_count{endpoint="/predict",status="2xx"} 3.0'
+    assert counted in text  # the repeats are timed and labelled as /predict too
+    assert "ctr_cache_hits_total 2.0" in text
+    # Bodies the repeat path does not answer reach the route unchanged, errors included.
+    broken = client.post("/predict", content=BODY[:-1], headers=HEADERS)
+    assert broken.status_code == 422
+    assert client.post("/predict", content=b"", headers=HEADERS).status_code == 422
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0

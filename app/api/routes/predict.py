@@ -6,6 +6,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep, get_service, get_settings_dep
+from app.api.repeats import single_answer
 from app.schemas import (
     BatchPredictResponse,
     ErrorResponse,
@@ -30,11 +31,12 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 # The hot path reads and validates the body itself (pydantic-core parses and validates the
 # JSON in one step) and returns ready bytes: FastAPI's generic body and response handling
-# cost more than the whole scoring of a cached row. An exact repeat of a single-row body is
-# answered before any parsing (the service's response cache). Small requests are scored
-# inline on the event loop (microseconds of onnxruntime); larger ones go to the thread pool
-# so they never stall other requests. README "Sync vs async" has the measurements behind
-# both choices.
+# cost more than the whole scoring of a cached row. An exact repeat of a single-row body
+# never gets here (app/api/repeats.py answers it first). A single row's cache miss is scored
+# together with the other misses of this turn of the event loop (CTR_COALESCE_MAX_ROWS).
+# Small batches are scored inline on the event loop (microseconds of onnxruntime); larger
+# ones go to the thread pool so they never stall other requests. README "Sync vs async" has
+# the measurements behind both choices.
 @router.post(
     "/predict",
     response_model=PredictResponse | BatchPredictResponse,
@@ -52,24 +54,20 @@ async def predict(request: Request) -> Response:
     # than half its throughput on cache hits (see docs/BENCHMARKS.md).
     service, settings = get_service(request), get_settings_dep(request)
     raw = await request.body()
-    repeat = service.repeat(raw)
-    if repeat is not None:
-        return _single(repeat)
     body = service.parse(raw)
-    rows = [body.features] if body.features is not None else body.instances or []
+    if body.features is not None:
+        return _single(await service.predict_row(body.features, raw))
+    rows = body.instances or []
     if len(rows) > settings.max_batch_size:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"batch of {len(rows)} rows exceeds the limit of "
             f"{settings.max_batch_size} (CTR_MAX_BATCH_SIZE)",
         )
-    single_body = raw if body.features is not None else None
     if len(rows) <= settings.inline_max_rows:
-        scored = service.predict(rows, single_body)
+        scored = service.predict(rows)
     else:
-        scored = await run_in_threadpool(service.predict, rows, single_body)
-    if body.instances is None:
-        return _single(scored)
+        scored = await run_in_threadpool(service.predict, rows)
     batch = BatchPredictResponse(
         predictions=scored.scores.tolist(),
         model_version=scored.version,
@@ -80,10 +78,7 @@ async def predict(request: Request) -> Response:
 
 
 def _single(scored: Scored) -> Response:
-    answer = PredictResponse(
-        prediction=float(scored.scores[0]), model_version=scored.version, cached=scored.cached[0]
-    )
-    return Response(answer.model_dump_json(), media_type=_JSON)
+    return Response(single_answer(scored), media_type=_JSON)
 
 
 @router.post("/explain", responses=_ERRORS)
