@@ -4,9 +4,11 @@ A production-size model's row costs most in its first dense layer, a matrix-vect
 that reads the whole weight matrix for one row; scored together, N rows read it once. The
 event loop gives the batching for free: requests that arrive together are started in the
 same turn of the loop, so a miss that opens a batch schedules its scoring for the next turn
-(``call_soon``) and every miss of that turn joins it. There is no timer: an idle service
-scores a lone row one turn later (microseconds), a busy one waits at most for the requests
-already started, and a batch that reaches ``max_rows`` is scored at once.
+(``call_soon``) and every miss of that turn joins it. There is no timer: a busy service
+waits at most for the requests already started, and a batch that reaches ``max_rows`` is
+scored at once. A service without concurrent misses does not wait at all: after a batch of
+one row, the next ``LONE_SKIP`` misses are scored directly (the extra turn and future cost
+~15 µs, 5% of a toy model's miss), and batching is tried again after them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from numpy.typing import NDArray
 from app.scoring.scorer import Scorer
 
 RunBatch = Callable[[Scorer, NDArray[np.int64]], NDArray[np.float32]]
+LONE_SKIP = 16
 
 
 class _Batch:
@@ -44,9 +47,13 @@ class MissCoalescer:
         self._run = run
         self.max_rows = max_rows
         self._open: _Batch | None = None
+        self._direct = 0  # misses to score directly before batching is tried again
 
     async def score(self, scorer: Scorer, row: NDArray[np.int64]) -> float:
         """The score of one encoded row ``(1, F)``, from a call shared with its neighbours."""
+        if self._direct > 0 and self._open is None:
+            self._direct -= 1
+            return float(self._run(scorer, row)[0])
         batch = self._open
         if batch is None or batch.scorer is not scorer:  # a swap starts a batch of its own
             batch = self._open = _Batch(scorer)
@@ -65,6 +72,8 @@ class MissCoalescer:
             return  # already flushed when it filled up
         rows, waiting = batch.rows, batch.waiting
         batch.rows, batch.waiting = [], []
+        if len(rows) == 1:
+            self._direct = LONE_SKIP
         try:
             scores = self._run(batch.scorer, np.concatenate(rows)).tolist()
         except Exception as exc:  # handed to every request of the batch, which answers it

@@ -12,7 +12,7 @@ import pytest
 
 from app.cache import ResponseCache, ScoreCache
 from app.metrics import ServiceMetrics
-from app.scoring.coalescer import MissCoalescer
+from app.scoring.coalescer import LONE_SKIP, MissCoalescer
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer, ScoringError
@@ -58,6 +58,19 @@ def test_concurrent_misses_share_one_call(repository: Path) -> None:
     again = asyncio.run(_concurrently(service, rows))  # now every row is a cache hit
     assert [a.cached for a in again] == [[True]] * 20
     assert _onnxruntime_calls(service) == (1, 20)
+
+
+def test_misses_one_at_a_time_are_scored_directly_and_batching_comes_back(
+    repository: Path,
+) -> None:
+    service = _service(repository, max_rows=64)
+    alone = 1 + LONE_SKIP  # a lone batch, then LONE_SKIP direct calls
+    rows = _rows(alone + 20)
+    for row in rows[:alone]:  # one request at a time
+        asyncio.run(_concurrently(service, [row]))
+    assert _onnxruntime_calls(service) == (alone, alone)
+    asyncio.run(_concurrently(service, rows[alone:]))
+    assert _onnxruntime_calls(service) == (alone + 1, alone + 20)
 
 
 def test_a_full_batch_is_scored_at_once(repository: Path) -> None:
