@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ResponseCache(settings.response_cache_max_bytes, settings.cache_ttl_s),
             metrics,
             settings.coalesce_max_rows,
+            settings.inline_max_rows,
+            settings.inline_max_ms / 1000,
         )
         app.state.service = service
         poller = RepositoryPoller(service, settings.poll_interval_s)

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         description="requests with at most this many rows are scored on the event loop; "
         "larger ones in the thread pool (0 = always the thread pool)",
     )
+    inline_max_ms: float = Field(
+        default=2.0,
+        gt=0,
+        description="nor more rows than the model scores in this many milliseconds (timed at "
+        "load): an expensive model's batches go to the thread pool, where two calls use two "
+        "cores; also the largest coalesced batch",
+    )
     coalesce_max_rows: int = Field(
         default=64,
         ge=0,

@@ -46,7 +46,7 @@ async def score(
             PAYLOAD_TOO_LARGE,
         )
     try:
-        if rows <= settings.inline_max_rows:
+        if service.runs_inline(rows):
             return service.predict_columns(arrays, rows)
         return await asyncio.to_thread(service.predict_columns, arrays, rows)
     except EncodeError as exc:

@@ -39,13 +39,16 @@ class MissCoalescer:
         run: scores a ``(N, F)`` block with a scorer (raises ``ScoringError``); every
             waiting request gets that error when the call fails.
         max_rows: rows in one call at most (``CTR_COALESCE_MAX_ROWS``).
+        max_seconds: and no more than the scorer scores in this long (the call runs on the
+            event loop, so it is held to the inline budget, ``CTR_INLINE_MAX_MS``).
     """
 
-    def __init__(self, run: RunBatch, max_rows: int) -> None:
+    def __init__(self, run: RunBatch, max_rows: int, max_seconds: float = float("inf")) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self._run = run
         self.max_rows = max_rows
+        self.max_seconds = max_seconds
         self._open: _Batch | None = None
         self._direct = 0  # misses to score directly before batching is tried again
 
@@ -61,7 +64,7 @@ class MissCoalescer:
         waiting: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         batch.rows.append(row)
         batch.waiting.append(waiting)
-        if len(batch.rows) >= self.max_rows:
+        if len(batch.rows) >= min(self.max_rows, scorer.rows_within(self.max_seconds)):
             self._flush(batch)
         return await waiting
 

@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -42,6 +45,8 @@ class Scorer:
         self._input = manifest.onnx.input_name
         self._output = manifest.onnx.output_name
         self._num_fields = len(manifest.features.fields)
+        # Seconds one row costs onnxruntime in a large batch, measured by warm(); 0 = unknown.
+        self.row_seconds = 0.0
 
     @classmethod
     def load(
@@ -104,16 +109,30 @@ class Scorer:
             raise SpecError(f"{self.model_dir}: smoke prediction failed ({exc})") from None
 
     def warm(self, batch_sizes: Sequence[int]) -> None:
-        """Score rows at each batch size before live traffic does.
+        """Score rows at each batch size before live traffic does, and time a row.
 
         onnxruntime sizes its buffers on the first call of each shape; warming a new version
-        beside the old one keeps that first-call cost off the requests after the swap.
+        beside the old one keeps that first-call cost off the requests after the swap. The
+        largest batch is scored once more, timed: ``row_seconds`` lets the service judge a
+        request's cost by the model, not by its rows alone (a 39-field NFFM row costs
+        several times a 10-field one).
         """
         rng = np.random.default_rng(0)
         dims = np.array(self.manifest.features.field_dims, dtype=np.int64)
-        for size in sorted(set(batch_sizes)):
-            if size > 0:
-                self.score_indices((rng.random((size, self._num_fields)) * dims).astype(np.int64))
+        sizes = sorted({size for size in batch_sizes if size > 0})
+        for size in sizes:
+            self.score_indices((rng.random((size, self._num_fields)) * dims).astype(np.int64))
+        if sizes:
+            rows = (rng.random((sizes[-1], self._num_fields)) * dims).astype(np.int64)
+            started = time.perf_counter()
+            self.score_indices(rows)
+            self.row_seconds = (time.perf_counter() - started) / len(rows)
+
+    def rows_within(self, seconds: float) -> int:
+        """How many rows one call scores in about ``seconds`` (unbounded when unmeasured)."""
+        if self.row_seconds <= 0 or math.isinf(seconds):
+            return sys.maxsize
+        return max(1, int(seconds / self.row_seconds))
 
     def ready(self) -> bool:
         """Whether the model scores a smoke row right now."""

@@ -74,13 +74,19 @@ class PredictionService:
         responses: ResponseCache,
         metrics: ServiceMetrics,
         coalesce_max_rows: int = 0,
+        inline_max_rows: int = 256,
+        inline_max_s: float = 0.002,
     ) -> None:
         self.registry = registry
         self.cache = cache
         self.responses = responses
         self.metrics = metrics
+        self.inline_max_rows = inline_max_rows
+        self.inline_max_s = inline_max_s
         self.coalescer = (
-            MissCoalescer(self._run, coalesce_max_rows) if coalesce_max_rows > 0 else None
+            MissCoalescer(self._run, coalesce_max_rows, inline_max_s)
+            if coalesce_max_rows > 0
+            else None
         )
         self._announce(registry.current)
 
@@ -121,6 +127,13 @@ class PredictionService:
         scored = self._score(scorer, indices)
         self._offer(body, scorer, indices)
         return scored
+
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a request of ``rows`` rows is scored on the event loop: few rows, and
+        few enough that the current model scores them within ``inline_max_s``."""
+        if rows > self.inline_max_rows:
+            return False
+        return rows <= self.registry.current.rows_within(self.inline_max_s)
 
     async def predict_row(self, features: Mapping[str, object], body: bytes) -> Scored:
         """One row, as :meth:`predict`; with coalescing on, a miss is scored in one call with

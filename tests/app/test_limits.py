@@ -53,3 +53,17 @@ def test_slow_request_gets_504() -> None:
         response = client.get("/slow")
     assert response.status_code == 504
     assert "0.05s" in response.json()["detail"]
+
+
+def test_a_batch_too_costly_for_the_event_loop_goes_to_the_thread_pool(model_dir: Path) -> None:
+    with _client(model_dir, inline_max_ms=1e-6) as client:
+        service = client.app.state.service
+        assert service.registry.current.row_seconds > 0  # timed when the model loaded
+        assert service.runs_inline(1)
+        assert not service.runs_inline(2)
+        rows = [{"c0": "c0_1"}, {"c0": "c0_2"}]
+        inline = service.predict(rows).scores.tolist()
+        body = client.post("/predict", json={"instances": rows}).json()
+        assert body["predictions"] == inline
+    with _client(model_dir) as client:
+        assert client.app.state.service.runs_inline(200)  # the small test model: cheap rows

@@ -64,7 +64,7 @@ async def predict(request: Request) -> Response:
             f"batch of {len(rows)} rows exceeds the limit of "
             f"{settings.max_batch_size} (CTR_MAX_BATCH_SIZE)",
         )
-    if len(rows) <= settings.inline_max_rows:
+    if service.runs_inline(len(rows)):
         scored = service.predict(rows)
     else:
         scored = await run_in_threadpool(service.predict, rows)
