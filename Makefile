@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test bench bench-train bench-dist reliability quality loadtest clean
+.PHONY: setup run model serve test bench peers bench-train bench-dist reliability quality loadtest clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -56,8 +56,29 @@ test: $(TEST_DEPS)
 	$(PY) -m pytest
 	$(PY) scripts/audit.py
 
+# The serving peers (Seldon MLServer, BentoML), each in an environment of its own.
+PEERS := .venv-peers
+$(PEERS)/%/.installed: benchmarks/peers/%.txt
+	$(PYTHON) -m venv $(PEERS)/$*
+	$(PEERS)/$*/bin/pip install --quiet -r $<
+	touch $@
+
+peers: $(PEERS)/mlserver/.installed $(PEERS)/bentoml/.installed
+
+# A production-size model: Criteo-shaped 39 fields, NFFM k=16 with one hidden layer, and
+# DeepFM, trained on 200k generated rows (the file is deleted afterwards).
+PRODUCTION := models/production
+$(PRODUCTION)/nffm/CURRENT: | $(TEST_DEPS)
+	mkdir -p data
+	$(VENV)/bin/ctrserve synth --layout criteo --rows 200000 --seed 7 --out data/criteo_200k.tsv
+	$(VENV)/bin/ctrserve train --data data/criteo_200k.tsv --model nffm --embed-dim 16 \
+		--mlp-dims 100 --epochs 1 --max-vocab 20000 --out $(PRODUCTION)/nffm --no-progress
+	$(VENV)/bin/ctrserve train --data data/criteo_200k.tsv --model deepfm --epochs 1 \
+		--max-vocab 20000 --out $(PRODUCTION)/deepfm --no-progress
+	rm -f data/criteo_200k.tsv
+
 # Side-by-side serving benchmarks -> docs/BENCHMARKS.md (installs wrk and matplotlib).
-bench: model $(TEST_DEPS)
+bench: model peers $(PRODUCTION)/nffm/CURRENT $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	test -f models/ladder/nffm/CURRENT || $(PY) -m training ladder --data $(DATA) \
 		--out-dir models/ladder --no-progress
@@ -87,4 +108,4 @@ loadtest: model $(TEST_DEPS)
 	$(PY) -m loadtest.run --model-dir $(MODEL_DIR) --users 50 --duration 30
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(PEERS) data .pytest_cache .ruff_cache .mypy_cache

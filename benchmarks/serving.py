@@ -24,6 +24,7 @@ from app.schemas import PredictRequest
 from app.scoring.repository import POINTER_FILE, ModelRepository, resolve_model_dir
 from app.scoring.scorer import Scorer
 from benchmarks.timing import median_seconds
+from benchmarks.workloads import WORKLOADS, measure, servers
 from support.payloads import load_spec, random_rows, unique_rows, v2_json_body, v2_tensors
 from support.reports import machine, markdown_section, relative
 from support.servers import ROOT, cache_counts, server
@@ -46,6 +47,8 @@ UVICORN = [
 ]
 BARE = [*UVICORN, "benchmarks.variants:create_bare_app"]
 SECTIONS = (
+    "peers",
+    "coalescing",
     "ceiling",
     "sync_vs_async",
     "batches",
@@ -58,9 +61,12 @@ SECTIONS = (
 
 
 class Suite:
-    def __init__(self, model_dir: Path, ladder_dir: Path, duration_s: int) -> None:
+    def __init__(
+        self, model_dir: Path, ladder_dir: Path, production_dir: Path, duration_s: int
+    ) -> None:
         self.model_dir = model_dir
         self.ladder_dir = ladder_dir
+        self.production_dir = production_dir
         self.duration_s = duration_s
         self.spec = load_spec(model_dir)
         self.env = {
@@ -97,6 +103,95 @@ class Suite:
         ]
 
     # -- sections ------------------------------------------------------------------------
+    def _models(self) -> dict[str, Path]:
+        """The default model, and the production-size NFFM where `make bench` built it."""
+        models = {"default": self.model_dir}
+        production = self.production_dir / "nffm"
+        if (production / POINTER_FILE).is_file():
+            models["production NFFM"] = production
+        else:
+            logger.warning("%s missing: the production-size model is left out", production)
+        return models
+
+    def peers(self) -> dict[str, float]:
+        """ctrserve vs the peers on the four workloads, per model; ctrserve ÷ best peer."""
+        ratios: dict[str, float] = {}
+        raw: dict[str, list[dict[str, object]]] = {}
+        for label, model_dir in self._models().items():
+            spec = load_spec(model_dir)
+            results = list(measure(model_dir, spec, self.duration_s))
+            raw[label] = [
+                {"server": r.server, "workload": r.workload, "skipped": r.skipped,
+                 "rounds": [x.__dict__ for x in r.rounds]}
+                for r in results
+            ]  # fmt: skip
+            rows = []
+            for workload in WORKLOADS:
+                here = [r for r in results if r.workload == workload]
+                ours = next(r for r in here if r.server == "ctrserve")
+                peers = [r for r in here if r.rounds and not r.server.startswith("ctrserve")]
+                best = max(peers, key=lambda r: r.req_per_s, default=None)
+                if best is not None:
+                    ratios[f"{label}: {workload}"] = ours.req_per_s / best.req_per_s
+                for r in here:
+                    hits = "" if r.hit_ratio is None else f" ({r.hit_ratio:.0%} hits)"
+                    rows.append(
+                        [
+                            workload,
+                            r.server + hits,
+                            f"{r.req_per_s:,.0f}" if r.rounds else r.skipped,
+                            f"{r.p99_ms:.2f}" if r.rounds else "",
+                            str(r.errors) if r.rounds else "",
+                            f"{ours.req_per_s / r.req_per_s:.2f}x" if r.rounds else "",
+                        ]
+                    )
+            self._table(
+                f"ctrserve vs peers: {label} model ({len(spec.fields)} fields)",
+                f"wrk, 1 thread, 16 connections; a warm-up run, then two rounds of "
+                f"{self.duration_s} s (req/s: their mean; p99: the worse). One process each, "
+                "onnxruntime with one thread, the same encoder. Peers: "
+                + "; ".join(f"{s.name}: {s.note}" for s in servers(model_dir, spec) if s.note)
+                + ".",
+                ["workload", "server", "req/s", "p99 ms", "errors", "ctrserve ÷ this"],
+                rows,
+            )
+        self.raw["peers"] = raw
+        return ratios
+
+    def coalescing(self) -> None:
+        """Miss coalescing on vs off on the production-size model: distinct single rows."""
+        models = self._models()
+        model_dir = models.get("production NFFM", self.model_dir)
+        spec = load_spec(model_dir)
+        bodies = write_bodies([{"features": r} for r in unique_rows(spec, 100_000, seed=31)])
+        env = {"CTR_MODEL_DIR": str(model_dir), "CTR_CACHE_MAXSIZE": "0"}
+        rows = []
+        for connections in (1, 16, 64):
+            for setting in ("64", "0"):
+                with server(APP, {**env, "CTR_COALESCE_MAX_ROWS": setting}) as base:
+                    result = wrk(f"{base}/predict", bodies, self.duration_s, connections)
+                    calls, scored = _calls(base)
+                label = "on (64)" if setting != "0" else "off"
+                rows.append(
+                    [
+                        str(connections),
+                        label,
+                        f"{result.req_per_s:,.0f}",
+                        f"{result.p50_ms:.2f}",
+                        f"{result.p99_ms:.2f}",
+                        f"{scored / max(calls, 1):.1f}",
+                        str(result.errors),
+                    ]
+                )
+        self._table(
+            f"Miss coalescing on vs off ({relative(model_dir)}, {len(spec.fields)} fields)",
+            f"wrk, 1 thread, {self.duration_s} s each; distinct single rows, score cache "
+            "disabled, so every request is an onnxruntime row. Rows per call: from the "
+            "service's own `ctr_scored_batch_rows` histogram.",
+            ["connections", "coalescing", "req/s", "p50 ms", "p99 ms", "rows per call", "errors"],
+            rows,
+        )
+
     def ceiling(self) -> dict[str, float]:
         """Bare constant endpoint vs /predict hit, miss and cache-disabled (single rows)."""
         misses = self._single_bodies(400_000, seed=1)
@@ -513,6 +608,17 @@ def _latency_totals(client: httpx.Client, base: str, route: str) -> tuple[float,
     return totals[0], totals[1]
 
 
+def _calls(base: str) -> tuple[float, float]:
+    """(onnxruntime calls, rows scored) from the service's ``ctr_scored_batch_rows``."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    totals = {}
+    for part in ("count", "sum"):
+        prefix = f"ctr_scored_batch_rows_{part} "
+        line = next((ln for ln in text.splitlines() if ln.startswith(prefix)), prefix + "0")
+        totals[part] = float(line.split()[-1])
+    return totals["count"], totals["sum"]
+
+
 def _goal(name: str, goal: float, measured: float, higher_is_better: bool = True) -> list[str]:
     met = measured >= goal if higher_is_better else measured <= goal
     sign = "≥" if higher_is_better else "≤"
@@ -576,6 +682,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models/default")
     parser.add_argument("--ladder-dir", type=Path, default=ROOT / "models/ladder")
+    parser.add_argument("--production-dir", type=Path, default=ROOT / "models/production")
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/BENCHMARKS.md")
     parser.add_argument(
@@ -586,10 +693,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    suite = Suite(args.model_dir, args.ladder_dir, args.duration)
+    args.production_dir = args.production_dir.resolve()
+    suite = Suite(args.model_dir, args.ladder_dir, args.production_dir, args.duration)
     if args.only:
         getattr(suite, args.only)()
         return
+    versus_peers = suite.peers()
+    suite.coalescing()
     ceiling = suite.ceiling()
     suite.sync_vs_async()
     batches = suite.batches()
@@ -600,7 +710,11 @@ def main() -> None:
     suite.profile()
     overhead = max(batches["1000"], batches["10000"])
     goals = [
-        _goal("cache-hit /predict req/s ÷ bare endpoint", 0.8, ceiling["hit_vs_bare"]),
+        *(
+            _goal(f"ctrserve ÷ best peer, {name}", 2.0, ratio)
+            for name, ratio in versus_peers.items()
+        ),
+        _goal("cache-hit /predict req/s ÷ bare endpoint", 0.9, ceiling["hit_vs_bare"]),
         _goal("cache-miss /predict req/s ÷ bare endpoint", 0.5, ceiling["miss_vs_bare"]),
         _goal("server time ÷ raw ORT at ≥ 1,000 rows (worst)", 1.5, overhead, False),
         _goal("req/s with cache ÷ without, at 90% hits", 5.0, cache_90),

@@ -23,8 +23,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(command: Sequence[str], env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run ``command`` (which must listen on ``$PORT``) until the block ends; yield its URL.
+def server(
+    command: Sequence[str], env: dict[str, str] | None = None, health: str = "/healthz"
+) -> Iterator[str]:
+    """Run ``command`` (which must listen on ``$PORT``, or on ``{port}`` written in its
+    arguments or ``env`` values) until the block ends, once ``health`` answers 200; yield its
+    URL.
 
     The process starts in an empty working directory, so a developer's ``.env`` in the
     repository never configures a server under test: only ``env`` and the environment do.
@@ -32,7 +36,7 @@ def server(command: Sequence[str], env: dict[str, str] | None = None) -> Iterato
     port = free_port()
     full_env = {
         **os.environ,
-        **(env or {}),
+        **{name: value.replace("{port}", str(port)) for name, value in (env or {}).items()},
         "PORT": str(port),
         "CTR_PORT": str(port),
         "CTR_HOST": "127.0.0.1",
@@ -47,7 +51,7 @@ def server(command: Sequence[str], env: dict[str, str] | None = None) -> Iterato
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    if httpx.get(f"{base}{health}", timeout=1).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass

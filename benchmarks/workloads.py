@@ -1,0 +1,228 @@
+"""ctrserve against what a user would deploy instead, on the same model, rows and encoder.
+
+Four workloads, each a file of request bodies replayed by wrk: a repeated single row,
+distinct single rows (every request a miss), batches of 100 distinct rows, and batches of
+100 rows of which 90% come from a hot set of 1,000. Every server gets a warm-up run first
+(so the hot set is cached wherever there is a cache) and two measured rounds; a server that
+is not installed (the peers' environments come from ``make peers``) is reported as skipped.
+
+wrk replays a body file in a loop, so every cache here holds ``CACHE_ENTRIES``: the hot set
+fits, and a row meant to miss has been evicted (LRU) long before its file comes round again.
+ctrserve's hit ratio is read from its own counters and reported next to its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.features.spec import FeatureSpec
+from support.payloads import Row, unique_rows, v2_json_body
+from support.servers import ROOT, cache_counts, free_port, server
+from support.wrk import WrkResult, write_bodies, wrk
+
+logger = logging.getLogger("benchmarks")
+
+WORKLOADS = (
+    "repeated single row",
+    "distinct single rows",
+    "batches of 100 distinct rows",
+    "batches of 100 rows, 90% hits",
+)
+BATCH = 100
+CACHE_ENTRIES = 2_000
+PEERS_DIR = ROOT / ".venv-peers"
+UVICORN = ["-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", "{port}"]
+QUIET = ["--log-level", "warning", "--no-access-log"]
+
+
+def requests_for(spec: FeatureSpec, workload: str, seed: int = 0) -> list[list[Row]]:
+    """The rows of each request of ``workload`` (replayed in order, cycling)."""
+    if workload == "repeated single row":
+        return [unique_rows(spec, 1, seed)]
+    if workload == "distinct single rows":
+        return [[row] for row in unique_rows(spec, 100_000, seed)]
+    if workload == "batches of 100 distinct rows":
+        rows = unique_rows(spec, 400 * BATCH, seed)
+        return [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
+    rng = np.random.default_rng(seed)
+    hot = unique_rows(spec, 1_000, seed + 1)
+    cold = iter(unique_rows(spec, 600 * BATCH, seed + 2))
+    return [
+        [
+            hot[int(rng.integers(len(hot)))] if rng.uniform() < 0.9 else next(cold)
+            for _ in range(BATCH)
+        ]
+        for _ in range(600)
+    ]
+
+
+@dataclass
+class Server:
+    """One server under test: how to start it, where to send bodies, how bodies look."""
+
+    name: str
+    start: Callable[[], AbstractContextManager[str]]
+    path: str
+    body: Callable[[list[Row]], object]
+    note: str = ""
+
+
+@dataclass
+class Measured:
+    server: str
+    workload: str
+    rounds: list[WrkResult] = field(default_factory=list)
+    skipped: str = ""
+    hit_ratio: float | None = None  # ctrserve's, from its counters
+
+    @property
+    def req_per_s(self) -> float:
+        return float(np.mean([r.req_per_s for r in self.rounds])) if self.rounds else 0.0
+
+    @property
+    def p99_ms(self) -> float:
+        return max((r.p99_ms for r in self.rounds), default=float("nan"))
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.rounds)
+
+
+def ours(body: list[Row]) -> object:
+    return {"features": body[0]} if len(body) == 1 else {"instances": body}
+
+
+def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
+    """ctrserve (cache on and off) and the peers, each given its fastest honest setting."""
+    env = {
+        "CTR_MODEL_DIR": str(model_dir),
+        "CTR_CACHE_TTL_S": "3600",
+        "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES),
+    }
+    app = [sys.executable, "-m", "app"]
+    return [
+        Server(
+            "ctrserve",
+            lambda: server(app, env),
+            "/predict",
+            ours,
+        ),
+        Server(
+            "ctrserve, cache disabled",
+            lambda: server(app, {**env, "CTR_CACHE_MAXSIZE": "0"}),
+            "/predict",
+            ours,
+        ),
+        Server(
+            "FastAPI + onnxruntime + cachetools",
+            lambda: server(
+                [sys.executable, *UVICORN, *QUIET, "benchmarks.peers.plain_app:create_app"], env
+            ),
+            "/predict",
+            ours,
+            "written the obvious way: pydantic body, sync route, TTLCache on the row's JSON",
+        ),
+        Server(
+            "Seldon MLServer (custom runtime)",
+            lambda: _mlserver(PEERS_DIR, model_dir),
+            "/v2/models/ctr/infer",
+            lambda rows: v2_json_body(spec, rows),
+            "V2 JSON; parallel_workers 0, debug off, its response cache on",
+        ),
+        Server(
+            "BentoML",
+            lambda: server(
+                [
+                    str(PEERS_DIR / "bentoml" / "bin" / "bentoml"),
+                    "serve",
+                    "benchmarks.peers.bento_service:CtrService",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                ],
+                {**env, "BENTOML_CONFIG_OPTIONS": "api_server.logging.access.enabled=false"},
+                health="/readyz",
+            ),
+            "/predict",
+            ours,
+            "one worker, access log off",
+        ),
+    ]
+
+
+@contextmanager
+def _mlserver(peers: Path, model_dir: Path) -> Iterator[str]:
+    """``mlserver start`` on a folder holding the model's model-settings.json; the server's
+    settings come from its ``MLSERVER_*`` variables."""
+    with tempfile.TemporaryDirectory(prefix="ctrserve-mlserver-") as folder:
+        model = {
+            "name": "ctr",
+            "implementation": "benchmarks.peers.mlserver_runtime.CtrRuntime",
+            "parameters": {"uri": str(model_dir)},
+        }
+        (Path(folder) / "model-settings.json").write_text(json.dumps(model))
+        settings = {
+            "MLSERVER_HTTP_PORT": "{port}",
+            "MLSERVER_GRPC_PORT": str(free_port()),
+            "MLSERVER_METRICS_PORT": str(free_port()),
+            "MLSERVER_PARALLEL_WORKERS": "0",
+            "MLSERVER_DEBUG": "false",
+            "MLSERVER_CACHE_ENABLED": "true",
+            "MLSERVER_CACHE_SIZE": str(CACHE_ENTRIES),
+        }
+        command = [str(peers / "mlserver" / "bin" / "mlserver"), "start", folder]
+        with server(command, settings, health="/v2/health/ready") as base:
+            yield base
+
+
+def installed(entry: Server) -> str:
+    """Why ``entry`` cannot run here, or "" when it can."""
+    for peer, name in (("mlserver", "Seldon"), ("bentoml", "BentoML")):
+        if entry.name.startswith(name) and not (PEERS_DIR / peer / ".installed").exists():
+            return "not installed (make peers)"
+    return ""
+
+
+def measure(
+    model_dir: Path, spec: FeatureSpec, duration_s: int, connections: int = 16
+) -> Iterator[Measured]:
+    """Every server on every workload: a warm-up run, then two measured rounds."""
+    plans = {w: requests_for(spec, w) for w in WORKLOADS}
+    for entry in servers(model_dir, spec):
+        reason = installed(entry)
+        if reason:
+            for workload in WORKLOADS:
+                yield Measured(entry.name, workload, skipped=reason)
+            continue
+        files = {w: write_bodies([entry.body(r) for r in rows]) for w, rows in plans.items()}
+        with entry.start() as base:
+            for workload in WORKLOADS:
+                url = f"{base}{entry.path}"
+                wrk(url, files[workload], max(2, duration_s // 2), connections)  # warm-up
+                measured = Measured(entry.name, workload)
+                counted = entry.name == "ctrserve"
+                before = cache_counts(base) if counted else (0.0, 0.0)
+                for _ in range(2):
+                    measured.rounds.append(wrk(url, files[workload], duration_s, connections))
+                if counted:
+                    hits, misses = (b - a for a, b in zip(before, cache_counts(base), strict=True))
+                    measured.hit_ratio = hits / max(hits + misses, 1.0)
+                logger.info(
+                    "%s, %s: %.0f req/s, p99 %.2f ms, %d errors",
+                    entry.name,
+                    workload,
+                    measured.req_per_s,
+                    measured.p99_ms,
+                    measured.errors,
+                )
+                yield measured
