@@ -150,7 +150,7 @@ class PredictionService:
         """Offer a single-row body to the response cache, with the row key it encoded to."""
         digest = None if body is None or len(indices) != 1 else self.responses.key(body)
         if digest is not None and self.cache.enabled:
-            self.responses.offer(digest, (scorer.version, self.cache.keys(indices)[0]))
+            self.responses.offer(digest, (scorer.version, self.cache.row_key(indices)))
 
     def predict_columns(self, arrays: Mapping[str, NDArray[Any]], num_rows: int) -> Scored:
         """Score one array per field (the inference protocol's tensors), encoded whole.
