@@ -186,22 +186,17 @@ class ScoreCache:
                 keys = [self.row_key(indices)]
                 self._singles.append(indices)  # the doorkeeper hears of it with the next batch
                 if len(self._singles) >= _SINGLES_PENDING:
-                    self._doorkeeper.seen(np.concatenate(self._singles))
-                    self._singles.clear()
+                    self._mark_singles()
             else:
-                if self._singles:
-                    self._doorkeeper.seen(np.concatenate(self._singles))
-                    self._singles.clear()
+                self._mark_singles()
                 looked_up = np.flatnonzero(self._doorkeeper.seen(indices))
                 keys = self.keys(indices[looked_up])
-            now, entries, found = self._timer(), self._entries, []
+            now = self._timer()
+            found = []
             for position, key in enumerate(keys):
-                entry = entries.get(key)
-                if entry is not None:
-                    if entry[1] > now:
-                        found.append((position, entry[0]))
-                    else:
-                        del entries[key]
+                score = self._live(key, now)
+                if score is not None:
+                    found.append((position, score))
         if len(found) == 1 and len(indices) == 1:
             scores[0], hits[0] = found[0][1], True
         elif found:
@@ -240,13 +235,25 @@ class ScoreCache:
         with self._lock:
             if version != self._version:
                 return None
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if entry[1] <= self._timer():
-                del self._entries[key]
-                return None
-            return entry[0]
+            return self._live(key, self._timer())
+
+    def _live(self, key: bytes, now: float) -> float | None:
+        """``key``'s score if it has not expired by ``now``; an expired entry is dropped.
+        Called under the lock."""
+        assert self._entries is not None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self._entries[key]
+            return None
+        return entry[0]
+
+    def _mark_singles(self) -> None:
+        """Tell the doorkeeper of the single rows looked up since it last heard."""
+        if self._singles:
+            self._doorkeeper.seen(np.concatenate(self._singles))
+            self._singles.clear()
 
 
 class ResponseCache:
