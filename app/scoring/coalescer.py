@@ -43,7 +43,7 @@ class MissCoalescer:
             event loop, so it is held to the inline budget, ``CTR_INLINE_MAX_MS``).
     """
 
-    def __init__(self, run: RunBatch, max_rows: int, max_seconds: float = float("inf")) -> None:
+    def __init__(self, run: RunBatch, max_rows: int, max_seconds: float) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self._run = run

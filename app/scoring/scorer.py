@@ -45,7 +45,8 @@ class Scorer:
         self._input = manifest.onnx.input_name
         self._output = manifest.onnx.output_name
         self._num_fields = len(manifest.features.fields)
-        # Seconds one row costs onnxruntime in a large batch, measured by warm(); 0 = unknown.
+        # Seconds one row costs onnxruntime in a batch of up to 256 rows, measured by warm();
+        # 0 = unknown.
         self.row_seconds = 0.0
 
     @classmethod
@@ -135,7 +136,7 @@ class Scorer:
 
     def rows_within(self, seconds: float) -> int:
         """How many rows one call scores in about ``seconds`` (unbounded when unmeasured)."""
-        if self.row_seconds <= 0 or math.isinf(seconds):
+        if self.row_seconds <= 0:
             return sys.maxsize
         return max(1, int(seconds / self.row_seconds))
 

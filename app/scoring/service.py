@@ -170,10 +170,14 @@ class PredictionService:
         tally.rows(scorer.version, scorer.encoder.names, indices)
         return indices
 
-    def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> Scored:
+    def _lookup(self, scorer: Scorer, indices: NDArray[np.int64]) -> tuple[Lookup, float]:
+        """The cache's answer for ``indices`` and the seconds it took."""
         started = time.perf_counter()
         lookup = self.cache.lookup(scorer.version, indices)
-        cache_s = time.perf_counter() - started
+        return lookup, time.perf_counter() - started
+
+    def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> Scored:
+        lookup, cache_s = self._lookup(scorer, indices)
         misses = np.flatnonzero(~lookup.hits)
         if len(misses):
             # Every miss of the request goes to onnxruntime in one call.
@@ -184,9 +188,7 @@ class PredictionService:
     async def _score_coalesced(
         self, coalescer: MissCoalescer, scorer: Scorer, row: NDArray[np.int64]
     ) -> Scored:
-        started = time.perf_counter()
-        lookup = self.cache.lookup(scorer.version, row)
-        cache_s = time.perf_counter() - started
+        lookup, cache_s = self._lookup(scorer, row)
         if not lookup.hits[0]:
             lookup.scores[0] = await coalescer.score(scorer, row)
         return self._settle(lookup, cache_s)

@@ -87,7 +87,7 @@ def test_off_scores_each_row_alone(repository: Path) -> None:
 
 def test_a_failed_call_reaches_every_waiting_request(repository: Path) -> None:
     scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
-    coalescer = MissCoalescer(lambda s, rows: s.score_indices(rows), max_rows=64)
+    coalescer = MissCoalescer(lambda s, rows: s.score_indices(rows), max_rows=64, max_seconds=0.002)
     good = np.zeros((1, len(scorer.encoder.names)), dtype=np.int64)
     bad = np.full_like(good, 10**9)  # an index past every table: onnxruntime refuses it
 
@@ -125,4 +125,4 @@ def test_a_cancelled_request_leaves_the_others_their_scores(repository: Path) ->
 
 def test_bad_max_rows() -> None:
     with pytest.raises(ValueError, match="max_rows"):
-        MissCoalescer(lambda s, rows: rows, max_rows=0)
+        MissCoalescer(lambda s, rows: rows, max_rows=0, max_seconds=0.002)
