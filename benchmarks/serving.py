@@ -27,7 +27,7 @@ from benchmarks.timing import median_seconds
 from benchmarks.workloads import WORKLOADS, measure, servers
 from support.payloads import load_spec, random_rows, unique_rows, v2_json_body, v2_tensors
 from support.reports import machine, markdown_section, relative
-from support.servers import ROOT, cache_counts, server
+from support.servers import ROOT, cache_counts, metric_values, server
 from support.wrk import WrkResult, write_bodies, wrk
 
 logger = logging.getLogger("benchmarks")
@@ -610,13 +610,8 @@ def _latency_totals(client: httpx.Client, base: str, route: str) -> tuple[float,
 
 def _calls(base: str) -> tuple[float, float]:
     """(onnxruntime calls, rows scored) from the service's ``ctr_scored_batch_rows``."""
-    text = httpx.get(f"{base}/metrics", timeout=5).text
-    totals = {}
-    for part in ("count", "sum"):
-        prefix = f"ctr_scored_batch_rows_{part} "
-        line = next((ln for ln in text.splitlines() if ln.startswith(prefix)), prefix + "0")
-        totals[part] = float(line.split()[-1])
-    return totals["count"], totals["sum"]
+    calls, rows = metric_values(base, "ctr_scored_batch_rows_count", "ctr_scored_batch_rows_sum")
+    return calls, rows
 
 
 def _goal(name: str, goal: float, measured: float, higher_is_better: bool = True) -> list[str]:

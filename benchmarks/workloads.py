@@ -74,6 +74,7 @@ class Server:
     path: str
     body: Callable[[list[Row]], object]
     note: str = ""
+    environment: str = ""  # the peers' environment it runs in (.venv-peers/<name>), if any
 
 
 @dataclass
@@ -137,6 +138,7 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
             "/v2/models/ctr/infer",
             lambda rows: v2_json_body(spec, rows),
             "V2 JSON; parallel_workers 0, debug off, its response cache on",
+            "mlserver",
         ),
         Server(
             "BentoML",
@@ -156,6 +158,7 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
             "/predict",
             ours,
             "one worker, access log off",
+            "bentoml",
         ),
     ]
 
@@ -187,9 +190,8 @@ def _mlserver(peers: Path, model_dir: Path) -> Iterator[str]:
 
 def installed(entry: Server) -> str:
     """Why ``entry`` cannot run here, or "" when it can."""
-    for peer, name in (("mlserver", "Seldon"), ("bentoml", "BentoML")):
-        if entry.name.startswith(name) and not (PEERS_DIR / peer / ".installed").exists():
-            return "not installed (make peers)"
+    if entry.environment and not (PEERS_DIR / entry.environment / ".installed").exists():
+        return "not installed (make peers)"
     return ""
 
 

@@ -67,12 +67,19 @@ def server(
                 process.kill()
 
 
+def metric_values(base: str, *series: str) -> list[float]:
+    """The value of each named series (the whole name before the value, labels included)
+    on the service's Prometheus endpoint; 0 for a series not exposed yet."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    values = dict.fromkeys(series, 0.0)
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in values:
+            values[name] = float(value)
+    return [values[name] for name in series]
+
+
 def cache_counts(base: str) -> tuple[float, float]:
     """(hits, misses) from the service's Prometheus endpoint."""
-    hits = misses = 0.0
-    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
-        if line.startswith("ctr_cache_hits_total "):
-            hits = float(line.split()[1])
-        elif line.startswith("ctr_cache_misses_total "):
-            misses = float(line.split()[1])
+    hits, misses = metric_values(base, "ctr_cache_hits_total", "ctr_cache_misses_total")
     return hits, misses
