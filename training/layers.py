@@ -49,6 +49,11 @@ class FeaturesEmbedding(nn.Module):
         return self.embedding(indices + self.offsets)
 
 
+def field_aware_width(num_fields: int, embed_dim: int) -> int:
+    """Columns of a :class:`FieldAwareEmbedding` row: ``F*K`` vector entries, then the weight."""
+    return num_fields * embed_dim + 1
+
+
 class FieldAwareEmbedding(nn.Module):
     """All a field-aware model keeps per value, in one table row: the value's vector for every
     target field, ``v_{i, f}`` (``F*K`` columns), then its first-order weight ``w_i``.
@@ -63,7 +68,7 @@ class FieldAwareEmbedding(nn.Module):
         super().__init__()
         self.num_fields = len(field_dims)
         self.embed_dim = embed_dim
-        width = self.num_fields * embed_dim + 1
+        width = field_aware_width(self.num_fields, embed_dim)
         self.embedding = nn.Embedding(sum(field_dims), width, sparse=True)
         nn.init.normal_(self.embedding.weight, std=0.01)
         with torch.no_grad():
@@ -116,7 +121,7 @@ class FieldAwareTerms(nn.Module):
         self.pairs = FieldPairs(num_fields)
         self.num_pairs = self.pairs.num_pairs
         self.embed_dim = embed_dim
-        width = num_fields * embed_dim + 1
+        width = field_aware_width(num_fields, embed_dim)
         rows, cols = self.pairs.rows, self.pairs.cols
         columns = torch.arange(embed_dim)
         left = (rows * width + cols * embed_dim)[:, None] + columns
