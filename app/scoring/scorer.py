@@ -113,11 +113,13 @@ class Scorer:
         """Score rows at each batch size before live traffic does, and time a row.
 
         onnxruntime sizes its buffers on the first call of each shape; warming a new version
-        beside the old one keeps that first-call cost off the requests after the swap. Then a
+        beside the old one keeps that first-call cost off the requests after the swap (and the
+        encoder's batch table is built here for the same reason). Then a
         batch of up to 256 rows is timed: ``row_seconds`` lets the service judge a request's
         cost by the model, not by its rows alone (a 39-field NFFM row costs ~30 times a
         10-field one).
         """
+        self.encoder.batch_table()
         rng = np.random.default_rng(0)
         dims = np.array(self.manifest.features.field_dims, dtype=np.int64)
         sizes = sorted({size for size in batch_sizes if size > 0})

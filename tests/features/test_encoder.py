@@ -127,3 +127,19 @@ def test_request_rows_refuse_non_finite_numbers(encoder: FeatureEncoder, value: 
 def test_training_columns_read_nan_as_missing(encoder: FeatureEncoder) -> None:
     out = encoder.encode_columns({"age": np.array([math.nan, 20.0])}, 2)
     assert out[:, 1].tolist() == [MISSING_INDEX, NUM_RESERVED + 1]
+
+
+@pytest.mark.parametrize("rows", [1, 200])  # the value path and the batch path
+def test_integers_beyond_float64_are_refused(encoder: FeatureEncoder, rows: int) -> None:
+    with pytest.raises(EncodeError, match=r"not a finite number|infinite") as info:
+        encoder.encode_rows([{"site": "news", "age": 10**400}] * rows)
+    assert info.value.field == "age"
+
+
+def test_a_batch_of_numeric_strings_and_numbers_encodes_as_single_rows(
+    encoder: FeatureEncoder,
+) -> None:
+    rows = [{"site": s, "age": a} for s, a in [("news", "25"), (5, 60), ("x", None), (None, 17.5)]]
+    batch = rows * 100
+    singles = np.vstack([encoder.encode_rows([row]) for row in rows] * 100)
+    np.testing.assert_array_equal(encoder.encode_rows(batch), singles)

@@ -2,9 +2,11 @@
 refused with an EncodeError naming its field -- never another exception."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.features.encoder import SMALL_BATCH_VALUES
 from app.features.errors import EncodeError
 from support.fuzz import ENCODER, FIELD_NAMES, SPEC, rows
 
@@ -40,3 +42,23 @@ def test_rows_and_columns_agree(values: list[tuple[object, float | None]]) -> No
     np.testing.assert_array_equal(
         ENCODER.encode_rows(batch), ENCODER.encode_columns(columns, len(values))
     )
+
+
+def _alone(row: dict[str, object]) -> np.ndarray | None:
+    try:
+        return ENCODER.encode_rows([row])[0]
+    except EncodeError:
+        return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(rows, min_size=1, max_size=6))
+def test_a_large_batch_encodes_as_its_rows_one_by_one(distinct: list[dict[str, object]]) -> None:
+    # Enough rows for the batch path (more than SMALL_BATCH_VALUES values).
+    batch = distinct * (1 + SMALL_BATCH_VALUES // len(distinct))
+    alone = [_alone(row) for row in batch]
+    if any(row is None for row in alone):
+        with pytest.raises(EncodeError):
+            ENCODER.encode_rows(batch)
+    else:
+        np.testing.assert_array_equal(ENCODER.encode_rows(batch), np.stack(alone))
