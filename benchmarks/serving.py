@@ -104,13 +104,15 @@ class Suite:
 
     # -- sections ------------------------------------------------------------------------
     def _models(self) -> dict[str, Path]:
-        """The default model, and the production-size NFFM where `make bench` built it."""
+        """The default model, and the production-size NFFM and DeepFM where `make bench`
+        built them."""
         models = {"default": self.model_dir}
-        production = self.production_dir / "nffm"
-        if (production / POINTER_FILE).is_file():
-            models["production NFFM"] = production
-        else:
-            logger.warning("%s missing: the production-size model is left out", production)
+        for label, name in (("production NFFM", "nffm"), ("production DeepFM", "deepfm")):
+            production = self.production_dir / name
+            if (production / POINTER_FILE).is_file():
+                models[label] = production
+            else:
+                logger.warning("%s missing: the production-size model is left out", production)
         return models
 
     def peers(self) -> dict[str, float]:

@@ -2,9 +2,10 @@
 
 Four workloads, each a file of request bodies replayed by wrk: a repeated single row,
 distinct single rows (every request a miss), batches of 100 distinct rows, and batches of
-100 rows of which 90% come from a hot set of 1,000. Every server gets a warm-up run first
-(so the hot set is cached wherever there is a cache) and two measured rounds; a server that
-is not installed (the peers' environments come from ``make peers``) is reported as skipped.
+100 rows of which 90% come from a hot set of 1,000. All servers run at once and take turns:
+two rounds a workload, each measured run after a warm-up run of its own (so the hot set is
+cached wherever there is a cache). A server that is not installed (the peers' environments
+come from ``make peers``) is reported as skipped.
 
 wrk replays a body file in a loop, so every cache here holds ``CACHE_ENTRIES``: the hot set
 fits, and a row meant to miss has been evicted (LRU) long before its file comes round again.
@@ -18,7 +19,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,33 +199,47 @@ def installed(entry: Server) -> str:
 def measure(
     model_dir: Path, spec: FeatureSpec, duration_s: int, connections: int = 16
 ) -> Iterator[Measured]:
-    """Every server on every workload: a warm-up run, then two measured rounds."""
+    """Every server on every workload, side by side: all servers run at once (idle ones cost
+    nothing), and each workload's two rounds go through the servers in turn, the second in
+    reverse order, so a drift of this machine's speed falls on all of them alike. Each
+    measured run follows its own warm-up run, which fills the caches for that workload."""
     plans = {w: requests_for(spec, w) for w in WORKLOADS}
-    for entry in servers(model_dir, spec):
-        reason = installed(entry)
-        if reason:
-            for workload in WORKLOADS:
-                yield Measured(entry.name, workload, skipped=reason)
-            continue
-        files = {w: write_bodies([entry.body(r) for r in rows]) for w, rows in plans.items()}
-        with entry.start() as base:
-            for workload in WORKLOADS:
-                url = f"{base}{entry.path}"
-                wrk(url, files[workload], max(2, duration_s // 2), connections)  # warm-up
-                measured = Measured(entry.name, workload)
-                counted = entry.name == "ctrserve"
-                before = cache_counts(base) if counted else (0.0, 0.0)
-                for _ in range(2):
-                    measured.rounds.append(wrk(url, files[workload], duration_s, connections))
-                if counted:
-                    hits, misses = (b - a for a, b in zip(before, cache_counts(base), strict=True))
-                    measured.hit_ratio = hits / max(hits + misses, 1.0)
-                logger.info(
-                    "%s, %s: %.0f req/s, p99 %.2f ms, %d errors",
-                    entry.name,
-                    workload,
-                    measured.req_per_s,
-                    measured.p99_ms,
-                    measured.errors,
-                )
+    entries = servers(model_dir, spec)
+    with ExitStack() as running:
+        bases: dict[str, str] = {}
+        files: dict[str, dict[str, Path]] = {}
+        for entry in entries:
+            if not installed(entry):
+                bases[entry.name] = running.enter_context(entry.start())
+                files[entry.name] = {
+                    w: write_bodies([entry.body(r) for r in rows]) for w, rows in plans.items()
+                }
+        for workload in WORKLOADS:
+            results = {e.name: Measured(e.name, workload, skipped=installed(e)) for e in entries}
+            hits = misses = 0.0  # ctrserve's, over its measured runs
+            for order in (entries, entries[::-1]):
+                for entry in order:
+                    if entry.name not in bases:
+                        continue
+                    base, bodies = bases[entry.name], files[entry.name][workload]
+                    url = f"{base}{entry.path}"
+                    wrk(url, bodies, max(2, duration_s // 2), connections)  # warm-up
+                    counted = entry.name == "ctrserve"
+                    before = cache_counts(base) if counted else (0.0, 0.0)
+                    results[entry.name].rounds.append(wrk(url, bodies, duration_s, connections))
+                    if counted:
+                        after = cache_counts(base)
+                        hits, misses = hits + after[0] - before[0], misses + after[1] - before[1]
+            if "ctrserve" in bases:
+                results["ctrserve"].hit_ratio = hits / max(hits + misses, 1.0)
+            for measured in results.values():
+                if measured.rounds:
+                    logger.info(
+                        "%s, %s: %.0f req/s, p99 %.2f ms, %d errors",
+                        measured.server,
+                        workload,
+                        measured.req_per_s,
+                        measured.p99_ms,
+                        measured.errors,
+                    )
                 yield measured

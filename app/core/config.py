@@ -57,15 +57,15 @@ class Settings(BaseSettings):
     inline_max_rows: int = Field(
         default=256,
         ge=0,
-        description="requests with at most this many rows are scored on the event loop; "
-        "larger ones in the thread pool (0 = always the thread pool)",
+        description="batches of at most this many rows are encoded and looked up in the "
+        "cache on the event loop; larger ones go to the thread pool whole (0 = always)",
     )
     inline_max_ms: float = Field(
         default=2.0,
         gt=0,
-        description="nor more rows than the model scores in this many milliseconds (timed at "
-        "load): an expensive model's batches go to the thread pool, where two calls use two "
-        "cores; also the largest coalesced batch",
+        description="a batch's cache misses are scored on the event loop when the model "
+        "scores them in this many milliseconds (timed at load), else in the thread pool, "
+        "where two calls use two cores; also the largest coalesced batch",
     )
     coalesce_max_rows: int = Field(
         default=64,

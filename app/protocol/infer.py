@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,8 +35,7 @@ async def score(
 ) -> Scored:
     """Score one array per field; every failure is a :class:`ProtocolError` with its status.
 
-    Small requests are scored on the event loop (microseconds of onnxruntime), larger ones
-    in a thread, as ``/predict`` does (README: sync vs async).
+    Scored as ``/predict`` scores a batch (:meth:`PredictionService.predict_columns`).
     """
     if rows > settings.max_batch_size:
         raise ProtocolError(
@@ -46,9 +44,7 @@ async def score(
             PAYLOAD_TOO_LARGE,
         )
     try:
-        if service.runs_inline(rows):
-            return service.predict_columns(arrays, rows)
-        return await asyncio.to_thread(service.predict_columns, arrays, rows)
+        return await service.predict_columns(arrays, rows)
     except EncodeError as exc:
         raise ProtocolError(f"input '{exc.field}': {exc.detail}") from None
     except ScoringError:

@@ -3,6 +3,7 @@ explanations. Every caching decision lives here; imports no FastAPI."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -128,12 +129,45 @@ class PredictionService:
         self._offer(body, scorer, indices)
         return scored
 
-    def runs_inline(self, rows: int) -> bool:
-        """Whether a request of ``rows`` rows is scored on the event loop: few rows, and
-        few enough that the current model scores them within ``inline_max_s``."""
+    async def predict_batch(self, rows: Sequence[Mapping[str, object]]) -> Scored:
+        """Score a batch of raw rows without holding up the event loop; raises as
+        :meth:`predict`. See :meth:`_score_batch` for where each step runs."""
+        return await self._score_batch(len(rows), lambda scorer: scorer.encoder.encode_rows(rows))
+
+    async def predict_columns(self, arrays: Mapping[str, NDArray[Any]], num_rows: int) -> Scored:
+        """Score one array per field (the inference protocol's tensors), encoded whole, as
+        :meth:`predict_batch` scores rows. Raises ``EncodeError`` or ``ScoringError``."""
+        return await self._score_batch(
+            num_rows, lambda scorer: scorer.encoder.encode_columns(arrays, num_rows)
+        )
+
+    async def _score_batch(
+        self, rows: int, encode: Callable[[Scorer], NDArray[np.int64]]
+    ) -> Scored:
+        """Encode and look up on the event loop, then score only the misses: inline when the
+        model scores them within ``inline_max_s``, else in a thread.
+
+        A batch of up to ``inline_max_rows`` rows encodes in about a millisecond, and at a
+        high hit ratio its misses cost less than a thread hop. Handing the whole batch to a
+        thread instead made its Python work (parse, encode, lookup) contend for the GIL
+        with the event loop: 208 req/s on 90%-hit batches of the 39-field NFFM, against
+        ... with only the misses sent. A larger batch goes to a thread whole.
+        """
+        scorer = self.registry.current  # one reference for the whole request
         if rows > self.inline_max_rows:
-            return False
-        return rows <= self.registry.current.rows_within(self.inline_max_s)
+            return await asyncio.to_thread(
+                lambda: self._score(scorer, self._encode(scorer, lambda: encode(scorer)))
+            )
+        indices = self._encode(scorer, lambda: encode(scorer))
+        lookup, cache_s = self._lookup(scorer, indices)
+        misses = np.flatnonzero(~lookup.hits)
+        if len(misses):
+            todo = indices if len(misses) == len(indices) else indices[misses]
+            if len(misses) <= scorer.rows_within(self.inline_max_s):
+                lookup.scores[misses] = self._run(scorer, todo)
+            else:
+                lookup.scores[misses] = await asyncio.to_thread(self._run, scorer, todo)
+        return self._settle(lookup, cache_s)
 
     async def predict_row(self, features: Mapping[str, object], body: bytes) -> Scored:
         """One row, as :meth:`predict`; with coalescing on, a miss is scored in one call with
@@ -151,15 +185,6 @@ class PredictionService:
         digest = None if body is None or len(indices) != 1 else self.responses.key(body)
         if digest is not None and self.cache.enabled:
             self.responses.offer(digest, (scorer.version, self.cache.row_key(indices)))
-
-    def predict_columns(self, arrays: Mapping[str, NDArray[Any]], num_rows: int) -> Scored:
-        """Score one array per field (the inference protocol's tensors), encoded whole.
-
-        Raises ``EncodeError`` (bad input) or ``ScoringError``.
-        """
-        scorer = self.registry.current
-        indices = self._encode(scorer, lambda: scorer.encoder.encode_columns(arrays, num_rows))
-        return self._score(scorer, indices)
 
     def _encode(self, scorer: Scorer, encode: Callable[[], NDArray[np.int64]]) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""

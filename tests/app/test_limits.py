@@ -3,6 +3,8 @@
 import asyncio
 from pathlib import Path
 
+import numpy as np
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -55,15 +57,53 @@ def test_slow_request_gets_504() -> None:
     assert "0.05s" in response.json()["detail"]
 
 
-def test_a_batch_too_costly_for_the_event_loop_goes_to_the_thread_pool(model_dir: Path) -> None:
-    with _client(model_dir, inline_max_ms=1e-6) as client:
-        service = client.app.state.service
-        assert service.registry.current.row_seconds > 0  # timed when the model loaded
-        assert service.runs_inline(1)
-        assert not service.runs_inline(2)
-        rows = [{"c0": "c0_1"}, {"c0": "c0_2"}]
-        inline = service.predict(rows).scores.tolist()
-        body = client.post("/predict", json={"instances": rows}).json()
-        assert body["predictions"] == inline
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _where_scored(client: TestClient, rows: list[dict[str, object]]) -> list[bool]:
+    """POST ``rows``; whether each onnxruntime call ran on the event loop."""
+    scorer = client.app.state.service.registry.current
+    score, places = scorer.score_indices, []
+
+    def watched(indices: np.ndarray) -> np.ndarray:
+        places.append(_on_event_loop())
+        return score(indices)
+
+    scorer.score_indices = watched
+    try:
+        assert client.post("/predict", json={"instances": rows}).status_code == 200
+    finally:
+        scorer.score_indices = score
+    return places
+
+
+def test_a_batch_too_costly_for_the_event_loop_is_scored_in_a_thread(model_dir: Path) -> None:
+    rows = [{"c0": "c0_1"}, {"c0": "c0_2"}]
     with _client(model_dir) as client:
-        assert client.app.state.service.runs_inline(200)  # the small test model: cheap rows
+        assert client.app.state.service.registry.current.row_seconds > 0  # timed at load
+        assert _where_scored(client, rows) == [True]  # the small test model: cheap rows
+    with _client(model_dir, inline_max_ms=1e-6) as client:
+        assert _where_scored(client, rows) == [False]
+    with _client(model_dir, inline_max_rows=1) as client:  # too many rows to even encode inline
+        assert _where_scored(client, rows) == [False]
+
+
+def test_only_the_misses_of_a_batch_are_scored(model_dir: Path) -> None:
+    rows = [{"c0": f"c0_{i}"} for i in range(8)]
+    with _client(model_dir, inline_max_ms=1e-6) as client:
+        first = client.post("/predict", json={"instances": rows}).json()
+        for _ in range(2):  # a batch row is cached from its second sight on
+            client.post("/predict", json={"instances": rows[:4]})
+        scorer = client.app.state.service.registry.current
+        score, scored = scorer.score_indices, []
+        scorer.score_indices = lambda indices: scored.append(len(indices)) or score(indices)
+        again = client.post("/predict", json={"instances": rows}).json()
+        scorer.score_indices = score
+    assert scored == [4]
+    assert again["cache_hits"] == 4
+    assert again["predictions"] == pytest.approx(first["predictions"])

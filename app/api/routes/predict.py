@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep, get_service, get_settings_dep
 from app.api.repeats import single_answer
@@ -34,9 +33,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 # cost more than the whole scoring of a cached row. An exact repeat of a single-row body
 # never gets here (app/api/repeats.py answers it first). A single row's cache miss is scored
 # together with the other misses of this turn of the event loop (CTR_COALESCE_MAX_ROWS).
-# Small batches are scored inline on the event loop (microseconds of onnxruntime); larger
-# ones go to the thread pool so they never stall other requests. README "Sync vs async" has
-# the measurements behind both choices.
+# A batch is encoded and looked up on the event loop and only its misses are scored, in
+# the thread pool when they cost more than CTR_INLINE_MAX_MS; a batch of more than
+# CTR_INLINE_MAX_ROWS goes to the pool whole. README "Sync vs async" has the measurements.
 @router.post(
     "/predict",
     response_model=PredictResponse | BatchPredictResponse,
@@ -64,10 +63,7 @@ async def predict(request: Request) -> Response:
             f"batch of {len(rows)} rows exceeds the limit of "
             f"{settings.max_batch_size} (CTR_MAX_BATCH_SIZE)",
         )
-    if service.runs_inline(len(rows)):
-        scored = service.predict(rows)
-    else:
-        scored = await run_in_threadpool(service.predict, rows)
+    scored = await service.predict_batch(rows)
     batch = BatchPredictResponse(
         predictions=scored.scores.tolist(),
         model_version=scored.version,
