@@ -143,3 +143,19 @@ def test_a_batch_of_numeric_strings_and_numbers_encodes_as_single_rows(
     batch = rows * 100
     singles = np.vstack([encoder.encode_rows([row]) for row in rows] * 100)
     np.testing.assert_array_equal(encoder.encode_rows(batch), singles)
+
+
+@pytest.mark.parametrize(
+    "odd", [{"site": "news", "age": 20, "other": 1}, {"site": "news", "other": 1}]
+)
+def test_a_batch_with_an_unknown_field_is_refused(
+    encoder: FeatureEncoder, odd: dict[str, object]
+) -> None:
+    rows = [{"site": "news", "age": 20}] * 300  # enough values for the batch path
+    with pytest.raises(EncodeError, match="unknown field") as info:
+        encoder.encode_rows([*rows, odd])
+    assert info.value.field == "other"
+    assert encoder.encode_rows([*rows, {"age": 20}])[-1].tolist() == [
+        MISSING_INDEX,
+        NUM_RESERVED + 1,
+    ]
