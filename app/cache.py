@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 from numpy.typing import NDArray
 
 RowKey = tuple[str, bytes]  # (model version, encoded row bytes)
 
-# Bytes one entry costs in a cachetools TTLCache beyond its value's own bytes object: the
-# digest key, the value tuple, the cache's dict slots and its expiry links. Measured with
-# tracemalloc over 100,000 entries (516 bytes per answer with an 80-byte row, 347 per
-# first sight); rounded up so the bound holds.
-_ANSWER_OVERHEAD_BYTES = 420
-_SEEN_ENTRY_BYTES = 360
+# Bytes one response-cache entry costs beyond its row key's own bytes object (the digest,
+# the value tuple, the LRU's dict slots and its size record), and one first sight (a digest
+# in a set). Measured with tracemalloc over 100,000 entries: 427 bytes an answer with a
+# 72-byte row key, 91 a first sight; rounded up so the bound holds.
+_ANSWER_OVERHEAD_BYTES = 380
+_SEEN_ENTRY_BYTES = 100
 # A single row of 40 fields is about 1-2 KiB of JSON. Longer bodies are not digested: a
 # hash of every large batch body on every request would cost more than a repeat saves.
 MAX_REPEAT_BODY_BYTES = 8192
@@ -260,8 +260,12 @@ class ResponseCache:
     """Exact repeats of a request body -> the :data:`RowKey` its row encodes to.
 
     - Keyed on a 16-byte BLAKE2b digest of the body, so a key costs the same for any body.
-    - Admitted on the second sight of a digest: a doorkeeper remembers first sights, so
-      one-off bodies cost a small digest entry, never an answer.
+    - Admitted on the second sight of a digest. First sights are remembered in two
+      generations of plain sets (the newer one is started afresh when full), so a one-off
+      body costs a set insert: no cache entry, no expiry record, nothing for the garbage
+      collector to walk.
+    - Answers live in cachetools' ``LRUCache`` with their expiry time beside them, checked
+      when they are looked up, as the score cache does.
     - Bounded in bytes (``max_bytes`` for both parts together), not just in entries.
     - It holds no score: a hit is looked up in the score cache, so an answer can never
       outlive the score it came from, nor survive a model swap.
@@ -281,18 +285,14 @@ class ResponseCache:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         self.max_bytes = max_bytes
         self.enabled = max_bytes > 0
-        # A quarter of the budget remembers first sights, the rest holds answers.
-        self._seen: TTLCache[bytes, bool] = TTLCache(
-            maxsize=max(1, max_bytes // 4),
-            ttl=ttl_s,
-            timer=timer,
-            getsizeof=lambda _: _SEEN_ENTRY_BYTES,
-        )
-        self._answers: TTLCache[bytes, RowKey] = TTLCache(
-            maxsize=max(1, max_bytes - max_bytes // 4),
-            ttl=ttl_s,
-            timer=timer,
-            getsizeof=_answer_bytes,
+        self.ttl_s = ttl_s
+        self._timer = timer
+        # A quarter of the budget remembers first sights (two generations), the rest answers.
+        self._seen_per_generation = max(1, max_bytes // 4 // (2 * _SEEN_ENTRY_BYTES))
+        self._seen: set[bytes] = set()
+        self._seen_before: set[bytes] = set()
+        self._answers: LRUCache[bytes, tuple[str, bytes, float]] = LRUCache(
+            maxsize=max(1, max_bytes - max_bytes // 4), getsizeof=_answer_bytes
         )
         self._lock = threading.Lock()
 
@@ -306,28 +306,38 @@ class ResponseCache:
     def nbytes(self) -> int:
         """Bytes held now, as the bound counts them."""
         with self._lock:
-            return int(self._seen.currsize + self._answers.currsize)
+            seen = len(self._seen) + len(self._seen_before)
+            return int(self._answers.currsize) + seen * _SEEN_ENTRY_BYTES
 
     def lookup(self, digest: bytes, version: str) -> RowKey | None:
         """The row key a body encodes to under ``version``, if it is a known repeat."""
         with self._lock:
-            key = self._answers.get(digest)
-        return key if key is not None and key[0] == version else None
+            entry = self._answers.get(digest)
+            if entry is None or entry[0] != version:
+                return None
+            if entry[2] <= self._timer():
+                del self._answers[digest]
+                return None
+        return entry[0], entry[1]
 
     def offer(self, digest: bytes, key: RowKey) -> None:
         """Remember a body scored as ``key``: the first sight is noted, the second admitted."""
         with self._lock:
-            if digest in self._seen:
-                del self._seen[digest]
-                self._answers[digest] = key
-            else:
-                self._seen[digest] = True
+            if digest in self._seen or digest in self._seen_before:
+                self._seen.discard(digest)
+                self._seen_before.discard(digest)
+                self._answers[digest] = (key[0], key[1], self._timer() + self.ttl_s)
+                return
+            self._seen.add(digest)
+            if len(self._seen) >= self._seen_per_generation:
+                self._seen_before, self._seen = self._seen, set()
 
     def clear(self) -> None:
         with self._lock:
             self._seen.clear()
+            self._seen_before.clear()
             self._answers.clear()
 
 
-def _answer_bytes(key: RowKey) -> int:
-    return _ANSWER_OVERHEAD_BYTES + sys.getsizeof(key[1])
+def _answer_bytes(answer: tuple[str, bytes, float]) -> int:
+    return _ANSWER_OVERHEAD_BYTES + sys.getsizeof(answer[1])

@@ -192,18 +192,35 @@ def test_response_cache_is_bounded_in_bytes() -> None:
     assert 0 < admitted < 20_000  # the newest stay, the oldest were evicted
 
 
-def test_response_cache_expires() -> None:
+def test_response_cache_answers_expire() -> None:
     clock = FakeClock()
     responses = ResponseCache(1 << 20, ttl_s=30, timer=clock)
     digest = _digest(b"body")
     responses.offer(digest, KEY)
-    clock.now = 31  # a first sight forgotten after the TTL is a first sight again
     responses.offer(digest, KEY)
+    clock.now = 29
+    assert responses.lookup(digest, "v1") == KEY
+    clock.now = 31
     assert responses.lookup(digest, "v1") is None
+
+
+def test_response_cache_forgets_first_sights_two_generations_on() -> None:
+    budget = 64 * 1024  # first sights: a quarter of it, in two generations
+    responses = ResponseCache(budget, ttl_s=30)
+    per_generation = budget // 4 // (2 * 100)
+    digest = _digest(b"body")
+    responses.offer(digest, KEY)
+    for i in range(per_generation):  # one full generation later it is still known
+        responses.offer(_digest(str(i).encode()), KEY)
     responses.offer(digest, KEY)
     assert responses.lookup(digest, "v1") == KEY
-    clock.now = 62
-    assert responses.lookup(digest, "v1") is None
+    other = _digest(b"other")
+    responses.offer(other, KEY)
+    for i in range(2 * per_generation):  # two generations later it is forgotten
+        responses.offer(_digest(f"x{i}".encode()), KEY)
+    responses.offer(other, KEY)
+    assert responses.lookup(other, "v1") is None
+    assert responses.nbytes <= budget
 
 
 def test_response_cache_off() -> None:
