@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -17,34 +18,60 @@ from pydantic import (
 
 # Values are checked by the encoder, which knows each field's kind and names the field in
 # its error; validating a union type per value here costs more than scoring a batch.
-Features = Annotated[
+_FEATURES_DESCRIPTION = "field name -> value; a field left out or null is 'missing'"
+_VALUE_TYPES = ["string", "number", "boolean", "null"]
+# /predict's rows (decoded by msgspec) ...
+Features = Annotated[dict[str, Any], msgspec.Meta(description=_FEATURES_DESCRIPTION)]
+# ... and /explain's row (a pydantic model, as every other body): the same JSON.
+ExplainFeatures = Annotated[
     dict[StrictStr, object],
     WithJsonSchema(
         {
             "type": "object",
-            "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
-            "description": "field name -> value; a field left out or null is 'missing'",
+            "additionalProperties": {"type": _VALUE_TYPES},
+            "description": _FEATURES_DESCRIPTION,
         }
     ),
 ]
 
 
-class PredictRequest(BaseModel):
-    """Either one row (``features``) or a batch (``instances``)."""
+class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Either one row (``features``) or a batch (``instances``).
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"features": {"c0": "c0_1", "n0": 2.5}}]},
-    )
+    Decoded by msgspec, not pydantic: measured on 100-row bodies of a 39-field model, 220 µs
+    against 355 µs (orjson alone: 201 µs), and the body is the largest Python cost of a
+    batch after encoding. Only its shape is checked here; the values, by the encoder.
+    """
 
     features: Features | None = None
-    instances: Annotated[list[Features], Field(min_length=1)] | None = None
+    instances: Annotated[list[Features], msgspec.Meta(min_length=1)] | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> PredictRequest:
-        if (self.features is None) == (self.instances is None):
-            raise ValueError("send exactly one of 'features' (one row) or 'instances' (a batch)")
-        return self
+
+class BodyError(ValueError):
+    """A /predict body that is not valid JSON or not the request's shape (answered 422)."""
+
+
+_REQUEST = msgspec.json.Decoder(PredictRequest)
+
+
+def parse_predict(body: bytes) -> PredictRequest:
+    """Decode and check a /predict body. Raises :class:`BodyError` saying what is wrong."""
+    try:
+        request = _REQUEST.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BodyError(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BodyError(f"Invalid JSON: {exc}") from None
+    if (request.features is None) == (request.instances is None):
+        raise BodyError("send exactly one of 'features' (one row) or 'instances' (a batch)")
+    return request
+
+
+def predict_request_schema() -> dict[str, Any]:
+    """The JSON schema of :class:`PredictRequest`, for the OpenAPI document."""
+    schema: dict[str, Any] = msgspec.json.schema(PredictRequest)["$defs"]["PredictRequest"]
+    schema["examples"] = [{"features": {"c0": "c0_1", "n0": 2.5}}]
+    return schema
 
 
 class PredictResponse(BaseModel):
@@ -63,7 +90,7 @@ class BatchPredictResponse(BaseModel):
 class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    features: Features
+    features: ExplainFeatures
 
 
 class FieldEffectOut(BaseModel):

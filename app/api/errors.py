@@ -7,10 +7,10 @@ import logging
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from app.features.errors import EncodeError
+from app.schemas import BodyError
 from app.scoring.scorer import ScoringError
 
 logger = logging.getLogger(__name__)
@@ -27,17 +27,19 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
     FastAPI's default echoes the input back; that can hold NaN (which JSON cannot render) or
     data a client should not see reflected, so only location, message and type are kept.
-    Bodies validated by a route itself (``ValidationError``) get the same shape.
     """
-    if isinstance(exc, RequestValidationError):
-        errors = [dict(error) for error in exc.errors()]
-    else:
-        assert isinstance(exc, ValidationError)
-        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+    assert isinstance(exc, RequestValidationError)
     detail = [
         {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
-        for error in errors
+        for error in exc.errors()
     ]
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _body_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 for a /predict body that is not JSON or not the request's shape."""
+    assert isinstance(exc, BodyError)
+    detail = [{"loc": ["body"], "msg": str(exc), "type": "body_error"}]
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
@@ -63,7 +65,7 @@ def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EncodeError, _encode_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(ValidationError, _validation_error)
+    app.add_exception_handler(BodyError, _body_error)
     app.add_exception_handler(ScoringError, _scoring_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)

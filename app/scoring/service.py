@@ -18,7 +18,7 @@ from app.cache import Lookup, ResponseCache, ScoreCache
 from app.features.errors import SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
-from app.schemas import PredictRequest
+from app.schemas import PredictRequest, parse_predict
 from app.scoring.coalescer import MissCoalescer
 from app.scoring.registry import ModelRegistry, Swap
 from app.scoring.scorer import Scorer, ScoringError
@@ -112,9 +112,9 @@ class PredictionService:
         return Scored(scores, [True], scorer.version)
 
     def parse(self, body: bytes) -> PredictRequest:
-        """Validate a /predict body (raises pydantic's ``ValidationError``)."""
+        """Decode and check a /predict body (raises :class:`BodyError`)."""
         started = time.perf_counter()
-        request = PredictRequest.model_validate_json(body)
+        request = parse_predict(body)
         self.metrics.tally.stage(_PARSE, time.perf_counter() - started)
         return request
 

@@ -70,11 +70,11 @@ def test_missing_fields_mean_missing(client: TestClient) -> None:
         ({"features": {"n0": "ten"}}, "expected a number"),
         ({"features": {"c0": [1, 2]}}, "c0"),
         ({"features": {"c0": {"a": 1}}}, "c0"),
-        ({"instances": []}, "at least 1"),
+        ({"instances": []}, "length >= 1"),
         ({}, "exactly one"),
         ({"features": ROW, "instances": [ROW]}, "exactly one"),
         ({"features": ROW, "extra": 1}, "extra"),
-        ({"features": "c0=1"}, "should be an object"),
+        ({"features": "c0=1"}, "Expected `object | null`, got `str` - at `$.features`"),
     ],
 )
 def test_bad_input_is_422_with_a_reason(client: TestClient, payload: object, fragment: str) -> None:
@@ -86,11 +86,11 @@ def test_bad_input_is_422_with_a_reason(client: TestClient, payload: object, fra
 @pytest.mark.parametrize(
     ("raw", "where", "reason"),
     [
-        (b'{"features": {"n0": NaN}}', ["body", "features", "n0"], "nan is not a finite number"),
-        (b'{"features": {"n0": Infinity}}', ["body", "features", "n0"], "inf is not a finite"),
+        (b'{"features": {"n0": NaN}}', ["body"], "Invalid JSON: JSON is malformed"),  # not JSON
+        (b'{"features": {"n0": Infinity}}', ["body"], "Invalid JSON: JSON is malformed"),
         (b'{"features": ', ["body"], "Invalid JSON"),
         (b"not json", ["body"], "Invalid JSON"),
-        (b"", ["body"], "Invalid JSON: EOF"),
+        (b"", ["body"], "Invalid JSON: Input data was truncated"),
     ],
 )
 def test_malformed_json_and_non_finite_numbers(

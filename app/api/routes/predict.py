@@ -12,8 +12,8 @@ from app.schemas import (
     ExplainRequest,
     ExplainResponse,
     FieldEffectOut,
-    PredictRequest,
     PredictResponse,
+    predict_request_schema,
 )
 from app.scoring.service import Scored
 
@@ -43,7 +43,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": predict_request_schema()}},
         }
     },
 )
