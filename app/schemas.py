@@ -21,7 +21,13 @@ from pydantic import (
 _FEATURES_DESCRIPTION = "field name -> value; a field left out or null is 'missing'"
 _VALUE_TYPES = ["string", "number", "boolean", "null"]
 # /predict's rows (decoded by msgspec) ...
-Features = Annotated[dict[str, Any], msgspec.Meta(description=_FEATURES_DESCRIPTION)]
+Features = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        description=_FEATURES_DESCRIPTION,
+        extra_json_schema={"additionalProperties": {"type": _VALUE_TYPES}},
+    ),
+]
 # ... and /explain's row (a pydantic model, as every other body): the same JSON.
 ExplainFeatures = Annotated[
     dict[StrictStr, object],
@@ -35,13 +41,11 @@ ExplainFeatures = Annotated[
 ]
 
 
+# Decoded by msgspec, not pydantic: measured on 100-row bodies of a 39-field model, 220 µs
+# against 355 µs (orjson alone: 201 µs), and the body is the largest Python cost of a batch
+# after encoding. Only its shape is checked here; the values, by the encoder.
 class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Either one row (``features``) or a batch (``instances``).
-
-    Decoded by msgspec, not pydantic: measured on 100-row bodies of a 39-field model, 220 µs
-    against 355 µs (orjson alone: 201 µs), and the body is the largest Python cost of a
-    batch after encoding. Only its shape is checked here; the values, by the encoder.
-    """
+    """Either one row (`features`) or a batch (`instances`)."""
 
     features: Features | None = None
     instances: Annotated[list[Features], msgspec.Meta(min_length=1)] | None = None

@@ -54,8 +54,8 @@ def canonical_token(value: object) -> str | None:
 
 # Array kinds encoded column-wise in numpy: str, bytes, signed and unsigned ints, floats, bool.
 _TYPED_KINDS = frozenset("USiufb")
-# Up to this many rows a column is encoded value by value: a dozen numpy calls per field
-# cost more than a few dict lookups (measured: 93 µs against 6 µs for one 10-field row).
+# Up to this many rows a typed column is encoded value by value: a dozen numpy calls per
+# field cost more than a few dict lookups (measured: 93 µs against 6 µs for one 10-field row).
 SMALL_COLUMN_ROWS = 16
 # Request batches of up to this many values (rows x fields) are encoded value by value: the
 # batch path's fixed ~50 µs of numpy calls costs more. Measured crossovers: ~5 rows of a
@@ -222,12 +222,12 @@ class _NumericColumn:
         if typed is not None:
             return self.encode_array(typed)
         numbers = np.fromiter(map(self._as_float, values), dtype=np.float64, count=count)
-        return self.bins(numbers)
+        return self._bins(numbers)
 
     def encode_array(self, values: NDArray[np.generic]) -> NDArray[np.int64]:
         """A typed array at once; NaN and empty strings mean missing."""
         if values.dtype.kind not in "US":
-            return self.bins(values.astype(np.float64, copy=False))
+            return self._bins(values.astype(np.float64, copy=False))
         chars_per_item = 4 if values.dtype.kind == "U" else 1
         if self.max_chars is not None and values.dtype.itemsize // chars_per_item > self.max_chars:
             lengths = np.char.str_len(cast("NDArray[np.str_]", values))
@@ -242,9 +242,9 @@ class _NumericColumn:
         except ValueError:
             bad = next(v for v in values.tolist() if v and not _is_number(v))
             raise EncodeError(self.name, f"expected a number, got {bad!r}") from None
-        return self.bins(numbers)
+        return self._bins(numbers)
 
-    def bins(self, numbers: NDArray[np.float64]) -> NDArray[np.int64]:
+    def _bins(self, numbers: NDArray[np.float64]) -> NDArray[np.int64]:
         if np.isinf(numbers).any():
             raise EncodeError(self.name, "infinite values are not allowed")
         missing = np.isnan(numbers)
