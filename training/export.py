@@ -173,7 +173,14 @@ def load_checkpoint(model_dir: Path) -> tuple[nn.Module, ModelManifest]:
     config = ModelConfig.model_validate({"name": manifest.model_type, **manifest.hyperparameters})
     model = build_model(manifest.features.field_dims, config)
     state = torch.load(model_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # the layers' parameters changed since it was saved
+        detail = " ".join(str(exc).split())[:300]
+        raise ExportError(
+            f"{model_dir / CHECKPOINT_FILE} does not fit this version's {manifest.model_type} "
+            f"layers; it was saved by an older ctrserve: train the model again ({detail})"
+        ) from None
     return model, manifest
 
 

@@ -20,7 +20,13 @@ from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E
 from app.scoring.scorer import Scorer  # noqa: E402
 from training.data import open_source  # noqa: E402
 from training.dataset import prepare  # noqa: E402
-from training.export import fixture_rows, load_checkpoint, reexport, write_artifact  # noqa: E402
+from training.export import (  # noqa: E402
+    ExportError,
+    fixture_rows,
+    load_checkpoint,
+    reexport,
+    write_artifact,
+)
 from training.layers import FeaturesEmbedding, FeaturesLinear, FieldAwareEmbedding  # noqa: E402
 from training.models import DEFAULTS, MODELS, build_model  # noqa: E402
 from training.train import TrainConfig, fit  # noqa: E402
@@ -137,6 +143,16 @@ def test_reexport_from_checkpoint_is_identical(model_dir: Path, tmp_path: Path) 
     )
     model, _ = load_checkpoint(model_dir)
     assert isinstance(model, MODELS["nffm"])
+
+
+def test_a_checkpoint_of_other_layers_is_refused_clearly(model_dir: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(resolve_model_dir(model_dir), old)
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    state["unexpected.weight"] = torch.zeros(1)
+    torch.save(state, old / "checkpoint.pt")
+    with pytest.raises(ExportError, match="older ctrserve: train the model again"):
+        load_checkpoint(old)
 
 
 def test_evaluate_reproduces_training_metrics(model_dir: Path, synth_csv: Path) -> None:
