@@ -78,10 +78,14 @@ $(PRODUCTION)/nffm/CURRENT: | $(TEST_DEPS)
 	rm -f data/criteo_200k.tsv
 
 # Side-by-side serving benchmarks -> docs/BENCHMARKS.md (installs wrk and matplotlib).
-bench: model peers $(PRODUCTION)/nffm/CURRENT $(TEST_DEPS)
+# The ladder's torch checkpoints (for the onnxruntime-vs-torch section) are retrained when
+# the layers change: a checkpoint of other layers cannot be loaded.
+LADDER := models/ladder
+$(LADDER)/nffm/CURRENT: training/layers.py training/models.py | $(DATA) $(TEST_DEPS)
+	$(PY) -m training ladder --data $(DATA) --out-dir $(LADDER) --no-progress
+
+bench: model peers $(PRODUCTION)/nffm/CURRENT $(LADDER)/nffm/CURRENT $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
-	test -f models/ladder/nffm/CURRENT || $(PY) -m training ladder --data $(DATA) \
-		--out-dir models/ladder --no-progress
 	$(PY) -m benchmarks.serving
 
 # Training at scale: Criteo-shaped synthetic files of 1M, 3M and 10M rows (generated, then
