@@ -125,9 +125,7 @@ class PredictionService:
         """
         scorer = self.registry.current  # one reference for the whole request
         indices = self._encode(scorer, lambda: scorer.encoder.encode_rows(rows))
-        scored = self._score(scorer, indices)
-        self._offer(body, scorer, indices)
-        return scored
+        return self._score(scorer, indices, body)
 
     async def predict_batch(self, rows: Sequence[Mapping[str, object]]) -> Scored:
         """Score a batch of raw rows without holding up the event loop; raises as
@@ -177,15 +175,7 @@ class PredictionService:
             return self.predict([features], body)
         scorer = self.registry.current
         indices = self._encode(scorer, lambda: scorer.encoder.encode_rows([features]))
-        scored = await self._score_coalesced(self.coalescer, scorer, indices)
-        self._offer(body, scorer, indices)
-        return scored
-
-    def _offer(self, body: bytes | None, scorer: Scorer, indices: NDArray[np.int64]) -> None:
-        """Offer a single-row body to the response cache, with the row key it encoded to."""
-        digest = None if body is None or len(indices) != 1 else self.responses.key(body)
-        if digest is not None and self.cache.enabled:
-            self.responses.offer(digest, (scorer.version, self.cache.row_key(indices)))
+        return await self._score_coalesced(self.coalescer, scorer, indices, body)
 
     def _encode(self, scorer: Scorer, encode: Callable[[], NDArray[np.int64]]) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""
@@ -202,27 +192,34 @@ class PredictionService:
         lookup = self.cache.lookup(scorer.version, indices)
         return lookup, time.perf_counter() - started
 
-    def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> Scored:
+    def _score(
+        self, scorer: Scorer, indices: NDArray[np.int64], body: bytes | None = None
+    ) -> Scored:
         lookup, cache_s = self._lookup(scorer, indices)
         misses = np.flatnonzero(~lookup.hits)
         if len(misses):
             # Every miss of the request goes to onnxruntime in one call.
             every = len(misses) == len(indices)
             lookup.scores[misses] = self._run(scorer, indices if every else indices[misses])
-        return self._settle(lookup, cache_s)
+        return self._settle(lookup, cache_s, body)
 
     async def _score_coalesced(
-        self, coalescer: MissCoalescer, scorer: Scorer, row: NDArray[np.int64]
+        self, coalescer: MissCoalescer, scorer: Scorer, row: NDArray[np.int64], body: bytes
     ) -> Scored:
         lookup, cache_s = self._lookup(scorer, row)
         if not lookup.hits[0]:
             lookup.scores[0] = await coalescer.score(scorer, row)
-        return self._settle(lookup, cache_s)
+        return self._settle(lookup, cache_s, body)
 
-    def _settle(self, lookup: Lookup, cache_s: float) -> Scored:
-        """Store the fresh scores and count the request."""
+    def _settle(self, lookup: Lookup, cache_s: float, body: bytes | None = None) -> Scored:
+        """Store the fresh scores and count the request. ``body``: a single-row request's
+        raw body, offered to the response cache with the row key the lookup made for it."""
         started = time.perf_counter()
         self.cache.store(lookup)
+        if body is not None and len(lookup.keys) == 1 and len(lookup.hits) == 1:
+            digest = self.responses.key(body)
+            if digest is not None:
+                self.responses.offer(digest, (lookup.version, lookup.keys[0]))
         tally = self.metrics.tally
         tally.stage(_CACHE, cache_s + time.perf_counter() - started)
         tally.scores(lookup.scores)
