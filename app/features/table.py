@@ -24,8 +24,8 @@ from app.features.spec import MISSING_INDEX, NUM_RESERVED
 
 NOT_FOUND = -1
 # Slots probed per value: a key sits within WINDOW slots of its home slot or is not stored
-# (at a load of at most 1/2, a little over one key in a thousand is not: ~350 of the
-# production model's ~260,000).
+# (at a load of at most 1/2, about two keys in a thousand are not: ~350-380 of the
+# production model's 197,360).
 WINDOW = 8
 # The key of an empty slot. A value whose key is this is not stored: its lookup stops at
 # the first empty slot with a match whose index is NOT_FOUND.
