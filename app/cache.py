@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from cachetools import LRUCache
@@ -239,16 +239,10 @@ class ScoreCache:
             return self._live(key, self._timer())
 
     def _live(self, key: bytes, now: float) -> float | None:
-        """``key``'s score if it has not expired by ``now``; an expired entry is dropped.
-        Called under the lock."""
+        """``key``'s score if it has not expired by ``now``. Called under the lock."""
         assert self._entries is not None
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= now:
-            del self._entries[key]
-            return None
-        return entry[0]
+        entry = _unexpired(self._entries, key, now)
+        return None if entry is None else entry[0]
 
     def _mark_singles(self) -> None:
         """Tell the doorkeeper of the single rows looked up since it last heard."""
@@ -313,12 +307,9 @@ class ResponseCache:
     def lookup(self, digest: bytes, version: str) -> RowKey | None:
         """The row key a body encodes to under ``version``, if it is a known repeat."""
         with self._lock:
-            entry = self._answers.get(digest)
-            if entry is None or entry[0] != version:
-                return None
-            if entry[2] <= self._timer():
-                del self._answers[digest]
-                return None
+            entry = _unexpired(self._answers, digest, self._timer())
+        if entry is None or entry[0] != version:
+            return None
         return entry[0], entry[1]
 
     def offer(self, digest: bytes, key: RowKey) -> None:
@@ -338,6 +329,22 @@ class ResponseCache:
             self._seen.clear()
             self._seen_before.clear()
             self._answers.clear()
+
+
+_Entry = TypeVar("_Entry", bound=tuple[Any, ...])
+
+
+def _unexpired(entries: LRUCache[bytes, _Entry], key: bytes, now: float) -> _Entry | None:
+    """``key``'s entry, whose last item is its expiry time, if that is after ``now``; an
+    expired entry is dropped. Both caches keep their entries this way: the clock is read
+    once a request, and nothing runs on a timer."""
+    entry = entries.get(key)
+    if entry is None:
+        return None
+    if entry[-1] <= now:
+        del entries[key]
+        return None
+    return entry
 
 
 def _answer_bytes(answer: tuple[str, bytes, float]) -> int:
