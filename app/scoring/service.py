@@ -159,13 +159,11 @@ class PredictionService:
             )
         indices = self._encode(scorer, lambda: encode(scorer))
         lookup, cache_s = self._lookup(scorer, indices)
-        misses = np.flatnonzero(~lookup.hits)
-        if len(misses):
-            todo = indices if len(misses) == len(indices) else indices[misses]
-            if len(misses) <= scorer.rows_within(self.inline_max_s):
-                lookup.scores[misses] = self._run(scorer, todo)
-            else:
-                lookup.scores[misses] = await asyncio.to_thread(self._run, scorer, todo)
+        misses, todo = _misses(lookup, indices)
+        if len(misses) > scorer.rows_within(self.inline_max_s):
+            lookup.scores[misses] = await asyncio.to_thread(self._run, scorer, todo)
+        elif len(misses):
+            lookup.scores[misses] = self._run(scorer, todo)
         return self._settle(lookup, cache_s)
 
     async def predict_row(self, features: Mapping[str, object], body: bytes) -> Scored:
@@ -196,11 +194,9 @@ class PredictionService:
         self, scorer: Scorer, indices: NDArray[np.int64], body: bytes | None = None
     ) -> Scored:
         lookup, cache_s = self._lookup(scorer, indices)
-        misses = np.flatnonzero(~lookup.hits)
+        misses, todo = _misses(lookup, indices)
         if len(misses):
-            # Every miss of the request goes to onnxruntime in one call.
-            every = len(misses) == len(indices)
-            lookup.scores[misses] = self._run(scorer, indices if every else indices[misses])
+            lookup.scores[misses] = self._run(scorer, todo)
         return self._settle(lookup, cache_s, body)
 
     async def _score_coalesced(
@@ -328,6 +324,15 @@ class PredictionService:
     def _refused(self, exc: SpecError) -> None:
         self.metrics.reloads.labels(outcome="failed").inc()
         logger.error("model load refused, still serving %s: %s", self.registry.current.version, exc)
+
+
+def _misses(
+    lookup: Lookup, indices: NDArray[np.int64]
+) -> tuple[NDArray[np.intp], NDArray[np.int64]]:
+    """The rows the cache missed and their encoded rows, all scored in one onnxruntime call
+    (``indices`` itself, not a copy, when every row missed)."""
+    misses = np.flatnonzero(~lookup.hits)
+    return misses, indices if len(misses) == len(indices) else indices[misses]
 
 
 def _kind(index: int) -> EncodedAs:
