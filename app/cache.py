@@ -35,6 +35,7 @@ MAX_REPEAT_BODY_BYTES = 8192
 _FIRST_ROW = np.zeros(1, dtype=np.intp)
 _SINGLES_PENDING = 1024  # single rows marked in the doorkeeper together, at most this many
 DOORKEEPER_MIN_ROWS = 4096  # so that a small cache still sees a large batch come back
+_BITS_PER_ENTRY = 64  # the doorkeeper's sparsity (see Doorkeeper)
 
 
 @dataclass
@@ -51,23 +52,26 @@ class Lookup:
 
 
 class Doorkeeper:
-    """Which rows were probably seen lately: TinyLFU's doorkeeper, as numpy tables of flags.
+    """Which rows were probably seen lately: TinyLFU's doorkeeper, as numpy bit tables.
 
     A batch row is cached from its second sight on, so a stream of one-off rows costs one
     vectorised hash and a few array operations a batch instead of a cache lookup and a
-    cache write per row. False positives only admit a row early. Two generations of flags:
-    after ``capacity`` marks the older one is dropped, so sightings age out and the tables
-    stay sparse, while rows seen in the last generation are still known (a single table
-    wiped at once made every hot row a first sight again). Memory: one byte a flag, four
-    flags per entry of capacity, twice.
+    cache write per row. A false positive admits a one-off row (a lookup and a store
+    wasted), so the tables are sparse: ``_BITS_PER_ENTRY`` bits per entry of capacity keep
+    at most 1 bit in 32 set, a false-positive rate of about 3%. (At 4 flags an entry it
+    was 30%, and those wasted stores cost an all-miss 100-row batch 58 µs in process
+    against 2 with the cache off.) Two generations: after ``capacity`` marks the older one
+    is dropped, so sightings age out, while rows seen in the last generation are still
+    known (a single table wiped at once made every hot row a first sight again). Memory:
+    16 bytes an entry of capacity (two generations of 64 bits).
     """
 
     def __init__(self, capacity: int) -> None:
         self._capacity = max(capacity, 1)
-        size = 1 << (4 * self._capacity - 1).bit_length()  # a power of two >= 4x capacity
-        self._shift = np.uint64(64 - (size.bit_length() - 1))
-        self._current = np.zeros(size, dtype=np.bool_)
-        self._previous = np.zeros(size, dtype=np.bool_)
+        bits = 1 << (_BITS_PER_ENTRY * self._capacity - 1).bit_length()  # a power of two
+        self._shift = np.uint64(64 - (bits.bit_length() - 1))
+        self._current = np.zeros(bits // 8, dtype=np.uint8)
+        self._previous = np.zeros(bits // 8, dtype=np.uint8)
         self._marked = 0
         self._weights = np.empty(0, dtype=np.uint64)  # one odd multiplier per field
 
@@ -83,12 +87,14 @@ class Doorkeeper:
     def seen(self, indices: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Whether each row was marked in this generation or the last; marks them all."""
         slots = self._row_hash(indices)
-        seen = self._current[slots] | self._previous[slots]
-        self._current[slots] = True
+        cells = (slots >> np.uint64(3)).astype(np.intp)
+        bits = np.left_shift(np.uint8(1), (slots & np.uint64(7)).astype(np.uint8))
+        seen: NDArray[np.bool_] = ((self._current[cells] | self._previous[cells]) & bits) != 0
+        np.bitwise_or.at(self._current, cells, bits)  # .at: two rows may share a cell
         self._marked += len(slots)
         if self._marked > self._capacity:
             self._previous, self._current = self._current, self._previous
-            self._current[:] = False
+            self._current[:] = 0
             self._marked = 0
         return seen
 
