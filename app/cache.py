@@ -13,7 +13,7 @@ import hashlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -22,6 +22,8 @@ from cachetools import LRUCache
 from numpy.typing import NDArray
 
 RowKey = tuple[str, bytes]  # (model version, encoded row bytes)
+TextKey = bytes | int  # a single-row body's digest, or a batch row's text hash
+_Answer = tuple[str, bytes | float, float]  # (version, row key or score, expires at)
 
 # Bytes one response-cache entry costs beyond its row key's own bytes object (the digest,
 # the value tuple, the LRU's dict slots and its size record), and one first sight (a digest
@@ -258,18 +260,31 @@ class ScoreCache:
 
 
 class ResponseCache:
-    """Exact repeats of a request body -> the :data:`RowKey` its row encodes to.
+    """Exact repeats of request text -> what it was answered with.
 
-    - Keyed on a 16-byte BLAKE2b digest of the body, so a key costs the same for any body.
-    - Admitted on the second sight of a digest. First sights are remembered in two
-      generations of plain sets (the newer one is started afresh when full), so a one-off
-      body costs a set insert: no cache entry, no expiry record, nothing for the garbage
-      collector to walk.
+    Two kinds of text, one store:
+
+    - A single-row body, keyed on a 16-byte BLAKE2b digest of the body (:meth:`key`), so
+      the repeat middleware answers it before anything is parsed. Its answer is the
+      :data:`RowKey` the row encodes to, looked up in the score cache: the answer can never
+      outlive the score it came from.
+    - A batch row's JSON text, keyed on ``hash()`` of its bytes (:func:`row_text_key`), so a
+      batch's repeated rows are neither decoded nor encoded. Its answer is the score
+      itself: a second lookup per row in the score cache (cachetools' Python ``get``,
+      ~1 µs) would cost a 100-row batch as much as the lookups it saves. A score of a model
+      version never changes, and the entries of a version go when it is swapped out.
+      ``hash()`` of bytes is SipHash under a key drawn per process: clients cannot aim for
+      a collision, and two rows share a key with probability about 2**-64. It costs
+      0.25 µs for a 600-byte row against 0.9 for a digest.
+
+    The rest is shared:
+
+    - Admitted on the second sight. First sights are remembered in two generations of
+      plain sets (the newer one is started afresh when full), so a one-off text costs a
+      set insert: no cache entry, no expiry record, nothing for the garbage collector.
     - Answers live in cachetools' ``LRUCache`` with their expiry time beside them, checked
       when they are looked up, as the score cache does.
     - Bounded in bytes (``max_bytes`` for both parts together), not just in entries.
-    - It holds no score: a hit is looked up in the score cache, so an answer can never
-      outlive the score it came from, nor survive a model swap.
 
     Args:
         max_bytes: memory bound; ``0`` disables it.
@@ -290,9 +305,9 @@ class ResponseCache:
         self._timer = timer
         # A quarter of the budget remembers first sights (two generations), the rest answers.
         self._seen_per_generation = max(1, max_bytes // 4 // (2 * _SEEN_ENTRY_BYTES))
-        self._seen: set[bytes] = set()
-        self._seen_before: set[bytes] = set()
-        self._answers: LRUCache[bytes, tuple[str, bytes, float]] = LRUCache(
+        self._seen: set[TextKey] = set()
+        self._seen_before: set[TextKey] = set()
+        self._answers: LRUCache[TextKey, _Answer] = LRUCache(
             maxsize=max(1, max_bytes - max_bytes // 4), getsizeof=_answer_bytes
         )
         self._lock = threading.Lock()
@@ -314,21 +329,44 @@ class ResponseCache:
         """The row key a body encodes to under ``version``, if it is a known repeat."""
         with self._lock:
             entry = _unexpired(self._answers, digest, self._timer())
-        if entry is None or entry[0] != version:
+        if entry is None or entry[0] != version or not isinstance(entry[1], bytes):
             return None
         return entry[0], entry[1]
 
+    def lookup_rows(self, texts: list[int], version: str) -> list[float | None]:
+        """The score of each batch row whose text was answered under ``version``, where
+        known. One lock for the batch."""
+        with self._lock:
+            now, answers = self._timer(), self._answers
+            entries = [_unexpired(answers, text, now) for text in texts]
+        return [
+            e[1] if e is not None and e[0] == version and isinstance(e[1], float) else None
+            for e in entries
+        ]
+
     def offer(self, digest: bytes, key: RowKey) -> None:
         """Remember a body scored as ``key``: the first sight is noted, the second admitted."""
+        self.offer_rows([digest], key[0], [key[1]])
+
+    def offer_rows(
+        self, texts: Sequence[TextKey], version: str, answers: Sequence[bytes | float]
+    ) -> None:
+        """Remember texts answered under ``version`` (row keys for single-row bodies, scores
+        for batch rows): each text's first sight is noted, its second admitted. One lock
+        for a batch's rows."""
         with self._lock:
-            if digest in self._seen or digest in self._seen_before:
-                self._seen.discard(digest)
-                self._seen_before.discard(digest)
-                self._answers[digest] = (key[0], key[1], self._timer() + self.ttl_s)
-                return
-            self._seen.add(digest)
-            if len(self._seen) >= self._seen_per_generation:
-                self._seen_before, self._seen = self._seen, set()
+            expires = self._timer() + self.ttl_s
+            seen, seen_before = self._seen, self._seen_before
+            for text, answer in zip(texts, answers, strict=True):
+                if text in seen or text in seen_before:
+                    seen.discard(text)
+                    seen_before.discard(text)
+                    self._answers[text] = (version, answer, expires)
+                    continue
+                seen.add(text)
+                if len(seen) >= self._seen_per_generation:
+                    self._seen_before, self._seen = seen, set()
+                    seen, seen_before = self._seen, self._seen_before
 
     def clear(self) -> None:
         with self._lock:
@@ -340,7 +378,7 @@ class ResponseCache:
 _Entry = TypeVar("_Entry", bound=tuple[Any, ...])
 
 
-def _unexpired(entries: LRUCache[bytes, _Entry], key: bytes, now: float) -> _Entry | None:
+def _unexpired(entries: LRUCache[Any, _Entry], key: TextKey, now: float) -> _Entry | None:
     """``key``'s entry, whose last item is its expiry time, if that is after ``now``; an
     expired entry is dropped. Both caches keep their entries this way: the clock is read
     once a request, and nothing runs on a timer."""
@@ -353,5 +391,10 @@ def _unexpired(entries: LRUCache[bytes, _Entry], key: bytes, now: float) -> _Ent
     return entry
 
 
-def _answer_bytes(answer: tuple[str, bytes, float]) -> int:
+def row_text_key(row: bytes) -> int:
+    """A batch row's response-cache key: ``hash()`` of its JSON text (see ResponseCache)."""
+    return hash(bytes(row))
+
+
+def _answer_bytes(answer: _Answer) -> int:
     return _ANSWER_OVERHEAD_BYTES + sys.getsizeof(answer[1])

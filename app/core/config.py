@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     response_cache_max_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=0,
-        description="memory for exact repeats of single-row bodies; 0 disables",
+        description="memory for exact repeats of single-row bodies and of batch rows' JSON "
+        "text; 0 disables",
     )
     ort_intra_op_threads: int = Field(default=1, ge=1, description="onnxruntime threads per call")
     max_batch_size: int = Field(default=10_000, ge=1, description="rows per /predict request")

@@ -1,13 +1,20 @@
 """ScoreCache: LRU size bound, TTL expiry (fake clock), one version at a time, second-sight
 admission of batch rows, disabled mode, thread safety.
-ResponseCache: second-sight admission, byte bound, expiry, version awareness."""
+ResponseCache: second-sight admission, byte bound, expiry, version awareness, batch rows
+answered with their score."""
 
 import threading
 
 import numpy as np
 import pytest
 
-from app.cache import MAX_REPEAT_BODY_BYTES, Doorkeeper, ResponseCache, ScoreCache
+from app.cache import (
+    MAX_REPEAT_BODY_BYTES,
+    Doorkeeper,
+    ResponseCache,
+    ScoreCache,
+    row_text_key,
+)
 
 
 class FakeClock:
@@ -238,3 +245,29 @@ def test_response_cache_off() -> None:
     responses = ResponseCache(0, 60)
     assert responses.key(b"body") is None
     assert not responses.enabled
+
+
+def test_batch_row_texts_answer_with_their_score_from_the_second_sight() -> None:
+    clock = FakeClock()
+    responses = ResponseCache(1 << 20, ttl_s=30, timer=clock)
+    texts = [row_text_key(b'{"c0":"a"}'), row_text_key(b'{"c0":"b"}')]
+    responses.offer_rows(texts, "v1", [0.25, 0.5])
+    assert responses.lookup_rows(texts, "v1") == [None, None]  # first sights
+    responses.offer_rows(texts[:1], "v1", [0.25])
+    assert responses.lookup_rows(texts, "v1") == [0.25, None]
+    assert responses.lookup_rows(texts, "v2") == [None, None]  # another version's score
+    clock.now = 31
+    assert responses.lookup_rows(texts, "v1") == [None, None]  # expired
+    assert row_text_key(b'{"c0":"a"}') != row_text_key(b'{"c0": "a"}')  # the exact text
+
+
+def test_a_batch_row_answer_is_never_a_single_body_answer() -> None:
+    responses = ResponseCache(1 << 20, ttl_s=30)
+    digest = _digest(b'{"features":{"c0":"a"}}')
+    responses.offer(digest, KEY)
+    responses.offer(digest, KEY)
+    text = row_text_key(b'{"c0":"a"}')
+    responses.offer_rows([text], "v1", [0.25])
+    responses.offer_rows([text], "v1", [0.25])
+    assert responses.lookup(digest, "v1") == KEY
+    assert responses.lookup_rows([text], "v1") == [0.25]

@@ -56,6 +56,51 @@ def test_batch_with_mixed_hits_and_misses(client: TestClient) -> None:
     assert single["prediction"] == pytest.approx(body["predictions"][1])
 
 
+def _encoded_rows(client: TestClient) -> float:
+    """Rows the service has encoded so far, from its /metrics."""
+    (line,) = [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("ctr_encoded_rows_total ")
+    ]
+    return float(line.split()[1])
+
+
+def test_repeated_batch_rows_are_answered_from_their_text(client: TestClient) -> None:
+    rows = [{**ROW, "c1": f"c1_{i}"} for i in range(8)]
+    first = client.post("/predict", json={"instances": rows}).json()
+    for _ in range(4):  # rows become hits, then their texts are admitted
+        client.post("/predict", json={"instances": rows})
+    encoded = _encoded_rows(client)
+    again = client.post("/predict", json={"instances": rows}).json()
+    assert again["cached"] == [True] * 8
+    assert again["predictions"] == pytest.approx(first["predictions"])
+    assert _encoded_rows(client) == encoded  # neither decoded nor encoded
+    new_row = {**ROW, "c1": "c1_new"}
+    mixed = client.post("/predict", json={"instances": [*rows[:3], new_row]}).json()
+    assert mixed["cached"] == [True, True, True, False]
+    assert mixed["predictions"][:3] == pytest.approx(first["predictions"][:3])
+    assert _encoded_rows(client) == encoded + 1  # only the new row
+    respelled = client.post("/predict", json={"instances": [dict(reversed(rows[0].items()))]})
+    assert respelled.json()["predictions"] == pytest.approx(first["predictions"][:1])
+
+
+def test_a_bad_row_among_known_rows_is_named_and_nothing_is_lost(client: TestClient) -> None:
+    rows = [{**ROW, "c1": f"c1_{i}"} for i in range(4)]
+    for _ in range(5):
+        known = client.post("/predict", json={"instances": rows}).json()
+    for bad, fragment in (
+        (3, "Expected `object`, got `int` - at `$.instances[2]`"),
+        ({"nope": 1}, "unknown field"),
+    ):
+        response = client.post("/predict", json={"instances": [*rows[:2], bad, rows[3]]})
+        assert response.status_code == 422
+        assert fragment in response.text
+    after = client.post("/predict", json={"instances": rows}).json()
+    assert after["cached"] == [True] * 4
+    assert after["predictions"] == pytest.approx(known["predictions"])
+
+
 def test_missing_fields_mean_missing(client: TestClient) -> None:
     empty = client.post("/predict", json={"features": {}}).json()
     nulls = client.post("/predict", json={"features": dict.fromkeys(ROW)}).json()

@@ -33,9 +33,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 # cost more than the whole scoring of a cached row. An exact repeat of a single-row body
 # never gets here (app/api/repeats.py answers it first). A single row's cache miss is scored
 # together with the other misses of this turn of the event loop (CTR_COALESCE_MAX_ROWS).
-# A batch is encoded and looked up on the event loop and only its misses are scored, in
-# the thread pool when they cost more than CTR_INLINE_MAX_MS; a batch of more than
-# CTR_INLINE_MAX_ROWS goes to the pool whole. README "Sync vs async" has the measurements.
+# A batch's rows stay JSON text until needed: a row whose text was scored lately is answered
+# from the response cache. The rest is decoded, encoded and looked up on the event loop and
+# only its misses are scored, in the thread pool when they cost more than CTR_INLINE_MAX_MS;
+# a batch of more than CTR_INLINE_MAX_ROWS goes to the pool whole. README "Sync vs async"
+# has the measurements.
 @router.post(
     "/predict",
     response_model=PredictResponse | BatchPredictResponse,
@@ -63,7 +65,7 @@ async def predict(request: Request) -> Response:
             f"batch of {len(rows)} rows exceeds the limit of "
             f"{settings.max_batch_size} (CTR_MAX_BATCH_SIZE)",
         )
-    scored = await service.predict_batch(rows)
+    scored = await service.predict_batch(rows, raw)
     batch = BatchPredictResponse(
         predictions=scored.scores.tolist(),
         model_version=scored.version,
