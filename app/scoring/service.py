@@ -82,7 +82,7 @@ class PredictionService:
         metrics: ServiceMetrics,
         coalesce_max_rows: int = 0,
         inline_max_rows: int = 256,
-        inline_max_s: float = 0.002,
+        inline_max_s: float = 0.0005,
     ) -> None:
         self.registry = registry
         self.cache = cache
