@@ -60,8 +60,9 @@ class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
     ) = None
 
 
-class _RowsRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """A batch with its rows decoded: what a row that fails to decode is reported against."""
+class _RowsRequest(msgspec.Struct):
+    """A batch with its rows decoded: what a row that fails to decode is reported against
+    (its other keys were checked by :func:`parse_predict` already, ``"features": null``)."""
 
     instances: list[Features]
 

@@ -93,9 +93,11 @@ def test_a_bad_row_among_known_rows_is_named_and_nothing_is_lost(client: TestCli
         (3, "Expected `object`, got `int` - at `$.instances[2]`"),
         ({"nope": 1}, "unknown field"),
     ):
-        response = client.post("/predict", json={"instances": [*rows[:2], bad, rows[3]]})
-        assert response.status_code == 422
-        assert fragment in response.text
+        for body in ({"instances": [*rows[:2], bad, rows[3]]},
+                     {"features": None, "instances": [*rows[:2], bad, rows[3]]}):  # fmt: skip
+            response = client.post("/predict", json=body)
+            assert response.status_code == 422
+            assert fragment in response.text
     after = client.post("/predict", json={"instances": rows}).json()
     assert after["cached"] == [True] * 4
     assert after["predictions"] == pytest.approx(known["predictions"])
