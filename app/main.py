@@ -11,8 +11,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
+from app.api.fast_predict import FastPredictMiddleware
 from app.api.middleware import LatencyMiddleware, TimeoutMiddleware
-from app.api.repeats import RepeatMiddleware
 from app.api.routes import health, models, predict, v2
 from app.cache import ResponseCache, ScoreCache
 from app.core.config import Settings, get_settings
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(RepeatMiddleware)  # innermost: timed and bounded like any request
+    app.add_middleware(FastPredictMiddleware)  # innermost: timed and bounded like any request
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

@@ -71,6 +71,10 @@ class BodyError(ValueError):
     """A /predict body that is not valid JSON or not the request's shape (answered 422)."""
 
 
+class BatchTooLargeError(ValueError):
+    """A /predict batch of more rows than ``CTR_MAX_BATCH_SIZE`` (answered 413)."""
+
+
 _REQUEST = msgspec.json.Decoder(PredictRequest)
 _ROWS = msgspec.json.Decoder(list[Features])
 

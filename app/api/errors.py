@@ -1,8 +1,14 @@
-"""Exception handlers: every failure becomes a clear 4xx or a 503, never a traceback."""
+"""Exception handlers: every failure becomes a clear 4xx or a 503, never a traceback.
+
+The domain errors a /predict request can raise are rendered by :func:`error_response`,
+which serves both FastAPI's exception handlers and the /predict fast path
+(app/api/fast_predict.py), so an error reads the same whichever way the request came.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -10,16 +16,52 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from app.features.errors import EncodeError
-from app.schemas import BodyError
+from app.schemas import BatchTooLargeError, BodyError
 from app.scoring.scorer import ScoringError
 
 logger = logging.getLogger(__name__)
 
 
-def _encode_error(request: Request, exc: Exception) -> JSONResponse:
+def _encode_error(exc: Exception) -> JSONResponse:
     assert isinstance(exc, EncodeError)
     detail = [{"loc": ["body", "features", exc.field], "msg": exc.detail, "type": "encode_error"}]
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _body_error(exc: Exception) -> JSONResponse:
+    """422 for a /predict body that is not JSON or not the request's shape."""
+    detail = [{"loc": ["body"], "msg": str(exc), "type": "body_error"}]
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _batch_too_large(exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_413_CONTENT_TOO_LARGE)
+
+
+def _scoring_error(exc: Exception) -> JSONResponse:
+    logger.error("scoring failed: %s", exc)
+    return JSONResponse(
+        {"detail": "the model could not score this request; try again"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
+# The errors of scoring a request, by the exception type its code raises.
+SCORING_ERRORS: dict[type[Exception], Callable[[Exception], JSONResponse]] = {
+    EncodeError: _encode_error,
+    BodyError: _body_error,
+    BatchTooLargeError: _batch_too_large,
+    ScoringError: _scoring_error,
+}
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The answer to one of the :data:`SCORING_ERRORS` or a subclass of one (``KeyError``
+    for any other exception)."""
+    for kind, render in SCORING_ERRORS.items():  # none of them is a subclass of another
+        if isinstance(exc, kind):
+            return render(exc)
+    raise KeyError(type(exc).__name__)
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -36,19 +78,8 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
-def _body_error(request: Request, exc: Exception) -> JSONResponse:
-    """422 for a /predict body that is not JSON or not the request's shape."""
-    assert isinstance(exc, BodyError)
-    detail = [{"loc": ["body"], "msg": str(exc), "type": "body_error"}]
-    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
-
-
-def _scoring_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("scoring failed: %s", exc)
-    return JSONResponse(
-        {"detail": "the model could not score this request; try again"},
-        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-    )
+def _scoring_handler(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)
 
 
 def _client_gone(request: Request, exc: Exception) -> Response:
@@ -63,9 +94,8 @@ def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(EncodeError, _encode_error)
+    for kind in SCORING_ERRORS:
+        app.add_exception_handler(kind, _scoring_handler)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(BodyError, _body_error)
-    app.add_exception_handler(ScoringError, _scoring_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
-# A scope key naming the endpoint of a request answered before routing (app/api/repeats.py).
+# A scope key naming the endpoint of a request answered before routing (app/api/fast_predict.py).
 ENDPOINT = "ctrserve.endpoint"
 
 

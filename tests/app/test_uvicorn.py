@@ -1,8 +1,12 @@
 """One real uvicorn process on 127.0.0.1, configured through the environment."""
 
+import http.client
+import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx2 as httpx
 import pytest
@@ -32,3 +36,35 @@ def test_real_server_predicts_and_caches(server: str) -> None:
         httpx.post(f"{server}/predict", json={"features": {"x": 1}}, timeout=5).status_code == 422
     )
     assert "ctr_cache_hits_total 1.0" in httpx.get(f"{server}/metrics", timeout=5).text
+
+
+def _post_in_two_parts(base: str, body: bytes) -> tuple[int, dict[str, object]]:
+    """POST /predict sending the body's second half 0.2 s after its first, so the server
+    reads it in two ASGI messages."""
+    url = urlsplit(base)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=5)
+
+    def halves() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        time.sleep(0.2)
+        yield body[len(body) // 2 :]
+
+    headers = {"content-type": "application/json", "content-length": str(len(body))}
+    connection.request("POST", "/predict", body=halves(), headers=headers)
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    return response.status, answer
+
+
+def test_a_body_that_arrives_in_parts_is_answered_alike(server: str) -> None:
+    rows = [{"c0": f"c0_{i}", "n0": float(i)} for i in range(40)]
+    whole = httpx.post(f"{server}/predict", json={"instances": rows}, timeout=5).json()
+    status, parts = _post_in_two_parts(server, json.dumps({"instances": rows}).encode())
+    assert status == 200
+    assert parts["predictions"] == whole["predictions"]
+    bad = json.dumps({"instances": [rows[0], 3]}).encode()
+    status, problem = _post_in_two_parts(server, bad)
+    direct = httpx.post(f"{server}/predict", content=bad, timeout=5)
+    assert (status, problem) == (direct.status_code, direct.json())
+    assert problem["detail"][0]["msg"].endswith("at `$.instances[1]`")

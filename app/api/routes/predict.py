@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import ServiceDep, get_service, get_settings_dep
-from app.api.repeats import single_answer
 from app.schemas import (
     BatchPredictResponse,
+    BatchTooLargeError,
     ErrorResponse,
     ExplainRequest,
     ExplainResponse,
@@ -15,7 +15,7 @@ from app.schemas import (
     PredictResponse,
     predict_request_schema,
 )
-from app.scoring.service import Scored
+from app.scoring.service import PredictionService, Scored
 
 router = APIRouter(tags=["scoring"])
 
@@ -28,16 +28,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-# The hot path reads and validates the body itself (pydantic-core parses and validates the
-# JSON in one step) and returns ready bytes: FastAPI's generic body and response handling
-# cost more than the whole scoring of a cached row. An exact repeat of a single-row body
-# never gets here (app/api/repeats.py answers it first). A single row's cache miss is scored
-# together with the other misses of this turn of the event loop (CTR_COALESCE_MAX_ROWS).
-# A batch's rows stay JSON text until needed: a row whose text was scored lately is answered
-# from the response cache. The rest is decoded, encoded and looked up on the event loop and
-# only its misses are scored, in the thread pool when they cost more than CTR_INLINE_MAX_MS;
-# a batch of more than CTR_INLINE_MAX_ROWS goes to the pool whole. README "Sync vs async"
-# has the measurements.
+# A body that arrives in one ASGI message (nearly all of them) is answered before routing,
+# by app/api/fast_predict.py, with the same answer(); this route documents /predict and
+# answers a body that arrives in several messages.
 @router.post(
     "/predict",
     response_model=PredictResponse | BatchPredictResponse,
@@ -55,15 +48,28 @@ async def predict(request: Request) -> Response:
     # than half its throughput on cache hits (see docs/BENCHMARKS.md).
     service, settings = get_service(request), get_settings_dep(request)
     raw = await request.body()
+    return Response(await answer(service, settings.max_batch_size, raw), media_type=_JSON)
+
+
+# The hot path reads and validates the body itself (msgspec decodes and checks its shape in
+# one step) and returns ready bytes. A single row's cache miss is scored together with the
+# other misses of this turn of the event loop (CTR_COALESCE_MAX_ROWS). A batch's rows stay
+# JSON text until needed: a row whose text was scored lately is answered from the response
+# cache. The rest is decoded, encoded and looked up on the event loop and only its misses
+# are scored, in the thread pool when they cost more than CTR_INLINE_MAX_MS; a batch of more
+# than CTR_INLINE_MAX_ROWS goes to the pool whole. README "Sync vs async" has the
+# measurements.
+async def answer(service: PredictionService, max_batch_size: int, raw: bytes) -> bytes:
+    """The JSON answer to a /predict body, cache first. Raises one of
+    :data:`app.api.errors.SCORING_ERRORS` (a bad body or feature, too many rows, a failed
+    onnxruntime call)."""
     body = service.parse(raw)
     if body.features is not None:
-        return _single(await service.predict_row(body.features, raw))
+        return single_answer(await service.predict_row(body.features, raw))
     rows = body.instances or []
-    if len(rows) > settings.max_batch_size:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"batch of {len(rows)} rows exceeds the limit of "
-            f"{settings.max_batch_size} (CTR_MAX_BATCH_SIZE)",
+    if len(rows) > max_batch_size:
+        raise BatchTooLargeError(
+            f"batch of {len(rows)} rows exceeds the limit of {max_batch_size} (CTR_MAX_BATCH_SIZE)"
         )
     scored = await service.predict_batch(rows, raw)
     batch = BatchPredictResponse(
@@ -72,11 +78,15 @@ async def predict(request: Request) -> Response:
         cached=scored.cached,
         cache_hits=sum(scored.cached),
     )
-    return Response(batch.model_dump_json(), media_type=_JSON)
+    return batch.model_dump_json().encode()
 
 
-def _single(scored: Scored) -> Response:
-    return Response(single_answer(scored), media_type=_JSON)
+def single_answer(scored: Scored) -> bytes:
+    """The JSON body of a one-row /predict answer."""
+    answer = PredictResponse(
+        prediction=float(scored.scores[0]), model_version=scored.version, cached=scored.cached[0]
+    )
+    return answer.model_dump_json().encode()
 
 
 @router.post("/explain", responses=_ERRORS)
