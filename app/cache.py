@@ -185,50 +185,67 @@ class ScoreCache:
         scores = np.full(len(indices), np.nan, dtype=np.float32)
         hits = np.zeros(len(indices), dtype=np.bool_)
         nothing = Lookup(hits, scores, [], np.empty(0, dtype=np.intp), version)
+        if len(indices) == 1:
+            key, score = self.lookup_row(version, indices)
+            if key is None:
+                return nothing
+            if score is not None:
+                scores[0], hits[0] = score, True
+            return Lookup(hits, scores, [key], _FIRST_ROW, version)
         if self._entries is None:
             return nothing
         with self._lock:
             if version != self._version:
                 return nothing
-            if len(indices) == 1:  # always looked up; a dozen numpy calls cost ~15 µs here
-                looked_up = _FIRST_ROW
-                keys = [self.row_key(indices)]
-                self._singles.append(indices)  # the doorkeeper hears of it with the next batch
-                if len(self._singles) >= _SINGLES_PENDING:
-                    self._mark_singles()
-            else:
-                self._mark_singles()
-                looked_up = np.flatnonzero(self._doorkeeper.seen(indices))
-                keys = self.keys(indices[looked_up])
+            self._mark_singles()
+            looked_up = np.flatnonzero(self._doorkeeper.seen(indices))
+            keys = self.keys(indices[looked_up])
             now = self._timer()
             found = []
             for position, key in enumerate(keys):
                 score = self._live(key, now)
                 if score is not None:
                     found.append((position, score))
-        if len(found) == 1 and len(indices) == 1:
-            scores[0], hits[0] = found[0][1], True
-        elif found:
+        if found:
             positions, values = zip(*found, strict=True)
             rows = looked_up[list(positions)]
             scores[rows] = values
             hits[rows] = True
         return Lookup(hits, scores, keys, looked_up, version)
 
+    def lookup_row(self, version: str, row: NDArray[np.int64]) -> tuple[bytes | None, float | None]:
+        """One ``(1, F)`` row's key and live score, without a numpy array made: a single
+        row is always looked up and stored (a repeat of a request is answered from the cache
+        the second time), and its cache work is most of what the cache costs a miss.
+        The key is ``None`` when there is nothing to store (no cache, another version)."""
+        if self._entries is None:
+            return None, None
+        key = self.row_key(row)
+        with self._lock:
+            if version != self._version:
+                return None, None
+            self._singles.append(row)  # the doorkeeper hears of it with the next batch
+            if len(self._singles) >= _SINGLES_PENDING:
+                self._mark_singles()
+            return key, self._live(key, self._timer())
+
+    def store_row(self, version: str, key: bytes, score: float) -> None:
+        """Keep one row's score under the key :meth:`lookup_row` gave it."""
+        if self._entries is None:
+            return
+        with self._lock:
+            if version == self._version:
+                self._entries[key] = (score, self._timer() + self.ttl_s)
+
     def store(self, lookup: Lookup) -> None:
         """Keep the scores (filled in by now) of the rows ``lookup`` looked up and missed."""
         if self._entries is None or not lookup.keys:
             return
-        if len(lookup.hits) == 1:  # a single row, without numpy calls
-            if lookup.hits[0]:
-                return
-            keys, values = lookup.keys, [float(lookup.scores[0])]
-        else:
-            missed = ~lookup.hits[lookup.looked_up]
-            if not missed.any():
-                return
-            values = lookup.scores[lookup.looked_up[missed]].tolist()
-            keys = [key for key, miss in zip(lookup.keys, missed.tolist(), strict=True) if miss]
+        missed = ~lookup.hits[lookup.looked_up]
+        if not missed.any():
+            return
+        values = lookup.scores[lookup.looked_up[missed]].tolist()
+        keys = [key for key, miss in zip(lookup.keys, missed.tolist(), strict=True) if miss]
         with self._lock:
             if lookup.version != self._version:
                 return

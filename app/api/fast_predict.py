@@ -47,12 +47,13 @@ class FastPredictMiddleware:
             return
         scope[ENDPOINT] = self.path
         raw = message.get("body", b"")
-        scored = service.repeat(raw)
+        digest = service.digest(raw)
+        scored = service.repeat(digest)
         try:
             if scored is not None:
                 body = single_answer(scored)
             else:
-                body = await answer(service, state.settings.max_batch_size, raw)
+                body = await answer(service, state.settings.max_batch_size, raw, digest)
         except _ERRORS as exc:
             await error_response(exc)(scope, receive, send)
             return

@@ -104,12 +104,16 @@ class PredictionService:
 
     # -- requests ---------------------------------------------------------------------
 
-    def repeat(self, body: bytes) -> Scored | None:
+    def digest(self, body: bytes) -> bytes | None:
+        """The response-cache key of a single-row body (``None``: never cached), computed
+        once a request and handed to :meth:`repeat` and :meth:`predict_row`."""
+        return self.responses.key(body)
+
+    def repeat(self, digest: bytes | None) -> Scored | None:
         """The answer to an exact repeat of a single-row body whose score is still cached."""
-        started = time.perf_counter()
-        digest = self.responses.key(body)
         if digest is None:
             return None
+        started = time.perf_counter()
         scorer = self.registry.current
         key = self.responses.lookup(digest, scorer.version)
         score = None if key is None else self.cache.get(scorer.version, key[1])
@@ -129,14 +133,39 @@ class PredictionService:
         self.metrics.tally.stage(_PARSE, time.perf_counter() - started)
         return request
 
-    def predict(self, rows: Sequence[Mapping[str, object]], body: bytes | None = None) -> Scored:
-        """Score raw rows. Raises ``EncodeError`` (bad input) or ``ScoringError``.
+    async def predict_row(self, features: Mapping[str, object], digest: bytes | None) -> Scored:
+        """One row, cache first. With coalescing on, a miss is scored in one call with the
+        other misses of this turn of the event loop. ``digest``: the body's response-cache
+        key (:meth:`digest`), offered the row's key once it is scored.
 
-        ``body``: the raw single-row request, offered to the response cache.
+        A single row's cache work is scalar (a key, a ``get``, a store): it is most of what
+        the cache costs a miss, which the cache-disabled service does not pay. Raises
+        ``EncodeError`` (bad input) or ``ScoringError``.
         """
         scorer = self.registry.current  # one reference for the whole request
-        indices = self._encode(scorer, lambda: scorer.encoder.encode_rows(rows))
-        return self._score(scorer, indices, body)
+        row = self._encode(scorer, lambda: scorer.encoder.encode_rows([features]))
+        started = time.perf_counter()
+        key, score = self.cache.lookup_row(scorer.version, row)
+        cache_s = time.perf_counter() - started
+        cached = score is not None
+        if score is None:
+            if self.coalescer is None:
+                score = float(self._run(scorer, row)[0])
+            else:
+                score = await self.coalescer.score(scorer, row)
+        if key is not None:
+            started = time.perf_counter()
+            if not cached:
+                self.cache.store_row(scorer.version, key, score)
+            if digest is not None:  # a hit too: a body is admitted on its second sight
+                self.responses.offer(digest, (scorer.version, key))
+            cache_s += time.perf_counter() - started
+        tally = self.metrics.tally
+        tally.stage(_CACHE, cache_s)
+        scores = np.array([score], dtype=np.float32)
+        tally.scores(scores)
+        tally.lookups(int(cached), int(not cached))
+        return Scored(scores, [cached], scorer.version)
 
     async def predict_batch(self, rows: Sequence[bytes], body: bytes) -> Scored:
         """Score a batch of rows given as their JSON text (``body``'s ``instances``, as
@@ -249,15 +278,6 @@ class PredictionService:
         was parsed already, and they are decoded only now because a known row never is."""
         return self._encode(scorer, lambda: scorer.encoder.encode_rows(decode_rows(rows, body)))
 
-    async def predict_row(self, features: Mapping[str, object], body: bytes) -> Scored:
-        """One row, as :meth:`predict`; with coalescing on, a miss is scored in one call with
-        the other misses of this turn of the event loop. Raises as :meth:`predict`."""
-        if self.coalescer is None:
-            return self.predict([features], body)
-        scorer = self.registry.current
-        indices = self._encode(scorer, lambda: scorer.encoder.encode_rows([features]))
-        return await self._score_coalesced(self.coalescer, scorer, indices, body)
-
     def _encode(self, scorer: Scorer, encode: Callable[[], NDArray[np.int64]]) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""
         started = time.perf_counter()
@@ -273,32 +293,17 @@ class PredictionService:
         lookup = self.cache.lookup(scorer.version, indices)
         return lookup, time.perf_counter() - started
 
-    def _score(
-        self, scorer: Scorer, indices: NDArray[np.int64], body: bytes | None = None
-    ) -> Scored:
+    def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> Scored:
         lookup, cache_s = self._lookup(scorer, indices)
         misses, todo = _misses(lookup, indices)
         if len(misses):
             lookup.scores[misses] = self._run(scorer, todo)
-        return self._settle(lookup, cache_s, body)
+        return self._settle(lookup, cache_s)
 
-    async def _score_coalesced(
-        self, coalescer: MissCoalescer, scorer: Scorer, row: NDArray[np.int64], body: bytes
-    ) -> Scored:
-        lookup, cache_s = self._lookup(scorer, row)
-        if not lookup.hits[0]:
-            lookup.scores[0] = await coalescer.score(scorer, row)
-        return self._settle(lookup, cache_s, body)
-
-    def _settle(self, lookup: Lookup, cache_s: float, body: bytes | None = None) -> Scored:
-        """Store the fresh scores and count the request. ``body``: a single-row request's
-        raw body, offered to the response cache with the row key the lookup made for it."""
+    def _settle(self, lookup: Lookup, cache_s: float) -> Scored:
+        """Store the fresh scores and count the request."""
         started = time.perf_counter()
         self.cache.store(lookup)
-        if body is not None and len(lookup.keys) == 1 and len(lookup.hits) == 1:
-            digest = self.responses.key(body)
-            if digest is not None:
-                self.responses.offer(digest, (lookup.version, lookup.keys[0]))
         tally = self.metrics.tally
         tally.stage(_CACHE, cache_s + time.perf_counter() - started)
         tally.scores(lookup.scores)

@@ -32,7 +32,10 @@ def _rows(count: int) -> list[dict[str, object]]:
 
 async def _concurrently(service: PredictionService, rows: list[dict[str, object]]) -> list[Scored]:
     return await asyncio.gather(
-        *(service.predict_row(row, json.dumps({"features": row}).encode()) for row in rows)
+        *(
+            service.predict_row(row, service.digest(json.dumps({"features": row}).encode()))
+            for row in rows
+        )
     )
 
 
@@ -110,10 +113,7 @@ def test_a_cancelled_request_leaves_the_others_their_scores(repository: Path) ->
     rows = _rows(3)
 
     async def cancel_one() -> list[object]:
-        tasks = [
-            asyncio.ensure_future(service.predict_row(row, json.dumps(row).encode()))
-            for row in rows
-        ]
+        tasks = [asyncio.ensure_future(service.predict_row(row, None)) for row in rows]
         await asyncio.sleep(0)  # all three are waiting for the batch now
         tasks[1].cancel()
         return await asyncio.gather(*tasks, return_exceptions=True)

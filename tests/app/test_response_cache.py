@@ -1,5 +1,6 @@
 """The response cache as a client meets it: exact repeats, reloads, expiry, its memory bound."""
 
+import asyncio
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -82,14 +83,19 @@ def _service(repository: Path, clock: FakeClock, ttl_s: float) -> PredictionServ
 def test_an_answer_never_outlives_its_score(repository: Path) -> None:
     clock = FakeClock()
     service = _service(repository, clock, ttl_s=60)
-    rows = [{"c0": "c0_3", "n1": 0.5}]
-    assert service.predict(rows, BODY).cached == [False]  # scored at t=0, first sight
+    row = {"c0": "c0_3", "n1": 0.5}
+    digest = service.digest(BODY)
+
+    def predict() -> list[bool]:
+        return asyncio.run(service.predict_row(row, digest)).cached
+
+    assert predict() == [False]  # scored at t=0, first sight
     clock.now = 50
-    assert service.repeat(BODY) is None
-    assert service.predict(rows, BODY).cached == [True]  # second sight at t=50: admitted
-    repeat = service.repeat(BODY)
+    assert service.repeat(digest) is None
+    assert predict() == [True]  # second sight at t=50: admitted
+    repeat = service.repeat(digest)
     assert repeat is not None
     assert repeat.cached == [True]
     clock.now = 61  # the score (from t=0) has expired; the answer admitted at t=50 must too
-    assert service.repeat(BODY) is None
-    assert service.predict(rows, BODY).cached == [False]
+    assert service.repeat(digest) is None
+    assert predict() == [False]

@@ -48,7 +48,8 @@ async def predict(request: Request) -> Response:
     # than half its throughput on cache hits (see docs/BENCHMARKS.md).
     service, settings = get_service(request), get_settings_dep(request)
     raw = await request.body()
-    return Response(await answer(service, settings.max_batch_size, raw), media_type=_JSON)
+    body = await answer(service, settings.max_batch_size, raw, service.digest(raw))
+    return Response(body, media_type=_JSON)
 
 
 # The hot path reads and validates the body itself (msgspec decodes and checks its shape in
@@ -59,13 +60,16 @@ async def predict(request: Request) -> Response:
 # are scored, in the thread pool when they cost more than CTR_INLINE_MAX_MS; a batch of more
 # than CTR_INLINE_MAX_ROWS goes to the pool whole. README "Sync vs async" has the
 # measurements.
-async def answer(service: PredictionService, max_batch_size: int, raw: bytes) -> bytes:
-    """The JSON answer to a /predict body, cache first. Raises one of
+async def answer(
+    service: PredictionService, max_batch_size: int, raw: bytes, digest: bytes | None
+) -> bytes:
+    """The JSON answer to a /predict body, cache first (``digest``: its response-cache
+    key, :meth:`PredictionService.digest`). Raises one of
     :data:`app.api.errors.SCORING_ERRORS` (a bad body or feature, too many rows, a failed
     onnxruntime call)."""
     body = service.parse(raw)
     if body.features is not None:
-        return single_answer(await service.predict_row(body.features, raw))
+        return single_answer(await service.predict_row(body.features, digest))
     rows = body.instances or []
     if len(rows) > max_batch_size:
         raise BatchTooLargeError(
