@@ -35,6 +35,7 @@ _SEEN_ENTRY_BYTES = 100
 # hash of every large batch body on every request would cost more than a repeat saves.
 MAX_REPEAT_BODY_BYTES = 8192
 _FIRST_ROW = np.zeros(1, dtype=np.intp)
+_NONE_LOOKED_UP = np.empty(0, dtype=np.intp)
 _SINGLES_PENDING = 1024  # single rows marked in the doorkeeper together, at most this many
 DOORKEEPER_MIN_ROWS = 4096  # so that a small cache still sees a large batch come back
 _BITS_PER_ENTRY = 64  # the doorkeeper's sparsity (see Doorkeeper)
@@ -51,6 +52,12 @@ class Lookup:
     keys: list[bytes]  # the key of every row looked up, in ``looked_up`` order
     looked_up: NDArray[np.intp]
     version: str
+
+    @classmethod
+    def missed(cls, rows: int, version: str) -> Lookup:
+        """Nothing known and nothing to store: every row to be scored."""
+        scores = np.full(rows, np.nan, dtype=np.float32)
+        return cls(np.zeros(rows, dtype=np.bool_), scores, [], _NONE_LOOKED_UP, version)
 
 
 class Doorkeeper:
@@ -182,9 +189,8 @@ class ScoreCache:
 
     def lookup(self, version: str, indices: NDArray[np.int64]) -> Lookup:
         """The cached score of each row of ``indices`` (NaN where it has to be scored)."""
-        scores = np.full(len(indices), np.nan, dtype=np.float32)
-        hits = np.zeros(len(indices), dtype=np.bool_)
-        nothing = Lookup(hits, scores, [], np.empty(0, dtype=np.intp), version)
+        nothing = Lookup.missed(len(indices), version)
+        hits, scores = nothing.hits, nothing.scores
         if len(indices) == 1:
             key, score = self.lookup_row(version, indices)
             if key is None:

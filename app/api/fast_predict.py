@@ -47,13 +47,13 @@ class FastPredictMiddleware:
             return
         scope[ENDPOINT] = self.path
         raw = message.get("body", b"")
-        digest = service.digest(raw)
-        scored = service.repeat(digest)
+        use = service.cache_use(raw)
+        scored = service.repeat(use)
         try:
             if scored is not None:
                 body = single_answer(scored)
             else:
-                body = await answer(service, state.settings.max_batch_size, raw, digest)
+                body = await answer(service, state.settings.max_batch_size, raw, use)
         except _ERRORS as exc:
             await error_response(exc)(scope, receive, send)
             return

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,6 +20,7 @@ from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
 from app.schemas import PredictRequest, decode_rows, parse_predict
 from app.scoring.coalescer import MissCoalescer
+from app.scoring.gate import CacheGate
 from app.scoring.registry import ModelRegistry, Swap
 from app.scoring.scorer import Scorer, ScoringError
 
@@ -33,7 +34,28 @@ _PARSE, _ENCODE, _CACHE, _ORT = range(len(STAGES))
 # ~4 µs on a 10-field model and ~9.5 µs on a 39-field one. It pays from a share of ~0.3 and
 # ~0.13 respectively; below the threshold an all-miss stream pays nothing.
 REPEATS_MIN_SHARE = 0.2
-REPEATS_WEIGHT = 0.05  # a batch's weight in the recent share: it follows ~20 batches
+# Below this share of hits among the requests that asked them, the caches are asked only by
+# probes (app/scoring/gate.py): a stream of one-off rows then costs ~1/16 of the caches' work
+# on a miss. A single-row hit saves its encoding and onnxruntime call (~60 µs of ~106 on
+# the 10-field model, more on larger ones) where asking costs a miss ~18 µs; below 5% the
+# caches are a loss on every model measured.
+CACHE_MIN_SHARE = 0.05
+# Single rows: a request's weight in the share (it follows ~100 requests), one probe in 16.
+SINGLE_WEIGHT, SINGLE_PROBE_EVERY = 0.01, 16
+# Batches (also the threshold for their texts, above): a batch's weight (it follows ~20
+# batches), one probe in 8.
+BATCH_WEIGHT, BATCH_PROBE_EVERY = 0.05, 8
+
+
+class CacheUse(NamedTuple):
+    """How one single-row request uses the caches, decided as it arrives
+    (:meth:`PredictionService.cache_use`)."""
+
+    asks: bool  # it looks up and stores (False: the gate sends it straight to the model)
+    digest: bytes | None  # its body's response-cache key, when it asks and may be cached
+
+
+_BYPASS = CacheUse(asks=False, digest=None)
 
 
 @dataclass(frozen=True)
@@ -91,10 +113,8 @@ class PredictionService:
         self.metrics = metrics
         self.inline_max_rows = inline_max_rows
         self.inline_max_s = inline_max_s
-        # Of recent batch rows, the share that were cache hits; it starts by assuming repeats,
-        # so they are found from the first batches on (an all-miss stream turns it off
-        # within ~45 batches).
-        self._repeat_share = 1.0
+        self.single_gate = CacheGate(CACHE_MIN_SHARE, SINGLE_WEIGHT, SINGLE_PROBE_EVERY)
+        self.batch_gate = CacheGate(CACHE_MIN_SHARE, BATCH_WEIGHT, BATCH_PROBE_EVERY)
         self.coalescer = (
             MissCoalescer(self._run, coalesce_max_rows, inline_max_s)
             if coalesce_max_rows > 0
@@ -104,21 +124,25 @@ class PredictionService:
 
     # -- requests ---------------------------------------------------------------------
 
-    def digest(self, body: bytes) -> bytes | None:
-        """The response-cache key of a single-row body (``None``: never cached), computed
-        once a request and handed to :meth:`repeat` and :meth:`predict_row`."""
-        return self.responses.key(body)
+    def cache_use(self, body: bytes) -> CacheUse:
+        """Whether a /predict body that may be a single row asks the caches (the single-row
+        gate decides), and its response-cache key; decided once a request, as it arrives,
+        and handed to :meth:`repeat` and :meth:`predict_row`."""
+        if not self.single_gate.asks():
+            return _BYPASS
+        return CacheUse(asks=True, digest=self.responses.key(body))
 
-    def repeat(self, digest: bytes | None) -> Scored | None:
+    def repeat(self, use: CacheUse) -> Scored | None:
         """The answer to an exact repeat of a single-row body whose score is still cached."""
-        if digest is None:
+        if use.digest is None:
             return None
         started = time.perf_counter()
         scorer = self.registry.current
-        key = self.responses.lookup(digest, scorer.version)
+        key = self.responses.lookup(use.digest, scorer.version)
         score = None if key is None else self.cache.get(scorer.version, key[1])
         if score is None:
             return None
+        self.single_gate.note(1, 1)
         tally = self.metrics.tally
         tally.stage(_CACHE, time.perf_counter() - started)
         scores = np.array([score], dtype=np.float32)
@@ -133,10 +157,10 @@ class PredictionService:
         self.metrics.tally.stage(_PARSE, time.perf_counter() - started)
         return request
 
-    async def predict_row(self, features: Mapping[str, object], digest: bytes | None) -> Scored:
-        """One row, cache first. With coalescing on, a miss is scored in one call with the
-        other misses of this turn of the event loop. ``digest``: the body's response-cache
-        key (:meth:`digest`), offered the row's key once it is scored.
+    async def predict_row(self, features: Mapping[str, object], use: CacheUse) -> Scored:
+        """One row, cache first when ``use`` asks (:meth:`cache_use`). With coalescing on, a
+        miss is scored in one call with the other misses of this turn of the event loop.
+        The body's response-cache key is offered the row's key once it is scored.
 
         A single row's cache work is scalar (a key, a ``get``, a store): it is most of what
         the cache costs a miss, which the cache-disabled service does not pay. Raises
@@ -145,7 +169,7 @@ class PredictionService:
         scorer = self.registry.current  # one reference for the whole request
         row = self._encode(scorer, lambda: scorer.encoder.encode_rows([features]))
         started = time.perf_counter()
-        key, score = self.cache.lookup_row(scorer.version, row)
+        key, score = self.cache.lookup_row(scorer.version, row) if use.asks else (None, None)
         cache_s = time.perf_counter() - started
         cached = score is not None
         if score is None:
@@ -157,9 +181,11 @@ class PredictionService:
             started = time.perf_counter()
             if not cached:
                 self.cache.store_row(scorer.version, key, score)
-            if digest is not None:  # a hit too: a body is admitted on its second sight
-                self.responses.offer(digest, (scorer.version, key))
+            if use.digest is not None:  # a hit too: a body is admitted on its second sight
+                self.responses.offer(use.digest, (scorer.version, key))
             cache_s += time.perf_counter() - started
+        if use.asks:
+            self.single_gate.note(int(cached), 1)
         tally = self.metrics.tally
         tally.stage(_CACHE, cache_s)
         scores = np.array([score], dtype=np.float32)
@@ -174,17 +200,15 @@ class PredictionService:
         While more than ``REPEATS_MIN_SHARE`` of lately scored batch rows were cache hits,
         each row's text is looked up in the response cache first (:meth:`_known_texts`): a
         row sent before as the same text is answered without being decoded or encoded. The
-        other rows are decoded in one call and scored as :meth:`_score_batch` says. Raises
+        other rows are decoded in one call and scored as :meth:`_gated_batch` says. Raises
         :class:`BodyError` (a row that is not an object), ``EncodeError`` or
         ``ScoringError``.
         """
         scorer = self.registry.current  # one reference for the whole request
         if not self._looks_for_repeats(len(rows)):
-            scored = await self._score_batch(
+            return await self._gated_batch(
                 scorer, len(rows), lambda: self._encode_text(scorer, rows, body)
             )
-            self._note_repeats(scored.cached)
-            return scored
         texts, scores, hits, cache_s = self._known_texts(scorer, rows)
         if hits.all():
             self.metrics.tally.stage(_CACHE, cache_s)
@@ -198,24 +222,35 @@ class PredictionService:
                 [texts[i] for i in rest.tolist()], scorer.version, part.scores.tolist()
             )
         cached = hits.tolist()
-        self._note_repeats(cached)
+        self.batch_gate.note(sum(cached), len(cached))
         return Scored(scores, cached, scorer.version)
 
     async def predict_columns(self, arrays: Mapping[str, NDArray[Any]], num_rows: int) -> Scored:
         """Score one array per field (the inference protocol's tensors), encoded whole, as
         :meth:`predict_batch` scores rows. Raises ``EncodeError`` or ``ScoringError``."""
         scorer = self.registry.current
-        return await self._score_batch(
+        return await self._gated_batch(
             scorer,
             num_rows,
             lambda: self._encode(scorer, lambda: scorer.encoder.encode_columns(arrays, num_rows)),
         )
 
-    async def _score_batch(
+    async def _gated_batch(
         self, scorer: Scorer, rows: int, encode: Callable[[], NDArray[np.int64]]
     ) -> Scored:
-        """Encode and look up on the event loop, then score only the misses: inline when the
-        model scores them within ``inline_max_s``, else in a thread.
+        """A batch scored as :meth:`_score_batch` says, asking the score cache when the
+        batch gate says so, and its hits folded into the gate's share when it asked."""
+        asks = self.batch_gate.asks()
+        scored = await self._score_batch(scorer, rows, encode, asks)
+        if asks:
+            self.batch_gate.note(sum(scored.cached), rows)
+        return scored
+
+    async def _score_batch(
+        self, scorer: Scorer, rows: int, encode: Callable[[], NDArray[np.int64]], asks: bool
+    ) -> Scored:
+        """Encode and look up on the event loop (when ``asks``), then score only the
+        misses: inline when the model scores them within ``inline_max_s``, else in a thread.
 
         A batch of up to ``inline_max_rows`` rows encodes in about a millisecond (100 rows
         of 39 fields: 0.63 ms), and at a high hit ratio its misses cost less than a thread
@@ -225,15 +260,20 @@ class PredictionService:
         one run each). A larger batch goes to a thread whole.
         """
         if rows > self.inline_max_rows:
-            return await asyncio.to_thread(lambda: self._score(scorer, encode()))
-        return await self._score_encoded(scorer, encode())
+            return await asyncio.to_thread(lambda: self._score(scorer, encode(), asks))
+        return await self._score_encoded(scorer, encode(), asks=asks)
 
     async def _score_encoded(
-        self, scorer: Scorer, indices: NDArray[np.int64], cache_s: float = 0.0
+        self,
+        scorer: Scorer,
+        indices: NDArray[np.int64],
+        cache_s: float = 0.0,
+        *,
+        asks: bool = True,
     ) -> Scored:
-        """Look up encoded rows and score the misses (inline or in a thread, as
-        :meth:`_score_batch` says). ``cache_s``: this request's time in the cache so far."""
-        lookup, lookup_s = self._lookup(scorer, indices)
+        """Look up encoded rows (when ``asks``) and score the misses (inline or in a thread,
+        as :meth:`_score_batch` says). ``cache_s``: this request's time in the cache so far."""
+        lookup, lookup_s = self._lookup(scorer, indices, asks)
         cache_s += lookup_s
         misses, todo = _misses(lookup, indices)
         if len(misses) > scorer.rows_within(self.inline_max_s):
@@ -245,16 +285,11 @@ class PredictionService:
     def _looks_for_repeats(self, rows: int) -> bool:
         """Whether a batch's row texts are worth looking up before decoding them."""
         return (
-            self._repeat_share > REPEATS_MIN_SHARE
+            self.batch_gate.share > REPEATS_MIN_SHARE
             and rows <= self.inline_max_rows
             and self.cache.enabled
             and self.responses.enabled
         )
-
-    def _note_repeats(self, cached: list[bool]) -> None:
-        """Fold a batch's share of cache hits into the recent share (a moving average)."""
-        share = sum(cached) / max(len(cached), 1)
-        self._repeat_share += REPEATS_WEIGHT * (share - self._repeat_share)
 
     def _known_texts(
         self, scorer: Scorer, rows: Sequence[bytes]
@@ -287,14 +322,19 @@ class PredictionService:
         tally.rows(scorer.version, scorer.encoder.names, indices)
         return indices
 
-    def _lookup(self, scorer: Scorer, indices: NDArray[np.int64]) -> tuple[Lookup, float]:
-        """The cache's answer for ``indices`` and the seconds it took."""
+    def _lookup(
+        self, scorer: Scorer, indices: NDArray[np.int64], asks: bool = True
+    ) -> tuple[Lookup, float]:
+        """The cache's answer for ``indices`` (every row a miss unless ``asks``) and the
+        seconds it took."""
+        if not asks:
+            return Lookup.missed(len(indices), scorer.version), 0.0
         started = time.perf_counter()
         lookup = self.cache.lookup(scorer.version, indices)
         return lookup, time.perf_counter() - started
 
-    def _score(self, scorer: Scorer, indices: NDArray[np.int64]) -> Scored:
-        lookup, cache_s = self._lookup(scorer, indices)
+    def _score(self, scorer: Scorer, indices: NDArray[np.int64], asks: bool = True) -> Scored:
+        lookup, cache_s = self._lookup(scorer, indices, asks)
         misses, todo = _misses(lookup, indices)
         if len(misses):
             lookup.scores[misses] = self._run(scorer, todo)

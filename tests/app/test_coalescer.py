@@ -33,7 +33,7 @@ def _rows(count: int) -> list[dict[str, object]]:
 async def _concurrently(service: PredictionService, rows: list[dict[str, object]]) -> list[Scored]:
     return await asyncio.gather(
         *(
-            service.predict_row(row, service.digest(json.dumps({"features": row}).encode()))
+            service.predict_row(row, service.cache_use(json.dumps({"features": row}).encode()))
             for row in rows
         )
     )
@@ -113,7 +113,9 @@ def test_a_cancelled_request_leaves_the_others_their_scores(repository: Path) ->
     rows = _rows(3)
 
     async def cancel_one() -> list[object]:
-        tasks = [asyncio.ensure_future(service.predict_row(row, None)) for row in rows]
+        tasks = [
+            asyncio.ensure_future(service.predict_row(row, service.cache_use(b""))) for row in rows
+        ]
         await asyncio.sleep(0)  # all three are waiting for the batch now
         tasks[1].cancel()
         return await asyncio.gather(*tasks, return_exceptions=True)

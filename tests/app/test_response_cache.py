@@ -84,18 +84,17 @@ def test_an_answer_never_outlives_its_score(repository: Path) -> None:
     clock = FakeClock()
     service = _service(repository, clock, ttl_s=60)
     row = {"c0": "c0_3", "n1": 0.5}
-    digest = service.digest(BODY)
 
     def predict() -> list[bool]:
-        return asyncio.run(service.predict_row(row, digest)).cached
+        return asyncio.run(service.predict_row(row, service.cache_use(BODY))).cached
 
     assert predict() == [False]  # scored at t=0, first sight
     clock.now = 50
-    assert service.repeat(digest) is None
+    assert service.repeat(service.cache_use(BODY)) is None
     assert predict() == [True]  # second sight at t=50: admitted
-    repeat = service.repeat(digest)
+    repeat = service.repeat(service.cache_use(BODY))
     assert repeat is not None
     assert repeat.cached == [True]
     clock.now = 61  # the score (from t=0) has expired; the answer admitted at t=50 must too
-    assert service.repeat(digest) is None
+    assert service.repeat(service.cache_use(BODY)) is None
     assert predict() == [False]

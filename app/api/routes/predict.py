@@ -15,7 +15,7 @@ from app.schemas import (
     PredictResponse,
     predict_request_schema,
 )
-from app.scoring.service import PredictionService, Scored
+from app.scoring.service import CacheUse, PredictionService, Scored
 
 router = APIRouter(tags=["scoring"])
 
@@ -48,7 +48,7 @@ async def predict(request: Request) -> Response:
     # than half its throughput on cache hits (see docs/BENCHMARKS.md).
     service, settings = get_service(request), get_settings_dep(request)
     raw = await request.body()
-    body = await answer(service, settings.max_batch_size, raw, service.digest(raw))
+    body = await answer(service, settings.max_batch_size, raw, service.cache_use(raw))
     return Response(body, media_type=_JSON)
 
 
@@ -61,15 +61,15 @@ async def predict(request: Request) -> Response:
 # than CTR_INLINE_MAX_ROWS goes to the pool whole. README "Sync vs async" has the
 # measurements.
 async def answer(
-    service: PredictionService, max_batch_size: int, raw: bytes, digest: bytes | None
+    service: PredictionService, max_batch_size: int, raw: bytes, use: CacheUse
 ) -> bytes:
-    """The JSON answer to a /predict body, cache first (``digest``: its response-cache
-    key, :meth:`PredictionService.digest`). Raises one of
+    """The JSON answer to a /predict body, cache first (``use``: how a single row uses the
+    caches, :meth:`PredictionService.cache_use`). Raises one of
     :data:`app.api.errors.SCORING_ERRORS` (a bad body or feature, too many rows, a failed
     onnxruntime call)."""
     body = service.parse(raw)
     if body.features is not None:
-        return single_answer(await service.predict_row(body.features, digest))
+        return single_answer(await service.predict_row(body.features, use))
     rows = body.instances or []
     if len(rows) > max_batch_size:
         raise BatchTooLargeError(
