@@ -61,23 +61,31 @@ class Settings(BaseSettings):
         description="batches of at most this many rows are encoded and looked up in the "
         "cache on the event loop; larger ones go to the thread pool whole (0 = always)",
     )
-    # 0.5 ms, by A/B runs (16 connections, 5 s rounds): the 10 misses of a 90%-hit batch
-    # of the 39-field NFFM (~0.55 ms) in a thread served 754 req/s against 604 inline (3
-    # rounds each); the 10 of the DeepFM (~0.13 ms) lost 10% in a thread; 100 rows of the
-    # default model (~0.33 ms) were even. Coalesced single rows of the NFFM: the same req/s
-    # capped at 5 rows a call as at 19, at 16 and at 64 connections.
+    # 0.2 ms, by A/B runs (wrk, 16 connections, 5 s rounds, the same run side by side):
+    # 100 all-miss rows of the default model (~0.33 ms) in a thread served 1,126 req/s
+    # against 990 inline; the 10 misses of a 90%-hit DeepFM batch (~0.13 ms) stay inline,
+    # where they served 10% more than in a thread; those of the 39-field NFFM (~0.55 ms)
+    # served 754 req/s in a thread against 604 inline.
     inline_max_ms: float = Field(
-        default=0.5,
+        default=0.2,
         gt=0,
         description="a batch's cache misses are scored on the event loop when the model "
         "scores them in this many milliseconds (timed at load), else in the thread pool, "
-        "where two calls use two cores; also the largest coalesced batch",
+        "where two calls use two cores",
     )
     coalesce_max_rows: int = Field(
         default=64,
         ge=0,
         description="single-row cache misses of one turn of the event loop are scored in one "
         "onnxruntime call of at most this many rows; 0 scores each on its own",
+    )
+    # 0.5 ms: coalesced single rows of the NFFM (113 µs a row) served the same req/s capped
+    # at 5 rows a call as at 19, at 16 and at 64 connections, with a lower p99.
+    coalesce_max_ms: float = Field(
+        default=0.5,
+        gt=0,
+        description="and no more rows than the model scores in this many milliseconds: a "
+        "coalesced call runs on the event loop",
     )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="request body limit (413 above it)"

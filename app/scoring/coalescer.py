@@ -40,7 +40,7 @@ class MissCoalescer:
             waiting request gets that error when the call fails.
         max_rows: rows in one call at most (``CTR_COALESCE_MAX_ROWS``).
         max_seconds: and no more than the scorer scores in this long (the call runs on the
-            event loop, so it is held to the inline budget, ``CTR_INLINE_MAX_MS``).
+            event loop, so it is held to a budget, ``CTR_COALESCE_MAX_MS``).
     """
 
     def __init__(self, run: RunBatch, max_rows: int, max_seconds: float) -> None:

@@ -105,7 +105,8 @@ class PredictionService:
         metrics: ServiceMetrics,
         coalesce_max_rows: int = 0,
         inline_max_rows: int = 256,
-        inline_max_s: float = 0.0005,
+        inline_max_s: float = 0.0002,
+        coalesce_max_s: float = 0.0005,
     ) -> None:
         self.registry = registry
         self.cache = cache
@@ -116,7 +117,7 @@ class PredictionService:
         self.single_gate = CacheGate(CACHE_MIN_SHARE, SINGLE_WEIGHT, SINGLE_PROBE_EVERY)
         self.batch_gate = CacheGate(CACHE_MIN_SHARE, BATCH_WEIGHT, BATCH_PROBE_EVERY)
         self.coalescer = (
-            MissCoalescer(self._run, coalesce_max_rows, inline_max_s)
+            MissCoalescer(self._run, coalesce_max_rows, coalesce_max_s)
             if coalesce_max_rows > 0
             else None
         )
