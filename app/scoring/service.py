@@ -35,13 +35,13 @@ _PARSE, _ENCODE, _CACHE, _ORT = range(len(STAGES))
 # ~0.13 respectively; below the threshold an all-miss stream pays nothing.
 REPEATS_MIN_SHARE = 0.2
 # Below this share of hits among the requests that asked them, the caches are asked only by
-# probes (app/scoring/gate.py): a stream of one-off rows then costs ~1/16 of the caches' work
+# probes (app/scoring/gate.py): a stream of one-off rows then costs ~1/8 of the caches' work
 # on a miss. A single-row hit saves its encoding and onnxruntime call (~60 µs of ~106 on
 # the 10-field model, more on larger ones) where asking costs a miss ~18 µs; below 5% the
 # caches are a loss on every model measured.
 CACHE_MIN_SHARE = 0.05
-# Single rows: a request's weight in the share (it follows ~100 requests), one probe in 16.
-SINGLE_WEIGHT, SINGLE_PROBE_EVERY = 0.01, 16
+# Single rows: a request's weight in the share (it follows ~100 requests), one probe in 8.
+SINGLE_WEIGHT, SINGLE_PROBE_EVERY = 0.01, 8
 # Batches (also the threshold for their texts, above): a batch's weight (it follows ~20
 # batches), one probe in 8.
 BATCH_WEIGHT, BATCH_PROBE_EVERY = 0.05, 8

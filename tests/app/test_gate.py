@@ -18,15 +18,15 @@ def test_one_off_rows_stop_asking_and_repeats_bring_the_caches_back(model_dir: P
         service = client.app.state.service
         for row in rows[:1000]:
             assert client.post("/predict", json={"features": row}).status_code == 200
-        # ~300 requests took the share of hits from 1 below 5%; after that one in 16 asked,
+        # ~300 requests took the share of hits from 1 below 5%; after that one in 8 asked,
         # where every request stored its row before.
         assert service.single_gate.share < 0.05
-        assert 250 <= len(service.cache) < 400
+        assert 250 <= len(service.cache) < 450  # without the gate: ~1,000
         hot = rows[1000:]
         rounds = [[client.post("/predict", json={"features": r}).json() for r in hot]]
         while not all(answer["cached"] for answer in rounds[-1]) and len(rounds) < 100:
             rounds.append([client.post("/predict", json={"features": r}).json() for r in hot])
-        assert len(rounds) < 40, "the probes did not bring the caches back"
+        assert len(rounds) < 15, "the probes did not bring the caches back"
         first = [answer["prediction"] for answer in rounds[0]]
         assert [answer["prediction"] for answer in rounds[-1]] == first
 
