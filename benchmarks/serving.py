@@ -694,10 +694,10 @@ def _why(
             f"request costs {bare:.0f} µs and a ctrserve miss {miss:.0f} µs. Parsing, encoding "
             f"and the onnxruntime call (whose fixed per-call cost dominates a one-row batch) "
             f"account for {named:.0f} µs of the {miss - bare:.0f} µs difference; the rest is the "
-            "route's own work around them (cache lookups and fills, counters, NumPy result "
-            "handling, building the response). With the cache disabled the ratio is "
-            f"{ceiling['disabled_vs_bare']:.2f}: the rest is the caches' own work on a miss "
-            "(the score cache's lookup and store, the response cache's first sight)."
+            "request's own work around them (counters, NumPy result handling, building the "
+            "response; on a stream of one-off rows the cache gate leaves the caches to one "
+            "request in 8). With the cache disabled the ratio is "
+            f"{ceiling['disabled_vs_bare']:.2f}."
         )
     if any("raw ORT" in g for g in unmet) and 1000 in stages:
         parse, encode, ort = stages[1000]
@@ -786,8 +786,9 @@ def _why_versus(
             parts.append(
                 f" distinct single rows: with the cache disabled ctrserve measured "
                 f"{versus_peer / on_off:.2f}x the best peer, with it on {versus_peer:.2f}x: the "
-                "cache's work on a miss (the score cache's lookup and store, the response "
-                "cache's first sight) is the difference. The rest is one event loop doing "
+                "cache's work on a miss (on this stream of one-off rows the cache gate has "
+                "one request in 8 ask the caches) is the difference. The rest is one event "
+                "loop doing "
                 "HTTP, parsing, encoding and an onnxruntime call (one row: "
                 f"{cost['ort_1_ms'] * 1000:.0f} µs; concurrent misses share one) per request, "
                 "where the best peer's sync route runs onnxruntime in threads on both cores."
