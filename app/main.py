@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.inline_max_rows,
             settings.inline_max_ms / 1000,
             settings.coalesce_max_ms / 1000,
+            settings.coalesce_thread_ms / 1000,
         )
         app.state.service = service
         poller = RepositoryPoller(service, settings.poll_interval_s)

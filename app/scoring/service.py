@@ -107,6 +107,7 @@ class PredictionService:
         inline_max_rows: int = 256,
         inline_max_s: float = 0.0002,
         coalesce_max_s: float = 0.0005,
+        coalesce_thread_s: float = 0.00005,
     ) -> None:
         self.registry = registry
         self.cache = cache
@@ -117,7 +118,7 @@ class PredictionService:
         self.single_gate = CacheGate(CACHE_MIN_SHARE, SINGLE_WEIGHT, SINGLE_PROBE_EVERY)
         self.batch_gate = CacheGate(CACHE_MIN_SHARE, BATCH_WEIGHT, BATCH_PROBE_EVERY)
         self.coalescer = (
-            MissCoalescer(self._run, coalesce_max_rows, coalesce_max_s)
+            MissCoalescer(self._run, coalesce_max_rows, coalesce_max_s, coalesce_thread_s)
             if coalesce_max_rows > 0
             else None
         )

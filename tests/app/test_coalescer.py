@@ -5,6 +5,7 @@ reaches every waiting request; a request cancelled while it waits does not break
 import asyncio
 import json
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -90,18 +91,55 @@ def test_off_scores_each_row_alone(repository: Path) -> None:
 
 def test_a_failed_call_reaches_every_waiting_request(repository: Path) -> None:
     scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
-    coalescer = MissCoalescer(lambda s, rows: s.score_indices(rows), max_rows=64, max_seconds=0.002)
+    scorer.warm((1, 8))  # times a row, which decides where a call runs
     good = np.zeros((1, len(scorer.encoder.names)), dtype=np.int64)
     bad = np.full_like(good, 10**9)  # an index past every table: onnxruntime refuses it
-
-    async def score_both() -> list[object]:
-        return await asyncio.gather(
-            coalescer.score(scorer, good), coalescer.score(scorer, bad), return_exceptions=True
+    for thread_seconds in (1.0, 0.0):  # on the event loop, then in the thread pool
+        coalescer = MissCoalescer(
+            lambda s, rows: s.score_indices(rows), 64, 0.002, thread_seconds=thread_seconds
         )
 
-    results = asyncio.run(score_both())
-    assert all(isinstance(r, ScoringError) for r in results)
-    assert isinstance(asyncio.run(_alone(coalescer, scorer, good)), float)  # and it recovers
+        async def score_both(coalescer: MissCoalescer = coalescer) -> list[object]:
+            return await asyncio.gather(
+                coalescer.score(scorer, good),
+                coalescer.score(scorer, bad),
+                return_exceptions=True,
+            )
+
+        results = asyncio.run(score_both())
+        assert all(isinstance(r, ScoringError) for r in results)
+        assert isinstance(asyncio.run(_alone(coalescer, scorer, good)), float)  # it recovers
+
+
+def test_a_costly_call_runs_in_a_thread_while_the_next_misses_gather(repository: Path) -> None:
+    scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
+    scorer.warm((1, 8))
+    release, calls = threading.Event(), []
+
+    def run(s: Scorer, rows: np.ndarray) -> np.ndarray:
+        calls.append((threading.current_thread() is threading.main_thread(), len(rows)))
+        if len(calls) == 1:
+            assert release.wait(5)  # the first call holds its thread until told
+        return s.score_indices(rows)
+
+    coalescer = MissCoalescer(run, max_rows=64, max_seconds=0.002, thread_seconds=0.0)
+    rows = [np.full((1, len(scorer.encoder.names)), i, dtype=np.int64) for i in range(6)]
+
+    async def scenario() -> list[float]:
+        first = asyncio.ensure_future(coalescer.score(scorer, rows[0]))
+        while not calls:  # the first call is running in the thread pool
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(coalescer.score(scorer, row)) for row in rows[1:]]
+        for _ in range(5):
+            await asyncio.sleep(0)  # turns of the loop pass; the five only gather
+        assert len(calls) == 1
+        release.set()
+        return await asyncio.gather(first, *rest)
+
+    scores = asyncio.run(scenario())
+    assert calls == [(False, 1), (False, 5)]  # both in the pool, the five in one call
+    expected = scorer.score_indices(np.concatenate(rows))
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
 
 
 async def _alone(coalescer: MissCoalescer, scorer: Scorer, row: np.ndarray) -> float:
@@ -127,4 +165,4 @@ def test_a_cancelled_request_leaves_the_others_their_scores(repository: Path) ->
 
 def test_bad_max_rows() -> None:
     with pytest.raises(ValueError, match="max_rows"):
-        MissCoalescer(lambda s, rows: rows, max_rows=0, max_seconds=0.002)
+        MissCoalescer(lambda s, rows: rows, max_rows=0, max_seconds=0.002, thread_seconds=0.0)
