@@ -8,7 +8,9 @@ same turn of the loop, so a miss that opens a batch schedules its scoring for th
 waits at most for the requests already started, and a batch that reaches ``max_rows`` is
 scored at once. A service without concurrent misses does not wait at all: after a batch of
 one row, the next ``LONE_SKIP`` misses are scored directly (the extra turn and future cost
-~15 µs, 5% of a toy model's miss), and batching is tried again after them.
+~15 µs, 5% of a toy model's miss), and batching is tried again after them; so is a costly
+model's while no call of it is in the thread pool (a thread hop cost the NFFM a third of
+its req/s at one connection).
 
 A model whose row costs more than ``thread_seconds`` (timed when it loads) has its calls run
 in the thread pool, where onnxruntime releases the GIL and uses the second core while the
@@ -69,7 +71,7 @@ class MissCoalescer:
 
     async def score(self, scorer: Scorer, row: NDArray[np.int64]) -> float:
         """The score of one encoded row ``(1, F)``, from a call shared with its neighbours."""
-        if self._direct > 0 and self._open is None and not self._threaded(scorer):
+        if self._direct > 0 and self._open is None and not self._in_thread:
             self._direct -= 1
             return float(self._run(scorer, row)[0])
         loop = asyncio.get_running_loop()
