@@ -87,9 +87,10 @@ class Settings(BaseSettings):
         description="and, on the event loop, no more rows than the model scores in this many "
         "milliseconds",
     )
-    # 0.05 ms: the NFFM (~80 µs a row) served 4,487 distinct rows a second with every
-    # coalesced call in a thread against 3,581 on the loop; the DeepFM (~10 µs) lost 9% and
-    # the default model (~3 µs) 19% that way (wrk, 16 connections, 3 rounds of 5 s).
+    # 0.05 ms: the NFFM (~84 µs a row) served 3,820 distinct rows a second with its
+    # coalesced calls in a thread against 3,285 on the loop (4,487 against 3,581 in a first
+    # A/B); the DeepFM (~12 µs) lost 9% and the default model (~3 µs) 19% that way (wrk, 16
+    # connections, rounds of 5 s side by side).
     coalesce_thread_ms: float = Field(
         default=0.05,
         ge=0,
