@@ -15,11 +15,10 @@ its req/s at one connection).
 A model whose row costs more than ``thread_seconds`` (timed when it loads) has its calls run
 in the thread pool, where onnxruntime releases the GIL and uses the second core while the
 event loop serves HTTP; one call at a time, and the misses that arrive meanwhile gather into
-the next one. On the
-39-field NFFM (~80 µs a row) that served 4,487 distinct single rows a second against 3,581
-with every call on the loop (wrk, 16 connections, three 5 s rounds side by side). A cheap
-call is not worth the thread hop: with every call in a thread the DeepFM (~10 µs a row) lost
-9% and the 10-field default model (~3 µs) 19%.
+the next one. On the 39-field NFFM (~84 µs a row) that served 3,820 distinct single rows a
+second against 3,285 with every call on the loop (wrk, 16 connections, four 5 s rounds side
+by side). A cheap call is not worth the thread hop: with every call in a thread the DeepFM
+(~12 µs a row) lost 9% and the 10-field default model (~3 µs) 19%.
 """
 
 from __future__ import annotations

@@ -145,12 +145,7 @@ class PredictionService:
         if score is None:
             return None
         self.single_gate.note(1, 1)
-        tally = self.metrics.tally
-        tally.stage(_CACHE, time.perf_counter() - started)
-        scores = np.array([score], dtype=np.float32)
-        tally.scores(scores)
-        tally.lookups(1, 0)
-        return Scored(scores, [True], scorer.version)
+        return self._counted_row(scorer.version, score, True, time.perf_counter() - started)
 
     def parse(self, body: bytes) -> PredictRequest:
         """Decode and check a /predict body (raises :class:`BodyError`)."""
@@ -188,12 +183,16 @@ class PredictionService:
             cache_s += time.perf_counter() - started
         if use.asks:
             self.single_gate.note(int(cached), 1)
+        return self._counted_row(scorer.version, score, cached, cache_s)
+
+    def _counted_row(self, version: str, score: float, cached: bool, cache_s: float) -> Scored:
+        """A single-row answer, counted: its time in the caches, its score, a hit or a miss."""
         tally = self.metrics.tally
         tally.stage(_CACHE, cache_s)
         scores = np.array([score], dtype=np.float32)
         tally.scores(scores)
         tally.lookups(int(cached), int(not cached))
-        return Scored(scores, [cached], scorer.version)
+        return Scored(scores, [cached], version)
 
     async def predict_batch(self, rows: Sequence[bytes], body: bytes) -> Scored:
         """Score a batch of rows given as their JSON text (``body``'s ``instances``, as
