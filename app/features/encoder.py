@@ -9,8 +9,8 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain
-from operator import itemgetter
+from itertools import chain, cycle
+from operator import call, itemgetter
 from typing import Generic, TypeVar, cast
 
 import numpy as np
@@ -25,7 +25,7 @@ from app.features.spec import (
     FeatureSpec,
     NumericField,
 )
-from app.features.table import NOT_FOUND, VocabularyTable
+from app.features.table import NOT_FOUND, VocabularyDicts, VocabularyTable, vocabulary_lookup
 
 
 def canonical_token(value: object) -> str | None:
@@ -275,6 +275,14 @@ class _Group(Generic[_Column]):
         self.positions = [j for j, column in enumerate(columns) if isinstance(column, kind)]
         self.columns: list[_Column] = [c for c in columns if isinstance(c, kind)]
         self.names = [column.name for column in self.columns]
+        self.indexers = [column.index for column in self.columns]
+
+    def index_each(self, values: list[object], rows: int, out: NDArray[np.int64]) -> None:
+        """Write ``values`` (row after row) into ``out``'s columns of this kind, value by
+        value, as the row path encodes them."""
+        if self.columns:
+            found = np.fromiter(map(call, cycle(self.indexers), values), np.int64, len(values))
+            out[:, self.positions] = found.reshape(rows, -1)
 
 
 def _row_major(rows: Sequence[Mapping[str, object]], names: list[str]) -> tuple[list[object], bool]:
@@ -331,7 +339,10 @@ class FeatureEncoder:
         self._getters = [(column.name, column.index) for column in self._columns]
         self._categorical = _Group(self._columns, _CategoricalColumn)
         self._numeric = _Group(self._columns, _NumericColumn)
-        self._table: VocabularyTable | None = None
+        # The order of encode_values' two lists.
+        self.categorical_names = tuple(self._categorical.names)
+        self.numeric_names = tuple(self._numeric.names)
+        self._lookup: VocabularyDicts | VocabularyTable | None = None
 
     def check_names(self, names: Iterable[str]) -> None:
         """Reject field names the model does not know, listing the ones it does."""
@@ -397,13 +408,38 @@ class FeatureEncoder:
             getters = self._getters
             encoded = [[index(row.get(name)) for name, index in getters] for row in rows]
             return np.array(encoded, dtype=np.int64).reshape(len(rows), len(getters))
-        out = np.empty((len(rows), len(self._columns)), dtype=np.int64)
-        categorical_complete = self._encode_categorical(rows, out)
-        complete = self._encode_numeric(rows, out) and categorical_complete
+        categorical, categorical_complete = _row_major(rows, self._categorical.names)
+        numeric, numeric_complete = _row_major(rows, self._numeric.names)
         # Rows holding every field and nothing more have no unknown field; other batches are
         # checked row by row (a set test a row, a tenth of a 100-row batch's encoding).
+        complete = categorical_complete and numeric_complete
         if not complete or sum(map(len, rows)) != len(rows) * len(self._columns):
             self._check_row_names(rows)
+        return self.encode_values(categorical, numeric, len(rows))
+
+    def encode_values(
+        self, categorical: list[object], numeric: list[object], rows: int
+    ) -> NDArray[np.int64]:
+        """Encode rows given as their values, row after row: one list of the categorical
+        fields' values (in ``categorical_names`` order) and one of the numeric fields' (in
+        ``numeric_names`` order), ``None`` for missing. Each value is checked and encoded as
+        :meth:`encode_rows` does it; the service's batch rows come this way, decoded
+        straight into values (app/scoring/rows.py).
+
+        Returns:
+            int64 array of shape ``(rows, num_fields)``.
+        """
+        if len(categorical) != rows * len(self.categorical_names) or len(numeric) != rows * len(
+            self.numeric_names
+        ):
+            raise ValueError(f"expected {rows} rows of values of each kind of field")
+        out = np.empty((rows, len(self._columns)), dtype=np.int64)
+        if len(categorical) + len(numeric) <= SMALL_BATCH_VALUES:
+            self._categorical.index_each(categorical, rows, out)
+            self._numeric.index_each(numeric, rows, out)
+        else:
+            self._encode_categorical(categorical, rows, out)
+            self._encode_numeric(numeric, rows, out)
         return out
 
     def _check_row_names(self, rows: Sequence[Mapping[str, object]]) -> None:
@@ -411,52 +447,43 @@ class FeatureEncoder:
             if not self._name_set.issuperset(row):
                 self.check_names(row)
 
-    def batch_table(self) -> VocabularyTable:
-        """The categorical vocabularies as one hash table, built on the first call: only the
-        service encodes request batches (the trainer never needs it), and it builds the
-        table before traffic does (70 ms for 26 fields of up to 20,000 values)."""
-        if self._table is None:
+    def batch_lookup(self) -> VocabularyDicts | VocabularyTable:
+        """The categorical vocabularies behind one batch lookup, built on the first call:
+        only the service encodes request batches (the trainer never needs it), and it builds
+        the lookup before traffic does (70 ms for 26 fields of up to 20,000 values)."""
+        if self._lookup is None:
             vocabularies = [column.vocabulary for column in self._categorical.columns]
-            self._table = VocabularyTable(vocabularies)
-        return self._table
+            self._lookup = vocabulary_lookup(vocabularies)
+        return self._lookup
 
-    def _encode_categorical(
-        self, rows: Sequence[Mapping[str, object]], out: NDArray[np.int64]
-    ) -> bool:
-        """Every categorical value of the batch in one table lookup; what the table does not
-        hold (unseen values, numbers, bad types) goes through the value path. Returns whether
-        every row held every categorical field."""
+    def _encode_categorical(self, values: list[object], rows: int, out: NDArray[np.int64]) -> None:
+        """Every categorical value of the batch in one batch lookup; what it does not hold
+        (unseen values, numbers, bad types) goes through the value path."""
         group = self._categorical
         columns = group.columns
         if not columns:
-            return True
-        values, complete = _row_major(rows, group.names)
+            return
         try:
-            found = self.batch_table().find(values, len(rows))
+            found = self.batch_lookup().find(values, rows)
         except TypeError:  # an unhashable value: the value path names its field
             found = np.full(len(values), NOT_FOUND, dtype=np.int64)
         for i in np.flatnonzero(found == NOT_FOUND).tolist():
             found[i] = columns[i % len(columns)].index(values[i])
-        out[:, group.positions] = found.reshape(len(rows), -1)
-        return complete
+        out[:, group.positions] = found.reshape(rows, -1)
 
-    def _encode_numeric(self, rows: Sequence[Mapping[str, object]], out: NDArray[np.int64]) -> bool:
+    def _encode_numeric(self, values: list[object], rows: int, out: NDArray[np.int64]) -> None:
         """Every numeric value of the batch converted in one numpy call and binned a column
         at a time, as :meth:`_NumericColumn.index` bins each; a batch with other types
-        (numeric strings, bad values) takes the value path. Returns whether every row held
-        every numeric field."""
+        (numeric strings, bad values) takes the value path."""
         group = self._numeric
         columns, positions = group.columns, group.positions
         if not columns:
-            return True
-        values, complete = _row_major(rows, group.names)
+            return
         numbers = _as_numbers(values)
         if numbers is None:
-            for j, column in enumerate(columns):
-                column_values = values[j :: len(columns)]
-                out[:, positions[j]] = np.fromiter(map(column.index, column_values), np.int64)
-            return complete
-        matrix = numbers.reshape(len(rows), len(columns))
+            group.index_each(values, rows, out)
+            return
+        matrix = numbers.reshape(rows, len(columns))
         infinite = np.isinf(matrix).any(axis=0)
         if infinite.any():
             column = columns[int(infinite.argmax())]
@@ -469,4 +496,3 @@ class FeatureEncoder:
         binned += NUM_RESERVED
         binned[missing] = MISSING_INDEX
         out[:, positions] = binned
-        return complete

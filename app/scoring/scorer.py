@@ -19,6 +19,7 @@ from app.features.encoder import FeatureEncoder
 from app.features.errors import SpecError
 from app.features.spec import UNSEEN_INDEX
 from app.scoring.manifest import ModelManifest, content_version, sha256_file
+from app.scoring.rows import RowDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Scorer:
         self.session = session
         self.model_dir = model_dir
         self.encoder = FeatureEncoder(manifest.features, max_value_chars)
+        self.rows = RowDecoder(self.encoder)
         self.version = manifest.version
         self._input = manifest.onnx.input_name
         self._output = manifest.onnx.output_name
@@ -114,12 +116,12 @@ class Scorer:
 
         onnxruntime sizes its buffers on the first call of each shape; warming a new version
         beside the old one keeps that first-call cost off the requests after the swap (and the
-        encoder's batch table is built here for the same reason). Then a
+        encoder's batch lookup is built here for the same reason). Then a
         batch of up to 256 rows is timed: ``row_seconds`` lets the service judge a request's
         cost by the model, not by its rows alone (a 39-field NFFM row costs ~30 times a
         10-field one).
         """
-        self.encoder.batch_table()
+        self.encoder.batch_lookup()
         rng = np.random.default_rng(0)
         dims = np.array(self.manifest.features.field_dims, dtype=np.int64)
         sizes = sorted({size for size in batch_sizes if size > 0})

@@ -311,8 +311,20 @@ class PredictionService:
 
     def _encode_text(self, scorer: Scorer, rows: Sequence[bytes], body: bytes) -> NDArray[np.int64]:
         """Decode rows' JSON text and encode them, timed as encoding: the body around them
-        was parsed already, and they are decoded only now because a known row never is."""
-        return self._encode(scorer, lambda: scorer.encoder.encode_rows(decode_rows(rows, body)))
+        was parsed already, and they are decoded only now because a known row never is.
+
+        Rows are decoded straight into the model's fields (app/scoring/rows.py); a batch
+        that is not the model's row shape is decoded generically, so that the encoder or
+        the decoder names what is wrong and where.
+        """
+
+        def encode() -> NDArray[np.int64]:
+            values = scorer.rows.values(rows)
+            if values is None:
+                return scorer.encoder.encode_rows(decode_rows(rows, body))
+            return scorer.encoder.encode_values(*values, len(rows))
+
+        return self._encode(scorer, encode)
 
     def _encode(self, scorer: Scorer, encode: Callable[[], NDArray[np.int64]]) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""
