@@ -66,9 +66,10 @@ $(PEERS)/%/.installed: benchmarks/peers/%.txt
 peers: $(PEERS)/mlserver/.installed $(PEERS)/bentoml/.installed
 
 # A production-size model: Criteo-shaped 39 fields, NFFM k=16 with one hidden layer, and
-# DeepFM, trained on 200k generated rows (the file is deleted afterwards).
+# DeepFM, trained on 200k generated rows (the file is deleted afterwards). Trained again when
+# the layers or the exporter change, so that the benchmarks run the graph of this checkout.
 PRODUCTION := models/production
-$(PRODUCTION)/nffm/CURRENT: | $(TEST_DEPS)
+$(PRODUCTION)/nffm/CURRENT: training/layers.py training/models.py training/export.py | $(TEST_DEPS)
 	mkdir -p data
 	$(VENV)/bin/ctrserve synth --layout criteo --rows 200000 --seed 7 --out data/criteo_200k.tsv
 	$(VENV)/bin/ctrserve train --data data/criteo_200k.tsv --model nffm --embed-dim 16 \

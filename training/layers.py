@@ -114,6 +114,12 @@ class FieldAwareTerms(nn.Module):
     per-field slices. ``split`` keeps the backward to one concatenation: taking the factors
     as ``[:, 0]`` and ``[:, 1]`` cost 3 ms more a step, each slice's backward zero-filling
     the whole block.
+
+    Exported, the same terms are taken a vector at a time instead (:meth:`served`): two
+    ``Gather`` on axis 1 of K-float vectors, where the training form's expanded element
+    index and ``GatherElements`` copy every element on its own. onnxruntime ran the
+    production NFFM (39 fields, k=16) in 6.9 against 8.6 ms a 100-row batch. Training has no
+    use for it: its backward is the slow ``index_select`` one above.
     """
 
     def __init__(self, num_fields: int, embed_dim: int) -> None:
@@ -130,15 +136,27 @@ class FieldAwareTerms(nn.Module):
         elements = torch.cat([left.reshape(-1), right.reshape(-1), weights])
         self.register_buffer("elements", elements, persistent=False)
         self.sizes = [left.numel(), right.numel(), num_fields]
+        # served(): vector ``[i, j]`` of the ``(F*F, K)`` view is ``v_{x_i, f=j}``.
+        self.register_buffer("left_vectors", rows * num_fields + cols, persistent=False)
+        self.register_buffer("right_vectors", cols * num_fields + rows, persistent=False)
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, F, F*K + 1)`` rows -> first-order ``(B,)`` and products ``(B, P, K)``."""
+        if torch.compiler.is_exporting():
+            return self.served(rows)
         flat = rows.reshape(rows.shape[0], -1)
         every = self.elements.expand(flat.shape[0], -1)
         left, right, weights = torch.gather(flat, 1, every).split(self.sizes, dim=1)
         products = (left * right).view(-1, self.num_pairs, self.embed_dim)
         return weights.sum(dim=1) + self.bias, products
+
+    def served(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s terms, as the exported graph takes them (the class docstring)."""
+        vectors = rows[..., :-1].reshape(rows.shape[0], -1, self.embed_dim)
+        left = vectors.index_select(1, self.left_vectors)
+        right = vectors.index_select(1, self.right_vectors)
+        return rows[..., -1].sum(dim=1) + self.bias, left * right
 
 
 class FactorizationMachine(nn.Module):
