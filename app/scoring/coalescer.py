@@ -24,7 +24,7 @@ by side). A cheap call is not worth the thread hop: with every call in a thread 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from app.scoring.scorer import Scorer
 
 RunBatch = Callable[[Scorer, NDArray[np.int64]], NDArray[np.float32]]
+RunBatchInThread = Callable[[Scorer, NDArray[np.int64]], Awaitable[NDArray[np.float32]]]
 LONE_SKIP = 16
 
 
@@ -48,6 +49,7 @@ class MissCoalescer:
     Args:
         run: scores a ``(N, F)`` block with a scorer (raises ``ScoringError``); every
             waiting request gets that error when the call fails.
+        run_in_thread: the same, in the thread pool.
         max_rows: rows in one call at most (``CTR_COALESCE_MAX_ROWS``).
         max_seconds: and, on the event loop, no more than the scorer scores in this long
             (``CTR_COALESCE_MAX_MS``).
@@ -56,11 +58,17 @@ class MissCoalescer:
     """
 
     def __init__(
-        self, run: RunBatch, max_rows: int, max_seconds: float, thread_seconds: float
+        self,
+        run: RunBatch,
+        run_in_thread: RunBatchInThread,
+        max_rows: int,
+        max_seconds: float,
+        thread_seconds: float,
     ) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self._run = run
+        self._run_in_thread = run_in_thread
         self.max_rows = max_rows
         self.max_seconds = max_seconds
         self.thread_seconds = thread_seconds
@@ -113,7 +121,7 @@ class MissCoalescer:
         block = np.concatenate(rows)
         if self._threaded(batch.scorer):
             self._in_thread += 1
-            call = asyncio.get_running_loop().run_in_executor(None, self._run, batch.scorer, block)
+            call = asyncio.ensure_future(self._run_in_thread(batch.scorer, block))
             call.add_done_callback(lambda done: self._returned(done, waiting))
             return
         try:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -118,7 +119,9 @@ class PredictionService:
         self.single_gate = CacheGate(CACHE_MIN_SHARE, SINGLE_WEIGHT, SINGLE_PROBE_EVERY)
         self.batch_gate = CacheGate(CACHE_MIN_SHARE, BATCH_WEIGHT, BATCH_PROBE_EVERY)
         self.coalescer = (
-            MissCoalescer(self._run, coalesce_max_rows, coalesce_max_s, coalesce_thread_s)
+            MissCoalescer(
+                self._run, self._run_in_thread, coalesce_max_rows, coalesce_max_s, coalesce_thread_s
+            )
             if coalesce_max_rows > 0
             else None
         )
@@ -278,7 +281,7 @@ class PredictionService:
         cache_s += lookup_s
         misses, todo = _misses(lookup, indices)
         if len(misses) > scorer.rows_within(self.inline_max_s):
-            lookup.scores[misses] = await asyncio.to_thread(self._run, scorer, todo)
+            lookup.scores[misses] = await self._run_in_thread(scorer, todo)
         elif len(misses):
             lookup.scores[misses] = self._run(scorer, todo)
         return self._settle(lookup, cache_s)
@@ -365,17 +368,40 @@ class PredictionService:
         return Scored(lookup.scores, lookup.hits.tolist(), lookup.version)
 
     def _run(self, scorer: Scorer, indices: NDArray[np.int64]) -> NDArray[np.float32]:
-        """One onnxruntime call (timed: with coalescing, one observation per call)."""
-        started = time.perf_counter()
+        """One onnxruntime call on this thread, counted (with coalescing, one observation
+        per call)."""
+        with self._counting_failures():
+            scores, seconds = timed_score(scorer, indices)
+        self._count_call(len(indices), seconds)
+        return scores
+
+    async def _run_in_thread(
+        self, scorer: Scorer, indices: NDArray[np.int64]
+    ) -> NDArray[np.float32]:
+        """One onnxruntime call in the thread pool, counted back on the event loop.
+
+        The pool thread touches nothing shared: while it held the metrics' lock to count
+        its call, the event loop, forced to hand it the GIL, could find the lock taken and
+        wait for both. 100-row batches of the default model: 1,245 against 1,144 req/s with
+        the counting moved out of the thread (wrk, 16 connections, three 5 s rounds).
+        """
+        with self._counting_failures():
+            scores, seconds = await asyncio.to_thread(timed_score, scorer, indices)
+        self._count_call(len(indices), seconds)
+        return scores
+
+    @contextmanager
+    def _counting_failures(self) -> Iterator[None]:
         try:
-            fresh = scorer.score_indices(indices)
+            yield
         except ScoringError:
             self.metrics.scoring_errors.inc()
             raise
+
+    def _count_call(self, rows: int, seconds: float) -> None:
         tally = self.metrics.tally
-        tally.stage(_ORT, time.perf_counter() - started)
-        tally.scored(len(indices))
-        return fresh
+        tally.stage(_ORT, seconds)
+        tally.scored(rows)
 
     def explain(self, features: Mapping[str, object]) -> Explanation:
         """Each field's effect = score - score with that field set to its field average.
@@ -465,6 +491,14 @@ class PredictionService:
     def _refused(self, exc: SpecError) -> None:
         self.metrics.reloads.labels(outcome="failed").inc()
         logger.error("model load refused, still serving %s: %s", self.registry.current.version, exc)
+
+
+def timed_score(scorer: Scorer, indices: NDArray[np.int64]) -> tuple[NDArray[np.float32], float]:
+    """The scores of encoded rows and the seconds onnxruntime took (raises ``ScoringError``).
+    Touches no state of the service's, so a pool thread may run it."""
+    started = time.perf_counter()
+    scores = scorer.score_indices(indices)
+    return scores, time.perf_counter() - started
 
 
 def _misses(

@@ -89,6 +89,14 @@ def test_off_scores_each_row_alone(repository: Path) -> None:
     assert _onnxruntime_calls(service) == (5, 5)
 
 
+def _score(scorer: Scorer, rows: np.ndarray) -> np.ndarray:
+    return scorer.score_indices(rows)
+
+
+async def _score_in_thread(scorer: Scorer, rows: np.ndarray) -> np.ndarray:
+    return await asyncio.to_thread(scorer.score_indices, rows)
+
+
 def test_a_failed_call_reaches_every_waiting_request(repository: Path) -> None:
     scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
     scorer.warm((1, 8))  # times a row, which decides where a call runs
@@ -96,7 +104,7 @@ def test_a_failed_call_reaches_every_waiting_request(repository: Path) -> None:
     bad = np.full_like(good, 10**9)  # an index past every table: onnxruntime refuses it
     for thread_seconds in (1.0, 0.0):  # on the event loop, then in the thread pool
         coalescer = MissCoalescer(
-            lambda s, rows: s.score_indices(rows), 64, 0.002, thread_seconds=thread_seconds
+            _score, _score_in_thread, 64, 0.002, thread_seconds=thread_seconds
         )
 
         async def score_both(coalescer: MissCoalescer = coalescer) -> list[object]:
@@ -122,7 +130,13 @@ def test_a_costly_call_runs_in_a_thread_while_the_next_misses_gather(repository:
             assert release.wait(5)  # the first call holds its thread until told
         return s.score_indices(rows)
 
-    coalescer = MissCoalescer(run, max_rows=64, max_seconds=0.002, thread_seconds=0.0)
+    coalescer = MissCoalescer(
+        run,
+        lambda s, rows: asyncio.to_thread(run, s, rows),
+        max_rows=64,
+        max_seconds=0.002,
+        thread_seconds=0.0,
+    )
     rows = [np.full((1, len(scorer.encoder.names)), i, dtype=np.int64) for i in range(6)]
 
     async def scenario() -> list[float]:
@@ -165,4 +179,4 @@ def test_a_cancelled_request_leaves_the_others_their_scores(repository: Path) ->
 
 def test_bad_max_rows() -> None:
     with pytest.raises(ValueError, match="max_rows"):
-        MissCoalescer(lambda s, rows: rows, max_rows=0, max_seconds=0.002, thread_seconds=0.0)
+        MissCoalescer(_score, _score_in_thread, max_rows=0, max_seconds=0.002, thread_seconds=0.0)
