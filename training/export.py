@@ -34,7 +34,7 @@ from app.scoring.manifest import (
 )
 from app.scoring.repository import ModelRepository, resolve_model_dir
 from training.data import Task
-from training.layers import fill_unseen_rows
+from training.layers import fill_unseen_rows, serving_tables
 from training.models import ModelConfig, build_model
 
 logger = logging.getLogger(__name__)
@@ -82,17 +82,18 @@ def to_onnx(model: nn.Module, task: Task, num_fields: int, path: Path) -> None:
         # The exporter's own internals emit deprecation noise we cannot act on.
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        program = torch.onnx.export(
-            head,
-            (example,),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
-            opset_version=OPSET,
-            dynamo=True,
-            verbose=False,
-            report=False,
-        )
+        with serving_tables(model):
+            program = torch.onnx.export(
+                head,
+                (example,),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=OPSET,
+                dynamo=True,
+                verbose=False,
+                report=False,
+            )
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     program.save(str(path))

@@ -152,8 +152,7 @@ class DeepFFM(nn.Module):
         """``(B, F)`` int64 -> ``(B,)``."""
         rows = self.field_aware(indices)
         linear, products = self.terms(rows)
-        vectors = self.field_aware.vectors(rows)
-        return linear + products.sum(dim=(1, 2)) + self.mlp(vectors.flatten(1))
+        return linear + products.sum(dim=(1, 2)) + self.mlp(rows.vectors.flatten(1))
 
 
 class NFFM(nn.Module):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 
 from app.features.errors import SpecError  # noqa: E402
 from app.features.spec import NUM_RESERVED, UNSEEN_INDEX  # noqa: E402
@@ -60,6 +60,22 @@ def test_onnxruntime_matches_torch_on_10k_rows(prepared, tmp_path: Path, name: s
         expected = torch.sigmoid(model(torch.from_numpy(rows))).numpy()
     actual = Scorer.load(resolve_model_dir(tmp_path / name)).score_indices(rows)
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ffm", "deepffm", "nffm"])
+def test_a_field_aware_table_is_exported_as_vectors_and_weights(
+    prepared, tmp_path: Path, name: str
+) -> None:
+    model = _model(name, prepared.spec.field_dims)
+    config = DEFAULTS[name].model_copy(update={"embed_dim": 4, "mlp_dims": (8,)})
+    write_artifact(model, prepared.spec, config, "binary", tmp_path / name, {}, {})
+    graph = onnx.load(str(resolve_model_dir(tmp_path / name) / "model.onnx")).graph
+    shapes = {tuple(initializer.dims) for initializer in graph.initializer}
+    rows, width = model.field_aware.embedding.weight.shape
+    assert (rows, width - 1) in shapes  # the vectors
+    assert (rows, 1) in shapes  # the first-order weights
+    assert (rows, width) not in shapes  # and not the trained one
+    assert model.field_aware.served is None  # the trained model is left as it was
 
 
 def _hand_filled(model: torch.nn.Module, field_dims: tuple[int, ...]) -> torch.nn.Module:

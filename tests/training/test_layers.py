@@ -71,7 +71,8 @@ def test_field_aware_rows_hold_vectors_then_weight() -> None:
     assert table.shape == (sum(FIELD_DIMS), len(FIELD_DIMS) * 3 + 1)
     assert torch.count_nonzero(table[:, -1]) == 0  # first-order weights start at zero
     rows = embedding(torch.zeros(2, 4, dtype=torch.int64))
-    torch.testing.assert_close(embedding.vectors(rows)[:, 1, 2], table[5, 6:9].expand(2, 3))
+    torch.testing.assert_close(rows.vectors[:, 1, 6:9], table[5, 6:9].expand(2, 3))
+    torch.testing.assert_close(rows.weights[:, 1], table[5, -1].expand(2))
 
 
 def test_offsets_keep_fields_apart() -> None:
@@ -85,7 +86,11 @@ def test_offsets_keep_fields_apart() -> None:
 def test_embedding_shapes() -> None:
     indices = torch.zeros(2, 4, dtype=torch.int64)
     assert FeaturesEmbedding(FIELD_DIMS, 8)(indices).shape == (2, 4, 8)
-    assert FieldAwareEmbedding(FIELD_DIMS, 8)(indices).shape == (2, 4, 4 * 8 + 1)
+    rows = FieldAwareEmbedding(FIELD_DIMS, 8)(indices)
+    assert rows.vectors.shape == (2, 4, 4 * 8)
+    assert rows.weights.shape == (2, 4)
+    assert rows.table_rows is not None
+    assert rows.table_rows.shape == (2, 4, 4 * 8 + 1)
 
 
 @pytest.mark.parametrize(("dropout", "batch_norm"), [(0.0, False), (0.5, True)])
