@@ -23,6 +23,7 @@ from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer
 from app.scoring.service import PredictionService
+from app.scoring.threads import ScoringThreads, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         repository = ModelRepository(settings.model_dir, settings.model_name)
         registry = ModelRegistry(repository, load, settings.model_version)
+        threads = ScoringThreads(settings.scoring_threads or usable_cpus())
         service = PredictionService(
             registry,
             ScoreCache(settings.cache_maxsize, settings.cache_ttl_s),
             ResponseCache(settings.response_cache_max_bytes, settings.cache_ttl_s),
             metrics,
+            threads,
             settings.coalesce_max_rows,
             settings.inline_max_rows,
             settings.inline_max_ms / 1000,
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             poller.stop()
+            threads.close()
             service.flush_metrics()
             mark_worker_gone()
 

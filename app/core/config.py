@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         "text; 0 disables",
     )
     ort_intra_op_threads: int = Field(default=1, ge=1, description="onnxruntime threads per call")
+    scoring_threads: int = Field(
+        default=0,
+        ge=0,
+        description="threads that run onnxruntime calls off the event loop "
+        "(app/scoring/threads.py); 0 = one per CPU this process may use",
+    )
     max_batch_size: int = Field(default=10_000, ge=1, description="rows per /predict request")
     inline_max_rows: int = Field(
         default=256,
@@ -70,7 +76,7 @@ class Settings(BaseSettings):
         default=0.2,
         gt=0,
         description="a batch's cache misses are scored on the event loop when the model "
-        "scores them in this many milliseconds (timed at load), else in the thread pool, "
+        "scores them in this many milliseconds (timed at load), else in a scoring thread, "
         "where two calls use two cores",
     )
     coalesce_max_rows: int = Field(
@@ -95,7 +101,7 @@ class Settings(BaseSettings):
         default=0.05,
         ge=0,
         description="a model whose row costs more than this many milliseconds (timed at "
-        "load) has its coalesced calls run in the thread pool, one at a time (the misses "
+        "load) has its coalesced calls run in a scoring thread, one at a time (the misses "
         "that arrive meanwhile gather into the next call)",
     )
     max_body_bytes: int = Field(

@@ -9,16 +9,17 @@ waits at most for the requests already started, and a batch that reaches ``max_r
 scored at once. A service without concurrent misses does not wait at all: after a batch of
 one row, the next ``LONE_SKIP`` misses are scored directly (the extra turn and future cost
 ~15 µs, 5% of a toy model's miss), and batching is tried again after them; so is a costly
-model's while no call of it is in the thread pool (a thread hop cost the NFFM a third of
+model's while no call of it is in a scoring thread (a thread hop cost the NFFM a third of
 its req/s at one connection).
 
 A model whose row costs more than ``thread_seconds`` (timed when it loads) has its calls run
-in the thread pool, where onnxruntime releases the GIL and uses the second core while the
-event loop serves HTTP; one call at a time, and the misses that arrive meanwhile gather into
-the next one. On the 39-field NFFM (~84 µs a row) that served 3,820 distinct single rows a
-second against 3,285 with every call on the loop (wrk, 16 connections, four 5 s rounds side
-by side). A cheap call is not worth the thread hop: with every call in a thread the DeepFM
-(~12 µs a row) lost 9% and the 10-field default model (~3 µs) 19%.
+in a scoring thread (app/scoring/threads.py), where onnxruntime releases the GIL and uses
+the second core while the event loop serves HTTP; one call at a time, and the misses that
+arrive meanwhile gather into the next one. On the 39-field NFFM (~84 µs a row) that served
+3,820 distinct single rows a second against 3,285 with every call on the loop (wrk, 16
+connections, four 5 s rounds side by side). A cheap call is not worth the thread hop: with
+every call in a thread the DeepFM (~12 µs a row) lost 9% and the 10-field default model
+(~3 µs) 19%.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ class MissCoalescer:
     Args:
         run: scores a ``(N, F)`` block with a scorer (raises ``ScoringError``); every
             waiting request gets that error when the call fails.
-        run_in_thread: the same, in the thread pool.
+        run_in_thread: the same, in a scoring thread.
         max_rows: rows in one call at most (``CTR_COALESCE_MAX_ROWS``).
         max_seconds: and, on the event loop, no more than the scorer scores in this long
             (``CTR_COALESCE_MAX_MS``).
         thread_seconds: the calls of a scorer whose row costs more than this run in the
-            thread pool (``CTR_COALESCE_THREAD_MS``).
+            scoring threads (``CTR_COALESCE_THREAD_MS``).
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class MissCoalescer:
         self.thread_seconds = thread_seconds
         self._open: _Batch | None = None
         self._direct = 0  # misses to score directly before batching is tried again
-        self._in_thread = 0  # calls running in the thread pool
+        self._in_thread = 0  # calls running in a scoring thread
 
     async def score(self, scorer: Scorer, row: NDArray[np.int64]) -> float:
         """The score of one encoded row ``(1, F)``, from a call shared with its neighbours."""

@@ -18,12 +18,18 @@ from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer, ScoringError
 from app.scoring.service import PredictionService, Scored
+from app.scoring.threads import ScoringThreads
 
 
 def _service(repository: Path, max_rows: int) -> PredictionService:
     registry = ModelRegistry(ModelRepository(repository), Scorer.load)
     return PredictionService(
-        registry, ScoreCache(1000, 60), ResponseCache(1 << 20, 60), ServiceMetrics(), max_rows
+        registry,
+        ScoreCache(1000, 60),
+        ResponseCache(1 << 20, 60),
+        ServiceMetrics(),
+        ScoringThreads(1),
+        max_rows,
     )
 
 

@@ -11,6 +11,7 @@ from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer
 from app.scoring.service import PredictionService
+from app.scoring.threads import ScoringThreads
 from support.faults import second_version
 
 BODY = b'{"features": {"c0": "c0_3", "n1": 0.5}}'
@@ -77,6 +78,7 @@ def _service(repository: Path, clock: FakeClock, ttl_s: float) -> PredictionServ
         ScoreCache(1000, ttl_s, timer=clock),
         ResponseCache(1 << 20, ttl_s, timer=clock),
         ServiceMetrics(),
+        ScoringThreads(1),
     )
 
 
