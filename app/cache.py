@@ -93,14 +93,23 @@ class Doorkeeper:
         mixed = indices.astype(np.uint64) @ self._weights  # wraps mod 2**64 on purpose
         return (mixed * np.uint64(0x9E3779B97F4A7C15)) >> self._shift
 
-    def seen(self, indices: NDArray[np.int64]) -> NDArray[np.bool_]:
-        """Whether each row was marked in this generation or the last; marks them all."""
+    def seen(self, indices: NDArray[np.int64], stands_for: int = 1) -> NDArray[np.bool_]:
+        """Whether each row was marked in this generation or the last; marks them all.
+
+        ``stands_for``: how many requests' rows these are a sample of. A probe of the cache
+        gate (app/scoring/gate.py) stands for ``probe_every`` batches, and its rows count as
+        many marks, so that a generation spans as much traffic with the gate closed as with
+        it open. Counted once per batch, a row came back as "seen" ``probe_every`` times
+        further back: 100-row batches replayed in a cycle of 40,000 rows, probed one in 8,
+        were looked up and stored at 72 rows a probe (evicted before their next turn by a
+        2,000-entry cache), and the cache-on service served 0.92x the cache-disabled one.
+        """
         slots = self._row_hash(indices)
         cells = (slots >> np.uint64(3)).astype(np.intp)
         bits = np.left_shift(np.uint8(1), (slots & np.uint64(7)).astype(np.uint8))
         seen: NDArray[np.bool_] = ((self._current[cells] | self._previous[cells]) & bits) != 0
         np.bitwise_or.at(self._current, cells, bits)  # .at: two rows may share a cell
-        self._marked += len(slots)
+        self._marked += len(slots) * stands_for
         if self._marked > self._capacity:
             self._previous, self._current = self._current, self._previous
             self._current[:] = 0
@@ -187,8 +196,9 @@ class ScoreCache:
         whole_rows = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
         return cast("list[bytes]", whole_rows.tolist())  # a void item's tolist() is bytes
 
-    def lookup(self, version: str, indices: NDArray[np.int64]) -> Lookup:
-        """The cached score of each row of ``indices`` (NaN where it has to be scored)."""
+    def lookup(self, version: str, indices: NDArray[np.int64], stands_for: int = 1) -> Lookup:
+        """The cached score of each row of ``indices`` (NaN where it has to be scored).
+        ``stands_for``: the requests a probe stands for (:meth:`Doorkeeper.seen`)."""
         nothing = Lookup.missed(len(indices), version)
         hits, scores = nothing.hits, nothing.scores
         if len(indices) == 1:
@@ -204,7 +214,7 @@ class ScoreCache:
             if version != self._version:
                 return nothing
             self._mark_singles()
-            looked_up = np.flatnonzero(self._doorkeeper.seen(indices))
+            looked_up = np.flatnonzero(self._doorkeeper.seen(indices, stands_for))
             keys = self.keys(indices[looked_up])
             now = self._timer()
             found = []

@@ -48,6 +48,12 @@ class CacheGate:
         self._passed = 0
         return True
 
+    @property
+    def stands_for(self) -> int:
+        """How many requests one that asks stands for: ``probe_every`` while only probes
+        ask, else 1."""
+        return 1 if self.share >= self.min_share else self.probe_every
+
     def note(self, hits: int, rows: int) -> None:
         """Fold the hits of a request that asked the caches into the share."""
         if rows:

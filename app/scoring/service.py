@@ -345,11 +345,12 @@ class PredictionService:
         self, scorer: Scorer, indices: NDArray[np.int64], asks: bool = True
     ) -> tuple[Lookup, float]:
         """The cache's answer for ``indices`` (every row a miss unless ``asks``) and the
-        seconds it took."""
+        seconds it took. While the batch gate lets only probes ask, a batch's rows stand for
+        the batches it passed by (``CacheGate.stands_for``) in the doorkeeper's count."""
         if not asks:
             return Lookup.missed(len(indices), scorer.version), 0.0
         started = time.perf_counter()
-        lookup = self.cache.lookup(scorer.version, indices)
+        lookup = self.cache.lookup(scorer.version, indices, self.batch_gate.stands_for)
         return lookup, time.perf_counter() - started
 
     def _score(self, scorer: Scorer, indices: NDArray[np.int64], asks: bool = True) -> Scored:

@@ -134,6 +134,19 @@ def test_doorkeeper_remembers_one_generation_back() -> None:
     assert not doorkeeper.seen(old).any()  # aged out
 
 
+def test_a_probe_counts_for_the_batches_it_stands_for() -> None:
+    # The cache gate's probe stands for 8 batches: its rows age out as if the 7 batches it
+    # passed by had been marked too, so a row back after that much traffic is a first sight.
+    probed, plain = Doorkeeper(capacity=100), Doorkeeper(capacity=100)
+    old, others = _rows(*range(10)), [_rows(*range(i, i + 10)) for i in range(500, 600, 10)]
+    for doorkeeper, stands_for in ((probed, 8), (plain, 1)):
+        doorkeeper.seen(old, stands_for)
+        for rows in others[:3]:  # 30 rows: 240 marks when they stand for 8 batches each
+            doorkeeper.seen(rows, stands_for)
+    assert not probed.seen(old).any()  # two generations on: forgotten
+    assert plain.seen(old).all()  # 40 marks: still this generation
+
+
 def test_doorkeeper_rarely_takes_a_new_row_for_a_seen_one() -> None:
     """A false positive costs a one-off row a cache lookup and a store: at a full
     generation and a half of distinct rows, few new rows may pass as seen."""
