@@ -82,9 +82,7 @@ class FieldAwareEmbedding(nn.Module):
 
     def __init__(self, field_dims: Sequence[int], embed_dim: int) -> None:
         super().__init__()
-        self.num_fields = len(field_dims)
-        self.embed_dim = embed_dim
-        width = field_aware_width(self.num_fields, embed_dim)
+        width = field_aware_width(len(field_dims), embed_dim)
         self.embedding = nn.Embedding(sum(field_dims), width, sparse=True)
         nn.init.normal_(self.embedding.weight, std=0.01)
         with torch.no_grad():

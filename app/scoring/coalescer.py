@@ -105,8 +105,8 @@ class MissCoalescer:
         return min(self.max_rows, scorer.rows_within(self.max_seconds))
 
     def _flush(self, batch: _Batch) -> None:
-        """The turn after a batch opened: score it, unless a call is still in the thread
-        pool; then it goes on gathering and is scored when that call returns."""
+        """The turn after a batch opened: score it, unless a call is still in a scoring
+        thread; then it goes on gathering and is scored when that call returns."""
         if not (self._in_thread and batch is self._open):
             self._start(batch)
 
