@@ -6,20 +6,31 @@ event loop gives the batching for free: requests that arrive together are starte
 same turn of the loop, so a miss that opens a batch schedules its scoring for the next turn
 (``call_soon``) and every miss of that turn joins it. There is no timer: a busy service
 waits at most for the requests already started, and a batch that reaches ``max_rows`` is
-scored at once. A service without concurrent misses does not wait at all: after a batch of
-one row, the next ``LONE_SKIP`` misses are scored directly (the extra turn and future cost
-~15 µs, 5% of a toy model's miss), and batching is tried again after them; so is a costly
-model's while no call of it is in a scoring thread (a thread hop cost the NFFM a third of
-its req/s at one connection).
+scored at once.
 
-A model whose row costs more than ``thread_seconds`` (timed when it loads) has its calls run
-in a scoring thread (app/scoring/threads.py), where onnxruntime releases the GIL and uses
-the second core while the event loop serves HTTP; one call at a time, and the misses that
-arrive meanwhile gather into the next one. On the 39-field NFFM (~84 µs a row) that served
-3,820 distinct single rows a second against 3,285 with every call on the loop (wrk, 16
-connections, four 5 s rounds side by side). A cheap call is not worth the thread hop: with
-every call in a thread the DeepFM (~12 µs a row) lost 9% and the 10-field default model
-(~3 µs) 19%.
+A service without concurrent misses does not wait at all: while the calls the loop formed
+held fewer than ``DIRECT_BELOW_ROWS`` rows on average (a moving average), misses are scored
+directly (the extra turn and future cost ~15 µs, 5% of a toy model's miss at one
+connection), and one in ``PROBE_EVERY`` still tries batching, so that batching comes back
+as soon as requests overlap again; so is a costly model's while no call of it is in a
+scoring thread (a thread hop cost the NFFM a third of its req/s at one connection). An
+average, not the last call: with cache hits among the requests, a turn often holds a single
+miss, and going direct after every lone batch (the rule before) scored the default model's
+misses 2.25 to a call where 3.9 arrived together; 7,193 req/s against 8,078 at 50% hits
+(wrk, 16 connections). Batches keep the requests of a turn in step, and a turn's responses
+go out together, which costs a request less than answering them one by one.
+
+A model whose row costs more than ``thread_seconds`` (timed when it loads) has its calls of
+two rows or more run in a scoring thread (app/scoring/threads.py), where onnxruntime
+releases the GIL and uses the second core while the event loop serves HTTP; one call at a
+time, and the misses that arrive meanwhile gather into the next one. On the 39-field NFFM
+(~84 µs a row) that served 3,820 distinct single rows a second against 3,285 with every call
+on the loop (wrk, 16 connections, four 5 s rounds side by side). A cheap call is not worth
+the thread hop: with every call in a thread the DeepFM (~12 µs a row) lost 9% and the
+10-field default model (~3 µs) 19%. Nor is a batch of one row, which is scored on the loop
+like a direct miss: at one connection every probe is one, and their thread hops cost the
+NFFM 7% of its req/s (2,365 against 2,511 on the loop and 2,549 with coalescing off; wrk,
+three 5 s rounds side by side).
 """
 
 from __future__ import annotations
@@ -34,7 +45,10 @@ from app.scoring.scorer import Scorer
 
 RunBatch = Callable[[Scorer, NDArray[np.int64]], NDArray[np.float32]]
 RunBatchInThread = Callable[[Scorer, NDArray[np.int64]], Awaitable[NDArray[np.float32]]]
-LONE_SKIP = 16
+# Misses are scored directly while the loop's calls averaged fewer rows than this...
+DIRECT_BELOW_ROWS = 1.5
+ROWS_WEIGHT = 0.125  # ...a call's weight in that average (it follows the last ~8 calls),
+PROBE_EVERY = 16  # and one miss in this many tries batching all the same.
 
 
 class _Batch:
@@ -74,14 +88,16 @@ class MissCoalescer:
         self.max_seconds = max_seconds
         self.thread_seconds = thread_seconds
         self._open: _Batch | None = None
-        self._direct = 0  # misses to score directly before batching is tried again
+        self._rows_per_call = 2.0  # the moving average; batching is tried from the start
+        self._direct = 0  # misses scored directly since batching was last tried
         self._in_thread = 0  # calls running in a scoring thread
 
     async def score(self, scorer: Scorer, row: NDArray[np.int64]) -> float:
         """The score of one encoded row ``(1, F)``, from a call shared with its neighbours."""
-        if self._direct > 0 and self._open is None and not self._in_thread:
-            self._direct -= 1
+        if self._goes_direct():
+            self._direct += 1
             return float(self._run(scorer, row)[0])
+        self._direct = 0
         loop = asyncio.get_running_loop()
         batch = self._open
         if batch is None or batch.scorer is not scorer:
@@ -95,6 +111,16 @@ class MissCoalescer:
         if len(batch.rows) >= self._capacity(scorer):
             self._start(batch)
         return await waiting
+
+    def _goes_direct(self) -> bool:
+        """Whether a miss is scored at once: misses have not been overlapping, no batch is
+        open for it to join, no call is in a scoring thread, and it is not a probe."""
+        return (
+            self._rows_per_call < DIRECT_BELOW_ROWS
+            and self._open is None
+            and not self._in_thread
+            and self._direct < PROBE_EVERY - 1
+        )
 
     def _threaded(self, scorer: Scorer) -> bool:
         return scorer.row_seconds > self.thread_seconds
@@ -117,10 +143,9 @@ class MissCoalescer:
             return  # already scored when it filled up
         rows, waiting = batch.rows, batch.waiting
         batch.rows, batch.waiting = [], []
-        if len(rows) == 1:
-            self._direct = LONE_SKIP
+        self._rows_per_call += ROWS_WEIGHT * (len(rows) - self._rows_per_call)
         block = np.concatenate(rows)
-        if self._threaded(batch.scorer):
+        if self._threaded(batch.scorer) and len(rows) > 1:
             self._in_thread += 1
             call = asyncio.ensure_future(self._run_in_thread(batch.scorer, block))
             call.add_done_callback(lambda done: self._returned(done, waiting))
@@ -136,8 +161,10 @@ class MissCoalescer:
         self, done: asyncio.Future[NDArray[np.float32]], waiting: list[asyncio.Future[float]]
     ) -> None:
         self._in_thread -= 1
-        error = done.exception()
-        if error is not None:
+        if done.cancelled():  # the loop is closing: so are the requests that wait for it
+            for future in waiting:
+                future.cancel()
+        elif (error := done.exception()) is not None:
             _fail(waiting, error)
         else:
             _deliver(waiting, done.result())

@@ -13,7 +13,7 @@ import pytest
 
 from app.cache import ResponseCache, ScoreCache
 from app.metrics import ServiceMetrics
-from app.scoring.coalescer import LONE_SKIP, MissCoalescer
+from app.scoring.coalescer import PROBE_EVERY, MissCoalescer
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer, ScoringError
@@ -70,17 +70,64 @@ def test_concurrent_misses_share_one_call(repository: Path) -> None:
     assert _onnxruntime_calls(service) == (1, 20)
 
 
+def _recording(scorer: Scorer) -> tuple[MissCoalescer, list[tuple[bool, int]]]:
+    """A coalescer on the event loop whose calls say whether they ran inside a request's
+    own task (scored directly) or in a later turn of the loop (a batch), and their rows."""
+    calls: list[tuple[bool, int]] = []
+
+    def run(s: Scorer, rows: np.ndarray) -> np.ndarray:
+        calls.append((asyncio.current_task() is not None, len(rows)))
+        return s.score_indices(rows)
+
+    return MissCoalescer(run, _score_in_thread, 64, 1.0, thread_seconds=1.0), calls
+
+
+def _encoded(scorer: Scorer, count: int) -> list[np.ndarray]:
+    width = len(scorer.encoder.names)
+    return [np.full((1, width), i % 7, dtype=np.int64) for i in range(count)]
+
+
 def test_misses_one_at_a_time_are_scored_directly_and_batching_comes_back(
     repository: Path,
 ) -> None:
-    service = _service(repository, max_rows=64)
-    alone = 1 + LONE_SKIP  # a lone batch, then LONE_SKIP direct calls
-    rows = _rows(alone + 20)
-    for row in rows[:alone]:  # one request at a time
-        asyncio.run(_concurrently(service, [row]))
-    assert _onnxruntime_calls(service) == (alone, alone)
-    asyncio.run(_concurrently(service, rows[alone:]))
-    assert _onnxruntime_calls(service) == (alone + 1, alone + 20)
+    scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
+    coalescer, calls = _recording(scorer)
+    rows = _encoded(scorer, 100)
+
+    async def one_at_a_time() -> None:
+        for row in rows[:60]:
+            await coalescer.score(scorer, row)
+
+    asyncio.run(one_at_a_time())
+    assert all(size == 1 for _, size in calls)
+    direct = [in_task for in_task, _ in calls[20:]]
+    assert sum(direct) >= len(direct) * (PROBE_EVERY - 1) // PROBE_EVERY  # all but probes
+    calls.clear()
+
+    async def together() -> list[float]:
+        return await asyncio.gather(*(coalescer.score(scorer, row) for row in rows[60:]))
+
+    scores = asyncio.run(together())
+    assert len(calls) <= PROBE_EVERY  # a few direct ones at most, then one batch
+    assert calls[-1] == (False, 40 - (len(calls) - 1))
+    np.testing.assert_allclose(scores, scorer.score_indices(np.concatenate(rows[60:])), atol=1e-6)
+
+
+def test_misses_spread_thin_among_other_requests_still_share_calls(repository: Path) -> None:
+    """A turn with a single miss (the others were cache hits) does not stop the next turns'
+    misses from sharing a call."""
+    scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
+    coalescer, calls = _recording(scorer)
+    rows = iter(_encoded(scorer, 200))
+    turns = [1, 4, 4, 4, 4] * 4
+
+    async def scenario() -> None:
+        for misses in turns:
+            await asyncio.gather(*(coalescer.score(scorer, next(rows)) for _ in range(misses)))
+
+    asyncio.run(scenario())
+    assert [size for _, size in calls] == turns
+    assert not any(in_task for in_task, _ in calls)
 
 
 def test_a_full_batch_is_scored_at_once(repository: Path) -> None:
@@ -126,6 +173,7 @@ def test_a_failed_call_reaches_every_waiting_request(repository: Path) -> None:
 
 
 def test_a_costly_call_runs_in_a_thread_while_the_next_misses_gather(repository: Path) -> None:
+    """Two rows or more of a costly model: one row alone is scored on the loop."""
     scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
     scorer.warm((1, 8))
     release, calls = threading.Event(), []
@@ -143,23 +191,41 @@ def test_a_costly_call_runs_in_a_thread_while_the_next_misses_gather(repository:
         max_seconds=0.002,
         thread_seconds=0.0,
     )
-    rows = [np.full((1, len(scorer.encoder.names)), i, dtype=np.int64) for i in range(6)]
+    rows = [np.full((1, len(scorer.encoder.names)), i, dtype=np.int64) for i in range(7)]
 
     async def scenario() -> list[float]:
-        first = asyncio.ensure_future(coalescer.score(scorer, rows[0]))
+        first = [asyncio.ensure_future(coalescer.score(scorer, row)) for row in rows[:2]]
         while not calls:  # the first call is running in the thread pool
             await asyncio.sleep(0.001)
-        rest = [asyncio.ensure_future(coalescer.score(scorer, row)) for row in rows[1:]]
+        rest = [asyncio.ensure_future(coalescer.score(scorer, row)) for row in rows[2:]]
         for _ in range(5):
             await asyncio.sleep(0)  # turns of the loop pass; the five only gather
         assert len(calls) == 1
         release.set()
-        return await asyncio.gather(first, *rest)
+        return await asyncio.gather(*first, *rest)
 
     scores = asyncio.run(scenario())
-    assert calls == [(False, 1), (False, 5)]  # both in the pool, the five in one call
+    assert calls == [(False, 2), (False, 5)]  # both in the pool, the five in one call
     expected = scorer.score_indices(np.concatenate(rows))
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+
+
+def test_a_costly_models_lone_row_is_scored_on_the_loop(repository: Path) -> None:
+    scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
+    scorer.warm((1, 8))
+    threads: list[bool] = []
+
+    def run(s: Scorer, rows: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return s.score_indices(rows)
+
+    coalescer = MissCoalescer(
+        run, lambda s, rows: asyncio.to_thread(run, s, rows), 64, 0.002, thread_seconds=0.0
+    )
+    row = np.zeros((1, len(scorer.encoder.names)), dtype=np.int64)
+    for _ in range(20):  # batches of one (the first ones, then the probes) and direct calls
+        asyncio.run(_alone(coalescer, scorer, row))
+    assert threads == [True] * 20
 
 
 async def _alone(coalescer: MissCoalescer, scorer: Scorer, row: np.ndarray) -> float:
@@ -181,6 +247,36 @@ def test_a_cancelled_request_leaves_the_others_their_scores(repository: Path) ->
     results = asyncio.run(cancel_one())
     assert isinstance(results[1], asyncio.CancelledError)
     assert all(isinstance(results[i], Scored) for i in (0, 2))
+
+
+def test_a_call_cancelled_at_shutdown_cancels_its_requests(repository: Path) -> None:
+    scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
+    scorer.warm((1, 8))
+
+    async def never(s: Scorer, rows: np.ndarray) -> np.ndarray:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    coalescer = MissCoalescer(_score, never, 64, 0.002, thread_seconds=0.0)
+    problems: list[dict[str, object]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: problems.append(context))
+        row = np.zeros((1, len(scorer.encoder.names)), dtype=np.int64)
+        requests = {asyncio.ensure_future(coalescer.score(scorer, row)) for _ in range(2)}
+        for _ in range(3):
+            await asyncio.sleep(0)  # the batch is scored: its call is waiting in "never"
+        others = asyncio.all_tasks() - requests - {asyncio.current_task()}
+        assert len(others) == 1
+        others.pop().cancel()
+        for request in requests:
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(request, 5)
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert problems == []
 
 
 def test_bad_max_rows() -> None:
