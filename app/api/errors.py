@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 def _encode_error(exc: Exception) -> JSONResponse:
     assert isinstance(exc, EncodeError)
-    detail = [{"loc": ["body", "features", exc.field], "msg": exc.detail, "type": "encode_error"}]
+    place: list[str | int] = ["features"] if exc.row is None else ["instances", exc.row]
+    detail = [{"loc": ["body", *place, exc.field], "msg": exc.detail, "type": "encode_error"}]
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.cache import Lookup, ResponseCache, ScoreCache, row_text_key
-from app.features.errors import SpecError
+from app.features.errors import EncodeError, SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
 from app.schemas import PredictRequest, decode_rows, parse_predict
@@ -222,7 +222,7 @@ class PredictionService:
         else:
             rest = np.flatnonzero(~hits)
             todo = [rows[i] for i in rest.tolist()]
-            indices = self._encode_text(scorer, todo, body)
+            indices = self._encode_text(scorer, todo, body, rest.tolist())
             part = await self._score_encoded(scorer, indices, cache_s)
             scores[rest], hits[rest] = part.scores, part.cached
             self.responses.offer_rows(
@@ -264,7 +264,9 @@ class PredictionService:
         hop. Handing the whole batch to a thread instead made its Python work (encode,
         lookup) contend for the GIL with the event loop's: on 90%-hit batches of the
         39-field NFFM, 208 req/s against 295 with only the misses sent (16 connections,
-        one run each). A larger batch goes to a thread whole.
+        one run each). A larger batch goes to a thread whole: one of asyncio's default
+        pool, not a scoring thread, so that a long batch (10,000 rows: ~70 ms) holds up no
+        other request's misses queued for the scoring threads.
         """
         if rows > self.inline_max_rows:
             return await asyncio.to_thread(lambda: self._score(scorer, encode(), asks))
@@ -315,13 +317,22 @@ class PredictionService:
             tally.lookups(answered, 0)
         return texts, scores, hits, time.perf_counter() - started
 
-    def _encode_text(self, scorer: Scorer, rows: Sequence[bytes], body: bytes) -> NDArray[np.int64]:
+    def _encode_text(
+        self,
+        scorer: Scorer,
+        rows: Sequence[bytes],
+        body: bytes,
+        places: Sequence[int] | None = None,
+    ) -> NDArray[np.int64]:
         """Decode rows' JSON text and encode them, timed as encoding: the body around them
         was parsed already, and they are decoded only now because a known row never is.
 
         Rows are decoded straight into the model's fields (app/scoring/rows.py); a batch
         that is not the model's row shape is decoded generically, so that the encoder or
-        the decoder names what is wrong and where.
+        the decoder names what is wrong and where. An ``EncodeError`` names the first bad
+        row by its place in the request (``places``: each row's, when ``rows`` are some of
+        the request's), found again row by row: the batch paths encode values a field or a
+        batch at a time and do not know it.
         """
 
         def encode() -> NDArray[np.int64]:
@@ -330,7 +341,10 @@ class PredictionService:
                 return scorer.encoder.encode_rows(decode_rows(rows, body))
             return scorer.encoder.encode_values(*values, len(rows))
 
-        return self._encode(scorer, encode)
+        try:
+            return self._encode(scorer, encode)
+        except EncodeError as exc:
+            raise _first_bad_row(scorer, rows, body, places, exc) from None
 
     def _encode(self, scorer: Scorer, encode: Callable[[], NDArray[np.int64]]) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""
@@ -513,6 +527,22 @@ def _misses(
     (``indices`` itself, not a copy, when every row missed)."""
     misses = np.flatnonzero(~lookup.hits)
     return misses, indices if len(misses) == len(indices) else indices[misses]
+
+
+def _first_bad_row(
+    scorer: Scorer,
+    rows: Sequence[bytes],
+    body: bytes,
+    places: Sequence[int] | None,
+    error: EncodeError,
+) -> EncodeError:
+    """``error`` placed at the first of ``rows`` that does not encode alone."""
+    for i, row in enumerate(rows):
+        try:
+            scorer.encoder.encode_rows(decode_rows([row], body))
+        except EncodeError as alone:
+            return alone.in_row(i if places is None else places[i])
+    return error
 
 
 def _kind(index: int) -> EncodedAs:

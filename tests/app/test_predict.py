@@ -89,15 +89,18 @@ def test_a_bad_row_among_known_rows_is_named_and_nothing_is_lost(client: TestCli
     rows = [{**ROW, "c1": f"c1_{i}"} for i in range(4)]
     for _ in range(5):
         known = client.post("/predict", json={"instances": rows}).json()
-    for bad, fragment in (
-        (3, "Expected `object`, got `int` - at `$.instances[2]`"),
-        ({"nope": 1}, "unknown field"),
+    for bad, fragment, where in (
+        (3, "Expected `object`, got `int` - at `$.instances[2]`", ["body"]),
+        ({"nope": 1}, "unknown field", ["body", "instances", 2, "nope"]),
+        ({**ROW, "n0": "ten"}, "expected a number", ["body", "instances", 2, "n0"]),
     ):
         for body in ({"instances": [*rows[:2], bad, rows[3]]},
                      {"features": None, "instances": [*rows[:2], bad, rows[3]]}):  # fmt: skip
             response = client.post("/predict", json=body)
             assert response.status_code == 422
-            assert fragment in response.text
+            (problem,) = response.json()["detail"]
+            assert fragment in problem["msg"]
+            assert problem["loc"] == where
     after = client.post("/predict", json={"instances": rows}).json()
     assert after["cached"] == [True] * 4
     assert after["predictions"] == pytest.approx(known["predictions"])
