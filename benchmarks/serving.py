@@ -25,7 +25,7 @@ from app.schemas import decode_rows, parse_predict
 from app.scoring.repository import POINTER_FILE, ModelRepository, resolve_model_dir
 from app.scoring.scorer import Scorer
 from benchmarks.timing import median_seconds
-from benchmarks.workloads import WORKLOADS, measure, servers
+from benchmarks.workloads import ROUNDS, WORKLOADS, measure, servers
 from support.payloads import (
     Row,
     load_spec,
@@ -170,8 +170,9 @@ class Suite:
                     )
             self._table(
                 f"ctrserve vs peers: {label} model ({len(spec.fields)} fields)",
-                f"wrk, 1 thread, 16 connections; a warm-up run, then two rounds of "
-                f"{self.duration_s} s (req/s: their mean; p99: the worse). One process each, "
+                f"wrk, 1 thread, 16 connections; a warm-up run, then {ROUNDS} rounds of "
+                f"{self.duration_s} s, servers taking turns (req/s: their mean; p99: the "
+                "worst). One process each, "
                 "onnxruntime with one thread, the same encoder. Peers: "
                 + "; ".join(f"{s.name}: {s.note}" for s in servers(model_dir, spec) if s.note)
                 + ".",
