@@ -7,6 +7,7 @@ Bad input ends with one ``error: ...`` line on stderr and exit status 2, never a
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import sys
 from collections.abc import Callable
@@ -249,6 +250,9 @@ def _ours_or_warnings(record: logging.LogRecord) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A rank that dies of a signal inside torch's or onnxruntime's C++ leaves torchrun only
+    # "SIGSEGV received by PID ..."; this prints where every thread of it was.
+    faulthandler.enable()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

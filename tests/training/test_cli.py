@@ -2,6 +2,10 @@
 
 import gzip
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +185,24 @@ def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str
     assert result.stderr.startswith("error: ")
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_crash_in_native_code_says_where_the_process_was(tmp_path: Path) -> None:
+    """A rank that dies of a signal (in torch's or onnxruntime's C++) prints its Python
+    stacks, so torchrun's "SIGSEGV received" is not the only trace left."""
+    out = tmp_path / "big.csv"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "training", "synth", "--rows", "20000000", "--out", str(out)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not out.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the file appears once the command is running
+    job.send_signal(signal.SIGSEGV)
+    _, stderr = job.communicate(timeout=60)
+    out.unlink(missing_ok=True)
+    assert job.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in stderr
+    assert "training/synth.py" in stderr

@@ -67,7 +67,8 @@ def test_two_processes_train_the_model_one_process_trains(logs: Path, tmp_path: 
     alone = training_cli(*job, "--out", str(tmp_path / "one"))
     shared = torchrun(*job, "--out", str(tmp_path / "two"))
     assert alone.returncode == 0, alone.stderr[-2000:]
-    assert shared.returncode == 0, shared.stderr[-2000:]
+    # torchrun's own report of a failed rank is ~2,000 characters: keep what the ranks said.
+    assert shared.returncode == 0, shared.stderr[-8000:]
     one, two = json.loads(alone.stdout), json.loads(shared.stdout)  # rank 0 prints alone
     assert (one["processes"], two["processes"]) == (1, 2)
     assert abs(one["test"]["auc"] - two["test"]["auc"]) < 0.005
