@@ -51,6 +51,7 @@ class FastPredictMiddleware:
         scored = service.repeat(use)
         try:
             if scored is not None:
+                await service.in_step()  # answered with the misses of its turn
                 body = single_answer(scored)
             else:
                 body = await answer(service, state.settings.max_batch_size, raw, use)

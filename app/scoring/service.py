@@ -153,6 +153,12 @@ class PredictionService:
         self.single_gate.note(1, 1)
         return self._counted_row(scorer.version, score, True, time.perf_counter() - started)
 
+    async def in_step(self) -> None:
+        """Hold a cache hit until the misses of its turn are scored, so that they are
+        answered together (:meth:`MissCoalescer.in_step`); at once without coalescing."""
+        if self.coalescer is not None:
+            await self.coalescer.in_step(self.registry.current)
+
     def parse(self, body: bytes) -> PredictRequest:
         """Decode and check a /predict body (raises :class:`BodyError`)."""
         started = time.perf_counter()
@@ -162,7 +168,8 @@ class PredictionService:
 
     async def predict_row(self, features: Mapping[str, object], use: CacheUse) -> Scored:
         """One row, cache first when ``use`` asks (:meth:`cache_use`). With coalescing on, a
-        miss is scored in one call with the other misses of this turn of the event loop.
+        miss is scored in one call with the other misses of this turn of the event loop,
+        and a hit is answered with them.
         The body's response-cache key is offered the row's key once it is scored.
 
         A single row's cache work is scalar (a key, a ``get``, a store): it is most of what
@@ -180,6 +187,8 @@ class PredictionService:
                 score = float(self._run(scorer, row)[0])
             else:
                 score = await self.coalescer.score(scorer, row)
+        elif self.coalescer is not None:
+            await self.coalescer.in_step(scorer)
         if key is not None:
             started = time.perf_counter()
             if not cached:

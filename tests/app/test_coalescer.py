@@ -1,11 +1,13 @@
 """Miss coalescing as a caller meets it: concurrent single-row misses share one onnxruntime
-call and each gets its own row's score; a full batch is scored at once; a failed call
-reaches every waiting request; a request cancelled while it waits does not break the rest."""
+call and each gets its own row's score; cache hits are answered with the misses of their
+turn; a full batch is scored at once; a failed call reaches every waiting request; a
+request cancelled while it waits does not break the rest."""
 
 import asyncio
 import json
 import re
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,89 @@ def test_misses_spread_thin_among_other_requests_still_share_calls(repository: P
     assert not any(in_task for in_task, _ in calls)
 
 
+def _sequenced(scorer: Scorer) -> tuple[MissCoalescer, list[str]]:
+    """A coalescer whose onnxruntime calls, and the requests it answers, log themselves in
+    the order they happen."""
+    events: list[str] = []
+
+    def run(s: Scorer, rows: np.ndarray) -> np.ndarray:
+        events.append(f"call of {len(rows)}")
+        return s.score_indices(rows)
+
+    return MissCoalescer(run, _score_in_thread, 64, 1.0, thread_seconds=1.0), events
+
+
+def _requests(
+    coalescer: MissCoalescer, scorer: Scorer, events: list[str]
+) -> tuple[Callable[[np.ndarray], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """A cache miss and a cache hit as the service makes them, each logged when answered."""
+
+    async def miss(row: np.ndarray) -> None:
+        await coalescer.score(scorer, row)
+        events.append("miss")
+
+    async def hit() -> None:
+        await coalescer.in_step(scorer)
+        events.append("hit")
+
+    return miss, hit
+
+
+def test_a_cache_hit_is_answered_with_the_misses_of_its_turn(repository: Path) -> None:
+    """Requests that arrive together are answered together, hits too, so that their
+    connections' next requests arrive together again; a hit first in its turn included."""
+    scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
+    coalescer, events = _sequenced(scorer)
+    miss, hit = _requests(coalescer, scorer, events)
+    rows = _encoded(scorer, 4)
+
+    async def scenario() -> None:
+        await asyncio.gather(hit(), miss(rows[0]), miss(rows[1]), hit())
+        await asyncio.gather(miss(rows[2]), hit(), miss(rows[3]))
+
+    asyncio.run(scenario())
+    turn = ["call of 2", "hit", "miss", "miss"]
+    assert events == [turn[0], "hit", *turn[1:], *turn]
+
+
+def test_turns_of_hits_only_call_nothing_and_soon_stop_waiting(repository: Path) -> None:
+    """A stream of repeats has no misses to keep step with: after a few turns of hits
+    alone, a hit is answered in its own turn again."""
+    scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
+    coalescer, events = _sequenced(scorer)
+    _, hit = _requests(coalescer, scorer, events)
+
+    async def other() -> None:
+        events.append("a request started after the hit")
+
+    async def scenario() -> None:
+        for _ in range(10):
+            await asyncio.gather(hit(), hit())
+        events.clear()
+        await asyncio.gather(hit(), other())
+
+    asyncio.run(scenario())
+    assert events == ["hit", "a request started after the hit"]
+
+
+def test_a_hit_is_answered_at_once_while_misses_come_one_at_a_time(repository: Path) -> None:
+    scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
+    coalescer, events = _sequenced(scorer)
+    miss, hit = _requests(coalescer, scorer, events)
+
+    async def other() -> None:
+        events.append("a request started after the hit")
+
+    async def scenario() -> None:
+        for row in _encoded(scorer, 30):  # the misses are being scored directly
+            await miss(row)
+        events.clear()
+        await asyncio.gather(hit(), other())
+
+    asyncio.run(scenario())
+    assert events == ["hit", "a request started after the hit"]  # it waited for no turn
+
+
 def test_a_full_batch_is_scored_at_once(repository: Path) -> None:
     service = _service(repository, max_rows=8)
     asyncio.run(_concurrently(service, _rows(20)))
@@ -208,6 +293,34 @@ def test_a_costly_call_runs_in_a_thread_while_the_next_misses_gather(repository:
     assert calls == [(False, 2), (False, 5)]  # both in the pool, the five in one call
     expected = scorer.score_indices(np.concatenate(rows))
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+
+
+def test_a_hit_does_not_wait_for_a_call_in_a_scoring_thread(repository: Path) -> None:
+    scorer = Scorer.load(repository / (repository / "CURRENT").read_text().strip())
+    scorer.warm((1, 8))  # timed: a costly model by thread_seconds=0
+    release, calls = threading.Event(), []
+
+    def run(s: Scorer, rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows))
+        assert release.wait(5)
+        return s.score_indices(rows)
+
+    coalescer = MissCoalescer(
+        run, lambda s, rows: asyncio.to_thread(run, s, rows), 64, 0.002, thread_seconds=0.0
+    )
+    rows = _encoded(scorer, 2)
+
+    async def scenario() -> None:
+        misses = [asyncio.ensure_future(coalescer.score(scorer, row)) for row in rows]
+        while not calls:  # the two misses are being scored in a thread, held there
+            await asyncio.sleep(0.001)
+        await asyncio.wait_for(coalescer.in_step(scorer), 1)
+        assert not any(m.done() for m in misses)
+        release.set()
+        await asyncio.gather(*misses)
+
+    asyncio.run(scenario())
+    assert calls == [2]
 
 
 def test_a_costly_models_lone_row_is_scored_on_the_loop(repository: Path) -> None:
