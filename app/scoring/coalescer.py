@@ -40,9 +40,10 @@ half the requests repeats (wrk, 16 connections, 5 s rounds side by side, servers
 turns) the default model served 8,146 req/s with hits held against 7,075 without (six
 rounds), and in three more rounds 8,695 against 7,562, where its cache-disabled service,
 whose requests all move together, served 8,460; the DeepFM 6,832 against 5,810 (four
-rounds). At 90% and 100% repeats the two were within 4% of each other, either way. A turn
-of hits alone counts as a call of no rows in the average, so a stream of repeats, which has
-no misses to keep step with, is soon answered at once again.
+rounds). At 90% repeats, few misses to a turn, holding cost 2-5% in four runs (a future and
+a turn more for each hit; within this machine's spread); at 99% it was 6% ahead. A turn of
+hits alone counts as a call of no rows in the average, so a stream of repeats, which has no
+misses to keep step with, is soon answered at once again.
 """
 
 from __future__ import annotations
