@@ -118,8 +118,7 @@ class MissCoalescer:
         if batch is None or batch.scorer is not scorer:
             if batch is not None:  # a swap: the old version's rows are scored now
                 self._start(batch)
-            batch = self._open = _Batch(scorer)
-            loop.call_soon(self._flush, batch)
+            batch = self._open_batch(scorer)
         waiting: asyncio.Future[float] = loop.create_future()
         batch.rows.append(row)
         batch.waiting.append(waiting)
@@ -140,13 +139,18 @@ class MissCoalescer:
             return
         batch = self._open
         if batch is None:
-            batch = self._open = _Batch(scorer)
-            asyncio.get_running_loop().call_soon(self._flush, batch)
+            batch = self._open_batch(scorer)
         elif batch.scorer is not scorer:
             return  # a swap: the old version's batch is not this hit's turn
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch.hits.append(answered)
         await answered
+
+    def _open_batch(self, scorer: Scorer) -> _Batch:
+        """The batch this turn's requests join, scored in the next turn of the loop."""
+        batch = self._open = _Batch(scorer)
+        asyncio.get_running_loop().call_soon(self._flush, batch)
+        return batch
 
     def _goes_direct(self) -> bool:
         """Whether a miss is scored at once: misses have not been overlapping, no batch is
