@@ -74,3 +74,30 @@ def test_bad_sizes() -> None:
     with pytest.raises(ValueError, match="threads"):
         ScoringThreads(0)
     assert usable_cpus() >= 1
+
+
+def test_calls_go_to_the_first_free_thread_and_a_busy_one_counts_until_it_answers() -> None:
+    threads = ScoringThreads(2)
+    release = threading.Event()
+
+    def name() -> str:
+        return threading.current_thread().name
+
+    def slow() -> str:
+        release.wait(5)
+        return name()
+
+    async def scenario() -> list[str]:
+        one_by_one = [await threads.run(name) for _ in range(5)]
+        held = asyncio.ensure_future(threads.run(slow))
+        await asyncio.sleep(0.01)
+        held.cancel()  # its caller gives up; the call itself goes on in the first thread
+        beside = await threads.run(name)
+        release.set()
+        await asyncio.sleep(0.05)  # the cancelled call's answer comes back to the loop
+        after = await threads.run(name)
+        return [*one_by_one, beside, after]
+
+    ran_in = asyncio.run(scenario())
+    assert ran_in == ["ctr-scoring-0"] * 5 + ["ctr-scoring-1", "ctr-scoring-0"]
+    threads.close()
