@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -58,6 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.service = service
         poller = RepositoryPoller(service, settings.poll_interval_s)
+        # A scoring thread hands its scores back sooner (see Settings.gil_switch_ms); the
+        # interval is the process's, so the one before is put back at shutdown.
+        switch_before = sys.getswitchinterval()
+        sys.setswitchinterval(settings.gil_switch_ms / 1000)
         # Everything alive now (libraries, the model) lives as long as the process: keep it
         # out of the cyclic collector's scans, which grow with the caches on the hot path.
         gc.freeze()
@@ -88,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             threads.close()
             service.flush_metrics()
             mark_worker_gone()
+            sys.setswitchinterval(switch_before)
 
     app = FastAPI(
         title="ctrserve",

@@ -1,5 +1,7 @@
-"""Settings that contradict each other, or name no model, fail at start-up with the reason."""
+"""Settings: those that contradict each other, or name no model, fail at start-up with the
+reason; those that tune the process hold while the service runs."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,10 @@ def test_a_missing_repository_refuses_to_start(tmp_path: Path) -> None:
         TestClient(create_app(Settings(model_dir=missing))),
     ):
         pass
+
+
+def test_the_gil_switch_interval_is_the_services_while_it_runs(settings: Settings) -> None:
+    before = sys.getswitchinterval()
+    with TestClient(create_app(settings.model_copy(update={"gil_switch_ms": 0.25}))):
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+    assert sys.getswitchinterval() == before
