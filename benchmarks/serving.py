@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -25,7 +26,7 @@ from app.schemas import decode_rows, parse_predict
 from app.scoring.repository import POINTER_FILE, ModelRepository, resolve_model_dir
 from app.scoring.scorer import Scorer
 from benchmarks.timing import median_seconds
-from benchmarks.workloads import ROUNDS, WORKLOADS, measure, servers
+from benchmarks.workloads import ROUNDS, WORKLOADS, Measured, measure, servers
 from support.payloads import (
     Row,
     load_spec,
@@ -89,6 +90,7 @@ class Suite:
         self.costs: dict[str, dict[str, float]] = {}
         self.best_peer: dict[str, float] = {}
         self.versus_disabled: dict[str, float] = {}
+        self.measured: dict[str, dict[str, Measured]] = {}  # "label: workload" -> server ->
         self.profile_us: dict[str, float] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -145,6 +147,7 @@ class Suite:
             rows = []
             for workload in WORKLOADS:
                 here = [r for r in results if r.workload == workload]
+                self.measured[f"{label}: {workload}"] = {r.server: r for r in here if r.rounds}
                 ours = next(r for r in here if r.server == "ctrserve")
                 peers = [r for r in here if r.rounds and not r.server.startswith("ctrserve")]
                 best = max(peers, key=lambda r: r.req_per_s, default=None)
@@ -165,6 +168,7 @@ class Suite:
                             f"{r.req_per_s:,.0f}" if r.rounds else r.skipped,
                             f"{r.p99_ms:.2f}" if r.rounds else "",
                             str(r.errors) if r.rounds else "",
+                            f"{r.cpu_us('server_cpu_us'):,.0f}" if r.rounds else "",
                             f"{ours.req_per_s / r.req_per_s:.2f}x" if r.rounds else "",
                         ]
                     )
@@ -173,10 +177,20 @@ class Suite:
                 f"wrk, 1 thread, 16 connections; a warm-up run, then {ROUNDS} rounds of "
                 f"{self.duration_s} s, servers taking turns (req/s: their mean; p99: the "
                 "worst). One process each, "
-                "onnxruntime with one thread, the same encoder. Peers: "
+                "onnxruntime with one thread, the same encoder. CPU µs/req: the CPU the "
+                "machine spent a request outside wrk (the server's, kernel networking "
+                "included), from /proc/stat and wrk's own rusage. Peers: "
                 + "; ".join(f"{s.name}: {s.note}" for s in servers(model_dir, spec) if s.note)
                 + ".",
-                ["workload", "server", "req/s", "p99 ms", "errors", "ctrserve ÷ this"],
+                [
+                    "workload",
+                    "server",
+                    "req/s",
+                    "p99 ms",
+                    "errors",
+                    "CPU µs/req",
+                    "ctrserve ÷ this",
+                ],
                 rows,
             )
         self.raw["peers"] = raw
@@ -735,12 +749,14 @@ def _why_versus(
     costs: dict[str, dict[str, float]],
     best_peer: dict[str, float],
     versus_disabled: dict[str, float],
+    measured: dict[str, dict[str, Measured]],
     http_ms: float,
 ) -> list[str]:
-    """For each model with a peer or cache goal not met: the bound its costs put on one
-    process, from the in-process costs measured in this run (``_request_costs``) and the
-    HTTP cost of a request (``http_ms``: the bare endpoint's time per request); for distinct
-    single rows, what the cache-disabled service measured against the same peer."""
+    """For each model with a peer or cache goal not met: the bound its in-process costs put
+    on one process (``_request_costs``; ``http_ms``: the bare endpoint's time a request),
+    and what each workload not met cost in CPU a request, measured from outside the
+    processes in the same runs (``measured``); for distinct single rows, what the
+    cache-disabled service measured against the same peer."""
     lines = []
     for label, cost in costs.items():
         unmet = [g[0] for g in goals if g[-1] != "yes" and f"{label}:" in g[0]]
@@ -759,9 +775,9 @@ def _why_versus(
             f"in {cost['ort_1_ms'] * 1000:.0f} µs; parsing a 100-row body costs "
             f"{cost['parse_100_ms']:.2f} ms and encoding it {cost['encode_100_ms']:.2f} ms, and "
             f"HTTP ~{http_ms:.2f} ms (the bare endpoint's time a request), all holding the "
-            "GIL. On two cores one process therefore serves at most "
-            f"~{all_miss:,.0f} all-miss batches/s and ~{mostly_hits:,.0f} batches/s at 90% "
-            "hits."
+            "GIL. From these stages alone (a request's other work and the client's CPU left "
+            f"out), one process on two cores could serve ~{all_miss:,.0f} all-miss "
+            f"batches/s and ~{mostly_hits:,.0f} batches/s at 90% hits."
         ]
         for workload, bound in (
             ("batches of 100 distinct rows", all_miss),
@@ -773,6 +789,8 @@ def _why_versus(
                     f" {workload}: 2x the best peer would be {2 * peer:,.0f} req/s, above that "
                     "bound."
                 )
+        for workload in workloads:
+            parts.append(_measured_cpu(workload, measured.get(f"{label}: {workload}", {})))
         single = f"{label}: distinct single rows"
         versus_peer = next(
             (
@@ -796,6 +814,46 @@ def _why_versus(
             )
         lines.append("".join(parts))
     return lines
+
+
+def _measured_cpu(workload: str, by_server: dict[str, Measured]) -> str:
+    """What a workload cost a request in CPU, measured from outside the processes in the
+    peer runs: ctrserve with and without its cache, the best peer, wrk; and what that
+    implies for the goals (with both cores saturated, req/s is the cores over the server's
+    and the client's CPU a request, and the client's share does not shrink with ours)."""
+    ours, off = by_server.get("ctrserve"), by_server.get("ctrserve, cache disabled")
+    peers = [m for name, m in by_server.items() if not name.startswith("ctrserve")]
+    peer = max(peers, key=lambda m: m.req_per_s, default=None)
+    if ours is None or np.isnan(ours.cpu_us("server_cpu_us")):
+        return ""
+    cores = os.cpu_count() or 1
+    server_us, client_us = ours.cpu_us("server_cpu_us"), ours.cpu_us("client_cpu_us")
+    busy = ours.cpu_us("machine_busy")
+    text = (
+        f" On {workload}, CPU a request measured from outside the processes in these runs: "
+        f"ctrserve {server_us:,.0f} µs"
+    )
+    if off is not None:
+        off_us = off.cpu_us("server_cpu_us")
+        text += f" (cache disabled {off_us:,.0f}: the cache's share {server_us / off_us - 1:+.0%})"
+    if peer is not None:
+        text += f", {peer.server} {peer.cpu_us('server_cpu_us'):,.0f}"
+    text += f", wrk {client_us:,.0f} against ctrserve; {busy:.2f} of {cores} cores busy."
+    if busy < 0.9 * cores:
+        return text + (
+            " The cores were not saturated: one event loop holding the GIL for HTTP, "
+            "parsing and encoding sets the pace."
+        )
+    text += (
+        " With the cores saturated, req/s is the cores over the server's and wrk's CPU a request."
+    )
+    if peer is not None:
+        peer_total = peer.cpu_us("server_cpu_us") + peer.cpu_us("client_cpu_us")
+        text += (
+            f" 2x {peer.server} needs ctrserve at ≤ {peer_total / 2 - client_us:,.0f} µs a "
+            "request with wrk's share unchanged."
+        )
+    return text
 
 
 def main() -> None:
@@ -859,7 +917,12 @@ def main() -> None:
     reasons = _why(
         goals, ceiling, suite.stages_ms, suite.profile_us, len(suite.spec.fields), protocol
     ) + _why_versus(
-        goals, suite.costs, suite.best_peer, suite.versus_disabled, 1000 / ceiling["bare"]
+        goals,
+        suite.costs,
+        suite.best_peer,
+        suite.versus_disabled,
+        suite.measured,
+        1000 / ceiling["bare"],
     )
     suite.write(goals, reasons, args.out)
     logger.info("wrote %s", args.out)

@@ -107,6 +107,14 @@ class Measured:
     def errors(self) -> int:
         return sum(r.errors for r in self.rounds)
 
+    def cpu_us(self, part: str) -> float:
+        """Mean CPU µs a request over the rounds, measured from outside the processes
+        (:class:`~support.wrk.WrkResult`): ``part`` is ``server_cpu_us`` (all but wrk; the
+        idle servers beside it, ~1% of a core in all, are in it too), ``client_cpu_us`` or
+        ``machine_busy`` (cores busy, not µs)."""
+        values = [getattr(r, part) for r in self.rounds]
+        return float(np.mean(values)) if values else float("nan")
+
 
 def ours(body: list[Row]) -> object:
     return {"features": body[0]} if len(body) == 1 else {"instances": body}

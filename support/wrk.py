@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -11,16 +13,47 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LUA = Path(__file__).resolve().parent / "post.lua"
+_PROC_STAT = Path("/proc/stat")
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
 class WrkResult:
+    """One wrk run. The CPU figures are µs a request, measured from outside every server:
+    ``machine_cpu_us`` is what all cores were busy for (user, system, interrupts and time
+    stolen by the hypervisor, from ``/proc/stat``; NaN where there is none), and
+    ``client_cpu_us`` is wrk's own share of it, so the rest is the server under load (and
+    whatever else ran, which on a quiet machine is next to nothing)."""
+
     requests: int
     req_per_s: float
     p50_ms: float
     p99_ms: float
     errors: int
     percentiles_ms: dict[float, float]
+    machine_cpu_us: float = float("nan")
+    client_cpu_us: float = float("nan")
+    machine_busy: float = float("nan")  # cores busy on average during the run
+
+    @property
+    def server_cpu_us(self) -> float:
+        """CPU µs a request spent outside wrk: the server's, kernel networking included."""
+        return self.machine_cpu_us - self.client_cpu_us
+
+
+def _busy_and_total_s() -> tuple[float, float]:
+    """Seconds all cores were busy and seconds they existed, since boot (NaN without
+    ``/proc/stat``). Columns: user nice system idle iowait irq softirq steal ..."""
+    if not _PROC_STAT.is_file():
+        return float("nan"), float("nan")
+    ticks = [int(x) for x in _PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) * _TICK_S, sum(ticks) * _TICK_S
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 _BODIES: list[tempfile.TemporaryDirectory[str]] = []
@@ -42,6 +75,8 @@ def wrk(url: str, bodies_file: Path, duration_s: int, connections: int = 16) -> 
     """One bounded wrk run (1 thread: the other core belongs to the server)."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run `make bench`, which installs it")
+    busy_before, total_before = _busy_and_total_s()
+    client_before = _children_cpu_s()
     result = subprocess.run(
         [
             "wrk",
@@ -60,9 +95,14 @@ def wrk(url: str, bodies_file: Path, duration_s: int, connections: int = 16) -> 
         check=True,
         timeout=duration_s + 60,
     )
+    client_s = _children_cpu_s() - client_before  # wrk is the only child reaped meanwhile
+    busy_after, total_after = _busy_and_total_s()
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     seconds = summary["duration_us"] / 1e6
     percentiles = {float(k): v / 1000 for k, v in summary["percentiles_us"].items()}
+    requests = max(summary["requests"], 1)
+    # wrk's own start and end fall inside the window: a few ms next to a run of seconds.
+    wall_s = max(total_after - total_before, 1e-9) / (os.cpu_count() or 1)
     return WrkResult(
         requests=summary["requests"],
         req_per_s=summary["requests"] / seconds,
@@ -70,4 +110,7 @@ def wrk(url: str, bodies_file: Path, duration_s: int, connections: int = 16) -> 
         p99_ms=percentiles[99.0],
         errors=summary["socket_errors"] + summary["non_2xx"],
         percentiles_ms=percentiles,
+        machine_cpu_us=(busy_after - busy_before) / requests * 1e6,
+        client_cpu_us=client_s / requests * 1e6,
+        machine_busy=(busy_after - busy_before) / wall_s,
     )
