@@ -101,7 +101,8 @@ def wrk(url: str, bodies_file: Path, duration_s: int, connections: int = 16) -> 
     seconds = summary["duration_us"] / 1e6
     percentiles = {float(k): v / 1000 for k, v in summary["percentiles_us"].items()}
     requests = max(summary["requests"], 1)
-    # wrk's own start and end fall inside the window: a few ms next to a run of seconds.
+    # wrk's start (its script reads the bodies file) falls inside the window too: it is in
+    # wrk's own share, not the server's, and it thins out ``machine_busy`` a little.
     wall_s = max(total_after - total_before, 1e-9) / (os.cpu_count() or 1)
     return WrkResult(
         requests=summary["requests"],
