@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -90,7 +91,8 @@ class Suite:
         self.costs: dict[str, dict[str, float]] = {}
         self.best_peer: dict[str, float] = {}
         self.versus_disabled: dict[str, float] = {}
-        self.measured: dict[str, dict[str, Measured]] = {}  # "label: workload" -> server ->
+        # "label: workload" -> server name -> its runs (the servers that ran)
+        self.measured: dict[str, dict[str, Measured]] = {}
         self.profile_us: dict[str, float] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -149,8 +151,7 @@ class Suite:
                 here = [r for r in results if r.workload == workload]
                 self.measured[f"{label}: {workload}"] = {r.server: r for r in here if r.rounds}
                 ours = next(r for r in here if r.server == "ctrserve")
-                peers = [r for r in here if r.rounds and not r.server.startswith("ctrserve")]
-                best = max(peers, key=lambda r: r.req_per_s, default=None)
+                best = _best_peer(here)
                 if best is not None:
                     ratios[f"{label}: {workload}"] = ours.req_per_s / best.req_per_s
                     self.best_peer[f"{label}: {workload}"] = best.req_per_s
@@ -816,14 +817,19 @@ def _why_versus(
     return lines
 
 
+def _best_peer(results: Iterable[Measured]) -> Measured | None:
+    """The peer that served the most requests a second, of those that ran."""
+    peers = [r for r in results if r.rounds and not r.server.startswith("ctrserve")]
+    return max(peers, key=lambda r: r.req_per_s, default=None)
+
+
 def _measured_cpu(workload: str, by_server: dict[str, Measured]) -> str:
     """What a workload cost a request in CPU, measured from outside the processes in the
     peer runs: ctrserve with and without its cache, the best peer, wrk; and what that
     implies for the goals (with both cores saturated, req/s is the cores over the server's
     and the client's CPU a request, and the client's share does not shrink with ours)."""
     ours, off = by_server.get("ctrserve"), by_server.get("ctrserve, cache disabled")
-    peers = [m for name, m in by_server.items() if not name.startswith("ctrserve")]
-    peer = max(peers, key=lambda m: m.req_per_s, default=None)
+    peer = _best_peer(by_server.values())
     if ours is None or np.isnan(ours.cpu_us("server_cpu_us")):
         return ""
     cores = os.cpu_count() or 1

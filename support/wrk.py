@@ -8,6 +8,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,13 @@ class WrkResult:
         return self.machine_cpu_us - self.client_cpu_us
 
 
-def _busy_and_total_s() -> tuple[float, float]:
-    """Seconds all cores were busy and seconds they existed, since boot (NaN without
-    ``/proc/stat``). Columns: user nice system idle iowait irq softirq steal ..."""
+def _busy_s() -> float:
+    """Seconds all cores were busy since boot (NaN without ``/proc/stat``). Columns: user
+    nice system idle iowait irq softirq steal ..."""
     if not _PROC_STAT.is_file():
-        return float("nan"), float("nan")
+        return float("nan")
     ticks = [int(x) for x in _PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
-    idle = ticks[3] + ticks[4]
-    return (sum(ticks) - idle) * _TICK_S, sum(ticks) * _TICK_S
+    return (sum(ticks) - ticks[3] - ticks[4]) * _TICK_S
 
 
 def _children_cpu_s() -> float:
@@ -75,8 +75,7 @@ def wrk(url: str, bodies_file: Path, duration_s: int, connections: int = 16) -> 
     """One bounded wrk run (1 thread: the other core belongs to the server)."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run `make bench`, which installs it")
-    busy_before, total_before = _busy_and_total_s()
-    client_before = _children_cpu_s()
+    busy_before, client_before, started = _busy_s(), _children_cpu_s(), time.monotonic()
     result = subprocess.run(
         [
             "wrk",
@@ -96,14 +95,13 @@ def wrk(url: str, bodies_file: Path, duration_s: int, connections: int = 16) -> 
         timeout=duration_s + 60,
     )
     client_s = _children_cpu_s() - client_before  # wrk is the only child reaped meanwhile
-    busy_after, total_after = _busy_and_total_s()
+    busy_s, wall_s = _busy_s() - busy_before, time.monotonic() - started
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     seconds = summary["duration_us"] / 1e6
     percentiles = {float(k): v / 1000 for k, v in summary["percentiles_us"].items()}
     requests = max(summary["requests"], 1)
     # wrk's start (its script reads the bodies file) falls inside the window too: it is in
     # wrk's own share, not the server's, and it thins out ``machine_busy`` a little.
-    wall_s = max(total_after - total_before, 1e-9) / (os.cpu_count() or 1)
     return WrkResult(
         requests=summary["requests"],
         req_per_s=summary["requests"] / seconds,
@@ -111,7 +109,7 @@ def wrk(url: str, bodies_file: Path, duration_s: int, connections: int = 16) -> 
         p99_ms=percentiles[99.0],
         errors=summary["socket_errors"] + summary["non_2xx"],
         percentiles_ms=percentiles,
-        machine_cpu_us=(busy_after - busy_before) / requests * 1e6,
+        machine_cpu_us=busy_s / requests * 1e6,
         client_cpu_us=client_s / requests * 1e6,
-        machine_busy=(busy_after - busy_before) / wall_s,
+        machine_busy=busy_s / wall_s,
     )
