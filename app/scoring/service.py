@@ -42,8 +42,9 @@ REPEATS_MIN_SHARE = 0.2
 # the 10-field model, more on larger ones) where asking costs a miss ~18 µs; below 5% the
 # caches are a loss on every model measured.
 CACHE_MIN_SHARE = 0.05
-# Single rows: a request's weight in the share (it follows ~100 requests), one probe in 8.
-SINGLE_WEIGHT, SINGLE_PROBE_EVERY = 0.01, 8
+# Single rows: a request's weight in the share (it follows ~100 requests), one probe in 8,
+# backing off to one in 32 while the probes find nothing.
+SINGLE_WEIGHT, SINGLE_PROBE_EVERY, SINGLE_PROBE_MAX = 0.01, 8, 32
 # Batches (also the threshold for their texts, above): a batch's weight (it follows ~20
 # batches), one probe in 8.
 BATCH_WEIGHT, BATCH_PROBE_EVERY = 0.05, 8
@@ -119,7 +120,9 @@ class PredictionService:
         self.threads = threads
         self.inline_max_rows = inline_max_rows
         self.inline_max_s = inline_max_s
-        self.single_gate = CacheGate(CACHE_MIN_SHARE, SINGLE_WEIGHT, SINGLE_PROBE_EVERY)
+        self.single_gate = CacheGate(
+            CACHE_MIN_SHARE, SINGLE_WEIGHT, SINGLE_PROBE_EVERY, SINGLE_PROBE_MAX
+        )
         self.batch_gate = CacheGate(CACHE_MIN_SHARE, BATCH_WEIGHT, BATCH_PROBE_EVERY)
         self.coalescer = (
             MissCoalescer(

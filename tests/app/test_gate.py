@@ -57,8 +57,32 @@ def test_the_gate_probes_while_closed() -> None:
     assert gate.share == pytest.approx(0.5 + 0.5**7)
 
 
+def test_probes_that_find_nothing_back_off_and_a_hit_resets_them() -> None:
+    gate = CacheGate(min_share=0.05, weight=0.5, probe_every=2, probe_max=8)
+    for _ in range(5):  # asked while open: the share falls below 5%
+        assert gate.asks()
+        gate.note(0, 1)
+    gaps = []
+    for _ in range(5):  # each probe finds nothing
+        passed = 1
+        while not gate.asks():
+            passed += 1
+        gaps.append(passed)
+        gate.note(0, 1)
+    assert gaps == [2, 4, 8, 8, 8]
+    gate.note(1, 1)  # a probe found a hit: the gate opens, and closes again at the quick pace
+    assert gate.asks()
+    assert gate.stands_for == 1
+    for _ in range(4):
+        gate.note(0, 1)
+    assert gate.share < 0.05
+    assert gate.stands_for == 2
+
+
 def test_bad_gate_settings() -> None:
     with pytest.raises(ValueError, match="weight"):
         CacheGate(0.05, weight=0, probe_every=4)
     with pytest.raises(ValueError, match="probe_every"):
         CacheGate(0.05, weight=0.1, probe_every=0)
+    with pytest.raises(ValueError, match="probe_max"):
+        CacheGate(0.05, weight=0.1, probe_every=8, probe_max=4)
