@@ -149,7 +149,8 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
             ),
             "/predict",
             ours,
-            "written the obvious way: pydantic body, sync route, TTLCache on the row's JSON",
+            "written the obvious way: pydantic body, sync route, TTLCache on the row's JSON; "
+            "FastAPI's OpenTelemetry off",
         ),
         Server(
             "Seldon MLServer (custom runtime)",

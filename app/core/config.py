@@ -132,6 +132,18 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
+    # Off by default: the service's own metrics are Prometheus' (/metrics), and with
+    # FastAPI's native telemetry on, every request first asks OpenTelemetry whether any
+    # provider is configured: ~4.4 µs a request in process, a sixth of a response-cache
+    # hit's time through the whole ASGI stack (21.0 against 25.4 µs). Over HTTP (default
+    # model, wrk, 16 connections, 5 s rounds side by side): response-cache hits 13,954
+    # against 12,615 req/s, distinct single rows 9,790 against 9,481.
+    otel: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry: request spans, metrics and logs through "
+        "the global providers (or OTLP exporters from the OTEL_* variables with "
+        "FASTAPI_OTEL_AUTO_CONFIGURE=true)",
+    )
 
     @field_validator("response_cache_max_bytes")
     @classmethod

@@ -34,7 +34,9 @@ def create_app() -> FastAPI:
         maxsize=int(os.environ.get("CTR_CACHE_MAXSIZE", "100000")), ttl=3600
     )
     lock = threading.Lock()
-    app = FastAPI()
+    # FastAPI's native OpenTelemetry off, as ctrserve runs by default (CTR_OTEL): on, it
+    # looks for a configured provider on every request.
+    app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

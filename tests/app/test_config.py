@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from app.core.config import Settings
@@ -42,3 +43,35 @@ def test_the_gil_switch_interval_is_the_services_while_it_runs(settings: Setting
     with TestClient(create_app(settings.model_copy(update={"gil_switch_ms": 0.25}))):
         assert sys.getswitchinterval() == pytest.approx(0.00025)
     assert sys.getswitchinterval() == before
+
+
+def test_fastapi_opentelemetry_traces_requests_only_when_asked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a tracer provider configured, a request gets a server span only with otel on;
+    off (the default), FastAPI does not look for a provider at all."""
+    spans: list[str] = []
+    asked: list[bool] = []
+
+    class Tracer(trace.NoOpTracer):
+        def start_span(self, name: str, *args: object, **kwargs: object) -> trace.Span:
+            spans.append(name)
+            return trace.INVALID_SPAN
+
+    class Provider(trace.TracerProvider):
+        def get_tracer(self, *args: object, **kwargs: object) -> trace.Tracer:
+            return Tracer()
+
+    def provider() -> trace.TracerProvider:
+        asked.append(True)
+        return Provider()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", provider)
+    row = {"features": {"c0": "c0_1", "n0": 2.5}}
+    for otel in (False, True):
+        with TestClient(create_app(settings.model_copy(update={"otel": otel}))) as client:
+            spans.clear()
+            asked.clear()
+            assert client.post("/predict", json=row).status_code == 200
+            assert spans == (["POST"] if otel else [])
+            assert bool(asked) is otel
