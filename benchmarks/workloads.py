@@ -195,6 +195,7 @@ def _mlserver(peers: Path, model_dir: Path) -> Iterator[str]:
         }
         (Path(folder) / "model-settings.json").write_text(json.dumps(model))
         settings = {
+            "MLSERVER_HOST": "127.0.0.1",  # its default listens on every interface
             "MLSERVER_HTTP_PORT": "{port}",
             "MLSERVER_GRPC_PORT": str(free_port()),
             "MLSERVER_METRICS_PORT": str(free_port()),
