@@ -26,6 +26,7 @@ from app.features.spec import FeatureSpec
 from app.schemas import decode_rows, parse_predict
 from app.scoring.repository import POINTER_FILE, ModelRepository, resolve_model_dir
 from app.scoring.scorer import Scorer
+from app.scoring.service import SINGLE_PROBE_EVERY, SINGLE_PROBE_MAX
 from benchmarks.timing import median_seconds
 from benchmarks.workloads import ROUNDS, WORKLOADS, Measured, measure, servers
 from support.payloads import (
@@ -89,7 +90,6 @@ class Suite:
         self.distributions: dict[str, dict[str, dict[float, float]]] = {}
         self.stages_ms: dict[int, tuple[float, float, float]] = {}
         self.costs: dict[str, dict[str, float]] = {}
-        self.best_peer: dict[str, float] = {}
         self.versus_disabled: dict[str, float] = {}
         # "label: workload" -> server name -> its runs (the servers that ran)
         self.measured: dict[str, dict[str, Measured]] = {}
@@ -154,7 +154,6 @@ class Suite:
                 best = _best_peer(here)
                 if best is not None:
                     ratios[f"{label}: {workload}"] = ours.req_per_s / best.req_per_s
-                    self.best_peer[f"{label}: {workload}"] = best.req_per_s
                 disabled = next(r for r in here if r.server == "ctrserve, cache disabled")
                 if disabled.rounds and workload != "repeated single row":
                     self.versus_disabled[f"{label}: {workload}"] = (
@@ -748,7 +747,6 @@ def _why(
 def _why_versus(
     goals: list[list[str]],
     costs: dict[str, dict[str, float]],
-    best_peer: dict[str, float],
     versus_disabled: dict[str, float],
     measured: dict[str, dict[str, Measured]],
     http_ms: float,
@@ -784,11 +782,11 @@ def _why_versus(
             ("batches of 100 distinct rows", all_miss),
             ("batches of 100 rows, 90% hits", mostly_hits),
         ):
-            peer = best_peer.get(f"{label}: {workload}")
-            if peer is not None and 2 * peer > bound:
+            peer = _best_peer(measured.get(f"{label}: {workload}", {}).values())
+            if peer is not None and 2 * peer.req_per_s > bound:
                 parts.append(
-                    f" {workload}: 2x the best peer would be {2 * peer:,.0f} req/s, above that "
-                    "bound."
+                    f" {workload}: 2x the best peer would be {2 * peer.req_per_s:,.0f} req/s, "
+                    "above that bound."
                 )
         for workload in workloads:
             parts.append(_measured_cpu(workload, measured.get(f"{label}: {workload}", {})))
@@ -807,7 +805,8 @@ def _why_versus(
                 f" distinct single rows: with the cache disabled ctrserve measured "
                 f"{versus_peer / on_off:.2f}x the best peer, with it on {versus_peer:.2f}x: the "
                 "cache's work on a miss (on this stream of one-off rows the cache gate has "
-                "one request in 8 ask the caches) is the difference. The rest is one event "
+                f"one request in {SINGLE_PROBE_EVERY} to {SINGLE_PROBE_MAX} ask the caches) is "
+                "the difference. The rest is one event "
                 "loop doing "
                 "HTTP, parsing, encoding and an onnxruntime call (one row: "
                 f"{cost['ort_1_ms'] * 1000:.0f} µs; concurrent misses share one) per request, "
@@ -925,7 +924,6 @@ def main() -> None:
     ) + _why_versus(
         goals,
         suite.costs,
-        suite.best_peer,
         suite.versus_disabled,
         suite.measured,
         1000 / ceiling["bare"],
