@@ -11,9 +11,13 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from app.core.config import get_settings
 
@@ -23,31 +27,46 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 logger = logging.getLogger("app")
 
 
-def _metrics_dir() -> Path | None:
-    """Give every worker one directory for Prometheus values; ``None`` if the operator did.
+@contextmanager
+def _metrics_dir() -> Iterator[None]:
+    """Give every worker one directory for Prometheus values while the block runs.
 
     Set before uvicorn starts a worker, so each worker's prometheus_client starts in
     multiprocess mode and ``/metrics`` on any worker sums them all. An operator's own
     directory (a Kubernetes emptyDir, say) is emptied first: values of an earlier run would
-    otherwise be summed in.
+    otherwise be summed in. A directory made here is removed when the block ends, and on
+    SIGTERM too: one uvicorn worker shuts down gracefully on SIGTERM and then raises it
+    again with its default action, which ends the process before any ``finally`` runs: every
+    server stopped that way left its directory behind.
     """
     given = os.environ.get(MULTIPROC_ENV)
     if given:
         Path(given).mkdir(parents=True, exist_ok=True)
         for stale in Path(given).glob("*.db"):
             stale.unlink()
-        return None
+        yield
+        return
     made = Path(tempfile.mkdtemp(prefix="ctrserve-metrics-"))
     os.environ[MULTIPROC_ENV] = str(made)
-    return made
+
+    def remove_then_end(signum: int, frame: FrameType | None) -> None:
+        shutil.rmtree(made, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)  # ended by the signal, as a supervisor expects
+
+    previous = signal.signal(signal.SIGTERM, remove_then_end)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def serve() -> int:
     import uvicorn
 
     settings = get_settings()
-    made = _metrics_dir()
-    try:
+    with _metrics_dir():
         uvicorn.run(
             "app.main:create_app",
             factory=True,
@@ -57,9 +76,6 @@ def serve() -> int:
             log_level=settings.log_level.lower(),
             access_log=False,
         )
-    finally:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
     return 0
 
 

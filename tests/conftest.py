@@ -35,13 +35,22 @@ def _shard_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Encoded shards go to a directory of this test session, never the user's cache
     (set for the whole session: the session-wide fixtures train through the CLI too)."""
     path = tmp_path_factory.mktemp("shards")
-    before = os.environ.get("CTRSERVE_CACHE_DIR")
-    os.environ["CTRSERVE_CACHE_DIR"] = str(path)
-    yield path
-    if before is None:
-        os.environ.pop("CTRSERVE_CACHE_DIR", None)
-    else:
-        os.environ["CTRSERVE_CACHE_DIR"] = before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CTRSERVE_CACHE_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_of_started_processes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Path]:
+    """Servers, torchrun and the training CLI started by tests make their temporary
+    files under this session's directory, which pytest prunes: torchrun keeps its log
+    directory, and a rank a test kills cannot remove its own."""
+    path = tmp_path_factory.mktemp("processes")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -68,3 +68,18 @@ def test_a_body_that_arrives_in_parts_is_answered_alike(server: str) -> None:
     direct = httpx.post(f"{server}/predict", content=bad, timeout=5)
     assert (status, problem) == (direct.status_code, direct.json())
     assert problem["detail"][0]["msg"].endswith("at `$.instances[1]`")
+
+
+def test_a_server_stopped_by_sigterm_removes_its_metrics_directory(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM is how Kubernetes, systemd and `kill` stop a server: the Prometheus
+    directory it made for its workers goes with it."""
+
+    def made() -> list[Path]:
+        return list(tmp_path.glob("ctrserve-metrics-*"))
+
+    env = {"CTR_MODEL_DIR": str(model_dir), "TMPDIR": str(tmp_path)}
+    with start_server([sys.executable, "-m", "app"], env):  # ended by SIGTERM
+        assert len(made()) == 1
+    assert made() == []
