@@ -106,6 +106,32 @@ def test_a_bad_row_among_known_rows_is_named_and_nothing_is_lost(client: TestCli
     assert after["predictions"] == pytest.approx(known["predictions"])
 
 
+@pytest.mark.parametrize(
+    ("bad", "fragment", "where"),
+    [
+        (3, "Expected `object`, got `int` - at `$.instances[2]`", ["body"]),
+        ({"nope": 1}, "unknown field", ["body", "instances", 2, "nope"]),
+        ({**ROW, "n0": "ten"}, "expected a number", ["body", "instances", 2, "n0"]),
+        ({**ROW, "c0": [1]}, "got list", ["body", "instances", 2, "c0"]),
+    ],
+)
+def test_a_bad_row_in_a_fresh_batch_is_named(
+    client: TestClient, bad: object, fragment: str, where: list[object]
+) -> None:
+    """Rows no cache knows are decoded with their body, straight into the model's fields:
+    a bad one is named as the rows looked up by their text are."""
+    rows = [{**ROW, "c1": f"c1_{i}"} for i in range(4)]
+    response = client.post("/predict", json={"instances": [*rows[:2], bad, rows[3]]})
+    assert response.status_code == 422
+    (problem,) = response.json()["detail"]
+    assert fragment in problem["msg"]
+    assert problem["loc"] == where
+    scored = client.post("/predict", json={"instances": rows}).json()
+    assert scored["cached"] == [False] * 4
+    alone = [client.post("/predict", json={"features": row}).json()["prediction"] for row in rows]
+    assert scored["predictions"] == pytest.approx(alone)
+
+
 def test_missing_fields_mean_missing(client: TestClient) -> None:
     empty = client.post("/predict", json={"features": {}}).json()
     nulls = client.post("/predict", json={"features": dict.fromkeys(ROW)}).json()

@@ -98,3 +98,36 @@ def test_any_rows_of_the_models_shape_encode_as_dicts_do(
         assert got is None
     else:
         np.testing.assert_array_equal(got, expected)
+
+
+def test_a_whole_body_decodes_its_rows_as_their_texts_do() -> None:
+    encoder = FeatureEncoder(ODD)
+    decoder = RowDecoder(encoder)
+    batch = [{"user agent": "b", "1st-age": 20}, {"class": "x"}, {"1st-age": None, "class": 5}]
+    for body in ({"instances": batch}, {"features": None, "instances": batch}):
+        decoded = decoder.body(json.dumps(body).encode())
+        assert decoded is not None
+        assert decoded.features is None
+        assert decoded.rows is not None
+        assert decoder.values_of(decoded.rows) == decoder.values(_texts(batch))
+    assert decoder.body(b'{"features": {"class": "x", "1st-age": 2}}') == (
+        {"class": "x", "1st-age": 2},
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [{"nope": "a"}]}',  # a row not of the model's shape
+        b'{"instances": [{"class": ["x"]}]}',
+        b'{"instances": [3]}',
+        b'{"instances": []}',  # not one row nor a batch of rows
+        b"{}",
+        b'{"features": {}, "instances": [{}]}',
+        b'{"instances": [{}], "extra": 1}',
+        b'{"instances": [{}]',  # not JSON
+    ],
+)
+def test_a_body_the_model_cannot_take_whole_is_left_to_the_generic_parse(body: bytes) -> None:
+    assert RowDecoder(FeatureEncoder(ODD)).body(body) is None

@@ -15,7 +15,7 @@ from app.schemas import (
     PredictResponse,
     predict_request_schema,
 )
-from app.scoring.service import CacheUse, PredictionService, Scored
+from app.scoring.service import CacheUse, DecodedBatch, PredictionService, Scored
 
 router = APIRouter(tags=["scoring"])
 
@@ -54,12 +54,13 @@ async def predict(request: Request) -> Response:
 
 # The hot path reads and validates the body itself (msgspec decodes and checks its shape in
 # one step) and returns ready bytes. A single row's cache miss is scored together with the
-# other misses of this turn of the event loop (CTR_COALESCE_MAX_ROWS). A batch's rows stay
-# JSON text until needed: a row whose text was scored lately is answered from the response
-# cache. The rest is decoded, encoded and looked up on the event loop and only its misses
-# are scored, in the thread pool when they cost more than CTR_INLINE_MAX_MS; a batch of more
-# than CTR_INLINE_MAX_ROWS goes to the pool whole. README "Sync vs async" has the
-# measurements.
+# other misses of this turn of the event loop (CTR_COALESCE_MAX_ROWS). While lately scored
+# batch rows were cache hits, a batch's rows stay JSON text until needed: a row whose text
+# was scored lately is answered from the response cache; otherwise a batch body is decoded
+# whole, straight into the model's fields. The rows are encoded and looked up on the event
+# loop and only their misses are scored, in the thread pool when they cost more than
+# CTR_INLINE_MAX_MS; a batch of more than CTR_INLINE_MAX_ROWS goes to the pool whole.
+# README "Sync vs async" has the measurements.
 async def answer(
     service: PredictionService, max_batch_size: int, raw: bytes, use: CacheUse
 ) -> bytes:
@@ -68,14 +69,15 @@ async def answer(
     :data:`app.api.errors.SCORING_ERRORS` (a bad body or feature, too many rows, a failed
     onnxruntime call)."""
     body = service.parse(raw)
-    if body.features is not None:
+    if isinstance(body, DecodedBatch):
+        _check_batch_size(len(body.rows), max_batch_size)
+        scored = await service.predict_decoded(body, raw)
+    elif body.features is not None:
         return single_answer(await service.predict_row(body.features, use))
-    rows = body.instances or []
-    if len(rows) > max_batch_size:
-        raise BatchTooLargeError(
-            f"batch of {len(rows)} rows exceeds the limit of {max_batch_size} (CTR_MAX_BATCH_SIZE)"
-        )
-    scored = await service.predict_batch(rows, raw)
+    else:
+        rows = body.instances or []
+        _check_batch_size(len(rows), max_batch_size)
+        scored = await service.predict_batch(rows, raw)
     batch = BatchPredictResponse(
         predictions=scored.scores.tolist(),
         model_version=scored.version,
@@ -83,6 +85,13 @@ async def answer(
         cache_hits=sum(scored.cached),
     )
     return batch.model_dump_json().encode()
+
+
+def _check_batch_size(rows: int, max_batch_size: int) -> None:
+    if rows > max_batch_size:
+        raise BatchTooLargeError(
+            f"batch of {rows} rows exceeds the limit of {max_batch_size} (CTR_MAX_BATCH_SIZE)"
+        )
 
 
 def single_answer(scored: Scored) -> bytes:
