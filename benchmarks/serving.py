@@ -30,7 +30,15 @@ from app.scoring.repository import POINTER_FILE, ModelRepository, resolve_model_
 from app.scoring.scorer import Scorer
 from app.scoring.service import SINGLE_PROBE_EVERY, SINGLE_PROBE_MAX, WHOLE_BODY_MAX_BYTES
 from benchmarks.timing import median_seconds
-from benchmarks.workloads import ROUNDS, WORKLOADS, Measured, measure, servers
+from benchmarks.workloads import (
+    DISABLED,
+    ROUNDS,
+    WORKLOADS,
+    Measured,
+    measure,
+    servers,
+    turns,
+)
 from support.payloads import (
     Row,
     load_spec,
@@ -93,9 +101,6 @@ class Suite:
         self.stages_ms: dict[int, tuple[float, float, float]] = {}
         self.costs: dict[str, dict[str, float]] = {}
         self.versus_disabled: dict[str, float] = {}
-        # the same ratios round by round (the servers take turns within a round)
-        self.peer_rounds: dict[str, list[float]] = {}
-        self.disabled_rounds: dict[str, list[float]] = {}
         # "label: workload" -> server name -> its runs (the servers that ran)
         self.measured: dict[str, dict[str, Measured]] = {}
         self.profile_us: dict[str, float] = {}
@@ -159,13 +164,11 @@ class Suite:
                 best = _best_peer(here)
                 if best is not None:
                     ratios[f"{label}: {workload}"] = ours.req_per_s / best.req_per_s
-                    self.peer_rounds[f"{label}: {workload}"] = _round_ratios(ours, best)
-                disabled = next(r for r in here if r.server == "ctrserve, cache disabled")
+                disabled = next(r for r in here if r.server == DISABLED)
                 if disabled.rounds and workload != "repeated single row":
                     self.versus_disabled[f"{label}: {workload}"] = (
                         ours.req_per_s / disabled.req_per_s
                     )
-                    self.disabled_rounds[f"{label}: {workload}"] = _round_ratios(ours, disabled)
                 for r in here:
                     hits = "" if r.hit_ratio is None else f" ({r.hit_ratio:.0%} hits)"
                     rows.append(
@@ -227,17 +230,15 @@ class Suite:
                 runs: dict[str, list[WrkResult]] = {label: [] for label in settings}
                 calls = dict.fromkeys(settings, 0.0)
                 scored = dict.fromkeys(settings, 0.0)
-                for round_ in range(ROUNDS):
-                    order = list(settings) if round_ % 2 == 0 else list(settings)[::-1]
-                    for label in order:
-                        url = f"{bases[label]}/predict"
-                        if round_ == 0:
-                            wrk(url, bodies, max(2, self.duration_s // 2), connections)
-                        calls_before, scored_before = _calls(bases[label])
-                        runs[label].append(wrk(url, bodies, self.duration_s, connections))
-                        calls_after, scored_after = _calls(bases[label])
-                        calls[label] += calls_after - calls_before
-                        scored[label] += scored_after - scored_before
+                for round_, label in turns(list(settings), ROUNDS):
+                    url = f"{bases[label]}/predict"
+                    if round_ == 0:
+                        wrk(url, bodies, max(2, self.duration_s // 2), connections)  # warm-up
+                    calls_before, scored_before = _calls(bases[label])
+                    runs[label].append(wrk(url, bodies, self.duration_s, connections))
+                    calls_after, scored_after = _calls(bases[label])
+                    calls[label] += calls_after - calls_before
+                    scored[label] += scored_after - scored_before
                 for label, results in runs.items():
                     rows.append(
                         [
@@ -744,11 +745,15 @@ def _goal(
     return [name, f"{sign} {goal}", f"{measured:.2f}", spread, "yes" if met else "**no**"]
 
 
-def _round_ratios(ours: Measured, other: Measured) -> list[float]:
-    """``ours`` ÷ ``other`` in req/s round by round: within a round the servers take turns,
-    so a round's pair ran moments apart, and a drift of the machine's speed between rounds
-    cancels out of it."""
-    return [a.req_per_s / b.req_per_s for a, b in zip(ours.rounds, other.rounds, strict=True)]
+def _round_ratios(runs: dict[str, Measured], versus: str | None = None) -> list[float]:
+    """ctrserve ÷ ``versus`` (a server of ``runs``; the best peer by default) in req/s round
+    by round: within a round the servers take turns, so a round's pair ran moments apart,
+    and a drift of the machine's speed between rounds cancels out of it."""
+    other = _best_peer(runs.values()) if versus is None else runs.get(versus)
+    if other is None:
+        return []
+    ours = runs["ctrserve"].rounds
+    return [a.req_per_s / b.req_per_s for a, b in zip(ours, other.rounds, strict=True)]
 
 
 def _why(
@@ -888,7 +893,7 @@ def _measured_cpu(workload: str, by_server: dict[str, Measured]) -> str:
     peer runs: ctrserve with and without its cache, the best peer, wrk; and what that
     implies for the goals (with both cores saturated, req/s is the cores over the server's
     and the client's CPU a request, and the client's share does not shrink with ours)."""
-    ours, off = by_server.get("ctrserve"), by_server.get("ctrserve, cache disabled")
+    ours, off = by_server.get("ctrserve"), by_server.get(DISABLED)
     peer = _best_peer(by_server.values())
     if ours is None or np.isnan(ours.cpu_us("server_cpu_us")):
         return ""
@@ -955,7 +960,12 @@ def main() -> None:
     overhead = max(batches["1000"], batches["10000"])
     goals = [
         *(
-            _goal(f"ctrserve ÷ best peer, {name}", 2.0, ratio, rounds=suite.peer_rounds[name])
+            _goal(
+                f"ctrserve ÷ best peer, {name}",
+                2.0,
+                ratio,
+                rounds=_round_ratios(suite.measured[name]),
+            )
             for name, ratio in versus_peers.items()
         ),
         *(
@@ -963,14 +973,17 @@ def main() -> None:
                 f"cache on ÷ cache disabled, {name}",
                 0.95,
                 ratio,
-                rounds=suite.disabled_rounds[name],
+                rounds=_round_ratios(suite.measured[name], DISABLED),
             )
             for name, ratio in suite.versus_disabled.items()
             if "90% hits" not in name
         ),
         *(
             _goal(
-                f"cache on ÷ cache disabled, {name}", 4.0, ratio, rounds=suite.disabled_rounds[name]
+                f"cache on ÷ cache disabled, {name}",
+                4.0,
+                ratio,
+                rounds=_round_ratios(suite.measured[name], DISABLED),
             )
             for name, ratio in suite.versus_disabled.items()
             if "90% hits" in name and name.startswith("production")

@@ -20,10 +20,11 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +34,8 @@ from support.servers import ROOT, cache_counts, free_port, server
 from support.wrk import WrkResult, write_bodies, wrk
 
 logger = logging.getLogger("benchmarks")
+_Turn = TypeVar("_Turn")
+DISABLED = "ctrserve, cache disabled"  # the service itself, its caches off
 
 WORKLOADS = (
     "repeated single row",
@@ -137,7 +140,7 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
             ours,
         ),
         Server(
-            "ctrserve, cache disabled",
+            DISABLED,
             lambda: server(app, {**ours_env, "CTR_CACHE_MAXSIZE": "0"}),
             "/predict",
             ours,
@@ -216,6 +219,14 @@ def installed(entry: Server) -> str:
     return ""
 
 
+def turns(servers: Sequence[_Turn], rounds: int) -> Iterator[tuple[int, _Turn]]:
+    """Each round's servers in turn, every other round in reverse order, so that a drift of
+    this machine's speed falls on all of them alike: ``(round, server)``."""
+    for round_ in range(rounds):
+        for turn in servers if round_ % 2 == 0 else servers[::-1]:
+            yield round_, turn
+
+
 def measure(
     model_dir: Path, spec: FeatureSpec, duration_s: int, connections: int = 16
 ) -> Iterator[Measured]:
@@ -238,20 +249,19 @@ def measure(
         for workload in WORKLOADS:
             results = {e.name: Measured(e.name, workload, skipped=installed(e)) for e in entries}
             hits = misses = 0.0  # ctrserve's, over its measured runs
-            for round_ in range(ROUNDS):
-                for entry in entries if round_ % 2 == 0 else entries[::-1]:
-                    if entry.name not in bases:
-                        continue
-                    base, bodies = bases[entry.name], files[entry.name][workload]
-                    url = f"{base}{entry.path}"
-                    if round_ == 0:
-                        wrk(url, bodies, max(2, duration_s // 2), connections)  # warm-up
-                    counted = entry.name == "ctrserve"
-                    before = cache_counts(base) if counted else (0.0, 0.0)
-                    results[entry.name].rounds.append(wrk(url, bodies, duration_s, connections))
-                    if counted:
-                        after = cache_counts(base)
-                        hits, misses = hits + after[0] - before[0], misses + after[1] - before[1]
+            for round_, entry in turns(entries, ROUNDS):
+                if entry.name not in bases:
+                    continue
+                base, bodies = bases[entry.name], files[entry.name][workload]
+                url = f"{base}{entry.path}"
+                if round_ == 0:
+                    wrk(url, bodies, max(2, duration_s // 2), connections)  # warm-up
+                counted = entry.name == "ctrserve"
+                before = cache_counts(base) if counted else (0.0, 0.0)
+                results[entry.name].rounds.append(wrk(url, bodies, duration_s, connections))
+                if counted:
+                    after = cache_counts(base)
+                    hits, misses = hits + after[0] - before[0], misses + after[1] - before[1]
             if "ctrserve" in bases:
                 results["ctrserve"].hit_ratio = hits / max(hits + misses, 1.0)
             for measured in results.values():
