@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import cast
 
 import numpy as np
 from cachetools import LRUCache
@@ -280,10 +282,17 @@ class ScoreCache:
             return self._live(key, self._timer())
 
     def _live(self, key: bytes, now: float) -> float | None:
-        """``key``'s score if it has not expired by ``now``. Called under the lock."""
+        """``key``'s score if it has not expired by ``now`` (an expired entry is dropped:
+        the clock is read once a request, and nothing runs on a timer). Called under the
+        lock."""
         assert self._entries is not None
-        entry = _unexpired(self._entries, key, now)
-        return None if entry is None else entry[0]
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self._entries[key]
+            return None
+        return entry[0]
 
     def _mark_singles(self) -> None:
         """Tell the doorkeeper of the single rows looked up since it last heard."""
@@ -315,8 +324,9 @@ class ResponseCache:
     - Admitted on the second sight. First sights are remembered in two generations of
       plain sets (the newer one is started afresh when full), so a one-off text costs a
       set insert: no cache entry, no expiry record, nothing for the garbage collector.
-    - Answers live in cachetools' ``LRUCache`` with their expiry time beside them, checked
-      when they are looked up, as the score cache does.
+    - Answers live in an :class:`AnswerStore` (least recently used first, bounded in bytes)
+      with their expiry time beside them, checked when they are looked up, as the score
+      cache does.
     - Bounded in bytes (``max_bytes`` for both parts together), not just in entries.
 
     Args:
@@ -340,9 +350,7 @@ class ResponseCache:
         self._seen_per_generation = max(1, max_bytes // 4 // (2 * _SEEN_ENTRY_BYTES))
         self._seen: set[TextKey] = set()
         self._seen_before: set[TextKey] = set()
-        self._answers: LRUCache[TextKey, _Answer] = LRUCache(
-            maxsize=max(1, max_bytes - max_bytes // 4), getsizeof=_answer_bytes
-        )
+        self._answers = AnswerStore(max_bytes - max_bytes // 4)
         self._lock = threading.Lock()
 
     def key(self, body: bytes) -> bytes | None:
@@ -356,26 +364,26 @@ class ResponseCache:
         """Bytes held now, as the bound counts them."""
         with self._lock:
             seen = len(self._seen) + len(self._seen_before)
-            return int(self._answers.currsize) + seen * _SEEN_ENTRY_BYTES
+            return self._answers.nbytes + seen * _SEEN_ENTRY_BYTES
 
     def lookup(self, digest: bytes, version: str) -> RowKey | None:
         """The row key a body encodes to under ``version``, if it is a known repeat."""
         with self._lock:
-            entry = _unexpired(self._answers, digest, self._timer())
+            entry = self._answers.get(digest, self._timer())
         if entry is None or entry[0] != version or not isinstance(entry[1], bytes):
             return None
         return entry[0], entry[1]
 
-    def lookup_rows(self, texts: list[int], version: str) -> list[float | None]:
-        """The score of each batch row whose text was answered under ``version``, where
-        known. One lock for the batch."""
+    def lookup_rows(self, texts: list[int], version: str) -> NDArray[np.float32]:
+        """The score of each batch row whose text was answered under ``version``; NaN
+        where none is known. One lock for the batch."""
         with self._lock:
-            now, answers = self._timer(), self._answers
-            entries = [_unexpired(answers, text, now) for text in texts]
-        return [
-            e[1] if e is not None and e[0] == version and isinstance(e[1], float) else None
+            entries = self._answers.get_many(texts, self._timer())
+        known = [
+            e[1] if e is not None and e[0] == version and isinstance(e[1], float) else math.nan
             for e in entries
         ]
+        return np.array(known, dtype=np.float32)
 
     def offer(self, digest: bytes, key: RowKey) -> None:
         """Remember a body scored as ``key``: the first sight is noted, the second admitted."""
@@ -394,7 +402,7 @@ class ResponseCache:
                 if text in seen or text in seen_before:
                     seen.discard(text)
                     seen_before.discard(text)
-                    self._answers[text] = (version, answer, expires)
+                    self._answers.put(text, (version, answer, expires))
                     continue
                 seen.add(text)
                 if len(seen) >= self._seen_per_generation:
@@ -408,25 +416,71 @@ class ResponseCache:
             self._answers.clear()
 
 
-_Entry = TypeVar("_Entry", bound=tuple[Any, ...])
+class AnswerStore:
+    """Text key -> ``(version, answer, expires at)``, least recently used first, bounded in
+    bytes: the response cache's answers.
+
+    One ``OrderedDict`` (C), not cachetools' ``LRUCache`` (which the score cache keeps): a
+    batch's row texts are looked up with one C-level ``map`` of its ``get`` and refreshed
+    with ``move_to_end``, where ``LRUCache.get`` runs five Python calls a row. 100 rows of a
+    90%-hit batch in a cache of ~2,000 answers: 14 µs against 40, which was 11% of the
+    event loop's time on the production NFFM's 90%-hit batches (py-spy).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[TextKey, _Answer] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: TextKey, now: float) -> _Answer | None:
+        """``key``'s answer if it has not expired by ``now`` (an expired one is dropped)."""
+        return self.get_many([key], now)[0]
+
+    def get_many(self, keys: Sequence[TextKey], now: float) -> list[_Answer | None]:
+        """Each key's live answer (``None`` where there is none), each one found made the
+        most recently used."""
+        entries: list[_Answer | None] = list(map(self._entries.get, keys))
+        refresh = self._entries.move_to_end
+        for i, (key, entry) in enumerate(zip(keys, entries, strict=True)):
+            if entry is None:
+                continue
+            if entry[2] > now:
+                refresh(key)
+                continue
+            entries[i] = None
+            self._drop(key)
+        return entries
+
+    def put(self, key: TextKey, answer: _Answer) -> None:
+        """Keep ``answer`` as the most recently used; the least recently used go while the
+        store is over its bound (an answer larger than the whole bound is not kept)."""
+        self._drop(key)
+        size = _answer_bytes(answer)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = answer
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.nbytes -= _answer_bytes(evicted)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def _drop(self, key: TextKey) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.nbytes -= _answer_bytes(entry)
 
 
-def _unexpired(entries: LRUCache[Any, _Entry], key: TextKey, now: float) -> _Entry | None:
-    """``key``'s entry, whose last item is its expiry time, if that is after ``now``; an
-    expired entry is dropped. Both caches keep their entries this way: the clock is read
-    once a request, and nothing runs on a timer."""
-    entry = entries.get(key)
-    if entry is None:
-        return None
-    if entry[-1] <= now:
-        del entries[key]
-        return None
-    return entry
-
-
-def row_text_key(row: bytes) -> int:
-    """A batch row's response-cache key: ``hash()`` of its JSON text (see ResponseCache)."""
-    return hash(bytes(row))
+def row_text_keys(rows: Sequence[bytes]) -> list[int]:
+    """Batch rows' response-cache keys: ``hash()`` of each one's JSON text (see
+    ResponseCache)."""
+    return list(map(hash, map(bytes, rows)))
 
 
 def _answer_bytes(answer: _Answer) -> int:

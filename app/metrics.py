@@ -176,10 +176,13 @@ def mark_worker_gone() -> None:
 class _Histogram:
     """Bucket counts and a sum, as a Prometheus histogram keeps them, in plain Python."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "counts", "edges", "total")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = bounds
+        # searchsorted on a tuple converts it to an array on every call: ~4.6% of the event
+        # loop's time on 90%-hit batches of the production NFFM (py-spy, two calls a batch).
+        self.edges = np.asarray(bounds, dtype=np.float64)
         self.counts = [0] * (len(bounds) + 1)  # one per upper bound, then +Inf
         self.total = 0.0
 
@@ -188,7 +191,7 @@ class _Histogram:
         self.total += value
 
     def add_many(self, values: NDArray[np.float32]) -> None:
-        slots = np.searchsorted(self.bounds, values, side="left")
+        slots = np.searchsorted(self.edges, values, side="left")
         for slot, count in enumerate(np.bincount(slots, minlength=len(self.counts)).tolist()):
             self.counts[slot] += count
         self.total += float(values.sum(dtype=np.float64))

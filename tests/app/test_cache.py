@@ -3,6 +3,7 @@ admission of batch rows, disabled mode, thread safety.
 ResponseCache: second-sight admission, byte bound, expiry, version awareness, batch rows
 answered with their score."""
 
+import math
 import threading
 
 import numpy as np
@@ -13,7 +14,7 @@ from app.cache import (
     Doorkeeper,
     ResponseCache,
     ScoreCache,
-    row_text_key,
+    row_text_keys,
 )
 
 
@@ -260,18 +261,43 @@ def test_response_cache_off() -> None:
     assert not responses.enabled
 
 
+def _known(responses: ResponseCache, texts: list[int], version: str) -> list[float | None]:
+    """The scores the response cache knows for ``texts`` (None where it knows none)."""
+    return [
+        None if math.isnan(score) else score
+        for score in responses.lookup_rows(texts, version).tolist()
+    ]
+
+
 def test_batch_row_texts_answer_with_their_score_from_the_second_sight() -> None:
     clock = FakeClock()
     responses = ResponseCache(1 << 20, ttl_s=30, timer=clock)
-    texts = [row_text_key(b'{"c0":"a"}'), row_text_key(b'{"c0":"b"}')]
+    texts = row_text_keys([b'{"c0":"a"}', b'{"c0":"b"}'])
     responses.offer_rows(texts, "v1", [0.25, 0.5])
-    assert responses.lookup_rows(texts, "v1") == [None, None]  # first sights
+    assert _known(responses, texts, "v1") == [None, None]  # first sights
     responses.offer_rows(texts[:1], "v1", [0.25])
-    assert responses.lookup_rows(texts, "v1") == [0.25, None]
-    assert responses.lookup_rows(texts, "v2") == [None, None]  # another version's score
+    assert _known(responses, texts, "v1") == [0.25, None]
+    assert _known(responses, texts, "v2") == [None, None]  # another version's score
     clock.now = 31
-    assert responses.lookup_rows(texts, "v1") == [None, None]  # expired
-    assert row_text_key(b'{"c0":"a"}') != row_text_key(b'{"c0": "a"}')  # the exact text
+    assert _known(responses, texts, "v1") == [None, None]  # expired
+    assert row_text_keys([b'{"c0":"a"}']) != row_text_keys([b'{"c0": "a"}'])  # the exact text
+
+
+def test_batch_rows_are_answered_least_recently_used_first_out() -> None:
+    def admit(responses: ResponseCache, texts: list[int]) -> None:
+        for text in texts:  # a text is admitted on its second sight
+            responses.offer_rows([text, text], "v1", [0.5, 0.5])
+
+    probe = ResponseCache(1 << 20, ttl_s=30)
+    admit(probe, row_text_keys([b"{}"]))
+    answer_bytes = probe.nbytes  # one answer, as the bound counts it
+    responses = ResponseCache(4 * 4 * answer_bytes // 3 + 3, ttl_s=30)  # answers: 3/4 of it
+    texts = row_text_keys([f'{{"c0":"{i}"}}'.encode() for i in range(6)])
+    admit(responses, texts[:4])
+    assert _known(responses, texts[:1], "v1") == [0.5]  # the first is now the most recent
+    admit(responses, texts[4:])  # two more push the two least recently used out
+    assert _known(responses, texts, "v1") == [0.5, None, None, 0.5, 0.5, 0.5]
+    assert responses.nbytes <= responses.max_bytes
 
 
 def test_a_batch_row_answer_is_never_a_single_body_answer() -> None:
@@ -279,8 +305,8 @@ def test_a_batch_row_answer_is_never_a_single_body_answer() -> None:
     digest = _digest(b'{"features":{"c0":"a"}}')
     responses.offer(digest, KEY)
     responses.offer(digest, KEY)
-    text = row_text_key(b'{"c0":"a"}')
-    responses.offer_rows([text], "v1", [0.25])
-    responses.offer_rows([text], "v1", [0.25])
+    text = row_text_keys([b'{"c0":"a"}'])
+    responses.offer_rows(text, "v1", [0.25])
+    responses.offer_rows(text, "v1", [0.25])
     assert responses.lookup(digest, "v1") == KEY
-    assert responses.lookup_rows([text], "v1") == [0.25]
+    assert _known(responses, text, "v1") == [0.25]
