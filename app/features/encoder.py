@@ -285,6 +285,44 @@ class _Group(Generic[_Column]):
             out[:, self.positions] = found.reshape(rows, -1)
 
 
+class _Bins:
+    """Every numeric field's bin edges, to bin a batch's numbers as each field's
+    ``searchsorted(edges, x, side="right")`` does: how many of its edges are <= x.
+
+    A small batch is binned in one search of all fields' edges merged and sorted: the search
+    finds how many merged edges are <= x, and a table gives how many of those are the
+    field's own. Exact, and one numpy call for the batch where a search per field costs 13
+    calls on the production model: 10 rows in 10 µs against 51, 100 rows in 44 against 68.
+    A larger batch is binned a field at a time: a search of a field's own ~15 edges is
+    shorter than one of all ~165, 227 µs against 146 at 300 rows.
+    """
+
+    MERGED_MAX_ROWS = 128
+
+    def __init__(self, edges: Sequence[NDArray[np.float64]]) -> None:
+        self.edges = list(edges)
+        self._merged = np.sort(np.concatenate([*self.edges, np.empty(0)]))
+        # below[p, j]: how many of field j's edges are <= merged[p - 1] (none for p = 0),
+        # flattened so that one ``take`` reads a batch's bins.
+        below = np.zeros((len(self._merged) + 1, len(self.edges)), dtype=np.int64)
+        for j, field_edges in enumerate(self.edges):
+            below[1:, j] = np.searchsorted(field_edges, self._merged, side="right")
+        self._below = below.ravel()
+        self._fields = np.arange(len(self.edges), dtype=np.intp)
+
+    def of(self, matrix: NDArray[np.float64]) -> NDArray[np.int64]:
+        """The bin of each value of ``(rows, fields)`` finite ``matrix``."""
+        if len(matrix) <= self.MERGED_MAX_ROWS:
+            slots = np.searchsorted(self._merged, matrix, side="right")
+            slots *= len(self.edges)
+            slots += self._fields
+            return self._below.take(slots)
+        binned = np.empty(matrix.shape, dtype=np.int64)
+        for j, field_edges in enumerate(self.edges):
+            binned[:, j] = np.searchsorted(field_edges, matrix[:, j], side="right")
+        return binned
+
+
 def _row_major(rows: Sequence[Mapping[str, object]], names: list[str]) -> tuple[list[object], bool]:
     """``rows``' values of ``names``, row after row (``None`` for an absent key), and whether
     every row held every name."""
@@ -343,6 +381,7 @@ class FeatureEncoder:
         self.categorical_names = tuple(self._categorical.names)
         self.numeric_names = tuple(self._numeric.names)
         self._lookup: VocabularyDicts | VocabularyTable | None = None
+        self._bins = _Bins([column.edges for column in self._numeric.columns])
 
     def check_names(self, names: Iterable[str]) -> None:
         """Reject field names the model does not know, listing the ones it does."""
@@ -490,9 +529,7 @@ class FeatureEncoder:
             raise EncodeError(column.name, "infinite values are not allowed")
         missing = np.isnan(matrix)
         matrix[missing] = 0.0
-        binned = np.empty(matrix.shape, dtype=np.int64)
-        for j, column in enumerate(columns):
-            binned[:, j] = np.searchsorted(column.edges, matrix[:, j], side="right")
+        binned = self._bins.of(matrix)
         binned += NUM_RESERVED
         binned[missing] = MISSING_INDEX
         out[:, positions] = binned

@@ -159,3 +159,28 @@ def test_a_batch_with_an_unknown_field_is_refused(
         MISSING_INDEX,
         NUM_RESERVED + 1,
     ]
+
+
+@pytest.mark.parametrize("rows", [100, 300])  # one search of merged edges; one a field
+def test_a_batch_bins_every_numeric_field_as_its_own_edges_do(rows: int) -> None:
+    # Fields whose edges interleave and repeat one another's: each value must be counted
+    # against its own field's edges only, ties included (an edge is in the bin above it).
+    edges = [(0.0, 1.0, 2.0), (1.0, 1.5, 2.0, 9.0), (), (-3.0,)]
+    spec = FeatureSpec(
+        fields=tuple(
+            NumericField(name=f"n{j}", binning="quantile", bin_edges=field_edges)
+            for j, field_edges in enumerate(edges)
+        )
+    )
+    encoder = FeatureEncoder(spec)
+    candidates = [-5.0, -3.0, 0.0, 0.5, 1.0, 1.25, 1.5, 2.0, 3.0, 9.0, 1e300, None]
+    rng = np.random.default_rng(rows)
+    numbers = [candidates[i] for i in rng.integers(len(candidates), size=rows * len(edges))]
+    expected = [
+        MISSING_INDEX
+        if value is None
+        else NUM_RESERVED + int(np.searchsorted(edges[i % len(edges)], value, side="right"))
+        for i, value in enumerate(numbers)
+    ]
+    encoded = encoder.encode_values([], numbers, rows)
+    assert encoded.ravel().tolist() == expected
