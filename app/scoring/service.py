@@ -31,10 +31,11 @@ logger = logging.getLogger(__name__)
 EncodedAs = Literal["value", "missing", "unseen"]
 _PARSE, _ENCODE, _CACHE, _ORT = range(len(STAGES))
 # Batch rows' texts are looked up in the response cache while more than this share of
-# recent batch rows were cache hits. Looking up a row's text costs every row ~1.2 µs (its
-# hash, cachetools' get); a row found saves its decoding, encoding and score-cache lookup,
-# ~4 µs on a 10-field model and ~9.5 µs on a 39-field one. It pays from a share of ~0.3 and
-# ~0.13 respectively; below the threshold an all-miss stream pays nothing.
+# recent batch rows were cache hits. Looking up a row's text costs every row ~0.5 µs (its
+# hash, a dict get: app/cache.py's AnswerStore); a row found saves its decoding, encoding
+# and score-cache lookup, ~4 µs on a 10-field model and ~9.5 µs on a 39-field one. It pays
+# from a share of ~0.13 and ~0.05 respectively; below the threshold an all-miss stream pays
+# nothing.
 REPEATS_MIN_SHARE = 0.2
 # Below this share of hits among the requests that asked them, the caches are asked only by
 # probes (app/scoring/gate.py): a stream of one-off rows then costs ~1/8 of the caches' work
