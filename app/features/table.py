@@ -35,6 +35,7 @@ WINDOW = 8
 # The key of an empty slot. A value whose key is this is not stored: its lookup stops at
 # the first empty slot with a match whose index is NOT_FOUND.
 _EMPTY = np.iinfo(np.int64).min
+_FURTHER = np.arange(1, WINDOW)  # a window's slots after the home slot
 _TEXT_TYPES = frozenset((str, type(None)))
 # Up to this many vocabulary values in all, a batch is looked up in dicts; above, in the
 # table. Measured on 100-row batches of fresh strings: 10 fields of 200 values, dicts 58 µs
@@ -151,21 +152,26 @@ class VocabularyTable:
             TypeError: a value is unhashable (a list, a dict): the caller's exact path says so.
         """
         keys = np.fromiter(map(hash, values), np.int64, len(values)) ^ np.tile(self.salts, rows)
-        found = np.full(len(keys), NOT_FOUND, dtype=np.int64)
         if not _TEXT_TYPES.issuperset(map(type, values)):
             # Numbers hash as themselves (hash(0) == hash("") == 0): only strings and null
             # may be looked up here; the rest stays NOT_FOUND.
             text = np.fromiter((type(value) in _TEXT_TYPES for value in values), bool, len(values))
             keys[~text] = _EMPTY
-        pending, slots = np.arange(len(keys)), keys & self.mask
-        # Linear probing, all values a step at a time: most are settled in the first step
-        # (their home slot holds them, or is empty), so the later steps are short.
-        for _ in range(WINDOW):
-            stored = self.keys[slots]  # an empty slot never matches: see _EMPTY
-            hit = stored == keys[pending]
-            found[pending[hit]] = self.indices[slots[hit]]
-            going_on = ~hit & (stored != _EMPTY)
-            if not going_on.any():
-                break
-            pending, slots = pending[going_on], slots[going_on] + 1
+        # Most values are settled by their home slot (it holds them, or is empty: an empty
+        # slot's index is NOT_FOUND, and an empty slot never holds a key, see _EMPTY).
+        slots = keys & self.mask
+        stored = self.keys[slots]
+        hit = stored == keys
+        found = np.where(hit, self.indices[slots], NOT_FOUND)
+        # The rest read the rest of their window at once, taking its first match: a key is
+        # never placed beyond an empty slot of its window, so none needs to stop there. A
+        # step at a time (eight rounds of numpy calls at most), 10 rows of the production
+        # model's 26 fields took 95 µs against 61, 100 rows 481 against 431.
+        rest = np.flatnonzero(~hit & (stored != _EMPTY))
+        if len(rest):
+            window = slots[rest, None] + _FURTHER
+            match = self.keys[window] == keys[rest, None]
+            first = match.argmax(axis=1)
+            matched = match[np.arange(len(rest)), first]
+            found[rest[matched]] = self.indices[window[matched, first[matched]]]
         return found
