@@ -432,9 +432,6 @@ class AnswerStore:
         self.nbytes = 0
         self._entries: OrderedDict[TextKey, _Answer] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get(self, key: TextKey, now: float) -> _Answer | None:
         """``key``'s answer if it has not expired by ``now`` (an expired one is dropped)."""
         return self.get_many([key], now)[0]
