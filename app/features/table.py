@@ -10,7 +10,8 @@ total size (:func:`vocabulary_lookup`):
 - :class:`VocabularyTable`: one numpy hash table. In dicts of megabytes each value costs a few
   dependent memory reads, ~0.5 µs (100 rows of 26 fields of up to 20,000 values: 763 µs
   against the table's 331); here a value costs one ``hash()`` call and the batch is probed
-  with a handful of numpy calls whose reads the CPU overlaps, at ~90 µs of fixed cost.
+  with a dozen numpy calls whose reads the CPU overlaps (the home slot, then the rest of
+  the window for the few values it does not settle).
 
 Either is an accelerator in front of the exact dict lookup: a value it does not find
 (unseen, a number, anything not stored) is left to the caller, which looks it up the exact
