@@ -77,7 +77,8 @@ class ServiceMetrics:
         )
         self.stage_latency = Histogram(
             "ctr_stage_seconds",
-            "Time per request in each stage of /predict: parse, encode, cache, onnxruntime.",
+            "Time in each stage of /predict: parse, encode, cache, onnxruntime; per request, "
+            "or per call where the misses of concurrent requests were coalesced into one.",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=registry,
@@ -250,7 +251,7 @@ class Tally:
             histogram.add(seconds)
 
     def stage(self, stage: int, seconds: float) -> None:
-        """One request's time in ``STAGES[stage]``."""
+        """One request's time in ``STAGES[stage]``, or one coalesced call's."""
         with self._lock:
             self._stages[stage].add(seconds)
 

@@ -31,11 +31,15 @@ from app.scoring.scorer import Scorer
 from app.scoring.service import SINGLE_PROBE_EVERY, SINGLE_PROBE_MAX, WHOLE_BODY_MAX_BYTES
 from benchmarks.timing import median_seconds
 from benchmarks.workloads import (
+    CACHE_ENTRIES,
     DISABLED,
+    RESPONSE_CACHE_BYTES,
     ROUNDS,
     WORKLOADS,
     Measured,
     measure,
+    ours,
+    requests_for,
     servers,
     turns,
 )
@@ -207,7 +211,9 @@ class Suite:
         return ratios
 
     def coalescing(self) -> None:
-        """Miss coalescing on vs off on the production-size model: distinct single rows.
+        """Miss coalescing on vs off on the production-size model: distinct single rows
+        (score cache off: every request a miss), and 100-row batches at 90% hits (caches
+        as the peer comparison sets them), whose misses are pooled with coalescing on.
 
         Both services run at once and take turns, as the peers do (:func:`measure`): a
         warm-up run each before a connection count's first round, then ``ROUNDS`` rounds,
@@ -217,50 +223,88 @@ class Suite:
         models = self._models()
         model_dir = models.get("production NFFM", self.model_dir)
         spec = load_spec(model_dir)
-        bodies = write_bodies([{"features": r} for r in unique_rows(spec, 100_000, seed=31)])
-        env = {"CTR_MODEL_DIR": str(model_dir), "CTR_CACHE_MAXSIZE": "0"}
+        base_env = {"CTR_MODEL_DIR": str(model_dir)}
+        workloads = {
+            "distinct single rows": (
+                write_bodies([{"features": r} for r in unique_rows(spec, 100_000, seed=31)]),
+                {**base_env, "CTR_CACHE_MAXSIZE": "0"},
+            ),
+            "batches of 100 rows, 90% hits": (
+                write_bodies(
+                    [ours(r) for r in requests_for(spec, "batches of 100 rows, 90% hits")]
+                ),
+                {
+                    **base_env,
+                    "CTR_CACHE_TTL_S": "3600",
+                    "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES),
+                    "CTR_RESPONSE_CACHE_MAX_BYTES": str(RESPONSE_CACHE_BYTES),
+                },
+            ),
+        }
         settings = {"on (64)": "64", "off": "0"}
-        rows = []
-        with ExitStack() as running:
-            bases = {
-                label: running.enter_context(server(APP, {**env, "CTR_COALESCE_MAX_ROWS": setting}))
-                for label, setting in settings.items()
-            }
-            for connections in (1, 16, 64):
-                runs: dict[str, list[WrkResult]] = {label: [] for label in settings}
-                calls = dict.fromkeys(settings, 0.0)
-                scored = dict.fromkeys(settings, 0.0)
-                for round_, label in turns(list(settings), ROUNDS):
-                    url = f"{bases[label]}/predict"
-                    if round_ == 0:
-                        wrk(url, bodies, max(2, self.duration_s // 2), connections)  # warm-up
-                    calls_before, scored_before = _calls(bases[label])
-                    runs[label].append(wrk(url, bodies, self.duration_s, connections))
-                    calls_after, scored_after = _calls(bases[label])
-                    calls[label] += calls_after - calls_before
-                    scored[label] += scored_after - scored_before
-                for label, results in runs.items():
-                    rows.append(
-                        [
-                            str(connections),
-                            label,
-                            f"{np.mean([r.req_per_s for r in results]):,.0f}",
-                            f"{np.mean([r.p50_ms for r in results]):.2f}",
-                            f"{max(r.p99_ms for r in results):.2f}",
-                            f"{scored[label] / max(calls[label], 1):.1f}",
-                            str(sum(r.errors for r in results)),
-                        ]
+        rows: list[list[str]] = []
+        for workload, (bodies, env) in workloads.items():
+            with ExitStack() as running:
+                bases = {
+                    label: running.enter_context(
+                        server(APP, {**env, "CTR_COALESCE_MAX_ROWS": setting})
+                    )
+                    for label, setting in settings.items()
+                }
+                for connections in (1, 16, 64):
+                    rows.extend(
+                        [workload, *row]
+                        for row in self._coalescing_rounds(bases, bodies, connections)
                     )
         self._table(
             f"Miss coalescing on vs off ({relative(model_dir)}, {len(spec.fields)} fields)",
-            f"wrk, 1 thread; distinct single rows, score cache disabled, so every request is "
-            f"an onnxruntime row. Both services run at once: a warm-up run each, then "
+            f"wrk, 1 thread. Distinct single rows: score cache disabled, so every request is "
+            f"an onnxruntime row. Batches at 90% hits: caches on, as in the peer comparison; "
+            f"coalescing pools the rows of the batches that the response cache did not "
+            f"answer. Both services run at once: a warm-up run each, then "
             f"{ROUNDS} rounds of {self.duration_s} s, taking turns (req/s and p50: their mean; "
             "p99: the worst). Rows per call: from the service's own `ctr_scored_batch_rows` "
             "histogram, over the measured runs.",
-            ["connections", "coalescing", "req/s", "p50 ms", "p99 ms", "rows per call", "errors"],
+            [
+                "workload",
+                "connections",
+                "coalescing",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "rows per call",
+                "errors",
+            ],
             rows,
         )
+
+    def _coalescing_rounds(
+        self, bases: dict[str, str], bodies: Path, connections: int
+    ) -> Iterable[list[str]]:
+        """One table row per server of ``bases`` (label: URL), from ``ROUNDS`` rounds at
+        ``connections`` connections taking turns."""
+        runs: dict[str, list[WrkResult]] = {label: [] for label in bases}
+        calls = dict.fromkeys(bases, 0.0)
+        scored = dict.fromkeys(bases, 0.0)
+        for round_, label in turns(list(bases), ROUNDS):
+            url = f"{bases[label]}/predict"
+            if round_ == 0:
+                wrk(url, bodies, max(2, self.duration_s // 2), connections)  # warm-up
+            calls_before, scored_before = _calls(bases[label])
+            runs[label].append(wrk(url, bodies, self.duration_s, connections))
+            calls_after, scored_after = _calls(bases[label])
+            calls[label] += calls_after - calls_before
+            scored[label] += scored_after - scored_before
+        for label, results in runs.items():
+            yield [
+                str(connections),
+                label,
+                f"{np.mean([r.req_per_s for r in results]):,.0f}",
+                f"{np.mean([r.p50_ms for r in results]):.2f}",
+                f"{max(r.p99_ms for r in results):.2f}",
+                f"{scored[label] / max(calls[label], 1):.1f}",
+                str(sum(r.errors for r in results)),
+            ]
 
     def ceiling(self) -> dict[str, float]:
         """Bare constant endpoint vs /predict hit, miss and cache-disabled (single rows)."""

@@ -20,6 +20,7 @@ from app.features.errors import EncodeError, SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
 from app.schemas import PredictRequest, decode_rows, parse_predict
+from app.scoring.batch_misses import BatchMissPool
 from app.scoring.coalescer import MissCoalescer
 from app.scoring.gate import CacheGate
 from app.scoring.registry import ModelRegistry, Swap
@@ -109,7 +110,10 @@ class PredictionService:
     """Parse -> response cache -> encode -> score cache -> one onnxruntime call -> fill.
 
     With ``coalesce_max_rows`` > 0 a single-row miss shares its onnxruntime call with the
-    other single-row misses of the same turn of the event loop (:class:`MissCoalescer`).
+    other single-row misses of the same turn of the event loop (:class:`MissCoalescer`),
+    and the rows of batches that the response cache did not answer by their text are
+    decoded, encoded and scored with those of the other batches of that turn
+    (:class:`BatchMissPool`); either way, in calls of about ``coalesce_max_rows`` rows.
 
     Also the one place a model swap happens for this worker (:meth:`follow`,
     :meth:`switch`, :meth:`publish`): the caches of the old version are dropped and the
@@ -144,6 +148,11 @@ class PredictionService:
             MissCoalescer(
                 self._run, self._run_in_thread, coalesce_max_rows, coalesce_max_s, coalesce_thread_s
             )
+            if coalesce_max_rows > 0
+            else None
+        )
+        self.batch_misses = (
+            BatchMissPool(self._encode_fields, self._encode_text, self._pooled, coalesce_max_rows)
             if coalesce_max_rows > 0
             else None
         )
@@ -253,9 +262,11 @@ class PredictionService:
 
         While more than ``REPEATS_MIN_SHARE`` of lately scored batch rows were cache hits,
         each row's text is looked up in the response cache first (:meth:`_known_texts`): a
-        row sent before as the same text is answered without being decoded or encoded. The
-        other rows are decoded in one call and scored as :meth:`_gated_batch` says. Raises
-        :class:`BodyError` (a row that is not an object), ``EncodeError`` or
+        row sent before as the same text is answered without being decoded or encoded, and
+        the others are decoded, encoded and scored with the rows the other batches of this
+        turn of the event loop did not find (:class:`BatchMissPool`; alone with coalescing
+        off). Otherwise the rows are decoded in one call and scored as :meth:`_gated_batch`
+        says. Raises :class:`BodyError` (a row that is not an object), ``EncodeError`` or
         ``ScoringError``.
         """
         scorer = self.registry.current  # one reference for the whole request
@@ -268,13 +279,17 @@ class PredictionService:
             self.metrics.tally.stage(_CACHE, cache_s)
         else:
             rest = np.flatnonzero(~hits)
-            todo = [rows[i] for i in rest.tolist()]
-            indices = self._encode_text(scorer, todo, body, rest.tolist())
-            part = await self._score_encoded(scorer, indices, cache_s)
-            scores[rest], hits[rest] = part.scores, part.cached
-            self.responses.offer_rows(
-                [texts[i] for i in rest.tolist()], scorer.version, part.scores.tolist()
-            )
+            places = rest.tolist()
+            todo = [rows[i] for i in places]
+            if self.batch_misses is not None:
+                found, found_hits = await self.batch_misses.score(
+                    scorer, todo, body, places, cache_s
+                )
+            else:
+                indices = self._encode_text(scorer, todo, body, places)
+                found, found_hits = await self._pooled(scorer, indices, cache_s)
+            scores[rest], hits[rest] = found, found_hits
+            self.responses.offer_rows([texts[i] for i in places], scorer.version, found.tolist())
         self.metrics.tally.scores(scores)  # once a request: a histogram costs ~7 µs
         cached = hits.tolist()
         self.batch_gate.note(sum(cached), len(cached))
@@ -337,26 +352,29 @@ class PredictionService:
         """
         if rows > self.inline_max_rows:
             return await asyncio.to_thread(lambda: self._score(scorer, encode(), asks))
-        return await self._score_encoded(scorer, encode(), asks=asks)
+        return _scored(await self._filled(scorer, encode(), asks=asks))
 
-    async def _score_encoded(
-        self,
-        scorer: Scorer,
-        indices: NDArray[np.int64],
-        cache_s: float = 0.0,
-        *,
-        asks: bool = True,
-    ) -> Scored:
-        """Look up encoded rows (when ``asks``) and score the misses (inline or in a thread,
-        as :meth:`_score_batch` says). ``cache_s``: this request's time in the cache so far."""
+    async def _pooled(
+        self, scorer: Scorer, indices: NDArray[np.int64], cache_s: float
+    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """Encoded batch rows' scores and which of them the score cache held (``cache_s``:
+        the time their requests spent in the caches before)."""
+        lookup = await self._filled(scorer, indices, cache_s)
+        return lookup.scores, lookup.hits
+
+    async def _filled(
+        self, scorer: Scorer, indices: NDArray[np.int64], cache_s: float = 0.0, *, asks: bool = True
+    ) -> Lookup:
+        """Encoded rows looked up (when ``asks``) and their misses scored, inline or in a
+        thread as :meth:`_score_batch` says; the fresh scores stored, and all counted."""
         lookup, lookup_s = self._lookup(scorer, indices, asks)
-        cache_s += lookup_s
         misses, todo = _misses(lookup, indices)
         if len(misses) > scorer.rows_within(self.inline_max_s):
             lookup.scores[misses] = await self._run_in_thread(scorer, todo)
         elif len(misses):
             lookup.scores[misses] = self._run(scorer, todo)
-        return self._settle(lookup, cache_s)
+        self._settle(lookup, cache_s + lookup_s)
+        return lookup
 
     def _looks_for_repeats(self, rows: int) -> bool:
         """Whether a batch's row texts are worth looking up before decoding them."""
@@ -404,25 +422,39 @@ class PredictionService:
         batch at a time and do not know it.
         """
 
-        def encode() -> NDArray[np.int64]:
-            values = scorer.rows.values(rows)
-            if values is None:
-                return scorer.encoder.encode_rows(decode_rows(rows, body))
-            return scorer.encoder.encode_values(*values, len(rows))
-
         try:
-            return self._encode(scorer, encode)
+            indices = self._encode_fields(scorer, rows)
+            if indices is None:
+                return self._encode(
+                    scorer, lambda: scorer.encoder.encode_rows(decode_rows(rows, body))
+                )
+            return indices
         except EncodeError as exc:
             raise _first_bad_row(scorer, rows, body, places, exc) from None
+
+    def _encode_fields(self, scorer: Scorer, rows: Sequence[bytes]) -> NDArray[np.int64] | None:
+        """Rows' JSON text decoded straight into the model's fields and encoded (timed and
+        counted as :meth:`_encode`); ``None`` when they are not the model's row shape.
+        Raises ``EncodeError`` without saying which row."""
+        started = time.perf_counter()
+        values = scorer.rows.values(rows)
+        if values is None:
+            return None
+        indices = scorer.encoder.encode_values(*values, len(rows))
+        self._encoded(scorer, indices, started)
+        return indices
 
     def _encode(self, scorer: Scorer, encode: Callable[[], NDArray[np.int64]]) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""
         started = time.perf_counter()
         indices = encode()
+        self._encoded(scorer, indices, started)
+        return indices
+
+    def _encoded(self, scorer: Scorer, indices: NDArray[np.int64], started: float) -> None:
         tally = self.metrics.tally
         tally.stage(_ENCODE, time.perf_counter() - started)
         tally.rows(scorer.version, scorer.encoder.names, indices)
-        return indices
 
     def _lookup(
         self, scorer: Scorer, indices: NDArray[np.int64], asks: bool = True
@@ -441,9 +473,10 @@ class PredictionService:
         misses, todo = _misses(lookup, indices)
         if len(misses):
             lookup.scores[misses] = self._run(scorer, todo)
-        return self._settle(lookup, cache_s)
+        self._settle(lookup, cache_s)
+        return _scored(lookup)
 
-    def _settle(self, lookup: Lookup, cache_s: float) -> Scored:
+    def _settle(self, lookup: Lookup, cache_s: float) -> None:
         """Store the fresh scores and count the lookups (the scores served are counted once
         a request, by the caller that answers it)."""
         started = time.perf_counter()
@@ -452,7 +485,6 @@ class PredictionService:
         tally.stage(_CACHE, cache_s + time.perf_counter() - started)
         hits = int(np.count_nonzero(lookup.hits))
         tally.lookups(hits, len(lookup.hits) - hits)
-        return Scored(lookup.scores, lookup.hits.tolist(), lookup.version)
 
     def _run(self, scorer: Scorer, indices: NDArray[np.int64]) -> NDArray[np.float32]:
         """One onnxruntime call on this thread, counted (with coalescing, one observation
@@ -587,6 +619,10 @@ def timed_score(scorer: Scorer, indices: NDArray[np.int64]) -> tuple[NDArray[np.
     started = time.perf_counter()
     scores = scorer.score_indices(indices)
     return scores, time.perf_counter() - started
+
+
+def _scored(lookup: Lookup) -> Scored:
+    return Scored(lookup.scores, lookup.hits.tolist(), lookup.version)
 
 
 def _misses(
