@@ -21,10 +21,10 @@ at 256 rows they grew to ~4 requests, every request of a pool waited for its one
 and the event loop sat idle a third of the time (1,101 req/s); capped at 20 they held two
 requests and saved too little (1,036).
 
-A service whose batches do not overlap does not pool: while pools held fewer than
-``DIRECT_BELOW_REQUESTS`` requests on average, a request's misses are scored in its own
-task at once, and one in ``PROBE_EVERY`` still tries pooling, so that pooling comes back as
-soon as requests overlap again. At one connection every pool held one request, and the
+A service whose batches do not overlap does not pool: while pools held fewer than 1.5
+requests on average, a request's misses are scored in its own task at once, and one in 16
+still tries pooling, so that pooling comes back as soon as requests overlap again
+(app/scoring/overlap.py). At one connection every pool held one request, and the
 extra turn and task cost 16% of the req/s (389 against 461); scored directly, 546 against
 535.
 
@@ -44,13 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from app.scoring.overlap import Overlap
 from app.scoring.scorer import Scorer
-
-# A request's misses are decoded and scored in its own task, at once, while pools held fewer
-# than this many requests on average...
-DIRECT_BELOW_REQUESTS = 1.5
-REQUESTS_WEIGHT = 0.125  # ...a pool's weight in that average (it follows the last ~8 pools),
-PROBE_EVERY = 16  # and one request in this many tries pooling all the same.
 
 # A pool's rows decoded and encoded in one go; None when they are not the model's row shape
 # (or a value does not encode: raises). The rows then go request by request:
@@ -108,8 +103,7 @@ class BatchMissPool:
         self._score = score
         self.max_rows = max_rows
         self._open: _Pool | None = None
-        self._requests_per_pool = 2.0  # the moving average; pooling is tried from the start
-        self._direct = 0  # requests scored directly since pooling was last tried
+        self._requests_per_pool = Overlap()  # scored at once while pools hold one request
         self._running: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 
     async def score(
@@ -125,12 +119,10 @@ class BatchMissPool:
         other requests of this turn (``cache_s``: the request's time in the caches so
         far). Raises what encoding this request's rows raises, or what scoring the pool
         raised."""
-        if self._goes_direct():
-            self._direct += 1
+        if self._requests_per_pool.goes_direct(self._open is None):
             return await self._score(
                 scorer, self._encode_request(scorer, rows, body, places), cache_s
             )
-        self._direct = 0
         loop = asyncio.get_running_loop()
         pool = self._open
         if pool is None or pool.scorer is not scorer:
@@ -145,22 +137,13 @@ class BatchMissPool:
             self._start(pool)
         return await answer
 
-    def _goes_direct(self) -> bool:
-        """Whether a request's misses are scored at once: requests have not been
-        overlapping, no pool is open for it to join, and it is not a probe."""
-        return (
-            self._requests_per_pool < DIRECT_BELOW_REQUESTS
-            and self._open is None
-            and self._direct < PROBE_EVERY - 1
-        )
-
     def _start(self, pool: _Pool) -> None:
         if self._open is pool:
             self._open = None
         if not pool.requests:
             return  # already started when it filled up
         requests, pool.requests = pool.requests, []
-        self._requests_per_pool += REQUESTS_WEIGHT * (len(requests) - self._requests_per_pool)
+        self._requests_per_pool.formed(len(requests))
         task = asyncio.ensure_future(self._answer(pool.scorer, requests))
         self._running.add(task)
         task.add_done_callback(self._running.discard)

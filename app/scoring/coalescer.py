@@ -9,9 +9,9 @@ waits at most for the requests already started, and a batch that reaches ``max_r
 scored at once.
 
 A service without concurrent misses does not wait at all: while the calls the loop formed
-held fewer than ``DIRECT_BELOW_ROWS`` rows on average (a moving average), misses are scored
+held fewer than 1.5 rows on average (a moving average, app/scoring/overlap.py), misses are scored
 directly (the extra turn and future cost ~15 µs, 5% of a toy model's miss at one
-connection), and one in ``PROBE_EVERY`` still tries batching, so that batching comes back
+connection), and one in 16 still tries batching, so that batching comes back
 as soon as requests overlap again; so is a costly model's while no call of it is in a
 scoring thread (a thread hop cost the NFFM a third of its req/s at one connection). An
 average, not the last call: with cache hits among the requests, a turn often holds a single
@@ -54,15 +54,11 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from app.scoring.overlap import Overlap
 from app.scoring.scorer import Scorer
 
 RunBatch = Callable[[Scorer, NDArray[np.int64]], NDArray[np.float32]]
 RunBatchInThread = Callable[[Scorer, NDArray[np.int64]], Awaitable[NDArray[np.float32]]]
-# Misses are scored directly, and hits answered at once, while the loop's calls averaged
-# fewer rows than this...
-DIRECT_BELOW_ROWS = 1.5
-ROWS_WEIGHT = 0.125  # ...a call's weight in that average (it follows the last ~8 calls),
-PROBE_EVERY = 16  # and one miss in this many tries batching all the same.
 
 
 class _Batch:
@@ -103,16 +99,13 @@ class MissCoalescer:
         self.max_seconds = max_seconds
         self.thread_seconds = thread_seconds
         self._open: _Batch | None = None
-        self._rows_per_call = 2.0  # the moving average; batching is tried from the start
-        self._direct = 0  # misses scored directly since batching was last tried
+        self._rows_per_call = Overlap()  # misses are scored directly while calls are small
         self._in_thread = 0  # calls running in a scoring thread
 
     async def score(self, scorer: Scorer, row: NDArray[np.int64]) -> float:
         """The score of one encoded row ``(1, F)``, from a call shared with its neighbours."""
-        if self._goes_direct():
-            self._direct += 1
+        if self._rows_per_call.goes_direct(self._open is None and not self._in_thread):
             return float(self._run(scorer, row)[0])
-        self._direct = 0
         loop = asyncio.get_running_loop()
         batch = self._open
         if batch is None or batch.scorer is not scorer:
@@ -135,7 +128,7 @@ class MissCoalescer:
         A hit that comes before any miss of its turn opens the turn's batch, which is
         scored (or, empty, only closed) in the next turn all the same.
         """
-        if self._rows_per_call < DIRECT_BELOW_ROWS or self._in_thread:
+        if not self._rows_per_call.pooling or self._in_thread:
             return
         batch = self._open
         if batch is None:
@@ -151,16 +144,6 @@ class MissCoalescer:
         batch = self._open = _Batch(scorer)
         asyncio.get_running_loop().call_soon(self._flush, batch)
         return batch
-
-    def _goes_direct(self) -> bool:
-        """Whether a miss is scored at once: misses have not been overlapping, no batch is
-        open for it to join, no call is in a scoring thread, and it is not a probe."""
-        return (
-            self._rows_per_call < DIRECT_BELOW_ROWS
-            and self._open is None
-            and not self._in_thread
-            and self._direct < PROBE_EVERY - 1
-        )
 
     def _threaded(self, scorer: Scorer) -> bool:
         return scorer.row_seconds > self.thread_seconds
@@ -185,7 +168,7 @@ class MissCoalescer:
         batch.rows, batch.waiting, batch.hits = [], [], []
         # A turn of hits only counts as a call of no rows: hits alone have no misses to keep
         # step with, and a stream of repeats stops being held after a few such turns.
-        self._rows_per_call += ROWS_WEIGHT * (len(rows) - self._rows_per_call)
+        self._rows_per_call.formed(len(rows))
         for answered in hits:
             if not answered.done():  # a request cancelled by its deadline is skipped
                 answered.set_result(None)

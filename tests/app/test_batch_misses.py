@@ -7,9 +7,8 @@ waits breaks none of the others."""
 
 import asyncio
 import json
-import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ from app.cache import ResponseCache, ScoreCache
 from app.features.errors import EncodeError
 from app.metrics import ServiceMetrics
 from app.schemas import BodyError, parse_predict
-from app.scoring.batch_misses import PROBE_EVERY, BatchMissPool
+from app.scoring.batch_misses import BatchMissPool
+from app.scoring.overlap import PROBE_EVERY
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer, ScoringError
@@ -27,18 +27,6 @@ from app.scoring.service import PredictionService, Scored
 from app.scoring.threads import ScoringThreads
 
 Row = dict[str, object]
-
-
-def _service(repository: Path, max_rows: int) -> PredictionService:
-    registry = ModelRegistry(ModelRepository(repository), Scorer.load)
-    return PredictionService(
-        registry,
-        ScoreCache(1000, 60),
-        ResponseCache(1 << 20, 60),
-        ServiceMetrics(),
-        ScoringThreads(1),
-        max_rows,
-    )
 
 
 def _batches(count: int, rows: int, start: int = 0) -> list[list[Row]]:
@@ -70,31 +58,23 @@ def _together(service: PredictionService, batches: list[list[Row]]) -> list[obje
     return asyncio.run(scenario())
 
 
-def _onnxruntime_calls(service: PredictionService) -> tuple[int, int]:
-    """(calls, rows) from the service's own ``ctr_scored_batch_rows`` histogram."""
-    service.flush_metrics()
-    text = service.metrics.exposition().decode()
-    calls = re.search(r"^ctr_scored_batch_rows_count (\S+)$", text, re.M)
-    rows = re.search(r"^ctr_scored_batch_rows_sum (\S+)$", text, re.M)
-    assert calls is not None
-    assert rows is not None
-    return int(float(calls.group(1))), int(float(rows.group(1)))
-
-
 def _assert_scores_of(service: PredictionService, answer: object, rows: list[Row]) -> None:
     assert isinstance(answer, Scored), answer
     expected = service.registry.current.score_rows(rows)
     np.testing.assert_allclose(answer.scores, expected, rtol=0, atol=1e-6)
 
 
-def test_concurrent_batches_share_one_call_for_their_misses(repository: Path) -> None:
-    service = _service(repository, max_rows=64)
+def test_concurrent_batches_share_one_call_for_their_misses(
+    coalescing_service: Callable[[int], PredictionService],
+    onnxruntime_calls: Callable[[PredictionService], tuple[int, int]],
+) -> None:
+    service = coalescing_service(64)
     first = _batches(4, 5)
     for answer, rows in zip(_together(service, first), first, strict=True):
         _assert_scores_of(service, answer, rows)
-    assert _onnxruntime_calls(service) == (1, 20)
+    assert onnxruntime_calls(service) == (1, 20)
     _together(service, first)  # a row is cached from its second sight on
-    assert _onnxruntime_calls(service) == (2, 40)
+    assert onnxruntime_calls(service) == (2, 40)
 
     # Each batch again, with two rows of its own never seen: the repeats are answered by
     # their text, and only the new rows, 8 of them, are scored, in one call.
@@ -105,7 +85,7 @@ def test_concurrent_batches_share_one_call_for_their_misses(repository: Path) ->
         _assert_scores_of(service, answer, rows)
         assert isinstance(answer, Scored)
         assert answer.cached == [True] * 5 + [False] * 2
-    assert _onnxruntime_calls(service) == (3, 48)
+    assert onnxruntime_calls(service) == (3, 48)
 
 
 def test_batches_one_at_a_time_are_scored_directly_and_pooling_comes_back(
@@ -154,9 +134,12 @@ def test_batches_one_at_a_time_are_scored_directly_and_pooling_comes_back(
     ids=["a value that does not encode", "a row that is not an object"],
 )
 def test_a_bad_row_fails_only_its_own_batch(
-    repository: Path, bad_row: object, error: type[Exception]
+    bad_row: object,
+    error: type[Exception],
+    coalescing_service: Callable[[int], PredictionService],
+    onnxruntime_calls: Callable[[PredictionService], tuple[int, int]],
 ) -> None:
-    service = _service(repository, max_rows=64)
+    service = coalescing_service(64)
     batches: list[list[object]] = [list(rows) for rows in _batches(3, 3)]
     batches[1][2] = bad_row
     answers = _together(service, batches)  # type: ignore[arg-type]
@@ -168,13 +151,13 @@ def test_a_bad_row_fails_only_its_own_batch(
         assert "$.instances[2]" in str(refused)
     for place in (0, 2):
         _assert_scores_of(service, answers[place], batches[place])  # type: ignore[arg-type]
-    assert _onnxruntime_calls(service) == (1, 6)  # the two good batches, still together
+    assert onnxruntime_calls(service) == (1, 6)  # the two good batches, still together
 
 
 def test_a_failed_call_reaches_every_batch_of_the_pool(
-    repository: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch, coalescing_service: Callable[[int], PredictionService]
 ) -> None:
-    service = _service(repository, max_rows=64)
+    service = coalescing_service(64)
     session = service.registry.current.session
 
     def broken_run(*args: object, **kwargs: object) -> None:
@@ -189,20 +172,28 @@ def test_a_failed_call_reaches_every_batch_of_the_pool(
         _assert_scores_of(service, answer, rows)  # the pool recovers
 
 
-def test_a_full_pool_is_scored_at_once(repository: Path) -> None:
-    service = _service(repository, max_rows=8)
+def test_a_full_pool_is_scored_at_once(
+    coalescing_service: Callable[[int], PredictionService],
+    onnxruntime_calls: Callable[[PredictionService], tuple[int, int]],
+) -> None:
+    service = coalescing_service(8)
     _together(service, _batches(3, 5))
-    assert _onnxruntime_calls(service) == (2, 15)  # 5 + 5 reach the cap, then 5
+    assert onnxruntime_calls(service) == (2, 15)  # 5 + 5 reach the cap, then 5
 
 
-def test_off_scores_each_batch_alone(repository: Path) -> None:
-    service = _service(repository, max_rows=0)
+def test_off_scores_each_batch_alone(
+    coalescing_service: Callable[[int], PredictionService],
+    onnxruntime_calls: Callable[[PredictionService], tuple[int, int]],
+) -> None:
+    service = coalescing_service(0)
     _together(service, _batches(3, 5))
-    assert _onnxruntime_calls(service) == (3, 15)
+    assert onnxruntime_calls(service) == (3, 15)
 
 
 def test_a_batch_cancelled_while_it_waits_breaks_none_of_the_others(
-    repository: Path, monkeypatch: pytest.MonkeyPatch
+    repository: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    onnxruntime_calls: Callable[[PredictionService], tuple[int, int]],
 ) -> None:
     """Cancelled (by its deadline) while its pool is scored in a scoring thread."""
     registry = ModelRegistry(ModelRepository(repository), Scorer.load)
@@ -239,4 +230,4 @@ def test_a_batch_cancelled_while_it_waits_breaks_none_of_the_others(
     assert isinstance(answers[1], asyncio.CancelledError)
     for place in (0, 2):
         _assert_scores_of(service, answers[place], batches[place])
-    assert _onnxruntime_calls(service) == (1, 12)
+    assert onnxruntime_calls(service) == (1, 12)

@@ -5,7 +5,6 @@ request cancelled while it waits does not break the rest."""
 
 import asyncio
 import json
-import re
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,26 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.cache import ResponseCache, ScoreCache
-from app.metrics import ServiceMetrics
-from app.scoring.coalescer import PROBE_EVERY, MissCoalescer
-from app.scoring.registry import ModelRegistry
-from app.scoring.repository import ModelRepository
+from app.scoring.coalescer import MissCoalescer
+from app.scoring.overlap import PROBE_EVERY
 from app.scoring.scorer import Scorer, ScoringError
 from app.scoring.service import PredictionService, Scored
-from app.scoring.threads import ScoringThreads
-
-
-def _service(repository: Path, max_rows: int) -> PredictionService:
-    registry = ModelRegistry(ModelRepository(repository), Scorer.load)
-    return PredictionService(
-        registry,
-        ScoreCache(1000, 60),
-        ResponseCache(1 << 20, 60),
-        ServiceMetrics(),
-        ScoringThreads(1),
-        max_rows,
-    )
 
 
 def _rows(count: int) -> list[dict[str, object]]:
@@ -48,28 +31,20 @@ async def _concurrently(service: PredictionService, rows: list[dict[str, object]
     )
 
 
-def _onnxruntime_calls(service: PredictionService) -> tuple[int, int]:
-    """(calls, rows) from the service's own ``ctr_scored_batch_rows`` histogram."""
-    service.flush_metrics()
-    text = service.metrics.exposition().decode()
-    calls = re.search(r"^ctr_scored_batch_rows_count (\S+)$", text, re.M)
-    rows = re.search(r"^ctr_scored_batch_rows_sum (\S+)$", text, re.M)
-    assert calls is not None
-    assert rows is not None
-    return int(float(calls.group(1))), int(float(rows.group(1)))
-
-
-def test_concurrent_misses_share_one_call(repository: Path) -> None:
-    service = _service(repository, max_rows=64)
+def test_concurrent_misses_share_one_call(
+    coalescing_service: Callable[[int], PredictionService],
+    onnxruntime_calls: Callable[[PredictionService], tuple[int, int]],
+) -> None:
+    service = coalescing_service(64)
     rows = _rows(20)
     answers = asyncio.run(_concurrently(service, rows))
-    assert _onnxruntime_calls(service) == (1, 20)
+    assert onnxruntime_calls(service) == (1, 20)
     expected = service.registry.current.score_rows(rows)
     np.testing.assert_allclose([a.scores[0] for a in answers], expected, rtol=0, atol=1e-6)
     assert [a.cached for a in answers] == [[False]] * 20
     again = asyncio.run(_concurrently(service, rows))  # now every row is a cache hit
     assert [a.cached for a in again] == [[True]] * 20
-    assert _onnxruntime_calls(service) == (1, 20)
+    assert onnxruntime_calls(service) == (1, 20)
 
 
 def _recording(scorer: Scorer) -> tuple[MissCoalescer, list[tuple[bool, int]]]:
@@ -225,16 +200,22 @@ def test_a_hit_is_answered_at_once_while_misses_come_one_at_a_time(repository: P
     assert events == ANSWERED_AT_ONCE
 
 
-def test_a_full_batch_is_scored_at_once(repository: Path) -> None:
-    service = _service(repository, max_rows=8)
+def test_a_full_batch_is_scored_at_once(
+    coalescing_service: Callable[[int], PredictionService],
+    onnxruntime_calls: Callable[[PredictionService], tuple[int, int]],
+) -> None:
+    service = coalescing_service(8)
     asyncio.run(_concurrently(service, _rows(20)))
-    assert _onnxruntime_calls(service) == (3, 20)  # 8 + 8 + 4
+    assert onnxruntime_calls(service) == (3, 20)  # 8 + 8 + 4
 
 
-def test_off_scores_each_row_alone(repository: Path) -> None:
-    service = _service(repository, max_rows=0)
+def test_off_scores_each_row_alone(
+    coalescing_service: Callable[[int], PredictionService],
+    onnxruntime_calls: Callable[[PredictionService], tuple[int, int]],
+) -> None:
+    service = coalescing_service(0)
     asyncio.run(_concurrently(service, _rows(5)))
-    assert _onnxruntime_calls(service) == (5, 5)
+    assert onnxruntime_calls(service) == (5, 5)
 
 
 def _score(scorer: Scorer, rows: np.ndarray) -> np.ndarray:
@@ -355,8 +336,10 @@ async def _alone(coalescer: MissCoalescer, scorer: Scorer, row: np.ndarray) -> f
     return await coalescer.score(scorer, row)
 
 
-def test_a_cancelled_request_leaves_the_others_their_scores(repository: Path) -> None:
-    service = _service(repository, max_rows=64)
+def test_a_cancelled_request_leaves_the_others_their_scores(
+    coalescing_service: Callable[[int], PredictionService],
+) -> None:
+    service = coalescing_service(64)
     rows = _rows(3)
 
     async def cancel_one() -> list[object]:
