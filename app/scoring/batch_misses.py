@@ -44,22 +44,22 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from app.features.errors import EncodeError
 from app.scoring.overlap import Overlap
 from app.scoring.scorer import Scorer
 
+# Rows' scores, and which of them the score cache held.
+Answer = tuple[NDArray[np.float32], NDArray[np.bool_]]
 # A pool's rows decoded and encoded in one go; None when they are not the model's row shape
 # (or a value does not encode: raises). The rows then go request by request:
 EncodeRows = Callable[[Scorer, Sequence[bytes]], NDArray[np.int64] | None]
 # one request's rows, its body, and each row's place in it; raises what is wrong, naming
 # the row by that place.
 EncodeRequest = Callable[[Scorer, Sequence[bytes], bytes, Sequence[int]], NDArray[np.int64]]
-# Encoded rows looked up in the score cache and their misses scored: scores and hits. The
-# seconds the requests spent in the caches before (their rows' text looked up) are counted
-# with the pool's own.
-ScoreEncoded = Callable[
-    [Scorer, NDArray[np.int64], float],
-    Awaitable[tuple[NDArray[np.float32], NDArray[np.bool_]]],
-]
+# Encoded rows looked up in the score cache and their misses scored. The seconds the
+# requests spent in the caches before (their rows' text looked up) are counted with the
+# pool's own.
+ScoreEncoded = Callable[[Scorer, NDArray[np.int64], float], Awaitable[Answer]]
 
 
 @dataclass
@@ -68,7 +68,7 @@ class _Request:
     body: bytes
     places: Sequence[int]
     cache_s: float
-    answer: asyncio.Future[tuple[NDArray[np.float32], NDArray[np.bool_]]]
+    answer: asyncio.Future[Answer]
 
 
 @dataclass
@@ -113,7 +113,7 @@ class BatchMissPool:
         body: bytes,
         places: Sequence[int],
         cache_s: float,
-    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    ) -> Answer:
         """The scores of one request's missed ``rows`` (text of ``body``'s rows at
         ``places``) and which of them the score cache held, from a call shared with the
         other requests of this turn (``cache_s``: the request's time in the caches so
@@ -130,7 +130,7 @@ class BatchMissPool:
                 self._start(pool)
             pool = self._open = _Pool(scorer)
             loop.call_soon(self._start, pool)
-        answer: asyncio.Future[tuple[NDArray[np.float32], NDArray[np.bool_]]] = loop.create_future()
+        answer: asyncio.Future[Answer] = loop.create_future()
         pool.requests.append(_Request(rows, body, places, cache_s, answer))
         pool.rows += len(rows)
         if pool.rows >= self.max_rows:
@@ -179,7 +179,7 @@ class BatchMissPool:
             rows = [row for request in waiting for row in request.rows]
             try:
                 block = self._encode_rows(scorer, rows)
-            except Exception:  # found again request by request, below
+            except EncodeError:  # found again request by request, below
                 block = None
             if block is not None:
                 bounds = np.cumsum([len(request.rows) for request in waiting])[:-1]
@@ -188,7 +188,7 @@ class BatchMissPool:
         for request in waiting:
             try:
                 indices = self._encode_request(scorer, request.rows, request.body, request.places)
-            except Exception as exc:
+            except Exception as exc:  # this request's alone: the others go on
                 request.answer.set_exception(exc)
             else:
                 encoded.append((request, indices))
@@ -196,8 +196,8 @@ class BatchMissPool:
 
 
 def _settle(
-    answer: asyncio.Future[tuple[NDArray[np.float32], NDArray[np.bool_]]],
-    result: tuple[NDArray[np.float32], NDArray[np.bool_]] | None = None,
+    answer: asyncio.Future[Answer],
+    result: Answer | None = None,
     error: BaseException | None = None,
 ) -> None:
     if answer.done():  # a request cancelled by its deadline is skipped
