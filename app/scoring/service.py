@@ -20,7 +20,7 @@ from app.features.errors import EncodeError, SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
 from app.schemas import PredictRequest, decode_rows, parse_predict
-from app.scoring.batch_misses import BatchMissPool
+from app.scoring.batch_misses import Answer, BatchMissPool
 from app.scoring.coalescer import MissCoalescer
 from app.scoring.gate import CacheGate
 from app.scoring.registry import ModelRegistry, Swap
@@ -354,9 +354,7 @@ class PredictionService:
             return await asyncio.to_thread(lambda: self._score(scorer, encode(), asks))
         return _scored(await self._filled(scorer, encode(), asks=asks))
 
-    async def _pooled(
-        self, scorer: Scorer, indices: NDArray[np.int64], cache_s: float
-    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    async def _pooled(self, scorer: Scorer, indices: NDArray[np.int64], cache_s: float) -> Answer:
         """Encoded batch rows' scores and which of them the score cache held (``cache_s``:
         the time their requests spent in the caches before)."""
         lookup = await self._filled(scorer, indices, cache_s)
