@@ -15,9 +15,9 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
 from app.main import create_app
+from support.manifests import load
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBERNETES_VERSION = "1.30.0"
@@ -103,11 +103,8 @@ INFERENCE_SERVICE = _strict(
 )
 
 
-def _load(name: str) -> dict[str, Any]:
-    return yaml.safe_load((DEPLOY / "kserve" / name).read_text())
-
-
-RUNTIME, SERVICE = _load("servingruntime.yaml"), _load("inferenceservice.yaml")
+RUNTIME = load(DEPLOY / "kserve" / "servingruntime.yaml")
+SERVICE = load(DEPLOY / "kserve" / "inferenceservice.yaml")
 
 
 @pytest.mark.parametrize(
@@ -151,6 +148,6 @@ def test_runtime_and_service_fit_together_and_fit_the_app() -> None:
     paths = create_app().openapi()["paths"]
     assert container["readinessProbe"]["httpGet"]["path"] in paths
     assert container["livenessProbe"]["httpGet"]["path"] in paths
-    claim = yaml.safe_load((DEPLOY / "base" / "model-repository.yaml").read_text())
+    claim = load(DEPLOY / "base" / "model-repository.yaml")
     assert model["storageUri"].startswith(f"pvc://{claim['metadata']['name']}/")
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

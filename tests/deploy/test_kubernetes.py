@@ -1,64 +1,51 @@
-"""deploy/: every manifest, base and overlays, is valid against the Kubernetes schemas, and
-the Deployment keeps the properties the fleet relies on.
-
-There is no cluster or kustomize binary here, so overlays are rendered the way kustomize
-applies their JSON 6902 patches (the only patch form they use), with the jsonpatch library;
-a real ``kubectl kustomize deploy/overlays/<name>`` renders the same documents.
+"""deploy/: every kustomization renders with the real kustomize (``kubectl kustomize``, as
+``kubectl apply -k`` renders it), every rendered object is valid against the Kubernetes
+schemas, every YAML file loads with duplicate keys refused, and the Deployment keeps the
+properties the fleet relies on.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any
 
-import jsonpatch
 import kubernetes_validate
 import pytest
-import yaml
+
+from support.manifests import DuplicateKeyError, kustomize, load_all
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBERNETES_VERSION = "1.30.0"
-Resource = dict[str, Any]
 
 
-def render(directory: Path) -> list[Resource]:
-    """The resources a kustomization produces: its resources, patched, namespaced."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    resources: list[Resource] = []
-    for entry in kustomization.get("resources", []):
-        path = directory / entry
-        if path.is_dir():
-            resources += render(path)
-        else:
-            resources += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    for patch in kustomization.get("patches", []):
-        operations = jsonpatch.JsonPatch(yaml.safe_load((directory / patch["path"]).read_text()))
-        target = patch["target"]
-        matched = [
-            r
-            for r in resources
-            if r["kind"] == target["kind"] and r["metadata"]["name"] == target["name"]
-        ]
-        assert matched, f"{directory}: patch {patch['path']} matches no resource"
-        for resource in matched:
-            resources[resources.index(resource)] = operations.apply(resource)
-    if "namespace" in kustomization:
-        for resource in resources:
-            resource["metadata"]["namespace"] = kustomization["namespace"]
-    labels = kustomization.get("labels", [])
-    for resource in resources:
-        for group in labels:
-            resource["metadata"].setdefault("labels", {}).update(group["pairs"])
-    return copy.deepcopy(resources)
+KUSTOMIZATIONS = sorted(
+    str(path.parent.relative_to(DEPLOY)) for path in DEPLOY.rglob("kustomization.yaml")
+)
 
 
-KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/production"]
+def test_every_kustomization_is_found() -> None:
+    assert KUSTOMIZATIONS == ["base", "overlays/dev", "overlays/production"]
+
+
+@pytest.mark.parametrize(
+    "path", sorted(DEPLOY.rglob("*.yaml")), ids=lambda p: str(p.relative_to(DEPLOY))
+)
+def test_every_yaml_file_has_no_duplicate_key(path: Path) -> None:
+    assert load_all(path.read_text())
+
+
+def test_a_duplicate_key_is_refused_by_the_loader_and_by_kustomize(tmp_path: Path) -> None:
+    manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: '1'\n  a: '2'\n"
+    (tmp_path / "configmap.yaml").write_text(manifest)
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - configmap.yaml\n")
+    with pytest.raises(DuplicateKeyError, match="duplicate key 'a'"):
+        load_all(manifest)
+    with pytest.raises(RuntimeError, match="already defined"):
+        kustomize(tmp_path)
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_every_manifest_is_valid(name: str) -> None:
-    resources = render(DEPLOY / name)
+    resources = kustomize(DEPLOY / name)
     kinds = sorted(r["kind"] for r in resources)
     assert kinds == [
         "ConfigMap",
@@ -73,7 +60,7 @@ def test_every_manifest_is_valid(name: str) -> None:
 
 
 def test_validation_catches_a_broken_manifest() -> None:
-    (deployment,) = [r for r in render(DEPLOY / "base") if r["kind"] == "Deployment"]
+    (deployment,) = [r for r in kustomize(DEPLOY / "base") if r["kind"] == "Deployment"]
     deployment["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
@@ -81,7 +68,7 @@ def test_validation_catches_a_broken_manifest() -> None:
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_the_deployment_is_locked_down_and_follows_the_repository(name: str) -> None:
-    resources = {r["kind"]: r for r in render(DEPLOY / name)}
+    resources = {r["kind"]: r for r in kustomize(DEPLOY / name)}
     pod = resources["Deployment"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     (server,) = pod["containers"]

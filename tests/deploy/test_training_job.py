@@ -15,9 +15,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 from kubeflow.training import models as kubeflow_models
 
+from support.manifests import load
 from training.cli import build_parser
 
 JOB = Path(__file__).resolve().parents[2] / "deploy" / "training" / "pytorchjob.yaml"
@@ -63,7 +63,7 @@ def check_model(value: Any, type_name: str, path: str = "") -> list[dict[str, An
 
 
 def load_job() -> dict[str, Any]:
-    return yaml.safe_load(JOB.read_text())
+    return load(JOB)
 
 
 def test_the_job_matches_the_training_operators_api() -> None:
