@@ -229,43 +229,51 @@ def faults(report: Report, model_dir: Path) -> None:
     from support.faults import FAULTS, broken_copy  # needs the onnx package
 
     rows = []
-    env = {"CTR_MODEL_DIR": str(model_dir), "CTR_RELOAD_TOKEN": TOKEN}
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    with tempfile.TemporaryDirectory() as scratch, server(APP, env) as base:
-        serving = httpx.get(f"{base}/model", timeout=5).json()["version"]
-        for index, fault in enumerate(sorted(FAULTS)):
-            broken = broken_copy(model_dir, Path(scratch) / f"m{index}", fault)
-            start = subprocess.run(
-                [sys.executable, "-m", "app"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env={**os.environ, "CTR_MODEL_DIR": str(broken), "CTR_PORT": "1"},
-            )
-            refused_at_start = start.returncode != 0 and FAULTS[fault][1] in start.stderr
-            reload = httpx.post(
-                f"{base}/admin/reload", headers=auth, timeout=30, json={"model_dir": str(broken)}
-            )
-            still = httpx.get(f"{base}/model", timeout=5).json()["version"] == serving
-            scored = httpx.post(f"{base}/predict", json={"features": {}}, timeout=5)
-            rows.append(
-                [
-                    fault,
-                    "refused" if refused_at_start else "**started**",
-                    str(reload.status_code),
-                    "yes" if still else "**no**",
-                    str(scored.status_code),
-                ]
-            )
-    report.table(
-        "Faults at start-up and reload",
-        "Each broken copy of the model directory is started as a fresh service (it must "
-        "refuse to start, naming the reason) and offered to a running service by "
-        "POST /admin/reload (it must be refused while the old version keeps serving).",
-        ["fault", "fresh start", "reload status", "old model still serving", "/predict after"],
-        rows,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {
+            "CTR_MODEL_DIR": str(model_dir),
+            "CTR_RELOAD_TOKEN": TOKEN,
+            "CTR_PUBLISH_ROOT": scratch,
+        }
+        with server(APP, env) as base:
+            serving = httpx.get(f"{base}/model", timeout=5).json()["version"]
+            for index, fault in enumerate(sorted(FAULTS)):
+                broken = broken_copy(model_dir, Path(scratch) / f"m{index}", fault)
+                start = subprocess.run(
+                    [sys.executable, "-m", "app"],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env={**os.environ, "CTR_MODEL_DIR": str(broken), "CTR_PORT": "1"},
+                )
+                refused_at_start = start.returncode != 0 and FAULTS[fault][1] in start.stderr
+                reload = httpx.post(
+                    f"{base}/admin/reload",
+                    headers=auth,
+                    timeout=30,
+                    json={"model_dir": str(broken)},
+                )
+                still = httpx.get(f"{base}/model", timeout=5).json()["version"] == serving
+                scored = httpx.post(f"{base}/predict", json={"features": {}}, timeout=5)
+                rows.append(
+                    [
+                        fault,
+                        "refused" if refused_at_start else "**started**",
+                        str(reload.status_code),
+                        "yes" if still else "**no**",
+                        str(scored.status_code),
+                    ]
+                )
+        report.table(
+            "Faults at start-up and reload",
+            "Each broken copy of the model directory is started as a fresh service (it must "
+            "refuse to start, naming the reason) and offered to a running service by "
+            "POST /admin/reload (it must be refused while the old version keeps serving).",
+            ["fault", "fresh start", "reload status", "old model still serving", "/predict after"],
+            rows,
+        )
 
 
 @contextmanager

@@ -92,8 +92,15 @@ def repository(model_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(repository: Path) -> Settings:
-    return Settings(model_dir=repository, cache_maxsize=1000, cache_ttl_s=60, reload_token="t0ken")
+def settings(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Small caches, reload on, and models published from anywhere in this test session."""
+    return Settings(
+        model_dir=repository,
+        cache_maxsize=1000,
+        cache_ttl_s=60,
+        reload_token="t0ken",
+        publish_root=tmp_path_factory.getbasetemp(),
+    )
 
 
 def _run_cli(*args: str) -> None:

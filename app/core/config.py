@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     reload_token: SecretStr | None = Field(
         default=None, description="bearer token for POST /admin/reload; unset disables reload"
     )
+    publish_root: Path | None = Field(
+        default=None,
+        description="directory under which POST /admin/reload may take a model to copy into "
+        "the repository ({'model_dir': ...}); unset: such reloads are refused",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
     # Off by default: the service's own metrics are Prometheus' (/metrics), and with

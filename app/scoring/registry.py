@@ -124,7 +124,11 @@ class ModelRegistry:
         self._check_may_move_pointer()
         checked = self._loader(resolve_model_dir(source))
         version = self.repository.publish(source)
-        assert version == checked.version
+        if version != checked.version:
+            raise SpecError(
+                f"{source} changed while it was published: version {version} was copied, "
+                f"{checked.version} was verified; publish it again"
+            )
         return self.switch(version)
 
     def _check_may_move_pointer(self) -> None:

@@ -34,6 +34,11 @@ _STAGING_PREFIX = ".staging-"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+class PublishRefusedError(SpecError):
+    """A model directory an admin request may not publish from (a path outside the publish
+    root, a symbolic link): refused before anything is read."""
+
+
 def check_version_name(version: str) -> str:
     """``version`` if it can name a version directory; :class:`SpecError` otherwise."""
     if not _VERSION.fullmatch(version):
@@ -178,6 +183,8 @@ class ModelRepository:
             raise SpecError(f"cannot add a version to {self.root}: {exc}") from None
         try:
             for item in source_dir.iterdir():
+                if item.is_symlink():
+                    raise SpecError(f"{item}: a symbolic link; publish the files themselves")
                 if item.is_file():
                     shutil.copy2(item, staging / item.name)
             self.commit(staging, version)
@@ -188,6 +195,44 @@ class ModelRepository:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return version
+
+
+def confined_source(requested: str, root: Path | None) -> Path:
+    """The model directory an admin request names, if it may be published from.
+
+    It must lie under ``root`` (``CTR_PUBLISH_ROOT``; a relative path is taken from there),
+    with no ``..`` and no symbolic link on the way or inside it: what is copied into the
+    repository is shared by the whole fleet, so a request may not reach elsewhere.
+
+    Raises:
+        PublishRefusedError: with the reason; nothing has been read or copied.
+    """
+    if root is None:
+        raise PublishRefusedError(
+            "publishing a model_dir is disabled: set CTR_PUBLISH_ROOT to the directory "
+            "exported models may be taken from"
+        )
+    path = Path(requested)
+    if ".." in path.parts:
+        raise PublishRefusedError(f"{requested}: '..' is not allowed in model_dir")
+    base = root.resolve()
+    path = path if path.is_absolute() else base / path
+    if not path.is_relative_to(base):
+        raise PublishRefusedError(
+            f"{requested}: outside the publish root {base} (CTR_PUBLISH_ROOT)"
+        )
+    step = base
+    for part in path.relative_to(base).parts:
+        step = step / part
+        if step.is_symlink():
+            raise PublishRefusedError(f"{requested}: {step} is a symbolic link")
+    if not path.is_dir():
+        raise SpecError(f"{requested}: no such model directory")
+    for folder, folders, files in os.walk(path):
+        for name in [*folders, *files]:
+            if (Path(folder) / name).is_symlink():
+                raise PublishRefusedError(f"{requested}: {Path(folder) / name} is a symbolic link")
+    return path
 
 
 def _written(version_dir: Path) -> float:

@@ -24,8 +24,9 @@ ROW = {"features": {"c0": "c0_4", "n0": 2.0}}
 
 
 @pytest.fixture
-def fleet(repository: Path) -> Iterator[str]:
+def fleet(repository: Path, tmp_path: Path) -> Iterator[str]:
     env = {
+        "CTR_PUBLISH_ROOT": str(tmp_path),
         "CTR_MODEL_DIR": str(repository),
         "CTR_WORKERS": "2",
         "CTR_POLL_INTERVAL_S": "0.5",

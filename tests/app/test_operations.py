@@ -145,3 +145,56 @@ def test_reload_refuses_unusable_paths(client: TestClient) -> None:
     for model_dir in ["bad\u0000path", "", "x" * 5000]:
         response = client.post("/admin/reload", headers=AUTH, json={"model_dir": model_dir})
         assert response.status_code == 422, response.text
+
+
+def _versions(repository: Path) -> list[str]:
+    return sorted(p.name for p in repository.iterdir() if p.is_dir())
+
+
+def test_reload_takes_model_dirs_only_from_the_publish_root(
+    repository: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "exports"
+    inside = second_version(model_dir, root / "v2")
+    outside = second_version(model_dir, tmp_path / "elsewhere")
+    linked_dir = root / "linked"
+    linked_dir.symlink_to(outside, target_is_directory=True)
+    linked_file = root / "linked-file"
+    shutil.copytree(inside, linked_file)
+    (linked_file / "model.onnx").unlink()
+    (linked_file / "model.onnx").symlink_to(outside / "model.onnx")
+    before = _versions(repository)
+    settings = Settings(model_dir=repository, reload_token="t0ken", publish_root=root)
+    refused = {
+        str(outside): (403, "outside the publish root"),
+        str(root / "v2" / ".." / ".." / "elsewhere"): (403, "'..' is not allowed"),
+        str(linked_dir): (403, "is a symbolic link"),
+        "linked": (403, "is a symbolic link"),
+        str(linked_file): (403, "is a symbolic link"),
+        str(root / "missing"): (422, "no such model directory"),
+    }
+    with TestClient(create_app(settings)) as client:
+        serving = client.get("/model").json()["version"]
+        for model_dir_sent, (status_code, reason) in refused.items():
+            response = client.post(
+                "/admin/reload", headers=AUTH, json={"model_dir": model_dir_sent}
+            )
+            assert response.status_code == status_code, (model_dir_sent, response.text)
+            assert reason in response.json()["detail"], model_dir_sent
+            assert _versions(repository) == before  # nothing copied
+            assert client.get("/model").json()["version"] == serving
+        taken = client.post("/admin/reload", headers=AUTH, json={"model_dir": "v2"})
+        assert taken.status_code == 200, taken.text
+        assert len(_versions(repository)) == len(before) + 1
+
+
+def test_reload_from_a_path_is_off_without_a_publish_root(
+    repository: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    source = second_version(model_dir, tmp_path / "v2")
+    before = _versions(repository)
+    with TestClient(create_app(Settings(model_dir=repository, reload_token="t0ken"))) as client:
+        response = client.post("/admin/reload", headers=AUTH, json={"model_dir": str(source)})
+        assert response.status_code == 403
+        assert "CTR_PUBLISH_ROOT" in response.json()["detail"]
+    assert _versions(repository) == before

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import ReloadAuth, ServiceDep
+from app.api.deps import ReloadAuth, ServiceDep, SettingsDep
 from app.features.errors import SpecError
 from app.features.spec import CategoricalField
 from app.schemas import ErrorResponse, FieldInfo, ModelInfo, ReloadRequest, ReloadResponse
+from app.scoring.repository import PublishRefusedError, confined_source
 
 router = APIRouter(tags=["model"])
 
@@ -50,23 +49,29 @@ def model_info(service: ServiceDep) -> ModelInfo:
     dependencies=[ReloadAuth],
     responses={
         401: {"model": ErrorResponse},
-        403: {"model": ErrorResponse},
+        403: {"model": ErrorResponse, "description": "reload off, or model_dir not allowed"},
         422: {"model": ErrorResponse, "description": "new model refused; the old one serves"},
     },
 )
-async def reload_model(service: ServiceDep, body: ReloadRequest | None = None) -> ReloadResponse:
+async def reload_model(
+    service: ServiceDep, settings: SettingsDep, body: ReloadRequest | None = None
+) -> ReloadResponse:
     """Roll a version out to every worker and replica that shares the repository.
 
     This worker loads, verifies and warms the version first and only then writes
     ``CURRENT``; every other worker picks the pointer up at its next poll
-    (``CTR_POLL_INTERVAL_S``). An empty body re-reads ``CURRENT`` here now.
+    (``CTR_POLL_INTERVAL_S``). An empty body re-reads ``CURRENT`` here now. A
+    ``model_dir`` is taken only from under ``CTR_PUBLISH_ROOT``.
     """
     previous = service.registry.current
     try:
         if body is not None and body.model_dir is not None:
-            await run_in_threadpool(service.publish, Path(body.model_dir))
+            source = confined_source(body.model_dir, settings.publish_root)
+            await run_in_threadpool(service.publish, source)
         else:
             await run_in_threadpool(service.switch, body.version if body else None)
+    except PublishRefusedError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"reload refused: {exc}") from None
     except SpecError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
