@@ -15,16 +15,17 @@ from app.api.errors import install_error_handlers
 from app.api.fast_predict import FastPredictMiddleware
 from app.api.middleware import LatencyMiddleware, TimeoutMiddleware
 from app.api.routes import health, models, predict, v2
-from app.cache import ResponseCache, ScoreCache
+from app.cache import ScoreCache
 from app.core.config import Settings, get_settings
+from app.core.cpus import usable_cpus
 from app.core.logging import configure_logging
 from app.metrics import ServiceMetrics, mark_worker_gone
+from app.scoring.batcher import Batcher
 from app.scoring.poller import RepositoryPoller
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer
 from app.scoring.service import PredictionService
-from app.scoring.threads import ScoringThreads, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         repository = ModelRepository(settings.model_dir, settings.model_name)
         registry = ModelRegistry(repository, load, settings.model_version)
-        threads = ScoringThreads(settings.scoring_threads or usable_cpus())
-        service = PredictionService(
-            registry,
-            ScoreCache(settings.cache_maxsize, settings.cache_ttl_s),
-            ResponseCache(settings.response_cache_max_bytes, settings.cache_ttl_s),
-            metrics,
-            threads,
-            settings.coalesce_max_rows,
-            settings.inline_max_rows,
-            settings.inline_max_ms / 1000,
-            settings.coalesce_max_ms / 1000,
-            settings.coalesce_thread_ms / 1000,
+        batcher = Batcher(
+            settings.scoring_threads or usable_cpus(),
+            settings.batch_max_rows,
+            settings.max_queued_rows,
+            metrics.observe_call,
         )
+        cache = ScoreCache(settings.cache_maxsize, settings.cache_ttl_s)
+        service = PredictionService(registry, cache, batcher, metrics)
         app.state.service = service
         poller = RepositoryPoller(service, settings.poll_interval_s)
         # A scoring thread hands its scores back sooner (see Settings.gil_switch_ms); the
@@ -90,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             poller.stop()
-            threads.close()
+            batcher.close()
             service.flush_metrics()
             mark_worker_gone()
             sys.setswitchinterval(switch_before)

@@ -77,8 +77,8 @@ class ServiceMetrics:
         )
         self.stage_latency = Histogram(
             "ctr_stage_seconds",
-            "Time in each stage of /predict: parse, encode, cache, onnxruntime; per request, "
-            "or per call where the misses of concurrent requests were coalesced into one.",
+            "Time in each stage of scoring: parse, encode, cache per request; onnxruntime "
+            "per call (one call scores the misses of every request it took).",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=registry,
@@ -95,15 +95,15 @@ class ServiceMetrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
-        self.response_cache_bytes = Gauge(
-            "ctr_response_cache_bytes",
-            "Bytes held by the response cache (exact repeats), summed over workers.",
+        self.queued_rows = Gauge(
+            "ctr_queued_rows",
+            "Cache misses waiting for a scoring thread, summed over workers.",
             multiprocess_mode="livesum",
             registry=registry,
         )
         self.scored_batch_rows = Histogram(
             "ctr_scored_batch_rows",
-            "Rows per onnxruntime call (cache misses of one request).",
+            "Rows per onnxruntime call (the cache misses of the requests it took).",
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
@@ -141,6 +141,13 @@ class ServiceMetrics:
             buckets=SCORE_BUCKETS,
             registry=registry,
         )
+
+    def observe_call(self, rows: int, seconds: float, failed: bool) -> None:
+        """Count one onnxruntime call of the batcher (on the event loop)."""
+        self.tally.stage(STAGES.index("onnxruntime"), seconds)
+        self.tally.scored(rows)
+        if failed:
+            self.scoring_errors.inc()
 
     def set_model(self, model_type: str, version: str) -> None:
         """Mark ``version`` served (1) and every version served before it not (0).
@@ -251,7 +258,7 @@ class Tally:
             histogram.add(seconds)
 
     def stage(self, stage: int, seconds: float) -> None:
-        """One request's time in ``STAGES[stage]``, or one coalesced call's."""
+        """One request's time in ``STAGES[stage]``, or one onnxruntime call's."""
         with self._lock:
             self._stages[stage].add(seconds)
 

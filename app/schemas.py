@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import msgspec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -17,102 +15,18 @@ from pydantic import (
     model_validator,
 )
 
-# Values are checked by the encoder, which knows each field's kind and names the field in
-# its error; validating a union type per value here costs more than scoring a batch.
-_FEATURES_DESCRIPTION = "field name -> value; a field left out or null is 'missing'"
+# /explain's row: values are checked by the encoder, which knows each field's kind and names
+# the field in its error.
 _VALUE_TYPES = ["string", "number", "boolean", "null"]
 _ROW_SCHEMA = {
     "type": "object",
     "additionalProperties": {"type": _VALUE_TYPES},
-    "description": _FEATURES_DESCRIPTION,
+    "description": "field name -> value; a field left out or null is 'missing'",
 }
-# /predict's rows (decoded by msgspec) ...
-Features = Annotated[
-    dict[str, Any],
-    msgspec.Meta(
-        description=_FEATURES_DESCRIPTION,
-        extra_json_schema={"additionalProperties": {"type": _VALUE_TYPES}},
-    ),
-]
-# ... and /explain's row (a pydantic model, as every other body): the same JSON.
 ExplainFeatures = Annotated[
     dict[StrictStr, object],
     WithJsonSchema(_ROW_SCHEMA),
 ]
-
-
-# Decoded by msgspec, not pydantic: measured on 100-row bodies of a 39-field model, 220 µs
-# against 355 µs (orjson alone: 201 µs), and the body is the largest Python cost of a batch
-# after encoding. Only its shape is checked here; the values, by the encoder. A batch's rows
-# are kept as their JSON text (msgspec.Raw, checked to be JSON): a row whose exact text was
-# scored lately is answered from the response cache without being decoded or encoded
-# (PredictionService.predict_batch); decode_rows decodes the others, all in one call.
-class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Either one row (`features`) or a batch (`instances`)."""
-
-    features: Features | None = None
-    instances: (
-        Annotated[
-            list[Annotated[msgspec.Raw, msgspec.Meta(extra_json_schema=_ROW_SCHEMA)]],
-            msgspec.Meta(min_length=1),
-        ]
-        | None
-    ) = None
-
-
-class _RowsRequest(msgspec.Struct):
-    """A batch with its rows decoded: what a row that fails to decode is reported against
-    (its other keys were checked by :func:`parse_predict` already, ``"features": null``)."""
-
-    instances: list[Features]
-
-
-class BodyError(ValueError):
-    """A /predict body that is not valid JSON or not the request's shape (answered 422)."""
-
-
-class BatchTooLargeError(ValueError):
-    """A /predict batch of more rows than ``CTR_MAX_BATCH_SIZE`` (answered 413)."""
-
-
-_REQUEST = msgspec.json.Decoder(PredictRequest)
-_ROWS = msgspec.json.Decoder(list[Features])
-
-
-def parse_predict(body: bytes) -> PredictRequest:
-    """Decode and check a /predict body. Raises :class:`BodyError` saying what is wrong."""
-    try:
-        request = _REQUEST.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BodyError(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise BodyError(f"Invalid JSON: {exc}") from None
-    if (request.features is None) == (request.instances is None):
-        raise BodyError("send exactly one of 'features' (one row) or 'instances' (a batch)")
-    return request
-
-
-def decode_rows(rows: Sequence[bytes], body: bytes) -> list[dict[str, Any]]:
-    """Rows of ``body`` (a batch :func:`parse_predict` accepted) as dicts, in one decode.
-
-    Raises :class:`BodyError` naming the row's place in the whole body (``$.instances[3]``)
-    when one is not a JSON object.
-    """
-    try:
-        return _ROWS.decode(b"[" + b",".join(rows) + b"]")
-    except msgspec.ValidationError as exc:
-        try:  # the whole batch again, so that the message points into the body as sent
-            msgspec.json.decode(body, type=_RowsRequest)
-        except msgspec.ValidationError as whole:
-            raise BodyError(str(whole)) from None
-        raise BodyError(str(exc)) from None
-
-
-def predict_request_schema() -> dict[str, Any]:
-    """The JSON schema of :class:`PredictRequest`, for the OpenAPI document."""
-    schema: dict[str, Any] = msgspec.json.schema(PredictRequest)["$defs"]["PredictRequest"]
-    schema["examples"] = [{"features": {"c0": "c0_1", "n0": 2.5}}]
-    return schema
 
 
 class PredictResponse(BaseModel):

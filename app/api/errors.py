@@ -16,8 +16,12 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from app.features.errors import EncodeError
-from app.schemas import BatchTooLargeError, BodyError
+from app.protocol.predict_json import BatchTooLargeError, BodyError
+from app.scoring.batcher import OverloadedError
 from app.scoring.scorer import ScoringError
+
+# Seconds a client told to back off waits: the queue of a worker drains in milliseconds.
+RETRY_AFTER_S = 1
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +51,21 @@ def _scoring_error(exc: Exception) -> JSONResponse:
     )
 
 
+def _overloaded(exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"overloaded: {exc}"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 # The errors of scoring a request, by the exception type its code raises.
 SCORING_ERRORS: dict[type[Exception], Callable[[Exception], JSONResponse]] = {
     EncodeError: _encode_error,
     BodyError: _body_error,
     BatchTooLargeError: _batch_too_large,
     ScoringError: _scoring_error,
+    OverloadedError: _overloaded,
 }
 
 

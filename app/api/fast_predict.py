@@ -1,11 +1,10 @@
 """POST /predict answered as a pure ASGI app, before FastAPI routes the request.
 
 Starlette's exception middleware, the router, a ``Request`` and a ``Response`` cost a
-/predict request more than parsing, encoding and scoring a row: in process, a single-row
-cache miss took 215 µs through the route and 130 µs here, where a bare FastAPI endpoint
-returning a constant takes 40 µs. So this middleware reads the body and answers it: an
-exact repeat of a single-row body from the response cache, anything else with the route's
-own :func:`~app.api.routes.predict.answer`, its errors rendered as the exception handlers
+/predict request more than parsing, encoding and scoring a row (a single-row cache miss
+took 215 µs through the route and 130 µs here in process; docs/BENCHMARKS.md). So this
+middleware reads the body and answers it with the route's own
+:func:`~app.protocol.predict_json.answer`, its errors rendered as the exception handlers
 render them. A body that arrives in more than one ASGI message (a large batch read while
 it streams in) goes on to the route, with what was read handed back unchanged.
 """
@@ -16,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import SCORING_ERRORS, error_response
 from app.api.middleware import ENDPOINT
-from app.api.routes.predict import answer, single_answer
+from app.protocol.predict_json import answer
 from app.scoring.service import PredictionService
 
 _HEADERS = [(b"content-type", b"application/json")]
@@ -46,15 +45,8 @@ class FastPredictMiddleware:
             await self.app(scope, _replay(message, receive), send)
             return
         scope[ENDPOINT] = self.path
-        raw = message.get("body", b"")
-        use = service.cache_use(raw)
-        scored = service.repeat(use)
         try:
-            if scored is not None:
-                await service.in_step()  # answered with the misses of its turn
-                body = single_answer(scored)
-            else:
-                body = await answer(service, state.settings.max_batch_size, raw, use)
+            body = await answer(service, state.settings.max_batch_size, message.get("body", b""))
         except _ERRORS as exc:
             await error_response(exc)(scope, receive, send)
             return

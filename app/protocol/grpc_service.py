@@ -10,6 +10,7 @@ over them as it does for HTTP.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, NoReturn
 
 import grpc
@@ -89,13 +90,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:
-            served(self._service, request.model_name, request.model_version)
+            scorer = served(self._service, request.model_name, request.model_version)
+            started = time.perf_counter()
             arrays, rows = gather_grpc(
                 [(t.name, t.datatype, list(t.shape), _typed(t)) for t in request.inputs],
                 list(request.raw_input_contents),
             )
+            self._service.parsed(time.perf_counter() - started)
             check_outputs([o.name for o in request.outputs])
-            scored = await score(self._service, self._settings, arrays, rows)
+            scored = await score(self._service, self._settings, scorer, arrays, rows)
         except ProtocolError as exc:
             await _abort(context, exc)
         response = pb.ModelInferResponse(
@@ -109,7 +112,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             ],
             raw_output_contents=[scored.scores.astype("<f4", copy=False).tobytes()],
         )
-        response.parameters["cache_hits"].int64_param = sum(scored.cached)
+        response.parameters["cache_hits"].int64_param = scored.cache_hits
         return response
 
     async def _served(self, name: str, version: str, context: Any) -> Scorer:

@@ -1,4 +1,5 @@
-"""Scoring decoded protocol requests: one path for HTTP and gRPC."""
+"""Decoded Open Inference Protocol requests into the scoring pipeline: one path for HTTP and
+gRPC."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ from numpy.typing import NDArray
 from app.core.config import Settings
 from app.features.errors import EncodeError
 from app.protocol.tensors import ProtocolError
+from app.scoring.batcher import OverloadedError
 from app.scoring.scorer import Scorer, ScoringError
 from app.scoring.service import PredictionService, Scored
 
 PAYLOAD_TOO_LARGE = 413
 UNAVAILABLE = 503
+
+
+class OverloadedProtocolError(ProtocolError):
+    """The service is overloaded: 503 with Retry-After over HTTP, UNAVAILABLE over gRPC."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, UNAVAILABLE)
 
 
 def served(service: PredictionService, name: str, version: str | None) -> Scorer:
@@ -31,12 +40,14 @@ def served(service: PredictionService, name: str, version: str | None) -> Scorer
 
 
 async def score(
-    service: PredictionService, settings: Settings, arrays: Mapping[str, NDArray[Any]], rows: int
+    service: PredictionService,
+    settings: Settings,
+    scorer: Scorer,
+    arrays: Mapping[str, NDArray[Any]],
+    rows: int,
 ) -> Scored:
-    """Score one array per field; every failure is a :class:`ProtocolError` with its status.
-
-    Scored as ``/predict`` scores a batch (:meth:`PredictionService.predict_columns`).
-    """
+    """Score one array per field through the pipeline /predict uses; every failure is a
+    :class:`ProtocolError` with its status."""
     if rows > settings.max_batch_size:
         raise ProtocolError(
             f"batch of {rows} rows exceeds the limit of {settings.max_batch_size} "
@@ -44,9 +55,13 @@ async def score(
             PAYLOAD_TOO_LARGE,
         )
     try:
-        return await service.predict_columns(arrays, rows)
+        return await service.score(
+            scorer, lambda encoder: encoder.encode_columns(arrays, rows), rows
+        )
     except EncodeError as exc:
         raise ProtocolError(f"input '{exc.field}': {exc.detail}") from None
+    except OverloadedError as exc:
+        raise OverloadedProtocolError(f"overloaded: {exc}") from None
     except ScoringError:
         raise ProtocolError(
             "the model could not score this request; try again", UNAVAILABLE

@@ -36,7 +36,7 @@ class RepositoryPoller:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.service.follow()
+                self.service.registry.poll()
                 self.service.flush_metrics()
             except Exception:  # the poller must outlive any one bad poll
                 logger.exception("repository poll failed; trying again in %.1fs", self.interval_s)

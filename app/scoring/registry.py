@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from app.scoring.scorer import Scorer
 logger = logging.getLogger(__name__)
 
 Loader = Callable[[Path], Scorer]
+# Told of the version served: at subscription (False), then after every swap (True).
+OnSwap = Callable[[Scorer, bool], None]
+OnRefused = Callable[[SpecError], None]
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,16 @@ class ModelRegistry:
         self.last_failure: LoadFailure | None = None
         initial = self.pinned_version or repository.current_version()
         self._current = loader(repository.version_dir(initial))
+        self._on_swap: OnSwap = lambda scorer, swapped: None
+        self._on_refused: OnRefused = lambda exc: None
+
+    def subscribe(self, on_swap: OnSwap, on_refused: OnRefused) -> None:
+        """Call ``on_swap`` now with the version served and after every swap, and
+        ``on_refused`` with every version refused; both under the registry's lock, so what
+        they set up (a cache for the version) cannot be interleaved by two swaps."""
+        with self._lock:
+            self._on_swap, self._on_refused = on_swap, on_refused
+            on_swap(self._current, False)
 
     @property
     def current(self) -> Scorer:
@@ -80,16 +94,14 @@ class ModelRegistry:
 
         A target that failed to load is not retried on every poll (a broken export would
         otherwise be reloaded every few seconds by every worker); it is retried when the
-        pointer moves, or on an explicit :meth:`switch`.
-
-        Raises:
-            SpecError: the target could not be loaded (the first time only).
+        pointer moves, or on an explicit :meth:`switch`. A refusal is told to the
+        subscriber once, and the old version keeps serving.
         """
         with self._lock:
             try:
                 target = self.target_version()
             except SpecError as exc:
-                self._refuse_once(POINTER_FILE, str(exc))
+                self._refuse_once(POINTER_FILE, exc)
                 return None
             if target == self._current.version:
                 self.last_failure = None
@@ -99,7 +111,7 @@ class ModelRegistry:
             try:
                 return self._install(self._load(target))
             except SpecError as exc:
-                self._refuse_once(target, str(exc))
+                self._refuse_once(target, exc)
                 return None
 
     def switch(self, version: str | None = None) -> Swap | None:
@@ -108,28 +120,47 @@ class ModelRegistry:
         Without a version, re-read the pointer now instead of at the next poll. The pointer
         is only written once this worker has loaded the version, so a version that cannot
         load never reaches the rest of the fleet.
+
+        Raises:
+            SpecError: it cannot be loaded; the old version keeps serving.
         """
-        with self._lock:
-            if version is not None:
-                self._check_may_move_pointer()
-            target = self.target_version() if version is None else check_version_name(version)
-            loaded = None if target == self._current.version else self._load(target)
-            if version is not None:
-                self.repository.set_current(target)
-            self.last_failure = None
-            return None if loaded is None else self._install(loaded)
+        with self._lock, self._telling_refusals():
+            return self._switch(version)
 
     def publish(self, source: Path) -> Swap | None:
-        """Copy an exported model into the repository as a version and switch to it."""
-        self._check_may_move_pointer()
-        checked = self._loader(resolve_model_dir(source))
-        version = self.repository.publish(source)
-        if version != checked.version:
-            raise SpecError(
-                f"{source} changed while it was published: version {version} was copied, "
-                f"{checked.version} was verified; publish it again"
-            )
-        return self.switch(version)
+        """Copy an exported model into the repository as a version and switch to it.
+
+        Raises:
+            SpecError: it cannot be loaded; nothing is published, the old version serves.
+        """
+        with self._lock, self._telling_refusals():
+            self._check_may_move_pointer()
+            checked = self._loader(resolve_model_dir(source))
+            version = self.repository.publish(source)
+            if version != checked.version:
+                raise SpecError(
+                    f"{source} changed while it was published: version {version} was copied, "
+                    f"{checked.version} was verified; publish it again"
+                )
+            return self._switch(version)
+
+    def _switch(self, version: str | None) -> Swap | None:
+        if version is not None:
+            self._check_may_move_pointer()
+        target = self.target_version() if version is None else check_version_name(version)
+        loaded = None if target == self._current.version else self._load(target)
+        if version is not None:
+            self.repository.set_current(target)
+        self.last_failure = None
+        return None if loaded is None else self._install(loaded)
+
+    @contextmanager
+    def _telling_refusals(self) -> Iterator[None]:
+        try:
+            yield
+        except SpecError as exc:
+            self._on_refused(exc)
+            raise
 
     def _check_may_move_pointer(self) -> None:
         if self.pinned_version is not None:
@@ -151,13 +182,14 @@ class ModelRegistry:
         previous, self._current = self._current, loaded
         self.last_failure = None
         logger.info("swapped model %s -> %s", previous.version, loaded.version)
+        self._on_swap(loaded, True)
         return Swap(previous, loaded)
 
-    def _refuse_once(self, version: str, reason: str) -> None:
-        """Remember why ``version`` is not served; raise only the first time, so the poller
-        logs and counts a broken version once rather than every few seconds."""
+    def _refuse_once(self, version: str, exc: SpecError) -> None:
+        """Remember why ``version`` is not served; tell the subscriber only the first time,
+        so a broken version is logged and counted once rather than every few seconds."""
         known = self.last_failure
-        if known is not None and (known.version, known.reason) == (version, reason):
+        if known is not None and (known.version, known.reason) == (version, str(exc)):
             return
-        self.last_failure = LoadFailure(version, reason, time.time())
-        raise SpecError(reason)
+        self.last_failure = LoadFailure(version, str(exc), time.time())
+        self._on_refused(exc)

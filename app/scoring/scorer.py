@@ -5,9 +5,6 @@
 from __future__ import annotations
 
 import logging
-import math
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,7 +16,6 @@ from app.features.encoder import FeatureEncoder
 from app.features.errors import SpecError
 from app.features.spec import UNSEEN_INDEX
 from app.scoring.manifest import ModelManifest, content_version, sha256_file
-from app.scoring.rows import RowDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +38,10 @@ class Scorer:
         self.session = session
         self.model_dir = model_dir
         self.encoder = FeatureEncoder(manifest.features, max_value_chars)
-        self.rows = RowDecoder(self.encoder)
         self.version = manifest.version
         self._input = manifest.onnx.input_name
         self._output = manifest.onnx.output_name
         self._num_fields = len(manifest.features.fields)
-        # Seconds one row costs onnxruntime in a batch of up to 256 rows, measured by warm();
-        # 0 = unknown.
-        self.row_seconds = 0.0
 
     @classmethod
     def load(
@@ -112,37 +104,18 @@ class Scorer:
             raise SpecError(f"{self.model_dir}: smoke prediction failed ({exc})") from None
 
     def warm(self, batch_sizes: Sequence[int]) -> None:
-        """Score rows at each batch size before live traffic does, and time a row.
+        """Score rows at each batch size before live traffic does.
 
-        onnxruntime sizes its buffers on the first call of each shape; warming a new version
-        beside the old one keeps that first-call cost off the requests after the swap (and the
-        encoder's batch lookup is built here for the same reason). Then a
-        batch of up to 256 rows is timed: ``row_seconds`` lets the service judge a request's
-        cost by the model, not by its rows alone (a 39-field NFFM row costs ~30 times a
-        10-field one).
+        onnxruntime sizes its buffers on the first call of each shape, and the first calls
+        page the model's tables in; warming a new version beside the old one keeps that
+        first-call cost off the requests after the swap (and the encoder's batch lookup is
+        built here for the same reason).
         """
         self.encoder.batch_lookup()
         rng = np.random.default_rng(0)
         dims = np.array(self.manifest.features.field_dims, dtype=np.int64)
-        sizes = sorted({size for size in batch_sizes if size > 0})
-        for size in sizes:
+        for size in sorted({size for size in batch_sizes if size > 0}):
             self.score_indices((rng.random((size, self._num_fields)) * dims).astype(np.int64))
-        if sizes:
-            # Best of three on the same rows: the first calls also page the model's tables
-            # in (a 470 MB NFFM measured 1.1 ms a row once, 89 µs from then on).
-            rows = (rng.random((min(sizes[-1], 256), self._num_fields)) * dims).astype(np.int64)
-            best = math.inf
-            for _ in range(3):
-                started = time.perf_counter()
-                self.score_indices(rows)
-                best = min(best, time.perf_counter() - started)
-            self.row_seconds = best / len(rows)
-
-    def rows_within(self, seconds: float) -> int:
-        """How many rows one call scores in about ``seconds`` (unbounded when unmeasured)."""
-        if self.row_seconds <= 0:
-            return sys.maxsize
-        return max(1, int(seconds / self.row_seconds))
 
     def ready(self) -> bool:
         """Whether the model scores a smoke row right now."""

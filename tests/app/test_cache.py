@@ -1,21 +1,12 @@
 """ScoreCache: LRU size bound, TTL expiry (fake clock), one version at a time, second-sight
-admission of batch rows, disabled mode, thread safety.
-ResponseCache: second-sight admission, byte bound, expiry, version awareness, batch rows
-answered with their score."""
+admission of batch rows, disabled mode, thread safety."""
 
-import math
 import threading
 
 import numpy as np
 import pytest
 
-from app.cache import (
-    MAX_REPEAT_BODY_BYTES,
-    Doorkeeper,
-    ResponseCache,
-    ScoreCache,
-    row_text_keys,
-)
+from app.cache import Doorkeeper, ScoreCache
 
 
 class FakeClock:
@@ -78,7 +69,6 @@ def test_ttl_expiry() -> None:
     _score(cache, _rows(1))
     clock.now = 29.9
     assert cache.lookup("v1", _rows(1)).hits.tolist() == [True]
-    assert cache.get("v1", cache.keys(_rows(1))[0]) == pytest.approx(0.01)
     clock.now = 30.1
     assert cache.lookup("v1", _rows(1)).hits.tolist() == [False]
     assert len(cache) == 0  # the expired entry left when it was looked up
@@ -104,8 +94,10 @@ def test_one_version_at_a_time() -> None:
     assert len(cache) == 0
     assert cache.lookup("v1", _rows(1)).hits.tolist() == [False]  # nothing of v1 is served
     assert _score(cache, _rows(1), "v2") == [False]
-    assert cache.get("v1", cache.keys(_rows(1))[0]) is None
-    assert cache.get("v2", cache.keys(_rows(1))[0]) == pytest.approx(0.01)
+    assert cache.lookup("v1", _rows(1)).hits.tolist() == [False]
+    lookup = cache.lookup("v2", _rows(1))
+    assert lookup.hits.tolist() == [True]
+    assert lookup.scores[0] == pytest.approx(0.01)
 
 
 def test_size_zero_disables() -> None:
@@ -133,19 +125,6 @@ def test_doorkeeper_remembers_one_generation_back() -> None:
     for _ in range(20):  # two more generations of new rows only
         doorkeeper.seen(new)
     assert not doorkeeper.seen(old).any()  # aged out
-
-
-def test_a_probe_counts_for_the_batches_it_stands_for() -> None:
-    # The cache gate's probe stands for 8 batches: its rows age out as if the 7 batches it
-    # passed by had been marked too, so a row back after that much traffic is a first sight.
-    probed, plain = Doorkeeper(capacity=100), Doorkeeper(capacity=100)
-    old, others = _rows(*range(10)), [_rows(*range(i, i + 10)) for i in range(500, 600, 10)]
-    for doorkeeper, stands_for in ((probed, 8), (plain, 1)):
-        doorkeeper.seen(old, stands_for)
-        for rows in others[:3]:  # 30 rows: 240 marks when they stand for 8 batches each
-            doorkeeper.seen(rows, stands_for)
-    assert not probed.seen(old).any()  # two generations on: forgotten
-    assert plain.seen(old).all()  # 40 marks: still this generation
 
 
 def test_doorkeeper_rarely_takes_a_new_row_for_a_seen_one() -> None:
@@ -185,128 +164,3 @@ def test_consistent_under_threads() -> None:
 
 
 KEY = ("v1", b"\x01" * 80)
-CACHE = ResponseCache(1 << 20, 60)
-
-
-def _digest(body: bytes) -> bytes:
-    digest = CACHE.key(body)
-    assert digest is not None
-    return digest
-
-
-def test_response_cache_admits_on_second_sight() -> None:
-    responses = ResponseCache(1 << 20, 60)
-    digest = _digest(b'{"features":{"c0":"a"}}')
-    responses.offer(digest, KEY)
-    assert responses.lookup(digest, "v1") is None  # one sighting admits nothing
-    responses.offer(digest, KEY)
-    assert responses.lookup(digest, "v1") == KEY
-    assert responses.lookup(digest, "v2") is None  # another version's row key never serves
-
-
-def test_response_cache_keys_on_a_digest_and_skips_large_bodies() -> None:
-    assert len(_digest(b"{}")) == len(_digest(b"{" + b" " * 8000 + b"}")) == 16
-    assert _digest(b"{}") != _digest(b"{ }")
-    assert CACHE.key(b"{" + b" " * MAX_REPEAT_BODY_BYTES + b"}") is None  # a batch, not a row
-
-
-def test_response_cache_is_bounded_in_bytes() -> None:
-    budget = 256 * 1024
-    responses = ResponseCache(budget, 60)
-    for i in range(20_000):
-        digest = _digest(str(i).encode())
-        responses.offer(digest, ("v1", i.to_bytes(80, "little")))
-        responses.offer(digest, ("v1", i.to_bytes(80, "little")))
-        assert responses.nbytes <= budget
-    admitted = sum(
-        responses.lookup(_digest(str(i).encode()), "v1") is not None for i in range(20_000)
-    )
-    assert 0 < admitted < 20_000  # the newest stay, the oldest were evicted
-
-
-def test_response_cache_answers_expire() -> None:
-    clock = FakeClock()
-    responses = ResponseCache(1 << 20, ttl_s=30, timer=clock)
-    digest = _digest(b"body")
-    responses.offer(digest, KEY)
-    responses.offer(digest, KEY)
-    clock.now = 29
-    assert responses.lookup(digest, "v1") == KEY
-    clock.now = 31
-    assert responses.lookup(digest, "v1") is None
-
-
-def test_response_cache_forgets_first_sights_two_generations_on() -> None:
-    budget = 64 * 1024  # first sights: a quarter of it, in two generations
-    responses = ResponseCache(budget, ttl_s=30)
-    per_generation = budget // 4 // (2 * 100)
-    digest = _digest(b"body")
-    responses.offer(digest, KEY)
-    for i in range(per_generation):  # one full generation later it is still known
-        responses.offer(_digest(str(i).encode()), KEY)
-    responses.offer(digest, KEY)
-    assert responses.lookup(digest, "v1") == KEY
-    other = _digest(b"other")
-    responses.offer(other, KEY)
-    for i in range(2 * per_generation):  # two generations later it is forgotten
-        responses.offer(_digest(f"x{i}".encode()), KEY)
-    responses.offer(other, KEY)
-    assert responses.lookup(other, "v1") is None
-    assert responses.nbytes <= budget
-
-
-def test_response_cache_off() -> None:
-    responses = ResponseCache(0, 60)
-    assert responses.key(b"body") is None
-    assert not responses.enabled
-
-
-def _known(responses: ResponseCache, texts: list[int], version: str) -> list[float | None]:
-    """The scores the response cache knows for ``texts`` (None where it knows none)."""
-    return [
-        None if math.isnan(score) else score
-        for score in responses.lookup_rows(texts, version).tolist()
-    ]
-
-
-def test_batch_row_texts_answer_with_their_score_from_the_second_sight() -> None:
-    clock = FakeClock()
-    responses = ResponseCache(1 << 20, ttl_s=30, timer=clock)
-    texts = row_text_keys([b'{"c0":"a"}', b'{"c0":"b"}'])
-    responses.offer_rows(texts, "v1", [0.25, 0.5])
-    assert _known(responses, texts, "v1") == [None, None]  # first sights
-    responses.offer_rows(texts[:1], "v1", [0.25])
-    assert _known(responses, texts, "v1") == [0.25, None]
-    assert _known(responses, texts, "v2") == [None, None]  # another version's score
-    clock.now = 31
-    assert _known(responses, texts, "v1") == [None, None]  # expired
-    assert row_text_keys([b'{"c0":"a"}']) != row_text_keys([b'{"c0": "a"}'])  # the exact text
-
-
-def test_batch_rows_are_answered_least_recently_used_first_out() -> None:
-    def admit(responses: ResponseCache, texts: list[int]) -> None:
-        for text in texts:  # a text is admitted on its second sight
-            responses.offer_rows([text, text], "v1", [0.5, 0.5])
-
-    probe = ResponseCache(1 << 20, ttl_s=30)
-    admit(probe, row_text_keys([b"{}"]))
-    answer_bytes = probe.nbytes  # one answer, as the bound counts it
-    responses = ResponseCache(4 * 4 * answer_bytes // 3 + 3, ttl_s=30)  # answers: 3/4 of it
-    texts = row_text_keys([f'{{"c0":"{i}"}}'.encode() for i in range(6)])
-    admit(responses, texts[:4])
-    assert _known(responses, texts[:1], "v1") == [0.5]  # the first is now the most recent
-    admit(responses, texts[4:])  # two more push the two least recently used out
-    assert _known(responses, texts, "v1") == [0.5, None, None, 0.5, 0.5, 0.5]
-    assert responses.nbytes <= responses.max_bytes
-
-
-def test_a_batch_row_answer_is_never_a_single_body_answer() -> None:
-    responses = ResponseCache(1 << 20, ttl_s=30)
-    digest = _digest(b'{"features":{"c0":"a"}}')
-    responses.offer(digest, KEY)
-    responses.offer(digest, KEY)
-    text = row_text_keys([b'{"c0":"a"}'])
-    responses.offer_rows(text, "v1", [0.25])
-    responses.offer_rows(text, "v1", [0.25])
-    assert responses.lookup(digest, "v1") == KEY
-    assert _known(responses, text, "v1") == [0.25]

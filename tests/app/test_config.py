@@ -14,19 +14,10 @@ from app.features.errors import SpecError
 from app.main import create_app
 
 
-def test_inline_rows_cannot_exceed_the_batch_limit() -> None:
-    with pytest.raises(ValidationError, match="inline_max_rows \\(500\\) must not exceed"):
-        Settings(max_batch_size=100, inline_max_rows=500)
-    assert Settings(max_batch_size=100, inline_max_rows=100).inline_max_rows == 100
-
-
-@pytest.mark.parametrize(("budget", "ok"), [(0, True), (1000, False), (64 * 1024, True)])
-def test_response_cache_budget_is_off_or_usable(budget: int, ok: bool) -> None:
-    if ok:
-        assert Settings(response_cache_max_bytes=budget).response_cache_max_bytes == budget
-    else:
-        with pytest.raises(ValidationError, match="must be 0 \\(off\\) or at least 65536"):
-            Settings(response_cache_max_bytes=budget)
+def test_the_queue_holds_at_least_one_call() -> None:
+    with pytest.raises(ValidationError, match="max_queued_rows \\(10\\) must be at least"):
+        Settings(batch_max_rows=64, max_queued_rows=10)
+    assert Settings(batch_max_rows=10, max_queued_rows=10).max_queued_rows == 10
 
 
 def test_a_missing_repository_refuses_to_start(tmp_path: Path) -> None:

@@ -198,3 +198,34 @@ def test_reload_from_a_path_is_off_without_a_publish_root(
         assert response.status_code == 403
         assert "CTR_PUBLISH_ROOT" in response.json()["detail"]
     assert _versions(repository) == before
+
+
+def test_a_swap_racing_a_reload_leaves_the_cache_on_and_the_new_version_served(
+    client: TestClient, model_dir: Path, tmp_path: Path
+) -> None:
+    registry = client.app.state.service.registry
+    first = registry.current.version
+    published = client.post(
+        "/admin/reload", headers=AUTH, json={"model_dir": str(second_version(model_dir, tmp_path))}
+    )
+    second = published.json()["version"]
+    stop = threading.Event()
+
+    def poll() -> None:  # what every worker's poller does, as fast as it can
+        while not stop.is_set():
+            registry.poll()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for version in [first, second] * 10:
+            moved = client.post("/admin/reload", headers=AUTH, json={"version": version})
+            assert moved.status_code == 200, moved.text
+    finally:
+        stop.set()
+        poller.join()
+    row = {"features": {"c0": "c0_7", "c2": "c2_1"}}
+    scored = client.post("/predict", json=row).json()
+    again = client.post("/predict", json=row).json()
+    assert scored["model_version"] == again["model_version"] == second
+    assert (scored["cached"], again["cached"]) == (False, True)

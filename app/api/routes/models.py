@@ -67,9 +67,9 @@ async def reload_model(
     try:
         if body is not None and body.model_dir is not None:
             source = confined_source(body.model_dir, settings.publish_root)
-            await run_in_threadpool(service.publish, source)
+            await run_in_threadpool(service.registry.publish, source)
         else:
-            await run_in_threadpool(service.switch, body.version if body else None)
+            await run_in_threadpool(service.registry.switch, body.version if body else None)
     except PublishRefusedError as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"reload refused: {exc}") from None
     except SpecError as exc:

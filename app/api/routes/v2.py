@@ -7,6 +7,7 @@ tensor per field), in JSON or with Triton's binary tensor data extension. Errors
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
@@ -15,7 +16,8 @@ from pydantic import JsonValue
 from pydantic_core import to_json
 
 from app.api.deps import get_service, get_settings_dep
-from app.protocol.infer import score, served
+from app.api.errors import RETRY_AFTER_S
+from app.protocol.infer import OverloadedProtocolError, score, served
 from app.protocol.tensors import (
     ProtocolError,
     check_outputs,
@@ -33,6 +35,13 @@ _ERROR = {"content": {"application/json": {"example": {"error": "what was wrong"
 
 def _error(message: str, status_code: int = status.HTTP_400_BAD_REQUEST) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status_code)
+
+
+def _protocol_error(exc: ProtocolError) -> JSONResponse:
+    response = _error(str(exc), exc.status)
+    if isinstance(exc, OverloadedProtocolError):
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 @router.get("/health/live")
@@ -134,19 +143,21 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
     service, settings = get_service(request), get_settings_dep(request)
     body = await request.body()
     try:
-        served(service, model_name, model_version)
+        scorer = served(service, model_name, model_version)
+        started = time.perf_counter()
         decoded = parse_http(body, request.headers.get(_HEADER_LENGTH))
+        service.parsed(time.perf_counter() - started)
         check_outputs(decoded.outputs)
-        scored = await score(service, settings, decoded.arrays, decoded.num_rows)
+        scored = await score(service, settings, scorer, decoded.arrays, decoded.num_rows)
     except ProtocolError as exc:
-        return _error(str(exc), exc.status)
+        return _protocol_error(exc)
     answer, raw = http_response(
         model_name,
         scored.version,
         decoded.id,
         scored.scores,
         decoded.binary_output,
-        sum(scored.cached),
+        scored.cache_hits,
     )
     head = to_json(answer)
     if not raw:

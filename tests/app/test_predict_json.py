@@ -1,4 +1,6 @@
-"""Batch rows decoded straight into the model's fields encode exactly as decoded dicts do."""
+"""/predict bodies decoded straight into the model's fields encode exactly as decoded dicts
+do; a body the model's struct refuses is left to the generic decoding, which names what is
+wrong; nesting is refused at its first step, however deep."""
 
 import json
 
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 from app.features.encoder import FeatureEncoder
 from app.features.errors import EncodeError
 from app.features.spec import CategoricalField, FeatureSpec, NumericField
-from app.scoring.rows import RowDecoder
+from app.protocol.predict_json import PredictRequest, RowDecoder
 from support.fuzz import ENCODER, rows
 
 # Field names JSON allows and Python does not, in an order that mixes the two kinds.
@@ -24,8 +26,8 @@ ODD = FeatureSpec(
 )
 
 
-def _texts(batch: list[object]) -> list[bytes]:
-    return [json.dumps(row).encode() for row in batch]
+def _body(batch: list[object]) -> bytes:
+    return json.dumps({"instances": batch}).encode()
 
 
 def _by_dicts(encoder: FeatureEncoder, batch: list[object]) -> np.ndarray | None:
@@ -35,11 +37,12 @@ def _by_dicts(encoder: FeatureEncoder, batch: list[object]) -> np.ndarray | None
         return None
 
 
-def _by_structs(encoder: FeatureEncoder, texts: list[bytes]) -> np.ndarray | None:
-    values = RowDecoder(encoder).values(texts)
-    assert values is not None
+def _by_structs(encoder: FeatureEncoder, batch: list[object]) -> np.ndarray | None:
+    decoded = RowDecoder(encoder).decode(_body(batch))
+    assert decoded is not None
+    assert (decoded.rows, decoded.single) == (len(batch), False)
     try:
-        return encoder.encode_values(*values, len(texts))
+        return decoded.encode(encoder)
     except EncodeError:
         return None
 
@@ -51,7 +54,7 @@ def test_odd_field_names_and_left_out_keys(copies: int) -> None:
     batch *= copies
     expected = encoder.encode_rows(batch)
     assert expected[:3].tolist() == [[3, 3, 0], [0, 0, 2], [0, 0, 1]]
-    np.testing.assert_array_equal(_by_structs(encoder, _texts(batch)), expected)
+    np.testing.assert_array_equal(_by_structs(encoder, batch), expected)
 
 
 @pytest.mark.parametrize(
@@ -66,7 +69,7 @@ def test_odd_field_names_and_left_out_keys(copies: int) -> None:
 )
 def test_a_row_not_of_the_models_shape_is_left_to_the_generic_path(row: object) -> None:
     decoder = RowDecoder(FeatureEncoder(ODD))
-    assert decoder.values(_texts([{"class": "x"}, row])) is None
+    assert decoder.decode(_body([{"class": "x"}, row])) is None
 
 
 def test_a_model_of_one_field_of_each_kind() -> None:
@@ -76,8 +79,14 @@ def test_a_model_of_one_field_of_each_kind() -> None:
             NumericField(name="age", binning="quantile", bin_edges=(18.0,)),
         )
     )
-    values = RowDecoder(FeatureEncoder(spec)).values(_texts([{"site": "news", "age": 3}, {}]))
-    assert values == (["news", None], [3, None])
+    encoder = FeatureEncoder(spec)
+    batch: list[object] = [{"site": "news", "age": 3}, {}]
+    np.testing.assert_array_equal(_by_structs(encoder, batch), encoder.encode_rows(batch))  # type: ignore[arg-type]
+
+
+def _generic(body: bytes) -> np.ndarray:
+    request = msgspec.json.decode(body, type=PredictRequest)
+    return ENCODER.encode_rows(request.instances or [])
 
 
 @settings(max_examples=500, deadline=None)
@@ -85,35 +94,26 @@ def test_a_model_of_one_field_of_each_kind() -> None:
 def test_any_rows_of_the_models_shape_encode_as_dicts_do(
     distinct: list[dict[str, object]], copies: int
 ) -> None:
-    texts = _texts(distinct * copies)
-    if RowDecoder(ENCODER).values(texts) is None:
-        # Not the model's shape: check that the generic path refuses it too, or that
-        # msgspec's Any would have decoded what the struct could not.
-        with pytest.raises((EncodeError, msgspec.DecodeError)):
-            ENCODER.encode_rows(msgspec.json.decode(b"[" + b",".join(texts) + b"]"))
+    batch: list[object] = list(distinct * copies)
+    if RowDecoder(ENCODER).decode(_body(batch)) is None:
+        # Not the model's shape: the generic path refuses it too.
+        with pytest.raises((EncodeError, msgspec.ValidationError)):
+            _generic(_body(batch))
         return
-    batch = [json.loads(text) for text in texts]
-    expected, got = _by_dicts(ENCODER, batch), _by_structs(ENCODER, texts)
+    expected, got = _by_dicts(ENCODER, batch), _by_structs(ENCODER, batch)
     if expected is None:
         assert got is None
     else:
         np.testing.assert_array_equal(got, expected)
 
 
-def test_a_whole_body_decodes_its_rows_as_their_texts_do() -> None:
+def test_a_single_row_body_is_one_row() -> None:
     encoder = FeatureEncoder(ODD)
-    decoder = RowDecoder(encoder)
-    batch = [{"user agent": "b", "1st-age": 20}, {"class": "x"}, {"1st-age": None, "class": 5}]
-    for body in ({"instances": batch}, {"features": None, "instances": batch}):
-        decoded = decoder.body(json.dumps(body).encode())
-        assert decoded is not None
-        assert decoded.features is None
-        assert decoded.rows is not None
-        assert decoder.values_of(decoded.rows) == decoder.values(_texts(batch))
-    assert decoder.body(b'{"features": {"class": "x", "1st-age": 2}}') == (
-        {"class": "x", "1st-age": 2},
-        None,
-    )
+    decoded = RowDecoder(encoder).decode(b'{"features": {"class": "x", "1st-age": 2}}')
+    assert decoded is not None
+    assert (decoded.rows, decoded.single) == (1, True)
+    expected = encoder.encode_rows([{"class": "x", "1st-age": 2}])
+    np.testing.assert_array_equal(decoded.encode(encoder), expected)
 
 
 @pytest.mark.parametrize(
@@ -130,4 +130,24 @@ def test_a_whole_body_decodes_its_rows_as_their_texts_do() -> None:
     ],
 )
 def test_a_body_the_model_cannot_take_whole_is_left_to_the_generic_parse(body: bytes) -> None:
-    assert RowDecoder(FeatureEncoder(ODD)).body(body) is None
+    assert RowDecoder(FeatureEncoder(ODD)).decode(body) is None
+
+
+@pytest.mark.parametrize("depth", [2, 1_000, 100_000])
+@pytest.mark.parametrize(
+    ("opening", "closing"),
+    [
+        ('{"features": {"class": ', "}}"),
+        ('{"instances": [', "]}"),
+        ('{"features": ', "}"),
+        ('{"other": ', "}"),
+    ],
+)
+def test_nesting_is_refused_at_its_first_step(opening: str, closing: str, depth: int) -> None:
+    nested = '{"a": ' * depth + "1" + "}" * depth
+    deep_list = "[" * depth + "1" + "]" * depth
+    for inner in (nested, deep_list):
+        body = (opening + inner + closing).encode()
+        assert RowDecoder(FeatureEncoder(ODD)).decode(body) is None
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(body, type=PredictRequest)
