@@ -206,7 +206,9 @@ def test_a_swap_racing_a_reload_leaves_the_cache_on_and_the_new_version_served(
     registry = client.app.state.service.registry
     first = registry.current.version
     published = client.post(
-        "/admin/reload", headers=AUTH, json={"model_dir": str(second_version(model_dir, tmp_path))}
+        "/admin/reload",
+        headers=AUTH,
+        json={"model_dir": str(second_version(model_dir, tmp_path / "v2"))},
     )
     second = published.json()["version"]
     stop = threading.Event()
