@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
 from app.api.fast_predict import FastPredictMiddleware
-from app.api.middleware import LatencyMiddleware, TimeoutMiddleware
+from app.api.middleware import BodyLimitMiddleware, LatencyMiddleware, TimeoutMiddleware
 from app.api.routes import health, models, predict, v2
 from app.cache import ScoreCache
 from app.core.config import Settings, get_settings
@@ -96,7 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Field-aware CTR/CVR scoring on onnxruntime behind a TTL LRU cache.",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
         telemetry=None if settings.otel else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
@@ -105,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(FastPredictMiddleware)  # innermost: timed and bounded like any request
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

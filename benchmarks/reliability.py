@@ -193,7 +193,6 @@ def limits(report: Report, model_dir: Path) -> None:
         "CTR_MODEL_DIR": str(model_dir),
         "CTR_MAX_BODY_BYTES": "65536",
         "CTR_MAX_BATCH_SIZE": "100",
-        "CTR_INLINE_MAX_ROWS": "100",
         "CTR_MAX_VALUE_CHARS": "64",
     }
     checks = [
@@ -480,48 +479,6 @@ def memory(report: Report, model_dir: Path, unique_keys: int, maxsize: int) -> N
     )
 
 
-def response_cache_flood(report: Report, model_dir: Path, duration_s: int) -> None:
-    """Distinct single-row bodies, each sent twice (admitted on the second sight)."""
-    spec = load_spec(model_dir)
-    budget = 4 * 2**20
-    bodies = write_bodies(
-        [{"features": row} for row in unique_rows(spec, 150_000, seed=77) for _ in range(2)]
-    )
-    rows_out = []
-    for limit in (budget, 0):
-        env = {
-            "CTR_MODEL_DIR": str(model_dir),
-            "CTR_RESPONSE_CACHE_MAX_BYTES": str(limit),
-            "CTR_CACHE_TTL_S": "3600",
-        }
-        with server(APP, env) as base:
-            process = _server_process(base)
-            result = wrk(f"{base}/predict", bodies, duration_s, connections=CONNECTIONS)
-            held = _metric(
-                httpx.get(f"{base}/metrics", timeout=10).text, "ctr_response_cache_bytes"
-            )
-            rss = process.memory_info().rss / 2**20
-        rows_out.append(
-            [
-                f"{limit:,}",
-                f"{result.requests:,}",
-                str(result.errors),
-                f"{held:,.0f}",
-                f"{rss:,.0f}",
-            ]
-        )
-    report.table(
-        "The response cache's memory bound",
-        f"wrk for {duration_s} s: distinct single-row bodies, each sent twice in a row (a "
-        "first sight is remembered, the second admits the body), so every other request "
-        "adds an entry. The response cache counts its own bytes (digest keys, row keys and "
-        "their bookkeeping, measured per entry) and never holds more than "
-        "CTR_RESPONSE_CACHE_MAX_BYTES.",
-        ["CTR_RESPONSE_CACHE_MAX_BYTES", "requests", "failed", "bytes held", "server RSS MiB"],
-        rows_out,
-    )
-
-
 def _server_process(base: str) -> psutil.Process:
     port = int(base.rsplit(":", 1)[1])
     for connection in psutil.net_connections(kind="tcp"):
@@ -621,7 +578,6 @@ def main() -> None:
     reload_under_load(report, args.model_dir, args.duration)
     fleet_rollout(report, args.model_dir, rounds=5)
     memory(report, args.model_dir, args.unique_keys, maxsize=100_000)
-    response_cache_flood(report, args.model_dir, args.duration)
     shutdown(report, args.model_dir)
     security(report)
     head = [

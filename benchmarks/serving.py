@@ -15,33 +15,25 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
-from numpy.typing import NDArray
 
 from app.features.spec import FeatureSpec
-from app.schemas import parse_predict
+from app.protocol.predict_json import decode
 from app.scoring.repository import POINTER_FILE, ModelRepository, resolve_model_dir
 from app.scoring.scorer import Scorer
-from app.scoring.service import SINGLE_PROBE_EVERY, SINGLE_PROBE_MAX, WHOLE_BODY_MAX_BYTES
 from benchmarks.timing import median_seconds
 from benchmarks.workloads import (
-    CACHE_ENTRIES,
     DISABLED,
-    RESPONSE_CACHE_BYTES,
     ROUNDS,
     WORKLOADS,
     Measured,
     measure,
-    ours,
-    requests_for,
     servers,
-    turns,
 )
 from support.payloads import (
     Row,
@@ -73,9 +65,7 @@ UVICORN = [
 BARE = [*UVICORN, "benchmarks.variants:create_bare_app"]
 SECTIONS = (
     "peers",
-    "coalescing",
     "ceiling",
-    "sync_vs_async",
     "batches",
     "protocol",
     "model_cost",
@@ -210,102 +200,6 @@ class Suite:
         self.raw["peers"] = raw
         return ratios
 
-    def coalescing(self) -> None:
-        """Miss coalescing on vs off on the production-size model: distinct single rows
-        (score cache off: every request a miss), and 100-row batches at 90% hits (caches
-        as the peer comparison sets them), whose misses are pooled with coalescing on.
-
-        Both services run at once and take turns, as the peers do (:func:`measure`): a
-        warm-up run each before a connection count's first round, then ``ROUNDS`` rounds,
-        every other one in reverse order. Each used to be started cold for one run, the
-        service with coalescing on always first, and that order, not coalescing, was what
-        cost it 4-12% at one connection in the runs that measured it so."""
-        models = self._models()
-        model_dir = models.get("production NFFM", self.model_dir)
-        spec = load_spec(model_dir)
-        base_env = {"CTR_MODEL_DIR": str(model_dir)}
-        workloads = {
-            "distinct single rows": (
-                write_bodies([{"features": r} for r in unique_rows(spec, 100_000, seed=31)]),
-                {**base_env, "CTR_CACHE_MAXSIZE": "0"},
-            ),
-            "batches of 100 rows, 90% hits": (
-                write_bodies(
-                    [ours(r) for r in requests_for(spec, "batches of 100 rows, 90% hits")]
-                ),
-                {
-                    **base_env,
-                    "CTR_CACHE_TTL_S": "3600",
-                    "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES),
-                    "CTR_RESPONSE_CACHE_MAX_BYTES": str(RESPONSE_CACHE_BYTES),
-                },
-            ),
-        }
-        settings = {"on (64)": "64", "off": "0"}
-        rows: list[list[str]] = []
-        for workload, (bodies, env) in workloads.items():
-            with ExitStack() as running:
-                bases = {
-                    label: running.enter_context(
-                        server(APP, {**env, "CTR_COALESCE_MAX_ROWS": setting})
-                    )
-                    for label, setting in settings.items()
-                }
-                for connections in (1, 16, 64):
-                    rows.extend(
-                        [workload, *row]
-                        for row in self._coalescing_rounds(bases, bodies, connections)
-                    )
-        self._table(
-            f"Miss coalescing on vs off ({relative(model_dir)}, {len(spec.fields)} fields)",
-            f"wrk, 1 thread. Distinct single rows: score cache disabled, so every request is "
-            f"an onnxruntime row. Batches at 90% hits: caches on, as in the peer comparison; "
-            f"coalescing pools the rows of the batches that the response cache did not "
-            f"answer. Both services run at once: a warm-up run each, then "
-            f"{ROUNDS} rounds of {self.duration_s} s, taking turns (req/s and p50: their mean; "
-            "p99: the worst). Rows per call: from the service's own `ctr_scored_batch_rows` "
-            "histogram, over the measured runs.",
-            [
-                "workload",
-                "connections",
-                "coalescing",
-                "req/s",
-                "p50 ms",
-                "p99 ms",
-                "rows per call",
-                "errors",
-            ],
-            rows,
-        )
-
-    def _coalescing_rounds(
-        self, bases: dict[str, str], bodies: Path, connections: int
-    ) -> Iterable[list[str]]:
-        """One table row per server of ``bases`` (label: URL), from ``ROUNDS`` rounds at
-        ``connections`` connections taking turns."""
-        runs: dict[str, list[WrkResult]] = {label: [] for label in bases}
-        calls = dict.fromkeys(bases, 0.0)
-        scored = dict.fromkeys(bases, 0.0)
-        for round_, label in turns(list(bases), ROUNDS):
-            url = f"{bases[label]}/predict"
-            if round_ == 0:
-                wrk(url, bodies, max(2, self.duration_s // 2), connections)  # warm-up
-            calls_before, scored_before = _calls(bases[label])
-            runs[label].append(wrk(url, bodies, self.duration_s, connections))
-            calls_after, scored_after = _calls(bases[label])
-            calls[label] += calls_after - calls_before
-            scored[label] += scored_after - scored_before
-        for label, results in runs.items():
-            yield [
-                str(connections),
-                label,
-                f"{np.mean([r.req_per_s for r in results]):,.0f}",
-                f"{np.mean([r.p50_ms for r in results]):.2f}",
-                f"{max(r.p99_ms for r in results):.2f}",
-                f"{scored[label] / max(calls[label], 1):.1f}",
-                str(sum(r.errors for r in results)),
-            ]
-
     def ceiling(self) -> dict[str, float]:
         """Bare constant endpoint vs /predict hit, miss and cache-disabled (single rows)."""
         misses = self._single_bodies(400_000, seed=1)
@@ -334,33 +228,6 @@ class Suite:
             "miss_vs_bare": results["/predict, cache miss"].req_per_s / bare,
             "disabled_vs_bare": results["/predict, cache disabled"].req_per_s / bare,
         }
-
-    def sync_vs_async(self) -> None:
-        """Scoring on the event loop vs in the thread pool, by request size."""
-        misses = self._single_bodies(300_000, seed=3)
-        batches = {
-            size: write_bodies(
-                [{"instances": unique_rows(self.spec, size, seed=s)} for s in range(count)]
-            )
-            for size, count in ((100, 300), (1000, 60))
-        }
-        rows = []
-        for name, inline_max_rows in (
-            ("thread pool always (CTR_INLINE_MAX_ROWS=0)", "0"),
-            ("inline up to 256 rows (shipped default)", "256"),
-            ("inline always", "10000"),  # = CTR_MAX_BATCH_SIZE, the largest it may be
-        ):
-            env = {**self.env, "CTR_CACHE_MAXSIZE": "0", "CTR_INLINE_MAX_ROWS": inline_max_rows}
-            with server(APP, env) as base:
-                rows.append(self._row(f"{name}: 1 row", self._load(base, misses)))
-                for size, bodies in batches.items():
-                    rows.append(self._row(f"{name}: {size:,} rows", self._load(base, bodies)))
-        self._table(
-            "Event loop (inline) vs thread pool for the onnxruntime call",
-            "Cache disabled, distinct rows, so every request calls onnxruntime; 16 connections.",
-            ["scoring", "req/s", "p50 ms", "p99 ms", "errors"],
-            rows,
-        )
 
     def batches(self) -> dict[str, float]:
         """Server time per batch vs raw onnxruntime on the same (pre-encoded) rows."""
@@ -616,7 +483,7 @@ class Suite:
         stages = [
             ("bare FastAPI app, whole request", per_request_us(create_bare_app(), [raw])),
             (
-                "ctrserve app, repeated body (response cache hit)",
+                "ctrserve app, repeated body (score cache hit)",
                 per_request_us(create_app(settings), [raw]),
             ),
             (
@@ -625,7 +492,7 @@ class Suite:
             ),
             (
                 "  parse + validate body",
-                median_seconds(lambda: parse_predict(raw), 5000) * 1e6,
+                median_seconds(lambda: decode(raw, scorer), 5000) * 1e6,
             ),
             ("  encode row", median_seconds(lambda: scorer.encoder.encode_rows([row]), 5000) * 1e6),
             (
@@ -744,32 +611,14 @@ def _request_costs(model_dir: Path, spec: FeatureSpec) -> dict[str, float]:
 
 
 def _stage_seconds(scorer: Scorer, rows: list[Row], repeats: int) -> tuple[float, float, float]:
-    """Median seconds, in this process, to parse a /predict body of ``rows``, to encode them
-    and to score them with onnxruntime, split as the service splits a batch no cache knows:
-    a body of up to ``WHOLE_BODY_MAX_BYTES`` decoded whole, rows straight into the model's
-    fields, then encoded; a larger one parsed with its rows kept as text, which are decoded
-    as they are encoded."""
+    """Median seconds, in this process, to decode a /predict body of ``rows``, to encode
+    them and to score them with onnxruntime, the three steps the service takes."""
     body = json.dumps({"instances": rows}).encode()
-    decoder, encoder = scorer.rows, scorer.encoder
-    whole = len(body) <= WHOLE_BODY_MAX_BYTES
-    decoded = decoder.body(body)
-    texts = parse_predict(body).instances or []
-    if decoded is None or decoded.rows is None:
-        raise ValueError("benchmark rows must be the model's rows")
-    structs = decoded.rows
-
-    def encode() -> NDArray[np.int64]:
-        values = decoder.values_of(structs) if whole else decoder.values(texts)
-        if values is None:
-            raise ValueError("benchmark rows must be the model's rows")
-        return encoder.encode_values(*values, len(rows))
-
-    indices = encode()
+    decoded = decode(body, scorer)
+    indices = decoded.encode(scorer.encoder)
     return (
-        median_seconds(
-            (lambda: decoder.body(body)) if whole else (lambda: parse_predict(body)), repeats
-        ),
-        median_seconds(encode, repeats),
+        median_seconds(lambda: decode(body, scorer), repeats),
+        median_seconds(lambda: decoded.encode(scorer.encoder), repeats),
         median_seconds(lambda: scorer.score_indices(indices), repeats),
     )
 
@@ -914,10 +763,7 @@ def _why_versus(
             parts.append(
                 f" distinct single rows: with the cache disabled ctrserve measured "
                 f"{versus_peer / on_off:.2f}x the best peer, with it on {versus_peer:.2f}x: the "
-                "cache's work on a miss (on this stream of one-off rows the cache gate has "
-                f"one request in {SINGLE_PROBE_EVERY} to {SINGLE_PROBE_MAX} ask the caches) is "
-                "the difference. The rest is one event "
-                "loop doing "
+                "cache's work on a miss is the difference. The rest is one event loop doing "
                 "HTTP, parsing, encoding and an onnxruntime call (one row: "
                 f"{cost['ort_1_ms'] * 1000:.0f} µs; concurrent misses share one) per request, "
                 "where the best peer's sync route runs onnxruntime in threads on both cores."
@@ -992,9 +838,7 @@ def main() -> None:
         getattr(suite, args.only)()
         return
     versus_peers = suite.peers()
-    suite.coalescing()
     ceiling = suite.ceiling()
-    suite.sync_vs_async()
     batches = suite.batches()
     protocol = suite.protocol()
     suite.model_cost()

@@ -9,7 +9,7 @@ measured run before. A server that is not installed (the peers' environments
 come from ``make peers``) is reported as skipped.
 
 wrk replays a body file in a loop, so every cache here holds about ``CACHE_ENTRIES`` rows
-(ctrserve's response cache too, which remembers batch rows by their text): the hot set fits,
+: the hot set fits,
 and a row meant to miss has been evicted (LRU) long before its file comes round again.
 ctrserve's hit ratio is read from its own counters and reported next to its figures.
 """
@@ -49,9 +49,6 @@ BATCH = 100
 # 15%), and a round costs less than a warm-up did (a warm-up only before the first).
 ROUNDS = 3
 CACHE_ENTRIES = 2_000
-# ctrserve's response cache is bounded in bytes: a batch row's answer is counted as ~400
-# bytes, and three quarters of the budget hold answers (app/cache.py).
-RESPONSE_CACHE_BYTES = CACHE_ENTRIES * 400 * 4 // 3
 PEERS_DIR = ROOT / ".venv-peers"
 UVICORN = ["-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", "{port}"]
 QUIET = ["--log-level", "warning", "--no-access-log"]
@@ -130,7 +127,7 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
         "CTR_CACHE_TTL_S": "3600",
         "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES),
     }
-    ours_env = {**env, "CTR_RESPONSE_CACHE_MAX_BYTES": str(RESPONSE_CACHE_BYTES)}
+    ours_env = env
     app = [sys.executable, "-m", "app"]
     return [
         Server(

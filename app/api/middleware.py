@@ -1,4 +1,4 @@
-"""Pure ASGI middlewares: request timing and the request deadline."""
+"""Pure ASGI middlewares: request timing, the body limit and the request deadline."""
 
 from __future__ import annotations
 
@@ -48,6 +48,62 @@ class LatencyMiddleware:
             self.metrics.tally.request(
                 path, f"{status_code // 100}xx", time.perf_counter() - started
             )
+
+
+class BodyTooLargeError(Exception):
+    """A request body past the limit, raised from ``receive`` into the app reading it."""
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to a body over ``max_bytes``, in the error body of the request's protocol.
+
+    A declared ``Content-Length`` over the limit is answered before the app runs; a body
+    streamed past it stops the app at the read that crosses it. The Open Inference Protocol
+    requires ``{"error": "..."}`` (its clients show that message); everything else gets the
+    service's ``{"detail": "..."}``.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        read = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > self.max_bytes:
+                    raise BodyTooLargeError
+            return message
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, send_tracking)
+        except BodyTooLargeError:
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body exceeds {self.max_bytes} bytes (CTR_MAX_BODY_BYTES)"
+        key = "error" if scope["path"].startswith("/v2/") else "detail"
+        response = JSONResponse({key: message}, status_code=status.HTTP_413_CONTENT_TOO_LARGE)
+        await response(scope, receive, send)
 
 
 class TimeoutMiddleware:

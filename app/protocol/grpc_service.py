@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from app.core.config import Settings
 from app.protocol.infer import PAYLOAD_TOO_LARGE, UNAVAILABLE, score, served
 from app.protocol.tensors import (
+    NUMERIC_DTYPES,
     OUTPUT_NAME,
     ProtocolError,
     check_outputs,
@@ -92,9 +93,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         try:
             scorer = served(self._service, request.model_name, request.model_version)
             started = time.perf_counter()
+            raw = list(request.raw_input_contents)
             arrays, rows = gather_grpc(
-                [(t.name, t.datatype, list(t.shape), _typed(t)) for t in request.inputs],
-                list(request.raw_input_contents),
+                [
+                    (t.name, t.datatype, list(t.shape), None if raw else _typed(t))
+                    for t in request.inputs
+                ],
+                raw,
             )
             self._service.parsed(time.perf_counter() - started)
             check_outputs([o.name for o in request.outputs])
@@ -132,6 +137,11 @@ def _typed(tensor: Any) -> NDArray[Any] | None:
     """A tensor's typed contents as an array, or ``None`` when it has none."""
     found = _CONTENTS.get(tensor.datatype)
     if found is None:
+        if tensor.datatype in NUMERIC_DTYPES:  # FP16: the protocol has no typed field for it
+            raise ProtocolError(
+                f"input '{tensor.name}': {tensor.datatype} has no typed contents in the "
+                "protocol; send it in raw_input_contents"
+            )
         raise ProtocolError(f"input '{tensor.name}': datatype {tensor.datatype!r} is not supported")
     field, dtype = found
     values = getattr(tensor.contents, field)

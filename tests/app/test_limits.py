@@ -23,6 +23,26 @@ def test_body_over_the_limit_is_413(model_dir: Path) -> None:
         assert client.post("/predict", json={"features": rows[0]}).status_code == 200
 
 
+def test_a_body_over_the_limit_gets_each_protocols_error_body(model_dir: Path) -> None:
+    with _client(model_dir, max_body_bytes=2048) as client:
+        big = b"x" * 4096
+        v2 = client.post("/v2/models/nffm/infer", content=big)
+        assert v2.status_code == 413
+        assert "CTR_MAX_BODY_BYTES" in v2.json()["error"]  # the Open Inference Protocol's shape
+
+        def chunks():  # no Content-Length: the limit is found while the body streams in
+            for _ in range(4):
+                yield b"x" * 1024
+
+        streamed = client.post("/v2/models/nffm/infer", content=chunks())
+        assert streamed.status_code == 413
+        assert "error" in streamed.json()
+        predict = client.post("/predict", content=chunks())
+        assert predict.status_code == 413
+        assert "CTR_MAX_BODY_BYTES" in predict.json()["detail"]
+        assert client.get("/v2/health/ready").status_code == 200
+
+
 def test_batch_over_the_limit_is_413(model_dir: Path) -> None:
     with _client(model_dir, max_batch_size=3) as client:
         response = client.post("/predict", json={"instances": [{}] * 4})

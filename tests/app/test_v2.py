@@ -152,6 +152,25 @@ def test_grpc_errors_name_the_problem(endpoints: tuple[str, str]) -> None:
         client.infer("nffm", [text])
 
 
+def test_fp16_inputs_score_as_over_http(endpoints: tuple[str, str]) -> None:
+    """FP16 has no typed contents in the protocol: tritonclient sends it raw, over gRPC as over
+    HTTP's binary extension, and both score it as the same values in FP32."""
+    base, address = endpoints
+    values = np.array([2.5, -4.0, 0.3], dtype=np.float16)
+    scores = []
+    for module, target in ((grpcclient, address), (httpclient, base.removeprefix("http://"))):
+        tensor = module.InferInput("n0", [3], "FP16")
+        tensor.set_data_from_numpy(values)
+        scores.append(
+            module.InferenceServerClient(target).infer("nffm", [tensor]).as_numpy("score")
+        )
+    as_fp32 = grpcclient.InferInput("n0", [3], "FP32")
+    as_fp32.set_data_from_numpy(values.astype(np.float32))
+    expected = grpcclient.InferenceServerClient(address).infer("nffm", [as_fp32]).as_numpy("score")
+    for got in scores:
+        np.testing.assert_array_equal(got, expected)
+
+
 def _binary_body(
     tensors: list[tuple[str, str, list[int], bytes]], outputs=None
 ) -> tuple[bytes, int]:
