@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test bench peers bench-train bench-dist reliability quality loadtest clean
+.PHONY: setup run model serve test bench bench-open peers bench-train bench-dist reliability quality loadtest clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -56,14 +56,16 @@ test: $(TEST_DEPS)
 	$(PY) -m pytest
 	$(PY) scripts/audit.py
 
-# The serving peers (Seldon MLServer, BentoML), each in an environment of its own.
+# The serving peers (Seldon MLServer, BentoML, KServe, Triton via PyTriton), each in an
+# environment of its own.
 PEERS := .venv-peers
 $(PEERS)/%/.installed: benchmarks/peers/%.txt
 	$(PYTHON) -m venv $(PEERS)/$*
 	$(PEERS)/$*/bin/pip install --quiet -r $<
 	touch $@
 
-peers: $(PEERS)/mlserver/.installed $(PEERS)/bentoml/.installed
+peers: $(PEERS)/mlserver/.installed $(PEERS)/bentoml/.installed $(PEERS)/kserve/.installed \
+	$(PEERS)/pytriton/.installed
 
 # A production-size model: Criteo-shaped 39 fields, NFFM k=16 with one hidden layer, and
 # DeepFM, trained on 200k generated rows (the file is deleted afterwards). Trained again when
@@ -88,6 +90,12 @@ $(LADDER)/nffm/CURRENT: training/layers.py training/models.py | $(DATA) $(TEST_D
 bench: model peers $(PRODUCTION)/nffm/CURRENT $(LADDER)/nffm/CURRENT $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	$(PY) -m benchmarks.serving
+	$(PY) -m benchmarks.open_loop
+
+# Open loop: each server alone at a ladder of fixed request rates (k6), default model and the
+# production NFFM -> docs/OPEN_LOOP.md
+bench-open: model peers $(PRODUCTION)/nffm/CURRENT $(TEST_DEPS)
+	$(PY) -m benchmarks.open_loop
 
 # Training at scale: Criteo-shaped synthetic files of 1M, 3M and 10M rows (generated, then
 # deleted; ~4 GB of disk at the peak), peak RSS and speed vs DeepCTR-Torch -> docs/TRAINING.md

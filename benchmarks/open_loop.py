@@ -1,0 +1,527 @@
+"""Open-loop serving benchmark: the tail latency each server holds at a fixed request rate.
+
+    make bench-open        # or: .venv/bin/python -m benchmarks.open_loop [--models default]
+
+Requests arrive on k6's schedule (``constant-arrival-rate``) whatever the server does, as
+a user's traffic does; a closed-loop client (wrk) instead waits for each answer and so never
+meets the queue a slow server builds. Each server runs alone, in turn, with the whole machine
+in its best honest configuration, and climbs a ladder of rates until its p99 passes twice
+the SLO or requests fail or cannot be sent. A server's **SLO rate** is the highest rate whose
+p99 ≤ 10 ms (single rows) or ≤ 50 ms (100-row batches) with nothing failed or dropped.
+
+Every run sends rows no earlier run of that server sent to its cache: each k6 VU replays
+its own slice of distinct rows from its own offset, and every cache is sized to
+``CACHE_ENTRIES`` rows, so a row back after its VU's slice came round was evicted long
+before. CPU a request is read from outside the processes: the server's process tree, and
+k6's own (reported, so the load generator is never an unseen bottleneck).
+
+Writes docs/OPEN_LOOP.md and docs/open_loop.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import psutil
+
+from app.features.spec import FeatureSpec
+from support.k6 import BODIES_PER_VU, OpenLoopResult, run, write_slices
+from support.payloads import Row, load_spec, unique_rows, v2_json_body
+from support.reports import machine, markdown_section, relative
+from support.servers import ROOT, free_port, server
+from support.wrk import write_bodies, wrk
+
+logger = logging.getLogger("benchmarks.open_loop")
+CACHE_ENTRIES = 2_000
+MAX_VUS = 64
+PEERS_DIR = ROOT / ".venv-peers"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    rows: int  # a request's rows
+    repeats: float  # share of rows from a hot set of 1,000 (1.0 with one row: the same row)
+    slo_ms: float
+    rates: tuple[int, ...]
+
+
+WORKLOADS = (
+    Workload(
+        "distinct single rows",
+        1,
+        0.0,
+        10.0,
+        (250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000),
+    ),
+    Workload(
+        "repeated single row",
+        1,
+        1.0,
+        10.0,
+        (500, 1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000),
+    ),
+    Workload("100-row batches", 100, 0.0, 50.0, (25, 50, 100, 150, 200, 300, 400, 600, 800)),
+    Workload(
+        "100-row batches, 90% repeats",
+        100,
+        0.9,
+        50.0,
+        (50, 100, 200, 300, 400, 600, 800, 1000, 1400),
+    ),
+)
+
+
+@dataclass
+class Server:
+    name: str
+    start: Callable[[], AbstractContextManager[str]]
+    path: str
+    body: Callable[[list[Row]], object]
+    config: str
+    environment: str = ""  # its own environment under .venv-peers/, if a peer
+
+
+@dataclass
+class Ladder:
+    server: str
+    workload: str
+    runs: list[OpenLoopResult] = field(default_factory=list)
+    server_cpu_us: list[float] = field(default_factory=list)  # per run, a request
+    skipped: str = ""
+
+    def slo_rate(self, slo_ms: float) -> int:
+        """The highest rate held within the SLO with nothing failed or dropped (0: none)."""
+        held = [r.rate for r in self.runs if r.ok and r.p99_ms <= slo_ms]
+        return max(held, default=0)
+
+
+def _bodies_for(spec: FeatureSpec, workload: Workload, vus: int, seed: int) -> list[list[Row]]:
+    """Each request's rows: ``vus * BODIES_PER_VU`` requests (batches: fewer a VU)."""
+    per_vu = BODIES_PER_VU if workload.rows == 1 else BODIES_PER_VU // 4
+    count = vus * per_vu
+    if workload.repeats >= 1.0:
+        return [unique_rows(spec, 1, seed)] * count
+    rng = np.random.default_rng(seed)
+    hot = unique_rows(spec, 1_000, seed + 1)
+    fresh = iter(unique_rows(spec, count * workload.rows, seed + 2))
+    return [
+        [
+            hot[int(rng.integers(len(hot)))] if rng.uniform() < workload.repeats else next(fresh)
+            for _ in range(workload.rows)
+        ]
+        for _ in range(count)
+    ]
+
+
+def _ours(rows: list[Row]) -> object:
+    return {"features": rows[0]} if len(rows) == 1 else {"instances": rows}
+
+
+def _triton_body(spec: FeatureSpec) -> Callable[[list[Row]], object]:
+    """V2 JSON with each field as an ``[N, 1]`` tensor (Triton batches along the first axis)."""
+
+    def body(rows: list[Row]) -> object:
+        request = v2_json_body(spec, rows)
+        for tensor in request["inputs"]:  # type: ignore[union-attr]
+            tensor["shape"] = [len(rows), 1]
+        return request
+
+    return body
+
+
+def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
+    """ctrserve and the peers, each with the whole machine (2 cores here)."""
+    ours_env = {
+        "CTR_MODEL_DIR": str(model_dir),
+        "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES),
+        "CTR_CACHE_TTL_S": "3600",
+    }
+    app = [sys.executable, "-m", "app"]
+    peer = {"CTR_MODEL_DIR": str(model_dir), "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES)}
+    return [
+        Server(
+            "ctrserve",
+            lambda: server(app, ours_env),
+            "/predict",
+            _ours,
+            "1 worker, scoring threads = CPUs (2), cache 2,000 rows",
+        ),
+        Server(
+            "ctrserve, 2 workers",
+            lambda: server(app, {**ours_env, "CTR_WORKERS": "2"}),
+            "/predict",
+            _ours,
+            "2 workers, 2 scoring threads each, cache 2,000 rows each",
+        ),
+        Server(
+            "KServe ModelServer",
+            lambda: _peer_server(
+                "kserve",
+                [
+                    *("-m", "benchmarks.peers.kserve_model", "--model_dir", str(model_dir)),
+                    *("--http_port", "{port}", "--workers", "2", "--enable_grpc", "false"),
+                ],
+                health="/v2/health/live",
+            ),
+            "/v1/models/ctr:predict",
+            lambda rows: {"instances": rows},
+            "kserve.ModelServer --workers 2, V1 JSON, no cache (it has none)",
+            "kserve",
+        ),
+        Server(
+            "Triton (PyTriton)",
+            lambda: _peer_server(
+                "pytriton",
+                [
+                    *("-m", "benchmarks.peers.pytriton_model", "--model-dir", str(model_dir)),
+                    *("--http-port", "{port}", "--grpc-port", str(free_port())),
+                    *("--metrics-port", str(free_port())),
+                ],
+                health="/v2/health/ready",
+            ),
+            "/v2/models/ctr/infer",
+            _triton_body(spec),
+            "dynamic batching on, response cache on (64 MiB), 2 instances, V2 JSON",
+            "pytriton",
+        ),
+        Server(
+            "Seldon MLServer",
+            lambda: _mlserver(model_dir),
+            "/v2/models/ctr/infer",
+            lambda rows: v2_json_body(spec, rows),
+            "parallel_workers 2, httptools, its cache on (2,000), V2 JSON",
+            "mlserver",
+        ),
+        Server(
+            "FastAPI + onnxruntime + cachetools",
+            lambda: server(
+                [
+                    *(sys.executable, "-m", "uvicorn", "--factory", "--workers", "2"),
+                    *("--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"),
+                    *("--no-access-log", "benchmarks.peers.plain_app:create_app"),
+                ],
+                peer,
+            ),
+            "/predict",
+            _ours,
+            "2 uvicorn workers, sync route, TTLCache of 2,000 rows each",
+        ),
+    ]
+
+
+def _peer_server(name: str, args: list[str], health: str) -> AbstractContextManager[str]:
+    python = PEERS_DIR / name / "bin" / "python"
+    # Triton's Python backend stub links libpython3.x.so from the system's library path:
+    # point it at this interpreter's own, or a different patch release's C part meets this
+    # one's standard library (PyTriton's models then fail to start).
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return server([str(python), *args], {"LD_LIBRARY_PATH": libdir}, health=health)
+
+
+@contextmanager
+def _mlserver(model_dir: Path) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="ctrserve-mlserver-") as folder:
+        model = {
+            "name": "ctr",
+            "implementation": "benchmarks.peers.mlserver_runtime.CtrRuntime",
+            "parameters": {"uri": str(model_dir)},
+        }
+        (Path(folder) / "model-settings.json").write_text(json.dumps(model))
+        settings = {
+            "MLSERVER_HOST": "127.0.0.1",
+            "MLSERVER_HTTP_PORT": "{port}",
+            "MLSERVER_GRPC_PORT": str(free_port()),
+            "MLSERVER_METRICS_PORT": str(free_port()),
+            "MLSERVER_PARALLEL_WORKERS": "2",
+            "MLSERVER_DEBUG": "false",
+            "MLSERVER_CACHE_ENABLED": "true",
+            "MLSERVER_CACHE_SIZE": str(CACHE_ENTRIES),
+        }
+        command = [str(PEERS_DIR / "mlserver" / "bin" / "mlserver"), "start", folder]
+        with server(command, settings, health="/v2/health/ready") as base:
+            yield base
+
+
+def _installed(entry: Server) -> str:
+    if entry.environment and not (PEERS_DIR / entry.environment / ".installed").exists():
+        return "not installed (make peers)"
+    return ""
+
+
+def _tree_cpu_s(base: str) -> tuple[psutil.Process, Callable[[], float]]:
+    """The process listening at ``base`` and a reading of its tree's CPU seconds."""
+    port = int(base.rsplit(":", 1)[1])
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
+            process = psutil.Process(connection.pid)
+            break
+    else:
+        raise RuntimeError(f"no process listens on {port}")
+    while process.parent() is not None and process.parent().pid != psutil.Process().pid:
+        process = process.parent()  # a worker of a supervisor: measure the whole tree
+
+    def cpu_s() -> float:
+        total = 0.0
+        for member in [process, *process.children(recursive=True)]:
+            try:
+                times = member.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+        return total
+
+    return process, cpu_s
+
+
+def climb(entry: Server, base: str, workload: Workload, slices: Path, duration_s: int) -> Ladder:
+    """Rates from the bottom of the ladder until p99 passes twice the SLO or requests fail."""
+    ladder = Ladder(entry.name, workload.name)
+    _, cpu_s = _tree_cpu_s(base)
+    url = f"{base}{entry.path}"
+    run(url, slices, workload.rates[0], 2, MAX_VUS, start=0)  # warm-up: caches, first calls
+    for position, rate in enumerate(workload.rates):
+        before = cpu_s()
+        result = run(url, slices, rate, duration_s, MAX_VUS, start=(position + 1) * 7919)
+        ladder.server_cpu_us.append((cpu_s() - before) / max(result.sent, 1) * 1e6)
+        ladder.runs.append(result)
+        logger.info(
+            "%s, %s @ %d/s: p50 %.2f p99 %.2f ms, failed %d, dropped %d, k6 %.0f µs a request",
+            entry.name,
+            workload.name,
+            rate,
+            result.p50_ms,
+            result.p99_ms,
+            result.failed,
+            result.dropped,
+            result.k6_cpu_s / max(result.sent, 1) * 1e6,
+        )
+        lost = result.failed + result.dropped
+        if result.p99_ms > 2 * workload.slo_ms or lost > 0.01 * max(result.sent, 1):
+            break
+    return ladder
+
+
+def closed_loop_max(base: str, spec: FeatureSpec, duration_s: int) -> float:
+    """wrk's req/s on distinct single rows, 16 connections: the closed-loop maximum."""
+    bodies = write_bodies([{"features": r} for r in unique_rows(spec, 100_000, seed=99)])
+    return wrk(f"{base}/predict", bodies, duration_s, 16).req_per_s
+
+
+def overload(
+    base: str, slices: Path, rate: int, duration_s: int
+) -> tuple[OpenLoopResult, int, bool]:
+    """``rate`` for ``duration_s``; then whether one normal request is answered at once."""
+    result = run(f"{base}/predict", slices, rate, duration_s, 256, start=104_729)
+    after = httpx.post(f"{base}/predict", json={"features": {}}, timeout=5)
+    return result, after.status_code, after.elapsed.total_seconds() < 0.1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=["default", "production/nffm"])
+    parser.add_argument("--duration", type=int, default=8, help="seconds a rate")
+    parser.add_argument("--servers", nargs="*", default=None, help="only these servers")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/OPEN_LOOP.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    sections: list[str] = []
+    raw: dict[str, object] = {"machine": machine(), "models": {}}
+    for model in args.models:
+        model_dir = (ROOT / "models" / model).resolve()
+        spec = load_spec(model_dir)
+        entries = [
+            e for e in servers(model_dir, spec) if not args.servers or e.name in args.servers
+        ]
+        slices: dict[tuple[str, str], Path] = {}
+        ladders: list[Ladder] = []
+        extra: dict[str, object] = {}
+        with tempfile.TemporaryDirectory(prefix="ctrserve-open-") as scratch:
+            plans = {w.name: _bodies_for(spec, w, MAX_VUS, seed=3) for w in WORKLOADS}
+            for entry in entries:
+                why = _installed(entry)
+                if why:
+                    ladders += [Ladder(entry.name, w.name, skipped=why) for w in WORKLOADS]
+                    continue
+                with entry.start() as base:
+                    for workload in WORKLOADS:
+                        key = (entry.name, workload.name)
+                        slices[key] = write_slices(
+                            [entry.body(rows) for rows in plans[workload.name]],
+                            MAX_VUS,
+                            Path(scratch) / f"{len(slices)}",
+                        )
+                        ladders.append(climb(entry, base, workload, slices[key], args.duration))
+                    if entry.name == "ctrserve":
+                        single = slices[entry.name, WORKLOADS[0].name]
+                        extra = _ctrserve_extras(base, spec, single, ladders, args.duration)
+        sections.append(_report(model, model_dir, entries, ladders, extra))
+        raw["models"][model] = {  # type: ignore[index]
+            "ladders": [asdict(ladder) for ladder in ladders],
+            **extra,
+        }
+    args.out.write_text(_document(sections))
+    args.out.with_name("open_loop.json").write_text(json.dumps(raw, indent=1) + "\n")
+    logger.info("wrote %s", relative(args.out))
+
+
+def _ctrserve_extras(
+    base: str, spec: FeatureSpec, bodies: Path, ladders: list[Ladder], duration_s: int
+) -> dict[str, object]:
+    """ctrserve's own figures: its closed-loop maximum, p99 at 70% of it, and overload."""
+    maximum = closed_loop_max(base, spec, duration_s)
+    at_70 = run(f"{base}/predict", bodies, int(0.7 * maximum), duration_s, MAX_VUS, start=31337)
+    single = WORKLOADS[0]
+    distinct = next(x for x in ladders if (x.server, x.workload) == ("ctrserve", single.name))
+    slo = max(distinct.slo_rate(single.slo_ms), single.rates[0])
+    flood, status_after, quick = overload(base, bodies, 3 * slo, 20)
+    return {
+        "closed_loop_max": maximum,
+        "p99_at_70_percent": asdict(at_70),
+        "overload": {"rate": 3 * slo, **asdict(flood), "after": status_after, "quick": quick},
+    }
+
+
+def _report(
+    model: str,
+    model_dir: Path,
+    entries: list[Server],
+    ladders: list[Ladder],
+    extra: dict[str, object],
+) -> str:
+    parts = [f"## {relative(model_dir)}\n"]
+    rows = []
+    best_peer: dict[str, int] = {}
+    ours: dict[str, int] = {}
+    for workload in WORKLOADS:
+        for ladder in (x for x in ladders if x.workload == workload.name):
+            rate = ladder.slo_rate(workload.slo_ms)
+            if ladder.server.startswith("ctrserve"):
+                ours[workload.name] = max(ours.get(workload.name, 0), rate)
+            elif not ladder.skipped:
+                best_peer[workload.name] = max(best_peer.get(workload.name, 0), rate)
+            at = next((r for r in ladder.runs if r.rate == rate), None)
+            index = ladder.runs.index(at) if at is not None else -1
+            rows.append(
+                [
+                    workload.name,
+                    ladder.server,
+                    ladder.skipped or f"{rate:,}",
+                    "" if at is None else f"{at.p50_ms:.2f} / {at.p99_ms:.2f} / {at.p999_ms:.2f}",
+                    "" if at is None else f"{ladder.server_cpu_us[index]:,.0f}",
+                    "" if at is None else f"{at.k6_cpu_s / max(at.sent, 1) * 1e6:,.0f}",
+                ]
+            )
+    parts.append(
+        markdown_section(
+            "SLO rate: the highest rate held (p99 ≤ 10 ms single rows, ≤ 50 ms batches)",
+            "Each server alone with the whole machine, k6 constant-arrival-rate, "
+            "nothing failed or dropped at the rate given; latencies at that rate; CPU a request "
+            "from outside the processes (the server's process tree; k6's own).",
+            [
+                "workload",
+                "server",
+                "SLO rate /s",
+                "p50 / p99 / p99.9 ms",
+                "server CPU µs",
+                "k6 CPU µs",
+            ],
+            rows,
+        )
+    )
+    ratios = [
+        [w.name, f"{ours.get(w.name, 0):,}", f"{best_peer.get(w.name, 0):,}",
+         f"{ours.get(w.name, 0) / best_peer[w.name]:.2f}" if best_peer.get(w.name) else "n/a"]
+        for w in WORKLOADS
+    ]  # fmt: skip
+    parts.append(
+        markdown_section(
+            "ctrserve ÷ best peer, SLO rate",
+            "ctrserve's better configuration against the best peer's.",
+            ["workload", "ctrserve", "best peer", "ratio (goal ≥ 2; repeated row ≥ 1x Triton)"],
+            ratios,
+        )
+    )
+    ladder_rows = [
+        [x.server, x.workload, f"{r.rate:,}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+         f"{r.p999_ms:.2f}", str(r.failed), str(r.dropped), f"{cpu:,.0f}"]
+        for x in ladders for r, cpu in zip(x.runs, x.server_cpu_us, strict=True)
+    ]  # fmt: skip
+    parts.append(
+        markdown_section(
+            "Every run",
+            "Each server's ladder, up to the first rate past twice the SLO or losing requests.",
+            [
+                "server",
+                "workload",
+                "rate /s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "failed",
+                "dropped",
+                "server CPU µs",
+            ],
+            ladder_rows,
+        )
+    )
+    if extra:
+        at_70 = extra["p99_at_70_percent"]
+        flood = extra["overload"]
+        assert isinstance(at_70, dict)
+        assert isinstance(flood, dict)
+        parts.append(
+            markdown_section(
+                "ctrserve: tail at 70% of its closed-loop maximum, and overload",
+                "Distinct single rows. The closed-loop maximum is wrk's (16 connections). The "
+                "overload run sends 3x ctrserve's SLO rate for 20 s: the excess must be "
+                "refused (503 + Retry-After) and no accepted request may wait over 1 s.",
+                ["figure", "value"],
+                [
+                    ["closed-loop maximum", f"{extra['closed_loop_max']:,.0f} req/s"],
+                    [
+                        "p99 at 70% of it",
+                        f"{at_70['p99_ms']:.2f} ms ({at_70['rate']:,}/s, "
+                        f"{at_70['failed']} failed, {at_70['dropped']} dropped)",
+                    ],
+                    ["overload rate", f"{flood['rate']:,}/s for 20 s"],
+                    ["refused (503) or failed", f"{flood['failed']:,} of {flood['sent']:,}"],
+                    [
+                        "accepted: p99 / max",
+                        f"{flood['ok_p99_ms']:.1f} / {flood['ok_max_ms']:.1f} ms",
+                    ],
+                    ["right after", f"{flood['after']} in {'<' if flood['quick'] else '≥'} 100 ms"],
+                ],
+            )
+        )
+    return "\n".join(parts)
+
+
+def _document(sections: list[str]) -> str:
+    head = (
+        "# Open-loop serving benchmark\n\n"
+        f"`make bench-open` on {machine()}. Generated by benchmarks/open_loop.py; "
+        "compare figures within one run only.\n\n"
+    )
+    return head + "\n".join(sections)
+
+
+if __name__ == "__main__":
+    main()
