@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +12,12 @@ from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
 from app.api.fast_predict import FastPredictMiddleware
-from app.api.middleware import BodyLimitMiddleware, LatencyMiddleware, TimeoutMiddleware
+from app.api.middleware import (
+    AdmissionMiddleware,
+    BodyLimitMiddleware,
+    LatencyMiddleware,
+    TimeoutMiddleware,
+)
 from app.api.routes import health, models, predict, v2
 from app.cache import ScoreCache
 from app.core.config import Settings, get_settings
@@ -55,13 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = PredictionService(registry, cache, batcher, metrics)
         app.state.service = service
         poller = RepositoryPoller(service, settings.poll_interval_s)
-        # A scoring thread hands its scores back sooner (see Settings.gil_switch_ms); the
-        # interval is the process's, so the one before is put back at shutdown.
-        switch_before = sys.getswitchinterval()
-        sys.setswitchinterval(settings.gil_switch_ms / 1000)
         # Everything alive now (libraries, the model) lives as long as the process: keep it
         # out of the cyclic collector's scans, which grow with the caches on the hot path.
-        gc.freeze()
+        if settings.gc_freeze:
+            gc.freeze()
         scorer = registry.current
         policy = f"pinned to {registry.pinned_version}" if registry.pinned_version else "latest"
         logger.info(
@@ -89,7 +90,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batcher.close()
             service.flush_metrics()
             mark_worker_gone()
-            sys.setswitchinterval(switch_before)
 
     app = FastAPI(
         title="ctrserve",
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(FastPredictMiddleware)  # innermost: timed and bounded like any request
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    app.add_middleware(AdmissionMiddleware, max_inflight=settings.max_inflight_requests)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app
 

@@ -27,9 +27,13 @@ _SCRIPT = """
 import http from 'k6/http';
 import exec from 'k6/execution';
 
-const bodies = __VU > 0
-  ? open(`${__ENV.BODIES}/vu-${((__VU - 1) % Number(__ENV.FILES)) + 1}.txt`).split('\\n')
-  : [];
+const files = Number(__ENV.FILES);
+const slice = (i) => `${__ENV.BODIES}/vu-${i}.txt`;
+// k6 opens a file in a VU only if the first, option-reading pass (VU 0) opened it too.
+if (__VU === 0) {
+  for (let i = 1; i <= files; i++) open(slice(i));
+}
+const bodies = __VU > 0 ? open(slice(((__VU - 1) % files) + 1)).split('\\n') : [];
 const params = { headers: { 'Content-Type': 'application/json' }, timeout: '30s' };
 
 export const options = {
@@ -115,7 +119,8 @@ def run(
             "URL": url,
             "RATE": str(rate),
             "DURATION": str(duration_s),
-            "VUS": str(min(max_vus, max(4, rate // 100))),
+            # every VU made before the run: one made during it costs k6 a pause (dropped)
+            "VUS": str(max_vus),
             "MAX_VUS": str(max_vus),
             "START": str(start),
         }

@@ -15,13 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from app.api.middleware import RETRY_AFTER_S
 from app.features.errors import EncodeError
 from app.protocol.predict_json import BatchTooLargeError, BodyError
 from app.scoring.batcher import OverloadedError
 from app.scoring.scorer import ScoringError
-
-# Seconds a client told to back off waits: the queue of a worker drains in milliseconds.
-RETRY_AFTER_S = 1
 
 logger = logging.getLogger(__name__)
 

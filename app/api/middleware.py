@@ -12,6 +12,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import ServiceMetrics
 
+# Seconds a client told to back off waits: a worker's queue drains in milliseconds.
+RETRY_AFTER_S = 1
+
 logger = logging.getLogger(__name__)
 # A scope key naming the endpoint of a request answered before routing (app/api/fast_predict.py).
 ENDPOINT = "ctrserve.endpoint"
@@ -48,6 +51,46 @@ class LatencyMiddleware:
             self.metrics.tally.request(
                 path, f"{status_code // 100}xx", time.perf_counter() - started
             )
+
+
+class AdmissionMiddleware:
+    """Refuse a scoring request at once (503 + Retry-After) while ``max_inflight`` are
+    already being answered.
+
+    When the event loop is the bottleneck, requests wait for it (parsing, encoding), not in
+    the scoring queue, so a bound on the queue alone never refuses anything and latency grows
+    with the clients' concurrency. Counted per worker; only scoring requests (``/predict``,
+    V2 ``.../infer``) are counted or refused, so health checks and metrics always answer.
+    """
+
+    def __init__(self, app: ASGIApp, max_inflight: int) -> None:
+        self.app = app
+        self.max_inflight = max_inflight
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/predict" or path.endswith("/infer")):
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            message = (
+                f"overloaded: {self.inflight} requests are being answered "
+                f"(CTR_MAX_INFLIGHT_REQUESTS); try again shortly"
+            )
+            key = "error" if path.startswith("/v2/") else "detail"
+            response = JSONResponse(
+                {key: message},
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+            await response(scope, receive, send)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
 
 
 class BodyTooLargeError(Exception):

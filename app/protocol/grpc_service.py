@@ -153,10 +153,11 @@ def _typed(tensor: Any) -> NDArray[Any] | None:
 async def start_grpc(service: PredictionService, settings: Settings, version: str) -> Any:
     """Serve the inference service on ``settings.host:settings.grpc_port``."""
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=settings.max_inflight_requests,
         options=[
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.so_reuseport", 1),
-        ]
+        ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(service, settings, version), server

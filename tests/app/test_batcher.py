@@ -171,3 +171,34 @@ def test_threads_default_to_the_cgroup_quota(tmp_path: Path) -> None:
     assert usable_cpus(cpu_max) == min(2, usable_cpus(tmp_path / "none"))
     cpu_max.write_text("50000 100000\n")
     assert usable_cpus(cpu_max) == 1
+
+
+def test_requests_past_the_inflight_bound_are_refused_before_they_are_read(
+    model_dir: Path,
+) -> None:
+    """The event loop, not the scoring queue, can be what a request waits for: past
+    CTR_MAX_INFLIGHT_REQUESTS a scoring request gets 503 + Retry-After at once, in its
+    protocol's error shape, while health checks still answer."""
+    settings = Settings(model_dir=model_dir, max_inflight_requests=2, max_queued_rows=4096)
+    with TestClient(create_app(settings)) as client:
+        scorer = client.app.state.service.registry.current
+        score = scorer.score_indices
+        gate = threading.Event()
+        scorer.score_indices = lambda indices: gate.wait(10) and score(indices)
+        with ThreadPoolExecutor(2) as pool:
+            held = [
+                pool.submit(client.post, "/predict", json={"features": {"c0": f"c0_{i}"}})
+                for i in range(2)
+            ]
+            time.sleep(0.3)  # both admitted and waiting for the model
+            refused = client.post("/predict", json={"features": {"c0": "c0_9"}})
+            v2 = client.post("/v2/models/nffm/infer", json={"inputs": []})
+            assert client.get("/healthz").status_code == 200
+            gate.set()
+            assert [f.result().status_code for f in held] == [200, 200]
+        assert (refused.status_code, refused.headers["retry-after"]) == (503, "1")
+        assert "CTR_MAX_INFLIGHT_REQUESTS" in refused.json()["detail"]
+        assert v2.status_code == 503
+        assert "error" in v2.json()
+        scorer.score_indices = score
+        assert client.post("/predict", json={"features": {"c0": "c0_9"}}).status_code == 200

@@ -1,7 +1,6 @@
 """Settings: those that contradict each other, or name no model, fail at start-up with the
 reason; those that tune the process hold while the service runs."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,6 @@ def test_a_missing_repository_refuses_to_start(tmp_path: Path) -> None:
         TestClient(create_app(Settings(model_dir=missing))),
     ):
         pass
-
-
-def test_the_gil_switch_interval_is_the_services_while_it_runs(settings: Settings) -> None:
-    before = sys.getswitchinterval()
-    with TestClient(create_app(settings.model_copy(update={"gil_switch_ms": 0.25}))):
-        assert sys.getswitchinterval() == pytest.approx(0.00025)
-    assert sys.getswitchinterval() == before
 
 
 def test_fastapi_opentelemetry_traces_requests_only_when_asked(

@@ -16,7 +16,7 @@ from pydantic import JsonValue
 from pydantic_core import to_json
 
 from app.api.deps import get_service, get_settings_dep
-from app.api.errors import RETRY_AFTER_S
+from app.api.middleware import RETRY_AFTER_S
 from app.protocol.infer import OverloadedProtocolError, score, served
 from app.protocol.tensors import (
     ProtocolError,
