@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from app.core.config import Settings
-from app.protocol.infer import PAYLOAD_TOO_LARGE, UNAVAILABLE, score, served
+from app.protocol.infer import PAYLOAD_TOO_LARGE, UNAVAILABLE, decode_off_loop, score, served
 from app.protocol.tensors import (
     NUMERIC_DTYPES,
     OUTPUT_NAME,
@@ -94,12 +94,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             scorer = served(self._service, request.model_name, request.model_version)
             started = time.perf_counter()
             raw = list(request.raw_input_contents)
-            arrays, rows = gather_grpc(
-                [
-                    (t.name, t.datatype, list(t.shape), None if raw else _typed(t))
-                    for t in request.inputs
-                ],
-                raw,
+            arrays, rows = await decode_off_loop(
+                request.ByteSize(),
+                lambda: gather_grpc(
+                    [
+                        (t.name, t.datatype, list(t.shape), None if raw else _typed(t))
+                        for t in request.inputs
+                    ],
+                    raw,
+                ),
             )
             self._service.parsed(time.perf_counter() - started)
             check_outputs([o.name for o in request.outputs])

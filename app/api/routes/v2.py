@@ -17,7 +17,7 @@ from pydantic_core import to_json
 
 from app.api.deps import get_service, get_settings_dep
 from app.api.middleware import RETRY_AFTER_S
-from app.protocol.infer import OverloadedProtocolError, score, served
+from app.protocol.infer import OverloadedProtocolError, decode_off_loop, score, served
 from app.protocol.tensors import (
     ProtocolError,
     check_outputs,
@@ -145,7 +145,8 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
     try:
         scorer = served(service, model_name, model_version)
         started = time.perf_counter()
-        decoded = parse_http(body, request.headers.get(_HEADER_LENGTH))
+        header = request.headers.get(_HEADER_LENGTH)
+        decoded = await decode_off_loop(len(body), lambda: parse_http(body, header))
         service.parsed(time.perf_counter() - started)
         check_outputs(decoded.outputs)
         scored = await score(service, settings, scorer, decoded.arrays, decoded.num_rows)
