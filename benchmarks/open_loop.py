@@ -46,6 +46,19 @@ logger = logging.getLogger("benchmarks.open_loop")
 CACHE_ENTRIES = 2_000
 MAX_VUS = 64
 PEERS_DIR = ROOT / ".venv-peers"
+# A log configuration for KServe's server: warnings only, no line a request.
+_QUIET_LOGS = Path(tempfile.gettempdir()) / "ctrserve-kserve-logging.json"
+_QUIET_LOGS.write_text(
+    json.dumps(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "loggers": {
+                name: {"level": "WARNING"} for name in ("kserve", "kserve.trace", "uvicorn.access")
+            },
+        }
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -63,22 +76,28 @@ WORKLOADS = (
         1,
         0.0,
         10.0,
-        (250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000),
+        (250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000),
     ),
     Workload(
         "repeated single row",
         1,
         1.0,
         10.0,
-        (500, 1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000),
+        (500, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000),
     ),
-    Workload("100-row batches", 100, 0.0, 50.0, (25, 50, 100, 150, 200, 300, 400, 600, 800)),
+    Workload(
+        "100-row batches",
+        100,
+        0.0,
+        50.0,
+        (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1500),
+    ),
     Workload(
         "100-row batches, 90% repeats",
         100,
         0.9,
         50.0,
-        (50, 100, 200, 300, 400, 600, 800, 1000, 1400),
+        (50, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000),
     ),
 )
 
@@ -172,12 +191,14 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
                 [
                     *("-m", "benchmarks.peers.kserve_model", "--model_dir", str(model_dir)),
                     *("--http_port", "{port}", "--workers", "2", "--enable_grpc", "false"),
+                    *("--enable_latency_logging", "false", "--log_config_file", str(_QUIET_LOGS)),
                 ],
                 health="/v2/health/live",
             ),
             "/v1/models/ctr:predict",
             lambda rows: {"instances": rows},
-            "kserve.ModelServer --workers 2, V1 JSON, no cache (it has none)",
+            "kserve.ModelServer --workers 2, V1 JSON, access and latency logs off, no cache "
+            "(it has none)",
             "kserve",
         ),
         Server(
@@ -189,7 +210,7 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
                     *("--http-port", "{port}", "--grpc-port", str(free_port())),
                     *("--metrics-port", str(free_port())),
                 ],
-                health="/v2/health/ready",
+                health="/v2/models/ctr/ready",
             ),
             "/v2/models/ctr/infer",
             _triton_body(spec),

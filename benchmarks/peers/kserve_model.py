@@ -22,8 +22,24 @@ from benchmarks.peers.model import PeerModel
 class CtrModel(Model):  # type: ignore[misc]
     def __init__(self, name: str, model_dir: Path) -> None:
         super().__init__(name)
-        self._model = PeerModel(model_dir)
+        self._model_dir = model_dir
+        self.load()
+
+    def load(self) -> bool:
+        self._model = PeerModel(self._model_dir)
         self.ready = True
+        return True
+
+    def __getstate__(self) -> dict[str, Any]:
+        # With --workers > 1 KServe pickles the model into each worker process; an
+        # onnxruntime session cannot be pickled, so each worker loads its own.
+        state = dict(self.__dict__)
+        del state["_model"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.load()
 
     def predict(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         rows = payload["instances"]
