@@ -4,6 +4,9 @@ requests into one call of the Python function (its default: no queue delay), its
 response cache answers repeats before Python runs, and two instances of the function
 score at once.
 
+Every field is a BYTES tensor: numbers come as text, since the protocol's JSON has no NaN and
+Triton refuses null in an FP32 tensor (a missing value is an empty string).
+
 Runs in the peers' own environment (``make peers``)::
 
     .venv-peers/pytriton/bin/python -m benchmarks.peers.pytriton_model \
@@ -25,7 +28,6 @@ from benchmarks.peers.model import PeerModel
 MAX_BATCH = 1024
 INSTANCES = 2
 CACHE_BYTES = 64 * 2**20
-_DTYPES: dict[str, type[np.generic]] = {"categorical": np.bytes_, "numeric": np.float32}
 
 
 def main() -> None:
@@ -41,10 +43,7 @@ def main() -> None:
     @batch
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
         count = len(next(iter(inputs.values())))
-        arrays = {
-            name: (values.reshape(-1) if values.dtype != object else values.reshape(-1).astype(str))
-            for name, values in inputs.items()
-        }
+        arrays = {name: values.reshape(-1).astype(str) for name, values in inputs.items()}
         return {"score": model.score_columns(arrays, count).reshape(-1, 1)}
 
     config = TritonConfig(
@@ -59,14 +58,8 @@ def main() -> None:
         triton.bind(
             model_name="ctr",
             infer_func=[infer] * INSTANCES,
-            inputs=[
-                Tensor(
-                    name=f.name,
-                    dtype=np.bytes_ if f.kind == "categorical" else np.float32,
-                    shape=(1,),
-                )
-                for f in fields
-            ],
+            # BYTES for every field: numbers come as text (V2 JSON has no NaN for missing)
+            inputs=[Tensor(name=f.name, dtype=np.bytes_, shape=(1,)) for f in fields],
             outputs=[Tensor(name="score", dtype=np.float32, shape=(1,))],
             config=ModelConfig(
                 max_batch_size=MAX_BATCH, batcher=DynamicBatcher(), response_cache=True
