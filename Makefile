@@ -91,11 +91,14 @@ bench: model peers $(PRODUCTION)/nffm/CURRENT $(LADDER)/nffm/CURRENT $(TEST_DEPS
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	$(PY) -m benchmarks.serving
 	$(PY) -m benchmarks.open_loop
+	$(PY) -m benchmarks.open_loop --settings
 
 # Open loop: each server alone at a ladder of fixed request rates (k6), default model and the
-# production NFFM -> docs/OPEN_LOOP.md
+# production NFFM -> docs/OPEN_LOOP.md; ctrserve's tuned settings on and off ->
+# docs/OPEN_LOOP_SETTINGS.md
 bench-open: model peers $(PRODUCTION)/nffm/CURRENT $(TEST_DEPS)
 	$(PY) -m benchmarks.open_loop
+	$(PY) -m benchmarks.open_loop --settings
 
 # Training at scale: Criteo-shaped synthetic files of 1M, 3M and 10M rows (generated, then
 # deleted; ~4 GB of disk at the peak), peak RSS and speed vs DeepCTR-Torch -> docs/TRAINING.md

@@ -26,8 +26,8 @@ import logging
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ import numpy as np
 import psutil
 
 from app.features.spec import FeatureSpec
+from benchmarks.workloads import CACHE_ENTRIES, PEERS_DIR, Server, installed, mlserver
 from support.k6 import BODIES_PER_VU, OpenLoopResult, run, write_slices
 from support.payloads import Row, load_spec, unique_rows, v2_json_body
 from support.reports import machine, markdown_section, relative
@@ -43,9 +44,7 @@ from support.servers import ROOT, free_port, server
 from support.wrk import write_bodies, wrk
 
 logger = logging.getLogger("benchmarks.open_loop")
-CACHE_ENTRIES = 2_000
 MAX_VUS = 64
-PEERS_DIR = ROOT / ".venv-peers"
 # A log configuration for KServe's server: warnings only, no line a request.
 _QUIET_LOGS = Path(tempfile.gettempdir()) / "ctrserve-kserve-logging.json"
 _QUIET_LOGS.write_text(
@@ -100,16 +99,6 @@ WORKLOADS = (
         (50, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000),
     ),
 )
-
-
-@dataclass
-class Server:
-    name: str
-    start: Callable[[], AbstractContextManager[str]]
-    path: str
-    body: Callable[[list[Row]], object]
-    config: str
-    environment: str = ""  # its own environment under .venv-peers/, if a peer
 
 
 @dataclass
@@ -219,13 +208,13 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
             ),
             "/v2/models/ctr/infer",
             _triton_body(spec),
-            "dynamic batching on, response cache on (64 MiB), 2 instances, V2 JSON (numbers "
-            "as BYTES text)",
+            "dynamic batching on, response cache on (1 MiB), 2 instances, V2 JSON (numbers as "
+            "BYTES text)",
             "pytriton",
         ),
         Server(
             "Seldon MLServer",
-            lambda: _mlserver(model_dir),
+            lambda: mlserver(model_dir),
             "/v2/models/ctr/infer",
             lambda rows: v2_json_body(spec, rows),
             "parallel_workers 0 (its best here), httptools, its cache on (2,000), V2 JSON",
@@ -260,38 +249,6 @@ def _peer_server(name: str, args: list[str], health: str) -> AbstractContextMana
         check=True,
     ).stdout.strip()
     return server([str(python), *args], {"LD_LIBRARY_PATH": libdir}, health=health)
-
-
-@contextmanager
-def _mlserver(model_dir: Path) -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="ctrserve-mlserver-") as folder:
-        model = {
-            "name": "ctr",
-            "implementation": "benchmarks.peers.mlserver_runtime.CtrRuntime",
-            "parameters": {"uri": str(model_dir)},
-        }
-        (Path(folder) / "model-settings.json").write_text(json.dumps(model))
-        settings = {
-            "MLSERVER_HOST": "127.0.0.1",
-            "MLSERVER_HTTP_PORT": "{port}",
-            "MLSERVER_GRPC_PORT": str(free_port()),
-            "MLSERVER_METRICS_PORT": str(free_port()),
-            # 0 (in process) is its best here: with 2 it held 1,000 distinct rows/s at p99
-            # 107 ms against 2.0 ms with 0 (k6, default model).
-            "MLSERVER_PARALLEL_WORKERS": "0",
-            "MLSERVER_DEBUG": "false",
-            "MLSERVER_CACHE_ENABLED": "true",
-            "MLSERVER_CACHE_SIZE": str(CACHE_ENTRIES),
-        }
-        command = [str(PEERS_DIR / "mlserver" / "bin" / "mlserver"), "start", folder]
-        with server(command, settings, health="/v2/health/ready") as base:
-            yield base
-
-
-def _installed(entry: Server) -> str:
-    if entry.environment and not (PEERS_DIR / entry.environment / ".installed").exists():
-        return "not installed (make peers)"
-    return ""
 
 
 def _tree_cpu_s(base: str) -> tuple[psutil.Process, Callable[[], float]]:
@@ -366,49 +323,135 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=["default", "production/nffm"])
     parser.add_argument("--duration", type=int, default=8, help="seconds a rate")
-    parser.add_argument("--servers", nargs="*", default=None, help="only these servers")
+    parser.add_argument(
+        "--servers",
+        nargs="*",
+        default=None,
+        help="measure only these servers again; the last run's figures of the others are kept",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs/OPEN_LOOP.md")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="write the report again from its JSON, measure nothing",
+    )
+    parser.add_argument(
+        "--settings",
+        action="store_true",
+        help="only the A/B of ctrserve's tuned settings -> docs/OPEN_LOOP_SETTINGS.md",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    sections: list[str] = []
-    raw: dict[str, object] = {"machine": machine(), "models": {}}
-    for model in args.models:
+    if args.settings:
+        out = args.out.with_name("OPEN_LOOP_SETTINGS.md")
+        out.write_text(settings_ab((ROOT / "models" / args.models[0]).resolve(), args.duration))
+        logger.info("wrote %s", relative(out))
+        return
+    raw_path = args.out.with_name("open_loop.json")
+    if args.render:
+        raw = json.loads(raw_path.read_text())
+    elif args.servers:  # measure these servers again, keep the others' figures
+        raw = json.loads(raw_path.read_text())
+        for model in args.models:
+            kept = raw["models"][model]
+            kept["ladders"] = [x for x in kept["ladders"] if x["server"] not in args.servers]
+            fresh = measure(model, args.duration, args.servers)
+            kept["ladders"] += fresh.pop("ladders")
+            kept.update(fresh)
+        raw_path.write_text(json.dumps(raw, indent=1) + "\n")
+    else:
+        raw = {"machine": machine(), "models": {}}
+        for model in args.models:
+            raw["models"][model] = measure(model, args.duration, None)
+        raw_path.write_text(json.dumps(raw, indent=1) + "\n")
+    sections = []
+    for model, measured in raw["models"].items():
         model_dir = (ROOT / "models" / model).resolve()
-        spec = load_spec(model_dir)
-        entries = [
-            e for e in servers(model_dir, spec) if not args.servers or e.name in args.servers
-        ]
-        slices: dict[tuple[str, str], Path] = {}
-        ladders: list[Ladder] = []
-        extra: dict[str, object] = {}
-        with tempfile.TemporaryDirectory(prefix="ctrserve-open-") as scratch:
-            plans = {w.name: _bodies_for(spec, w, MAX_VUS, seed=3) for w in WORKLOADS}
-            for entry in entries:
-                why = _installed(entry)
-                if why:
-                    ladders += [Ladder(entry.name, w.name, skipped=why) for w in WORKLOADS]
-                    continue
-                with entry.start() as base:
-                    for workload in WORKLOADS:
-                        key = (entry.name, workload.name)
-                        slices[key] = write_slices(
-                            [entry.body(rows) for rows in plans[workload.name]],
-                            MAX_VUS,
-                            Path(scratch) / f"{len(slices)}",
-                        )
-                        ladders.append(climb(entry, base, workload, slices[key], args.duration))
-                    if entry.name == "ctrserve":
-                        single = slices[entry.name, WORKLOADS[0].name]
-                        extra = _ctrserve_extras(base, spec, single, ladders, args.duration)
-        sections.append(_report(model, model_dir, entries, ladders, extra))
-        raw["models"][model] = {  # type: ignore[index]
-            "ladders": [asdict(ladder) for ladder in ladders],
-            **extra,
-        }
-    args.out.write_text(_document(sections))
-    args.out.with_name("open_loop.json").write_text(json.dumps(raw, indent=1) + "\n")
+        entries = servers(model_dir, load_spec(model_dir))
+        ladders = [Ladder(**{**x, "runs": [OpenLoopResult(**r) for r in x["runs"]]})
+                   for x in measured["ladders"]]  # fmt: skip
+        extra = {k: v for k, v in measured.items() if k != "ladders"}
+        names = {x.server for x in ladders}
+        sections.append(_report(model_dir, [e for e in entries if e.name in names], ladders, extra))
+    args.out.write_text(_document(str(raw["machine"]), sections))
     logger.info("wrote %s", relative(args.out))
+
+
+def measure(model: str, duration_s: int, only: list[str] | None) -> dict[str, object]:
+    """Every server's ladders on ``model`` (and ctrserve's extras), as JSON-ready data."""
+    model_dir = (ROOT / "models" / model).resolve()
+    spec = load_spec(model_dir)
+    entries = [e for e in servers(model_dir, spec) if not only or e.name in only]
+    ladders: list[Ladder] = []
+    extra: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="ctrserve-open-") as scratch:
+        plans = {w.name: _bodies_for(spec, w, MAX_VUS, seed=3) for w in WORKLOADS}
+        for entry in entries:
+            why = installed(entry.environment)
+            if why:
+                ladders += [Ladder(entry.name, w.name, skipped=why) for w in WORKLOADS]
+                continue
+            with entry.start() as base:
+                for position, workload in enumerate(WORKLOADS):
+                    slices = write_slices(
+                        [entry.body(rows) for rows in plans[workload.name]],
+                        MAX_VUS,
+                        Path(scratch) / f"{entry.name}-{position}",
+                    )
+                    ladders.append(climb(entry, base, workload, slices, duration_s))
+                    if entry.name == "ctrserve" and position == 0:
+                        single = slices
+                if entry.name == "ctrserve":
+                    extra = _ctrserve_extras(base, spec, single, ladders, duration_s)
+    return {"ladders": [asdict(ladder) for ladder in ladders], **extra}
+
+
+SETTINGS_VARIANTS = (
+    ("as shipped", {}),
+    ("gc.freeze off (CTR_GC_FREEZE=false)", {"CTR_GC_FREEZE": "false"}),
+)
+
+
+def settings_ab(model_dir: Path, duration_s: int, rates: tuple[int, ...] = (2500, 3500)) -> str:
+    """ctrserve as shipped against each tuned setting turned off, distinct single rows at
+    fixed rates, the variants taking turns over three rounds (a drift of the machine's speed
+    falls on all of them)."""
+    spec = load_spec(model_dir)
+    env = {"CTR_MODEL_DIR": str(model_dir), "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES)}
+    results: dict[str, list[OpenLoopResult]] = {name: [] for name, _ in SETTINGS_VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="ctrserve-settings-") as scratch:
+        slices = write_slices(
+            [{"features": r} for r in unique_rows(spec, MAX_VUS * BODIES_PER_VU, seed=13)],
+            MAX_VUS,
+            Path(scratch),
+        )
+        for round_ in range(3):
+            order = SETTINGS_VARIANTS if round_ % 2 == 0 else SETTINGS_VARIANTS[::-1]
+            for name, extra_env in order:
+                with server([sys.executable, "-m", "app"], {**env, **extra_env}) as base:
+                    run(f"{base}/predict", slices, rates[0], 2, MAX_VUS)  # warm-up
+                    for rate in rates:
+                        start = (round_ * len(rates) + rates.index(rate)) * 7919
+                        results[name].append(
+                            run(f"{base}/predict", slices, rate, duration_s, MAX_VUS, start)
+                        )
+    rows = [
+        [name, f"{r.rate:,}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.p999_ms:.2f}",
+         str(r.dropped), str(r.failed)]
+        for name, runs in results.items() for r in sorted(runs, key=lambda r: r.rate)
+    ]  # fmt: skip
+    return (
+        "# ctrserve's tuned settings, open loop\n\n"
+        f"`make bench-open` on {machine()} ({relative(model_dir)}). Each setting the service "
+        "tunes stays only while turning it off raises p99 at a fixed rate.\n\n"
+        + markdown_section(
+            "As shipped against each setting off (distinct single rows, three rounds)",
+            "k6 constant-arrival-rate, one worker, every run its own fresh rows.",
+            ["variant", "rate /s", "p50 ms", "p99 ms", "p99.9 ms", "dropped", "failed"],
+            rows,
+        )
+    )
 
 
 def _ctrserve_extras(
@@ -429,13 +472,20 @@ def _ctrserve_extras(
 
 
 def _report(
-    model: str,
     model_dir: Path,
     entries: list[Server],
     ladders: list[Ladder],
     extra: dict[str, object],
 ) -> str:
-    parts = [f"## {relative(model_dir)}\n"]
+    parts = [
+        f"## {relative(model_dir)}\n",
+        markdown_section(
+            "Servers",
+            "Each in its best honest configuration found here, alone on the machine in turn.",
+            ["server", "configuration"],
+            [[entry.name, entry.note] for entry in entries],
+        ),
+    ]
     rows = []
     best_peer: dict[str, int] = {}
     ours: dict[str, int] = {}
@@ -543,10 +593,10 @@ def _report(
     return "\n".join(parts)
 
 
-def _document(sections: list[str]) -> str:
+def _document(on: str, sections: list[str]) -> str:
     head = (
         "# Open-loop serving benchmark\n\n"
-        f"`make bench-open` on {machine()}. Generated by benchmarks/open_loop.py; "
+        f"`make bench-open` on {on}. Generated by benchmarks/open_loop.py; "
         "compare figures within one run only.\n\n"
     )
     return head + "\n".join(sections)

@@ -188,6 +188,66 @@ def v2_fuzzing(report: Report, model_dir: Path, examples: int) -> None:
     )
 
 
+def hostile_bodies(report: Report, model_dir: Path, examples: int) -> None:
+    """Deep nesting, long arrays and bodies at the size limit on every endpoint with a body."""
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+
+    from app.core.config import Settings
+    from app.main import create_app
+    from support.fuzz import BODY_ENDPOINTS, body_at
+    from support.fuzz import hostile_bodies as strategy
+
+    limit = 256 * 1024
+    statuses: dict[str, dict[int, int]] = {endpoint: {} for endpoint in BODY_ENDPOINTS}
+    with _scratch_repository(model_dir) as (repository, _, _):
+        settings_ = Settings(
+            model_dir=repository, max_body_bytes=limit, reload_token=TOKEN, log_level="ERROR"
+        )
+        with TestClient(create_app(settings_)) as client:
+
+            def post(endpoint: str, body: bytes) -> None:
+                url = endpoint.replace("{model}", repository.name)
+                headers = {**AUTH_HEADERS, "content-type": "application/json"}
+                code = client.post(url, content=body, headers=headers).status_code
+                counts = statuses[endpoint]
+                counts[code] = counts.get(code, 0) + 1
+
+            @given(strategy(limit))
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            def run(case: tuple[str, bytes]) -> None:
+                post(*case)
+
+            run()
+            for endpoint in BODY_ENDPOINTS:
+                for size in (limit - 1, limit, limit + 1):
+                    post(endpoint, body_at(size))
+            alive = client.get("/healthz").status_code == 200
+    rows = [
+        [
+            endpoint,
+            str(sum(counts.values())),
+            str(sum(n for code, n in counts.items() if code >= 500)),
+            ", ".join(f"{c}: {n}" for c, n in sorted(counts.items())),
+        ]
+        for endpoint, counts in statuses.items()
+    ]
+    report.table(
+        "Hostile bodies (hypothesis)",
+        f"Objects, arrays or both nested up to 100,000 levels deep, and long arrays of "
+        f"objects, at every place a body is read, {examples} cases in all; then bodies of "
+        f"exactly the size limit (256 KiB here), one byte under and one over, on each "
+        f"endpoint. Server alive after: {'yes' if alive else '**no**'}.",
+        ["endpoint", "cases", "5xx", "status codes"],
+        rows,
+    )
+
+
 def limits(report: Report, model_dir: Path) -> None:
     env = {
         "CTR_MODEL_DIR": str(model_dir),
@@ -573,6 +633,7 @@ def main() -> None:
     fuzzing(report, args.model_dir, args.examples)
     encoder_fuzzing(report, args.examples * 10)
     v2_fuzzing(report, args.model_dir, args.examples * 3)
+    hostile_bodies(report, args.model_dir, args.examples * 2)
     limits(report, args.model_dir)
     faults(report, args.model_dir)
     reload_under_load(report, args.model_dir, args.duration)
@@ -587,6 +648,7 @@ def main() -> None:
         f"Machine: {machine()}. Model: `{relative(args.model_dir)}`. The same checks run, "
         "smaller, in the test suite (tests/app/test_fuzz.py, test_faults.py, test_limits.py, "
         "test_hardening.py, test_fleet.py, test_repository.py, test_v2_fuzz.py, "
+        "test_hostile_bodies.py, "
         "tests/features/test_encoder_fuzz.py).",
         "",
     ]

@@ -109,3 +109,48 @@ def v2_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     elif fault == "junk":
         body += draw(st.binary(min_size=1, max_size=16))
     return body, headers
+
+
+# -- hostile bodies: deep nesting, long arrays, any endpoint that reads a body ----------
+
+BODY_ENDPOINTS = ("/predict", "/explain", "/v2/models/{model}/infer", "/admin/reload")
+# Where the nesting goes in a body each endpoint otherwise accepts.
+_PLACES = (
+    '{"features": {"c0": %s}}',
+    '{"features": %s}',
+    '{"instances": [%s]}',
+    '{"instances": %s}',
+    '{"inputs": [{"name": "c0", "datatype": "BYTES", "shape": [1], "data": %s}]}',
+    '{"inputs": %s}',
+    '{"model_dir": %s}',
+    "%s",
+)
+
+
+def _nested(kind: str, depth: int) -> str:
+    if kind == "objects":
+        return '{"a": ' * depth + "1" + "}" * depth
+    if kind == "arrays":
+        return "[" * depth + "1" + "]" * depth
+    if kind == "mixed":
+        return '[{"a": ' * (depth // 2) + "null" + "}]" * (depth // 2)
+    return "[" + ",".join(['{"c0": "c0_1"}'] * depth) + "]"  # a long array of objects
+
+
+@st.composite
+def hostile_bodies(draw: st.DrawFn, max_bytes: int) -> tuple[str, bytes]:
+    """``(endpoint, body)``: objects, arrays or both nested up to 100,000 levels deep, or a
+    long array of objects, at some place of a body the endpoint reads; at most
+    ``max_bytes + 1`` bytes (one past the limit, so the limit's refusal is drawn too)."""
+    endpoint = draw(st.sampled_from(BODY_ENDPOINTS))
+    kind = draw(st.sampled_from(("objects", "arrays", "mixed", "long")))
+    depth = draw(st.one_of(st.integers(1, 50), st.integers(50, 5_000), st.just(100_000)))
+    body = (draw(st.sampled_from(_PLACES)) % _nested(kind, depth)).encode()
+    return endpoint, body[: max_bytes + 1]
+
+
+def body_at(size: int) -> bytes:
+    """A /predict batch body of exactly ``size`` bytes (white space pads it)."""
+    filler, head, tail = '{"c0": "c0_1"},', '{"instances": [', '{"c0": "c0_2"}]}'
+    body = (head + filler * ((size - len(head) - len(tail)) // len(filler)) + tail).encode()
+    return body + b" " * (size - len(body))

@@ -70,8 +70,7 @@ class Settings(BaseSettings):
         description="scoring requests a worker answers at once; past it a request is refused "
         "at once with 503 and Retry-After (gRPC: RESOURCE_EXHAUSTED)",
     )
-    # On: distinct single rows at 3,500/s held p99 6.2-6.4 ms against 7.0-7.4 off, with no
-    # request dropped against 60-94 (k6 open loop; docs/OPEN_LOOP.md, "Settings").
+    # Stays while it lowers p99 at a fixed rate: docs/OPEN_LOOP_SETTINGS.md.
     gc_freeze: bool = Field(
         default=True,
         description="keep everything alive at start-up (libraries, the model) out of the "

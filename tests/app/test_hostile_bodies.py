@@ -5,48 +5,28 @@ error body, never a 5xx, and the service answers normally afterwards."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from app.core.config import Settings
 from app.main import create_app
+from support.fuzz import BODY_ENDPOINTS, body_at, hostile_bodies
 
 MAX_BODY = 256 * 1024
-ENDPOINTS = ("/predict", "/explain", "/v2/models/repository/infer", "/admin/reload")
-# Where the nesting goes in a body each endpoint otherwise accepts.
-PLACES = (
-    '{"features": {"c0": %s}}',
-    '{"features": %s}',
-    '{"instances": [%s]}',
-    '{"instances": %s}',
-    '{"inputs": [{"name": "c0", "datatype": "BYTES", "shape": [1], "data": %s}]}',
-    '{"inputs": %s}',
-    '{"model_dir": %s}',
-    "%s",
-)
 
 
 @pytest.fixture(scope="module")
-def hostile_client(tmp_path_factory: pytest.TempPathFactory, model_dir) -> Iterator[TestClient]:
+def hostile_client(model_dir: Path) -> Iterator[TestClient]:
     settings = Settings(model_dir=model_dir, max_body_bytes=MAX_BODY, reload_token="t0ken")
     with TestClient(create_app(settings)) as client:
         yield client
 
 
-def _nested(kind: str, depth: int) -> str:
-    if kind == "objects":
-        return '{"a": ' * depth + "1" + "}" * depth
-    if kind == "arrays":
-        return "[" * depth + "1" + "]" * depth
-    if kind == "mixed":
-        return '[{"a": ' * (depth // 2) + "null" + "}]" * (depth // 2)
-    return "[" + ",".join(['{"c0": "c0_1"}'] * depth) + "]"  # a long array of objects
-
-
 def _post(client: TestClient, endpoint: str, body: bytes) -> None:
+    endpoint = endpoint.replace("{model}", "repository")
     response = client.post(
         endpoint,
         content=body,
@@ -65,27 +45,17 @@ def _post(client: TestClient, endpoint: str, body: bytes) -> None:
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-@given(
-    endpoint=st.sampled_from(ENDPOINTS),
-    place=st.sampled_from(PLACES),
-    kind=st.sampled_from(("objects", "arrays", "mixed", "long")),
-    depth=st.one_of(st.integers(1, 50), st.integers(50, 5_000), st.just(100_000)),
-)
+@given(hostile_bodies(MAX_BODY))
 def test_no_hostile_body_is_a_server_error(
-    hostile_client: TestClient, endpoint: str, place: str, kind: str, depth: int
+    hostile_client: TestClient, case: tuple[str, bytes]
 ) -> None:
-    body = (place % _nested(kind, depth)).encode()
-    _post(hostile_client, endpoint, body[: MAX_BODY + 1])
+    _post(hostile_client, *case)
 
 
-@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("endpoint", BODY_ENDPOINTS)
 @pytest.mark.parametrize("size", [MAX_BODY - 1, MAX_BODY, MAX_BODY + 1])
 def test_bodies_at_the_size_limit(hostile_client: TestClient, endpoint: str, size: int) -> None:
-    filler = '{"c0": "c0_1"},'
-    head, tail = '{"instances": [', '{"c0": "c0_2"}]}'
-    count = (size - len(head) - len(tail)) // len(filler)
-    body = (head + filler * count + tail).encode()
-    body += b" " * (size - len(body))  # JSON allows trailing white space
+    body = body_at(size)
     assert len(body) == size
     _post(hostile_client, endpoint, body)
     assert hostile_client.post("/predict", json={"features": {"c0": "c0_1"}}).status_code == 200
