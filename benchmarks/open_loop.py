@@ -40,7 +40,7 @@ from benchmarks.workloads import CACHE_ENTRIES, PEERS_DIR, Server, installed, ml
 from support.k6 import BODIES_PER_VU, OpenLoopResult, run, write_slices
 from support.payloads import Row, load_spec, unique_rows, v2_json_body
 from support.reports import machine, markdown_section, relative
-from support.servers import ROOT, free_port, server
+from support.servers import ROOT, free_port, listening_process, server
 from support.wrk import write_bodies, wrk
 
 logger = logging.getLogger("benchmarks.open_loop")
@@ -251,15 +251,9 @@ def _peer_server(name: str, args: list[str], health: str) -> AbstractContextMana
     return server([str(python), *args], {"LD_LIBRARY_PATH": libdir}, health=health)
 
 
-def _tree_cpu_s(base: str) -> tuple[psutil.Process, Callable[[], float]]:
-    """The process listening at ``base`` and a reading of its tree's CPU seconds."""
-    port = int(base.rsplit(":", 1)[1])
-    for connection in psutil.net_connections(kind="tcp"):
-        if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
-            process = psutil.Process(connection.pid)
-            break
-    else:
-        raise RuntimeError(f"no process listens on {port}")
+def _tree_cpu_s(base: str) -> Callable[[], float]:
+    """A reading of the CPU seconds of the server tree listening at ``base``."""
+    process = listening_process(base)
     while process.parent() is not None and process.parent().pid != psutil.Process().pid:
         process = process.parent()  # a worker of a supervisor: measure the whole tree
 
@@ -273,13 +267,13 @@ def _tree_cpu_s(base: str) -> tuple[psutil.Process, Callable[[], float]]:
             total += times.user + times.system + times.children_user + times.children_system
         return total
 
-    return process, cpu_s
+    return cpu_s
 
 
 def climb(entry: Server, base: str, workload: Workload, slices: Path, duration_s: int) -> Ladder:
     """Rates from the bottom of the ladder until p99 passes twice the SLO or requests fail."""
     ladder = Ladder(entry.name, workload.name)
-    _, cpu_s = _tree_cpu_s(base)
+    cpu_s = _tree_cpu_s(base)
     url = f"{base}{entry.path}"
     run(url, slices, workload.rates[0], 2, MAX_VUS, start=0)  # warm-up: caches, first calls
     for position, rate in enumerate(workload.rates):

@@ -27,12 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2 as httpx
-import psutil
 
 from app.scoring.repository import ModelRepository
 from support.payloads import load_spec, random_rows, unique_rows
 from support.reports import machine, markdown_section, relative
-from support.servers import ROOT, server
+from support.servers import ROOT, listening_process, server
 from support.shutdown import sigterm_during_a_request
 from support.wrk import write_bodies, wrk
 
@@ -515,7 +514,7 @@ def memory(report: Report, model_dir: Path, unique_keys: int, maxsize: int) -> N
             "CTR_CACHE_TTL_S": "3600",
         }
         with server(APP, env) as base, httpx.Client(timeout=60) as client:
-            process = _server_process(base)
+            process = listening_process(base)
             sent = 0
             checkpoints = sorted({unique_keys // 4, unique_keys // 2, unique_keys})
             for checkpoint in checkpoints:
@@ -537,14 +536,6 @@ def memory(report: Report, model_dir: Path, unique_keys: int, maxsize: int) -> N
         ["CTR_CACHE_MAXSIZE", "distinct rows sent", "cache entries", "RSS MiB"],
         rows_out,
     )
-
-
-def _server_process(base: str) -> psutil.Process:
-    port = int(base.rsplit(":", 1)[1])
-    for connection in psutil.net_connections(kind="tcp"):
-        if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
-            return psutil.Process(connection.pid)
-    raise RuntimeError(f"no process listens on {port}")
 
 
 def _metric(text: str, name: str) -> float:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2 as httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listening_process(base: str) -> psutil.Process:
+    """The process that listens at ``base`` (``http://127.0.0.1:PORT``)."""
+    port = int(base.rsplit(":", 1)[1])
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
+            return psutil.Process(connection.pid)
+    raise RuntimeError(f"no process listens on {port}")
 
 
 @contextmanager
