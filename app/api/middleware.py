@@ -53,6 +53,16 @@ class LatencyMiddleware:
             )
 
 
+def refusal(
+    scope: Scope, status_code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error answered before routing, in the request's protocol shape: the Open Inference
+    Protocol's ``{"error": ...}`` under ``/v2/`` (its clients show that message), the
+    service's ``{"detail": ...}`` elsewhere."""
+    key = "error" if scope["path"].startswith("/v2/") else "detail"
+    return JSONResponse({key: message}, status_code=status_code, headers=headers)
+
+
 class AdmissionMiddleware:
     """Refuse a scoring request at once (503 + Retry-After) while ``max_inflight`` are
     already being answered.
@@ -74,15 +84,12 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         if self.inflight >= self.max_inflight:
-            message = (
+            response = refusal(
+                scope,
+                status.HTTP_503_SERVICE_UNAVAILABLE,
                 f"overloaded: {self.inflight} requests are being answered "
-                f"(CTR_MAX_INFLIGHT_REQUESTS); try again shortly"
-            )
-            key = "error" if path.startswith("/v2/") else "detail"
-            response = JSONResponse(
-                {key: message},
-                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
+                "(CTR_MAX_INFLIGHT_REQUESTS); try again shortly",
+                {"Retry-After": str(RETRY_AFTER_S)},
             )
             await response(scope, receive, send)
             return
@@ -101,9 +108,8 @@ class BodyLimitMiddleware:
     """Answer 413 to a body over ``max_bytes``, in the error body of the request's protocol.
 
     A declared ``Content-Length`` over the limit is answered before the app runs; a body
-    streamed past it stops the app at the read that crosses it. The Open Inference Protocol
-    requires ``{"error": "..."}`` (its clients show that message); everything else gets the
-    service's ``{"detail": "..."}``.
+    streamed past it stops the app at the read that crosses it (:func:`refusal` gives the
+    protocol's error shape).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -144,8 +150,7 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body exceeds {self.max_bytes} bytes (CTR_MAX_BODY_BYTES)"
-        key = "error" if scope["path"].startswith("/v2/") else "detail"
-        response = JSONResponse({key: message}, status_code=status.HTTP_413_CONTENT_TOO_LARGE)
+        response = refusal(scope, status.HTTP_413_CONTENT_TOO_LARGE, message)
         await response(scope, receive, send)
 
 
