@@ -70,9 +70,9 @@ class ModelRegistry:
         self._on_refused: OnRefused = lambda exc: None
 
     def subscribe(self, on_swap: OnSwap, on_refused: OnRefused) -> None:
-        """Call ``on_swap`` now with the version served and after every swap, and
-        ``on_refused`` with every version refused; both under the registry's lock, so what
-        they set up (a cache for the version) cannot be interleaved by two swaps."""
+        """Call ``on_swap`` now with the version served and after every swap, under the
+        registry's lock, so what it sets up (a cache for the version) cannot be interleaved by
+        two swaps; and ``on_refused`` with every version refused."""
         with self._lock:
             self._on_swap, self._on_refused = on_swap, on_refused
             on_swap(self._current, False)
@@ -133,7 +133,8 @@ class ModelRegistry:
         Raises:
             SpecError: it cannot be loaded; nothing is published, the old version serves.
         """
-        with self._lock, self._telling_refusals():
+        with self._telling_refusals():
+            # Verified and copied outside the lock: a large model's copy holds up no poll.
             self._check_may_move_pointer()
             checked = self._loader(resolve_model_dir(source))
             version = self.repository.publish(source)
@@ -142,7 +143,8 @@ class ModelRegistry:
                     f"{source} changed while it was published: version {version} was copied, "
                     f"{checked.version} was verified; publish it again"
                 )
-            return self._switch(version)
+            with self._lock:
+                return self._switch(version)
 
     def _switch(self, version: str | None) -> Swap | None:
         if version is not None:
