@@ -65,6 +65,10 @@ _REQUEST = msgspec.json.Decoder(PredictRequest)
 _LOOSE = msgspec.json.Decoder(_LooseRequest)
 
 
+# Rows of a body (dicts, or the model's structs) encoded by the model's encoder.
+EncodeRows = Callable[[FeatureEncoder, Sequence[Any]], NDArray[np.int64]]
+
+
 @dataclass(frozen=True)
 class PredictBody:
     """A decoded body: how to encode its rows, how many there are, and whether it was one
@@ -99,10 +103,8 @@ def decode(body: bytes, scorer: Scorer) -> PredictBody:
     if (request.features is None) == (request.instances is None):
         raise BodyError("send exactly one of 'features' (one row) or 'instances' (a batch)")
     if request.features is not None:
-        features = request.features
-        return PredictBody(lambda encoder: encoder.encode_rows([features]), 1, single=True)
-    rows = request.instances or []
-    return PredictBody(_rows_encoder(rows), len(rows), single=False)
+        return _one_row(request.features)
+    return _batch(request.instances or [], lambda encoder, rows: encoder.encode_rows(rows))
 
 
 def _loose(body: bytes, error: msgspec.ValidationError) -> _LooseRequest:
@@ -155,27 +157,29 @@ def render(scored: Scored, single: bool) -> bytes:
     )
 
 
-def _rows_encoder(rows: Sequence[dict[str, Any]]) -> Encode:
+def _one_row(features: dict[str, Any]) -> PredictBody:
+    return PredictBody(lambda encoder: encoder.encode_rows([features]), 1, single=True)
+
+
+def _batch(rows: Sequence[Any], encode_rows: EncodeRows) -> PredictBody:
+    """A batch whose rows ``encode_rows`` encodes; an ``EncodeError`` names the first row
+    that does not encode alone (the batch paths encode a field or a batch at a time)."""
+
     def encode(encoder: FeatureEncoder) -> NDArray[np.int64]:
         try:
-            return encoder.encode_rows(rows)
-        except EncodeError as exc:  # the batch path does not know the row: find it
-            raise _first_bad(exc, len(rows), lambda i: encoder.encode_rows([rows[i]])) from None
+            return encode_rows(encoder, rows)
+        except EncodeError:
+            for i in range(len(rows)):
+                try:
+                    encode_rows(encoder, rows[i : i + 1])
+                except EncodeError as alone:
+                    raise alone.in_row(i) from None
+            raise
 
-    return encode
-
-
-def _first_bad(error: EncodeError, rows: int, encode_row: Callable[[int], object]) -> EncodeError:
-    """``error`` placed at the first row that does not encode alone."""
-    for i in range(rows):
-        try:
-            encode_row(i)
-        except EncodeError as alone:
-            return alone.in_row(i)
-    return error
+    return PredictBody(encode, len(rows), single=False)
 
 
-def _values_getter(slots: Sequence[str]) -> Callable[[list[msgspec.Struct]], list[object]]:
+def _values_getter(slots: Sequence[str]) -> Callable[[Sequence[Any]], list[object]]:
     """A function giving rows' values of ``slots``, row after row."""
     if not slots:
         return lambda rows: []
@@ -224,22 +228,15 @@ class RowDecoder:
         if (features is None) == (rows is None) or rows == []:
             return None
         if features is not None:
-            return PredictBody(lambda encoder: encoder.encode_rows([features]), 1, single=True)
-        return PredictBody(self._rows_encoder(rows), len(rows), single=False)
+            return _one_row(features)
+        return _batch(rows, self._encode)
 
-    def values_of(self, rows: list[Any]) -> tuple[list[object], list[object]]:
+    def values_of(self, rows: Sequence[Any]) -> tuple[list[object], list[object]]:
         """The categorical and the numeric values of rows decoded by this decoder."""
         return self._categorical(rows), self._numeric(rows)
 
-    def _rows_encoder(self, rows: list[Any]) -> Encode:
-        def encode(encoder: FeatureEncoder) -> NDArray[np.int64]:
-            try:
-                return encoder.encode_values(*self.values_of(rows), len(rows))
-            except EncodeError as exc:
-                one = lambda i: encoder.encode_values(*self.values_of([rows[i]]), 1)  # noqa: E731
-                raise _first_bad(exc, len(rows), one) from None
-
-        return encode
+    def _encode(self, encoder: FeatureEncoder, rows: Sequence[Any]) -> NDArray[np.int64]:
+        return encoder.encode_values(*self.values_of(rows), len(rows))
 
 
 # One decoder per loaded model version, made on its first request and gone with it.
