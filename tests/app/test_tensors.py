@@ -24,11 +24,18 @@ def _reference(raw: bytes) -> list[bytes]:
     return elements
 
 
+# ids as clients send them: text with no NUL, empty (missing) included
+_TEXT = st.text(st.characters(min_codepoint=1, exclude_categories=["Cs"]), max_size=20).map(
+    str.encode
+)
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     st.lists(
         st.one_of(
             st.binary(max_size=8),
+            _TEXT,
             st.binary(min_size=250, max_size=300),
             st.sampled_from([b"", b"\x00", b"a\x00", b"c0_12"]),
         ),
