@@ -18,11 +18,9 @@ from app.scoring.service import PredictionService, Scored
 
 PAYLOAD_TOO_LARGE = 413
 UNAVAILABLE = 503
-# A body this large takes a few milliseconds to decode (1,000 rows of 10 fields in binary
-# tensors, 75 KiB: 0.9 ms): it is decoded in a thread, so the event loop keeps answering
-# others. Smaller ones are decoded in place: the hop to a thread cost a 1,000-row request
-# about as much again as decoding it (5.3 ms in place against 6.2 through a thread, in
-# process), and the loop waits for the GIL while the thread decodes anyway.
+# Bodies this large (~3,000 rows of 10 fields) take milliseconds to decode: a thread does it
+# so the loop answers others; below it, the hop costs about what decoding does
+# (docs/BENCHMARKS.md, "Open Inference Protocol").
 LARGE_BODY_BYTES = 256 * 1024
 
 _Decoded = TypeVar("_Decoded")

@@ -231,11 +231,10 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[Any]
     - text (no NUL byte inside an element, each shorter than 256 bytes; empty elements
       allowed): the only zero bytes are then the length prefixes' own, so numpy finds the
       prefixes from the runs of zeros, and one comparison confirms that each element ends
-      where the next begins (1,000 ids of mixed lengths: 13 µs, 49 with a fifth of them
-      empty, against 116 for a scan);
+      where the next begins (a fraction of a scan's time: docs/BENCHMARKS.md);
     - anything else: a scan from length to length, which also names what is malformed.
 
-    The elements are then cut out with one row gather (32 µs for 1,000). Elements ending
+    The elements are then cut out with one row gather. Elements ending
     in a NUL byte, which numpy's fixed-width byte strings would drop, come back as an object
     array of text instead (exact, encoded value by value).
     """
