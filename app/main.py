@@ -16,6 +16,7 @@ from app.api.middleware import (
     AdmissionMiddleware,
     BodyLimitMiddleware,
     LatencyMiddleware,
+    RequestIdMiddleware,
     TimeoutMiddleware,
 )
 from app.api.routes import health, models, predict, v2
@@ -26,6 +27,7 @@ from app.core.logging import configure_logging
 from app.metrics import ServiceMetrics, mark_worker_gone
 from app.scoring.batcher import Batcher
 from app.scoring.poller import RepositoryPoller
+from app.scoring.prediction_log import PredictionLog, SampleKey, sample_key_header
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ModelRepository
 from app.scoring.scorer import Scorer
@@ -56,7 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.observe_call,
         )
         cache = ScoreCache(settings.cache_maxsize, settings.cache_ttl_s)
-        service = PredictionService(registry, cache, batcher, metrics)
+        log = prediction_log(settings, metrics)
+        service = PredictionService(registry, cache, batcher, metrics, log)
         app.state.service = service
         poller = RepositoryPoller(service, settings.poll_interval_s)
         # Everything alive now (libraries, the model) lives as long as the process: keep it
@@ -88,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=5)
             poller.stop()
             batcher.close()
+            if log is not None:
+                log.close()
             service.flush_metrics()
             mark_worker_gone()
 
@@ -108,7 +113,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(AdmissionMiddleware, max_inflight=settings.max_inflight_requests)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestIdMiddleware, key_header=sample_key_header(settings.prediction_log_key)
+    )
     return app
+
+
+def prediction_log(settings: Settings, metrics: ServiceMetrics) -> PredictionLog | None:
+    """The worker's prediction log writer, if ``CTR_PREDICTION_LOG`` is set."""
+    if settings.prediction_log is None:
+        return None
+    key = settings.prediction_log_key
+    log = PredictionLog(
+        settings.prediction_log,
+        sample=settings.prediction_log_sample,
+        key=None if key is None else SampleKey.parse(key),
+        max_queued_rows=settings.prediction_log_queue_rows,
+        roll_rows=settings.prediction_log_roll_rows,
+        roll_bytes=settings.prediction_log_roll_bytes,
+        roll_s=settings.prediction_log_roll_s,
+        on_written=metrics.log_written,
+        on_dropped=metrics.log_dropped.inc,
+    )
+    logger.info(
+        "prediction log: %s (%.0f%% of %s)",
+        settings.prediction_log,
+        settings.prediction_log_sample * 100,
+        "requests" if key is None else key,
+    )
+    return log
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -142,6 +142,25 @@ class ServiceMetrics:
             registry=registry,
         )
 
+        self.log_records = Counter(
+            "ctr_prediction_log_records",
+            "Records of scored rows written to the prediction log, in published files.",
+            registry=registry,
+        )
+        self.log_files = Counter(
+            "ctr_prediction_log_files", "Prediction log files published.", registry=registry
+        )
+        self.log_dropped = Counter(
+            "ctr_prediction_log_dropped",
+            "Prediction log records dropped: the writer's queue was full, or a write failed.",
+            registry=registry,
+        )
+
+    def log_written(self, rows: int, files: int) -> None:
+        """Count a published prediction log file (from the log's writer thread)."""
+        self.log_records.inc(rows)
+        self.log_files.inc(files)
+
     def observe_call(self, rows: int, seconds: float, failed: bool) -> None:
         """Count one onnxruntime call of the batcher (on the event loop)."""
         self.tally.stage(STAGES.index("onnxruntime"), seconds)

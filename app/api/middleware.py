@@ -1,4 +1,5 @@
-"""Pure ASGI middlewares: request timing, the body limit and the request deadline."""
+"""Pure ASGI middlewares: request ids, request timing, admission, the body limit and the
+request deadline."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import ServiceMetrics
+from app.scoring.prediction_log import (
+    CURRENT_REQUEST,
+    REQUEST_ID_HEADER,
+    RequestContext,
+    new_request_id,
+    valid_request_id,
+)
 
 # Seconds a client told to back off waits: a worker's queue drains in milliseconds.
 RETRY_AFTER_S = 1
@@ -18,6 +26,47 @@ RETRY_AFTER_S = 1
 logger = logging.getLogger(__name__)
 # A scope key naming the endpoint of a request answered before routing (app/api/fast_predict.py).
 ENDPOINT = "ctrserve.endpoint"
+
+
+_REQUEST_ID = REQUEST_ID_HEADER.encode()
+
+
+class RequestIdMiddleware:
+    """Every HTTP request gets an id: the client's ``X-Request-ID``, or a new one, returned
+    in that header and recorded with the request's rows in the prediction log.
+
+    Args:
+        key_header: the header whose value samples the prediction log (sticky by user,
+            say), when ``CTR_PREDICTION_LOG_KEY`` names one.
+    """
+
+    def __init__(self, app: ASGIApp, key_header: str | None = None) -> None:
+        self.app = app
+        self.key_header = key_header.encode() if key_header else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = key = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID:
+                given = value.decode("latin-1")
+            elif name == self.key_header:
+                key = value.decode("latin-1")
+        request_id = valid_request_id(given) or new_request_id()
+        token = CURRENT_REQUEST.set(RequestContext(request_id, key))
+        header = (_REQUEST_ID, request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            CURRENT_REQUEST.reset(token)
 
 
 class LatencyMiddleware:

@@ -94,6 +94,37 @@ class Settings(BaseSettings):
         description="directory under which POST /admin/reload may take a model to copy into "
         "the repository ({'model_dir': ...}); unset: such reloads are refused",
     )
+    prediction_log: str | None = Field(
+        default=None,
+        min_length=1,
+        description="directory (or pyarrow.fs URI, e.g. s3://bucket/log) of the prediction "
+        "log: one Parquet record per scored row (app/scoring/prediction_log.py); unset: off",
+    )
+    prediction_log_sample: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="share of requests (or rows, keyed by a feature) logged",
+    )
+    prediction_log_key: str | None = Field(
+        default=None,
+        pattern=r"^(header|feature):.+$",
+        description="sticky sampling: header:<name> (e.g. header:X-User-Id) or feature:<field>; "
+        "the same key is always logged or never, in every worker; unset: drawn per request",
+    )
+    prediction_log_queue_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="records waiting for the log's writer at most; past it they are dropped "
+        "and counted (ctr_prediction_log_dropped_total), never waited for",
+    )
+    prediction_log_roll_rows: int = Field(
+        default=1_000_000, ge=1, description="a log file is closed and published at this many rows"
+    )
+    prediction_log_roll_bytes: int = Field(
+        default=128 << 20, ge=1024, description="... or at this size"
+    )
+    prediction_log_roll_s: float = Field(default=300.0, gt=0, description="... or at this age")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
     # Off by default: the service's own metrics are Prometheus' (/metrics), and with

@@ -30,6 +30,14 @@ from app.protocol.tensors import (
     model_metadata,
     server_metadata,
 )
+from app.scoring.prediction_log import (
+    CURRENT_REQUEST,
+    REQUEST_ID_HEADER,
+    RequestContext,
+    new_request_id,
+    sample_key_header,
+    valid_request_id,
+)
 from app.scoring.scorer import Scorer
 from app.scoring.service import PredictionService
 
@@ -67,6 +75,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._service = service
         self._settings = settings
         self._version = version
+        self._key_header = sample_key_header(settings.prediction_log_key)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -90,6 +99,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.ModelMetadataResponse(**metadata)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        metadata = dict(context.invocation_metadata() or ())
+        request_id = valid_request_id(metadata.get(REQUEST_ID_HEADER)) or new_request_id()
+        key = self._key_header
+        CURRENT_REQUEST.set(RequestContext(request_id, metadata.get(key) if key else None))
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         try:
             scorer = served(self._service, request.model_name, request.model_version)
             started = time.perf_counter()

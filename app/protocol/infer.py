@@ -70,7 +70,10 @@ async def score(
         )
     try:
         return await service.score(
-            scorer, lambda encoder: encoder.encode_columns(arrays, rows), rows
+            scorer,
+            lambda encoder: encoder.encode_columns(arrays, rows),
+            rows,
+            lambda encoder: arrays,
         )
     except EncodeError as exc:
         raise ProtocolError(f"input '{exc.field}': {exc.detail}") from None

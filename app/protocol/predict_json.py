@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from app.features.encoder import FeatureEncoder
 from app.features.errors import EncodeError
 from app.schemas import BatchPredictResponse, PredictResponse
+from app.scoring.prediction_log import Columns
 from app.scoring.scorer import Scorer
 from app.scoring.service import Encode, PredictionService, Scored
 
@@ -71,12 +72,13 @@ EncodeRows = Callable[[FeatureEncoder, Sequence[Any]], NDArray[np.int64]]
 
 @dataclass(frozen=True)
 class PredictBody:
-    """A decoded body: how to encode its rows, how many there are, and whether it was one
-    row (``features``) or a batch."""
+    """A decoded body: how to encode its rows, how many there are, whether it was one row
+    (``features``) or a batch, and its values by field (for the prediction log)."""
 
     encode: Encode
     rows: int
     single: bool
+    columns: Columns
 
 
 def predict_request_schema() -> dict[str, Any]:
@@ -104,7 +106,12 @@ def decode(body: bytes, scorer: Scorer) -> PredictBody:
         raise BodyError("send exactly one of 'features' (one row) or 'instances' (a batch)")
     if request.features is not None:
         return _one_row(request.features)
-    return _batch(request.instances or [], lambda encoder, rows: encoder.encode_rows(rows))
+    rows = request.instances or []
+    return _batch(
+        rows,
+        lambda encoder, part: encoder.encode_rows(part),
+        lambda encoder: {name: [row.get(name) for row in rows] for name in encoder.names},
+    )
 
 
 def _loose(body: bytes, error: msgspec.ValidationError) -> _LooseRequest:
@@ -129,7 +136,7 @@ async def answer(service: PredictionService, max_batch_size: int, body: bytes) -
             f"batch of {request.rows} rows exceeds the limit of {max_batch_size} "
             "(CTR_MAX_BATCH_SIZE)"
         )
-    scored = await service.score(scorer, request.encode, request.rows)
+    scored = await service.score(scorer, request.encode, request.rows, request.columns)
     return render(scored, request.single)
 
 
@@ -158,10 +165,15 @@ def render(scored: Scored, single: bool) -> bytes:
 
 
 def _one_row(features: dict[str, Any]) -> PredictBody:
-    return PredictBody(lambda encoder: encoder.encode_rows([features]), 1, single=True)
+    return PredictBody(
+        lambda encoder: encoder.encode_rows([features]),
+        1,
+        single=True,
+        columns=lambda encoder: {name: [value] for name, value in features.items()},
+    )
 
 
-def _batch(rows: Sequence[Any], encode_rows: EncodeRows) -> PredictBody:
+def _batch(rows: Sequence[Any], encode_rows: EncodeRows, columns: Columns) -> PredictBody:
     """A batch whose rows ``encode_rows`` encodes; an ``EncodeError`` names the first row
     that does not encode alone (the batch paths encode a field or a batch at a time)."""
 
@@ -176,7 +188,7 @@ def _batch(rows: Sequence[Any], encode_rows: EncodeRows) -> PredictBody:
                     raise alone.in_row(i) from None
             raise
 
-    return PredictBody(encode, len(rows), single=False)
+    return PredictBody(encode, len(rows), single=False, columns=columns)
 
 
 def _values_getter(slots: Sequence[str]) -> Callable[[Sequence[Any]], list[object]]:
@@ -229,7 +241,7 @@ class RowDecoder:
             return None
         if features is not None:
             return _one_row(features)
-        return _batch(rows, self._encode)
+        return _batch(rows, self._encode, lambda encoder: self._columns(encoder, rows))
 
     def values_of(self, rows: Sequence[Any]) -> tuple[list[object], list[object]]:
         """The categorical and the numeric values of rows decoded by this decoder."""
@@ -237,6 +249,16 @@ class RowDecoder:
 
     def _encode(self, encoder: FeatureEncoder, rows: Sequence[Any]) -> NDArray[np.int64]:
         return encoder.encode_values(*self.values_of(rows), len(rows))
+
+    def _columns(self, encoder: FeatureEncoder, rows: Sequence[Any]) -> dict[str, list[object]]:
+        """Each field's values, from the row after row values of :meth:`values_of`."""
+        columns: dict[str, list[object]] = {}
+        for names, values in zip(
+            (encoder.categorical_names, encoder.numeric_names), self.values_of(rows), strict=True
+        ):
+            for j, name in enumerate(names):
+                columns[name] = values[j :: len(names)]
+        return columns
 
 
 # One decoder per loaded model version, made on its first request and gone with it.

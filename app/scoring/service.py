@@ -3,6 +3,7 @@ per-field explanations. Imports no FastAPI.
 
 ```
 field values ─► FeatureEncoder ─► ScoreCache.lookup ─► misses ─► Batcher ─► ScoreCache.store
+                                                                       └─► PredictionLog (sampled)
 ```
 """
 
@@ -24,6 +25,7 @@ from app.features.errors import SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
 from app.scoring.batcher import Batcher
+from app.scoring.prediction_log import Columns, PredictionLog
 from app.scoring.registry import ModelRegistry
 from app.scoring.scorer import Scorer
 
@@ -74,6 +76,7 @@ class PredictionService:
 
     Subscribes to the registry: every swap, by a poll or a reload, resets the score cache
     and announces the version under the registry's lock, so two swaps cannot interleave.
+    With a prediction log, the sampled rows of every answered request are queued to it.
     """
 
     def __init__(
@@ -82,23 +85,28 @@ class PredictionService:
         cache: ScoreCache,
         batcher: Batcher,
         metrics: ServiceMetrics,
+        log: PredictionLog | None = None,
     ) -> None:
         self.registry = registry
         self.cache = cache
         self.batcher = batcher
         self.metrics = metrics
+        self.log = log
         registry.subscribe(self._announce, self._refused)
 
     def parsed(self, seconds: float) -> None:
         """Count a protocol adapter's time decoding a body."""
         self.metrics.tally.stage(_PARSE, seconds)
 
-    async def score(self, scorer: Scorer, encode: Encode, rows: int) -> Scored:
+    async def score(
+        self, scorer: Scorer, encode: Encode, rows: int, columns: Columns | None = None
+    ) -> Scored:
         """The scores of ``rows`` rows that ``encode`` turns into indices with ``scorer``'s
         encoder (raises ``EncodeError``, ``ScoringError`` or ``OverloadedError``).
 
         The caller reads ``registry.current`` once and passes it here, so a request that
-        spans a swap is decoded and scored by one version.
+        spans a swap is decoded and scored by one version. ``columns`` gives the request's
+        values by field, for the prediction log.
         """
         if rows > LARGE_BATCH_ROWS:
             indices = await asyncio.to_thread(self._encode, scorer, encode)
@@ -118,7 +126,25 @@ class PredictionService:
         tally.stage(_CACHE, cache_s)
         tally.lookups(len(indices) - len(misses), len(misses))
         tally.scores(lookup.scores)
+        if self.log is not None and columns is not None:
+            self._log(self.log, scorer, lookup.scores, lookup.hits, columns)
         return Scored(lookup.scores, lookup.hits, scorer.version)
+
+    def _log(
+        self,
+        log: PredictionLog,
+        scorer: Scorer,
+        scores: NDArray[np.float32],
+        cached: NDArray[np.bool_],
+        columns: Columns,
+    ) -> None:
+        """Queue the request's sampled rows to the prediction log."""
+        chosen = log.rows_to_log(scorer.encoder, columns, len(scores))
+        if chosen is False:
+            return
+        rows = None if chosen is True else chosen
+        name = self.registry.repository.name
+        log.add(name, scorer.version, scores, cached, scorer.encoder, columns, rows)
 
     def _encode(self, scorer: Scorer, encode: Encode) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""

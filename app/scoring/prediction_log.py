@@ -1,0 +1,467 @@
+"""The prediction log: one Parquet record per scored row, written off the request path.
+
+```
+PredictionService.score ─► sampled? ─► PredictionLog.add ─► bounded queue (full: dropped, counted)
+                                                              │ writer thread
+                                                              ▼
+                         Arrow record batches ─► open file ".predictions-….parquet.open" (hidden)
+                         rolled by rows, bytes or age ─► renamed "predictions-….parquet" (whole)
+```
+
+A request only queues references to what it already holds (its decoded values, its scores);
+the writer thread turns them into Arrow columns. A reader (``ctrserve join``, ``drift``,
+pyarrow, DuckDB) lists ``*.parquet`` and never sees a file being written: the open file is
+hidden and is renamed only once its footer is written, so a worker killed with SIGKILL loses
+at most the records of its open file. Each worker writes its own files (the host name and
+the pid are in the name), so every worker of every replica can share one directory. A URI
+(``s3://bucket/log``, anything ``pyarrow.fs`` opens) is written the same way into a local
+spool and copied up whole when the file closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+
+from app.features.encoder import FeatureEncoder, canonical_token
+
+logger = logging.getLogger(__name__)
+
+# The log's own columns, before the model's fields (which therefore may not use these names).
+LOG_COLUMNS = ("request_id", "row", "served_at", "model", "version", "score", "cached")
+FILE_PREFIX = "predictions-"
+FILE_SUFFIX = ".parquet"
+_OPEN_SUFFIX = ".open"
+# Rows gathered into one Parquet row group (or fewer, once FLUSH_S has passed).
+ROW_GROUP_ROWS = 16_384
+FLUSH_S = 1.0
+
+# Raw values of a request by field name (Python lists or numpy arrays), made on demand.
+Columns = Callable[[FeatureEncoder], Mapping[str, Sequence[object] | NDArray[Any]]]
+
+
+class PredictionLogError(ValueError):
+    """The prediction log cannot be written where it is configured (refused at start-up)."""
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the protocol layer knows of a request: its id, and the sticky sampling key
+    taken from a header (``CTR_PREDICTION_LOG_KEY=header:...``)."""
+
+    request_id: str
+    sample_key: str | None = None
+
+
+# Set by the HTTP middleware and the gRPC servicer for the request being answered.
+CURRENT_REQUEST: ContextVar[RequestContext | None] = ContextVar("ctr_request", default=None)
+
+
+REQUEST_ID_HEADER = "x-request-id"
+_MAX_REQUEST_ID = 128
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def valid_request_id(value: str | None) -> str | None:
+    """A client's request id if it is one (printable ASCII, at most 128 characters):
+    anything else is replaced by a new id rather than refused."""
+    if value and len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
+def sample_key_header(setting: str | None) -> str | None:
+    """The header (lower case) that ``CTR_PREDICTION_LOG_KEY`` samples by, if it is one."""
+    if setting is None:
+        return None
+    key = SampleKey.parse(setting)
+    return key.name if key.source == "header" else None
+
+
+@dataclass(frozen=True)
+class SampleKey:
+    """Sticky sampling: ``header:<name>`` or ``feature:<field>``."""
+
+    source: Literal["header", "feature"]
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> SampleKey:
+        source, _, name = text.partition(":")
+        if source not in ("header", "feature") or not name:
+            raise ValueError(f"expected header:<name> or feature:<field>, got {text!r}")
+        return cls(source, name.lower() if source == "header" else name)  # type: ignore[arg-type]
+
+
+def key_sampled(key: str, rate: float) -> bool:
+    """Whether ``key`` falls in the sampled share: the same answer in every worker and
+    replica, since the hash (CRC-32) has no per-process seed."""
+    return zlib.crc32(key.encode()) < rate * 2**32
+
+
+@dataclass(frozen=True)
+class _Entry:
+    served_at: float
+    request_id: str
+    model: str
+    version: str
+    scores: NDArray[np.float32]
+    cached: NDArray[np.bool_]
+    encoder: FeatureEncoder
+    columns: Columns
+    rows: NDArray[np.int64] | None  # the sampled rows, when sampling was by a feature
+
+
+class PredictionLog:
+    """Each worker's writer of the prediction log.
+
+    Args:
+        target: a directory, or a URI ``pyarrow.fs`` opens.
+        sample: the share of requests (or, keyed by a feature, of rows) logged.
+        key: sticky sampling key; unset, each request is drawn on its own.
+        max_queued_rows: rows waiting for the writer at most; past it records are dropped
+            and counted, never waited for.
+        roll_rows, roll_bytes, roll_s: a file is closed and published once it holds this
+            many rows, reaches this size, or is this old, whichever comes first.
+        on_written, on_dropped: told counts of rows written and dropped (metrics).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        sample: float = 1.0,
+        key: SampleKey | None = None,
+        max_queued_rows: int = 100_000,
+        roll_rows: int = 1_000_000,
+        roll_bytes: int = 128 << 20,
+        roll_s: float = 300.0,
+        on_written: Callable[[int, int], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+    ) -> None:
+        if not 0.0 < sample <= 1.0:
+            raise PredictionLogError(f"sample must be in (0, 1], got {sample}")
+        self.sample = sample
+        self.key = key
+        self.max_queued_rows = max_queued_rows
+        self.roll_rows, self.roll_bytes, self.roll_s = roll_rows, roll_bytes, roll_s
+        self._on_written = on_written or (lambda rows, files: None)
+        self._on_dropped = on_dropped or (lambda rows: None)
+        self.filesystem, self.root, self._spool = _open_target(target)
+        self._prefix = f"{FILE_PREFIX}{{}}-{_safe(socket.gethostname())}-{os.getpid()}-"
+        self._sequence = 0
+        self._queue: deque[_Entry] = deque()
+        self._queued_rows = 0
+        self.dropped_rows = 0
+        self._ready = threading.Condition(threading.Lock())
+        self._closing = False
+        self._file: _OpenFile | None = None
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._pending_since = 0.0
+        self._thread = threading.Thread(target=self._run, name="ctr-prediction-log", daemon=True)
+        self._thread.start()
+
+    # -- the request path ----------------------------------------------------------------
+    def rows_to_log(
+        self, encoder: FeatureEncoder, columns: Columns, rows: int
+    ) -> NDArray[np.int64] | bool:
+        """Which rows of a request are logged: all (``True``), none (``False``), or these
+        (sampling keyed by a feature, decided row by row)."""
+        if self.sample >= 1.0:
+            return True
+        key = self.key
+        if key is None:
+            return bool(np.random.random() < self.sample)
+        if key.source == "header":
+            context = CURRENT_REQUEST.get()
+            if context is None or context.sample_key is None:
+                return bool(np.random.random() < self.sample)
+            return key_sampled(context.sample_key, self.sample)
+        values = columns(encoder).get(key.name)
+        if values is None:
+            return bool(np.random.random() < self.sample)
+        tokens = [_token(value) or "" for value in _as_list(values)]
+        return np.flatnonzero([key_sampled(token, self.sample) for token in tokens])
+
+    def add(
+        self,
+        model: str,
+        version: str,
+        scores: NDArray[np.float32],
+        cached: NDArray[np.bool_],
+        encoder: FeatureEncoder,
+        columns: Columns,
+        rows: NDArray[np.int64] | None = None,
+    ) -> None:
+        """Queue a request's records (never blocks: past the bound they are dropped)."""
+        count = len(scores) if rows is None else len(rows)
+        if count == 0:
+            return
+        context = CURRENT_REQUEST.get()
+        entry = _Entry(
+            time.time(),
+            context.request_id if context is not None else new_request_id(),
+            model,
+            version,
+            scores,
+            cached,
+            encoder,
+            columns,
+            rows,
+        )
+        with self._ready:
+            if self._closing or self._queued_rows + count > self.max_queued_rows:
+                self.dropped_rows += count
+                dropped = True
+            else:
+                self._queue.append(entry)
+                self._queued_rows += count
+                self._ready.notify()
+                dropped = False
+        if dropped:
+            self._on_dropped(count)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, close and publish the open file, stop the writer."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        self._thread.join(timeout)
+
+    # -- the writer thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                if not self._queue and not self._closing:
+                    self._ready.wait(self._wait_s())
+                entries = list(self._queue)
+                self._queue.clear()
+                self._queued_rows = 0
+                closing = self._closing
+            for entry in entries:
+                self._convert(entry)
+            now = time.monotonic()
+            if self._pending and (
+                closing
+                or self._pending_rows >= ROW_GROUP_ROWS
+                or now - self._pending_since >= FLUSH_S
+            ):
+                self._write_pending()
+            if self._file is not None and (closing or self._file.due(self, now)):
+                self._publish()
+            if closing:
+                return
+
+    def _wait_s(self) -> float:
+        now = time.monotonic()
+        waits = [FLUSH_S - (now - self._pending_since)] if self._pending else []
+        if self._file is not None:
+            waits.append(self.roll_s - (now - self._file.opened))
+        return max(0.01, min(waits, default=FLUSH_S))
+
+    def _convert(self, entry: _Entry) -> None:
+        try:
+            batch = _record_batch(entry)
+        except Exception:  # a value the log cannot hold must not stop the writer
+            logger.exception("prediction log: records of request %s dropped", entry.request_id)
+            self._drop(len(entry.scores) if entry.rows is None else len(entry.rows))
+            return
+        if self._pending and batch.schema != self._pending[0].schema:
+            self._write_pending()  # a model version with other fields starts a new file
+        if self._file is not None and batch.schema != self._file.schema:
+            self._publish()
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+
+    def _write_pending(self) -> None:
+        table = pa.Table.from_batches(self._pending)
+        self._pending, self._pending_rows = [], 0
+        try:
+            if self._file is None:
+                self._file = self._open(table.schema)
+            self._file.write(table)
+        except OSError:
+            logger.exception("prediction log: writing %d records failed", table.num_rows)
+            self._drop(table.num_rows + (self._file.rows if self._file is not None else 0))
+            if self._file is not None:
+                self._file.abandon()
+            self._file = None
+
+    def _open(self, schema: pa.Schema) -> _OpenFile:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        self._sequence += 1
+        name = f"{self._prefix.format(stamp)}{self._sequence:05d}{FILE_SUFFIX}"
+        directory = self._spool or self.root
+        return _OpenFile(schema, name, os.path.join(directory, f".{name}{_OPEN_SUFFIX}"))
+
+    def _publish(self) -> None:
+        """Close the open file and make it visible under its name, whole."""
+        open_file, self._file = self._file, None
+        if open_file is None:
+            return
+        try:
+            open_file.close()
+            if self._spool is None:
+                os.replace(open_file.path, os.path.join(self.root, open_file.name))
+            else:
+                destination = f"{self.root}/{open_file.name}"
+                with (
+                    open(open_file.path, "rb") as source,
+                    self.filesystem.open_output_stream(destination) as sink,
+                ):
+                    while chunk := source.read(1 << 20):
+                        sink.write(chunk)
+                os.remove(open_file.path)
+        except OSError:
+            logger.exception("prediction log: publishing %s failed", open_file.name)
+            self._drop(open_file.rows)
+            open_file.abandon()
+            return
+        self._on_written(open_file.rows, 1)
+
+    def _drop(self, rows: int) -> None:
+        self.dropped_rows += rows
+        self._on_dropped(rows)
+
+
+class _OpenFile:
+    def __init__(self, schema: pa.Schema, name: str, path: str) -> None:
+        self.schema, self.name, self.path = schema, name, path
+        self.opened = time.monotonic()
+        self.rows = 0
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def due(self, log: PredictionLog, now: float) -> bool:
+        return (
+            self.rows >= log.roll_rows
+            or now - self.opened >= log.roll_s
+            or os.path.getsize(self.path) >= log.roll_bytes
+        )
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table, row_group_size=len(table))
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def abandon(self) -> None:
+        with contextlib.suppress(OSError, pa.ArrowException):
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+
+
+def _open_target(target: str) -> tuple[pafs.FileSystem, str, str | None]:
+    """The filesystem and directory of ``target``, created and checked writable, and the
+    local spool for a remote one (``None`` when local)."""
+    try:
+        if "://" in target:
+            filesystem, root = pafs.FileSystem.from_uri(target)
+        else:
+            filesystem, root = pafs.LocalFileSystem(), os.path.abspath(target)
+        filesystem.create_dir(root, recursive=True)
+    except (OSError, pa.ArrowException) as exc:
+        raise PredictionLogError(f"prediction log {target!r}: {exc}") from None
+    if not isinstance(filesystem, pafs.LocalFileSystem):
+        return filesystem, root.rstrip("/"), tempfile.mkdtemp(prefix="ctrserve-log-")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise PredictionLogError(f"prediction log {target!r}: the directory is not writable")
+    return filesystem, root, None
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:64] or "host"
+
+
+def _as_list(values: Sequence[object] | NDArray[Any]) -> list[object]:
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "S":
+            return [v.decode("utf-8", "replace") for v in values.tolist()]
+        return values.tolist()  # type: ignore[no-any-return]
+    return list(values)
+
+
+def _token(value: object) -> str | None:
+    """A categorical value as the model looked it up (``None``: missing)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # NaN in a binary tensor means missing
+    try:
+        return canonical_token(value)
+    except TypeError:
+        return str(value)
+
+
+def _number(value: object) -> float | None:
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _record_batch(entry: _Entry) -> pa.RecordBatch:
+    """One request's records: the log's columns, then every field of its model."""
+    encoder = entry.encoder
+    clash = set(LOG_COLUMNS) & set(encoder.names)
+    if clash:
+        raise ValueError(f"fields {sorted(clash)} have the names of the log's own columns")
+    values = entry.columns(encoder)
+    total = len(entry.scores)
+    chosen = np.arange(total) if entry.rows is None else entry.rows
+    count = len(chosen)
+
+    def pick(column: Sequence[object] | NDArray[Any] | None) -> list[object]:
+        if column is None:
+            return [None] * count
+        items = _as_list(column)
+        return items if entry.rows is None else [items[i] for i in chosen]
+
+    arrays: dict[str, pa.Array] = {
+        "request_id": pa.array([entry.request_id] * count, pa.string()),
+        "row": pa.array(chosen, pa.int32()),
+        "served_at": pa.array(
+            np.full(count, int(entry.served_at * 1e6), dtype="datetime64[us]"),
+            pa.timestamp("us", tz="UTC"),
+        ),
+        "model": pa.array([entry.model] * count, pa.string()),
+        "version": pa.array([entry.version] * count, pa.string()),
+        "score": pa.array(entry.scores[chosen], pa.float32()),
+        "cached": pa.array(entry.cached[chosen], pa.bool_()),
+    }
+    for name in encoder.categorical_names:
+        arrays[name] = pa.array([_token(v) for v in pick(values.get(name))], pa.string())
+    for name in encoder.numeric_names:
+        arrays[name] = pa.array([_number(v) for v in pick(values.get(name))], pa.float64())
+    return pa.RecordBatch.from_pydict(arrays)

@@ -1,0 +1,252 @@
+"""The prediction log: every scored row of every protocol becomes one record, with its
+request id, values and score; a full queue drops and counts; sampling is sticky by a key;
+a worker killed with SIGKILL loses at most its open file, and no reader sees a partial one."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.main import create_app
+from app.scoring import prediction_log
+from app.scoring.prediction_log import LOG_COLUMNS, PredictionLog, SampleKey
+from app.scoring.scorer import Scorer
+from app.scoring.repository import resolve_model_dir
+from support.servers import free_port, listening_process, metric_values
+from support.servers import server as start_server
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+httpclient = pytest.importorskip("tritonclient.http")
+
+
+def _records(directory: Path) -> pa.Table:
+    """Every published record, read as a user's reader would (hidden files skipped)."""
+    return pads.dataset(directory, format="parquet").to_table()
+
+
+def _tensors(module, rows: list[dict[str, object]]) -> list:
+    inputs = []
+    for name, datatype, values in (
+        ("c0", "BYTES", np.array([str(r["c0"]).encode() for r in rows], dtype=object)),
+        ("n0", "FP32", np.array([r["n0"] for r in rows], dtype=np.float32)),
+    ):
+        tensor = module.InferInput(name, [len(rows)], datatype)
+        tensor.set_data_from_numpy(values)
+        inputs.append(tensor)
+    return inputs
+
+
+@pytest.fixture
+def served(repository: Path, tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """(HTTP base URL, gRPC address, log directory) of a real `python -m app` logging all."""
+    grpc_port = free_port()
+    log = tmp_path / "log"
+    env = {
+        "CTR_MODEL_DIR": str(repository),
+        "CTR_GRPC_PORT": str(grpc_port),
+        "CTR_PREDICTION_LOG": str(log),
+    }
+    with start_server([sys.executable, "-m", "app"], env) as base:
+        yield base, f"127.0.0.1:{grpc_port}", log
+
+
+@pytest.mark.slow
+def test_every_protocol_logs_every_row_with_its_id_values_and_score(
+    served: tuple[str, str, Path],
+) -> None:
+    base, address, log = served
+    answers: dict[str, list[float]] = {}
+    one = httpx.post(
+        f"{base}/predict",
+        json={"features": {"c0": "c0_1", "n0": 2.5, "c1": 7}},
+        headers={"X-Request-ID": "single-1"},
+    )
+    assert one.headers["x-request-id"] == "single-1"
+    answers["single-1"] = [one.json()["prediction"]]
+    rows = [{"c0": f"c0_{i}", "n0": i / 4} for i in range(3)]
+    batch = httpx.post(f"{base}/predict", json={"instances": rows})
+    generated = batch.headers["x-request-id"]  # none sent: one is made and returned
+    answers[generated] = batch.json()["predictions"]
+    v2 = httpclient.InferenceServerClient(base.removeprefix("http://"))
+    result = v2.infer("repository", _tensors(httpclient, rows), headers={"X-Request-ID": "v2-1"})
+    answers["v2-1"] = result.as_numpy("score").tolist()
+    grpc = grpcclient.InferenceServerClient(address)
+    result = grpc.infer("repository", _tensors(grpcclient, rows), headers={"x-request-id": "g-1"})
+    answers["g-1"] = result.as_numpy("score").tolist()
+    listening_process(base).send_signal(signal.SIGTERM)  # a clean stop publishes the open file
+    deadline = time.monotonic() + 20
+    while not list(log.glob("*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    table = _records(log).sort_by([("request_id", "ascending"), ("row", "ascending")])
+    assert table.column_names[: len(LOG_COLUMNS)] == list(LOG_COLUMNS)
+    assert table.num_rows == sum(len(scores) for scores in answers.values())
+    records = table.to_pylist()
+    for request_id, scores in answers.items():
+        mine = [r for r in records if r["request_id"] == request_id]
+        assert [r["row"] for r in mine] == list(range(len(scores)))
+        assert [r["score"] for r in mine] == pytest.approx(scores, rel=1e-6)
+        assert {r["model"] for r in mine} == {"repository"}
+    single = next(r for r in records if r["request_id"] == "single-1")
+    # values as the model looked them up: the id 7 sent as a number is the token "7"
+    assert (single["c0"], single["c1"], single["n0"], single["n1"]) == ("c0_1", "7", 2.5, None)
+    for request_id in (generated, "v2-1", "g-1"):
+        mine = [r for r in records if r["request_id"] == request_id]
+        assert [r["c0"] for r in mine] == ["c0_0", "c0_1", "c0_2"]
+        assert [r["n0"] for r in mine] == [0.0, 0.25, 0.5]
+    # the same rows a third time (a row is cached on its second sight): from the score cache
+    cached = {r["request_id"]: r["cached"] for r in records}
+    assert (cached[generated], cached["g-1"]) == (False, True)
+
+
+def test_sampling_by_a_header_is_sticky_per_user(settings: Settings, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    settings = settings.model_copy(
+        update={
+            "prediction_log": str(log),
+            "prediction_log_sample": 0.3,
+            "prediction_log_key": "header:X-User-Id",
+        }
+    )
+    users = [f"user-{i}" for i in range(200)]
+    with TestClient(create_app(settings)) as client:
+        for round_ in range(3):
+            for user in users:
+                features = {"c0": f"c0_{round_}", "n0": 1.0}
+                response = client.post(
+                    "/predict", json={"features": features}, headers={"X-User-Id": user}
+                )
+                assert response.status_code == 200
+    logged = _records(log).column("request_id").to_pylist()
+    assert len(logged) % 3 == 0  # a user is logged in every round or in none
+    expected = [u for u in users if zlib.crc32(u.encode()) < 0.3 * 2**32]
+    assert len(logged) == 3 * len(expected)
+    assert 40 <= len(expected) <= 80  # the share drawn is the share asked for
+
+
+def test_sampling_by_a_feature_is_sticky_per_value(settings: Settings, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    settings = settings.model_copy(
+        update={
+            "prediction_log": str(log),
+            "prediction_log_sample": 0.5,
+            "prediction_log_key": "feature:c0",
+        }
+    )
+    values = [f"c0_{i}" for i in range(100)]
+    with TestClient(create_app(settings)) as client:
+        rows = [{"c0": value, "n0": 1.0} for value in values]
+        assert client.post("/predict", json={"instances": rows}).status_code == 200
+    logged = sorted(_records(log).column("c0").to_pylist())
+    assert logged == sorted(v for v in values if zlib.crc32(v.encode()) < 0.5 * 2**32)
+
+
+def _scored(scorer: Scorer, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.linspace(0, 1, rows, dtype=np.float32), np.zeros(rows, dtype=bool)
+
+
+def test_a_full_queue_drops_and_counts_and_never_waits(
+    repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scorer = Scorer.load(resolve_model_dir(repository))
+    release = threading.Event()
+    convert = prediction_log._record_batch
+
+    def stalled(entry: prediction_log._Entry) -> pa.RecordBatch:
+        release.wait(10)  # a writer stuck on a slow disk
+        return convert(entry)
+
+    monkeypatch.setattr(prediction_log, "_record_batch", stalled)
+    dropped: list[int] = []
+    log = PredictionLog(str(tmp_path / "log"), max_queued_rows=10, on_dropped=dropped.append)
+    columns = lambda encoder: {"c0": ["c0_1"] * 4}  # noqa: E731
+    scores, cached = _scored(scorer, 4)
+    log.add("m", "v", scores, cached, scorer.encoder, columns)  # taken by the stalled writer
+    deadline = time.monotonic() + 5
+    while log.queued_rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    for _ in range(5):  # 20 rows for a queue of 10: 2 requests fit, 3 are dropped
+        log.add("m", "v", scores, cached, scorer.encoder, columns)
+    assert time.monotonic() - started < 0.5
+    assert dropped == [4, 4, 4]
+    assert log.dropped_rows == 12
+    release.set()
+    log.close()
+    assert _records(tmp_path / "log").num_rows == 12  # nothing the queue took is lost
+
+
+@pytest.mark.slow
+def test_sigkill_loses_at_most_the_open_file(repository: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    env = {
+        "CTR_MODEL_DIR": str(repository),
+        "CTR_PREDICTION_LOG": str(log),
+        "CTR_PREDICTION_LOG_ROLL_ROWS": "50",
+    }
+    with start_server([sys.executable, "-m", "app"], env) as base, httpx.Client() as client:
+
+        def send(count: int, first: int) -> None:
+            for i in range(first, first + count):
+                body = {"features": {"c0": f"c0_{i}", "n0": 1.0}}
+                client.post(f"{base}/predict", json=body).raise_for_status()
+
+        send(60, 0)
+        deadline = time.monotonic() + 10
+        while metric_values(base, "ctr_prediction_log_records_total")[0] < 60:
+            assert time.monotonic() < deadline, "the first file was never published"
+            time.sleep(0.1)
+        send(30, 60)
+        time.sleep(2 * prediction_log.FLUSH_S)  # written into the open file, not published
+        listening_process(base).send_signal(signal.SIGKILL)
+        time.sleep(0.5)
+    published = sorted(log.glob("*.parquet"))
+    assert len(published) == 1
+    assert pq.read_table(published[0]).num_rows == 60  # whole, with its footer
+    assert _records(log).num_rows == 60  # a reader of the directory sees only that file
+    hidden = [p for p in log.iterdir() if p.name.startswith(".")]
+    assert len(hidden) == 1  # the open file: its 30 records are what was lost
+
+
+def test_a_remote_filesystem_gets_whole_files(repository: Path) -> None:
+    scorer = Scorer.load(resolve_model_dir(repository))
+    written: list[tuple[int, int]] = []
+    log = PredictionLog("mock:///bucket/log", on_written=lambda r, f: written.append((r, f)))
+    scores, cached = _scored(scorer, 3)
+    log.add("m", "v1", scores, cached, scorer.encoder, lambda e: {"c0": ["a", "b", None]})
+    log.close()
+    files = log.filesystem.get_file_info(pa.fs.FileSelector("bucket/log"))
+    assert [info.base_name.endswith(".parquet") for info in files] == [True]
+    table = pq.read_table(files[0].path, filesystem=log.filesystem)
+    assert table.column("c0").to_pylist() == ["a", "b", None]
+    assert table.column("score").to_pylist() == pytest.approx(scores.tolist())
+    assert written == [(3, 1)]
+
+
+@pytest.mark.parametrize("text", ["cookie:x", "header:", "feature", ""])
+def test_a_sampling_key_is_a_header_or_a_feature(text: str) -> None:
+    with pytest.raises(ValueError, match="header:<name> or feature:<field>"):
+        SampleKey.parse(text)
+
+
+def test_an_unwritable_log_is_refused_at_start_up(settings: Settings, tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    settings = settings.model_copy(update={"prediction_log": str(blocked / "log")})
+    with pytest.raises(prediction_log.PredictionLogError, match="prediction log"):
+        with TestClient(create_app(settings)):
+            pass
