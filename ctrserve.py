@@ -1,7 +1,7 @@
 """The ``ctrserve`` command: one entry point for training (needs the ``train`` extra, torch)
 and serving (the ``serve`` extra alone). Serving commands never import torch.
 
-    ctrserve synth|train|tune|ladder|evaluate|export|inspect ...    (python -m training ...)
+    ctrserve synth|train|tune|ladder|evaluate|predict|join|drift|export|inspect ...    (python -m training ...)
     ctrserve serve|publish ...                                      (python -m app ...)
 """
 
@@ -14,7 +14,9 @@ TRAINING = {
     "train": "train one model and export it into a model repository",
     "tune": "search min-count, k and L2 on the validation rows",
     "ladder": "train every model of the ladder on one split",
-    "evaluate": "score a file with an exported model (onnxruntime)",
+    "evaluate": "score a labelled file with an exported model (onnxruntime): metrics",
+    "predict": "score a file or directory without labels (onnxruntime) into Parquet or CSV",
+    "join": "join the prediction log with label events into training rows",
     "export": "re-export a model from its checkpoint",
     "inspect": "map a field's latent vectors (PCA/t-SNE)",
 }

@@ -52,6 +52,20 @@ def _memory_size(text: str) -> int:
         ) from None
 
 
+def _duration_s(text: str) -> float:
+    """``90s``, ``30m``, ``1h``, ``2d`` or seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    cleaned = text.strip().lower()
+    try:
+        if cleaned and cleaned[-1] in units:
+            return float(cleaned[:-1]) * units[cleaned[-1]]
+        return float(cleaned)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30m, 1h or 3600, got {text!r}"
+        ) from None
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -212,6 +226,41 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["all", "test", "val", "train"],
         default="all",
         help="rows to score: the whole file, or one split of the training run",
+    )
+
+    predict = commands.add_parser(
+        "predict", help="score a file or a directory with an exported model (ORT), no label"
+    )
+    predict.add_argument("--model-dir", type=Path, required=True)
+    predict.add_argument(
+        "--data", type=Path, required=True, help="a file the trainer reads, a directory or a glob"
+    )
+    predict.add_argument("--format", choices=["csv", "tsv", "criteo", "parquet"], default=None)
+    predict.add_argument("--out", type=Path, required=True, help="a .parquet or .csv file")
+    predict.add_argument(
+        "--keep", type=_csv_list, default=(), help="columns written beside the score, e.g. id"
+    )
+    predict.add_argument("--bad-rows", choices=["error", "skip"], default="error")
+
+    join = commands.add_parser(
+        "join", help="prediction log + label events -> training rows (Parquet)"
+    )
+    join.add_argument("--log", type=Path, required=True, help="prediction log directory or file")
+    join.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        help="label events (.parquet or .csv): request_id, time and optionally row",
+    )
+    join.add_argument("--out", type=Path, required=True, help="the training file (.parquet)")
+    join.add_argument(
+        "--window",
+        type=_duration_s,
+        default=_duration_s("1h"),
+        help="attribution window after serving, e.g. 30m, 1h, 1d (later events count as 0)",
+    )
+    join.add_argument(
+        "--memory-limit", default="512MB", help="DuckDB's memory before it spills to disk"
     )
 
     tune = commands.add_parser(

@@ -17,6 +17,7 @@ from app.scoring.manifest import ModelManifest
 from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from training import synth
+from training.batch_predict import predict_file
 from training.config import config_from_args
 from training.data import BadRowLog, ColumnRoles, DataError, DataSource, open_source
 from training.dataset import Prepared, encode_batch, prepare, split_rule
@@ -29,6 +30,7 @@ from training.distributed import (
 )
 from training.evaluation import Metrics, binary_metrics, oracle_metrics, regression_metrics
 from training.export import reexport, write_artifact
+from training.label_join import join
 from training.memory import available_memory, check_fits, plan
 from training.models import MODELS
 from training.split import SPLIT_NAMES
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         "train": run_train,
         "ladder": run_ladder,
         "evaluate": run_evaluate,
+        "predict": run_predict,
+        "join": run_join,
         "export": run_export,
         "tune": run_tune,
         "inspect": run_inspect,
@@ -329,6 +333,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
             **metrics,
         }
     )
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    summary = predict_file(
+        args.model_dir, args.data, args.out, args.format, args.keep, BadRowLog(args.bad_rows)
+    )
+    _emit({**asdict(summary), "rows_per_s": round(summary.rows_per_s)})
+    return 0
+
+
+def run_join(args: argparse.Namespace) -> int:
+    summary = join(args.log, args.labels, args.out, args.window, args.memory_limit)
+    _emit({**asdict(summary), "label_share": round(summary.label_share, 6)})
     return 0
 
 

@@ -95,11 +95,12 @@ class Batch:
 
     categorical: dict[str, pa.Array]
     numeric: dict[str, np.ndarray]
-    labels: np.ndarray  # float32
+    labels: np.ndarray  # float32; NaN when the source has no label (scoring, drift)
     weights: np.ndarray | None  # float32
     positions: np.ndarray  # int64
     oracle: np.ndarray | None  # float64 p_true, when the file has it
     time: pa.Array | None  # the time-split column, when one is named
+    kept: dict[str, pa.Array] = field(default_factory=dict)  # columns carried as they are
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -111,7 +112,7 @@ class DataSource:
 
     files: tuple[Path, ...]
     fmt: DataFormat
-    label: str
+    label: str | None  # None: rows to score, not to learn from
     weight: str | None
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
@@ -119,6 +120,7 @@ class DataSource:
     has_oracle: bool = False
     time_column: str | None = None
     batch_rows: int = BATCH_ROWS
+    keep: tuple[str, ...] = ()
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -146,7 +148,8 @@ class DataSource:
 
     def _columns(self) -> list[str]:
         extra = [self.weight, ORACLE_COLUMN if self.has_oracle else None, self.time_column]
-        return [self.label, *self.feature_names, *(c for c in extra if c is not None)]
+        named = [self.label, *self.feature_names, *(c for c in extra if c is not None)]
+        return list(dict.fromkeys(c for c in [*named, *self.keep] if c is not None))
 
     def fingerprint(self) -> str:
         """What the data is: file names, sizes and the bytes at both ends of each file.
@@ -224,6 +227,8 @@ def open_source(
     task: Task = "binary",
     time_column: str | None = None,
     batch_rows: int = BATCH_ROWS,
+    labelled: bool = True,
+    keep: Sequence[str] = (),
 ) -> DataSource:
     """Find the files, read the first one's columns and settle every column's role.
 
@@ -233,6 +238,9 @@ def open_source(
             inferred from the first batch (columns with fractions are numeric, the rest
             categorical); a file with Criteo's column names gets Criteo's roles.
         time_column: a column kept out of the features for a time-based split.
+        labelled: ``False`` for rows to score: no label is looked for or read, and the
+            features must be named in ``roles``.
+        keep: columns carried through unchanged (ids to write beside scores).
     """
     files = expand_files(data)
     for path in files:
@@ -257,11 +265,26 @@ def open_source(
             numeric=roles.numeric or CRITEO_NUMERIC,
             ignore=roles.ignore,
         )
+    if not labelled:
+        missing = [c for c in (*roles.categorical, *roles.numeric, *keep) if c not in columns]
+        if missing:
+            raise DataError(f"{files[0]}: columns not in the file: {missing} (columns: {columns})")
+        return DataSource(
+            files=files,
+            fmt=fmt,
+            label=None,
+            weight=None,
+            categorical=tuple(roles.categorical),
+            numeric=tuple(roles.numeric),
+            task=task,
+            batch_rows=batch_rows,
+            keep=tuple(keep),
+        )
     label = roles.label or next((c for c in _LABEL_CANDIDATES if c in columns), None)
     if label is None:
         raise DataError(f"{files[0]}: no label column; name it with --label (columns: {columns})")
     named = (label, roles.weight, time_column, *roles.categorical, *roles.numeric, *roles.ignore)
-    missing = [c for c in named if c is not None and c not in columns]
+    missing = [c for c in (*named, *keep) if c is not None and c not in columns]
     if missing:
         raise DataError(f"{files[0]}: columns not in the file: {missing} (columns: {columns})")
     ignored = set(roles.ignore) | {c for c in _DEFAULT_IGNORED if c not in named}
@@ -290,6 +313,7 @@ def open_source(
         has_oracle=ORACLE_COLUMN in columns and ORACLE_COLUMN not in named,
         time_column=time_column,
         batch_rows=batch_rows,
+        keep=tuple(keep),
     )
 
 
@@ -509,14 +533,17 @@ def _check(
         numbers, bad = _numbers_with_errors(column)
         flag(bad, name, "expected a finite number", column)
         numeric[name] = numbers
-    label_text = raw.column(source.label)
-    labels, bad = _numbers_with_errors(label_text)
-    bad |= np.isnan(labels)
-    if source.task == "binary":
-        bad |= ~np.isin(labels, (0.0, 1.0))
-        flag(bad, source.label, "binary labels must be 0 or 1", label_text)
+    if source.label is None:
+        labels = np.full(num_rows, np.nan)
     else:
-        flag(bad, source.label, "regression targets must be finite numbers", label_text)
+        label_text = raw.column(source.label)
+        labels, bad = _numbers_with_errors(label_text)
+        bad |= np.isnan(labels)
+        if source.task == "binary":
+            bad |= ~np.isin(labels, (0.0, 1.0))
+            flag(bad, source.label, "binary labels must be 0 or 1", label_text)
+        else:
+            flag(bad, source.label, "regression targets must be finite numbers", label_text)
     weights = None
     if source.weight is not None:
         weight_text = raw.column(source.weight)
@@ -549,4 +576,8 @@ def _check(
         positions=rows(positions),
         oracle=None if oracle is None else rows(oracle),
         time=None if time is None else (time if chosen is None else time.filter(chosen)),
+        kept={
+            name: raw.column(name) if chosen is None else raw.column(name).filter(chosen)
+            for name in source.keep
+        },
     )

@@ -24,8 +24,8 @@ from app.core.config import Settings
 from app.main import create_app
 from app.scoring import prediction_log
 from app.scoring.prediction_log import LOG_COLUMNS, PredictionLog, SampleKey
-from app.scoring.scorer import Scorer
 from app.scoring.repository import resolve_model_dir
+from app.scoring.scorer import Scorer
 from support.servers import free_port, listening_process, metric_values
 from support.servers import server as start_server
 
@@ -247,6 +247,8 @@ def test_an_unwritable_log_is_refused_at_start_up(settings: Settings, tmp_path: 
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     settings = settings.model_copy(update={"prediction_log": str(blocked / "log")})
-    with pytest.raises(prediction_log.PredictionLogError, match="prediction log"):
-        with TestClient(create_app(settings)):
-            pass
+    with (
+        pytest.raises(prediction_log.PredictionLogError, match="prediction log"),
+        TestClient(create_app(settings)),
+    ):
+        pass

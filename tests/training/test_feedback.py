@@ -1,0 +1,124 @@
+"""The offline half of the feedback loop, through the CLI: `ctrserve predict` scores a file
+without labels, `ctrserve join` turns a prediction log and label events into training rows
+with the right labels and counts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from app.scoring.prediction_log import PredictionLog
+from app.scoring.repository import resolve_model_dir
+from app.scoring.scorer import Scorer
+from support.training_files import training_cli as cli
+from training.data import open_source
+
+pytestmark = pytest.mark.slow  # runs the training CLI
+
+
+def test_predict_scores_every_row_and_keeps_the_ids(
+    model_dir: Path, synth_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "scores.parquet"
+    done = cli("predict", "--model-dir", str(model_dir), "--data", str(synth_csv), "--out",
+               str(out), "--keep", "label")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    table = pq.read_table(out)
+    rows = pacsv.read_csv(synth_csv)
+    assert summary["rows"] == table.num_rows == rows.num_rows
+    assert table.column_names == ["label", "score"]
+    assert table.column("label").to_pylist() == [str(v) for v in rows.column("label").to_pylist()]
+    evaluated = cli("evaluate", "--model-dir", str(model_dir), "--data", str(synth_csv))
+    scores = table.column("score").to_numpy()
+    labels = rows.column("label").to_numpy()
+    # the same scores evaluate computes its metrics from: its log loss, recomputed
+    log_loss = -np.mean(labels * np.log(scores) + (1 - labels) * np.log(1 - scores))
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["logloss"] == pytest.approx(log_loss, rel=1e-4)
+    assert metrics["mean_predicted"] == pytest.approx(scores.mean(), rel=1e-5)
+
+
+def test_predict_names_what_is_wrong(model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "rows.csv"
+    data.write_text("c0,n0\nc0_1,1.5\n")
+    done = cli("predict", "--model-dir", str(model_dir), "--data", str(data), "--out",
+               str(tmp_path / "out.parquet"))  # fmt: skip
+    assert done.returncode == 2
+    assert "columns not in the file" in done.stderr
+    assert "c1" in done.stderr
+    done = cli("predict", "--model-dir", str(model_dir), "--data", str(data), "--out",
+               str(tmp_path / "out.json"))  # fmt: skip
+    assert done.returncode == 2
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_join_labels_rows_by_request_row_and_window(model_dir: Path, tmp_path: Path) -> None:
+    scorer = Scorer.load(resolve_model_dir(model_dir))
+    log = PredictionLog(str(tmp_path / "log"))
+    served = time.time()
+
+    def request(request_id: str, values: list[str]) -> None:
+        from app.scoring.prediction_log import CURRENT_REQUEST, RequestContext
+
+        token = CURRENT_REQUEST.set(RequestContext(request_id))
+        scores = np.full(len(values), 0.5, dtype=np.float32)
+        log.add("ctr", "v1", scores, np.zeros(len(values), bool), scorer.encoder,
+                lambda encoder: {"c0": values})  # fmt: skip
+        CURRENT_REQUEST.reset(token)
+
+    request("clicked", ["c0_1"])
+    request("late", ["c0_2"])
+    request("batch", ["c0_3", "c0_4"])
+    request("ignored", ["c0_5"])
+    request("clicked", ["c0_1"])  # the client retried with the same id
+    log.close()
+    events = pa.table(
+        {
+            "request_id": ["clicked", "clicked", "late", "batch", "nobody"],
+            "row": [0, 0, 0, 1, 0],
+            "time": [served + 10, served + 20, served + 7200, served + 60, served + 5],
+        }
+    )
+    pacsv.write_csv(events, tmp_path / "clicks.csv")
+    out = tmp_path / "train.parquet"
+    done = cli("join", "--log", str(tmp_path / "log"), "--labels", str(tmp_path / "clicks.csv"),
+               "--out", str(out), "--window", "1h")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["rows"], summary["labelled"], summary["duplicates"]) == (5, 2, 1)
+    assert (summary["late_events"], summary["unmatched_events"]) == (1, 1)
+    assert summary["label_share"] == pytest.approx(0.4)
+    table = pq.read_table(out)
+    assert table.column_names == ["label", *scorer.encoder.categorical_names,
+                                  *scorer.encoder.numeric_names]  # fmt: skip
+    labelled = dict(
+        zip(table.column("c0").to_pylist(), table.column("label").to_pylist(), strict=True)
+    )
+    assert labelled == {"c0_1": 1, "c0_2": 0, "c0_3": 0, "c0_4": 1, "c0_5": 0}
+    # the trainer reads it as it is: the label found, every field in the model's role
+    source = open_source(out)
+    assert source.label == "label"
+    assert source.categorical == scorer.encoder.categorical_names
+    assert source.numeric == scorer.encoder.numeric_names
+
+
+def test_join_names_what_is_wrong(tmp_path: Path) -> None:
+    (tmp_path / "log").mkdir()
+    labels = tmp_path / "clicks.csv"
+    labels.write_text("request_id,time\nr1,5\n")
+    done = cli("join", "--log", str(tmp_path / "log"), "--labels", str(labels), "--out",
+               str(tmp_path / "t.parquet"))  # fmt: skip
+    assert done.returncode == 2
+    assert "no prediction log files" in done.stderr
+    done = cli("join", "--log", str(tmp_path / "log"), "--labels", str(labels), "--out",
+               str(tmp_path / "t.parquet"), "--window", "soon")  # fmt: skip
+    assert done.returncode == 2
+    assert "expected a duration" in done.stderr
