@@ -1,8 +1,9 @@
 """The ``ctrserve`` command: one entry point for training (needs the ``train`` extra, torch)
 and serving (the ``serve`` extra alone). Serving commands never import torch.
 
-    ctrserve synth|train|tune|ladder|evaluate|predict|join|drift|export|inspect ...    (python -m training ...)
-    ctrserve serve|publish ...                                      (python -m app ...)
+    ctrserve synth|train|tune|ladder|evaluate|predict|join|drift|export|inspect ...
+                                                   (python -m training ..., the train extra)
+    ctrserve serve|publish ...                     (python -m app ...)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ TRAINING = {
     "evaluate": "score a labelled file with an exported model (onnxruntime): metrics",
     "predict": "score a file or directory without labels (onnxruntime) into Parquet or CSV",
     "join": "join the prediction log with label events into training rows",
+    "drift": "compare new data (or the prediction log) with a model's training data",
     "export": "re-export a model from its checkpoint",
     "inspect": "map a field's latent vectors (PCA/t-SNE)",
 }

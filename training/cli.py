@@ -186,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write feature combinations with impressions and rate (regression)",
     )
+    synth.add_argument(
+        "--day", type=int, default=0, help="another day of the same world (same truth)"
+    )
+    synth.add_argument(
+        "--shift",
+        type=_csv_list,
+        default=(),
+        help="categorical fields that drift that day: new values, changed frequencies",
+    )
 
     prepare = commands.add_parser(
         "prepare", help="fit the spec and write the encoded shards into the cache, once"
@@ -262,6 +271,24 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument(
         "--memory-limit", default="512MB", help="DuckDB's memory before it spills to disk"
     )
+
+    drift = commands.add_parser(
+        "drift", help="new data against a model's training data: PSI per field and score"
+    )
+    drift.add_argument("--model-dir", type=Path, required=True)
+    drift.add_argument(
+        "--data", type=Path, required=True, help="a prediction log, or any file the trainer reads"
+    )
+    drift.add_argument("--format", choices=["csv", "tsv", "criteo", "parquet"], default=None)
+    drift.add_argument(
+        "--threshold",
+        type=float,
+        default=0.2,
+        help="PSI at which a field is flagged and the command exits 1",
+    )
+    drift.add_argument("--plot", type=Path, default=None, help="also draw the PSI chart (PNG)")
+    drift.add_argument("--report", type=Path, default=None, help="also write the table (Markdown)")
+    drift.add_argument("--bad-rows", choices=["error", "skip"], default="error")
 
     tune = commands.add_parser(
         "tune", help="choose min-count, embedding size and L2 on the validation rows"

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from torch import nn
 
 from app.scoring.manifest import ModelManifest
 from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
-from training import synth
+from training import drift, synth
 from training.batch_predict import predict_file
 from training.config import config_from_args
 from training.data import BadRowLog, ColumnRoles, DataError, DataSource, open_source
@@ -34,7 +35,8 @@ from training.label_join import join
 from training.memory import available_memory, check_fits, plan
 from training.models import MODELS
 from training.split import SPLIT_NAMES
-from training.train import TrainConfig, count_parameters, evaluate, fit, new_model
+from training.statistics import TrainingStatistics, index_counts, score_histogram
+from training.train import TrainConfig, count_parameters, evaluate, fit, new_model, predict_split
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluate": run_evaluate,
         "predict": run_predict,
         "join": run_join,
+        "drift": run_drift,
         "export": run_export,
         "tune": run_tune,
         "inspect": run_inspect,
@@ -63,7 +66,12 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.rows < 1:
         raise DataError(f"--rows must be a positive number of rows, got {args.rows}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    rows = synth.write(args.out, args.rows, args.seed, args.layout, args.aggregate)
+    try:
+        rows = synth.write(
+            args.out, args.rows, args.seed, args.layout, args.aggregate, args.day, args.shift
+        )
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     logger.info("wrote %d rows to %s", rows, args.out)
     return 0
 
@@ -187,11 +195,30 @@ def train_one(
             "history": result.history,
         }
         manifest = write_artifact(
-            model, prepared.spec, config.model, config.task, out, metrics, training
+            model,
+            prepared.spec,
+            config.model,
+            config.task,
+            out,
+            metrics,
+            training,
+            _statistics(model, prepared, config),
         )
         summary["version"] = manifest.version
         summary["model_dir"] = str(out)
     return summary
+
+
+def _statistics(model: nn.Module, prepared: Prepared, config: TrainConfig) -> TrainingStatistics:
+    """The training rows' index counts and the validation scores, for ``ctrserve drift``."""
+    reference = prepared.val if len(prepared.val) else prepared.test
+    edges, counts = score_histogram(predict_split(model, reference, config.task)[0])
+    return TrainingStatistics(
+        rows=len(prepared.train),
+        field_counts=index_counts(prepared.spec, prepared.train),
+        score_edges=edges,
+        score_counts=counts,
+    )
 
 
 def _oracle(prepared: Prepared) -> Metrics | None:
@@ -347,6 +374,26 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_join(args: argparse.Namespace) -> int:
     summary = join(args.log, args.labels, args.out, args.window, args.memory_limit)
     _emit({**asdict(summary), "label_share": round(summary.label_share, 6)})
+    return 0
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    """Exit 1 when a field or the score drifted past the threshold (0: none did)."""
+    if args.threshold <= 0:
+        raise DataError(f"--threshold must be positive, got {args.threshold}")
+    report = drift.drift(
+        args.model_dir, args.data, args.format, args.threshold, BadRowLog(args.bad_rows)
+    )
+    text = drift.table(report)
+    sys.stdout.write(text)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(text)
+    if args.plot is not None:
+        drift.plot(report, args.plot)
+    if report.flagged:
+        logger.warning("drift past %g in: %s", args.threshold, ", ".join(report.flagged))
+        return 1
     return 0
 
 

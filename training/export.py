@@ -36,6 +36,7 @@ from app.scoring.repository import ModelRepository, resolve_model_dir
 from training.data import Task
 from training.layers import fill_unseen_rows, serving_tables
 from training.models import ModelConfig, build_model
+from training.statistics import TrainingStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,11 @@ def write_artifact(
     out_dir: Path,
     metrics: dict[str, float],
     training: dict[str, JsonValue],
+    statistics: TrainingStatistics | None = None,
 ) -> ModelManifest:
     """Export ``model`` as a new version of the repository ``out_dir``, then point
-    ``CURRENT`` at it. Returns the version's manifest."""
+    ``CURRENT`` at it, with its training statistics when given. Returns the version's
+    manifest."""
     model.eval()
     fill_unseen_rows(model, spec.field_dims)
     repository = ModelRepository(out_dir)
@@ -153,6 +156,8 @@ def write_artifact(
         manifest.save(staging)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         torch.save(model.state_dict(), staging / CHECKPOINT_FILE)
+        if statistics is not None:
+            statistics.save(staging)
         for item in staging.iterdir():
             os.chmod(item, 0o644)
         version_dir = repository.commit(staging, manifest.version)
@@ -198,4 +203,5 @@ def reexport(model_dir: Path, out_dir: Path | None = None) -> ModelManifest:
         out_dir or model_dir,
         manifest.metrics,
         dict(manifest.training),
+        TrainingStatistics.load(resolve_model_dir(model_dir)),
     )

@@ -16,7 +16,7 @@ Each row carries ``p_true``, so the oracle AUC on any split is known.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,6 +41,8 @@ TAIL_DECAY_RANK: float | None = 20.0
 # Fields the --aggregate mode groups by: the five lowest-cardinality ones, so that each
 # combination collects enough impressions for its rate to mean something.
 AGGREGATE_FIELDS = ("c3", "c4", "c5", "c6", "c7")
+# Share of a shifted field's values (generate's ``shift``) that are new that day.
+SHIFT_NEW_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -87,24 +89,38 @@ def _zipf_ranks(rng: np.random.Generator, cardinality: int, rows: int) -> np.nda
     return rng.choice(cardinality, size=rows, p=weights / weights.sum())
 
 
-def generate(rows: int, seed: int = 0, chunk: int = 0) -> pd.DataFrame:
+def generate(
+    rows: int, seed: int = 0, chunk: int = 0, day: int = 0, shift: Sequence[str] = ()
+) -> pd.DataFrame:
     """Draw ``rows`` impressions: feature columns, ``label`` and the true ``p_true``.
 
     The truth (value effects, planted pairs) depends on ``seed`` alone, so two files drawn
     with the same seed and different row counts share one ground truth:
     :func:`true_probability` recomputes ``p_true`` from any frame's features and the seed.
     ``chunk`` numbers the pieces of a large file (each its own random stream); chunk 0 is
-    the whole of a small one.
+    the whole of a small one. ``day`` draws another day of the same world; the categorical
+    fields named in ``shift`` drift that day: their popularity ranks rotate by half the
+    field (the head's values become rare, mid-tail ones common) and :data:`SHIFT_NEW_SHARE`
+    of their values are ones never drawn before (no effect of their own, like missing).
     """
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
-    rng = np.random.default_rng(seed + 1 if chunk == 0 else [seed + 1, chunk])
+    names = _categorical_names()
+    unknown = sorted(set(shift) - set(names))
+    if unknown:
+        raise ValueError(f"--shift names no categorical field: {unknown} (fields: {names})")
+    streams = [seed + 1] if chunk == 0 and day == 0 else [seed + 1, chunk]
+    rng = np.random.default_rng(streams + ([day] if day else []))
     # A missing value is drawn first and carries no effect (rank `card` = an all-zero row),
     # so p_true is a function of exactly what the file shows: nothing hidden is left for
     # the oracle to know.
     ranks = []
-    for card in CATEGORICAL_CARDINALITIES:
+    for name, card in zip(names, CATEGORICAL_CARDINALITIES, strict=True):
         field_ranks = _zipf_ranks(rng, card, rows)
+        if name in shift:
+            field_ranks = (field_ranks + card // 2) % card
+            new = rng.uniform(size=rows) < SHIFT_NEW_SHARE
+            field_ranks[new] = card + 1 + rng.integers(0, card, int(new.sum()))
         field_ranks[rng.uniform(size=rows) < MISSING_RATE] = card
         ranks.append(field_ranks)
     n0 = np.round(rng.lognormal(mean=1.0, sigma=1.2, size=rows), 3)
@@ -142,6 +158,8 @@ def true_probability(frame: pd.DataFrame, seed: int) -> np.ndarray:
 def _probability(
     truth: _Truth, ranks: list[np.ndarray], n0: np.ndarray, n1: np.ndarray
 ) -> np.ndarray:
+    # A value never drawn in the world (a shifted day's new ones) has no effect, as missing.
+    ranks = [np.minimum(r, len(e)) for r, e in zip(ranks, truth.first_order, strict=True)]
     logit = np.full(len(n0), truth.bias)
     for field, effects in enumerate(truth.first_order):
         logit += np.append(effects, 0.0)[ranks[field]]
@@ -184,11 +202,19 @@ CHUNK_ROWS = 250_000
 
 
 def write(
-    path: Path, rows: int, seed: int, layout: Layout = "default", aggregated: bool = False
+    path: Path,
+    rows: int,
+    seed: int,
+    layout: Layout = "default",
+    aggregated: bool = False,
+    day: int = 0,
+    shift: Sequence[str] = (),
 ) -> int:
     """Write ``rows`` rows to ``path`` (.csv/.tsv, optionally .gz, or .parquet) chunk by
     chunk, in memory bounded by :data:`CHUNK_ROWS`; returns the rows written (the
     combinations, when aggregated)."""
+    if (day or shift) and (layout != "default" or aggregated):
+        raise ValueError("--day and --shift draw the default layout's impressions only")
     if aggregated:
         if layout != "default":
             raise ValueError("--aggregate groups the default layout's fields only")
@@ -203,7 +229,8 @@ def write(
     else:
 
         def draw(count: int, chunk: int) -> pa.Table:
-            return pa.Table.from_pandas(generate(count, seed, chunk), preserve_index=False)
+            frame = generate(count, seed, chunk, day, shift)
+            return pa.Table.from_pandas(frame, preserve_index=False)
 
     starts = range(0, rows, CHUNK_ROWS)
     return _write_tables(

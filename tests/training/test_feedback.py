@@ -122,3 +122,52 @@ def test_join_names_what_is_wrong(tmp_path: Path) -> None:
                str(tmp_path / "t.parquet"), "--window", "soon")  # fmt: skip
     assert done.returncode == 2
     assert "expected a duration" in done.stderr
+
+
+def _day(tmp_path: Path, name: str, *options: str) -> Path:
+    path = tmp_path / f"{name}.csv"
+    done = cli("synth", "--rows", "8000", "--seed", "3", "--out", str(path), *options)
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def test_drift_flags_the_shifted_fields_and_only_them(model_dir: Path, tmp_path: Path) -> None:
+    same = cli("drift", "--model-dir", str(model_dir), "--data",
+               str(_day(tmp_path, "day1", "--day", "1")))  # fmt: skip
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "**yes**" not in same.stdout
+    shifted = _day(tmp_path, "day2", "--day", "2", "--shift", "c1,c3")
+    chart = tmp_path / "drift.png"
+    moved = cli("drift", "--model-dir", str(model_dir), "--data", str(shifted),
+                "--plot", str(chart))  # fmt: skip
+    assert moved.returncode == 1, moved.stderr
+    flagged = {
+        line.split("|")[1].strip() for line in moved.stdout.splitlines() if "**yes**" in line
+    }
+    assert flagged - {"(score)"} == {"c1", "c3"}  # the scores may move with them
+    assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_drift_reads_a_prediction_log(model_dir: Path, tmp_path: Path) -> None:
+    """The served rows of a shifted day, as the service logged them, drift as the file did."""
+    scorer = Scorer.load(resolve_model_dir(model_dir))
+    rows = pacsv.read_csv(_day(tmp_path, "day2", "--day", "2", "--shift", "c1,c3"))
+    log = PredictionLog(str(tmp_path / "log"))
+    for start in range(0, rows.num_rows, 1000):
+        part = rows.slice(start, 1000)
+        values = {name: part.column(name).to_pylist() for name in scorer.encoder.names}
+        log.add("ctr", "v1", np.zeros(part.num_rows, np.float32),
+                np.zeros(part.num_rows, bool), scorer.encoder, lambda e, v=values: v)  # fmt: skip
+    log.close()
+    moved = cli("drift", "--model-dir", str(model_dir), "--data", str(tmp_path / "log"))
+    assert moved.returncode == 1, moved.stderr
+    assert "Drift of 8,000 rows" in moved.stdout
+
+
+def test_drift_names_what_is_wrong(model_dir: Path, tmp_path: Path) -> None:
+    done = cli("drift", "--model-dir", str(model_dir), "--data", str(tmp_path / "none.csv"))
+    assert done.returncode == 2
+    assert "no such file" in done.stderr
+    done = cli("synth", "--rows", "10", "--out", str(tmp_path / "x.csv"), "--shift", "c99")
+    assert done.returncode == 2
+    assert "--shift names no categorical field" in done.stderr

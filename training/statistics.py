@@ -1,0 +1,77 @@
+"""What a model version saw in training, kept with it for ``ctrserve drift``.
+
+``statistics.npz`` in the version directory: for every field, how many training rows had
+each encoded index (each vocabulary value, the unseen row of rare values, missing; each
+numeric bin), and the validation scores' quantile edges with the rows between them. Counts
+of encoded indices are what the served model actually distinguishes, so a drift report
+compares new data with the training rows in the model's own terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.features.spec import FeatureSpec
+from training.shards import Split
+
+STATISTICS_FILE = "statistics.npz"
+SCORE_BINS = 20
+
+
+@dataclass(frozen=True)
+class TrainingStatistics:
+    rows: int
+    field_counts: dict[str, np.ndarray]  # field -> rows per encoded index
+    score_edges: np.ndarray  # SCORE_BINS - 1 inner quantile edges of the validation scores
+    score_counts: np.ndarray  # validation rows per bin
+
+    def save(self, directory: Path) -> None:
+        np.savez_compressed(
+            directory / STATISTICS_FILE,
+            rows=np.int64(self.rows),
+            score_edges=self.score_edges,
+            score_counts=self.score_counts,
+            **{f"field:{name}": counts for name, counts in self.field_counts.items()},
+        )
+
+    @classmethod
+    def load(cls, version_dir: Path) -> TrainingStatistics | None:
+        """The statistics of a version, or ``None`` for one trained before they were kept."""
+        path = version_dir / STATISTICS_FILE
+        if not path.exists():
+            return None
+        with np.load(path) as saved:
+            return cls(
+                rows=int(saved["rows"]),
+                field_counts={
+                    key.removeprefix("field:"): saved[key]
+                    for key in saved.files
+                    if key.startswith("field:")
+                },
+                score_edges=saved["score_edges"],
+                score_counts=saved["score_counts"],
+            )
+
+
+def index_counts(spec: FeatureSpec, split: Split) -> dict[str, np.ndarray]:
+    """Rows per encoded index of every field over a split on disk, block by block."""
+    counts = [np.zeros(size, dtype=np.int64) for size in spec.field_dims]
+    for block in split.blocks():
+        for j, size in enumerate(spec.field_dims):
+            counts[j] += np.bincount(block.indices[:, j].astype(np.int64), minlength=size)
+    return {field.name: c for field, c in zip(spec.fields, counts, strict=True)}
+
+
+def score_histogram(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile edges of ``scores`` and the rows in each bin they make."""
+    if len(scores) == 0:
+        return np.empty(0), np.zeros(1, dtype=np.int64)
+    edges = np.quantile(scores, np.linspace(0, 1, SCORE_BINS + 1)[1:-1])
+    return edges, score_bins(edges, scores)
+
+
+def score_bins(edges: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    return np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(edges) + 1)
