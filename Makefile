@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test bench bench-open peers bench-train bench-dist reliability quality loadtest clean
+.PHONY: setup run model serve test bench bench-open peers bench-train bench-dist reliability quality loadtest loop clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -32,8 +32,9 @@ $(TEST_DEPS): pyproject.toml | $(PY)
 $(DATA): | $(RUN_DEPS)
 	$(VENV)/bin/ctrserve synth --rows $(ROWS) --seed 0 --out $(DATA)
 
-# A second run finds the exported model and goes straight to serving.
-$(MODEL_DIR)/CURRENT: | $(DATA)
+# A second run finds the exported model and goes straight to serving (trained again when
+# what a version keeps changes: its training statistics, for `ctrserve drift`).
+$(MODEL_DIR)/CURRENT: training/statistics.py | $(DATA)
 	$(VENV)/bin/ctrserve train --data $(DATA) --model nffm --out $(MODEL_DIR) --no-progress
 
 model: setup $(MODEL_DIR)/CURRENT
@@ -122,6 +123,11 @@ quality: $(TEST_DEPS)
 # A bounded headless locust run against a fresh server on 127.0.0.1; fails on any failure.
 loadtest: model $(TEST_DEPS)
 	$(PY) -m loadtest.run --model-dir $(MODEL_DIR) --users 50 --duration 30
+
+# The feedback loop end to end: serve two synthetic days with the prediction log on, join
+# day 1's clicks, report drift (day 2 shifted), train the next model -> docs/LOOP.md
+loop: model $(TEST_DEPS)
+	$(PY) -m loadtest.feedback_loop
 
 clean:
 	rm -rf $(VENV) $(PEERS) data .pytest_cache .ruff_cache .mypy_cache
