@@ -27,8 +27,9 @@ from training.data import BadRowLog, ColumnRoles, DataError, DataFormat, DataSou
 from training.dataset import encode_batch
 
 SCORE_COLUMN = "score"
-# Rows per onnxruntime call: a 39-field NFFM's activations for 16,384 rows stay ~100 MB.
-SCORE_ROWS = 8192
+# Rows per onnxruntime call: a 39-field NFFM (k=16) holds rows x 741 pairs x 16 floats per
+# interaction tensor, ~50 MB for 1,024 rows, and onnxruntime's arena keeps its largest call.
+SCORE_ROWS = 1024
 
 
 @dataclass(frozen=True)

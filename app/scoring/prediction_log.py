@@ -34,10 +34,11 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
@@ -51,9 +52,20 @@ LOG_COLUMNS = ("request_id", "row", "served_at", "model", "version", "score", "c
 FILE_PREFIX = "predictions-"
 FILE_SUFFIX = ".parquet"
 _OPEN_SUFFIX = ".open"
-# Rows gathered into one Parquet row group (or fewer, once FLUSH_S has passed).
+# Rows gathered into one Parquet row group (or fewer, once FLUSH_S has passed); the writer
+# takes what is queued every WAKE_S, or at once when a row group's worth is waiting.
 ROW_GROUP_ROWS = 16_384
 FLUSH_S = 1.0
+WAKE_S = 0.2
+# The writer's Python work holds the GIL, which the event loop would otherwise wait for up
+# to the interpreter's switch interval (5 ms) to get back: the writer hands it over every
+# few dozen requests gathered and after each column it converts, so a request waits for
+# the log a fraction of a millisecond at most.
+_ENTRIES_BETWEEN_YIELDS = 32
+
+
+def _yield_gil() -> None:
+    time.sleep(0)
 
 # Raw values of a request by field name (Python lists or numpy arrays), made on demand.
 Columns = Callable[[FeatureEncoder], Mapping[str, Sequence[object] | NDArray[Any]]]
@@ -121,8 +133,7 @@ def key_sampled(key: str, rate: float) -> bool:
     return zlib.crc32(key.encode()) < rate * 2**32
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     served_at: float
     request_id: str
     model: str
@@ -178,8 +189,7 @@ class PredictionLog:
         self._ready = threading.Condition(threading.Lock())
         self._closing = False
         self._file: _OpenFile | None = None
-        self._pending: list[pa.RecordBatch] = []
-        self._pending_rows = 0
+        self._pending: _Rows | None = None
         self._pending_since = 0.0
         self._thread = threading.Thread(target=self._run, name="ctr-prediction-log", daemon=True)
         self._thread.start()
@@ -239,7 +249,10 @@ class PredictionLog:
             else:
                 self._queue.append(entry)
                 self._queued_rows += count
-                self._ready.notify()
+                # the writer wakes on its own every WAKE_S: waking it for each request would
+                # cost a thread switch (and the GIL) a request
+                if self._queued_rows >= ROW_GROUP_ROWS:
+                    self._ready.notify()
                 dropped = False
         if dropped:
             self._on_dropped(count)
@@ -265,12 +278,14 @@ class PredictionLog:
                 self._queue.clear()
                 self._queued_rows = 0
                 closing = self._closing
-            for entry in entries:
+            for done, entry in enumerate(entries, 1):
                 self._convert(entry)
+                if done % _ENTRIES_BETWEEN_YIELDS == 0:
+                    _yield_gil()
             now = time.monotonic()
-            if self._pending and (
+            if self._pending is not None and (
                 closing
-                or self._pending_rows >= ROW_GROUP_ROWS
+                or self._pending.rows >= ROW_GROUP_ROWS
                 or now - self._pending_since >= FLUSH_S
             ):
                 self._write_pending()
@@ -281,37 +296,53 @@ class PredictionLog:
 
     def _wait_s(self) -> float:
         now = time.monotonic()
-        waits = [FLUSH_S - (now - self._pending_since)] if self._pending else []
+        waits = [WAKE_S]
+        if self._pending is not None:
+            waits.append(FLUSH_S - (now - self._pending_since))
         if self._file is not None:
             waits.append(self.roll_s - (now - self._file.opened))
-        return max(0.01, min(waits, default=FLUSH_S))
+        return max(0.01, min(waits))
 
     def _convert(self, entry: _Entry) -> None:
+        """Add a request's records to the row group being gathered."""
+        pending = self._pending
+        if pending is not None and pending.encoder is not entry.encoder:
+            if pending.names != entry.encoder.names:
+                self._write_pending()  # a model version of other fields: a new row group
+                pending = None
+            else:
+                pending.encoder = entry.encoder
         try:
-            batch = _record_batch(entry)
+            if pending is None:
+                pending = _Rows(entry.encoder)
+            pending.add(entry)
         except Exception:  # a value the log cannot hold must not stop the writer
             logger.exception("prediction log: records of request %s dropped", entry.request_id)
             self._drop(len(entry.scores) if entry.rows is None else len(entry.rows))
             return
-        if self._pending and batch.schema != self._pending[0].schema:
-            self._write_pending()  # a model version with other fields starts a new file
-        if self._file is not None and batch.schema != self._file.schema:
-            self._publish()
-        if not self._pending:
+        if self._pending is None:
             self._pending_since = time.monotonic()
-        self._pending.append(batch)
-        self._pending_rows += batch.num_rows
+        self._pending = pending
 
     def _write_pending(self) -> None:
-        table = pa.Table.from_batches(self._pending)
-        self._pending, self._pending_rows = [], 0
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            batch = pending.batch()
+        except Exception:
+            logger.exception("prediction log: %d records could not be converted", pending.rows)
+            self._drop(pending.rows)
+            return
+        if self._file is not None and batch.schema != self._file.schema:
+            self._publish()
         try:
             if self._file is None:
-                self._file = self._open(table.schema)
-            self._file.write(table)
+                self._file = self._open(batch.schema)
+            self._file.write(pa.Table.from_batches([batch]))
         except OSError:
-            logger.exception("prediction log: writing %d records failed", table.num_rows)
-            self._drop(table.num_rows + (self._file.rows if self._file is not None else 0))
+            logger.exception("prediction log: writing %d records failed", batch.num_rows)
+            self._drop(batch.num_rows + (self._file.rows if self._file is not None else 0))
             if self._file is not None:
                 self._file.abandon()
             self._file = None
@@ -408,7 +439,7 @@ def _as_list(values: Sequence[object] | NDArray[Any]) -> list[object]:
         if values.dtype.kind == "S":
             return [v.decode("utf-8", "replace") for v in values.tolist()]
         return values.tolist()  # type: ignore[no-any-return]
-    return list(values)
+    return values if isinstance(values, list) else list(values)
 
 
 def _token(value: object) -> str | None:
@@ -431,37 +462,87 @@ def _number(value: object) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def _record_batch(entry: _Entry) -> pa.RecordBatch:
-    """One request's records: the log's columns, then every field of its model."""
-    encoder = entry.encoder
-    clash = set(LOG_COLUMNS) & set(encoder.names)
-    if clash:
-        raise ValueError(f"fields {sorted(clash)} have the names of the log's own columns")
-    values = entry.columns(encoder)
-    total = len(entry.scores)
-    chosen = np.arange(total) if entry.rows is None else entry.rows
-    count = len(chosen)
+def _categorical(values: list[object]) -> pa.Array:
+    """Text as the model looked it up; ids sent as numbers or booleans spelled as tokens."""
+    try:
+        array = pa.array(values, pa.string())  # the common case: text, in one call
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        array = pa.array([_token(v) for v in values], pa.string())
+    return pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
 
-    def pick(column: Sequence[object] | NDArray[Any] | None) -> list[object]:
-        if column is None:
-            return [None] * count
-        items = _as_list(column)
-        return items if entry.rows is None else [items[i] for i in chosen]
 
-    arrays: dict[str, pa.Array] = {
-        "request_id": pa.array([entry.request_id] * count, pa.string()),
-        "row": pa.array(chosen, pa.int32()),
-        "served_at": pa.array(
-            np.full(count, int(entry.served_at * 1e6), dtype="datetime64[us]"),
-            pa.timestamp("us", tz="UTC"),
-        ),
-        "model": pa.array([entry.model] * count, pa.string()),
-        "version": pa.array([entry.version] * count, pa.string()),
-        "score": pa.array(entry.scores[chosen], pa.float32()),
-        "cached": pa.array(entry.cached[chosen], pa.bool_()),
-    }
-    for name in encoder.categorical_names:
-        arrays[name] = pa.array([_token(v) for v in pick(values.get(name))], pa.string())
-    for name in encoder.numeric_names:
-        arrays[name] = pa.array([_number(v) for v in pick(values.get(name))], pa.float64())
-    return pa.RecordBatch.from_pydict(arrays)
+def _numeric(values: list[object]) -> pa.Array:
+    try:
+        return pa.array(values, pa.float64(), from_pandas=True)  # NaN is missing (null)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return pa.array([_number(v) for v in values], pa.float64())
+
+
+class _Rows:
+    """Records gathered for one row group of one model's fields, as plain Python columns
+    turned into Arrow arrays once for all of them: a single-row request costs the log a few
+    list appends, not an Arrow call a column."""
+
+    def __init__(self, encoder: FeatureEncoder) -> None:
+        clash = set(LOG_COLUMNS) & set(encoder.names)
+        if clash:
+            raise ValueError(f"fields {sorted(clash)} have the names of the log's own columns")
+        self.encoder = encoder
+        self.names = encoder.names
+        self.rows = 0
+        self._request_id: list[str] = []
+        self._row: list[int] = []
+        self._served_at: list[float] = []
+        self._model: list[str] = []
+        self._version: list[str] = []
+        self._score: list[float] = []
+        self._cached: list[bool] = []
+        self._fields: dict[str, list[object]] = {name: [] for name in encoder.names}
+
+    def add(self, entry: _Entry) -> None:
+        values = entry.columns(entry.encoder)
+        chosen = entry.rows
+        scores, cached = entry.scores, entry.cached
+        if chosen is not None:
+            scores, cached = scores[chosen], cached[chosen]
+        count = len(scores)
+        for name, column in self._fields.items():
+            given = values.get(name)
+            if given is None:
+                column.extend([None] * count)
+                continue
+            items = given if type(given) is list else _as_list(given)
+            if chosen is not None:
+                column.extend(items[i] for i in chosen.tolist())
+            elif count == 1:
+                column.append(items[0])
+            else:
+                column.extend(items)
+        self._request_id += [entry.request_id] * count
+        self._served_at += [entry.served_at] * count
+        self._model += [entry.model] * count
+        self._version += [entry.version] * count
+        self._row += range(count) if chosen is None else chosen.tolist()
+        self._score += scores.tolist()
+        self._cached += cached.tolist()
+        self.rows += count
+
+    def batch(self) -> pa.RecordBatch:
+        """The log's columns, then every field of the model."""
+        served_at = (np.asarray(self._served_at) * 1e6).astype("datetime64[us]")
+        arrays: dict[str, pa.Array] = {
+            "request_id": pa.array(self._request_id, pa.string()),
+            "row": pa.array(self._row, pa.int32()),
+            "served_at": pa.array(served_at, pa.timestamp("us", tz="UTC")),
+            "model": pa.array(self._model, pa.string()),
+            "version": pa.array(self._version, pa.string()),
+            "score": pa.array(self._score, pa.float32()),
+            "cached": pa.array(self._cached, pa.bool_()),
+        }
+        for name in self.encoder.categorical_names:
+            arrays[name] = _categorical(self._fields[name])
+            _yield_gil()
+        for name in self.encoder.numeric_names:
+            arrays[name] = _numeric(self._fields[name])
+            _yield_gil()
+        return pa.RecordBatch.from_pydict(arrays)

@@ -92,6 +92,7 @@ class PredictionService:
         self.batcher = batcher
         self.metrics = metrics
         self.log = log
+        self.model_name = registry.repository.name  # resolved once: it reads the disk
         registry.subscribe(self._announce, self._refused)
 
     def parsed(self, seconds: float) -> None:
@@ -143,8 +144,7 @@ class PredictionService:
         if chosen is False:
             return
         rows = None if chosen is True else chosen
-        name = self.registry.repository.name
-        log.add(name, scorer.version, scores, cached, scorer.encoder, columns, rows)
+        log.add(self.model_name, scorer.version, scores, cached, scorer.encoder, columns, rows)
 
     def _encode(self, scorer: Scorer, encode: Encode) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""

@@ -164,13 +164,13 @@ def test_a_full_queue_drops_and_counts_and_never_waits(
 ) -> None:
     scorer = Scorer.load(resolve_model_dir(repository))
     release = threading.Event()
-    convert = prediction_log._record_batch
+    gather = prediction_log._Rows.add
 
-    def stalled(entry: prediction_log._Entry) -> pa.RecordBatch:
+    def stalled(rows: prediction_log._Rows, entry: prediction_log._Entry) -> None:
         release.wait(10)  # a writer stuck on a slow disk
-        return convert(entry)
+        gather(rows, entry)
 
-    monkeypatch.setattr(prediction_log, "_record_batch", stalled)
+    monkeypatch.setattr(prediction_log._Rows, "add", stalled)
     dropped: list[int] = []
     log = PredictionLog(str(tmp_path / "log"), max_queued_rows=10, on_dropped=dropped.append)
     columns = lambda encoder: {"c0": ["c0_1"] * 4}  # noqa: E731
