@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test bench bench-open peers bench-train bench-dist reliability quality loadtest loop clean
+.PHONY: setup run model serve test bench bench-open peers bench-train bench-dist bench-loop reliability quality loadtest loop clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -110,6 +110,13 @@ bench-train: $(TEST_DEPS)
 # -> docs/DISTRIBUTED.md
 bench-dist: $(TEST_DEPS)
 	$(PY) -m benchmarks.distributed
+
+# The feedback loop's costs: the prediction log off vs on (open and closed loop), the join of
+# a 1M-record log (peak RSS), ctrserve predict on 1M-10M Criteo-shaped rows (generated, then
+# deleted; ~2.5 GB of disk at the peak) -> docs/FEEDBACK.md
+bench-loop: model $(PRODUCTION)/nffm/CURRENT $(TEST_DEPS)
+	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
+	$(PY) -m benchmarks.feedback
 
 # Fuzzing, limits, faults, reload under load, memory bound, shutdown, audit -> docs/RELIABILITY.md
 reliability: model $(TEST_DEPS)

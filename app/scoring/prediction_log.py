@@ -67,6 +67,7 @@ _ENTRIES_BETWEEN_YIELDS = 32
 def _yield_gil() -> None:
     time.sleep(0)
 
+
 # Raw values of a request by field name (Python lists or numpy arrays), made on demand.
 Columns = Callable[[FeatureEncoder], Mapping[str, Sequence[object] | NDArray[Any]]]
 
