@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from app.features.encoder import FeatureEncoder
 from app.features.errors import EncodeError
 from app.schemas import BatchPredictResponse, PredictResponse
-from app.scoring.prediction_log import Columns
+from app.scoring.prediction_log import Columns, Values
 from app.scoring.scorer import Scorer
 from app.scoring.service import Encode, PredictionService, Scored
 
@@ -78,7 +78,7 @@ class PredictBody:
     encode: Encode
     rows: int
     single: bool
-    columns: Columns
+    values: Values
 
 
 def predict_request_schema() -> dict[str, Any]:
@@ -136,7 +136,7 @@ async def answer(service: PredictionService, max_batch_size: int, body: bytes) -
             f"batch of {request.rows} rows exceeds the limit of {max_batch_size} "
             "(CTR_MAX_BATCH_SIZE)"
         )
-    scored = await service.score(scorer, request.encode, request.rows, request.columns)
+    scored = await service.score(scorer, request.encode, request.rows, request.values)
     return render(scored, request.single)
 
 
@@ -169,7 +169,7 @@ def _one_row(features: dict[str, Any]) -> PredictBody:
         lambda encoder: encoder.encode_rows([features]),
         1,
         single=True,
-        columns=lambda encoder: {name: [value] for name, value in features.items()},
+        values=features,
     )
 
 
@@ -188,7 +188,7 @@ def _batch(rows: Sequence[Any], encode_rows: EncodeRows, columns: Columns) -> Pr
                     raise alone.in_row(i) from None
             raise
 
-    return PredictBody(encode, len(rows), single=False, columns=columns)
+    return PredictBody(encode, len(rows), single=False, values=columns)
 
 
 def _values_getter(slots: Sequence[str]) -> Callable[[Sequence[Any]], list[object]]:

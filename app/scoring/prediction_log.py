@@ -68,8 +68,10 @@ def _yield_gil() -> None:
     time.sleep(0)
 
 
-# Raw values of a request by field name (Python lists or numpy arrays), made on demand.
+# A request's values by field: for a batch, a function giving each field's values (Python
+# lists or numpy arrays), called by the writer; for one row, the row itself.
 Columns = Callable[[FeatureEncoder], Mapping[str, Sequence[object] | NDArray[Any]]]
+Values = Columns | Mapping[str, object]
 
 
 class PredictionLogError(ValueError):
@@ -142,7 +144,7 @@ class _Entry(NamedTuple):
     scores: NDArray[np.float32]
     cached: NDArray[np.bool_]
     encoder: FeatureEncoder
-    columns: Columns
+    values: Values
     rows: NDArray[np.int64] | None  # the sampled rows, when sampling was by a feature
 
 
@@ -184,10 +186,13 @@ class PredictionLog:
         self.filesystem, self.root, self._spool = _open_target(target)
         self._prefix = f"{FILE_PREFIX}{{}}-{_safe(socket.gethostname())}-{os.getpid()}-"
         self._sequence = 0
+        # Requests append, the writer pops (a deque does both safely across threads); each
+        # count has one writer: rows added by the event loop, rows taken by the writer.
         self._queue: deque[_Entry] = deque()
-        self._queued_rows = 0
+        self._added_rows = 0
+        self._taken_rows = 0
         self.dropped_rows = 0
-        self._ready = threading.Condition(threading.Lock())
+        self._wake = threading.Event()
         self._closing = False
         self._file: _OpenFile | None = None
         self._pending: _Rows | None = None
@@ -197,7 +202,7 @@ class PredictionLog:
 
     # -- the request path ----------------------------------------------------------------
     def rows_to_log(
-        self, encoder: FeatureEncoder, columns: Columns, rows: int
+        self, encoder: FeatureEncoder, values: Values, rows: int
     ) -> NDArray[np.int64] | bool:
         """Which rows of a request are logged: all (``True``), none (``False``), or these
         (sampling keyed by a feature, decided row by row)."""
@@ -211,10 +216,13 @@ class PredictionLog:
             if context is None or context.sample_key is None:
                 return bool(np.random.random() < self.sample)
             return key_sampled(context.sample_key, self.sample)
-        values = columns(encoder).get(key.name)
-        if values is None:
+        if isinstance(values, Mapping):
+            column: Sequence[object] | NDArray[Any] | None = [values.get(key.name)]
+        else:
+            column = values(encoder).get(key.name)
+        if column is None:
             return bool(np.random.random() < self.sample)
-        tokens = [_token(value) or "" for value in _as_list(values)]
+        tokens = [_token(value) or "" for value in _as_list(column)]
         return np.flatnonzero([key_sampled(token, self.sample) for token in tokens])
 
     def add(
@@ -224,63 +232,54 @@ class PredictionLog:
         scores: NDArray[np.float32],
         cached: NDArray[np.bool_],
         encoder: FeatureEncoder,
-        columns: Columns,
+        values: Values,
         rows: NDArray[np.int64] | None = None,
     ) -> None:
-        """Queue a request's records (never blocks: past the bound they are dropped)."""
+        """Queue a request's records, from the event loop's thread (never blocks: past the
+        bound they are dropped and counted)."""
         count = len(scores) if rows is None else len(rows)
         if count == 0:
             return
-        context = CURRENT_REQUEST.get()
-        entry = _Entry(
-            time.time(),
-            context.request_id if context is not None else new_request_id(),
-            model,
-            version,
-            scores,
-            cached,
-            encoder,
-            columns,
-            rows,
-        )
-        with self._ready:
-            if self._closing or self._queued_rows + count > self.max_queued_rows:
-                self.dropped_rows += count
-                dropped = True
-            else:
-                self._queue.append(entry)
-                self._queued_rows += count
-                # the writer wakes on its own every WAKE_S: waking it for each request would
-                # cost a thread switch (and the GIL) a request
-                if self._queued_rows >= ROW_GROUP_ROWS:
-                    self._ready.notify()
-                dropped = False
-        if dropped:
+        queued = self._added_rows - self._taken_rows
+        if self._closing or queued + count > self.max_queued_rows:
+            self.dropped_rows += count
             self._on_dropped(count)
+            return
+        context = CURRENT_REQUEST.get()
+        request_id = context.request_id if context is not None else new_request_id()
+        self._queue.append(
+            _Entry(time.time(), request_id, model, version, scores, cached, encoder, values, rows)
+        )
+        self._added_rows += count
+        # the writer wakes on its own every WAKE_S: waking it for each request would cost a
+        # thread switch (and the GIL) a request
+        if queued + count >= ROW_GROUP_ROWS:
+            self._wake.set()
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return self._added_rows - self._taken_rows
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, close and publish the open file, stop the writer."""
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout)
 
     # -- the writer thread ---------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            with self._ready:
-                if not self._queue and not self._closing:
-                    self._ready.wait(self._wait_s())
-                entries = list(self._queue)
-                self._queue.clear()
-                self._queued_rows = 0
+            closing = self._closing  # read first: whatever was queued before it is taken
+            if not closing and not self._queue:
+                self._wake.wait(self._wait_s())
+                self._wake.clear()
                 closing = self._closing
-            for done, entry in enumerate(entries, 1):
+            done = 0
+            while self._queue:
+                entry = self._queue.popleft()
+                self._taken_rows += len(entry.scores) if entry.rows is None else len(entry.rows)
                 self._convert(entry)
+                done += 1
                 if done % _ENTRIES_BETWEEN_YIELDS == 0:
                     _yield_gil()
             now = time.monotonic()
@@ -480,9 +479,10 @@ def _numeric(values: list[object]) -> pa.Array:
 
 
 class _Rows:
-    """Records gathered for one row group of one model's fields, as plain Python columns
-    turned into Arrow arrays once for all of them: a single-row request costs the log a few
-    list appends, not an Arrow call a column."""
+    """Records gathered for one row group of one model's fields, turned into Arrow arrays
+    once for all of them. Single rows are kept as they came (their mappings), batches as
+    their columns, in arrival order; a single-row request costs the log a few list
+    appends, not an Arrow call a column."""
 
     def __init__(self, encoder: FeatureEncoder) -> None:
         clash = set(LOG_COLUMNS) & set(encoder.names)
@@ -498,27 +498,33 @@ class _Rows:
         self._version: list[str] = []
         self._score: list[float] = []
         self._cached: list[bool] = []
-        self._fields: dict[str, list[object]] = {name: [] for name in encoder.names}
+        # consecutive single rows, or one batch's columns, in arrival order
+        self._segments: list[list[Mapping[str, object]] | dict[str, list[object]]] = []
 
     def add(self, entry: _Entry) -> None:
-        values = entry.columns(entry.encoder)
         chosen = entry.rows
         scores, cached = entry.scores, entry.cached
         if chosen is not None:
             scores, cached = scores[chosen], cached[chosen]
         count = len(scores)
-        for name, column in self._fields.items():
-            given = values.get(name)
-            if given is None:
-                column.extend([None] * count)
-                continue
-            items = given if type(given) is list else _as_list(given)
-            if chosen is not None:
-                column.extend(items[i] for i in chosen.tolist())
-            elif count == 1:
-                column.append(items[0])
-            else:
-                column.extend(items)
+        if isinstance(entry.values, Mapping):
+            if count:
+                last = self._segments[-1] if self._segments else None
+                if isinstance(last, list):
+                    last.append(entry.values)
+                else:
+                    self._segments.append([entry.values])
+        else:
+            given = entry.values(entry.encoder)
+            columns: dict[str, list[object]] = {}
+            for name in self.names:
+                column = given.get(name)
+                if column is None:
+                    columns[name] = [None] * count
+                    continue
+                items = _as_list(column)
+                columns[name] = items if chosen is None else [items[i] for i in chosen.tolist()]
+            self._segments.append(columns)
         self._request_id += [entry.request_id] * count
         self._served_at += [entry.served_at] * count
         self._model += [entry.model] * count
@@ -527,6 +533,15 @@ class _Rows:
         self._score += scores.tolist()
         self._cached += cached.tolist()
         self.rows += count
+
+    def _field(self, name: str) -> list[object]:
+        values: list[object] = []
+        for segment in self._segments:
+            if isinstance(segment, list):
+                values += [row.get(name) for row in segment]
+            else:
+                values += segment[name]
+        return values
 
     def batch(self) -> pa.RecordBatch:
         """The log's columns, then every field of the model."""
@@ -541,9 +556,9 @@ class _Rows:
             "cached": pa.array(self._cached, pa.bool_()),
         }
         for name in self.encoder.categorical_names:
-            arrays[name] = _categorical(self._fields[name])
+            arrays[name] = _categorical(self._field(name))
             _yield_gil()
         for name in self.encoder.numeric_names:
-            arrays[name] = _numeric(self._fields[name])
+            arrays[name] = _numeric(self._field(name))
             _yield_gil()
         return pa.RecordBatch.from_pydict(arrays)

@@ -25,7 +25,7 @@ from app.features.errors import SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
 from app.scoring.batcher import Batcher
-from app.scoring.prediction_log import Columns, PredictionLog
+from app.scoring.prediction_log import PredictionLog, Values
 from app.scoring.registry import ModelRegistry
 from app.scoring.scorer import Scorer
 
@@ -100,14 +100,14 @@ class PredictionService:
         self.metrics.tally.stage(_PARSE, seconds)
 
     async def score(
-        self, scorer: Scorer, encode: Encode, rows: int, columns: Columns | None = None
+        self, scorer: Scorer, encode: Encode, rows: int, values: Values | None = None
     ) -> Scored:
         """The scores of ``rows`` rows that ``encode`` turns into indices with ``scorer``'s
         encoder (raises ``EncodeError``, ``ScoringError`` or ``OverloadedError``).
 
         The caller reads ``registry.current`` once and passes it here, so a request that
-        spans a swap is decoded and scored by one version. ``columns`` gives the request's
-        values by field, for the prediction log.
+        spans a swap is decoded and scored by one version. ``values`` are the request's
+        values by field (or its one row), for the prediction log.
         """
         if rows > LARGE_BATCH_ROWS:
             indices = await asyncio.to_thread(self._encode, scorer, encode)
@@ -127,8 +127,8 @@ class PredictionService:
         tally.stage(_CACHE, cache_s)
         tally.lookups(len(indices) - len(misses), len(misses))
         tally.scores(lookup.scores)
-        if self.log is not None and columns is not None:
-            self._log(self.log, scorer, lookup.scores, lookup.hits, columns)
+        if self.log is not None and values is not None:
+            self._log(self.log, scorer, lookup.scores, lookup.hits, values)
         return Scored(lookup.scores, lookup.hits, scorer.version)
 
     def _log(
@@ -137,14 +137,14 @@ class PredictionService:
         scorer: Scorer,
         scores: NDArray[np.float32],
         cached: NDArray[np.bool_],
-        columns: Columns,
+        values: Values,
     ) -> None:
         """Queue the request's sampled rows to the prediction log."""
-        chosen = log.rows_to_log(scorer.encoder, columns, len(scores))
+        chosen = log.rows_to_log(scorer.encoder, values, len(scores))
         if chosen is False:
             return
         rows = None if chosen is True else chosen
-        log.add(self.model_name, scorer.version, scores, cached, scorer.encoder, columns, rows)
+        log.add(self.model_name, scorer.version, scores, cached, scorer.encoder, values, rows)
 
     def _encode(self, scorer: Scorer, encode: Encode) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""
