@@ -20,7 +20,8 @@ def test_help_lists_every_command() -> None:
     assert result.returncode == 0
     listed = [line.split()[0] for line in result.stdout.splitlines()[2:] if line.strip()]
     assert listed == [
-        "synth", "train", "tune", "ladder", "evaluate", "export", "inspect", "serve", "publish",
+        "synth", "train", "tune", "ladder", "evaluate", "predict", "join", "drift", "export",
+        "inspect", "serve", "publish",
     ]  # fmt: skip
 
 

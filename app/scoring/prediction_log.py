@@ -58,14 +58,15 @@ ROW_GROUP_ROWS = 16_384
 FLUSH_S = 1.0
 WAKE_S = 0.2
 # The writer's Python work holds the GIL, which the event loop would otherwise wait for up
-# to the interpreter's switch interval (5 ms) to get back: the writer hands it over every
-# few dozen requests gathered and after each column it converts, so a request waits for
-# the log a fraction of a millisecond at most.
+# to the interpreter's switch interval (5 ms) to get back: the writer pauses every few dozen
+# requests gathered and after each column it converts. A pause must be a real sleep: a
+# thread that releases the GIL and asks for it at once mostly gets it back first.
 _ENTRIES_BETWEEN_YIELDS = 32
+_PAUSE_S = 0.0002
 
 
 def _yield_gil() -> None:
-    time.sleep(0)
+    time.sleep(_PAUSE_S)
 
 
 # A request's values by field: for a batch, a function giving each field's values (Python

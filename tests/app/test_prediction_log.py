@@ -252,3 +252,19 @@ def test_an_unwritable_log_is_refused_at_start_up(settings: Settings, tmp_path: 
         TestClient(create_app(settings)),
     ):
         pass
+
+
+def test_every_answer_carries_a_request_id(settings: Settings) -> None:
+    """The client's id comes back; one that is not an id is replaced; none gets a new one."""
+    body = {"features": {"c0": "c0_1"}}
+    with TestClient(create_app(settings)) as client:
+        kept = client.post("/predict", json=body, headers={"X-Request-ID": "abc-1"})
+        assert kept.headers["x-request-id"] == "abc-1"
+        for sent in ("x" * 129, "tab\there"):
+            replaced = client.post("/predict", json=body, headers={"X-Request-ID": sent})
+            assert replaced.status_code == 200
+            assert len(replaced.headers["x-request-id"]) == 32
+        refused = client.post("/predict", json={"features": {"nope": 1}})
+        assert refused.status_code == 422  # errors carry one too: the id to report
+        assert len(refused.headers["x-request-id"]) == 32
+        assert client.get("/healthz").headers["x-request-id"]
