@@ -1,33 +1,37 @@
 """The prediction log: one Parquet record per scored row, written off the request path.
 
 ```
-PredictionService.score ─► sampled? ─► PredictionLog.add ─► bounded queue (full: dropped, counted)
-                                                              │ writer thread
-                                                              ▼
-                         Arrow record batches ─► open file ".predictions-….parquet.open" (hidden)
-                         rolled by rows, bytes or age ─► renamed "predictions-….parquet" (whole)
+PredictionService.score ─► sampled? ─► PredictionLog.add: the request's values appended to
+                                       the row group being gathered (a few list appends)
+       full (16,384 rows) or 1 s old ─► handed to the writer thread (past the bound: dropped,
+                                       counted) ─► Arrow ─► the open file, hidden
+                                       ─► rolled by rows, bytes or age: renamed, whole
 ```
 
-A request only queues references to what it already holds (its decoded values, its scores);
-the writer thread turns them into Arrow columns. A reader (``ctrserve join``, ``drift``,
-pyarrow, DuckDB) lists ``*.parquet`` and never sees a file being written: the open file is
-hidden and is renamed only once its footer is written, so a worker killed with SIGKILL loses
-at most the records of its open file. Each worker writes its own files (the host name and
-the pid are in the name), so every worker of every replica can share one directory. A URI
+A request appends what it already holds (its decoded row, or its batch's columns) to plain
+Python lists on the event loop; the writer thread turns a whole row group into Arrow and
+Parquet at once, pausing between columns, so it never holds the GIL the loop needs for long.
+A reader (``ctrserve join``, ``drift``, pyarrow, DuckDB) lists ``*.parquet`` and never sees
+a file being written: the open file is hidden and is renamed only once its footer is
+written, so a worker killed with SIGKILL loses at most the records of its open file (and of
+the row group being gathered). Each worker writes its own files (the host name and the pid
+are in the name), so every worker of every replica can share one directory. A URI
 (``s3://bucket/log``, anything ``pyarrow.fs`` opens) is written the same way into a local
 spool and copied up whole when the file closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import secrets
 import socket
 import tempfile
 import threading
 import time
-import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -52,25 +56,18 @@ LOG_COLUMNS = ("request_id", "row", "served_at", "model", "version", "score", "c
 FILE_PREFIX = "predictions-"
 FILE_SUFFIX = ".parquet"
 _OPEN_SUFFIX = ".open"
-# Rows gathered into one Parquet row group (or fewer, once FLUSH_S has passed); the writer
-# takes what is queued every WAKE_S, or at once when a row group's worth is waiting.
+# Rows gathered into one Parquet row group, or fewer once the group is FLUSH_S old.
 ROW_GROUP_ROWS = 16_384
 FLUSH_S = 1.0
-WAKE_S = 0.2
-# The writer's Python work holds the GIL, which the event loop would otherwise wait for up
-# to the interpreter's switch interval (5 ms) to get back: the writer pauses every few dozen
-# requests gathered and after each column it converts. A pause must be a real sleep: a
-# thread that releases the GIL and asks for it at once mostly gets it back first.
-_ENTRIES_BETWEEN_YIELDS = 32
+# The writer pauses after each column it converts: its Python work holds the GIL, which the
+# event loop would otherwise wait for up to the interpreter's switch interval (5 ms). A
+# pause must be a real sleep: a thread that releases the GIL and asks for it at once mostly
+# gets it back first.
 _PAUSE_S = 0.0002
 
 
-def _yield_gil() -> None:
-    time.sleep(_PAUSE_S)
-
-
 # A request's values by field: for a batch, a function giving each field's values (Python
-# lists or numpy arrays), called by the writer; for one row, the row itself.
+# lists or numpy arrays), called only when the request is logged; for one row, the row.
 Columns = Callable[[FeatureEncoder], Mapping[str, Sequence[object] | NDArray[Any]]]
 Values = Columns | Mapping[str, object]
 
@@ -96,8 +93,22 @@ REQUEST_ID_HEADER = "x-request-id"
 _MAX_REQUEST_ID = 128
 
 
+# A new request id: this process's random prefix and a counter, 32 hex digits, unique
+# across workers and replicas without drawing random bytes for every request.
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count()
+
+
+def _new_id_prefix() -> None:
+    global _ID_PREFIX  # a forked worker must not count on from its parent's prefix
+    _ID_PREFIX = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def valid_request_id(value: str | None) -> str | None:
@@ -187,17 +198,18 @@ class PredictionLog:
         self.filesystem, self.root, self._spool = _open_target(target)
         self._prefix = f"{FILE_PREFIX}{{}}-{_safe(socket.gethostname())}-{os.getpid()}-"
         self._sequence = 0
-        # Requests append, the writer pops (a deque does both safely across threads); each
-        # count has one writer: rows added by the event loop, rows taken by the writer.
-        self._queue: deque[_Entry] = deque()
+        # The loop gathers a row group and hands it over; the writer pops whole groups (a
+        # deque does both safely across threads). Each count has one writer: rows added by
+        # the loop, rows written (or dropped) by the writer.
+        self._gathering: _Rows | None = None
+        self._groups: deque[_Rows] = deque()
         self._added_rows = 0
-        self._taken_rows = 0
+        self._done_rows = 0
         self.dropped_rows = 0
+        self._drop_lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
         self._file: _OpenFile | None = None
-        self._pending: _Rows | None = None
-        self._pending_since = 0.0
         self._thread = threading.Thread(target=self._run, name="ctr-prediction-log", daemon=True)
         self._thread.start()
 
@@ -236,104 +248,88 @@ class PredictionLog:
         values: Values,
         rows: NDArray[np.int64] | None = None,
     ) -> None:
-        """Queue a request's records, from the event loop's thread (never blocks: past the
+        """Gather a request's records, on the event loop's thread (never blocks: past the
         bound they are dropped and counted)."""
         count = len(scores) if rows is None else len(rows)
         if count == 0:
             return
-        queued = self._added_rows - self._taken_rows
-        if self._closing or queued + count > self.max_queued_rows:
-            self.dropped_rows += count
-            self._on_dropped(count)
+        if self._closing or self.queued_rows + count > self.max_queued_rows:
+            self._drop(count)
             return
         context = CURRENT_REQUEST.get()
         request_id = context.request_id if context is not None else new_request_id()
-        self._queue.append(
-            _Entry(time.time(), request_id, model, version, scores, cached, encoder, values, rows)
+        entry = _Entry(
+            time.time(), request_id, model, version, scores, cached, encoder, values, rows
         )
+        group = self._gathering
+        try:
+            if group is None or group.names != encoder.names:
+                self._hand_over(group)  # a model version of other fields: a new row group
+                group = self._gathering = self._start_group(encoder)
+            group.add(entry)
+        except Exception:  # a value the log cannot hold never fails the request
+            logger.exception("prediction log: records of request %s dropped", request_id)
+            self._drop(count)
+            return
         self._added_rows += count
-        # the writer wakes on its own every WAKE_S: waking it for each request would cost a
-        # thread switch (and the GIL) a request
-        if queued + count >= ROW_GROUP_ROWS:
-            self._wake.set()
+        if group.rows >= ROW_GROUP_ROWS:
+            self._hand_over(group)
 
     @property
     def queued_rows(self) -> int:
-        return self._added_rows - self._taken_rows
+        return self._added_rows - self._done_rows
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, close and publish the open file, stop the writer."""
+        """Write what was gathered, close and publish the open file, stop the writer."""
+        self._hand_over(self._gathering)
         self._closing = True
         self._wake.set()
         self._thread.join(timeout)
 
+    def _start_group(self, encoder: FeatureEncoder) -> _Rows:
+        group = _Rows(encoder)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return group  # called outside a loop (scripts): handed over when full or closed
+        loop.call_later(FLUSH_S, self._hand_over, group)
+        return group
+
+    def _hand_over(self, group: _Rows | None) -> None:
+        """Give a gathered row group to the writer (on the loop's thread)."""
+        if group is None or group is not self._gathering:
+            return
+        self._gathering = None
+        self._groups.append(group)
+        self._wake.set()
+
     # -- the writer thread ---------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            closing = self._closing  # read first: whatever was queued before it is taken
-            if not closing and not self._queue:
+            closing = self._closing  # read first: whatever was handed over before it is taken
+            if not closing and not self._groups:
                 self._wake.wait(self._wait_s())
                 self._wake.clear()
                 closing = self._closing
-            done = 0
-            while self._queue:
-                entry = self._queue.popleft()
-                self._taken_rows += len(entry.scores) if entry.rows is None else len(entry.rows)
-                self._convert(entry)
-                done += 1
-                if done % _ENTRIES_BETWEEN_YIELDS == 0:
-                    _yield_gil()
-            now = time.monotonic()
-            if self._pending is not None and (
-                closing
-                or self._pending.rows >= ROW_GROUP_ROWS
-                or now - self._pending_since >= FLUSH_S
-            ):
-                self._write_pending()
-            if self._file is not None and (closing or self._file.due(self, now)):
+            while self._groups:
+                self._write(self._groups.popleft())
+            if self._file is not None and (closing or self._file.due(self, time.monotonic())):
                 self._publish()
             if closing:
                 return
 
     def _wait_s(self) -> float:
-        now = time.monotonic()
-        waits = [WAKE_S]
-        if self._pending is not None:
-            waits.append(FLUSH_S - (now - self._pending_since))
-        if self._file is not None:
-            waits.append(self.roll_s - (now - self._file.opened))
-        return max(0.01, min(waits))
+        if self._file is None:
+            return self.roll_s
+        return max(0.01, self.roll_s - (time.monotonic() - self._file.opened))
 
-    def _convert(self, entry: _Entry) -> None:
-        """Add a request's records to the row group being gathered."""
-        pending = self._pending
-        if pending is not None and pending.encoder is not entry.encoder:
-            if pending.names != entry.encoder.names:
-                self._write_pending()  # a model version of other fields: a new row group
-                pending = None
-            else:
-                pending.encoder = entry.encoder
+    def _write(self, group: _Rows) -> None:
         try:
-            if pending is None:
-                pending = _Rows(entry.encoder)
-            pending.add(entry)
-        except Exception:  # a value the log cannot hold must not stop the writer
-            logger.exception("prediction log: records of request %s dropped", entry.request_id)
-            self._drop(len(entry.scores) if entry.rows is None else len(entry.rows))
-            return
-        if self._pending is None:
-            self._pending_since = time.monotonic()
-        self._pending = pending
-
-    def _write_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        try:
-            batch = pending.batch()
+            batch = group.batch()
         except Exception:
-            logger.exception("prediction log: %d records could not be converted", pending.rows)
-            self._drop(pending.rows)
+            logger.exception("prediction log: %d records could not be converted", group.rows)
+            self._drop(group.rows)
+            self._done_rows += group.rows
             return
         if self._file is not None and batch.schema != self._file.schema:
             self._publish()
@@ -347,6 +343,7 @@ class PredictionLog:
             if self._file is not None:
                 self._file.abandon()
             self._file = None
+        self._done_rows += group.rows
 
     def _open(self, schema: pa.Schema) -> _OpenFile:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -381,7 +378,8 @@ class PredictionLog:
         self._on_written(open_file.rows, 1)
 
     def _drop(self, rows: int) -> None:
-        self.dropped_rows += rows
+        with self._drop_lock:  # the loop and the writer both drop
+            self.dropped_rows += rows
         self._on_dropped(rows)
 
 
@@ -558,8 +556,8 @@ class _Rows:
         }
         for name in self.encoder.categorical_names:
             arrays[name] = _categorical(self._field(name))
-            _yield_gil()
+            time.sleep(_PAUSE_S)
         for name in self.encoder.numeric_names:
             arrays[name] = _numeric(self._field(name))
-            _yield_gil()
+            time.sleep(_PAUSE_S)
         return pa.RecordBatch.from_pydict(arrays)

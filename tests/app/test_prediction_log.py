@@ -4,6 +4,7 @@ a worker killed with SIGKILL loses at most its open file, and no reader sees a p
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 import threading
@@ -164,30 +165,34 @@ def test_a_full_queue_drops_and_counts_and_never_waits(
 ) -> None:
     scorer = Scorer.load(resolve_model_dir(repository))
     release = threading.Event()
-    gather = prediction_log._Rows.add
+    convert = prediction_log._Rows.batch
 
-    def stalled(rows: prediction_log._Rows, entry: prediction_log._Entry) -> None:
+    def stalled(rows: prediction_log._Rows) -> pa.RecordBatch:
         release.wait(10)  # a writer stuck on a slow disk
-        gather(rows, entry)
+        return convert(rows)
 
-    monkeypatch.setattr(prediction_log._Rows, "add", stalled)
+    monkeypatch.setattr(prediction_log._Rows, "batch", stalled)
     dropped: list[int] = []
     log = PredictionLog(str(tmp_path / "log"), max_queued_rows=10, on_dropped=dropped.append)
-    columns = lambda encoder: {"c0": ["c0_1"] * 4}  # noqa: E731
     scores, cached = _scored(scorer, 4)
-    log.add("m", "v", scores, cached, scorer.encoder, columns)  # taken by the stalled writer
-    deadline = time.monotonic() + 5
-    while log.queued_rows and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = time.monotonic()
-    for _ in range(5):  # 20 rows for a queue of 10: 2 requests fit, 3 are dropped
-        log.add("m", "v", scores, cached, scorer.encoder, columns)
-    assert time.monotonic() - started < 0.5
-    assert dropped == [4, 4, 4]
-    assert log.dropped_rows == 12
+
+    def add() -> None:
+        log.add("m", "v", scores, cached, scorer.encoder, lambda e: {"c0": ["c0_1"] * 4})
+
+    async def requests() -> float:
+        add()
+        await asyncio.sleep(prediction_log.FLUSH_S + 0.3)  # handed over: the writer is stuck
+        started = time.monotonic()
+        for _ in range(5):  # 20 rows, 4 waiting: room for one more request of 4
+            add()
+        return time.monotonic() - started
+
+    assert asyncio.run(requests()) < 0.5
+    assert dropped == [4, 4, 4, 4]
+    assert log.dropped_rows == 16
     release.set()
     log.close()
-    assert _records(tmp_path / "log").num_rows == 12  # nothing the queue took is lost
+    assert _records(tmp_path / "log").num_rows == 8  # nothing the queue took is lost
 
 
 @pytest.mark.slow
