@@ -29,6 +29,7 @@ from training.export import (  # noqa: E402
 )
 from training.layers import FeaturesEmbedding, FeaturesLinear, FieldAwareEmbedding  # noqa: E402
 from training.models import DEFAULTS, MODELS, build_model  # noqa: E402
+from training.statistics import STATISTICS_FILE, TrainingStatistics  # noqa: E402
 from training.train import TrainConfig, fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,11 +146,22 @@ def test_artifact_is_self_describing(model_dir: Path) -> None:
         "metrics.json",
         "model.onnx",
         "spec.json",
+        "statistics.npz",
     ]
+    # what ctrserve drift compares with: every training row counted once in each field
+    statistics = TrainingStatistics.load(version_dir)
+    assert statistics is not None
+    assert [len(statistics.field_counts[f.name]) for f in manifest.features.fields] == list(
+        manifest.features.field_dims
+    )
+    assert {int(c.sum()) for c in statistics.field_counts.values()} == {statistics.rows}
+    assert statistics.score_counts.sum() > 0
+    assert np.all(np.diff(statistics.score_edges) >= 0)
 
 
 def test_reexport_from_checkpoint_is_identical(model_dir: Path, tmp_path: Path) -> None:
     manifest = reexport(model_dir, tmp_path / "again")
+    assert (resolve_model_dir(tmp_path / "again") / STATISTICS_FILE).is_file()  # carried over
     assert manifest.features == ModelManifest.load(resolve_model_dir(model_dir)).features
     rows = fixture_rows(manifest.features.field_dims, 500)
     np.testing.assert_allclose(
