@@ -8,8 +8,9 @@ few values never seen in training, some missing fields.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,3 +147,18 @@ def v2_binary_body(spec: FeatureSpec, rows: list[Row]) -> tuple[bytes, int]:
         blobs.append(raw)
     head = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
     return head + b"".join(blobs), len(head)
+
+
+def triton_inputs(module: Any, rows: list[Row], tensors: Sequence[tuple[str, str]]) -> list[Any]:
+    """Inputs of the stock Triton client ``module`` (``tritonclient.http`` or ``.grpc``):
+    one tensor per ``(field, datatype)``, BYTES as UTF-8, numbers as FP32."""
+    inputs = []
+    for name, datatype in tensors:
+        if datatype == "BYTES":
+            values = np.array([str(row[name]).encode() for row in rows], dtype=object)
+        else:
+            values = np.array([row[name] for row in rows], dtype=np.float32)
+        tensor = module.InferInput(name, [len(rows)], datatype)
+        tensor.set_data_from_numpy(values)
+        inputs.append(tensor)
+    return inputs

@@ -66,6 +66,14 @@ def _duration_s(text: str) -> float:
         ) from None
 
 
+def _add_model_data_args(parser: argparse.ArgumentParser, data_help: str) -> None:
+    """An exported model and rows without labels: predict's and drift's arguments."""
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help=data_help)
+    parser.add_argument("--format", choices=["csv", "tsv", "criteo", "parquet"], default=None)
+    parser.add_argument("--bad-rows", choices=["error", "skip"], default="error")
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -240,16 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="score a file or a directory with an exported model (ORT), no label"
     )
-    predict.add_argument("--model-dir", type=Path, required=True)
-    predict.add_argument(
-        "--data", type=Path, required=True, help="a file the trainer reads, a directory or a glob"
-    )
-    predict.add_argument("--format", choices=["csv", "tsv", "criteo", "parquet"], default=None)
+    _add_model_data_args(predict, "a file the trainer reads, a directory or a glob")
     predict.add_argument("--out", type=Path, required=True, help="a .parquet or .csv file")
     predict.add_argument(
         "--keep", type=_csv_list, default=(), help="columns written beside the score, e.g. id"
     )
-    predict.add_argument("--bad-rows", choices=["error", "skip"], default="error")
 
     join = commands.add_parser(
         "join", help="prediction log + label events -> training rows (Parquet)"
@@ -275,11 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift = commands.add_parser(
         "drift", help="new data against a model's training data: PSI per field and score"
     )
-    drift.add_argument("--model-dir", type=Path, required=True)
-    drift.add_argument(
-        "--data", type=Path, required=True, help="a prediction log, or any file the trainer reads"
-    )
-    drift.add_argument("--format", choices=["csv", "tsv", "criteo", "parquet"], default=None)
+    _add_model_data_args(drift, "a prediction log, or any file the trainer reads")
     drift.add_argument(
         "--threshold",
         type=float,
@@ -288,7 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drift.add_argument("--plot", type=Path, default=None, help="also draw the PSI chart (PNG)")
     drift.add_argument("--report", type=Path, default=None, help="also write the table (Markdown)")
-    drift.add_argument("--bad-rows", choices=["error", "skip"], default="error")
 
     tune = commands.add_parser(
         "tune", help="choose min-count, embedding size and L2 on the validation rows"

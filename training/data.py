@@ -266,9 +266,7 @@ def open_source(
             ignore=roles.ignore,
         )
     if not labelled:
-        missing = [c for c in (*roles.categorical, *roles.numeric, *keep) if c not in columns]
-        if missing:
-            raise DataError(f"{files[0]}: columns not in the file: {missing} (columns: {columns})")
+        _require(files[0], columns, (*roles.categorical, *roles.numeric, *keep))
         return DataSource(
             files=files,
             fmt=fmt,
@@ -284,9 +282,7 @@ def open_source(
     if label is None:
         raise DataError(f"{files[0]}: no label column; name it with --label (columns: {columns})")
     named = (label, roles.weight, time_column, *roles.categorical, *roles.numeric, *roles.ignore)
-    missing = [c for c in (*named, *keep) if c is not None and c not in columns]
-    if missing:
-        raise DataError(f"{files[0]}: columns not in the file: {missing} (columns: {columns})")
+    _require(files[0], columns, [c for c in (*named, *keep) if c is not None])
     ignored = set(roles.ignore) | {c for c in _DEFAULT_IGNORED if c not in named}
     weight = roles.weight or ("weight" if "weight" in columns and task == "regression" else None)
     ignored |= {"weight"} - {weight}
@@ -315,6 +311,12 @@ def open_source(
         batch_rows=batch_rows,
         keep=tuple(keep),
     )
+
+
+def _require(path: Path, columns: Sequence[str], named: Sequence[str]) -> None:
+    missing = [c for c in named if c not in columns]
+    if missing:
+        raise DataError(f"{path}: columns not in the file: {missing} (columns: {list(columns)})")
 
 
 def _column_names(path: Path, fmt: DataFormat) -> list[str]:

@@ -15,6 +15,7 @@ import pytest
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
 
+from support.payloads import triton_inputs  # noqa: E402
 from support.servers import free_port  # noqa: E402
 from support.servers import server as start_server  # noqa: E402
 
@@ -35,17 +36,7 @@ def _rows(group: int) -> list[dict[str, object]]:
     return [{"c0": f"c0_{i}", "c1": f"c1_{group}", "n0": float(i) / 4} for i in range(6)]
 
 
-def _tensor_inputs(module, rows: list[dict[str, object]]) -> list:
-    inputs = []
-    for name, datatype, values in (
-        ("c0", "BYTES", np.array([str(r["c0"]).encode() for r in rows], dtype=object)),
-        ("c1", "BYTES", np.array([str(r["c1"]).encode() for r in rows], dtype=object)),
-        ("n0", "FP32", np.array([r["n0"] for r in rows], dtype=np.float32)),
-    ):
-        tensor = module.InferInput(name, [len(rows)], datatype)
-        tensor.set_data_from_numpy(values)
-        inputs.append(tensor)
-    return inputs
+_TENSORS = (("c0", "BYTES"), ("c1", "BYTES"), ("n0", "FP32"))
 
 
 def _by_predict(base: str, rows: list[dict[str, object]]) -> tuple[list[float], int]:
@@ -55,13 +46,13 @@ def _by_predict(base: str, rows: list[dict[str, object]]) -> tuple[list[float], 
 
 def _by_v2_http(base: str, rows: list[dict[str, object]]) -> tuple[list[float], int]:
     client = httpclient.InferenceServerClient(base.removeprefix("http://"))
-    result = client.infer("repository", _tensor_inputs(httpclient, rows))
+    result = client.infer("repository", triton_inputs(httpclient, rows, _TENSORS))
     return result.as_numpy("score").tolist(), result.get_response()["parameters"]["cache_hits"]
 
 
 def _by_grpc(address: str, rows: list[dict[str, object]]) -> tuple[list[float], int]:
     client = grpcclient.InferenceServerClient(address)
-    result = client.infer("repository", _tensor_inputs(grpcclient, rows))
+    result = client.infer("repository", triton_inputs(grpcclient, rows, _TENSORS))
     hits = result.get_response().parameters["cache_hits"].int64_param
     return result.as_numpy("score").tolist(), hits
 

@@ -27,28 +27,18 @@ from app.scoring import prediction_log
 from app.scoring.prediction_log import LOG_COLUMNS, PredictionLog, SampleKey
 from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
+from support.payloads import triton_inputs
 from support.servers import free_port, listening_process, metric_values
 from support.servers import server as start_server
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
+_TENSORS = (("c0", "BYTES"), ("n0", "FP32"))
 
 
 def _records(directory: Path) -> pa.Table:
     """Every published record, read as a user's reader would (hidden files skipped)."""
     return pads.dataset(directory, format="parquet").to_table()
-
-
-def _tensors(module, rows: list[dict[str, object]]) -> list:
-    inputs = []
-    for name, datatype, values in (
-        ("c0", "BYTES", np.array([str(r["c0"]).encode() for r in rows], dtype=object)),
-        ("n0", "FP32", np.array([r["n0"] for r in rows], dtype=np.float32)),
-    ):
-        tensor = module.InferInput(name, [len(rows)], datatype)
-        tensor.set_data_from_numpy(values)
-        inputs.append(tensor)
-    return inputs
 
 
 @pytest.fixture
@@ -83,10 +73,14 @@ def test_every_protocol_logs_every_row_with_its_id_values_and_score(
     generated = batch.headers["x-request-id"]  # none sent: one is made and returned
     answers[generated] = batch.json()["predictions"]
     v2 = httpclient.InferenceServerClient(base.removeprefix("http://"))
-    result = v2.infer("repository", _tensors(httpclient, rows), headers={"X-Request-ID": "v2-1"})
+    result = v2.infer(
+        "repository", triton_inputs(httpclient, rows, _TENSORS), headers={"X-Request-ID": "v2-1"}
+    )
     answers["v2-1"] = result.as_numpy("score").tolist()
     grpc = grpcclient.InferenceServerClient(address)
-    result = grpc.infer("repository", _tensors(grpcclient, rows), headers={"x-request-id": "g-1"})
+    result = grpc.infer(
+        "repository", triton_inputs(grpcclient, rows, _TENSORS), headers={"x-request-id": "g-1"}
+    )
     answers["g-1"] = result.as_numpy("score").tolist()
     listening_process(base).send_signal(signal.SIGTERM)  # a clean stop publishes the open file
     deadline = time.monotonic() + 20
