@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from app.features.spec import CategoricalField
 from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from training.data import BadRowLog, ColumnRoles, DataError, DataFormat, DataSource, open_source
@@ -46,27 +45,12 @@ class PredictSummary:
 
 
 def model_source(
-    scorer: Scorer,
-    data: Path,
-    fmt: DataFormat | None = None,
-    keep: Sequence[str] = (),
-    batch_rows: int | None = None,
+    scorer: Scorer, data: Path, fmt: DataFormat | None = None, keep: Sequence[str] = ()
 ) -> DataSource:
     """``data`` read for ``scorer``'s fields, with no label."""
-    fields = scorer.manifest.features.fields
-    roles = ColumnRoles(
-        categorical=tuple(f.name for f in fields if isinstance(f, CategoricalField)),
-        numeric=tuple(f.name for f in fields if not isinstance(f, CategoricalField)),
-    )
-    extra = {} if batch_rows is None else {"batch_rows": batch_rows}
-    return open_source(data, fmt, roles, scorer.manifest.task, labelled=False, keep=keep, **extra)
-
-
-def score_source(scorer: Scorer, source: DataSource, log: BadRowLog) -> np.ndarray:
-    """The scores of every row of ``source`` in memory (for reports over a sample of rows)."""
-    return np.concatenate(
-        [score_indices(scorer, encode_batch(scorer.encoder, b)) for b in source.batches(log)]
-    )
+    encoder = scorer.encoder
+    roles = ColumnRoles(categorical=encoder.categorical_names, numeric=encoder.numeric_names)
+    return open_source(data, fmt, roles, scorer.manifest.task, labelled=False, keep=keep)
 
 
 def score_indices(scorer: Scorer, indices: np.ndarray) -> np.ndarray:

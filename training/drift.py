@@ -23,7 +23,7 @@ from app.scoring.scorer import Scorer
 from training.batch_predict import model_source, score_indices
 from training.data import BadRowLog, DataError, DataFormat
 from training.dataset import encode_batch
-from training.statistics import TrainingStatistics, score_bins
+from training.statistics import TrainingStatistics, add_index_counts, score_bins
 
 PSI_THRESHOLD = 0.2
 # A categorical field's most frequent training values compared one by one; the rest of its
@@ -102,8 +102,7 @@ def drift(
     # the model's own encoding, in its field order
     for batch in model_source(scorer, data, fmt).batches(bad_rows or BadRowLog()):
         indices = encode_batch(scorer.encoder, batch)
-        for j, size in enumerate(spec.field_dims):
-            counts[j] += np.bincount(indices[:, j], minlength=size)
+        add_index_counts(counts, indices)
         scores += score_bins(statistics.score_edges, score_indices(scorer, indices))
         rows += len(indices)
     fields = []

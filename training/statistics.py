@@ -60,9 +60,14 @@ def index_counts(spec: FeatureSpec, split: Split) -> dict[str, np.ndarray]:
     """Rows per encoded index of every field over a split on disk, block by block."""
     counts = [np.zeros(size, dtype=np.int64) for size in spec.field_dims]
     for block in split.blocks():
-        for j, size in enumerate(spec.field_dims):
-            counts[j] += np.bincount(block.indices[:, j].astype(np.int64), minlength=size)
+        add_index_counts(counts, block.indices)
     return {field.name: c for field, c in zip(spec.fields, counts, strict=True)}
+
+
+def add_index_counts(counts: list[np.ndarray], indices: np.ndarray) -> None:
+    """Add the rows per encoded index of ``(N, F)`` encoded rows to each field's counts."""
+    for j, field_counts in enumerate(counts):
+        field_counts += np.bincount(indices[:, j].astype(np.int64), minlength=len(field_counts))
 
 
 def score_histogram(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

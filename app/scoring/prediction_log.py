@@ -1,11 +1,12 @@
 """The prediction log: one Parquet record per scored row, written off the request path.
 
 ```
-PredictionService.score ─► sampled? ─► PredictionLog.add: the request's values appended to
-                                       the row group being gathered (a few list appends)
-       full (16,384 rows) or 1 s old ─► handed to the writer thread (past the bound: dropped,
-                                       counted) ─► Arrow ─► the open file, hidden
-                                       ─► rolled by rows, bytes or age: renamed, whole
+PredictionService.score ─► sampled? ─► PredictionLog.add (past the bound: dropped, counted):
+                                       the request's values appended to the row group being
+                                       gathered (a few list appends)
+       full (16,384 rows) or 1 s old ─► handed to the writer thread ─► Arrow ─► the open
+                                       file, hidden ─► rolled by rows, bytes or age: renamed,
+                                       whole
 ```
 
 A request appends what it already holds (its decoded row, or its batch's columns) to plain
@@ -215,28 +216,30 @@ class PredictionLog:
 
     # -- the request path ----------------------------------------------------------------
     def rows_to_log(
-        self, encoder: FeatureEncoder, values: Values, rows: int
-    ) -> NDArray[np.int64] | bool:
+        self, encoder: FeatureEncoder, values: Values
+    ) -> tuple[NDArray[np.int64] | bool, Values]:
         """Which rows of a request are logged: all (``True``), none (``False``), or these
-        (sampling keyed by a feature, decided row by row)."""
+        (sampling keyed by a feature, decided row by row); and the values to log, a batch's
+        columns made once when the key needed them."""
         if self.sample >= 1.0:
-            return True
+            return True, values
         key = self.key
         if key is None:
-            return bool(np.random.random() < self.sample)
+            return bool(np.random.random() < self.sample), values
         if key.source == "header":
             context = CURRENT_REQUEST.get()
             if context is None or context.sample_key is None:
-                return bool(np.random.random() < self.sample)
-            return key_sampled(context.sample_key, self.sample)
+                return bool(np.random.random() < self.sample), values
+            return key_sampled(context.sample_key, self.sample), values
         if isinstance(values, Mapping):
             column: Sequence[object] | NDArray[Any] | None = [values.get(key.name)]
         else:
-            column = values(encoder).get(key.name)
+            columns = values(encoder)
+            values, column = (lambda _: columns), columns.get(key.name)
         if column is None:
-            return bool(np.random.random() < self.sample)
+            return bool(np.random.random() < self.sample), values
         tokens = [_token(value) or "" for value in _as_list(column)]
-        return np.flatnonzero([key_sampled(token, self.sample) for token in tokens])
+        return np.flatnonzero([key_sampled(token, self.sample) for token in tokens]), values
 
     def add(
         self,
@@ -263,7 +266,7 @@ class PredictionLog:
         )
         group = self._gathering
         try:
-            if group is None or group.names != encoder.names:
+            if group is None or group.fields != (encoder.categorical_names, encoder.numeric_names):
                 self._hand_over(group)  # a model version of other fields: a new row group
                 group = self._gathering = self._start_group(encoder)
             group.add(entry)
@@ -488,7 +491,7 @@ class _Rows:
         if clash:
             raise ValueError(f"fields {sorted(clash)} have the names of the log's own columns")
         self.encoder = encoder
-        self.names = encoder.names
+        self.fields = (encoder.categorical_names, encoder.numeric_names)
         self.rows = 0
         self._request_id: list[str] = []
         self._row: list[int] = []
@@ -516,7 +519,7 @@ class _Rows:
         else:
             given = entry.values(entry.encoder)
             columns: dict[str, list[object]] = {}
-            for name in self.names:
+            for name in (*self.encoder.categorical_names, *self.encoder.numeric_names):
                 column = given.get(name)
                 if column is None:
                     columns[name] = [None] * count

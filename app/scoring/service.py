@@ -140,7 +140,7 @@ class PredictionService:
         values: Values,
     ) -> None:
         """Queue the request's sampled rows to the prediction log."""
-        chosen = log.rows_to_log(scorer.encoder, values, len(scores))
+        chosen, values = log.rows_to_log(scorer.encoder, values)
         if chosen is False:
             return
         rows = None if chosen is True else chosen
