@@ -184,8 +184,7 @@ def _join(
           count(*) FILTER (WHERE l.request_id IS NOT NULL AND e.time > l.served_at + {window}),
           count(*) FILTER (WHERE l.request_id IS NULL)
         FROM events e
-        LEFT JOIN (SELECT request_id, row, min(served_at) AS served_at FROM log GROUP BY ALL) l
-          ON e.request_id = l.request_id AND e.row = l.row
+        LEFT JOIN served l ON e.request_id = l.request_id AND e.row = l.row
         """
     ).fetchone()  # type: ignore[misc]
     return {
