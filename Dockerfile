@@ -33,13 +33,14 @@ CMD ["torchrun", "--help"]
 FROM ${BASE_IMAGE}
 RUN useradd --system --no-create-home --uid 10001 ctrserve
 COPY --from=build /opt/venv /opt/venv
-# The default model is baked in (run `make model` before building); mount another one over
-# /models/default, or point CTR_MODEL_DIR at a volume, to serve something else.
+# The models are baked in (run `make models` before building): the default (click) model is
+# what a plain `docker run` serves; point CTR_MODEL_REPOSITORY at /models to serve every
+# model there (the Kubernetes manifests seed a shared volume with them), or at a volume.
 COPY models/ /models/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    CTR_MODEL_DIR=/models/default \
+    CTR_MODEL_REPOSITORY=/models/default \
     CTR_HOST=0.0.0.0 \
     CTR_PORT=8000 \
     CTR_WORKERS=1

@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model serve test bench bench-open peers bench-train bench-dist bench-loop reliability quality loadtest loop clean
+.PHONY: setup run model models serve test bench bench-open peers bench-train bench-dist bench-loop bench-models reliability quality loadtest loop clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -39,16 +39,25 @@ $(MODEL_DIR)/CURRENT: training/statistics.py | $(DATA)
 
 model: setup $(MODEL_DIR)/CURRENT
 
+# The models the container and the Kubernetes manifests serve: the click model above, and a
+# conversion model beside it (a stand-in: a DeepFM of other fields of the same log).
+CVR_DIR := models/cvr
+$(CVR_DIR)/CURRENT: training/statistics.py | $(DATA)
+	$(VENV)/bin/ctrserve train --data $(DATA) --model deepfm --ignore c2,c3,n1 --out $(CVR_DIR) \
+		--no-progress
+
+models: model $(CVR_DIR)/CURRENT
+
 run: model
 	@echo
 	@echo "ctrserve: serving $(MODEL_DIR) on http://$(HOST):$(PORT)  (Ctrl-C stops it). Try:"
 	@echo "  curl -s -X POST http://$(HOST):$(PORT)/predict -H 'content-type: application/json' \\"
 	@echo "       -d '{\"features\": {\"c0\": \"c0_1\", \"c3\": \"c3_7\", \"n0\": 2.5}}'"
 	@echo
-	CTR_MODEL_DIR=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(VENV)/bin/ctrserve serve
+	CTR_MODEL_REPOSITORY=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(VENV)/bin/ctrserve serve
 
 serve: setup
-	CTR_MODEL_DIR=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(VENV)/bin/ctrserve serve
+	CTR_MODEL_REPOSITORY=$(MODEL_DIR) CTR_HOST=$(HOST) CTR_PORT=$(PORT) $(VENV)/bin/ctrserve serve
 
 test: $(TEST_DEPS)
 	$(VENV)/bin/ruff check .
@@ -114,6 +123,11 @@ bench-dist: $(TEST_DEPS)
 # The feedback loop's costs: the prediction log off vs on (open and closed loop), the join of
 # a 1M-record log (peak RSS), ctrserve predict on 1M-10M Criteo-shaped rows (generated, then
 # deleted; ~2.5 GB of disk at the peak) -> docs/FEEDBACK.md
+# Many models in one server: a shadow's cost, two models against one, a sticky split
+# -> docs/MANY_MODELS.md
+bench-models: models $(TEST_DEPS)
+	$(PY) -m benchmarks.many_models
+
 bench-loop: model $(PRODUCTION)/nffm/CURRENT $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	$(PY) -m benchmarks.feedback

@@ -1,8 +1,11 @@
-"""``python -m app``: serve the model repository in ``CTR_MODEL_DIR`` with uvicorn.
+"""``python -m app``: serve the model repository in ``CTR_MODEL_REPOSITORY`` with uvicorn.
 
-``python -m app publish --from DIR``: copy an exported model into that repository as a
-version (verified first) and point ``CURRENT`` at it, so every worker and replica that
-follows the repository serves it within one poll interval.
+``python -m app publish --from DIR [--model NAME]``: copy an exported model into that
+repository as a version (verified first) and point ``CURRENT`` at it, so every worker and
+replica that follows the repository serves it within one poll interval.
+
+``python -m app label MODEL LABEL VERSION`` (or ``--remove``): point a label (``stable``,
+``canary``...) at a version, verified first; every worker follows it at its next poll.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 from types import FrameType
 
 from app.core.config import get_settings
+from app.features.errors import SpecError
+from app.scoring.repository import ModelRepository, check_version_name, is_model
 
 # Not imported from app.metrics: prometheus_client picks its mode when first imported, and
 # that must happen after this variable is set.
@@ -79,16 +84,25 @@ def serve() -> int:
     return 0
 
 
-def publish(source: Path, if_empty: bool) -> int:
+def _model_repository(name: str | None) -> ModelRepository:
+    """The folder of model ``name`` in ``CTR_MODEL_REPOSITORY``: the directory itself when
+    it is one model's (or no model is named), else its folder ``name`` (new or not)."""
+    settings = get_settings()
+    root = settings.model_dir
+    if name is None or is_model(root):
+        return ModelRepository(root, settings.model_name)
+    return ModelRepository(root / check_version_name(name), name)
+
+
+def publish(source: Path, if_empty: bool, model: str | None) -> int:
     from app.core.logging import configure_logging
-    from app.features.errors import SpecError
-    from app.scoring.repository import ModelRepository, resolve_model_dir
+    from app.scoring.repository import resolve_model_dir
     from app.scoring.scorer import Scorer
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    repository = ModelRepository(settings.model_dir)
     try:
+        repository = _model_repository(model)
         if if_empty and (repository.is_flat or (repository.root / "CURRENT").is_file()):
             logger.info("%s already has a model; nothing published", repository.root)
             return 0
@@ -103,20 +117,47 @@ def publish(source: Path, if_empty: bool) -> int:
     return 0
 
 
+def label(model: str, name: str, version: str | None) -> int:
+    """Point label ``name`` of ``model`` at ``version`` (loaded and scored first), or
+    remove it."""
+    from app.core.logging import configure_logging
+    from app.scoring.scorer import Scorer
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        repository = _model_repository(model)
+        if version is None:
+            repository.remove_label(name)
+            logger.info("removed label %s of %s", name, repository.root)
+            return 0
+        Scorer.load(repository.version_dir(check_version_name(version)))
+        repository.set_label(name, version)
+    except (SpecError, OSError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    logger.info("%s: label %s -> %s", repository.root, name, version)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app", description="Serve a model repository, or publish a model into it."
     )
     commands = parser.add_subparsers(dest="command")
-    serve_parser = commands.add_parser("serve", help="serve CTR_MODEL_DIR (the default)")
+    serve_parser = commands.add_parser(
+        "serve", help="serve CTR_MODEL_REPOSITORY (the default command)"
+    )
     serve_parser.add_argument(
         "--model-name",
         help="the model's name in the inference protocol (CTR_MODEL_NAME); KServe passes "
         "its InferenceService's name here",
     )
-    serve_parser.add_argument("--model-dir", type=Path, help="the repository (CTR_MODEL_DIR)")
+    serve_parser.add_argument(
+        "--model-dir", type=Path, help="the repository (CTR_MODEL_REPOSITORY)"
+    )
     publish_parser = commands.add_parser(
-        "publish", help="copy an exported model into CTR_MODEL_DIR and point CURRENT at it"
+        "publish", help="copy an exported model into a repository and point CURRENT at it"
     )
     publish_parser.add_argument(
         "--from",
@@ -130,14 +171,28 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only when the repository has no CURRENT yet (seeding a fresh volume)",
     )
+    publish_parser.add_argument(
+        "--model", help="the model to publish to, in a repository of several (models/<name>)"
+    )
+    label_parser = commands.add_parser(
+        "label", help="point a label (stable, canary...) of a model at a version"
+    )
+    label_parser.add_argument("model", help="the model (its folder's name)")
+    label_parser.add_argument("label", help="the label: letters, digits, '.', '_', '-'")
+    label_parser.add_argument("version", nargs="?", help="the version it names from now on")
+    label_parser.add_argument("--remove", action="store_true", help="remove the label")
     args = parser.parse_args(argv)
     if args.command == "publish":
-        return publish(args.source, args.if_empty)
+        return publish(args.source, args.if_empty, args.model)
+    if args.command == "label":
+        if (args.version is None) != args.remove:
+            parser.error("label: give a VERSION, or --remove")
+        return label(args.model, args.label, args.version)
     # Flags become the settings' variables, which uvicorn's worker processes inherit.
     if getattr(args, "model_name", None):
         os.environ["CTR_MODEL_NAME"] = args.model_name
     if getattr(args, "model_dir", None):
-        os.environ["CTR_MODEL_DIR"] = str(args.model_dir)
+        os.environ["CTR_MODEL_REPOSITORY"] = str(args.model_dir)
     return serve()
 
 

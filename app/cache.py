@@ -1,4 +1,4 @@
-"""The score cache: scores keyed on the encoded row, for one model version at a time.
+"""The score cache of one model: scores keyed on the version and the encoded row.
 
 Keyed on the encoded row, not the request text, so key order, ``5`` vs ``"5"`` and the
 different unseen values of a field share an entry, whichever protocol sent the row.
@@ -7,9 +7,10 @@ Imports no FastAPI.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -24,6 +25,25 @@ DOORKEEPER_MIN_ROWS = 4096  # so that a small cache still sees a large batch com
 _BITS_PER_ENTRY = 64  # the doorkeeper's sparsity (see Doorkeeper)
 
 
+@dataclass(frozen=True, eq=False)  # compared by identity: one slot per version loaded
+class _Slot:
+    """A loaded version's place in the cache: the prefix of its keys (a number never given
+    to another version, so entries of a version gone are never read as another's), and the
+    smallest unsigned type that holds its largest index."""
+
+    prefix: NDArray[np.unsignedinteger]  # the number, as key_type units
+    key_type: np.dtype[np.unsignedinteger]
+
+    @classmethod
+    def make(cls, number: int, largest_index: int) -> _Slot:
+        key_type = np.min_scalar_type(max(largest_index, 0))
+        if key_type.kind != "u":
+            key_type = np.dtype(np.uint64)
+        width = "<u8" if key_type.itemsize == 8 else "<u4"
+        prefix = np.frombuffer(np.array(number, dtype=width).tobytes(), dtype=key_type)
+        return cls(prefix.copy(), key_type)
+
+
 @dataclass
 class Lookup:
     """What the cache knew about a batch: which rows it had, a score per row (NaN until the
@@ -34,13 +54,13 @@ class Lookup:
     scores: NDArray[np.float32]
     keys: list[bytes]  # the key of every row looked up, in ``looked_up`` order
     looked_up: NDArray[np.intp]
-    version: str
+    slot: _Slot | None
 
     @classmethod
-    def missed(cls, rows: int, version: str) -> Lookup:
+    def missed(cls, rows: int) -> Lookup:
         """Nothing known and nothing to store: every row to be scored."""
         scores = np.full(rows, np.nan, dtype=np.float32)
-        return cls(np.zeros(rows, dtype=np.bool_), scores, [], _NONE_LOOKED_UP, version)
+        return cls(np.zeros(rows, dtype=np.bool_), scores, [], _NONE_LOOKED_UP, None)
 
 
 class Doorkeeper:
@@ -92,18 +112,20 @@ class Doorkeeper:
 
 
 class ScoreCache:
-    """Scores of one model version, LRU-bounded, with a TTL, its admission inside it.
+    """Scores of one model's loaded versions, LRU-bounded, with a TTL, its admission inside.
 
-    - Keys are the row's indices as bytes, in the smallest unsigned type that holds the
-      model's largest index, made for a whole batch by one numpy call.
+    - Keys are the version's slot number, then the row's indices, as bytes in the smallest
+      unsigned type that holds the version's largest index, made for a whole batch by one
+      numpy call. The versions of a model share its budget by their traffic.
     - cachetools' ``LRUCache`` holds ``(score, expires_at)``: the clock is read once a
       lookup, and an expired entry leaves when it is next looked up or falls off the end.
     - Admission: a row of a batch is looked up and stored from its second sight (the
       :class:`Doorkeeper`), so a stream of one-off rows costs a vectorised hash a batch, not
       a lookup and a store a row. A single row is always looked up and stored, so a repeated
       request is a hit the second time; the doorkeeper hears of single rows in bulk.
-    - It belongs to one version at a time (:meth:`reset` on a swap): a request scored by
-      the old version across a swap neither reads nor writes the new entries.
+    - It serves the versions :meth:`serve` names: a request scored by a version unloaded
+      meanwhile neither reads nor writes entries; a version's entries, once it is gone, are
+      never read again and leave by the LRU's order or their TTL.
 
     Args:
         maxsize: entries kept; ``0`` disables caching (every lookup misses, nothing stored).
@@ -128,23 +150,27 @@ class ScoreCache:
         self._doorkeeper = Doorkeeper(max(maxsize, DOORKEEPER_MIN_ROWS))
         self._singles: list[NDArray[np.int64]] = []
         self._lock = threading.Lock()
-        self._version = ""
-        self._key_type: np.dtype[np.unsignedinteger] = np.dtype(np.uint32)
+        self._slots: dict[str, _Slot] = {}
+        self._numbers = itertools.count(1)
 
     @property
     def enabled(self) -> bool:
         return self._entries is not None
 
-    def reset(self, version: str, largest_index: int) -> None:
-        """Serve ``version`` from now on: every entry of the previous one is dropped."""
+    def serve(self, versions: Mapping[str, int]) -> None:
+        """Serve these versions (version -> its largest index) from now on; a version not
+        named is dropped, a new one gets a slot number never used before."""
         with self._lock:
-            self._version = version
+            kept = {v: slot for v, slot in self._slots.items() if v in versions}
+            for version, largest in versions.items():
+                if version not in kept:
+                    kept[version] = _Slot.make(next(self._numbers), largest)
+            self._slots = kept
             self._singles.clear()
-            self._key_type = np.min_scalar_type(max(largest_index, 0))
-            if self._key_type.kind != "u":
-                self._key_type = np.dtype(np.uint64)
-            if self._entries is not None:
-                self._entries.clear()
+
+    @property
+    def maxsize(self) -> int:
+        return 0 if self._entries is None else int(self._entries.maxsize)
 
     def __len__(self) -> int:
         """Entries held (expired ones included until they are looked up or evicted)."""
@@ -153,26 +179,31 @@ class ScoreCache:
         with self._lock:
             return len(self._entries)
 
-    def keys(self, indices: NDArray[np.int64]) -> list[bytes]:
-        """The key of each row: its indices' bytes (one numpy call for the batch)."""
-        rows = np.ascontiguousarray(indices, dtype=self._key_type)
+    @staticmethod
+    def keys(slot: _Slot, indices: NDArray[np.int64]) -> list[bytes]:
+        """The key of each row: the slot's prefix, then its indices (one numpy call)."""
+        width = len(slot.prefix)
+        rows = np.empty((len(indices), width + indices.shape[1]), dtype=slot.key_type)
+        rows[:, :width] = slot.prefix
+        rows[:, width:] = indices
         whole_rows = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
         return cast("list[bytes]", whole_rows.tolist())  # a void item's tolist() is bytes
 
     def lookup(self, version: str, indices: NDArray[np.int64]) -> Lookup:
         """The cached score of each row of ``indices`` (NaN where it has to be scored)."""
-        nothing = Lookup.missed(len(indices), version)
+        nothing = Lookup.missed(len(indices))
         if self._entries is None:
             return nothing
         if len(indices) == 1:
             return self._lookup_row(version, indices, nothing)
         hits, scores = nothing.hits, nothing.scores
         with self._lock:
-            if version != self._version:
+            slot = self._slots.get(version)
+            if slot is None:
                 return nothing
             self._mark_singles()
             looked_up = np.flatnonzero(self._doorkeeper.seen(indices))
-            keys = self.keys(indices[looked_up])
+            keys = self.keys(slot, indices[looked_up])
             now = self._timer()
             found = []
             for position, key in enumerate(keys):
@@ -184,21 +215,22 @@ class ScoreCache:
             rows = looked_up[list(positions)]
             scores[rows] = values
             hits[rows] = True
-        return Lookup(hits, scores, keys, looked_up, version)
+        return Lookup(hits, scores, keys, looked_up, slot)
 
     def _lookup_row(self, version: str, row: NDArray[np.int64], nothing: Lookup) -> Lookup:
         """One row, with scalar work only: a dozen numpy calls would cost it ~15 µs."""
-        key = row.astype(self._key_type, order="C").tobytes()
         with self._lock:
-            if version != self._version:
+            slot = self._slots.get(version)
+            if slot is None:
                 return nothing
+            key = slot.prefix.tobytes() + row.astype(slot.key_type, order="C").tobytes()
             self._singles.append(row)  # the doorkeeper hears of it with the next batch
             if len(self._singles) >= _SINGLES_PENDING:
                 self._mark_singles()
             score = self._live(key, self._timer())
         if score is not None:
             nothing.scores[0], nothing.hits[0] = score, True
-        return Lookup(nothing.hits, nothing.scores, [key], _FIRST_ROW, version)
+        return Lookup(nothing.hits, nothing.scores, [key], _FIRST_ROW, slot)
 
     def store(self, lookup: Lookup) -> None:
         """Keep the scores (filled in by now) of the rows ``lookup`` looked up and missed."""
@@ -210,7 +242,7 @@ class ScoreCache:
         values = lookup.scores[lookup.looked_up[missed]].tolist()
         keys = [key for key, miss in zip(lookup.keys, missed.tolist(), strict=True) if miss]
         with self._lock:
-            if lookup.version != self._version:
+            if lookup.slot not in self._slots.values():  # its version was unloaded meanwhile
                 return
             expires = self._timer() + self.ttl_s
             entries = self._entries

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,14 +24,16 @@ from app.cache import ScoreCache
 from app.core.config import Settings, get_settings
 from app.core.cpus import usable_cpus
 from app.core.logging import configure_logging
+from app.features.errors import SpecError
 from app.metrics import ServiceMetrics, mark_worker_gone
 from app.scoring.batcher import Batcher
 from app.scoring.poller import RepositoryPoller
-from app.scoring.prediction_log import PredictionLog, SampleKey, sample_key_header
-from app.scoring.registry import ModelRegistry
-from app.scoring.repository import ModelRepository
+from app.scoring.prediction_log import PredictionLog
+from app.scoring.registry import Lineup, ModelRegistry
+from app.scoring.repository import find_models
+from app.scoring.request import StickyKey
 from app.scoring.scorer import Scorer
-from app.scoring.service import PredictionService
+from app.scoring.service import PredictionService, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -49,35 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        repository = ModelRepository(settings.model_dir, settings.model_name)
-        registry = ModelRegistry(repository, load, settings.model_version)
-        batcher = Batcher(
-            settings.scoring_threads or usable_cpus(),
-            settings.batch_max_rows,
-            settings.max_queued_rows,
-            metrics.observe_call,
-        )
-        cache = ScoreCache(settings.cache_maxsize, settings.cache_ttl_s)
-        log = prediction_log(settings, metrics)
-        service = PredictionService(registry, cache, batcher, metrics, log)
+        service = build_service(settings, metrics, load)
         app.state.service = service
         poller = RepositoryPoller(service, settings.poll_interval_s)
-        # Everything alive now (libraries, the model) lives as long as the process: keep it
+        # Everything alive now (libraries, the models) lives as long as the process: keep it
         # out of the cyclic collector's scans, which grow with the caches on the hot path.
         if settings.gc_freeze:
             gc.freeze()
-        scorer = registry.current
-        policy = f"pinned to {registry.pinned_version}" if registry.pinned_version else "latest"
-        logger.info(
-            "serving %s/%s (%s, %s; cache %d entries, ttl %.0fs; polling every %.1fs)",
-            repository.name,
-            scorer.version,
-            scorer.manifest.model_type,
-            policy,
-            settings.cache_maxsize,
-            settings.cache_ttl_s,
-            settings.poll_interval_s,
-        )
         poller.start()
         grpc_server = None
         if settings.grpc_port is not None:
@@ -90,9 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
             poller.stop()
-            batcher.close()
-            if log is not None:
-                log.close()
+            service.batcher.close()
+            service.shadow_batcher.close()
+            if service.log is not None:
+                service.log.close()
             service.flush_metrics()
             mark_worker_gone()
 
@@ -113,10 +94,88 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(AdmissionMiddleware, max_inflight=settings.max_inflight_requests)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    app.add_middleware(
-        RequestIdMiddleware, key_header=sample_key_header(settings.prediction_log_key)
-    )
+    app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def build_service(
+    settings: Settings, metrics: ServiceMetrics, load: Callable[[Path], Scorer]
+) -> PredictionService:
+    """Every model of the repository, loaded, with its share of the score cache.
+
+    Raises:
+        SpecError: no model there, or not one of them could be loaded.
+    """
+    repositories = find_models(settings.model_dir, settings.model_name)
+    default = settings.default_model or _default_model(sorted(repositories))
+    if default not in repositories:
+        raise SpecError(f"CTR_DEFAULT_MODEL={default}: no such model in {settings.model_dir}")
+    registries = {
+        name: ModelRegistry(repository, load, settings.model_version if name == default else None)
+        for name, repository in repositories.items()
+    }
+    if not any(registry.ready for registry in registries.values()):
+        reasons = "; ".join(
+            f"{name}: {f.version}: {f.reason}"
+            for name, registry in registries.items()
+            for f in registry.failures.values()
+        )
+        raise SpecError(f"no model in {settings.model_dir} could be loaded ({reasons})")
+    budgets = cache_budgets(settings.cache_maxsize, registries)
+    models = {
+        name: ServedModel(registry, ScoreCache(budgets[name], settings.cache_ttl_s), metrics)
+        for name, registry in registries.items()
+    }
+    threads = settings.scoring_threads or usable_cpus()
+    batcher = Batcher(
+        threads, settings.batch_max_rows, settings.max_queued_rows, metrics.observe_call
+    )
+    shadow_batcher = Batcher(
+        settings.shadow_threads, settings.batch_max_rows, settings.shadow_queue_rows
+    )
+    log = prediction_log(settings, metrics)
+    service = PredictionService(models, default, batcher, shadow_batcher, metrics, log)
+    for name, model in models.items():
+        lineup = model.registry.loaded
+        logger.info(
+            "model %s%s: %s (cache %d entries, ttl %.0fs)",
+            name,
+            " (default)" if name == default else "",
+            "not loaded" if lineup is None else ", ".join(_roles(lineup)),
+            model.cache.maxsize,
+            settings.cache_ttl_s,
+        )
+    logger.info("following the repository every %.1fs", settings.poll_interval_s)
+    return service
+
+
+def _default_model(names: list[str]) -> str:
+    if len(names) == 1 or "default" not in names:
+        return names[0]
+    return "default"
+
+
+def _roles(lineup: Lineup) -> list[str]:
+    roles = [f"{lineup.default.version} ({lineup.default.manifest.model_type})"]
+    roles += [f"{label}={version}" for label, version in lineup.labels.items()]
+    if lineup.split is not None and lineup.split_to is not None:
+        roles.append(f"{lineup.split.percent:g}% to {lineup.split_to.version}")
+    if lineup.shadow_to is not None:
+        roles.append(f"shadow {lineup.shadow_to.version} ({lineup.shadow_sample:.0%})")
+    return roles
+
+
+def cache_budgets(total: int, registries: Mapping[str, ModelRegistry]) -> dict[str, int]:
+    """Each model's share of ``total`` cached scores: its policy's ``cache_entries``, and an
+    even share of what is left for the others (read at start-up)."""
+    asked = {}
+    for name, registry in registries.items():
+        lineup = registry.loaded
+        if lineup is not None and lineup.policy.cache_entries is not None:
+            asked[name] = lineup.policy.cache_entries
+    others = [name for name in registries if name not in asked]
+    left = max(total - sum(asked.values()), 0)
+    return {**asked, **{name: left // len(others) for name in others}}
 
 
 def prediction_log(settings: Settings, metrics: ServiceMetrics) -> PredictionLog | None:
@@ -127,7 +186,7 @@ def prediction_log(settings: Settings, metrics: ServiceMetrics) -> PredictionLog
     log = PredictionLog(
         settings.prediction_log,
         sample=settings.prediction_log_sample,
-        key=None if key is None else SampleKey.parse(key),
+        key=None if key is None else StickyKey.parse(key),
         max_queued_rows=settings.prediction_log_queue_rows,
         roll_rows=settings.prediction_log_roll_rows,
         roll_bytes=settings.prediction_log_roll_bytes,

@@ -53,6 +53,8 @@ STAGE_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+_SMALL_DIFFERENCES = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+DIFFERENCE_BUCKETS = (*(-d for d in reversed(_SMALL_DIFFERENCES)), 0.0, *_SMALL_DIFFERENCES, 1.0)
 STAGES = ("parse", "encode", "cache", "onnxruntime")
 
 
@@ -66,7 +68,7 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.tally = Tally()
-        self._served: set[tuple[str, str]] = set()
+        self._served: set[tuple[str, str, str, str]] = set()
         registry = self.registry
         self.request_latency = Histogram(
             "ctr_request_latency_seconds",
@@ -84,15 +86,43 @@ class ServiceMetrics:
             registry=registry,
         )
         self.cache_hits = Counter(
-            "ctr_cache_hits", "Rows answered from the score cache.", registry=registry
+            "ctr_cache_hits",
+            "Rows answered from the score cache.",
+            ["model", "version"],
+            registry=registry,
         )
         self.cache_misses = Counter(
-            "ctr_cache_misses", "Rows that had to be scored.", registry=registry
+            "ctr_cache_misses",
+            "Rows that had to be scored.",
+            ["model", "version"],
+            registry=registry,
         )
         self.cache_entries = Gauge(
             "ctr_cache_entries",
-            "Live entries in the score cache, summed over workers.",
+            "Entries in each model's score cache, summed over workers.",
+            ["model"],
             multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.cache_budget = Gauge(
+            "ctr_cache_budget_entries",
+            "Entries each model's score cache may hold, summed over workers.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.model_bytes = Gauge(
+            "ctr_model_loaded_bytes",
+            "Bytes of the ONNX files of each model's loaded versions (one worker's: the largest).",
+            ["model"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.model_ready = Gauge(
+            "ctr_model_ready",
+            "1 while every worker has a version of the model loaded; 0 if one has none.",
+            ["model"],
+            multiprocess_mode="livemin",
             registry=registry,
         )
         self.queued_rows = Gauge(
@@ -112,33 +142,50 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "ctr_model_info",
-            "The model version each worker serves (value 1; one series per worker pid).",
-            ["model_type", "version"],
+            "The versions each worker has loaded (value 1; one series per worker pid); "
+            "serves: default, the labels, split, shadow.",
+            ["model", "version", "model_type", "serves"],
             multiprocess_mode="liveall",
             registry=registry,
         )
         self.reloads = Counter(
             "ctr_model_reloads",
-            "Model loads after start-up, by outcome (failed: the old version kept serving).",
-            ["outcome"],
+            "Model changes after start-up, by outcome (failed: the old version kept serving).",
+            ["model", "outcome"],
             registry=registry,
         )
         self.encoded_rows = Counter(
             "ctr_encoded_rows",
             "Rows encoded for scoring: the denominator of ctr_field_values.",
+            ["model", "version"],
             registry=registry,
         )
         self.field_values = Counter(
             "ctr_field_values",
             "Encoded values per field that were missing or never seen in training "
             "(a rising unseen rate is a stale vocabulary).",
-            ["field", "encoded_as"],
+            ["model", "version", "field", "encoded_as"],
             registry=registry,
         )
         self.predictions = Histogram(
             "ctr_prediction",
             "Distribution of the scores served (probability, or value for regression).",
+            ["model", "version"],
             buckets=SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_requests = Counter(
+            "ctr_shadow_requests",
+            "Requests a shadow version was asked to score again, by outcome (scored; "
+            "dropped: its queue was full; failed).",
+            ["model", "shadow", "outcome"],
+            registry=registry,
+        )
+        self.shadow_difference = Histogram(
+            "ctr_shadow_score_difference",
+            "Shadow score minus served score, per row, by model and version pair.",
+            ["model", "version", "shadow"],
+            buckets=DIFFERENCE_BUCKETS,
             registry=registry,
         )
 
@@ -168,16 +215,19 @@ class ServiceMetrics:
         if failed:
             self.scoring_errors.inc()
 
-    def set_model(self, model_type: str, version: str) -> None:
-        """Mark ``version`` served (1) and every version served before it not (0).
+    def set_model(self, model: str, loaded: Sequence[tuple[str, str, str]]) -> None:
+        """Mark ``model``'s loaded ``(version, model_type, serves)`` 1 and every series of
+        it before them 0.
 
         Zeroed rather than removed: prometheus_client cannot remove a labelled series in
         multiprocess mode.
         """
         for labels in self._served:
-            self.model_info.labels(*labels).set(0)
-        self._served.add((model_type, version))
-        self.model_info.labels(model_type=model_type, version=version).set(1)
+            if labels[0] == model:
+                self.model_info.labels(*labels).set(0)
+        for version, model_type, serves in loaded:
+            self._served.add((model, version, model_type, serves))
+            self.model_info.labels(model, version, model_type, serves).set(1)
 
     def flush(self) -> None:
         """Move this worker's tallied counts into the collectors."""
@@ -237,14 +287,32 @@ class _Histogram:
         histogram._sum.inc(self.total)
 
 
-class _FieldCounts:
-    __slots__ = ("fields", "missing", "rows", "unseen")
+class _VersionCounts:
+    """One model version's counts: cache hits and misses, scores, missing and unseen values
+    per field, and its shadow's outcomes and score differences."""
+
+    __slots__ = (
+        "differences",
+        "fields",
+        "hits",
+        "misses",
+        "missing",
+        "rows",
+        "scores",
+        "shadow",
+        "shadowed",
+        "unseen",
+    )
 
     def __init__(self, fields: Sequence[str]) -> None:
         self.fields = tuple(fields)
-        self.rows = 0
+        self.hits = self.misses = self.rows = 0
         self.missing = np.zeros(len(fields), dtype=np.int64)
         self.unseen = np.zeros(len(fields), dtype=np.int64)
+        self.scores = _Histogram(SCORE_BUCKETS)
+        self.shadow = ""  # the shadow version the differences are against
+        self.shadowed: dict[tuple[str, str], int] = {}  # (shadow version, outcome) -> requests
+        self.differences = _Histogram(DIFFERENCE_BUCKETS)
 
 
 class Tally:
@@ -261,13 +329,10 @@ class Tally:
         self._fresh()
 
     def _fresh(self) -> None:
-        self._hits = 0
-        self._misses = 0
         self._latency: dict[tuple[str, str], _Histogram] = {}
         self._stages = [_Histogram(STAGE_BUCKETS) for _ in STAGES]
         self._batch_rows = _Histogram(BATCH_BUCKETS)
-        self._scores = _Histogram(SCORE_BUCKETS)
-        self._fields: dict[str, _FieldCounts] = {}
+        self._versions: dict[tuple[str, str], _VersionCounts] = {}
 
     def request(self, endpoint: str, status: str, seconds: float) -> None:
         with self._lock:
@@ -281,56 +346,94 @@ class Tally:
         with self._lock:
             self._stages[stage].add(seconds)
 
-    def lookups(self, hits: int, misses: int) -> None:
-        with self._lock:
-            self._hits += hits
-            self._misses += misses
-
     def scored(self, rows: int) -> None:
         """One onnxruntime call of ``rows`` rows."""
         with self._lock:
             self._batch_rows.add(rows)
 
-    def scores(self, scores: NDArray[np.float32]) -> None:
-        with self._lock:
-            if len(scores) == 1:
-                self._scores.add(float(scores[0]))
-            else:
-                self._scores.add_many(scores)
+    def _counts(self, model: str, version: str, fields: Sequence[str]) -> _VersionCounts:
+        """Called under the lock."""
+        counts = self._versions.get((model, version))
+        if counts is None:
+            counts = self._versions[model, version] = _VersionCounts(fields)
+        return counts
 
-    def rows(self, version: str, fields: Sequence[str], indices: NDArray[np.int64]) -> None:
+    def rows(
+        self, model: str, version: str, fields: Sequence[str], indices: NDArray[np.int64]
+    ) -> None:
         """Count the missing and unseen values of ``(N, F)`` rows encoded by ``version``."""
         reserved = indices <= UNSEEN_INDEX  # missing = 0, unseen = 1: one compare for both
         with self._lock:
-            counts = self._fields.get(version)
-            if counts is None:
-                counts = self._fields[version] = _FieldCounts(fields)
+            counts = self._counts(model, version, fields)
             counts.rows += len(indices)
             if reserved.any():
                 counts.missing += (indices == MISSING_INDEX).sum(axis=0)
                 counts.unseen += (indices == UNSEEN_INDEX).sum(axis=0)
 
+    def served(
+        self,
+        model: str,
+        version: str,
+        fields: Sequence[str],
+        hits: int,
+        scores: NDArray[np.float32],
+    ) -> None:
+        """A request's scores, ``hits`` of them from the cache."""
+        with self._lock:
+            counts = self._counts(model, version, fields)
+            counts.hits += hits
+            counts.misses += len(scores) - hits
+            if len(scores) == 1:
+                counts.scores.add(float(scores[0]))
+            else:
+                counts.scores.add_many(scores)
+
+    def shadowed(
+        self,
+        model: str,
+        version: str,
+        fields: Sequence[str],
+        shadow: str,
+        outcome: str,
+        differences: NDArray[np.float32] | None = None,
+    ) -> None:
+        """A request shadowed by version ``shadow``: its outcome, and its score differences
+        (shadow minus served) when it was scored."""
+        with self._lock:
+            counts = self._counts(model, version, fields)
+            key = (shadow, outcome)
+            counts.shadowed[key] = counts.shadowed.get(key, 0) + 1
+            if differences is not None:
+                if counts.shadow != shadow:  # a new shadow: its differences stand apart
+                    counts.shadow, counts.differences = shadow, _Histogram(DIFFERENCE_BUCKETS)
+                counts.differences.add_many(differences)
+
     def flush(self, metrics: ServiceMetrics) -> None:
         """Move the counts into the collectors and start again from zero."""
         with self._lock:
-            hits, misses = self._hits, self._misses
             latency, stages, batch_rows = self._latency, self._stages, self._batch_rows
-            scores, fields = self._scores, self._fields
+            versions = self._versions
             self._fresh()
-        if hits:
-            metrics.cache_hits.inc(hits)
-        if misses:
-            metrics.cache_misses.inc(misses)
         for (endpoint, status), histogram in latency.items():
             histogram.flush_into(metrics.request_latency.labels(endpoint, status))
         for name, histogram in zip(STAGES, stages, strict=True):
             histogram.flush_into(metrics.stage_latency.labels(stage=name))
         batch_rows.flush_into(metrics.scored_batch_rows)
-        scores.flush_into(metrics.predictions)
-        for counts in fields.values():
+        for (model, version), counts in versions.items():
+            if counts.hits:
+                metrics.cache_hits.labels(model, version).inc(counts.hits)
+            if counts.misses:
+                metrics.cache_misses.labels(model, version).inc(counts.misses)
+            counts.scores.flush_into(metrics.predictions.labels(model, version))
             if counts.rows:
-                metrics.encoded_rows.inc(counts.rows)
+                metrics.encoded_rows.labels(model, version).inc(counts.rows)
             for kind, per_field in (("missing", counts.missing), ("unseen", counts.unseen)):
                 for name, count in zip(counts.fields, per_field.tolist(), strict=True):
                     if count:
-                        metrics.field_values.labels(field=name, encoded_as=kind).inc(count)
+                        metrics.field_values.labels(model, version, name, kind).inc(count)
+            for (shadow, outcome), requests in counts.shadowed.items():
+                metrics.shadow_requests.labels(model, shadow, outcome).inc(requests)
+            if counts.shadow:
+                counts.differences.flush_into(
+                    metrics.shadow_difference.labels(model, version, counts.shadow)
+                )

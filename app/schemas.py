@@ -71,19 +71,42 @@ class FieldInfo(BaseModel):
     cardinality: int = Field(description="vocabulary values or numeric bins")
 
 
-class ModelInfo(BaseModel):
-    name: str = Field(description="the repository's name (models/<name>)")
-    model_type: str
+class LoadedVersion(BaseModel):
     version: str
+    model_type: str
+    serves: list[str] = Field(description="default, its labels, split, shadow")
+    model_bytes: int = Field(description="bytes of its graph and external weights")
+
+
+class ModelBudget(BaseModel):
+    cache_entries: int = Field(description="entries this model's score cache holds now")
+    cache_budget: int = Field(description="entries it may hold (policy.yaml's cache_entries)")
+    model_bytes: int = Field(description="bytes of the loaded versions' graphs and weights")
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="the model's name (models/<name>)")
+    model_type: str
+    version: str = Field(description="the default version: what CURRENT names")
     task: Literal["binary", "regression"]
-    model_dir: str = Field(description="the version directory being served")
+    model_dir: str = Field(description="the default version's directory")
     repository: str
     versions: list[str] = Field(description="versions in the repository, oldest first")
-    pinned: bool = Field(description="CTR_MODEL_VERSION pins this service to one version")
+    loaded: list[LoadedVersion] = Field(description="versions this worker has loaded")
+    labels: dict[str, str] = Field(description="label -> version, as loaded")
+    policy: dict[str, JsonValue] = Field(description="models/<name>/policy.yaml as in force")
+    budget: ModelBudget
+    pinned: bool = Field(description="CTR_MODEL_VERSION pins this model's default version")
+    failures: dict[str, str] = Field(description="versions (or pointers) refused, and why")
     hyperparameters: dict[str, JsonValue]
     fields: list[FieldInfo]
     metrics: dict[str, float]
     created_at: datetime
+
+
+class ModelList(BaseModel):
+    default: str = Field(description="the model /predict and /model answer")
+    models: list[str]
 
 
 class ReloadRequest(BaseModel):
@@ -91,6 +114,9 @@ class ReloadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(
+        default=None, min_length=1, description="the model (unset: the default one)"
+    )
     version: str | None = Field(
         default=None,
         min_length=1,
@@ -114,21 +140,46 @@ class ReloadRequest(BaseModel):
 
 
 class ReloadResponse(BaseModel):
-    previous_version: str
+    model: str
+    previous_version: str | None
     version: str
     model_dir: str
 
 
-class ReadyResponse(BaseModel):
-    status: Literal["ready", "unavailable"]
-    model_version: str
+class LabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="a version in the repository: the label names it from now on",
+    )
+
+
+class LabelResponse(BaseModel):
+    model: str
+    labels: dict[str, str] = Field(description="every label of the model, as loaded now")
+
+
+class ModelReadiness(BaseModel):
+    ready: bool
+    version: str | None = Field(description="the default version served; null: none loaded")
     target_version: str | None = Field(
         description="what this worker should serve (CURRENT, or the pinned version)"
     )
     last_error: str | None = Field(
         default=None,
-        description="why the target version is not served (the old one keeps serving)",
+        description="why a version is not served (the one before it keeps serving)",
     )
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "unavailable"]
+    model_version: str | None = Field(description="the default model's default version")
+    target_version: str | None = Field(description="the default model's target version")
+    last_error: str | None = Field(default=None, description="the default model's last refusal")
+    models: dict[str, ModelReadiness] = Field(description="every model, ready or not")
 
 
 class ErrorResponse(BaseModel):

@@ -68,7 +68,7 @@ STREAMS: dict[str, Callable[[], Iterator[Rows]]] = {
 
 def _ours(capacity: int) -> Callable[[Rows], int]:
     cache = ScoreCache(capacity, ttl_s=3600)
-    cache.reset("v", 10_000)
+    cache.serve({"v": 10_000})
 
     def request(rows: Rows) -> int:
         lookup = cache.lookup("v", rows)
@@ -81,12 +81,14 @@ def _ours(capacity: int) -> Callable[[Rows], int]:
 
 def _theine(capacity: int) -> Callable[[Rows], int]:
     cache: TheineCache[bytes, float] = TheineCache(capacity)
-    keys = ScoreCache(capacity, ttl_s=3600)  # the same keys: the rows' bytes
-    keys.reset("v", 10_000)
+    keys = ScoreCache(capacity, ttl_s=3600)  # the same keys: the version's slot, the rows
+    keys.serve({"v": 10_000})
+    slot = keys.lookup("v", np.zeros((2, 1), dtype=np.int64)).slot
+    assert slot is not None
 
     def request(rows: Rows) -> int:
         hits = 0
-        for key in keys.keys(rows):
+        for key in keys.keys(slot, rows):
             _, found = cache.get(key)
             if found:
                 hits += 1

@@ -30,8 +30,9 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from app.scoring.prediction_log import CURRENT_REQUEST, PredictionLog, RequestContext
+from app.scoring.prediction_log import PredictionLog
 from app.scoring.repository import resolve_model_dir
+from app.scoring.request import CURRENT_REQUEST, RequestContext
 from app.scoring.scorer import Scorer
 from benchmarks.open_loop import MAX_VUS, _tree_cpu_s
 from support.k6 import run, write_slices
@@ -84,7 +85,7 @@ def log_cost(scratch: Path, model_dir: Path, rates: list[int], rounds: int, seco
     runs: list[dict[str, Any]] = []
     for round_ in range(rounds):
         for logged in (False, True) if round_ % 2 == 0 else (True, False):
-            env = {"CTR_MODEL_DIR": str(model_dir), "CTR_CACHE_MAXSIZE": "100000"}
+            env = {"CTR_MODEL_REPOSITORY": str(model_dir), "CTR_CACHE_MAXSIZE": "100000"}
             if logged:
                 env["CTR_PREDICTION_LOG"] = str(scratch / f"log-{round_}")
             with server([sys.executable, "-m", "app"], env) as base:

@@ -157,12 +157,12 @@ def _triton_body(spec: FeatureSpec) -> Callable[[list[Row]], object]:
 def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
     """ctrserve and the peers, each with the whole machine (2 cores here)."""
     ours_env = {
-        "CTR_MODEL_DIR": str(model_dir),
+        "CTR_MODEL_REPOSITORY": str(model_dir),
         "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES),
         "CTR_CACHE_TTL_S": "3600",
     }
     app = [sys.executable, "-m", "app"]
-    peer = {"CTR_MODEL_DIR": str(model_dir), "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES)}
+    peer = {"CTR_MODEL_REPOSITORY": str(model_dir), "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES)}
     return [
         Server(
             "ctrserve",
@@ -412,7 +412,7 @@ def settings_ab(model_dir: Path, duration_s: int, rates: tuple[int, ...] = (2500
     fixed rates, the variants taking turns over three rounds (a drift of the machine's speed
     falls on all of them)."""
     spec = load_spec(model_dir)
-    env = {"CTR_MODEL_DIR": str(model_dir), "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES)}
+    env = {"CTR_MODEL_REPOSITORY": str(model_dir), "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES)}
     results: dict[str, list[OpenLoopResult]] = {name: [] for name, _ in SETTINGS_VARIANTS}
     with tempfile.TemporaryDirectory(prefix="ctrserve-settings-") as scratch:
         slices = write_slices(

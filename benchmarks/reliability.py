@@ -249,7 +249,7 @@ def hostile_bodies(report: Report, model_dir: Path, examples: int) -> None:
 
 def limits(report: Report, model_dir: Path) -> None:
     env = {
-        "CTR_MODEL_DIR": str(model_dir),
+        "CTR_MODEL_REPOSITORY": str(model_dir),
         "CTR_MAX_BODY_BYTES": "65536",
         "CTR_MAX_BATCH_SIZE": "100",
         "CTR_MAX_VALUE_CHARS": "64",
@@ -290,7 +290,7 @@ def faults(report: Report, model_dir: Path) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with tempfile.TemporaryDirectory() as scratch:
         env = {
-            "CTR_MODEL_DIR": str(model_dir),
+            "CTR_MODEL_REPOSITORY": str(model_dir),
             "CTR_RELOAD_TOKEN": TOKEN,
             "CTR_PUBLISH_ROOT": scratch,
         }
@@ -304,7 +304,7 @@ def faults(report: Report, model_dir: Path) -> None:
                     capture_output=True,
                     text=True,
                     timeout=60,
-                    env={**os.environ, "CTR_MODEL_DIR": str(broken), "CTR_PORT": "1"},
+                    env={**os.environ, "CTR_MODEL_REPOSITORY": str(broken), "CTR_PORT": "1"},
                 )
                 refused_at_start = start.returncode != 0 and FAULTS[fault][1] in start.stderr
                 reload = httpx.post(
@@ -366,7 +366,7 @@ def reload_under_load(report: Report, model_dir: Path, duration_s: int) -> None:
     for workers in (1, 2):
         with _scratch_repository(model_dir) as (repository, first, second):
             env = {
-                "CTR_MODEL_DIR": str(repository),
+                "CTR_MODEL_REPOSITORY": str(repository),
                 "CTR_RELOAD_TOKEN": TOKEN,
                 "CTR_WORKERS": str(workers),
                 "CTR_POLL_INTERVAL_S": str(RELOAD_EVERY_S),
@@ -454,7 +454,7 @@ def fleet_rollout(report: Report, model_dir: Path, rounds: int) -> None:
     rows_out = []
     with _scratch_repository(model_dir) as (repository, first, second):
         env = {
-            "CTR_MODEL_DIR": str(repository),
+            "CTR_MODEL_REPOSITORY": str(repository),
             "CTR_RELOAD_TOKEN": TOKEN,
             "CTR_WORKERS": "2",
             "CTR_POLL_INTERVAL_S": "2",
@@ -509,7 +509,7 @@ def memory(report: Report, model_dir: Path, unique_keys: int, maxsize: int) -> N
     rows_out = []
     for cache in (maxsize, 0):
         env = {
-            "CTR_MODEL_DIR": str(model_dir),
+            "CTR_MODEL_REPOSITORY": str(model_dir),
             "CTR_CACHE_MAXSIZE": str(cache),
             "CTR_CACHE_TTL_S": "3600",
         }

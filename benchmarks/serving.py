@@ -86,7 +86,7 @@ class Suite:
         self.duration_s = duration_s
         self.spec = load_spec(model_dir)
         self.env = {
-            "CTR_MODEL_DIR": str(model_dir),
+            "CTR_MODEL_REPOSITORY": str(model_dir),
             "CTR_CACHE_TTL_S": "3600",
             "CTR_CACHE_MAXSIZE": "1000000",
         }

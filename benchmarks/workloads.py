@@ -123,7 +123,7 @@ def ours(body: list[Row]) -> object:
 def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
     """ctrserve (cache on and off) and the peers, each given its fastest honest setting."""
     env = {
-        "CTR_MODEL_DIR": str(model_dir),
+        "CTR_MODEL_REPOSITORY": str(model_dir),
         "CTR_CACHE_TTL_S": "3600",
         "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES),
     }

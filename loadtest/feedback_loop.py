@@ -54,7 +54,7 @@ def serve_day(model_dir: Path, day: str, day_file: Path, work: Path, users: int)
     log = work / "log" / day
     clicks = work / f"clicks-{day}.csv"
     env = {
-        "CTR_MODEL_DIR": str(model_dir),
+        "CTR_MODEL_REPOSITORY": str(model_dir),
         "CTR_PREDICTION_LOG": str(log),
         "CTR_PREDICTION_LOG_SAMPLE": "1.0",
     }

@@ -5,7 +5,7 @@ Run it headless and bounded (see README, "Load test"), e.g.::
     locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 30s \
         --host http://127.0.0.1:8000 --csv loadtest/results/run
 
-Knobs (environment): ``CTR_MODEL_DIR`` (whose spec.json the rows come from),
+Knobs (environment): ``CTR_MODEL_REPOSITORY`` (whose spec.json the rows come from),
 ``LOADTEST_POOL_SIZE`` (distinct rows), ``LOADTEST_ZIPF`` (repeat skew: higher = more cache
 hits), ``LOADTEST_BATCH_SIZE`` and ``LOADTEST_BATCH_SHARE`` (fraction of batch requests),
 ``LOADTEST_V2_SHARE`` (fraction of requests sent as Open Inference Protocol batches, the
@@ -25,7 +25,7 @@ from locust.env import Environment
 from app.scoring.repository import ModelRepository
 from support.payloads import load_spec, random_rows, v2_binary_body, zipf_stream
 
-MODEL_DIR = Path(os.environ.get("CTR_MODEL_DIR", "models/default"))
+MODEL_DIR = Path(os.environ.get("CTR_MODEL_REPOSITORY", "models/default"))
 POOL_SIZE = int(os.environ.get("LOADTEST_POOL_SIZE", "200000"))
 ZIPF = float(os.environ.get("LOADTEST_ZIPF", "1.0"))
 BATCH_SIZE = int(os.environ.get("LOADTEST_BATCH_SIZE", "50"))

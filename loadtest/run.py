@@ -27,7 +27,7 @@ def main() -> int:
     args = parser.parse_args()
     args.model_dir = args.model_dir.resolve()  # servers under test start in an empty directory
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    env = {"CTR_MODEL_DIR": str(args.model_dir)}
+    env = {"CTR_MODEL_REPOSITORY": str(args.model_dir)}
     with server([sys.executable, "-m", "app"], env) as base:
         result = subprocess.run(
             [

@@ -118,3 +118,45 @@ def second_version(model_dir: Path, target: Path) -> Path:
 
     _rewrite_manifest(target, rename)
     return target
+
+
+def slow_version(model_dir: Path, target: Path, matmuls: int = 6) -> Path:
+    """A valid version (flat) that scores exactly as ``model_dir``'s current one, slowly:
+    the graph also multiplies a 1024x1024 matrix, scaled by the rows' indices (so
+    onnxruntime cannot fold it away), ``matmuls`` times a call, and adds zero times it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shutil.copytree(resolve_model_dir(model_dir), target)
+    model = onnx.load(str(target / "model.onnx"))
+    graph = model.graph
+    output = graph.output[0].name
+    inner = f"{output}_fast"
+    for node in graph.node:
+        node.output[:] = [inner if name == output else name for name in node.output]
+    weights = np.random.default_rng(0).random((1024, 1024), dtype=np.float32) * 1e-3
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(weights, "slow_weights"),
+            numpy_helper.from_array(np.array(1e-9, dtype=np.float32), "slow_scale"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "slow_zero"),
+        ]
+    )
+    nodes = [
+        helper.make_node("Cast", [graph.input[0].name], ["slow_float"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["slow_float"], ["slow_total"], keepdims=0),
+        helper.make_node("Mul", ["slow_total", "slow_scale"], ["slow_factor"]),
+        helper.make_node("Mul", ["slow_weights", "slow_factor"], ["slow_0"]),
+    ]
+    for i in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_weights"], [f"slow_{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"slow_{matmuls}"], ["slow_sum"], keepdims=0),
+        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+        helper.make_node("Add", [inner, "slow_nothing"], [output]),
+    ]
+    graph.node.extend(nodes)
+    onnx.save(model, str(target / "model.onnx"))
+    _rewrite_manifest(target, lambda manifest: None)
+    return target

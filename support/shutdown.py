@@ -26,7 +26,7 @@ def sigterm_during_a_request(model_dir: Path) -> ShutdownOutcome:
     port = free_port()
     env = {
         **os.environ,
-        "CTR_MODEL_DIR": str(model_dir.resolve()),
+        "CTR_MODEL_REPOSITORY": str(model_dir.resolve()),
         "CTR_PORT": str(port),
         "CTR_LOG_LEVEL": "WARNING",
     }

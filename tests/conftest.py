@@ -85,6 +85,34 @@ def model_dir(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.fixture(scope="session")
+def cvr_model_dir(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second model of other fields, as a conversion model differs from the click model:
+    a tiny DeepFM without c2, c3 and n1, trained and exported through the real CLI."""
+    out = tmp_path_factory.mktemp("models") / "cvr"
+    _run_cli(
+        "train",
+        "--data",
+        str(synth_csv),
+        "--model",
+        "deepfm",
+        "--ignore",
+        "c2,c3,n1",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--embed-dim",
+        "4",
+        "--mlp-dims",
+        "8",
+        "--no-progress",
+        "--batch-size",
+        "512",
+    )
+    return out
+
+
 @pytest.fixture
 def repository(model_dir: Path, tmp_path: Path) -> Path:
     """This test's own copy of the session's model repository: reloads may change it."""

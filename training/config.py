@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from app.core.yaml_file import load_yaml
 from training.data import DataError
 from training.models import DEFAULTS, TRAINING_DEFAULTS, ModelConfig
 from training.train import TrainConfig
@@ -86,7 +87,7 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml(path) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise DataError(f"{path}: cannot read config ({exc})") from None
     if not isinstance(loaded, dict):

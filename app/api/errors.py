@@ -19,7 +19,9 @@ from app.api.middleware import RETRY_AFTER_S
 from app.features.errors import EncodeError
 from app.protocol.predict_json import BatchTooLargeError, BodyError
 from app.scoring.batcher import OverloadedError
+from app.scoring.registry import NotReadyError
 from app.scoring.scorer import ScoringError
+from app.scoring.service import UnknownModelError
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,18 @@ def _overloaded(exc: Exception) -> JSONResponse:
     )
 
 
+def _unknown_model(exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+
+def _not_ready(exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": str(exc)},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 # The errors of scoring a request, by the exception type its code raises.
 SCORING_ERRORS: dict[type[Exception], Callable[[Exception], JSONResponse]] = {
     EncodeError: _encode_error,
@@ -64,6 +78,8 @@ SCORING_ERRORS: dict[type[Exception], Callable[[Exception], JSONResponse]] = {
     BatchTooLargeError: _batch_too_large,
     ScoringError: _scoring_error,
     OverloadedError: _overloaded,
+    UnknownModelError: _unknown_model,
+    NotReadyError: _not_ready,
 }
 
 

@@ -1,4 +1,5 @@
-"""POST /predict answered as a pure ASGI app, before FastAPI routes the request.
+"""POST /predict (and /models/<name>[/versions/<v>]/predict) answered as a pure ASGI app,
+before FastAPI routes the request.
 
 Starlette's exception middleware, the router, a ``Request`` and a ``Response`` cost a
 /predict request more than parsing, encoding and scoring a row (a single-row cache miss
@@ -19,23 +20,25 @@ from app.protocol.predict_json import answer
 from app.scoring.service import PredictionService
 
 _HEADERS = [(b"content-type", b"application/json")]
+MODEL_PREDICT = "/models/{model_name}/predict"
+VERSION_PREDICT = "/models/{model_name}/versions/{model_version}/predict"
 _ERRORS: tuple[type[Exception], ...] = tuple(SCORING_ERRORS)
 
 
 class FastPredictMiddleware:
     """Answer a POST /predict whose body came in one message; pass everything else on.
 
-    Requests are timed and labelled as /predict by the middlewares around this one (the
-    endpoint is recorded in the scope, as the router records its route), and held to the
-    request deadline and the body limit like any other.
+    Requests are timed and labelled by their route's template by the middlewares around
+    this one (the endpoint is recorded in the scope, as the router records its route), and
+    held to the request deadline and the body limit like any other.
     """
 
-    def __init__(self, app: ASGIApp, path: str = "/predict") -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+        route = _predict_route(scope) if scope["type"] == "http" else None
+        if route is None:
             await self.app(scope, receive, send)
             return
         message = await receive()
@@ -44,15 +47,35 @@ class FastPredictMiddleware:
         if message["type"] != "http.request" or message.get("more_body") or service is None:
             await self.app(scope, _replay(message, receive), send)
             return
-        scope[ENDPOINT] = self.path
+        endpoint, model, version = route
+        scope[ENDPOINT] = endpoint
         try:
-            body = await answer(service, state.settings.max_batch_size, message.get("body", b""))
+            body = await answer(
+                service, state.settings.max_batch_size, message.get("body", b""), model, version
+            )
         except _ERRORS as exc:
             await error_response(exc)(scope, receive, send)
             return
         headers = [*_HEADERS, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _predict_route(scope: Scope) -> tuple[str, str | None, str | None] | None:
+    """``(route template, model, version)`` of a POST to one of the predict routes."""
+    if scope["method"] != "POST":
+        return None
+    path: str = scope["path"]
+    if path == "/predict":
+        return "/predict", None, None
+    if not path.startswith("/models/") or not path.endswith("/predict"):
+        return None
+    parts = path.split("/")  # "", "models", name, ["versions", version,] "predict"
+    if len(parts) == 4 and parts[2]:
+        return MODEL_PREDICT, parts[2], None
+    if len(parts) == 6 and parts[2] and parts[3] == "versions" and parts[4]:
+        return VERSION_PREDICT, parts[2], parts[4]
+    return None
 
 
 def _replay(first: Message, receive: Receive) -> Receive:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import ServiceMetrics
-from app.scoring.prediction_log import (
+from app.scoring.request import (
     CURRENT_REQUEST,
     REQUEST_ID_HEADER,
     RequestContext,
@@ -33,29 +33,24 @@ _REQUEST_ID = REQUEST_ID_HEADER.encode()
 
 class RequestIdMiddleware:
     """Every HTTP request gets an id: the client's ``X-Request-ID``, or a new one, returned
-    in that header and recorded with the request's rows in the prediction log.
+    in that header and recorded with the request's rows in the prediction log. The request's
+    headers stay at hand for sticky keys (a traffic split or log sampling by user)."""
 
-    Args:
-        key_header: the header whose value samples the prediction log (sticky by user,
-            say), when ``CTR_PREDICTION_LOG_KEY`` names one.
-    """
-
-    def __init__(self, app: ASGIApp, key_header: str | None = None) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.key_header = key_header.encode() if key_header else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = key = None
-        for name, value in scope["headers"]:
+        given = None
+        headers = scope["headers"]
+        for name, value in headers:
             if name == _REQUEST_ID:
                 given = value.decode("latin-1")
-            elif name == self.key_header:
-                key = value.decode("latin-1")
+                break
         request_id = valid_request_id(given) or new_request_id()
-        token = CURRENT_REQUEST.set(RequestContext(request_id, key))
+        token = CURRENT_REQUEST.set(RequestContext(request_id, headers))
         header = (_REQUEST_ID, request_id.encode())
 
         async def send_with_id(message: Message) -> None:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,22 +14,36 @@ class Settings(BaseSettings):
     """Service settings. Every field is ``CTR_<NAME>`` in the environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CTR_", env_file=".env", extra="ignore", protected_namespaces=()
+        env_prefix="CTR_",
+        env_file=".env",
+        extra="ignore",
+        protected_namespaces=(),
+        populate_by_name=True,
     )
 
     model_dir: Path = Field(
         default=Path("models/default"),
-        description="model repository (models/<name>/ with <version>/ folders and CURRENT), "
-        "or a flat exported model directory",
+        validation_alias=AliasChoices("CTR_MODEL_REPOSITORY", "CTR_MODEL_DIR"),
+        description="CTR_MODEL_REPOSITORY (or CTR_MODEL_DIR): a repository of models "
+        "(<name>/ folders, each with <version>/ folders and CURRENT), one model's folder, or "
+        "a flat exported model directory",
     )
     model_name: str | None = Field(
         default=None,
         min_length=1,
-        description="the model's name in the inference protocol (unset: the repository's "
-        "directory name)",
+        description="the name of a one-model directory's model in every protocol (unset: "
+        "the directory's name)",
+    )
+    default_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the model POST /predict and GET /model answer (unset: the only one, "
+        "else the one named 'default', else the first by name)",
     )
     model_version: str | None = Field(
-        default=None, description="serve this version and ignore CURRENT (unset: follow CURRENT)"
+        default=None,
+        description="serve this version of the default model and ignore its CURRENT "
+        "(unset: follow CURRENT)",
     )
     poll_interval_s: float = Field(
         default=2.0, gt=0, description="seconds between checks of the repository's CURRENT"
@@ -43,7 +57,12 @@ class Settings(BaseSettings):
         le=65535,
         description="port of the gRPC inference service (KServe V2); unset: no gRPC",
     )
-    cache_maxsize: int = Field(default=100_000, ge=0, description="cached scores; 0 disables")
+    cache_maxsize: int = Field(
+        default=100_000,
+        ge=0,
+        description="cached scores per worker, shared by the models (policy.yaml's "
+        "cache_entries, else an even share each); 0 disables",
+    )
     cache_ttl_s: float = Field(default=300.0, gt=0, description="seconds a cached score lives")
     ort_intra_op_threads: int = Field(default=1, ge=1, description="onnxruntime threads per call")
     scoring_threads: int = Field(
@@ -63,6 +82,18 @@ class Settings(BaseSettings):
         ge=1,
         description="rows waiting for a scoring thread at most; past it a request is refused "
         "at once with 503 and Retry-After",
+    )
+    shadow_threads: int = Field(
+        default=1,
+        ge=1,
+        description="threads that score shadow versions (policy.yaml's shadow), apart from "
+        "the scoring threads so a slow shadow never holds up a request",
+    )
+    shadow_queue_rows: int = Field(
+        default=1024,
+        ge=1,
+        description="rows waiting for a shadow thread at most; past it a shadowed request "
+        'is not scored again (ctr_shadow_requests_total{outcome="dropped"})',
     )
     max_inflight_requests: int = Field(
         default=128,
@@ -147,6 +178,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_queued_rows ({self.max_queued_rows}) must be at least batch_max_rows "
                 f"({self.batch_max_rows})"
+            )
+        if self.shadow_queue_rows < self.batch_max_rows:
+            raise ValueError(
+                f"shadow_queue_rows ({self.shadow_queue_rows}) must be at least "
+                f"batch_max_rows ({self.batch_max_rows})"
             )
         return self
 

@@ -20,7 +20,14 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from app.core.config import Settings
-from app.protocol.infer import PAYLOAD_TOO_LARGE, UNAVAILABLE, decode_off_loop, score, served
+from app.protocol.infer import (
+    PAYLOAD_TOO_LARGE,
+    UNAVAILABLE,
+    any_model_ready,
+    decode_off_loop,
+    score,
+    served,
+)
 from app.protocol.tensors import (
     NUMERIC_DTYPES,
     OUTPUT_NAME,
@@ -30,12 +37,11 @@ from app.protocol.tensors import (
     model_metadata,
     server_metadata,
 )
-from app.scoring.prediction_log import (
+from app.scoring.request import (
     CURRENT_REQUEST,
     REQUEST_ID_HEADER,
     RequestContext,
     new_request_id,
-    sample_key_header,
     valid_request_id,
 )
 from app.scoring.scorer import Scorer
@@ -75,19 +81,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         self._service = service
         self._settings = settings
         self._version = version
-        self._key_header = sample_key_header(settings.prediction_log_key)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return pb.ServerReadyResponse(ready=self._service.registry.current.ready())
+        return pb.ServerReadyResponse(ready=any_model_ready(self._service))
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
         return pb.ServerMetadataResponse(**server_metadata(self._version))
 
     async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-        scorer = await self._served(request.name, request.version, context)
+        try:
+            scorer = served(self._service, request.name, request.version).scorer
+        except ProtocolError as exc:
+            if exc.status == UNAVAILABLE:  # known, and not loaded: not ready
+                return pb.ModelReadyResponse(ready=False)
+            await _abort(context, exc)
         return pb.ModelReadyResponse(ready=scorer.ready())
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -99,13 +109,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.ModelMetadataResponse(**metadata)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-        metadata = dict(context.invocation_metadata() or ())
-        request_id = valid_request_id(metadata.get(REQUEST_ID_HEADER)) or new_request_id()
-        key = self._key_header
-        CURRENT_REQUEST.set(RequestContext(request_id, metadata.get(key) if key else None))
+        metadata = context.invocation_metadata() or ()
+        headers = [(k.encode("latin-1"), _text(v)) for k, v in metadata]
+        given = next((v for k, v in metadata if k == REQUEST_ID_HEADER), None)
+        request_id = valid_request_id(given if isinstance(given, str) else None)
+        request_id = request_id or new_request_id()
+        CURRENT_REQUEST.set(RequestContext(request_id, headers))
         await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         try:
-            scorer = served(self._service, request.model_name, request.model_version)
+            target = served(self._service, request.model_name, request.model_version)
             started = time.perf_counter()
             raw = list(request.raw_input_contents)
             arrays, rows = await decode_off_loop(
@@ -120,7 +132,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             )
             self._service.parsed(time.perf_counter() - started)
             check_outputs([o.name for o in request.outputs])
-            scored = await score(self._service, self._settings, scorer, arrays, rows)
+            scored = await score(self._service, self._settings, target, arrays, rows)
         except ProtocolError as exc:
             await _abort(context, exc)
         response = pb.ModelInferResponse(
@@ -139,7 +151,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def _served(self, name: str, version: str, context: Any) -> Scorer:
         try:
-            return served(self._service, name, version)
+            return served(self._service, name, version).scorer
         except ProtocolError as exc:
             await _abort(context, exc)
 
@@ -148,6 +160,11 @@ async def _abort(context: Any, exc: ProtocolError) -> NoReturn:
     """End the call with the gRPC status for ``exc``."""
     await context.abort(_CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
     raise AssertionError("grpc's context.abort returned instead of raising")
+
+
+def _text(value: str | bytes) -> bytes:
+    """A metadata value as header bytes (a ``-bin`` key's value is already bytes)."""
+    return value if isinstance(value, bytes) else value.encode("latin-1", "replace")
 
 
 def _typed(tensor: Any) -> NDArray[Any] | None:

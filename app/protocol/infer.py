@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from numpy.typing import NDArray
@@ -13,8 +14,9 @@ from app.core.config import Settings
 from app.features.errors import EncodeError
 from app.protocol.tensors import ProtocolError
 from app.scoring.batcher import OverloadedError
+from app.scoring.registry import Lineup, NotReadyError
 from app.scoring.scorer import Scorer, ScoringError
-from app.scoring.service import PredictionService, Scored
+from app.scoring.service import PredictionService, Scored, ServedModel, UnknownModelError
 
 PAYLOAD_TOO_LARGE = 413
 UNAVAILABLE = 503
@@ -40,23 +42,50 @@ class OverloadedProtocolError(ProtocolError):
         super().__init__(message, UNAVAILABLE)
 
 
-def served(service: PredictionService, name: str, version: str | None) -> Scorer:
-    """The loaded model, if ``name`` (the repository's name) and ``version`` are what serves."""
-    scorer = service.registry.current
-    served_name = service.registry.repository.name
-    if name != served_name:
-        raise ProtocolError(f"unknown model '{name}'; this server serves '{served_name}'", 404)
-    if version and version != scorer.version:
-        raise ProtocolError(
-            f"model '{name}' version '{version}' is not loaded; serving '{scorer.version}'", 404
-        )
-    return scorer
+@dataclass(frozen=True)
+class Served:
+    """The model a request names and the lineup it is served from, read once."""
+
+    model: ServedModel
+    lineup: Lineup
+    version: str | None  # the version or label the request names, if any
+
+    @property
+    def scorer(self) -> Scorer:
+        """The version the request names, else the default (for metadata and readiness)."""
+        found = self.lineup.addressed(self.version) if self.version else self.lineup.default
+        assert found is not None, "served() checked the version is loaded"
+        return found
+
+
+def served(service: PredictionService, name: str, version: str | None) -> Served:
+    """The model ``name`` and its lineup, if it is served and has ``version`` (a version
+    or a label) loaded: 404 otherwise, 503 while it has no version loaded."""
+    try:
+        model = service.model(name)
+        lineup = model.lineup
+        if version:
+            model.route(lineup, version, None)
+    except UnknownModelError as exc:
+        raise ProtocolError(str(exc), 404) from None
+    except NotReadyError as exc:
+        raise ProtocolError(str(exc), UNAVAILABLE) from None
+    return Served(model, lineup, version or None)
+
+
+def any_model_ready(service: PredictionService) -> bool:
+    """Whether some model has a version loaded that scores a smoke row now."""
+    for model in service.models.values():
+        lineup = model.registry.loaded
+        if lineup is not None and lineup.default.ready():
+            return True
+    return False
 
 
 async def score(
     service: PredictionService,
     settings: Settings,
-    scorer: Scorer,
+    target: Served,
     arrays: Mapping[str, NDArray[Any]],
     rows: int,
 ) -> Scored:
@@ -68,9 +97,15 @@ async def score(
             "(CTR_MAX_BATCH_SIZE)",
             PAYLOAD_TOO_LARGE,
         )
+
+    def first(field: str) -> object:
+        column = arrays.get(field)
+        return None if column is None or not len(column) else column[0]
+
+    routed = target.model.route(target.lineup, target.version, first)
     try:
         return await service.score(
-            scorer,
+            routed,
             lambda encoder: encoder.encode_columns(arrays, rows),
             rows,
             lambda encoder: arrays,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
@@ -123,21 +123,40 @@ def _loose(body: bytes, error: msgspec.ValidationError) -> _LooseRequest:
         raise BodyError(str(error)) from None
 
 
-async def answer(service: PredictionService, max_batch_size: int, body: bytes) -> bytes:
-    """The JSON answer to a /predict body. Raises one of
-    :data:`app.api.errors.SCORING_ERRORS` (a bad body or feature, too many rows, a failed
-    onnxruntime call, overload)."""
-    scorer = service.registry.current  # one version for the whole request
+async def answer(
+    service: PredictionService,
+    max_batch_size: int,
+    body: bytes,
+    model: str | None = None,
+    version: str | None = None,
+) -> bytes:
+    """The JSON answer to a /predict body for ``model`` (the default one for ``None``) and
+    ``version`` (a version or a label; unset: routed by the model's policy). Raises one of
+    :data:`app.api.errors.SCORING_ERRORS` (a bad body or feature, too many rows, an unknown
+    model, a failed onnxruntime call, overload)."""
+    served = service.model(model)
+    lineup = served.lineup  # one lineup for the whole request
+    decoding = served.route(lineup, version, None).scorer if version else lineup.default
     started = time.perf_counter()
-    request = decode(body, scorer)
+    request = decode(body, decoding)
     service.parsed(time.perf_counter() - started)
     if request.rows > max_batch_size:
         raise BatchTooLargeError(
             f"batch of {request.rows} rows exceeds the limit of {max_batch_size} "
             "(CTR_MAX_BATCH_SIZE)"
         )
-    scored = await service.score(scorer, request.encode, request.rows, request.values)
+    target = served.route(lineup, version, lambda field: _first(request, decoding, field))
+    scored = await service.score(target, request.encode, request.rows, request.values)
     return render(scored, request.single)
+
+
+def _first(request: PredictBody, scorer: Scorer, field: str) -> object:
+    """The value of ``field`` in the request's first row (a split keyed by a feature)."""
+    values = request.values
+    if isinstance(values, Mapping):
+        return values.get(field)
+    column = values(scorer.encoder).get(field)
+    return None if column is None or not len(column) else column[0]
 
 
 def render(scored: Scored, single: bool) -> bytes:
@@ -228,6 +247,7 @@ class RowDecoder:
         split = len(encoder.categorical_names)
         self._categorical = _values_getter(slots[:split])
         self._numeric = _values_getter(slots[split:])
+        self._layout = (encoder.categorical_names, encoder.numeric_names)
 
     def decode(self, body: bytes) -> PredictBody | None:
         """The body, or ``None`` when it is anything but one row or a non-empty batch of the
@@ -248,17 +268,24 @@ class RowDecoder:
         return self._categorical(rows), self._numeric(rows)
 
     def _encode(self, encoder: FeatureEncoder, rows: Sequence[Any]) -> NDArray[np.int64]:
-        return encoder.encode_values(*self.values_of(rows), len(rows))
+        if (encoder.categorical_names, encoder.numeric_names) == self._layout:
+            return encoder.encode_values(*self.values_of(rows), len(rows))
+        # Another version of other fields (a shadow, a split): by name, a field at a time.
+        present = {k: v for k, v in self._columns(encoder, rows).items() if any(map(_given, v))}
+        return encoder.encode_columns(present, len(rows))
 
     def _columns(self, encoder: FeatureEncoder, rows: Sequence[Any]) -> dict[str, list[object]]:
-        """Each field's values, from the row after row values of :meth:`values_of`."""
+        """Each of this decoder's fields' values, from the row after row values of
+        :meth:`values_of` (whichever version's ``encoder`` asks)."""
         columns: dict[str, list[object]] = {}
-        for names, values in zip(
-            (encoder.categorical_names, encoder.numeric_names), self.values_of(rows), strict=True
-        ):
+        for names, values in zip(self._layout, self.values_of(rows), strict=True):
             for j, name in enumerate(names):
                 columns[name] = values[j :: len(names)]
         return columns
+
+
+def _given(value: object) -> bool:
+    return value is not None
 
 
 # One decoder per loaded model version, made on its first request and gone with it.

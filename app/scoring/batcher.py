@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,8 +44,7 @@ class _Job:
     scorer: Scorer
     indices: NDArray[np.int64]
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[NDArray[np.float32]]
-    cancelled: bool = field(default=False)  # set on the loop, read by the threads
+    future: asyncio.Future[NDArray[np.float32]]  # cancelled: the threads skip the job
 
 
 class Batcher:
@@ -94,7 +93,15 @@ class Batcher:
 
     async def score(self, scorer: Scorer, indices: NDArray[np.int64]) -> NDArray[np.float32]:
         """The scores of ``(N, F)`` encoded rows (raises ``ScoringError``, or
-        :class:`OverloadedError` at once when the queue is full)."""
+        :class:`OverloadedError` at once when the queue is full). A request cancelled while
+        it waits cancels its job, which is then never scored."""
+        return await self.submit(scorer, indices)
+
+    def submit(
+        self, scorer: Scorer, indices: NDArray[np.int64]
+    ) -> asyncio.Future[NDArray[np.float32]]:
+        """Queue ``(N, F)`` encoded rows; the future is answered on the running event loop
+        (raises :class:`OverloadedError` at once when the queue is full)."""
         loop = asyncio.get_running_loop()
         job = _Job(scorer, indices, loop, loop.create_future())
         rows = len(indices)
@@ -109,11 +116,7 @@ class Batcher:
             self._jobs.append(job)
             self._queued_rows += rows
             self._ready.notify()
-        try:
-            return await job.future
-        except asyncio.CancelledError:
-            job.cancelled = True  # a thread that has not taken it yet skips it
-            raise
+        return job.future
 
     def close(self) -> None:
         """Stop the threads once the jobs already queued are scored."""
@@ -145,7 +148,7 @@ class Batcher:
 
     def _work(self) -> None:
         while (taken := self._take()) is not None:
-            live = [job for job in taken if not job.cancelled]
+            live = [job for job in taken if not job.future.cancelled()]
             if live:
                 self._run(live)
 

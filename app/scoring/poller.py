@@ -11,7 +11,8 @@ logger = logging.getLogger(__name__)
 
 
 class RepositoryPoller:
-    """Every ``interval_s``: follow the ``CURRENT`` pointer, then flush this worker's metrics.
+    """Every ``interval_s``: every model follows its pointers and policy, then this worker's
+    metrics are flushed.
 
     A thread rather than an asyncio task: loading and warming a version takes onnxruntime
     from tens of milliseconds to seconds, and none of it may run on the event loop that is
@@ -36,7 +37,7 @@ class RepositoryPoller:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.service.registry.poll()
+                self.service.poll()
                 self.service.flush_metrics()
             except Exception:  # the poller must outlive any one bad poll
                 logger.exception("repository poll failed; trying again in %.1fs", self.interval_s)

@@ -25,21 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
-import secrets
 import socket
 import tempfile
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -48,12 +43,23 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from app.features.encoder import FeatureEncoder, canonical_token
+from app.features.encoder import FeatureEncoder
+from app.scoring.request import CURRENT_REQUEST, StickyKey, in_share, key_token, new_request_id
 
 logger = logging.getLogger(__name__)
 
 # The log's own columns, before the model's fields (which therefore may not use these names).
-LOG_COLUMNS = ("request_id", "row", "served_at", "model", "version", "score", "cached")
+LOG_COLUMNS = (
+    "request_id",
+    "row",
+    "served_at",
+    "model",
+    "version",
+    "score",
+    "cached",
+    "shadow_version",  # the version that scored the request again off its path, if any
+    "shadow_score",
+)
 FILE_PREFIX = "predictions-"
 FILE_SUFFIX = ".parquet"
 _OPEN_SUFFIX = ".open"
@@ -77,78 +83,6 @@ class PredictionLogError(ValueError):
     """The prediction log cannot be written where it is configured (refused at start-up)."""
 
 
-@dataclass(frozen=True)
-class RequestContext:
-    """What the protocol layer knows of a request: its id, and the sticky sampling key
-    taken from a header (``CTR_PREDICTION_LOG_KEY=header:...``)."""
-
-    request_id: str
-    sample_key: str | None = None
-
-
-# Set by the HTTP middleware and the gRPC servicer for the request being answered.
-CURRENT_REQUEST: ContextVar[RequestContext | None] = ContextVar("ctr_request", default=None)
-
-
-REQUEST_ID_HEADER = "x-request-id"
-_MAX_REQUEST_ID = 128
-
-
-# A new request id: this process's random prefix and a counter, 32 hex digits, unique
-# across workers and replicas without drawing random bytes for every request.
-_ID_PREFIX = secrets.token_hex(8)
-_ID_COUNTER = itertools.count()
-
-
-def _new_id_prefix() -> None:
-    global _ID_PREFIX  # a forked worker must not count on from its parent's prefix
-    _ID_PREFIX = secrets.token_hex(8)
-
-
-os.register_at_fork(after_in_child=_new_id_prefix)
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
-
-
-def valid_request_id(value: str | None) -> str | None:
-    """A client's request id if it is one (printable ASCII, at most 128 characters):
-    anything else is replaced by a new id rather than refused."""
-    if value and len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable():
-        return value
-    return None
-
-
-def sample_key_header(setting: str | None) -> str | None:
-    """The header (lower case) that ``CTR_PREDICTION_LOG_KEY`` samples by, if it is one."""
-    if setting is None:
-        return None
-    key = SampleKey.parse(setting)
-    return key.name if key.source == "header" else None
-
-
-@dataclass(frozen=True)
-class SampleKey:
-    """Sticky sampling: ``header:<name>`` or ``feature:<field>``."""
-
-    source: Literal["header", "feature"]
-    name: str
-
-    @classmethod
-    def parse(cls, text: str) -> SampleKey:
-        source, _, name = text.partition(":")
-        if source not in ("header", "feature") or not name:
-            raise ValueError(f"expected header:<name> or feature:<field>, got {text!r}")
-        return cls(source, name.lower() if source == "header" else name)  # type: ignore[arg-type]
-
-
-def key_sampled(key: str, rate: float) -> bool:
-    """Whether ``key`` falls in the sampled share: the same answer in every worker and
-    replica, since the hash (CRC-32) has no per-process seed."""
-    return zlib.crc32(key.encode()) < rate * 2**32
-
-
 class _Entry(NamedTuple):
     served_at: float
     request_id: str
@@ -159,6 +93,7 @@ class _Entry(NamedTuple):
     encoder: FeatureEncoder
     values: Values
     rows: NDArray[np.int64] | None  # the sampled rows, when sampling was by a feature
+    shadow: tuple[str, NDArray[np.float32]] | None  # a shadow's version and scores
 
 
 class PredictionLog:
@@ -180,7 +115,7 @@ class PredictionLog:
         target: str,
         *,
         sample: float = 1.0,
-        key: SampleKey | None = None,
+        key: StickyKey | None = None,
         max_queued_rows: int = 100_000,
         roll_rows: int = 1_000_000,
         roll_bytes: int = 128 << 20,
@@ -228,9 +163,10 @@ class PredictionLog:
             return bool(np.random.random() < self.sample), values
         if key.source == "header":
             context = CURRENT_REQUEST.get()
-            if context is None or context.sample_key is None:
+            given = None if context is None else context.header(key.name)
+            if given is None:
                 return bool(np.random.random() < self.sample), values
-            return key_sampled(context.sample_key, self.sample), values
+            return in_share(given, self.sample), values
         if isinstance(values, Mapping):
             column: Sequence[object] | NDArray[Any] | None = [values.get(key.name)]
         else:
@@ -238,8 +174,8 @@ class PredictionLog:
             values, column = (lambda _: columns), columns.get(key.name)
         if column is None:
             return bool(np.random.random() < self.sample), values
-        tokens = [_token(value) or "" for value in _as_list(column)]
-        return np.flatnonzero([key_sampled(token, self.sample) for token in tokens]), values
+        tokens = [key_token(value) or "" for value in _as_list(column)]
+        return np.flatnonzero([in_share(token, self.sample) for token in tokens]), values
 
     def add(
         self,
@@ -250,9 +186,11 @@ class PredictionLog:
         encoder: FeatureEncoder,
         values: Values,
         rows: NDArray[np.int64] | None = None,
+        shadow: tuple[str, NDArray[np.float32]] | None = None,
     ) -> None:
         """Gather a request's records, on the event loop's thread (never blocks: past the
-        bound they are dropped and counted)."""
+        bound they are dropped and counted); ``shadow``: the version that scored the
+        request again, and its scores."""
         count = len(scores) if rows is None else len(rows)
         if count == 0:
             return
@@ -262,7 +200,7 @@ class PredictionLog:
         context = CURRENT_REQUEST.get()
         request_id = context.request_id if context is not None else new_request_id()
         entry = _Entry(
-            time.time(), request_id, model, version, scores, cached, encoder, values, rows
+            time.time(), request_id, model, version, scores, cached, encoder, values, rows, shadow
         )
         group = self._gathering
         try:
@@ -444,16 +382,6 @@ def _as_list(values: Sequence[object] | NDArray[Any]) -> list[object]:
     return values if isinstance(values, list) else list(values)
 
 
-def _token(value: object) -> str | None:
-    """A categorical value as the model looked it up (``None``: missing)."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None  # NaN in a binary tensor means missing
-    try:
-        return canonical_token(value)
-    except TypeError:
-        return str(value)
-
-
 def _number(value: object) -> float | None:
     if value is None or value == "" or isinstance(value, bool):
         return None
@@ -469,7 +397,7 @@ def _categorical(values: list[object]) -> pa.Array:
     try:
         array = pa.array(values, pa.string())  # the common case: text, in one call
     except (pa.ArrowTypeError, pa.ArrowInvalid):
-        array = pa.array([_token(v) for v in values], pa.string())
+        array = pa.array([key_token(v) for v in values], pa.string())
     return pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
 
 
@@ -500,6 +428,8 @@ class _Rows:
         self._version: list[str] = []
         self._score: list[float] = []
         self._cached: list[bool] = []
+        self._shadow_version: list[str | None] = []
+        self._shadow_score: list[float | None] = []
         # consecutive single rows, or one batch's columns, in arrival order
         self._segments: list[list[Mapping[str, object]] | dict[str, list[object]]] = []
 
@@ -534,6 +464,15 @@ class _Rows:
         self._row += range(count) if chosen is None else chosen.tolist()
         self._score += scores.tolist()
         self._cached += cached.tolist()
+        if entry.shadow is None:
+            self._shadow_version += [None] * count
+            self._shadow_score += [None] * count
+        else:
+            shadow_version, shadow_scores = entry.shadow
+            if chosen is not None:
+                shadow_scores = shadow_scores[chosen]
+            self._shadow_version += [shadow_version] * count
+            self._shadow_score += shadow_scores.tolist()
         self.rows += count
 
     def _field(self, name: str) -> list[object]:
@@ -556,6 +495,8 @@ class _Rows:
             "version": pa.array(self._version, pa.string()),
             "score": pa.array(self._score, pa.float32()),
             "cached": pa.array(self._cached, pa.bool_()),
+            "shadow_version": pa.array(self._shadow_version, pa.string()),
+            "shadow_score": pa.array(self._shadow_score, pa.float32()),
         }
         for name in self.encoder.categorical_names:
             arrays[name] = _categorical(self._field(name))

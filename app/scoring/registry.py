@@ -1,16 +1,24 @@
-"""The model version this worker serves, following the repository's ``CURRENT`` pointer."""
+"""The versions of one model this worker serves, following the repository's pointers.
+
+```
+repository: CURRENT, labels/*, policy.yaml ──poll──► Plan ──load what is new──► Lineup
+                                                     (a version that fails to load keeps
+                                                      the one that played its part before)
+```
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.features.errors import SpecError
+from app.scoring.policy import ServingPolicy, Split, load_policy
 from app.scoring.repository import (
     POINTER_FILE,
     ModelRepository,
@@ -22,14 +30,18 @@ from app.scoring.scorer import Scorer
 logger = logging.getLogger(__name__)
 
 Loader = Callable[[Path], Scorer]
-# Told of the version served: at subscription (False), then after every swap (True).
-OnSwap = Callable[[Scorer, bool], None]
+# Told of the lineup served: at subscription (False), then after every change (True).
+OnSwap = Callable[["Lineup", bool], None]
 OnRefused = Callable[[SpecError], None]
+
+
+class NotReadyError(RuntimeError):
+    """The model has no version loaded (every one it was asked to serve failed): 503."""
 
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """A version this worker was asked to serve and could not: it keeps the old one."""
+    """A version (or the model's pointers or policy) this worker could not serve."""
 
     version: str
     reason: str
@@ -37,97 +49,167 @@ class LoadFailure:
 
 
 @dataclass(frozen=True)
-class Swap:
-    previous: Scorer
-    current: Scorer
+class Plan:
+    """What the repository asks every worker to serve now."""
+
+    current: str
+    labels: Mapping[str, str]
+    policy: ServingPolicy
+    kept: tuple[str, ...]  # versions the policy keeps loaded beyond the pointers
+
+    def resolve(self, name: str) -> str:
+        """The version a label names, or ``name`` itself."""
+        return self.labels.get(name, name)
+
+    def wanted(self) -> list[str]:
+        """Every version to load, the one ``CURRENT`` names first."""
+        names = [self.current, *self.labels.values(), *self.kept]
+        if self.policy.split is not None:
+            names.append(self.resolve(self.policy.split.to))
+        if self.policy.shadow is not None:
+            names.append(self.resolve(self.policy.shadow.version))
+        return list(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class Lineup:
+    """The loaded versions of one model and how traffic reaches them. Immutable: a request
+    reads ``registry.lineup`` once and is served by what it read, across any swap."""
+
+    default: Scorer  # what a request that names no version gets (CURRENT)
+    scorers: Mapping[str, Scorer]  # every loaded version, the default's included
+    labels: Mapping[str, str]  # label -> a loaded version
+    split: Split | None = None
+    split_to: Scorer | None = None
+    shadow_to: Scorer | None = None
+    shadow_sample: float = 0.0
+    policy: ServingPolicy = field(default_factory=ServingPolicy)
+
+    def addressed(self, name: str) -> Scorer | None:
+        """The version a request names, by label or by version."""
+        version = self.labels.get(name, name)
+        return self.scorers.get(version)
 
 
 class ModelRegistry:
-    """The current :class:`Scorer`, replaced only by a fully loaded, verified and warmed one.
+    """One model's :class:`Lineup`, replaced only by one whose versions are all loaded,
+    verified and warmed.
 
-    A request reads ``registry.current`` once and keeps that reference, so requests in
-    flight during a swap finish on the version they started with. Every worker of every
-    replica holds its own registry over the same repository; :meth:`poll` is how each one
-    converges on the pointer, so nothing has to reach the workers one by one.
+    Every worker of every replica holds its own registry over the same repository;
+    :meth:`poll` is how each one converges on the pointers (``CURRENT``, the labels) and the
+    policy, so nothing has to reach the workers one by one. A version that fails to load is
+    not retried until the pointers or the policy change (a broken export would otherwise be
+    reloaded every few seconds by every worker), and whatever part it was to play (the
+    default, a label, the split, the shadow) stays with the version that played it before.
 
     Args:
-        repository: where versions and the pointer live.
+        repository: where versions and the pointers live.
         loader: loads, verifies and warms one version directory (raises ``SpecError``).
-        pinned_version: serve this version and ignore the pointer.
+        pinned_version: serve this version as the default and ignore ``CURRENT``.
     """
 
     def __init__(
         self, repository: ModelRepository, loader: Loader, pinned_version: str | None = None
     ) -> None:
         self.repository = repository
+        self.name = repository.name  # resolved once: it reads the disk
         self.pinned_version = None if pinned_version is None else check_version_name(pinned_version)
         self._loader = loader
         self._lock = threading.Lock()
-        self.last_failure: LoadFailure | None = None
-        initial = self.pinned_version or repository.current_version()
-        self._current = loader(repository.version_dir(initial))
-        self._on_swap: OnSwap = lambda scorer, swapped: None
+        self._lineup: Lineup | None = None
+        self._plan: Plan | None = None
+        self.failures: dict[str, LoadFailure] = {}
+        self._on_swap: OnSwap = lambda lineup, swapped: None
         self._on_refused: OnRefused = lambda exc: None
+        with self._lock:
+            self._follow()
 
     def subscribe(self, on_swap: OnSwap, on_refused: OnRefused) -> None:
-        """Call ``on_swap`` now with the version served and after every swap, under the
-        registry's lock, so what it sets up (a cache for the version) cannot be interleaved by
-        two swaps; and ``on_refused`` with every version refused."""
+        """Call ``on_swap`` now with the lineup served (if any) and after every change,
+        under the registry's lock, so what it sets up (the cache's versions) cannot be
+        interleaved by two swaps; and ``on_refused`` with every refusal, once each."""
         with self._lock:
             self._on_swap, self._on_refused = on_swap, on_refused
-            on_swap(self._current, False)
+            if self._lineup is not None:
+                on_swap(self._lineup, False)
+            for failure in self.failures.values():
+                on_refused(SpecError(failure.reason))
+
+    @property
+    def lineup(self) -> Lineup:
+        """What this worker serves of the model (:class:`NotReadyError` if nothing)."""
+        lineup = self._lineup
+        if lineup is None:
+            reasons = "; ".join(f"{f.version}: {f.reason}" for f in self.failures.values())
+            raise NotReadyError(f"model '{self.name}' has no version loaded ({reasons})")
+        return lineup
+
+    @property
+    def loaded(self) -> Lineup | None:
+        """What this worker serves of the model, ``None`` when nothing is loaded."""
+        return self._lineup
+
+    @property
+    def ready(self) -> bool:
+        return self._lineup is not None
 
     @property
     def current(self) -> Scorer:
-        return self._current
+        """The default version."""
+        return self.lineup.default
 
     def target_version(self) -> str:
-        """The version this worker should serve now."""
+        """The version ``CURRENT`` (or the pin) asks this worker to serve as the default."""
         if self.pinned_version is not None:
             return self.pinned_version
-        if self.repository.is_flat:
-            return self._current.version  # nothing to follow; don't re-read its spec.json
         return self.repository.current_version()
 
-    def poll(self) -> Swap | None:
-        """Swap to the target version if it changed.
-
-        A target that failed to load is not retried on every poll (a broken export would
-        otherwise be reloaded every few seconds by every worker); it is retried when the
-        pointer moves, or on an explicit :meth:`switch`. A refusal is told to the
-        subscriber once, and the old version keeps serving.
-        """
+    def poll(self) -> bool:
+        """Follow the pointers and the policy if they changed; whether the lineup changed."""
         with self._lock:
-            try:
-                target = self.target_version()
-            except SpecError as exc:
-                self._refuse_once(POINTER_FILE, exc)
-                return None
-            if target == self._current.version:
-                self.last_failure = None
-                return None
-            if self.last_failure is not None and self.last_failure.version == target:
-                return None
-            try:
-                return self._install(self._load(target))
-            except SpecError as exc:
-                self._refuse_once(target, exc)
-                return None
+            return self._follow()
 
-    def switch(self, version: str | None = None) -> Swap | None:
-        """Point the repository at ``version`` (verified here first) and serve it.
+    def switch(self, version: str | None = None) -> Lineup:
+        """Point ``CURRENT`` at ``version`` (loaded here first) and serve it; without a
+        version, re-read the pointers now instead of at the next poll, retrying what failed.
 
-        Without a version, re-read the pointer now instead of at the next poll. The pointer
-        is only written once this worker has loaded the version, so a version that cannot
-        load never reaches the rest of the fleet.
+        The pointer is only written once this worker has loaded the version, so a version
+        that cannot load never reaches the rest of the fleet.
 
         Raises:
             SpecError: it cannot be loaded; the old version keeps serving.
         """
         with self._lock, self._telling_refusals():
-            return self._switch(version)
+            if version is not None:
+                self._check_may_move_pointer()
+                version = check_version_name(version)
+                self._verified(version)
+                self.repository.set_current(version)
+            self.failures.clear()
+            self._plan = None
+            self._follow()
+            return self.lineup
 
-    def publish(self, source: Path) -> Swap | None:
+    def set_label(self, label: str, version: str | None) -> Lineup:
+        """Point ``label`` at ``version`` (loaded here first), or remove it (``None``).
+
+        Raises:
+            SpecError: the version cannot be loaded, or the label cannot be written.
+        """
+        with self._lock, self._telling_refusals():
+            if self.repository.is_flat:
+                raise SpecError(f"{self.repository.root} is a flat model directory: no labels")
+            if version is None:
+                self.repository.remove_label(label)
+            else:
+                version = check_version_name(version)
+                self._verified(version)
+                self.repository.set_label(label, version)
+            self._plan = None
+            self._follow()
+            return self.lineup
+
+    def publish(self, source: Path) -> Lineup:
         """Copy an exported model into the repository as a version and switch to it.
 
         Raises:
@@ -143,18 +225,100 @@ class ModelRegistry:
                     f"{source} changed while it was published: version {version} was copied, "
                     f"{checked.version} was verified; publish it again"
                 )
-            with self._lock:
-                return self._switch(version)
+        return self.switch(version)
 
-    def _switch(self, version: str | None) -> Swap | None:
-        if version is not None:
-            self._check_may_move_pointer()
-        target = self.target_version() if version is None else check_version_name(version)
-        loaded = None if target == self._current.version else self._load(target)
-        if version is not None:
-            self.repository.set_current(target)
-        self.last_failure = None
-        return None if loaded is None else self._install(loaded)
+    # -- under the lock --------------------------------------------------------------------
+    def _verified(self, version: str) -> None:
+        """Load ``version`` unless it is loaded: raises ``SpecError`` if it cannot be."""
+        if self._lineup is None or version not in self._lineup.scorers:
+            self._loader(self.repository.version_dir(version))
+
+    def _follow(self) -> bool:
+        try:
+            plan = self._read_plan()
+        except SpecError as exc:
+            self._refuse_once(POINTER_FILE, exc)
+            return False
+        self.failures.pop(POINTER_FILE, None)
+        if plan == self._plan:
+            return False
+        if self._plan is not None:
+            self.failures.clear()  # the pointers moved: what failed may be retried
+        self._plan = plan
+        return self._apply(plan)
+
+    def _read_plan(self) -> Plan:
+        repository = self.repository
+        if repository.is_flat:
+            version = repository.current_version()
+            return Plan(version, {}, ServingPolicy(), ())
+        policy = load_policy(repository.root)
+        current = self.pinned_version or repository.current_version()
+        rule = policy.versions
+        kept: tuple[str, ...] = ()
+        if rule.all or rule.latest is not None:
+            present = repository.versions()
+            kept = tuple(present if rule.all else present[-(rule.latest or 1) :])
+        elif rule.specific is not None:
+            kept = rule.specific
+        return Plan(current, repository.labels(), policy, kept)
+
+    def _apply(self, plan: Plan) -> bool:
+        """Load what ``plan`` adds, then install the lineup it makes."""
+        before = self._lineup
+        scorers: dict[str, Scorer] = {}
+        for version in plan.wanted():
+            loaded = None if before is None else before.scorers.get(version)
+            if loaded is None and version not in self.failures:
+                try:
+                    loaded = self._loader(self.repository.version_dir(version))
+                except SpecError as exc:
+                    self._refuse_once(version, exc)
+            if loaded is not None:
+                scorers[version] = loaded
+
+        def part(version: str, previous: Scorer | None) -> Scorer | None:
+            """The version for a part: the one the plan names, else the one that had it."""
+            chosen = scorers.get(version, previous)
+            if chosen is not None:
+                scorers.setdefault(chosen.version, chosen)
+            return chosen
+
+        default = part(plan.current, None if before is None else before.default)
+        if default is None:
+            return False
+        labels = {}
+        for label, version in plan.labels.items():
+            had = None if before is None else before.addressed(label)
+            chosen = part(version, had if before and label in before.labels else None)
+            if chosen is not None:
+                labels[label] = chosen.version
+        policy = plan.policy
+        split_to = shadow_to = None
+        if policy.split is not None:
+            split_to = part(plan.resolve(policy.split.to), before.split_to if before else None)
+        if policy.shadow is not None:
+            shadow_to = part(
+                plan.resolve(policy.shadow.version), before.shadow_to if before else None
+            )
+        lineup = Lineup(
+            default=default,
+            scorers=scorers,
+            labels=labels,
+            split=policy.split if split_to is not None else None,
+            split_to=split_to,
+            shadow_to=shadow_to,
+            shadow_sample=policy.shadow.sample if policy.shadow and shadow_to else 0.0,
+            policy=policy,
+        )
+        if before is not None and _same(before, lineup):
+            return False
+        self._lineup = lineup
+        if before is None or before.default is not default:
+            old = "nothing" if before is None else before.default.version
+            logger.info("model %s: serving %s (was %s)", self.name, default.version, old)
+        self._on_swap(lineup, before is not None)
+        return True
 
     @contextmanager
     def _telling_refusals(self) -> Iterator[None]:
@@ -176,22 +340,23 @@ class ModelRegistry:
                 "serve a model repository (what `python -m training train --out` writes)"
             )
 
-    def _load(self, version: str) -> Scorer:
-        """Load, verify and warm ``version`` beside the one serving."""
-        return self._loader(self.repository.version_dir(version))
-
-    def _install(self, loaded: Scorer) -> Swap:
-        previous, self._current = self._current, loaded
-        self.last_failure = None
-        logger.info("swapped model %s -> %s", previous.version, loaded.version)
-        self._on_swap(loaded, True)
-        return Swap(previous, loaded)
-
     def _refuse_once(self, version: str, exc: SpecError) -> None:
         """Remember why ``version`` is not served; tell the subscriber only the first time,
         so a broken version is logged and counted once rather than every few seconds."""
-        known = self.last_failure
-        if known is not None and (known.version, known.reason) == (version, str(exc)):
+        known = self.failures.get(version)
+        if known is not None and known.reason == str(exc):
             return
-        self.last_failure = LoadFailure(version, str(exc), time.time())
+        self.failures[version] = LoadFailure(version, str(exc), time.time())
         self._on_refused(exc)
+
+
+def _same(a: Lineup, b: Lineup) -> bool:
+    """Whether two lineups serve the same versions the same way (no swap to announce)."""
+    return (
+        a.default is b.default
+        and a.scorers.keys() == b.scorers.keys()
+        and dict(a.labels) == dict(b.labels)
+        and a.policy == b.policy
+        and a.split_to is b.split_to
+        and a.shadow_to is b.shadow_to
+    )

@@ -1,14 +1,16 @@
 """The model repository every worker and replica serves from.
 
 ```
-models/<name>/<version>/   model.onnx + spec.json (+ metrics.json, checkpoint.pt)
-models/<name>/CURRENT      the version to serve, one line
+models/<name>/<version>/      model.onnx + spec.json (+ metrics.json, checkpoint.pt)
+models/<name>/CURRENT         the version unaddressed requests get, one line
+models/<name>/labels/<label>  a version by another name (stable, canary...), one line
+models/<name>/policy.yaml     optional: versions kept loaded, a traffic split, a shadow
 ```
 
 A version directory is written once under a hidden staging name and renamed into place
 complete, so a reader never sees half a version; nothing is ever renamed away from under a
-reader. ``CURRENT`` is replaced with ``os.replace``, which is atomic on POSIX file systems,
-so a reader sees the old pointer or the new one. Every worker polls the pointer (see
+reader. ``CURRENT`` and every label are replaced with ``os.replace``, which is atomic on POSIX
+file systems, so a reader sees the old pointer or the new one. Every worker polls the pointer (see
 :class:`~app.scoring.registry.ModelRegistry`): writing it once rolls a version out to every
 process that shares the directory.
 
@@ -28,6 +30,7 @@ from app.features.errors import SpecError
 from app.scoring.manifest import MANIFEST_FILE, ModelManifest
 
 POINTER_FILE = "CURRENT"
+LABELS_DIR = "labels"
 _STAGING_PREFIX = ".staging-"
 # Versions are content hashes written by export; anything else that names a directory
 # inside the repository (no separators, no dot-files) is accepted, so hand-made versions work.
@@ -129,20 +132,46 @@ class ModelRepository:
                 "model repository (what `python -m training train --out` writes) to switch versions"
             )
         self.version_dir(version)
+        _write_pointer(self.root, POINTER_FILE, version)
+
+    def labels(self) -> dict[str, str]:
+        """Every label and the version it names (a label naming no version is left out
+        here and refused by :meth:`set_label`)."""
+        folder = self.root / LABELS_DIR
+        if self.is_flat or not folder.is_dir():
+            return {}
+        found = {}
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith(".") or not _VERSION.fullmatch(entry.name):
+                continue
+            try:
+                found[entry.name] = check_version_name(entry.read_text(encoding="utf-8").strip())
+            except (OSError, ValueError, SpecError):  # half a label is no label; logged by the poll
+                continue
+        return found
+
+    def set_label(self, label: str, version: str) -> None:
+        """Point ``label`` at an existing version, atomically, as ``CURRENT`` is moved."""
+        check_version_name(label)
+        if label == POINTER_FILE or (self.root / label).is_dir():
+            raise SpecError(f"{label!r} names a version (or CURRENT); a label needs its own name")
+        self.version_dir(version)
+        if self.is_flat:
+            raise SpecError(f"{self.root} is a flat model directory: it has no labels")
+        folder = self.root / LABELS_DIR
         try:
-            handle, temp = tempfile.mkstemp(prefix=f".{POINTER_FILE}.", dir=self.root)
+            folder.mkdir(exist_ok=True)
         except OSError as exc:
-            raise SpecError(f"cannot write {POINTER_FILE} in {self.root}: {exc}") from None
+            raise SpecError(f"cannot make {folder}: {exc}") from None
+        _write_pointer(folder, label, version)
+
+    def remove_label(self, label: str) -> None:
+        """Remove ``label`` (:class:`SpecError` if there is none)."""
+        path = self.root / LABELS_DIR / check_version_name(label)
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as pointer:
-                pointer.write(version + "\n")
-                pointer.flush()
-                os.fsync(pointer.fileno())
-            os.chmod(temp, 0o644)
-            os.replace(temp, self.root / POINTER_FILE)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+            path.unlink()
+        except FileNotFoundError:
+            raise SpecError(f"{self.root}: no label {label!r} (have: {self.labels()})") from None
 
     def staging_dir(self) -> Path:
         """A fresh hidden directory inside the repository to build a version in."""
@@ -197,6 +226,48 @@ class ModelRepository:
         return version
 
 
+def find_models(root: Path, name: str | None = None) -> dict[str, ModelRepository]:
+    """The models to serve from ``root``, by name: ``root`` itself when it is one model (a
+    ``CURRENT`` pointer, a flat export, or version folders; named ``name`` or after the
+    folder), else every folder in it that is one, named after it.
+
+    Raises:
+        SpecError: no model there.
+    """
+    if is_model(root):
+        repository = ModelRepository(root, name)
+        return {repository.name: repository}
+    if name is not None:
+        raise SpecError(
+            f"{root} holds several models, each named after its folder; CTR_MODEL_NAME "
+            "names the model of a one-model directory only"
+        )
+    if not root.is_dir():
+        raise SpecError(f"{root}: no such model repository (CTR_MODEL_REPOSITORY)")
+    try:
+        folders = sorted(entry for entry in root.iterdir() if entry.is_dir())
+    except OSError as exc:
+        raise SpecError(f"{root}: cannot read the model repository ({exc})") from None
+    found = {f.name: ModelRepository(f, f.name) for f in folders if is_model(f)}
+    if not found:
+        raise SpecError(
+            f"{root}: no model in it: neither one model (a {POINTER_FILE} pointer and version "
+            f"folders, as `python -m training train --out` writes, or a flat export's "
+            f"{MANIFEST_FILE}) nor folders of models"
+        )
+    return found
+
+
+def is_model(folder: Path) -> bool:
+    """Whether ``folder`` is one model's: a pointer, a flat export, or version folders."""
+    if (folder / POINTER_FILE).is_file() or (folder / MANIFEST_FILE).is_file():
+        return True
+    try:
+        return any((entry / MANIFEST_FILE).is_file() for entry in folder.iterdir())
+    except OSError:
+        return False
+
+
 def confined_source(requested: str, root: Path | None) -> Path:
     """The model directory an admin request names, if it may be published from.
 
@@ -233,6 +304,24 @@ def confined_source(requested: str, root: Path | None) -> Path:
             if (Path(folder) / name).is_symlink():
                 raise PublishRefusedError(f"{requested}: {Path(folder) / name} is a symbolic link")
     return path
+
+
+def _write_pointer(folder: Path, name: str, version: str) -> None:
+    """Write ``folder/name`` holding ``version``: a temp file, fsynced, renamed over it."""
+    try:
+        handle, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+    except OSError as exc:
+        raise SpecError(f"cannot write {name} in {folder}: {exc}") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as pointer:
+            pointer.write(version + "\n")
+            pointer.flush()
+            os.fsync(pointer.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, folder / name)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def _written(version_dir: Path) -> float:

@@ -42,6 +42,8 @@ class Scorer:
         self._input = manifest.onnx.input_name
         self._output = manifest.onnx.output_name
         self._num_fields = len(manifest.features.fields)
+        # What the version holds in memory, near enough: its graph and external weights.
+        self.file_bytes = _weights_bytes(model_dir)
 
     @classmethod
     def load(
@@ -145,3 +147,13 @@ class Scorer:
 
     def score_rows(self, rows: Sequence[Mapping[str, object]]) -> NDArray[np.float32]:
         return self.score_indices(self.encoder.encode_rows(rows))
+
+
+def _weights_bytes(model_dir: Path) -> int:
+    """Bytes of the graph and its external-data files (not the manifest, metrics,
+    statistics or checkpoint)."""
+    try:
+        files = [f for f in model_dir.iterdir() if f.is_file()]
+        return sum(f.stat().st_size for f in files if f.suffix not in (".json", ".pt", ".npz"))
+    except OSError:
+        return 0

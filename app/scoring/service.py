@@ -1,9 +1,12 @@
-"""The one scoring pipeline every protocol enters once it has decoded its body, and
-per-field explanations. Imports no FastAPI.
+"""The one scoring pipeline every protocol enters once it has decoded its body, for every
+model the repository holds, and per-field explanations. Imports no FastAPI.
 
 ```
+route: model ─► version (addressed, or the split's sticky share, or CURRENT) (+ a shadow)
 field values ─► FeatureEncoder ─► ScoreCache.lookup ─► misses ─► Batcher ─► ScoreCache.store
-                                                                       └─► PredictionLog (sampled)
+                                                                       ├─► PredictionLog (sampled)
+                                     shadow (sampled): its cache ─► its misses ─► shadow Batcher
+                                     (full: dropped, counted) ─► score differences, the log
 ```
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,19 +28,26 @@ from app.features.encoder import FeatureEncoder
 from app.features.errors import SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
-from app.scoring.batcher import Batcher
+from app.scoring.batcher import Batcher, OverloadedError
 from app.scoring.prediction_log import PredictionLog, Values
-from app.scoring.registry import ModelRegistry
+from app.scoring.registry import Lineup, ModelRegistry
+from app.scoring.request import CURRENT_REQUEST, StickyKey, in_share, key_token
 from app.scoring.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 
 EncodedAs = Literal["value", "missing", "unseen"]
 Encode = Callable[[FeatureEncoder], NDArray[np.int64]]
+# The value of a field in a request's first row (a split keyed by a feature reads it).
+FirstValue = Callable[[str], object]
 _PARSE, _ENCODE, _CACHE = (STAGES.index(stage) for stage in ("parse", "encode", "cache"))
 # Encoding this many rows takes a few milliseconds (10,000 rows of 39 fields: ~60 ms):
 # a batch that large is encoded in a thread, so the event loop keeps answering others.
 LARGE_BATCH_ROWS = 1024
+
+
+class UnknownModelError(LookupError):
+    """A model or a version (or label) this service does not serve: 404."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,16 @@ class Scored:
     @property
     def cache_hits(self) -> int:
         return int(np.count_nonzero(self.cached))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes: a model, the version that answers, and a shadow version that
+    scores it again off its path (or none)."""
+
+    model: ServedModel
+    scorer: Scorer
+    shadow: Scorer | None = None
 
 
 @dataclass(frozen=True)
@@ -71,98 +92,272 @@ class Explanation:
         return self.prediction - self.baseline - sum(e.effect for e in self.effects)
 
 
-class PredictionService:
-    """Encode -> score cache -> batcher (the misses) -> store, for every protocol.
+class ServedModel:
+    """One model of the repository: its versions (the registry) and its score cache, whose
+    budget its traffic alone spends. Subscribes to the registry: every change, by a poll or
+    an admin call, points the cache and the metrics at the versions now loaded."""
 
-    Subscribes to the registry: every swap, by a poll or a reload, resets the score cache
-    and announces the version under the registry's lock, so two swaps cannot interleave.
-    With a prediction log, the sampled rows of every answered request are queued to it.
+    def __init__(self, registry: ModelRegistry, cache: ScoreCache, metrics: ServiceMetrics):
+        self.registry = registry
+        self.name = registry.name
+        self.cache = cache
+        self.metrics = metrics
+        self.loaded_bytes = 0
+        registry.subscribe(self._announce, self._refused)
+
+    @property
+    def lineup(self) -> Lineup:
+        """The versions served now (``NotReadyError`` when none is loaded)."""
+        return self.registry.lineup
+
+    def route(self, lineup: Lineup, version: str | None, first: FirstValue | None) -> Target:
+        """The version a request is answered by: the one it names (a version or a label),
+        else the split's version for the split's share of keys, else ``CURRENT``'s; and the
+        shadow, for the sampled share of requests the default version answers."""
+        if version:
+            scorer = lineup.addressed(version)
+            if scorer is None:
+                have = sorted([*lineup.labels, *lineup.scorers])
+                raise UnknownModelError(
+                    f"model '{self.name}' has no version or label '{version}' loaded "
+                    f"(loaded: {', '.join(have)})"
+                )
+        else:
+            scorer = lineup.default
+            split, split_to = lineup.split, lineup.split_to
+            if (
+                split is not None
+                and split_to is not None
+                and _in_split(self.name, split.percent / 100, split.sticky, first)
+            ):
+                scorer = split_to
+        shadow = lineup.shadow_to
+        if (
+            shadow is None
+            or scorer is not lineup.default
+            or shadow is scorer
+            or random.random() >= lineup.shadow_sample
+        ):
+            shadow = None
+        return Target(self, scorer, shadow)
+
+    def _announce(self, lineup: Lineup, swapped: bool) -> None:
+        """Point the cache and the metrics at the versions loaded (under the registry's
+        lock)."""
+        self.cache.serve(
+            {v: max(s.manifest.features.field_dims) - 1 for v, s in lineup.scorers.items()}
+        )
+        roles: dict[str, list[str]] = {version: [] for version in lineup.scorers}
+        roles[lineup.default.version].append("default")
+        for label, version in lineup.labels.items():
+            roles[version].append(label)
+        if lineup.split_to is not None:
+            roles[lineup.split_to.version].append("split")
+        if lineup.shadow_to is not None:
+            roles[lineup.shadow_to.version].append("shadow")
+        self.metrics.set_model(
+            self.name,
+            [
+                (version, scorer.manifest.model_type, ",".join(roles[version]))
+                for version, scorer in lineup.scorers.items()
+            ],
+        )
+        self.loaded_bytes = sum(scorer.file_bytes for scorer in lineup.scorers.values())
+        if swapped:
+            self.metrics.reloads.labels(self.name, "ok").inc()
+
+    def _refused(self, exc: SpecError) -> None:
+        self.metrics.reloads.labels(self.name, "failed").inc()
+        serving = self.registry.loaded
+        still = "nothing" if serving is None else serving.default.version
+        logger.error("model %s: load refused, still serving %s: %s", self.name, still, exc)
+
+
+def _in_split(name: str, share: float, sticky: StickyKey | None, first: FirstValue | None) -> bool:
+    """Whether a request falls in a split's share: by its sticky key's hash when it has one
+    (the same key meets the same version in every worker), else drawn."""
+    token = None
+    if sticky is not None:
+        if sticky.source == "header":
+            context = CURRENT_REQUEST.get()
+            token = None if context is None else context.header(sticky.name)
+        elif first is not None:
+            token = key_token(first(sticky.name))
+    if token is None:
+        return random.random() < share
+    return in_share(f"{name}/{token}", share)
+
+
+class PredictionService:
+    """Route -> encode -> score cache -> batcher (the misses) -> store, for every protocol
+    and every model; a sampled shadow scored off the request path; the prediction log.
+
+    Args:
+        models: every model served, by name.
+        default: the model ``/predict`` (with no model named) answers.
+        batcher: the onnxruntime threads every model's cache misses share.
+        shadow_batcher: the threads shadows are scored by, so a slow shadow never holds up
+            a request; its queue's bound is what drops shadows when it is busy.
     """
 
     def __init__(
         self,
-        registry: ModelRegistry,
-        cache: ScoreCache,
+        models: Mapping[str, ServedModel],
+        default: str,
         batcher: Batcher,
+        shadow_batcher: Batcher,
         metrics: ServiceMetrics,
         log: PredictionLog | None = None,
     ) -> None:
-        self.registry = registry
-        self.cache = cache
+        if default not in models:
+            raise ValueError(f"default model {default!r} is not one of {sorted(models)}")
+        self.models = dict(models)
+        self.default = default
         self.batcher = batcher
+        self.shadow_batcher = shadow_batcher
         self.metrics = metrics
         self.log = log
-        self.model_name = registry.repository.name  # resolved once: it reads the disk
-        registry.subscribe(self._announce, self._refused)
+
+    def model(self, name: str | None = None) -> ServedModel:
+        """The model ``name`` (the default one for ``None``); :class:`UnknownModelError`."""
+        served = self.models.get(self.default if name is None else name)
+        if served is None:
+            raise UnknownModelError(
+                f"unknown model '{name}'; this server serves {', '.join(sorted(self.models))}"
+            )
+        return served
 
     def parsed(self, seconds: float) -> None:
         """Count a protocol adapter's time decoding a body."""
         self.metrics.tally.stage(_PARSE, seconds)
 
     async def score(
-        self, scorer: Scorer, encode: Encode, rows: int, values: Values | None = None
+        self, target: Target, encode: Encode, rows: int, values: Values | None = None
     ) -> Scored:
-        """The scores of ``rows`` rows that ``encode`` turns into indices with ``scorer``'s
-        encoder (raises ``EncodeError``, ``ScoringError`` or ``OverloadedError``).
+        """The scores of ``rows`` rows that ``encode`` turns into indices with the target
+        version's encoder (raises ``EncodeError``, ``ScoringError`` or ``OverloadedError``).
 
-        The caller reads ``registry.current`` once and passes it here, so a request that
-        spans a swap is decoded and scored by one version. ``values`` are the request's
-        values by field (or its one row), for the prediction log.
+        The caller routes the request once (:meth:`ServedModel.route`) and passes the
+        target here, so a request that spans a swap is decoded and scored by one version.
+        ``values`` are the request's values by field (or its one row), for the log.
         """
+        scorer, model = target.scorer, target.model
         if rows > LARGE_BATCH_ROWS:
-            indices = await asyncio.to_thread(self._encode, scorer, encode)
+            indices = await asyncio.to_thread(self._encode, model.name, scorer, encode)
         else:
-            indices = self._encode(scorer, encode)
+            indices = self._encode(model.name, scorer, encode)
         tally = self.metrics.tally
         started = time.perf_counter()
-        lookup = self.cache.lookup(scorer.version, indices)
+        lookup = model.cache.lookup(scorer.version, indices)
         misses = np.flatnonzero(~lookup.hits)
         cache_s = time.perf_counter() - started
         if len(misses):
             todo = indices if len(misses) == len(indices) else indices[misses]
             lookup.scores[misses] = await self.batcher.score(scorer, todo)
             started = time.perf_counter()
-            self.cache.store(lookup)
+            model.cache.store(lookup)
             cache_s += time.perf_counter() - started
         tally.stage(_CACHE, cache_s)
-        tally.lookups(len(indices) - len(misses), len(misses))
-        tally.scores(lookup.scores)
-        if self.log is not None and values is not None:
-            self._log(self.log, scorer, lookup.scores, lookup.hits, values)
+        tally.served(
+            model.name,
+            scorer.version,
+            scorer.encoder.names,
+            len(indices) - len(misses),
+            lookup.scores,
+        )
+        logged = None if self.log is None or values is None else values
+        if target.shadow is not None:
+            self._shadow(target, indices, encode, lookup.scores, lookup.hits, logged)
+        elif logged is not None:
+            self._log(model.name, scorer, lookup.scores, lookup.hits, logged)
         return Scored(lookup.scores, lookup.hits, scorer.version)
+
+    def _shadow(
+        self,
+        target: Target,
+        indices: NDArray[np.int64],
+        encode: Encode,
+        scores: NDArray[np.float32],
+        cached: NDArray[np.bool_],
+        values: Values | None,
+    ) -> None:
+        """Score the request again with the shadow version, off its path: what its cache
+        holds now, the rest on the shadow threads; never raises into the request."""
+        shadow, model, primary = target.shadow, target.model, target.scorer
+        assert shadow is not None
+        tally = self.metrics.tally
+
+        def finish(outcome: str, shadow_scores: NDArray[np.float32] | None) -> None:
+            differences = None if shadow_scores is None else shadow_scores - scores
+            fields = primary.encoder.names
+            tally.shadowed(
+                model.name, primary.version, fields, shadow.version, outcome, differences
+            )
+            if values is not None:
+                both = None if shadow_scores is None else (shadow.version, shadow_scores)
+                self._log(model.name, primary, scores, cached, values, both)
+
+        try:
+            same_fields = shadow.encoder.names == primary.encoder.names
+            rows = indices if same_fields else encode(shadow.encoder)
+            lookup = model.cache.lookup(shadow.version, rows)
+            misses = np.flatnonzero(~lookup.hits)
+            if not len(misses):
+                finish("scored", lookup.scores)
+                return
+            future = self.shadow_batcher.submit(shadow, rows[misses])
+        except OverloadedError:
+            finish("dropped", None)
+            return
+        except Exception as exc:  # an encoding the shadow refuses, say
+            logger.debug("shadow %s of model %s failed: %s", shadow.version, model.name, exc)
+            finish("failed", None)
+            return
+
+        def scored(done: asyncio.Future[NDArray[np.float32]]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                finish("failed", None)
+                return
+            lookup.scores[misses] = done.result()
+            model.cache.store(lookup)
+            finish("scored", lookup.scores)
+
+        future.add_done_callback(scored)
 
     def _log(
         self,
-        log: PredictionLog,
+        model: str,
         scorer: Scorer,
         scores: NDArray[np.float32],
         cached: NDArray[np.bool_],
         values: Values,
+        shadow: tuple[str, NDArray[np.float32]] | None = None,
     ) -> None:
         """Queue the request's sampled rows to the prediction log."""
+        log = self.log
+        assert log is not None
         chosen, values = log.rows_to_log(scorer.encoder, values)
         if chosen is False:
             return
         rows = None if chosen is True else chosen
-        log.add(self.model_name, scorer.version, scores, cached, scorer.encoder, values, rows)
+        log.add(model, scorer.version, scores, cached, scorer.encoder, values, rows, shadow)
 
-    def _encode(self, scorer: Scorer, encode: Encode) -> NDArray[np.int64]:
+    def _encode(self, model: str, scorer: Scorer, encode: Encode) -> NDArray[np.int64]:
         """Encode (timed), and count the missing and unseen values of what was encoded."""
         started = time.perf_counter()
         indices = encode(scorer.encoder)
         tally = self.metrics.tally
         tally.stage(_ENCODE, time.perf_counter() - started)
-        tally.rows(scorer.version, scorer.encoder.names, indices)
+        tally.rows(model, scorer.version, scorer.encoder.names, indices)
         return indices
 
-    def explain(self, features: Mapping[str, object]) -> Explanation:
+    def explain(self, scorer: Scorer, features: Mapping[str, object]) -> Explanation:
         """Each field's effect = score - score with that field set to its field average.
 
         The field average is the unseen row filled at export, so this reuses exactly the
         path a never-seen value takes. All variants are scored in one direct call, not
         cached: they are not served scores.
         """
-        scorer = self.registry.current
         row = scorer.encoder.encode_rows([features])[0]
         num_fields = len(row)
         variants = np.repeat(row[None, :], num_fields + 2, axis=0)
@@ -183,22 +378,24 @@ class PredictionService:
         return Explanation(prediction, baseline, effects, scorer.version)
 
     def flush_metrics(self) -> None:
-        """Move this worker's tallies, cache size and queue depth into Prometheus."""
-        self.metrics.flush()
-        self.metrics.cache_entries.set(len(self.cache))
-        self.metrics.queued_rows.set(self.batcher.queued_rows)
+        """Move this worker's tallies, cache sizes, readiness and queue depth into
+        Prometheus."""
+        metrics = self.metrics
+        metrics.flush()
+        for name, model in self.models.items():
+            metrics.cache_entries.labels(name).set(len(model.cache))
+            metrics.cache_budget.labels(name).set(model.cache.maxsize)
+            metrics.model_bytes.labels(name).set(model.loaded_bytes)
+            metrics.model_ready.labels(name).set(1 if model.registry.ready else 0)
+        metrics.queued_rows.set(self.batcher.queued_rows)
 
-    def _announce(self, scorer: Scorer, swapped: bool) -> None:
-        """Point the score cache and the metrics at the version now served (under the
-        registry's lock)."""
-        self.cache.reset(scorer.version, max(scorer.manifest.features.field_dims) - 1)
-        self.metrics.set_model(scorer.manifest.model_type, scorer.version)
-        if swapped:
-            self.metrics.reloads.labels(outcome="ok").inc()
-
-    def _refused(self, exc: SpecError) -> None:
-        self.metrics.reloads.labels(outcome="failed").inc()
-        logger.error("model load refused, still serving %s: %s", self.registry.current.version, exc)
+    def poll(self) -> None:
+        """Every model follows its repository (a broken one never stops the others)."""
+        for model in self.models.values():
+            try:
+                model.registry.poll()
+            except Exception:  # one model's bad poll must not keep the others from theirs
+                logger.exception("model %s: repository poll failed", model.name)
 
 
 def _kind(index: int) -> EncodedAs:

@@ -20,7 +20,7 @@ from benchmarks.peers.model import PeerModel
 @bentoml.service(workers=1)
 class CtrService:
     def __init__(self) -> None:
-        self.model = PeerModel(Path(os.environ["CTR_MODEL_DIR"]))
+        self.model = PeerModel(Path(os.environ["CTR_MODEL_REPOSITORY"]))
 
     @bentoml.api
     def predict(

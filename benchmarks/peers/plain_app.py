@@ -2,7 +2,7 @@
 
 Written the obvious way on purpose (a sync route in the thread pool, the cache keyed on the
 row's sorted JSON, one lock): what ctrserve is measured against when someone asks "why not
-just write the endpoint?". ``CTR_MODEL_DIR`` names the model, ``CTR_CACHE_MAXSIZE`` sizes
+just write the endpoint?". ``CTR_MODEL_REPOSITORY`` names the model, ``CTR_CACHE_MAXSIZE`` sizes
 the cache.
 
     uvicorn --factory benchmarks.peers.plain_app:create_app --no-access-log
@@ -29,7 +29,7 @@ class Body(BaseModel):
 
 
 def create_app() -> FastAPI:
-    model = PeerModel(Path(os.environ["CTR_MODEL_DIR"]))
+    model = PeerModel(Path(os.environ["CTR_MODEL_REPOSITORY"]))
     cache: TTLCache[str, float] = TTLCache(
         maxsize=int(os.environ.get("CTR_CACHE_MAXSIZE", "100000")), ttl=3600
     )

@@ -1,5 +1,6 @@
-"""ScoreCache: LRU size bound, TTL expiry (fake clock), one version at a time, second-sight
-admission of batch rows, disabled mode, thread safety."""
+"""ScoreCache: LRU size bound, TTL expiry (fake clock), the versions loaded sharing one
+budget and never each other's entries, second-sight admission of batch rows, disabled mode,
+thread safety."""
 
 import threading
 
@@ -24,7 +25,7 @@ def _rows(*values: int) -> np.ndarray:
 
 def _cache(maxsize: int = 10, ttl_s: float = 60, **kwargs: object) -> ScoreCache:
     cache = ScoreCache(maxsize, ttl_s, **kwargs)  # type: ignore[arg-type]
-    cache.reset("v1", largest_index=1000)
+    cache.serve({"v1": 1000})
     return cache
 
 
@@ -55,12 +56,19 @@ def test_batch_rows_are_cached_from_their_second_sight() -> None:
     assert _score(cache, _rows(4, 5)) == [True, False]
 
 
-def test_keys_are_the_row_in_the_smallest_type() -> None:
+def test_keys_are_the_version_slot_then_the_row_in_the_smallest_type() -> None:
     cache = ScoreCache(10, 60)
-    cache.reset("v1", largest_index=200)
-    assert cache.keys(_rows(7)) == [bytes([7, 8, 2])]
-    cache.reset("v1", largest_index=70_000)
-    assert cache.keys(_rows(7)) == [np.array([7, 8, 2], dtype=np.uint32).tobytes()]
+    cache.serve({"v1": 200})
+    slot = cache.lookup("v1", _rows(7)).slot
+    assert slot is not None
+    assert cache.keys(slot, _rows(7)) == [bytes([1, 0, 0, 0, 7, 8, 2])]
+    cache.serve({"v2": 70_000})  # v1 unloaded: v2 gets a number never used before
+    slot = cache.lookup("v2", _rows(7)).slot
+    assert slot is not None
+    expected = np.array([2, 7, 8, 2], dtype=np.uint32).tobytes()
+    assert cache.keys(slot, _rows(7)) == [expected]
+    single = cache.lookup("v2", _rows(7))
+    assert single.keys == [expected]  # the single-row path makes the same key
 
 
 def test_ttl_expiry() -> None:
@@ -84,16 +92,30 @@ def test_lru_bound() -> None:
     assert len(cache) == 2
 
 
-def test_one_version_at_a_time() -> None:
+def test_versions_loaded_together_keep_their_own_scores() -> None:
+    cache = _cache()
+    cache.serve({"v1": 1000, "canary": 1000})
+    _score(cache, _rows(1))
+    assert cache.lookup("canary", _rows(1)).hits.tolist() == [False]  # not v1's score
+    lookup = cache.lookup("canary", _rows(1))
+    lookup.scores[:] = 0.7
+    cache.store(lookup)
+    assert cache.lookup("v1", _rows(1)).scores[0] == pytest.approx(0.01)
+    assert cache.lookup("canary", _rows(1)).scores[0] == pytest.approx(0.7)
+    assert len(cache) == 2  # one budget for both
+
+
+def test_a_version_unloaded_is_never_read_or_written_again() -> None:
     cache = _cache()
     _score(cache, _rows(1))
     in_flight = cache.lookup("v1", _rows(2))  # a request scored by v1 ...
-    cache.reset("v2", largest_index=1000)  # ... while v2 takes over
+    cache.serve({"v2": 1000})  # ... while v2 takes over
     in_flight.scores[:] = 0.5
     cache.store(in_flight)
-    assert len(cache) == 0
+    assert len(cache) == 1  # only v1's first entry, which nothing reads again
     assert cache.lookup("v1", _rows(1)).hits.tolist() == [False]  # nothing of v1 is served
     assert _score(cache, _rows(1), "v2") == [False]
+    cache.serve({"v2": 1000, "v1": 1000})  # v1 loaded again: a new slot, nothing stale
     assert cache.lookup("v1", _rows(1)).hits.tolist() == [False]
     lookup = cache.lookup("v2", _rows(1))
     assert lookup.hits.tolist() == [True]

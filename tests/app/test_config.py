@@ -22,7 +22,7 @@ def test_the_queue_holds_at_least_one_call() -> None:
 def test_a_missing_repository_refuses_to_start(tmp_path: Path) -> None:
     missing = tmp_path / "nothing-here"
     with (
-        pytest.raises(SpecError, match="neither a model repository"),
+        pytest.raises(SpecError, match="no such model repository"),
         TestClient(create_app(Settings(model_dir=missing))),
     ):
         pass

@@ -11,6 +11,7 @@ from app.features.errors import SpecError
 from app.main import create_app
 from app.scoring.scorer import Scorer
 from support.faults import FAULTS, broken_copy
+from support.prometheus import metric
 
 pytest.importorskip("onnx")  # the NaN model is built with the onnx package
 
@@ -48,7 +49,7 @@ def test_reload_keeps_the_old_model(
 
 
 def test_onnxruntime_failure_mid_request_is_503(client: TestClient, monkeypatch) -> None:
-    scorer = client.app.state.service.registry.current
+    scorer = client.app.state.service.model().registry.current
 
     def broken_run(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated onnxruntime failure")
@@ -56,5 +57,5 @@ def test_onnxruntime_failure_mid_request_is_503(client: TestClient, monkeypatch)
     monkeypatch.setattr(scorer.session, "run", broken_run)
     response = client.post("/predict", json={"features": {"c0": "c0_99"}})
     assert response.status_code == 503
-    assert "ctr_scoring_errors_total 1.0" in client.get("/metrics").text
+    assert metric(client.get("/metrics").text, "ctr_scoring_errors_total") == 1.0
     assert client.get("/healthz").status_code == 200

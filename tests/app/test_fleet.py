@@ -4,7 +4,6 @@ The bug this guards: each worker had its own registry, so a reload reached one w
 about half of all fresh connections kept the old model indefinitely.
 """
 
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import httpx2 as httpx
 import pytest
 
 from support.faults import second_version
+from support.prometheus import metric, series
 from support.servers import server as start_server
 
 pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
@@ -27,7 +27,7 @@ ROW = {"features": {"c0": "c0_4", "n0": 2.0}}
 def fleet(repository: Path, tmp_path: Path) -> Iterator[str]:
     env = {
         "CTR_PUBLISH_ROOT": str(tmp_path),
-        "CTR_MODEL_DIR": str(repository),
+        "CTR_MODEL_REPOSITORY": str(repository),
         "CTR_WORKERS": "2",
         "CTR_POLL_INTERVAL_S": "0.5",
         "CTR_RELOAD_TOKEN": "fleet-token",
@@ -43,15 +43,11 @@ def _fresh(base: str) -> dict[str, object]:
     return dict(response.json())
 
 
-def _sum(text: str, pattern: str) -> float:
-    return sum(float(m) for m in re.findall(pattern + r" ([0-9.e+]+)\n", text))
-
-
 def test_one_reload_reaches_every_worker(fleet: str, repository: Path, tmp_path: Path) -> None:
     sent = 0
     deadline = time.monotonic() + 30
     text = ""
-    while text.count('ctr_model_info{model_type="nffm"') < 2:  # both workers are up
+    while len(series(text, "ctr_model_info")) < 2:  # both workers are up
         assert time.monotonic() < deadline, text
         _fresh(fleet)
         sent += 1
@@ -79,11 +75,13 @@ def test_one_reload_reaches_every_worker(fleet: str, repository: Path, tmp_path:
     # most that far behind; after it, the totals are exact.
     time.sleep(1.0)
     text = httpx.get(f"{fleet}/metrics", timeout=10).text
-    served = re.findall(
-        r'ctr_model_info\{model_type="nffm",pid="(\d+)",version="(\w+)"\} 1.0', text
-    )
-    assert len({pid for pid, _ in served}) == 2
-    assert {version for _, version in served} == {new}
-    answered = _sum(text, r'ctr_request_latency_seconds_count\{endpoint="/predict",status="2xx"\}')
+    served = [
+        labels
+        for labels in series(text, "ctr_model_info")
+        if metric(text, "ctr_model_info", **labels) == 1.0
+    ]
+    assert len({labels["pid"] for labels in served}) == 2
+    assert {labels["version"] for labels in served} == {new}
+    answered = metric(text, "ctr_request_latency_seconds_count", endpoint="/predict", status="2xx")
     assert answered == sent
-    assert _sum(text, "ctr_cache_hits_total") + _sum(text, "ctr_cache_misses_total") == sent
+    assert metric(text, "ctr_cache_hits_total") + metric(text, "ctr_cache_misses_total") == sent

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
+from support.prometheus import metric
 from support.shutdown import sigterm_during_a_request
 
 
@@ -21,8 +22,9 @@ def test_the_cache_stays_within_its_bound_under_a_flood(model_dir: Path) -> None
                 assert client.post("/predict", json={"instances": rows}).status_code == 200
         for i in range(600):  # single rows, stored at first sight
             client.post("/predict", json={"features": {"c1": f"c1_{i}", "n1": i / 600}})
-        assert len(client.app.state.service.cache) == 200
-        assert "ctr_cache_entries 200.0" in client.get("/metrics").text
+        assert len(client.app.state.service.model().cache) == 200
+        text = client.get("/metrics").text
+        assert metric(text, "ctr_cache_entries", model="nffm") == 200.0
 
 
 def test_secrets_and_payloads_stay_out_of_logs(

@@ -30,7 +30,7 @@ MAX_BODY = 64 * 1024
 def endpoints(model_dir: Path) -> Iterator[tuple[str, str]]:
     grpc_port = free_port()
     env = {
-        "CTR_MODEL_DIR": str(model_dir),
+        "CTR_MODEL_REPOSITORY": str(model_dir),
         "CTR_GRPC_PORT": str(grpc_port),
         "CTR_MAX_BODY_BYTES": str(MAX_BODY),
     }

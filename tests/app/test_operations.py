@@ -10,6 +10,7 @@ from app.core.config import Settings
 from app.main import create_app
 from app.scoring.repository import resolve_model_dir
 from support.faults import second_version
+from support.prometheus import metric
 
 ROW = {"c0": "c0_1", "n0": 1.0}
 AUTH = {"Authorization": "Bearer t0ken"}
@@ -37,12 +38,17 @@ def test_metrics_count_cache_and_latency(client: TestClient) -> None:
     client.post("/predict", json={"features": ROW})
     client.post("/predict", json={"features": ROW})
     text = client.get("/metrics").text
-    assert "ctr_cache_hits_total 1.0" in text
-    assert "ctr_cache_misses_total 1.0" in text
-    assert "ctr_cache_entries 1.0" in text
-    assert 'ctr_request_latency_seconds_count{endpoint="/predict",status="2xx"} 2.0' in text
-    assert "ctr_scored_batch_rows_count 1.0" in text
-    assert 'ctr_model_info{model_type="nffm"' in text
+    model = {"model": "repository"}
+    assert metric(text, "ctr_cache_hits_total", **model) == 1.0
+    assert metric(text, "ctr_cache_misses_total", **model) == 1.0
+    assert metric(text, "ctr_cache_entries", **model) == 1.0
+    assert metric(text, "ctr_cache_budget_entries", **model) == 1000.0
+    assert metric(text, "ctr_model_ready", **model) == 1.0
+    assert metric(text, "ctr_model_loaded_bytes", **model) > 1000
+    latency = {"endpoint": "/predict", "status": "2xx"}
+    assert metric(text, "ctr_request_latency_seconds_count", **latency) == 2.0
+    assert metric(text, "ctr_scored_batch_rows_count") == 1.0
+    assert metric(text, "ctr_model_info", model_type="nffm", serves="default", **model) == 1.0
 
 
 def test_model_health_and_stage_metrics(client: TestClient) -> None:
@@ -53,15 +59,22 @@ def test_model_health_and_stage_metrics(client: TestClient) -> None:
     ]
     client.post("/predict", json={"instances": rows})
     text = client.get("/metrics").text
-    assert "ctr_encoded_rows_total 3.0" in text
-    assert 'ctr_field_values_total{encoded_as="unseen",field="c0"} 2.0' in text
-    assert 'ctr_field_values_total{encoded_as="unseen",field="c1"} 1.0' in text
-    assert 'ctr_field_values_total{encoded_as="missing",field="c1"} 1.0' in text
-    assert 'ctr_field_values_total{encoded_as="missing",field="n0"} 2.0' in text
-    assert "ctr_prediction_count 3.0" in text
-    assert 'ctr_prediction_bucket{le="+Inf"} 3.0' in text
+    version = client.get("/model").json()["version"]
+    served = {"model": "repository", "version": version}
+    assert metric(text, "ctr_encoded_rows_total", **served) == 3.0
+    for field, kind, count in [
+        ("c0", "unseen", 2.0),
+        ("c1", "unseen", 1.0),
+        ("c1", "missing", 1.0),
+        ("n0", "missing", 2.0),
+    ]:
+        assert (
+            metric(text, "ctr_field_values_total", field=field, encoded_as=kind, **served) == count
+        )
+    assert metric(text, "ctr_prediction_count", **served) == 3.0
+    assert metric(text, "ctr_prediction_bucket", le="+Inf", **served) == 3.0
     for stage in ("parse", "encode", "cache", "onnxruntime"):
-        assert f'ctr_stage_seconds_count{{stage="{stage}"}} 1.0' in text
+        assert metric(text, "ctr_stage_seconds_count", stage=stage) == 1.0
 
 
 def test_reload_requires_the_token(client: TestClient) -> None:
@@ -105,7 +118,8 @@ def test_bad_reload_keeps_the_old_model(
     assert version in response.json()["detail"]
     assert client.get("/model").json()["version"] == version
     assert client.post("/predict", json={"features": ROW}).status_code == 200
-    assert 'ctr_model_reloads_total{outcome="failed"} 1.0' in client.get("/metrics").text
+    text = client.get("/metrics").text
+    assert metric(text, "ctr_model_reloads_total", model="repository", outcome="failed") == 1.0
 
 
 def test_reload_under_concurrent_requests(
@@ -203,7 +217,7 @@ def test_reload_from_a_path_is_off_without_a_publish_root(
 def test_a_swap_racing_a_reload_leaves_the_cache_on_and_the_new_version_served(
     client: TestClient, model_dir: Path, tmp_path: Path
 ) -> None:
-    registry = client.app.state.service.registry
+    registry = client.app.state.service.model().registry
     first = registry.current.version
     published = client.post(
         "/admin/reload",

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow  # starts a server
 def endpoints(repository: Path) -> Iterator[tuple[str, str]]:
     """(HTTP base URL, gRPC address) of one real `python -m app` with a fresh cache."""
     grpc_port = free_port()
-    env = {"CTR_MODEL_DIR": str(repository), "CTR_GRPC_PORT": str(grpc_port)}
+    env = {"CTR_MODEL_REPOSITORY": str(repository), "CTR_GRPC_PORT": str(grpc_port)}
     with start_server([sys.executable, "-m", "app"], env) as base:
         yield base, f"127.0.0.1:{grpc_port}"
 

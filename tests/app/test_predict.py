@@ -3,6 +3,8 @@
 import pytest
 from fastapi.testclient import TestClient
 
+from support.prometheus import metric
+
 ROW = {"c0": "c0_1", "c1": "c1_0", "c3": "c3_2", "n0": 2.5, "n1": 0.3}
 
 
@@ -58,12 +60,7 @@ def test_batch_with_mixed_hits_and_misses(client: TestClient) -> None:
 
 def _encoded_rows(client: TestClient) -> float:
     """Rows the service has encoded so far, from its /metrics."""
-    (line,) = [
-        line
-        for line in client.get("/metrics").text.splitlines()
-        if line.startswith("ctr_encoded_rows_total ")
-    ]
-    return float(line.split()[1])
+    return metric(client.get("/metrics").text, "ctr_encoded_rows_total")
 
 
 def test_repeated_batch_rows_are_cache_hits(client: TestClient) -> None:

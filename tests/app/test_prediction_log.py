@@ -5,11 +5,11 @@ a worker killed with SIGKILL loses at most its open file, and no reader sees a p
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +24,9 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.main import create_app
 from app.scoring import prediction_log
-from app.scoring.prediction_log import LOG_COLUMNS, PredictionLog, SampleKey
+from app.scoring.prediction_log import LOG_COLUMNS, PredictionLog
 from app.scoring.repository import resolve_model_dir
+from app.scoring.request import StickyKey
 from app.scoring.scorer import Scorer
 from support.payloads import triton_inputs
 from support.servers import free_port, listening_process, metric_values
@@ -47,7 +48,7 @@ def served(repository: Path, tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     grpc_port = free_port()
     log = tmp_path / "log"
     env = {
-        "CTR_MODEL_DIR": str(repository),
+        "CTR_MODEL_REPOSITORY": str(repository),
         "CTR_GRPC_PORT": str(grpc_port),
         "CTR_PREDICTION_LOG": str(log),
     }
@@ -128,7 +129,7 @@ def test_sampling_by_a_header_is_sticky_per_user(settings: Settings, tmp_path: P
                 assert response.status_code == 200
     logged = _records(log).column("request_id").to_pylist()
     assert len(logged) % 3 == 0  # a user is logged in every round or in none
-    expected = [u for u in users if zlib.crc32(u.encode()) < 0.3 * 2**32]
+    expected = [u for u in users if _hash(u) < 0.3 * 2**64]
     assert len(logged) == 3 * len(expected)
     assert 40 <= len(expected) <= 80  # the share drawn is the share asked for
 
@@ -147,7 +148,12 @@ def test_sampling_by_a_feature_is_sticky_per_value(settings: Settings, tmp_path:
         rows = [{"c0": value, "n0": 1.0} for value in values]
         assert client.post("/predict", json={"instances": rows}).status_code == 200
     logged = sorted(_records(log).column("c0").to_pylist())
-    assert logged == sorted(v for v in values if zlib.crc32(v.encode()) < 0.5 * 2**32)
+    assert logged == sorted(v for v in values if _hash(v) < 0.5 * 2**64)
+
+
+def _hash(key: str) -> int:
+    """The documented sticky hash: BLAKE2b of the key, 64 bits, big-endian."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest())
 
 
 def _scored(scorer: Scorer, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +199,7 @@ def test_a_full_queue_drops_and_counts_and_never_waits(
 def test_sigkill_loses_at_most_the_open_file(repository: Path, tmp_path: Path) -> None:
     log = tmp_path / "log"
     env = {
-        "CTR_MODEL_DIR": str(repository),
+        "CTR_MODEL_REPOSITORY": str(repository),
         "CTR_PREDICTION_LOG": str(log),
         "CTR_PREDICTION_LOG_ROLL_ROWS": "50",
     }
@@ -239,7 +245,7 @@ def test_a_remote_filesystem_gets_whole_files(repository: Path) -> None:
 @pytest.mark.parametrize("text", ["cookie:x", "header:", "feature", ""])
 def test_a_sampling_key_is_a_header_or_a_feature(text: str) -> None:
     with pytest.raises(ValueError, match="header:<name> or feature:<field>"):
-        SampleKey.parse(text)
+        StickyKey.parse(text)
 
 
 def test_an_unwritable_log_is_refused_at_start_up(settings: Settings, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from app.main import create_app
 from app.scoring.manifest import ModelManifest
 from app.scoring.repository import ModelRepository, resolve_model_dir
 from support.faults import broken_copy, second_version
+from support.prometheus import metric
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer t0ken"}
@@ -101,7 +102,8 @@ def test_workers_follow_the_pointer(repository: Path, tmp_path: Path) -> None:
         after = client.post("/predict", json=ROW).json()
         assert (after["model_version"], after["cached"]) == (new, False)
         assert old["model_version"] != new
-        assert 'ctr_model_reloads_total{outcome="ok"} 1.0' in client.get("/metrics").text
+        text = client.get("/metrics").text
+        assert metric(text, "ctr_model_reloads_total", model="repository", outcome="ok") == 1.0
 
 
 def test_a_broken_version_is_refused_once_and_the_old_one_serves(
@@ -125,7 +127,8 @@ def test_a_broken_version_is_refused_once_and_the_old_one_serves(
         assert "broken-1" in ready["last_error"]
         assert "sha256" in ready["last_error"]
         assert client.post("/predict", json=ROW).json()["model_version"] == serving
-        assert 'ctr_model_reloads_total{outcome="failed"} 1.0' in client.get("/metrics").text
+        text = client.get("/metrics").text
+        assert metric(text, "ctr_model_reloads_total", outcome="failed") == 1.0
 
 
 def test_reload_by_version_moves_the_pointer(
@@ -142,6 +145,7 @@ def test_reload_by_version_moves_the_pointer(
     back = client.post("/admin/reload", headers=AUTH, json={"version": first})
     assert back.status_code == 200, back.text
     assert back.json() == {
+        "model": "repository",
         "previous_version": second,
         "version": first,
         "model_dir": str(repository / first),
@@ -186,7 +190,7 @@ def _publish(repository: Path, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "CTR_MODEL_DIR": str(repository)},
+        env={**os.environ, "CTR_MODEL_REPOSITORY": str(repository)},
     )
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import httpx2 as httpx
 import pytest
 
+from support.prometheus import metric
 from support.servers import server as start_server
 
 pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
@@ -22,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def server(model_dir: Path) -> Iterator[str]:
     """`python -m app` as a user starts it, configured by CTR_* variables only."""
-    with start_server([sys.executable, "-m", "app"], {"CTR_MODEL_DIR": str(model_dir)}) as base:
+    with start_server(
+        [sys.executable, "-m", "app"], {"CTR_MODEL_REPOSITORY": str(model_dir)}
+    ) as base:
         assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
         yield base
 
@@ -35,7 +38,8 @@ def test_real_server_predicts_and_caches(server: str) -> None:
     assert (
         httpx.post(f"{server}/predict", json={"features": {"x": 1}}, timeout=5).status_code == 422
     )
-    assert "ctr_cache_hits_total 1.0" in httpx.get(f"{server}/metrics", timeout=5).text
+    text = httpx.get(f"{server}/metrics", timeout=5).text
+    assert metric(text, "ctr_cache_hits_total", model="nffm") == 1.0
 
 
 def _post_in_two_parts(base: str, body: bytes) -> tuple[int, dict[str, object]]:
@@ -79,7 +83,7 @@ def test_a_server_stopped_by_sigterm_removes_its_metrics_directory(
     def made() -> list[Path]:
         return list(tmp_path.glob("ctrserve-metrics-*"))
 
-    env = {"CTR_MODEL_DIR": str(model_dir), "TMPDIR": str(tmp_path)}
+    env = {"CTR_MODEL_REPOSITORY": str(model_dir), "TMPDIR": str(tmp_path)}
     with start_server([sys.executable, "-m", "app"], env):  # ended by SIGTERM
         assert len(made()) == 1
     assert made() == []

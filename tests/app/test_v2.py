@@ -33,7 +33,7 @@ ROWS = [
 def endpoints(model_dir: Path) -> Iterator[tuple[str, str]]:
     """(HTTP base URL, gRPC address) of one real `python -m app`."""
     grpc_port = free_port()
-    env = {"CTR_MODEL_DIR": str(model_dir), "CTR_GRPC_PORT": str(grpc_port)}
+    env = {"CTR_MODEL_REPOSITORY": str(model_dir), "CTR_GRPC_PORT": str(grpc_port)}
     with start_server([sys.executable, "-m", "app"], env) as base:
         yield base, f"127.0.0.1:{grpc_port}"
 
@@ -241,4 +241,4 @@ def test_unknown_model_and_version_are_404(endpoints: tuple[str, str]) -> None:
     assert httpx.get(f"{base}/v2/models/other", timeout=5).status_code == 404
     missing = httpx.get(f"{base}/v2/models/nffm/versions/0123/ready", timeout=5)
     assert missing.status_code == 404
-    assert "not loaded" in missing.json()["error"]
+    assert "no version or label '0123'" in missing.json()["error"]

@@ -143,11 +143,12 @@ def test_runtime_and_service_fit_together_and_fit_the_app() -> None:
     assert {"v2", "grpc-v2"} <= set(RUNTIME["spec"]["protocolVersions"])
     # KServe's ports: REST on 8080, gRPC on 8081; the model repository at /mnt/models
     assert (env["CTR_PORT"], env["CTR_GRPC_PORT"]) == ("8080", "8081")
-    assert "--model-dir=/mnt/models" in container["args"]
-    assert "--model-name={{.Name}}" in container["args"]
+    assert "--model-dir=/mnt/models" in container["args"]  # the repository, every model in it
+    assert env["CTR_DEFAULT_MODEL"] == "ctr"
     paths = create_app().openapi()["paths"]
     assert container["readinessProbe"]["httpGet"]["path"] in paths
     assert container["livenessProbe"]["httpGet"]["path"] in paths
     claim = load(DEPLOY / "base" / "model-repository.yaml")
-    assert model["storageUri"].startswith(f"pvc://{claim['metadata']['name']}/")
+    # the claim's root: the repository, every model in it
+    assert model["storageUri"] == f"pvc://{claim['metadata']['name']}"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True

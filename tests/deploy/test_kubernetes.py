@@ -83,10 +83,13 @@ def test_the_deployment_is_locked_down_and_follows_the_repository(name: str) -> 
     env = {e["name"]: e for e in server["env"]}
     assert env["CTR_WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
     assert "PROMETHEUS_MULTIPROC_DIR" in env
-    # every pod mounts the one shared repository that CTR_MODEL_DIR points into
+    # every pod serves the one shared repository, whose models the init containers seed
     settings = resources["ConfigMap"]["data"]
     mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
-    assert settings["CTR_MODEL_DIR"].startswith(mounts["models"] + "/")
+    assert settings["CTR_MODEL_REPOSITORY"] == mounts["models"]
+    seeded = {c["command"][c["command"].index("--model") + 1] for c in pod["initContainers"]}
+    assert seeded == {"ctr", "cvr"}
+    assert settings["CTR_DEFAULT_MODEL"] in seeded
     (models,) = [v for v in pod["volumes"] if v["name"] == "models"]
     claim = resources["PersistentVolumeClaim"]
     assert models["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]

@@ -66,7 +66,7 @@ def test_join_labels_rows_by_request_row_and_window(model_dir: Path, tmp_path: P
     served = time.time()
 
     def request(request_id: str, values: list[str]) -> None:
-        from app.scoring.prediction_log import CURRENT_REQUEST, RequestContext
+        from app.scoring.request import CURRENT_REQUEST, RequestContext
 
         token = CURRENT_REQUEST.set(RequestContext(request_id))
         scores = np.full(len(values), 0.5, dtype=np.float32)

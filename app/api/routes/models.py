@@ -1,4 +1,6 @@
-"""GET /model (metadata) and POST /admin/reload (roll a version out to the fleet)."""
+"""Model metadata (GET /models, /model, /model/<name>) and the admin calls that roll
+versions and labels out to the fleet (POST /admin/reload, PUT|DELETE
+/admin/models/<name>/labels/<label>)."""
 
 from __future__ import annotations
 
@@ -8,26 +10,97 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.deps import ReloadAuth, ServiceDep, SettingsDep
 from app.features.errors import SpecError
 from app.features.spec import CategoricalField
-from app.schemas import ErrorResponse, FieldInfo, ModelInfo, ReloadRequest, ReloadResponse
+from app.schemas import (
+    ErrorResponse,
+    FieldInfo,
+    LabelRequest,
+    LabelResponse,
+    LoadedVersion,
+    ModelBudget,
+    ModelInfo,
+    ModelList,
+    ReloadRequest,
+    ReloadResponse,
+)
 from app.scoring.repository import PublishRefusedError, confined_source
+from app.scoring.service import PredictionService, ServedModel, UnknownModelError
 
 router = APIRouter(tags=["model"])
 
+_NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorResponse, "description": "no such model"}
+}
+_ADMIN_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorResponse},
+    403: {"model": ErrorResponse, "description": "admin calls off, or model_dir not allowed"},
+    404: {"model": ErrorResponse, "description": "no such model"},
+    422: {"model": ErrorResponse, "description": "refused; what served before still serves"},
+}
 
-@router.get("/model")
-def model_info(service: ServiceDep) -> ModelInfo:
-    scorer = service.registry.current
+
+def _model(service: PredictionService, name: str | None) -> ServedModel:
+    try:
+        return service.model(name)
+    except UnknownModelError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.get("/models")
+def list_models(service: ServiceDep) -> ModelList:
+    return ModelList(default=service.default, models=sorted(service.models))
+
+
+@router.get("/model", responses={503: {"model": ErrorResponse}})
+def default_model_info(service: ServiceDep) -> ModelInfo:
+    """The default model's metadata."""
+    return _info(_model(service, None))
+
+
+@router.get("/model/{model_name}", responses={**_NOT_FOUND, 503: {"model": ErrorResponse}})
+def model_info(model_name: str, service: ServiceDep) -> ModelInfo:
+    """A model's metadata: versions loaded and what each serves, labels, policy, budgets."""
+    return _info(_model(service, model_name))
+
+
+def _info(model: ServedModel) -> ModelInfo:
+    lineup = model.lineup  # NotReadyError: 503
+    scorer = lineup.default
     manifest = scorer.manifest
-    repository = service.registry.repository
+    registry, repository = model.registry, model.registry.repository
+    serves: dict[str, list[str]] = {version: [] for version in lineup.scorers}
+    serves[scorer.version].append("default")
+    for label, version in lineup.labels.items():
+        serves[version].append(label)
+    if lineup.split_to is not None:
+        serves[lineup.split_to.version].append("split")
+    if lineup.shadow_to is not None:
+        serves[lineup.shadow_to.version].append("shadow")
     return ModelInfo(
-        name=repository.name,
+        name=model.name,
         model_type=manifest.model_type,
         version=manifest.version,
         task=manifest.task,
         model_dir=str(scorer.model_dir),
         repository=str(repository.root),
         versions=repository.versions(),
-        pinned=service.registry.pinned_version is not None,
+        loaded=[
+            LoadedVersion(
+                version=version,
+                model_type=loaded.manifest.model_type,
+                serves=serves[version],
+                model_bytes=loaded.file_bytes,
+            )
+            for version, loaded in lineup.scorers.items()
+        ],
+        labels=dict(lineup.labels),
+        policy=lineup.policy.model_dump(mode="json", exclude_none=True),
+        budget=ModelBudget(
+            cache_entries=len(model.cache),
+            cache_budget=model.cache.maxsize,
+            model_bytes=model.loaded_bytes,
+        ),
+        pinned=registry.pinned_version is not None,
+        failures={f.version: f.reason for f in registry.failures.values()},
         hyperparameters=manifest.hyperparameters,
         fields=[
             FieldInfo(
@@ -44,40 +117,69 @@ def model_info(service: ServiceDep) -> ModelInfo:
     )
 
 
-@router.post(
-    "/admin/reload",
-    dependencies=[ReloadAuth],
-    responses={
-        401: {"model": ErrorResponse},
-        403: {"model": ErrorResponse, "description": "reload off, or model_dir not allowed"},
-        422: {"model": ErrorResponse, "description": "new model refused; the old one serves"},
-    },
-)
+@router.post("/admin/reload", dependencies=[ReloadAuth], responses=_ADMIN_ERRORS)
 async def reload_model(
     service: ServiceDep, settings: SettingsDep, body: ReloadRequest | None = None
 ) -> ReloadResponse:
-    """Roll a version out to every worker and replica that shares the repository.
+    """Roll a version of a model out to every worker and replica sharing the repository.
 
     This worker loads, verifies and warms the version first and only then writes
     ``CURRENT``; every other worker picks the pointer up at its next poll
-    (``CTR_POLL_INTERVAL_S``). An empty body re-reads ``CURRENT`` here now. A
+    (``CTR_POLL_INTERVAL_S``). An empty body re-reads the pointers here now. A
     ``model_dir`` is taken only from under ``CTR_PUBLISH_ROOT``.
     """
-    previous = service.registry.current
+    model = _model(service, body.model if body else None)
+    registry = model.registry
+    before = registry.loaded
     try:
         if body is not None and body.model_dir is not None:
             source = confined_source(body.model_dir, settings.publish_root)
-            await run_in_threadpool(service.registry.publish, source)
+            lineup = await run_in_threadpool(registry.publish, source)
         else:
-            await run_in_threadpool(service.registry.switch, body.version if body else None)
+            lineup = await run_in_threadpool(registry.switch, body.version if body else None)
     except PublishRefusedError as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"reload refused: {exc}") from None
     except SpecError as exc:
+        still = "nothing" if before is None else f"version {before.default.version}"
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"reload refused, still serving version {service.registry.current.version}: {exc}",
+            f"reload refused, model '{model.name}' still serves {still}: {exc}",
         ) from None
-    current = service.registry.current
     return ReloadResponse(
-        previous_version=previous.version, version=current.version, model_dir=str(current.model_dir)
+        model=model.name,
+        previous_version=None if before is None else before.default.version,
+        version=lineup.default.version,
+        model_dir=str(lineup.default.model_dir),
     )
+
+
+@router.put(
+    "/admin/models/{model_name}/labels/{label}", dependencies=[ReloadAuth], responses=_ADMIN_ERRORS
+)
+async def set_label(
+    model_name: str, label: str, body: LabelRequest, service: ServiceDep
+) -> LabelResponse:
+    """Point ``label`` at a version (loaded and verified here first); every worker and
+    replica follows it at its next poll, as it follows ``CURRENT``."""
+    return await _label(service, model_name, label, body.version)
+
+
+@router.delete(
+    "/admin/models/{model_name}/labels/{label}", dependencies=[ReloadAuth], responses=_ADMIN_ERRORS
+)
+async def remove_label(model_name: str, label: str, service: ServiceDep) -> LabelResponse:
+    """Remove ``label``: requests that name it get 404 from the next poll on."""
+    return await _label(service, model_name, label, None)
+
+
+async def _label(
+    service: PredictionService, name: str, label: str, version: str | None
+) -> LabelResponse:
+    model = _model(service, name)
+    try:
+        lineup = await run_in_threadpool(model.registry.set_label, label, version)
+    except SpecError as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"label refused, nothing changed: {exc}"
+        ) from None
+    return LabelResponse(model=model.name, labels=dict(lineup.labels))

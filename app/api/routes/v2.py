@@ -17,7 +17,13 @@ from pydantic_core import to_json
 
 from app.api.deps import get_service, get_settings_dep
 from app.api.middleware import RETRY_AFTER_S
-from app.protocol.infer import OverloadedProtocolError, decode_off_loop, score, served
+from app.protocol.infer import (
+    OverloadedProtocolError,
+    any_model_ready,
+    decode_off_loop,
+    score,
+    served,
+)
 from app.protocol.tensors import (
     ProtocolError,
     check_outputs,
@@ -51,7 +57,9 @@ def live() -> dict[str, bool]:
 
 @router.get("/health/ready", responses={503: {"description": "no model can score"}})
 def ready(request: Request, response: Response) -> dict[str, bool]:
-    is_ready = get_service(request).registry.current.ready()
+    """Ready while at least one model scores: one broken model never takes the others
+    out of a load balancer (each model's own readiness is /v2/models/<name>/ready)."""
+    is_ready = any_model_ready(get_service(request))
     if not is_ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return {"ready": is_ready}
@@ -62,11 +70,17 @@ def server(request: Request) -> dict[str, JsonValue]:
     return server_metadata(request.app.version)
 
 
+@router.get("/models")
+def models(request: Request) -> dict[str, list[str]]:
+    """Every model this server serves (KServe's model list)."""
+    return {"models": sorted(get_service(request).models)}
+
+
 @router.get("/models/{model_name}", responses={404: _ERROR})
 @router.get("/models/{model_name}/versions/{model_version}", responses={404: _ERROR})
 def model(request: Request, model_name: str, model_version: str | None = None) -> Any:
     try:
-        scorer = served(get_service(request), model_name, model_version)
+        scorer = served(get_service(request), model_name, model_version).scorer
     except ProtocolError as exc:
         return _error(str(exc), exc.status)
     return model_metadata(model_name, scorer.version, scorer.manifest.features)
@@ -78,9 +92,12 @@ def model_ready(
     request: Request, response: Response, model_name: str, model_version: str | None = None
 ) -> Any:
     try:
-        scorer = served(get_service(request), model_name, model_version)
+        scorer = served(get_service(request), model_name, model_version).scorer
     except ProtocolError as exc:
-        return _error(str(exc), exc.status)
+        if exc.status != status.HTTP_503_SERVICE_UNAVAILABLE:
+            return _error(str(exc), exc.status)
+        response.status_code = exc.status
+        return {"name": model_name, "ready": False}
     is_ready = scorer.ready()
     if not is_ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
@@ -143,13 +160,13 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
     service, settings = get_service(request), get_settings_dep(request)
     body = await request.body()
     try:
-        scorer = served(service, model_name, model_version)
+        target = served(service, model_name, model_version)
         started = time.perf_counter()
         header = request.headers.get(_HEADER_LENGTH)
         decoded = await decode_off_loop(len(body), lambda: parse_http(body, header))
         service.parsed(time.perf_counter() - started)
         check_outputs(decoded.outputs)
-        scored = await score(service, settings, scorer, decoded.arrays, decoded.num_rows)
+        scored = await score(service, settings, target, decoded.arrays, decoded.num_rows)
     except ProtocolError as exc:
         return _protocol_error(exc)
     answer, raw = http_response(

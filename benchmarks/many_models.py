@@ -1,0 +1,277 @@
+"""Many models in one server, measured -> docs/MANY_MODELS.md (``make bench-models``).
+
+1. **Shadow scoring at 100%**: the default model at its SLO rate (distinct single rows, k6
+   open loop), with and without a shadow version scoring every request again, the two
+   taking turns over several rounds: p99 and CPU a request.
+2. **Two models in one process**: the click model alone, against the click and the
+   conversion model served together, at the same total rate (two k6 runs at half the
+   rate each, at once, in both setups): CPU a request and p99.
+3. **A sticky split**: 20,000 requests of 2,000 users, 10% split to a canary, over HTTP to
+   2 workers: the share that met the canary, and whether any user met both versions.
+
+Every server is started from a temporary copy of the models; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import statistics
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+from app.scoring.repository import ModelRepository
+from benchmarks.open_loop import MAX_VUS, _tree_cpu_s
+from support.faults import second_version
+from support.k6 import OpenLoopResult, run, write_slices
+from support.payloads import load_spec, unique_rows
+from support.prometheus import metric
+from support.reports import machine, markdown_section, relative, run_and_report
+from support.servers import ROOT, server
+
+logger = logging.getLogger("benchmarks.many_models")
+
+
+def _slices(model_dir: Path, folder: Path, seed: int) -> Path:
+    spec = load_spec(model_dir)
+    rows = unique_rows(spec, MAX_VUS * 400, seed=seed)
+    return write_slices([{"features": r} for r in rows], MAX_VUS, folder)
+
+
+def _repository(scratch: Path, models: dict[str, Path]) -> Path:
+    root = scratch / "models"
+    shutil.rmtree(root, ignore_errors=True)
+    for name, source in models.items():
+        shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    return root
+
+
+# -- 1. shadow scoring ---------------------------------------------------------------------
+def shadow_cost(scratch: Path, model_dir: Path, rate: int, rounds: int, seconds: int) -> dict:
+    root = _repository(scratch, {"ctr": model_dir})
+    ctr = root / "ctr"
+    candidate = ModelRepository(ctr).publish(second_version(ctr, scratch / "candidate"))
+    ModelRepository(ctr).set_label("candidate", candidate)
+    slices = _slices(model_dir, scratch / "shadow-slices", seed=31)
+    runs: list[dict[str, Any]] = []
+    for round_ in range(rounds):
+        for shadowed in (False, True) if round_ % 2 == 0 else (True, False):
+            policy = ctr / "policy.yaml"
+            if shadowed:
+                policy.write_text("shadow: {version: candidate, sample: 1.0}\n")
+            else:
+                policy.unlink(missing_ok=True)
+            env = {"CTR_MODEL_REPOSITORY": str(root), "CTR_CACHE_MAXSIZE": "100000"}
+            with server([sys.executable, "-m", "app"], env) as base:
+                cpu_s = _tree_cpu_s(base)
+                url = f"{base}/models/ctr/predict"
+                run(url, slices, rate // 2, 2, MAX_VUS)  # warm-up
+                before = cpu_s()
+                result = run(url, slices, rate, seconds, MAX_VUS, start=(round_ + 1) * 7919)
+                cpu_us = (cpu_s() - before) / max(result.sent, 1) * 1e6
+                outcomes = _shadow_outcomes(base)
+            runs.append({"shadow": shadowed, "round": round_, "cpu_us": cpu_us,
+                         **_figures(result), **outcomes})  # fmt: skip
+            logger.info("shadow %s: p99 %.2f ms, %.0f µs a request, %s", shadowed,
+                        result.p99_ms, cpu_us, outcomes)  # fmt: skip
+    return {"rate": rate, "rounds": rounds, "seconds": seconds, "runs": runs}
+
+
+def _shadow_outcomes(base: str) -> dict[str, float]:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return {
+        f"shadow_{outcome}": metric(text, "ctr_shadow_requests_total", outcome=outcome)
+        for outcome in ("scored", "dropped", "failed")
+    }
+
+
+def _figures(result: OpenLoopResult) -> dict[str, float]:
+    return {"sent": result.sent, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+            "failed": result.failed, "dropped": result.dropped}  # fmt: skip
+
+
+# -- 2. two models in one process ----------------------------------------------------------
+def two_models_cost(
+    scratch: Path, model_dir: Path, cvr_dir: Path, rate: int, rounds: int, seconds: int
+) -> dict:
+    ctr_slices = _slices(model_dir, scratch / "ctr-slices", seed=41)
+    cvr_slices = _slices(cvr_dir, scratch / "cvr-slices", seed=42)
+    runs: list[dict[str, Any]] = []
+    for round_ in range(rounds):
+        for together in (False, True) if round_ % 2 == 0 else (True, False):
+            models = {"ctr": model_dir, **({"cvr": cvr_dir} if together else {})}
+            root = _repository(scratch, models)
+            env = {"CTR_MODEL_REPOSITORY": str(root), "CTR_DEFAULT_MODEL": "ctr",
+                   "CTR_CACHE_MAXSIZE": str(100_000 * len(models))}  # fmt: skip
+            with server([sys.executable, "-m", "app"], env) as base:
+                cpu_s = _tree_cpu_s(base)
+                halves = [(f"{base}/models/ctr/predict", ctr_slices)]
+                if together:
+                    halves.append((f"{base}/models/cvr/predict", cvr_slices))
+                else:  # the same two streams of requests, both to the one model
+                    halves.append((f"{base}/models/ctr/predict", scratch / "ctr-slices"))
+                for url, slices in halves:
+                    run(url, slices, rate // 4, 2, MAX_VUS)  # warm-up
+                before = cpu_s()
+                start = (round_ + 1) * 7919
+                starts = [start, start + 3]
+                with ThreadPoolExecutor(2) as pool:
+                    futures = [
+                        pool.submit(run, url, slices, rate // 2, seconds, MAX_VUS // 2, first)
+                        for (url, slices), first in zip(halves, starts, strict=True)
+                    ]
+                    results = [future.result() for future in futures]
+                sent = sum(r.sent for r in results)
+                cpu_us = (cpu_s() - before) / max(sent, 1) * 1e6
+            runs.append({"together": together, "round": round_, "cpu_us": cpu_us, "sent": sent,
+                         "p99_ms": max(r.p99_ms for r in results),
+                         "failed": sum(r.failed for r in results),
+                         "dropped": sum(r.dropped for r in results)})  # fmt: skip
+            logger.info("two models %s: %.0f µs a request, p99 %.2f ms", together, cpu_us,
+                        runs[-1]["p99_ms"])  # fmt: skip
+    return {"rate": rate, "rounds": rounds, "seconds": seconds, "runs": runs}
+
+
+# -- 3. a sticky split -----------------------------------------------------------------------
+def split_share(scratch: Path, model_dir: Path, users: int, rounds: int, percent: float) -> dict:
+    root = _repository(scratch, {"ctr": model_dir})
+    ctr = root / "ctr"
+    canary = ModelRepository(ctr).publish(second_version(ctr, scratch / "canary"))
+    ModelRepository(ctr).set_label("canary", canary)
+    (ctr / "policy.yaml").write_text(
+        f"split: {{to: canary, percent: {percent}, key: header:X-User-Id}}\n"
+    )
+    names = [f"user-{i}" for i in range(users)]
+    env = {"CTR_MODEL_REPOSITORY": str(root), "CTR_WORKERS": "2"}
+    with server([sys.executable, "-m", "app"], env) as base, httpx.Client(timeout=10) as client:
+
+        def ask(user: str) -> tuple[str, str]:
+            answer = client.post(f"{base}/models/ctr/predict", json={"features": {}},
+                                 headers={"X-User-Id": user})  # fmt: skip
+            return user, answer.json()["model_version"]
+
+        met: dict[str, set[str]] = {name: set() for name in names}
+        with ThreadPoolExecutor(8) as pool:
+            for user, version in pool.map(ask, names * rounds):
+                met[user].add(version)
+    on_canary = Counter(canary in versions for versions in met.values())[True]
+    return {
+        "users": users,
+        "requests": users * rounds,
+        "percent": percent,
+        "share": on_canary / users,
+        "users_on_both": sum(len(versions) > 1 for versions in met.values()),
+        # the share's standard deviation over sets of this many independent keys
+        "sigma": (percent / 100 * (1 - percent / 100) / users) ** 0.5,
+    }
+
+
+# -- the report ----------------------------------------------------------------------------
+def report(results: dict, started: str) -> str:
+    shadow, two, split = results["shadow"], results["two_models"], results["split"]
+
+    def median(runs: list[dict], key: str, flag: str, value: bool) -> float:
+        return statistics.median(r[key] for r in runs if r[flag] is value)
+
+    shadow_rows = [
+        [str(r["round"] + 1), "on" if r["shadow"] else "off", f"{r['p50_ms']:.2f}",
+         f"{r['p99_ms']:.2f}", f"{r['cpu_us']:.0f}",
+         f"{r['shadow_scored']:.0f} / {r['shadow_dropped']:.0f} / {r['shadow_failed']:.0f}",
+         f"{r['failed']} / {r['dropped']}"]
+        for r in shadow["runs"]
+    ]  # fmt: skip
+    p99_off, p99_on = (median(shadow["runs"], "p99_ms", "shadow", v) for v in (False, True))
+    cpu_off, cpu_on = (median(shadow["runs"], "cpu_us", "shadow", v) for v in (False, True))
+    two_rows = [
+        [str(r["round"] + 1), "ctr + cvr" if r["together"] else "ctr alone",
+         f"{r['cpu_us']:.0f}", f"{r['p99_ms']:.2f}", f"{r['failed']} / {r['dropped']}"]
+        for r in two["runs"]
+    ]  # fmt: skip
+    alone, together = (median(two["runs"], "cpu_us", "together", v) for v in (False, True))
+    p99_alone, p99_both = (median(two["runs"], "p99_ms", "together", v) for v in (False, True))
+    sections = [
+        "# Many models in one server",
+        "",
+        f"`make bench-models` on {machine()}, started {started}; models: "
+        f"{results['model_dir']} (ctr), {results['cvr_dir']} (cvr). "
+        "Generated by benchmarks/many_models.py; compare figures within one run only.",
+        "",
+        markdown_section(
+            f"Shadow scoring at 100%: the default model at {shadow['rate']:,} requests/s",
+            f"Distinct single rows, k6 open loop, {shadow['seconds']} s a run, shadow off and "
+            "on taking turns. The shadow is a second version of the model, scoring every "
+            "request again off its path. Medians: p99 "
+            f"{p99_off:.2f} ms off, {p99_on:.2f} ms on (**{p99_on / p99_off:.2f}x**); CPU a "
+            f"request {cpu_off:.0f} µs off, {cpu_on:.0f} µs on "
+            f"(**{cpu_on / cpu_off:.2f}x**).",
+            [
+                "round",
+                "shadow",
+                "p50 ms",
+                "p99 ms",
+                "CPU µs a request",
+                "shadow scored / dropped / failed",
+                "failed / dropped",
+            ],
+            shadow_rows,
+        ),
+        markdown_section(
+            f"Two models in one process, {two['rate']:,} requests/s in all",
+            f"Two k6 runs at {two['rate'] // 2:,}/s each, at once: to the click model twice "
+            "(alone), or one to the click model and one to the conversion model (together, "
+            f"one process, each model its own cache). {two['seconds']} s a run. Medians: CPU "
+            f"a request {alone:.0f} µs alone, {together:.0f} µs together "
+            f"(**{together / alone:.2f}x**); p99 {p99_alone:.2f} ms and {p99_both:.2f} ms.",
+            ["round", "served", "CPU µs a request", "p99 ms (worse half)", "failed / dropped"],
+            two_rows,
+        ),
+        markdown_section(
+            f"A sticky split of {split['percent']:g}%",
+            f"{split['requests']:,} requests of {split['users']:,} users (`X-User-Id`) over "
+            "HTTP to 2 workers; each user is hashed on its own (BLAKE2b of model/user), so "
+            f"the share over {split['users']:,} users has a standard deviation of "
+            f"{split['sigma'] * 100:.2f} points around the share asked for.",
+            ["users on the canary", "users that met both versions"],
+            [[f"{split['share'] * 100:.2f}%", str(split["users_on_both"])]],
+        ),
+    ]
+    return "\n".join(sections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--cvr-dir", type=Path, default=ROOT / "models" / "cvr")
+    parser.add_argument("--rate", type=int, default=3500, help="the default model's SLO rate")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=20)
+    args = parser.parse_args()
+
+    def measure(scratch: Path) -> dict:
+        return {
+            "model_dir": relative(args.model_dir),
+            "cvr_dir": relative(args.cvr_dir),
+            "shadow": shadow_cost(scratch, args.model_dir, args.rate, args.rounds, args.seconds),
+            "two_models": two_models_cost(scratch, args.model_dir, args.cvr_dir, args.rate,
+                                          args.rounds, args.seconds),
+            "split": split_share(scratch, args.model_dir, 2000, 10, 10.0),
+        }  # fmt: skip
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run_and_report(
+        "ctrserve-models-",
+        measure,
+        report,
+        ROOT / "docs" / "MANY_MODELS.md",
+        ROOT / "docs" / "many_models.json",
+    )
+
+
+if __name__ == "__main__":
+    main()
