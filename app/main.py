@@ -34,6 +34,7 @@ from app.scoring.repository import find_models
 from app.scoring.request import StickyKey
 from app.scoring.scorer import Scorer
 from app.scoring.service import PredictionService, ServedModel
+from app.scoring.shadow import ShadowScorer
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=5)
             poller.stop()
             service.batcher.close()
-            service.shadow_batcher.close()
+            service.shadows.close()
             if service.log is not None:
                 service.log.close()
             service.flush_metrics()
@@ -130,11 +131,9 @@ def build_service(
     batcher = Batcher(
         threads, settings.batch_max_rows, settings.max_queued_rows, metrics.observe_call
     )
-    shadow_batcher = Batcher(
-        settings.shadow_threads, settings.batch_max_rows, settings.shadow_queue_rows
-    )
+    shadows = ShadowScorer(metrics.tally, settings.shadow_queue_rows)
     log = prediction_log(settings, metrics)
-    service = PredictionService(models, default, batcher, shadow_batcher, metrics, log)
+    service = PredictionService(models, default, batcher, shadows, metrics, log)
     for name, model in models.items():
         lineup = model.registry.loaded
         logger.info(

@@ -396,13 +396,14 @@ class Tally:
         shadow: str,
         outcome: str,
         differences: NDArray[np.float32] | None = None,
+        requests: int = 1,
     ) -> None:
-        """A request shadowed by version ``shadow``: its outcome, and its score differences
-        (shadow minus served) when it was scored."""
+        """``requests`` requests shadowed by version ``shadow``: their outcome, and their
+        rows' score differences (shadow minus served) when they were scored."""
         with self._lock:
             counts = self._counts(model, version, fields)
             key = (shadow, outcome)
-            counts.shadowed[key] = counts.shadowed.get(key, 0) + 1
+            counts.shadowed[key] = counts.shadowed.get(key, 0) + requests
             if differences is not None:
                 if counts.shadow != shadow:  # a new shadow: its differences stand apart
                     counts.shadow, counts.differences = shadow, _Histogram(DIFFERENCE_BUCKETS)

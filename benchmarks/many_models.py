@@ -3,9 +3,9 @@
 1. **Shadow scoring at 100%**: the default model at its SLO rate (distinct single rows, k6
    open loop), with and without a shadow version scoring every request again, the two
    taking turns over several rounds: p99 and CPU a request.
-2. **Two models in one process**: the click model alone, against the click and the
-   conversion model served together, at the same total rate (two k6 runs at half the
-   rate each, at once, in both setups): CPU a request and p99.
+2. **Two models in one process**: each model alone, against the two served together, at
+   the same total rate (two k6 runs at half the rate each, at once, in every setup): CPU a
+   request and p99.
 3. **A sticky split**: 20,000 requests of 2,000 users, 10% split to a canary, over HTTP to
    2 workers: the share that met the canary, and whether any user met both versions.
 
@@ -53,7 +53,9 @@ def _repository(scratch: Path, models: dict[str, Path]) -> Path:
 
 
 # -- 1. shadow scoring ---------------------------------------------------------------------
-def shadow_cost(scratch: Path, model_dir: Path, rate: int, rounds: int, seconds: int) -> dict:
+def shadow_cost(
+    scratch: Path, model_dir: Path, rates: list[int], rounds: int, seconds: int
+) -> dict:
     root = _repository(scratch, {"ctr": model_dir})
     ctr = root / "ctr"
     candidate = ModelRepository(ctr).publish(second_version(ctr, scratch / "candidate"))
@@ -71,16 +73,18 @@ def shadow_cost(scratch: Path, model_dir: Path, rate: int, rounds: int, seconds:
             with server([sys.executable, "-m", "app"], env) as base:
                 cpu_s = _tree_cpu_s(base)
                 url = f"{base}/models/ctr/predict"
-                run(url, slices, rate // 2, 2, MAX_VUS)  # warm-up
-                before = cpu_s()
-                result = run(url, slices, rate, seconds, MAX_VUS, start=(round_ + 1) * 7919)
-                cpu_us = (cpu_s() - before) / max(result.sent, 1) * 1e6
-                outcomes = _shadow_outcomes(base)
-            runs.append({"shadow": shadowed, "round": round_, "cpu_us": cpu_us,
-                         **_figures(result), **outcomes})  # fmt: skip
-            logger.info("shadow %s: p99 %.2f ms, %.0f µs a request, %s", shadowed,
-                        result.p99_ms, cpu_us, outcomes)  # fmt: skip
-    return {"rate": rate, "rounds": rounds, "seconds": seconds, "runs": runs}
+                run(url, slices, rates[0], 2, MAX_VUS)  # warm-up
+                for rate in rates:
+                    before, counted = cpu_s(), _shadow_outcomes(base)
+                    start = (round_ * len(rates) + rates.index(rate) + 1) * 7919
+                    result = run(url, slices, rate, seconds, MAX_VUS, start)
+                    cpu_us = (cpu_s() - before) / max(result.sent, 1) * 1e6
+                    outcomes = {k: v - counted[k] for k, v in _shadow_outcomes(base).items()}
+                    runs.append({"shadow": shadowed, "round": round_, "rate": rate,
+                                 "cpu_us": cpu_us, **_figures(result), **outcomes})  # fmt: skip
+                    logger.info("shadow %s, %d/s: p99 %.2f ms, %.0f µs a request, %s",
+                                shadowed, rate, result.p99_ms, cpu_us, outcomes)  # fmt: skip
+    return {"rates": rates, "rounds": rounds, "seconds": seconds, "runs": runs}
 
 
 def _shadow_outcomes(base: str) -> dict[str, float]:
@@ -97,44 +101,50 @@ def _figures(result: OpenLoopResult) -> dict[str, float]:
 
 
 # -- 2. two models in one process ----------------------------------------------------------
+SETUPS = {  # what each of the two halves of the traffic asks
+    "ctr alone": ("ctr", "ctr"),
+    "cvr alone": ("cvr", "cvr"),
+    "ctr + cvr": ("ctr", "cvr"),
+}
+
+
 def two_models_cost(
     scratch: Path, model_dir: Path, cvr_dir: Path, rate: int, rounds: int, seconds: int
 ) -> dict:
-    ctr_slices = _slices(model_dir, scratch / "ctr-slices", seed=41)
-    cvr_slices = _slices(cvr_dir, scratch / "cvr-slices", seed=42)
+    sources = {"ctr": model_dir, "cvr": cvr_dir}
+    slices = {
+        "ctr": _slices(model_dir, scratch / "ctr-slices", seed=41),
+        "cvr": _slices(cvr_dir, scratch / "cvr-slices", seed=42),
+    }
     runs: list[dict[str, Any]] = []
+    names = list(SETUPS)
     for round_ in range(rounds):
-        for together in (False, True) if round_ % 2 == 0 else (True, False):
-            models = {"ctr": model_dir, **({"cvr": cvr_dir} if together else {})}
+        for setup in names if round_ % 2 == 0 else names[::-1]:
+            asked = SETUPS[setup]
+            models = {name: sources[name] for name in dict.fromkeys(asked)}
             root = _repository(scratch, models)
-            env = {"CTR_MODEL_REPOSITORY": str(root), "CTR_DEFAULT_MODEL": "ctr",
+            env = {"CTR_MODEL_REPOSITORY": str(root),
                    "CTR_CACHE_MAXSIZE": str(100_000 * len(models))}  # fmt: skip
             with server([sys.executable, "-m", "app"], env) as base:
                 cpu_s = _tree_cpu_s(base)
-                halves = [(f"{base}/models/ctr/predict", ctr_slices)]
-                if together:
-                    halves.append((f"{base}/models/cvr/predict", cvr_slices))
-                else:  # the same two streams of requests, both to the one model
-                    halves.append((f"{base}/models/ctr/predict", scratch / "ctr-slices"))
-                for url, slices in halves:
-                    run(url, slices, rate // 4, 2, MAX_VUS)  # warm-up
+                halves = [(f"{base}/models/{name}/predict", slices[name]) for name in asked]
+                for url, folder in halves:
+                    run(url, folder, rate // 4, 2, MAX_VUS)  # warm-up
                 before = cpu_s()
-                start = (round_ + 1) * 7919
-                starts = [start, start + 3]
+                starts = [(round_ + 1) * 7919, (round_ + 1) * 7919 + 3]
                 with ThreadPoolExecutor(2) as pool:
                     futures = [
-                        pool.submit(run, url, slices, rate // 2, seconds, MAX_VUS // 2, first)
-                        for (url, slices), first in zip(halves, starts, strict=True)
+                        pool.submit(run, url, folder, rate // 2, seconds, MAX_VUS // 2, first)
+                        for (url, folder), first in zip(halves, starts, strict=True)
                     ]
                     results = [future.result() for future in futures]
                 sent = sum(r.sent for r in results)
                 cpu_us = (cpu_s() - before) / max(sent, 1) * 1e6
-            runs.append({"together": together, "round": round_, "cpu_us": cpu_us, "sent": sent,
+            runs.append({"setup": setup, "round": round_, "cpu_us": cpu_us, "sent": sent,
                          "p99_ms": max(r.p99_ms for r in results),
                          "failed": sum(r.failed for r in results),
                          "dropped": sum(r.dropped for r in results)})  # fmt: skip
-            logger.info("two models %s: %.0f µs a request, p99 %.2f ms", together, cpu_us,
-                        runs[-1]["p99_ms"])  # fmt: skip
+            logger.info("%s: %.0f µs a request, p99 %.2f ms", setup, cpu_us, runs[-1]["p99_ms"])
     return {"rate": rate, "rounds": rounds, "seconds": seconds, "runs": runs}
 
 
@@ -176,25 +186,33 @@ def split_share(scratch: Path, model_dir: Path, users: int, rounds: int, percent
 def report(results: dict, started: str) -> str:
     shadow, two, split = results["shadow"], results["two_models"], results["split"]
 
-    def median(runs: list[dict], key: str, flag: str, value: bool) -> float:
-        return statistics.median(r[key] for r in runs if r[flag] is value)
+    def median(runs: list[dict], key: str, **match: object) -> float:
+        return statistics.median(r[key] for r in runs if all(r[k] == v for k, v in match.items()))
 
     shadow_rows = [
-        [str(r["round"] + 1), "on" if r["shadow"] else "off", f"{r['p50_ms']:.2f}",
-         f"{r['p99_ms']:.2f}", f"{r['cpu_us']:.0f}",
+        [f"{r['rate']:,}", str(r["round"] + 1), "on" if r["shadow"] else "off",
+         f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['cpu_us']:.0f}",
          f"{r['shadow_scored']:.0f} / {r['shadow_dropped']:.0f} / {r['shadow_failed']:.0f}",
          f"{r['failed']} / {r['dropped']}"]
-        for r in shadow["runs"]
+        for r in sorted(shadow["runs"], key=lambda r: (r["rate"], r["round"], r["shadow"]))
     ]  # fmt: skip
-    p99_off, p99_on = (median(shadow["runs"], "p99_ms", "shadow", v) for v in (False, True))
-    cpu_off, cpu_on = (median(shadow["runs"], "cpu_us", "shadow", v) for v in (False, True))
+    summary = []
+    for rate in shadow["rates"]:
+        p99 = [median(shadow["runs"], "p99_ms", rate=rate, shadow=v) for v in (False, True)]
+        cpu = [median(shadow["runs"], "cpu_us", rate=rate, shadow=v) for v in (False, True)]
+        summary.append(
+            f"at {rate:,}/s p99 {p99[0]:.2f} ms off, {p99[1]:.2f} ms on "
+            f"(**{p99[1] / p99[0]:.2f}x**), CPU a request {cpu[0]:.0f} µs off, {cpu[1]:.0f} µs "
+            f"on (**{cpu[1] / cpu[0]:.2f}x**)"
+        )
     two_rows = [
-        [str(r["round"] + 1), "ctr + cvr" if r["together"] else "ctr alone",
-         f"{r['cpu_us']:.0f}", f"{r['p99_ms']:.2f}", f"{r['failed']} / {r['dropped']}"]
+        [str(r["round"] + 1), r["setup"], f"{r['cpu_us']:.0f}", f"{r['p99_ms']:.2f}",
+         f"{r['failed']} / {r['dropped']}"]
         for r in two["runs"]
     ]  # fmt: skip
-    alone, together = (median(two["runs"], "cpu_us", "together", v) for v in (False, True))
-    p99_alone, p99_both = (median(two["runs"], "p99_ms", "together", v) for v in (False, True))
+    cpu = {setup: median(two["runs"], "cpu_us", setup=setup) for setup in SETUPS}
+    alone = (cpu["ctr alone"] + cpu["cvr alone"]) / 2
+    p99 = {setup: median(two["runs"], "p99_ms", setup=setup) for setup in SETUPS}
     sections = [
         "# Many models in one server",
         "",
@@ -203,14 +221,15 @@ def report(results: dict, started: str) -> str:
         "Generated by benchmarks/many_models.py; compare figures within one run only.",
         "",
         markdown_section(
-            f"Shadow scoring at 100%: the default model at {shadow['rate']:,} requests/s",
-            f"Distinct single rows, k6 open loop, {shadow['seconds']} s a run, shadow off and "
-            "on taking turns. The shadow is a second version of the model, scoring every "
-            "request again off its path. Medians: p99 "
-            f"{p99_off:.2f} ms off, {p99_on:.2f} ms on (**{p99_on / p99_off:.2f}x**); CPU a "
-            f"request {cpu_off:.0f} µs off, {cpu_on:.0f} µs on "
-            f"(**{cpu_on / cpu_off:.2f}x**).",
+            "Shadow scoring at 100% of the default model's requests",
+            f"Distinct single rows, k6 open loop, {shadow['seconds']} s a run, shadow off "
+            "and on taking turns over the rounds. The shadow is a second version of the "
+            "model scoring every request again off its path (app/scoring/shadow.py: a bounded "
+            "queue, one thread at nice +19 taking everything queued every 10 ms). Medians: "
+            + "; ".join(summary)
+            + ".",
             [
+                "rate /s",
                 "round",
                 "shadow",
                 "p50 ms",
@@ -223,11 +242,13 @@ def report(results: dict, started: str) -> str:
         ),
         markdown_section(
             f"Two models in one process, {two['rate']:,} requests/s in all",
-            f"Two k6 runs at {two['rate'] // 2:,}/s each, at once: to the click model twice "
-            "(alone), or one to the click model and one to the conversion model (together, "
-            f"one process, each model its own cache). {two['seconds']} s a run. Medians: CPU "
-            f"a request {alone:.0f} µs alone, {together:.0f} µs together "
-            f"(**{together / alone:.2f}x**); p99 {p99_alone:.2f} ms and {p99_both:.2f} ms.",
+            f"Two k6 runs at {two['rate'] // 2:,}/s each, at once, {two['seconds']} s: both to "
+            "the click model (ctr alone), both to the conversion model (cvr alone), or one to "
+            "each, served by one process, each model with its own cache (ctr + cvr). Medians: "
+            f"CPU a request {cpu['ctr alone']:.0f} µs (ctr alone), {cpu['cvr alone']:.0f} µs "
+            f"(cvr alone), {cpu['ctr + cvr']:.0f} µs together: **{cpu['ctr + cvr'] / alone:.2f}x** "
+            f"the mean of the two alone; p99 {p99['ctr alone']:.2f}, {p99['cvr alone']:.2f} and "
+            f"{p99['ctr + cvr']:.2f} ms.",
             ["round", "served", "CPU µs a request", "p99 ms (worse half)", "failed / dropped"],
             two_rows,
         ),
@@ -248,22 +269,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--cvr-dir", type=Path, default=ROOT / "models" / "cvr")
-    parser.add_argument("--rate", type=int, default=3500, help="the default model's SLO rate")
+    parser.add_argument(
+        "--rates",
+        default="2500,3500",
+        help="shadow runs at these rates (the default model's SLO rate is 3,500/s in "
+        "docs/OPEN_LOOP.md)",
+    )
+    parser.add_argument("--rate", type=int, default=3000, help="two models: the total rate")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
+
+    rates = [int(rate) for rate in args.rates.split(",")]
 
     def measure(scratch: Path) -> dict:
         return {
             "model_dir": relative(args.model_dir),
             "cvr_dir": relative(args.cvr_dir),
-            "shadow": shadow_cost(scratch, args.model_dir, args.rate, args.rounds, args.seconds),
+            "shadow": shadow_cost(scratch, args.model_dir, rates, args.rounds, args.seconds),
             "two_models": two_models_cost(scratch, args.model_dir, args.cvr_dir, args.rate,
                                           args.rounds, args.seconds),
             "split": split_share(scratch, args.model_dir, 2000, 10, 10.0),
         }  # fmt: skip
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     run_and_report(
         "ctrserve-models-",
         measure,

@@ -83,14 +83,8 @@ class Settings(BaseSettings):
         description="rows waiting for a scoring thread at most; past it a request is refused "
         "at once with 503 and Retry-After",
     )
-    shadow_threads: int = Field(
-        default=1,
-        ge=1,
-        description="threads that score shadow versions (policy.yaml's shadow), apart from "
-        "the scoring threads so a slow shadow never holds up a request",
-    )
     shadow_queue_rows: int = Field(
-        default=1024,
+        default=4096,
         ge=1,
         description="rows waiting for a shadow thread at most; past it a shadowed request "
         'is not scored again (ctr_shadow_requests_total{outcome="dropped"})',
@@ -178,11 +172,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_queued_rows ({self.max_queued_rows}) must be at least batch_max_rows "
                 f"({self.batch_max_rows})"
-            )
-        if self.shadow_queue_rows < self.batch_max_rows:
-            raise ValueError(
-                f"shadow_queue_rows ({self.shadow_queue_rows}) must be at least "
-                f"batch_max_rows ({self.batch_max_rows})"
             )
         return self
 

@@ -2,9 +2,9 @@
 
 ```
 request ─► put (queue full? → Overloaded: 503 + Retry-After) ─► queue of jobs
-                                     free thread: take every job queued (≤ max_rows, one
-                                     model version), skip the cancelled, score them in one
-                                     call, answer each on its event loop
+                                     free thread: take the head and the jobs queued for its
+                                     model version (≤ max_rows), skip the cancelled, score
+                                     them in one call, answer each on its event loop
 ```
 
 An idle service scores a request alone, the moment it arrives; under load, requests queue
@@ -127,8 +127,10 @@ class Batcher:
             thread.join(timeout=5)
 
     def _take(self) -> list[_Job] | None:
-        """The next call's jobs: the queue's head and every job after it of the same model
-        version while they fit in ``max_rows``. ``None``: closed and drained."""
+        """The next call's jobs: the queue's head and the jobs queued after it for the same
+        model version while they fit in ``max_rows``, wherever they stand (jobs of several
+        models interleave: stopping at the first of another would make calls of one row).
+        ``None``: closed and drained."""
         with self._ready:
             while not self._jobs:
                 if self._closed:
@@ -136,13 +138,18 @@ class Batcher:
                 self._ready.wait()
             first = self._jobs.popleft()
             taken, rows = [first], len(first.indices)
-            while self._jobs:
-                following = self._jobs[0]
+            others: list[_Job] = []
+            while self._jobs and rows < self.max_rows:
+                following = self._jobs.popleft()
                 size = len(following.indices)
                 if following.scorer is not first.scorer or rows + size > self.max_rows:
-                    break
-                taken.append(self._jobs.popleft())
+                    others.append(following)
+                    if len(others) > self.max_rows:  # far enough: keep the rest's order cheap
+                        break
+                    continue
+                taken.append(following)
                 rows += size
+            self._jobs.extendleft(reversed(others))
             self._queued_rows -= rows
             return taken
 

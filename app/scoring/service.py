@@ -5,14 +5,15 @@ model the repository holds, and per-field explanations. Imports no FastAPI.
 route: model ─► version (addressed, or the split's sticky share, or CURRENT) (+ a shadow)
 field values ─► FeatureEncoder ─► ScoreCache.lookup ─► misses ─► Batcher ─► ScoreCache.store
                                                                        ├─► PredictionLog (sampled)
-                                     shadow (sampled): its cache ─► its misses ─► shadow Batcher
-                                     (full: dropped, counted) ─► score differences, the log
+                                          shadow (sampled) ─► ShadowScorer's queue (full:
+                                          dropped, counted): off the request's path
 ```
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -28,11 +29,12 @@ from app.features.encoder import FeatureEncoder
 from app.features.errors import SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
-from app.scoring.batcher import Batcher, OverloadedError
+from app.scoring.batcher import Batcher
 from app.scoring.prediction_log import PredictionLog, Values
 from app.scoring.registry import Lineup, ModelRegistry
 from app.scoring.request import CURRENT_REQUEST, StickyKey, in_share, key_token
 from app.scoring.scorer import Scorer
+from app.scoring.shadow import ShadowJob, ShadowScorer
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +198,8 @@ class PredictionService:
         models: every model served, by name.
         default: the model ``/predict`` (with no model named) answers.
         batcher: the onnxruntime threads every model's cache misses share.
-        shadow_batcher: the threads shadows are scored by, so a slow shadow never holds up
-            a request; its queue's bound is what drops shadows when it is busy.
+        shadows: the thread shadows are scored on, so a slow shadow never holds up a
+            request; its queue's bound is what drops shadows when it is busy.
     """
 
     def __init__(
@@ -205,7 +207,7 @@ class PredictionService:
         models: Mapping[str, ServedModel],
         default: str,
         batcher: Batcher,
-        shadow_batcher: Batcher,
+        shadows: ShadowScorer,
         metrics: ServiceMetrics,
         log: PredictionLog | None = None,
     ) -> None:
@@ -214,7 +216,7 @@ class PredictionService:
         self.models = dict(models)
         self.default = default
         self.batcher = batcher
-        self.shadow_batcher = shadow_batcher
+        self.shadows = shadows
         self.metrics = metrics
         self.log = log
 
@@ -281,48 +283,32 @@ class PredictionService:
         cached: NDArray[np.bool_],
         values: Values | None,
     ) -> None:
-        """Score the request again with the shadow version, off its path: what its cache
-        holds now, the rest on the shadow threads; never raises into the request."""
+        """Hand the request to the shadow thread (it never raises into the request); a
+        logged request is logged when its shadow has scored it, with both scores."""
         shadow, model, primary = target.shadow, target.model, target.scorer
         assert shadow is not None
-        tally = self.metrics.tally
+        done = None
+        if values is not None:
 
-        def finish(outcome: str, shadow_scores: NDArray[np.float32] | None) -> None:
-            differences = None if shadow_scores is None else shadow_scores - scores
-            fields = primary.encoder.names
-            tally.shadowed(
-                model.name, primary.version, fields, shadow.version, outcome, differences
-            )
-            if values is not None:
+            def done(shadow_scores: NDArray[np.float32] | None) -> None:
                 both = None if shadow_scores is None else (shadow.version, shadow_scores)
                 self._log(model.name, primary, scores, cached, values, both)
 
         try:
             same_fields = shadow.encoder.names == primary.encoder.names
             rows = indices if same_fields else encode(shadow.encoder)
-            lookup = model.cache.lookup(shadow.version, rows)
-            misses = np.flatnonzero(~lookup.hits)
-            if not len(misses):
-                finish("scored", lookup.scores)
-                return
-            future = self.shadow_batcher.submit(shadow, rows[misses])
-        except OverloadedError:
-            finish("dropped", None)
-            return
-        except Exception as exc:  # an encoding the shadow refuses, say
+        except Exception as exc:  # an encoding the shadow refuses (fields it does not know)
             logger.debug("shadow %s of model %s failed: %s", shadow.version, model.name, exc)
-            finish("failed", None)
+            self.metrics.tally.shadowed(
+                model.name, primary.version, primary.encoder.names, shadow.version, "failed"
+            )
+            if done is not None:
+                done(None)
             return
-
-        def scored(done: asyncio.Future[NDArray[np.float32]]) -> None:
-            if done.cancelled() or done.exception() is not None:
-                finish("failed", None)
-                return
-            lookup.scores[misses] = done.result()
-            model.cache.store(lookup)
-            finish("scored", lookup.scores)
-
-        future.add_done_callback(scored)
+        job = ShadowJob(model.name, model.cache, primary, shadow, rows, scores, done)
+        if done is not None:
+            job.loop, job.context = asyncio.get_running_loop(), contextvars.copy_context()
+        self.shadows.offer(job)
 
     def _log(
         self,

@@ -61,6 +61,30 @@ def test_an_idle_batcher_scores_a_request_alone_at_once() -> None:
     assert scorer.calls == [[7, 9]]
 
 
+def test_the_jobs_of_two_models_queued_in_turn_are_scored_in_one_call_per_model() -> None:
+    ctr, cvr = GatedScorer(), GatedScorer()
+    batcher = Batcher(threads=1, max_rows=8, max_queued_rows=64)
+
+    async def run() -> None:
+        busy = asyncio.ensure_future(batcher.score(ctr, _rows(1)))  # type: ignore[arg-type]
+        await _wait_for(ctr.started)
+        interleaved = [(ctr, 10), (cvr, 20), (ctr, 11), (cvr, 21), (ctr, 12)]
+        tasks = [
+            asyncio.ensure_future(batcher.score(scorer, _rows(first)))  # type: ignore[arg-type]
+            for scorer, first in interleaved
+        ]
+        await asyncio.sleep(0.01)
+        ctr.gate.set()
+        cvr.gate.set()
+        await asyncio.gather(busy, *tasks)
+
+    try:
+        asyncio.run(run())
+    finally:
+        batcher.close()
+    assert (ctr.calls, cvr.calls) == ([[1], [10, 11, 12]], [[20, 21]])
+
+
 def test_requests_queued_while_the_threads_are_busy_are_scored_in_one_call() -> None:
     scorer = GatedScorer()
     batcher = Batcher(threads=1, max_rows=5, max_queued_rows=64)

@@ -265,7 +265,6 @@ def shadowed(models: Path, tmp_path: Path) -> tuple[Settings, str]:
     (ctr / "policy.yaml").write_text("shadow:\n  version: candidate\n  sample: 1.0\n")
     settings = Settings(
         model_dir=models,
-        batch_max_rows=8,
         shadow_queue_rows=8,
         prediction_log=str(tmp_path / "log"),
     )
