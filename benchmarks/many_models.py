@@ -27,6 +27,7 @@ from typing import Any
 import httpx2 as httpx
 
 from app.scoring.repository import ModelRepository
+from app.scoring.request import in_share
 from benchmarks.open_loop import MAX_VUS, _tree_cpu_s
 from support.faults import second_version
 from support.k6 import OpenLoopResult, run, write_slices
@@ -171,7 +172,10 @@ def split_share(scratch: Path, model_dir: Path, users: int, rounds: int, percent
             for user, version in pool.map(ask, names * rounds):
                 met[user].add(version)
     on_canary = Counter(canary in versions for versions in met.values())[True]
+    many = 1_000_000  # the hash alone, in process, over many more users
     return {
+        "hash_share_of_1m_users": sum(in_share(f"ctr/user-{i}", percent / 100) for i in range(many))
+        / many,
         "users": users,
         "requests": users * rounds,
         "percent": percent,
@@ -258,8 +262,18 @@ def report(results: dict, started: str) -> str:
             "HTTP to 2 workers; each user is hashed on its own (BLAKE2b of model/user), so "
             f"the share over {split['users']:,} users has a standard deviation of "
             f"{split['sigma'] * 100:.2f} points around the share asked for.",
-            ["users on the canary", "users that met both versions"],
-            [[f"{split['share'] * 100:.2f}%", str(split["users_on_both"])]],
+            [
+                "users on the canary",
+                "users that met both versions",
+                "the hash's share of 1,000,000 users",
+            ],
+            [
+                [
+                    f"{split['share'] * 100:.2f}%",
+                    str(split["users_on_both"]),
+                    f"{split['hash_share_of_1m_users'] * 100:.2f}%",
+                ]
+            ],
         ),
     ]
     return "\n".join(sections)

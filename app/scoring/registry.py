@@ -250,8 +250,10 @@ class ModelRegistry:
     def _read_plan(self) -> Plan:
         repository = self.repository
         if repository.is_flat:
-            version = repository.current_version()
-            return Plan(version, {}, ServingPolicy(), ())
+            if self._plan is not None:  # nothing to follow: its spec.json is not read again
+                return self._plan
+            current = self.pinned_version or repository.current_version()
+            return Plan(current, {}, ServingPolicy(), ())
         policy = load_policy(repository.root)
         current = self.pinned_version or repository.current_version()
         rule = policy.versions

@@ -172,7 +172,10 @@ def test_labels_are_addressed_like_versions_and_move_on_every_worker(
             [*label, "ctr", "canary", first], env=cli_env, cwd=ROOT, capture_output=True
         )
         assert back.returncode == 0
-        _until(lambda: _versions_answering(base, "/models/ctr/versions/canary/predict") == {first})
+        _until(
+            lambda: _versions_answering(base, "/models/ctr/versions/canary/predict") == {first},
+            seconds=3.0,
+        )
         # So does the admin call, which loads the version before it writes the label.
         put = httpx.put(
             f"{base}/admin/models/ctr/labels/stable", json={"version": second}, headers=AUTH
@@ -253,7 +256,7 @@ def test_a_sticky_split_sends_its_share_and_every_key_stays_on_its_version(
             now = _by_user(base, users[:400], rounds=1)
             return all(now[u] == ({third} if u in canary else {first}) for u in users[:400])
 
-        _until(moved)
+        _until(moved, seconds=3.0)  # the poll interval (0.2 s) and the load
 
 
 @pytest.fixture
@@ -415,3 +418,59 @@ def test_publish_seeds_each_model_of_an_empty_repository_once(
         assert client.get("/models").json() == {"default": "cvr", "models": ["ctr", "cvr"]}
         assert client.get("/model").json()["name"] == "cvr"
         assert [len(ModelRepository(root / m).versions()) for m in ("ctr", "cvr")] == [1, 1]
+
+
+def test_a_policy_keeps_the_latest_versions_or_the_ones_it_names(
+    models: Path, tmp_path: Path
+) -> None:
+    ctr = models / "ctr"
+    first = ModelRepository(ctr).current_version()
+    second = _add_version(ctr, tmp_path, "v2")
+    settings = Settings(model_dir=models, poll_interval_s=0.05)
+    with TestClient(create_app(settings)) as client:
+
+        def loaded() -> set[str]:
+            return {v["version"] for v in client.get("/model/ctr").json()["loaded"]}
+
+        assert loaded() == {first}  # no policy: what CURRENT names
+        (ctr / "policy.yaml").write_text("versions: {latest: 2}\n")
+        _until(lambda: loaded() == {first, second})
+        answer = client.post(f"/models/ctr/versions/{second}/predict", json={"features": {}})
+        assert answer.json()["model_version"] == second
+        (ctr / "policy.yaml").write_text(f"versions: {{specific: [{first}]}}\n")
+        _until(lambda: loaded() == {first})
+        gone = client.post(f"/models/ctr/versions/{second}/predict", json={"features": {}})
+        assert gone.status_code == 404
+        (ctr / "policy.yaml").write_text("versions: {latest: 1, all: true}\n")  # one rule only
+        _until(lambda: "give one of" in str(client.get("/model/ctr").json()["failures"]))
+        assert loaded() == {first}  # the policy in force stays
+
+
+def test_a_split_keyed_by_a_feature_keeps_each_value_on_one_version(
+    models: Path, tmp_path: Path
+) -> None:
+    ctr = models / "ctr"
+    first = ModelRepository(ctr).current_version()
+    second = _add_version(ctr, tmp_path, "v2")
+    ModelRepository(ctr).set_label("canary", second)
+    (ctr / "policy.yaml").write_text("split: {to: canary, percent: 50, key: feature:c1}\n")
+    users = [f"c1_{i}" for i in range(40)]
+    with TestClient(create_app(Settings(model_dir=models))) as client:
+        met: dict[str, set[str]] = {user: set() for user in users}
+        for round_ in range(3):
+            for user in users:
+                row = {"c0": f"c0_{round_}", "c1": user}
+                single = client.post("/models/ctr/predict", json={"features": row})
+                batch = client.post("/models/ctr/predict", json={"instances": [row, {}]})
+                infer = client.post(
+                    "/v2/models/ctr/infer",
+                    json={"inputs": [{"name": "c1", "datatype": "BYTES", "shape": [1],
+                                      "data": [user]}]},
+                )  # fmt: skip
+                met[user] |= {
+                    single.json()["model_version"],
+                    batch.json()["model_version"],
+                    infer.json()["model_version"],
+                }
+    assert all(len(versions) == 1 for versions in met.values())  # every protocol agrees
+    assert {next(iter(v)) for v in met.values()} == {first, second}
