@@ -307,7 +307,8 @@ def main() -> None:
         }  # fmt: skip
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for client in ("httpx", "httpx2"):  # no line a request
+        logging.getLogger(client).setLevel(logging.WARNING)
     run_and_report(
         "ctrserve-models-",
         measure,
