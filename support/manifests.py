@@ -10,34 +10,14 @@ from typing import Any
 
 import yaml
 
+from app.core.yaml_file import StrictLoader
+
 Resource = dict[str, Any]
-
-
-class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A mapping that names one key twice: PyYAML keeps the last, kustomize refuses it."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key repeated in one mapping."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise DuplicateKeyError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def load_all(text: str) -> list[Resource]:
     """Every non-empty document of ``text``; raises :class:`DuplicateKeyError`."""
-    return [doc for doc in yaml.load_all(text, Loader=_StrictLoader) if doc]
+    return [doc for doc in yaml.load_all(text, Loader=StrictLoader) if doc]
 
 
 def load(path: Path) -> Resource:

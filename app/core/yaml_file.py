@@ -11,10 +11,12 @@ import yaml
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A mapping names the same key twice."""
+    """A mapping names the same key twice (kubectl and kustomize refuse it too)."""
 
 
-class _StrictLoader(yaml.SafeLoader):
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping."""
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
         for key_node, _ in node.value:
@@ -32,4 +34,4 @@ class _StrictLoader(yaml.SafeLoader):
 
 def load_yaml(path: Path) -> Any:
     """The YAML document in ``path`` (raises ``OSError`` or ``yaml.YAMLError``)."""
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)

@@ -90,6 +90,18 @@ class Lineup:
         version = self.labels.get(name, name)
         return self.scorers.get(version)
 
+    def serves(self) -> dict[str, list[str]]:
+        """What each loaded version serves: ``default``, its labels, ``split``, ``shadow``."""
+        roles: dict[str, list[str]] = {version: [] for version in self.scorers}
+        roles[self.default.version].append("default")
+        for label, version in self.labels.items():
+            roles[version].append(label)
+        if self.split_to is not None:
+            roles[self.split_to.version].append("split")
+        if self.shadow_to is not None:
+            roles[self.shadow_to.version].append("shadow")
+        return roles
+
 
 class ModelRegistry:
     """One model's :class:`Lineup`, replaced only by one whose versions are all loaded,

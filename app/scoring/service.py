@@ -149,14 +149,7 @@ class ServedModel:
         self.cache.serve(
             {v: max(s.manifest.features.field_dims) - 1 for v, s in lineup.scorers.items()}
         )
-        roles: dict[str, list[str]] = {version: [] for version in lineup.scorers}
-        roles[lineup.default.version].append("default")
-        for label, version in lineup.labels.items():
-            roles[version].append(label)
-        if lineup.split_to is not None:
-            roles[lineup.split_to.version].append("split")
-        if lineup.shadow_to is not None:
-            roles[lineup.shadow_to.version].append("shadow")
+        roles = lineup.serves()
         self.metrics.set_model(
             self.name,
             [

@@ -56,6 +56,14 @@ def _add_version(model: Path, tmp_path: Path, name: str = "v2") -> str:
     return ModelRepository(model).publish(second_version(model, tmp_path / name))
 
 
+def _with_canary(model: Path, tmp_path: Path, name: str = "v2") -> tuple[str, str]:
+    """``(CURRENT's version, a second version labelled canary)``."""
+    first = ModelRepository(model).current_version()
+    second = _add_version(model, tmp_path, name)
+    ModelRepository(model).set_label("canary", second)
+    return first, second
+
+
 def _tensors(module, metadata: dict, rows: list[dict[str, object]]) -> list:
     """Rows as one tritonclient input per field the model's metadata lists."""
     inputs = []
@@ -234,9 +242,7 @@ def test_a_sticky_split_sends_its_share_and_every_key_stays_on_its_version(
 ) -> None:
     """20,000 requests of 2,000 users, 10% split to the canary; then the label moves."""
     ctr = models / "ctr"
-    first = ModelRepository(ctr).current_version()
-    second = _add_version(ctr, tmp_path, "v2")
-    ModelRepository(ctr).set_label("canary", second)
+    first, second = _with_canary(ctr, tmp_path)
     _split_policy(ctr)
     env = {"CTR_MODEL_REPOSITORY": str(models), "CTR_WORKERS": "2", "CTR_POLL_INTERVAL_S": "0.2"}
     users = [f"user-{i}" for i in range(2000)]
@@ -450,9 +456,7 @@ def test_a_split_keyed_by_a_feature_keeps_each_value_on_one_version(
     models: Path, tmp_path: Path
 ) -> None:
     ctr = models / "ctr"
-    first = ModelRepository(ctr).current_version()
-    second = _add_version(ctr, tmp_path, "v2")
-    ModelRepository(ctr).set_label("canary", second)
+    first, second = _with_canary(ctr, tmp_path)
     (ctr / "policy.yaml").write_text("split: {to: canary, percent: 50, key: feature:c1}\n")
     users = [f"c1_{i}" for i in range(40)]
     with TestClient(create_app(Settings(model_dir=models))) as client:

@@ -11,7 +11,8 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from support.manifests import DuplicateKeyError, kustomize, load_all
+from app.core.yaml_file import DuplicateKeyError
+from support.manifests import kustomize, load_all
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBERNETES_VERSION = "1.30.0"

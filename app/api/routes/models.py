@@ -67,14 +67,7 @@ def _info(model: ServedModel) -> ModelInfo:
     scorer = lineup.default
     manifest = scorer.manifest
     registry, repository = model.registry, model.registry.repository
-    serves: dict[str, list[str]] = {version: [] for version in lineup.scorers}
-    serves[scorer.version].append("default")
-    for label, version in lineup.labels.items():
-        serves[version].append(label)
-    if lineup.split_to is not None:
-        serves[lineup.split_to.version].append("split")
-    if lineup.shadow_to is not None:
-        serves[lineup.shadow_to.version].append("shadow")
+    serves = lineup.serves()
     return ModelInfo(
         name=model.name,
         model_type=manifest.model_type,
