@@ -33,8 +33,9 @@ $(DATA): | $(RUN_DEPS)
 	$(VENV)/bin/ctrserve synth --rows $(ROWS) --seed 0 --out $(DATA)
 
 # A second run finds the exported model and goes straight to serving (trained again when
-# what a version keeps changes: its training statistics, for `ctrserve drift`).
-$(MODEL_DIR)/CURRENT: training/statistics.py | $(DATA)
+# what a version keeps changes: its training statistics for `ctrserve drift`, its
+# calibration).
+$(MODEL_DIR)/CURRENT: training/statistics.py training/calibration.py | $(DATA)
 	$(VENV)/bin/ctrserve train --data $(DATA) --model nffm --out $(MODEL_DIR) --no-progress
 
 model: setup $(MODEL_DIR)/CURRENT
@@ -42,7 +43,7 @@ model: setup $(MODEL_DIR)/CURRENT
 # The models the container and the Kubernetes manifests serve: the click model above, and a
 # conversion model beside it (a stand-in: a DeepFM of other fields of the same log).
 CVR_DIR := models/cvr
-$(CVR_DIR)/CURRENT: training/statistics.py | $(DATA)
+$(CVR_DIR)/CURRENT: training/statistics.py training/calibration.py | $(DATA)
 	$(VENV)/bin/ctrserve train --data $(DATA) --model deepfm --ignore c2,c3,n1 --out $(CVR_DIR) \
 		--no-progress
 

@@ -152,6 +152,21 @@ def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", "--lr", type=float, default=None)
     parser.add_argument("--l2", type=float, default=None)
     parser.add_argument("--patience", type=int, default=None)
+    parser.add_argument(
+        "--negative-sampling",
+        type=float,
+        default=None,
+        metavar="W",
+        help="binary: keep every positive and a seeded share W of the training negatives "
+        "(0.1: a tenth); the exported scores are corrected for it",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="binary: fit an isotonic calibration on the validation split and bake it into "
+        "the exported graph (default: on)",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--min-count", type=int, default=None)
     parser.add_argument(

@@ -19,6 +19,7 @@ from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from training import drift, synth
 from training.batch_predict import predict_file
+from training.calibration import MIN_CLASS_ROWS, MIN_ROWS, Calibration, fit_isotonic
 from training.config import config_from_args
 from training.data import BadRowLog, ColumnRoles, DataError, DataSource, open_source
 from training.dataset import Prepared, encode_batch, prepare, split_rule
@@ -36,7 +37,15 @@ from training.memory import available_memory, check_fits, plan
 from training.models import MODELS
 from training.split import SPLIT_NAMES
 from training.statistics import TrainingStatistics, index_counts, score_histogram
-from training.train import TrainConfig, count_parameters, evaluate, fit, new_model, predict_split
+from training.train import (
+    TrainConfig,
+    correct_for_sampling,
+    count_parameters,
+    evaluate,
+    fit,
+    new_model,
+    predict_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +176,17 @@ def train_one(
     if not cluster.is_main:
         return {}
     model.to("cpu")
+    if config.negative_sampling < 1.0:
+        correct_for_sampling(model, config.negative_sampling)
     split = prepared.test if len(prepared.test) else prepared.val
+    calibration = _calibration(model, prepared, config)
     metrics = evaluate(model, split, config.task)
+    if calibration is not None:  # the test metrics of the scores the graph serves
+        scores, labels, _ = predict_split(model, split, config.task)
+        before = metrics
+        metrics = binary_metrics(labels, calibration.apply(scores))
+        kept = ("auc", "logloss", "ne", "calibration", "ece")
+        metrics |= {f"uncalibrated_{k}": before[k] for k in kept}
     summary: dict[str, object] = {
         "model": config.model.name,
         "test": metrics,
@@ -202,17 +220,45 @@ def train_one(
             out,
             metrics,
             training,
-            _statistics(model, prepared, config),
+            _statistics(model, prepared, config, calibration),
+            calibration,
         )
         summary["version"] = manifest.version
         summary["model_dir"] = str(out)
     return summary
 
 
-def _statistics(model: nn.Module, prepared: Prepared, config: TrainConfig) -> TrainingStatistics:
-    """The training rows' index counts and the validation scores, for ``ctrserve drift``."""
+def _calibration(model: nn.Module, prepared: Prepared, config: TrainConfig) -> Calibration | None:
+    """The isotonic map of the validation labels on the model's probabilities, when the
+    run calibrates (binary, ``--calibrate``, the default)."""
+    if config.task != "binary" or not config.calibrate or not len(prepared.val):
+        return None
+    scores, labels, _ = predict_split(model, prepared.val, config.task)
+    calibration = fit_isotonic(labels, scores)
+    if calibration is None:
+        logger.warning(
+            "no calibration: the validation split is too small to fit one (%d rows; it needs "
+            "%d, and %d of each class)",
+            len(labels),
+            MIN_ROWS,
+            MIN_CLASS_ROWS,
+        )
+    return calibration
+
+
+def _statistics(
+    model: nn.Module,
+    prepared: Prepared,
+    config: TrainConfig,
+    calibration: Calibration | None,
+) -> TrainingStatistics:
+    """The training rows' index counts and the validation scores as served (calibrated),
+    for ``ctrserve drift``."""
     reference = prepared.val if len(prepared.val) else prepared.test
-    edges, counts = score_histogram(predict_split(model, reference, config.task)[0])
+    scores = predict_split(model, reference, config.task)[0]
+    if calibration is not None:
+        scores = calibration.apply(scores)
+    edges, counts = score_histogram(scores)
     return TrainingStatistics(
         rows=len(prepared.train),
         field_counts=index_counts(prepared.spec, prepared.train),

@@ -35,6 +35,8 @@ TRAIN_FLAGS = (
     "exact_values",
     "binning",
     "num_bins",
+    "negative_sampling",
+    "calibrate",
     "optimizer",
     "time_column",
     "val_from",

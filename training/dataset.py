@@ -34,7 +34,7 @@ from app.features.spec import MISSING_INDEX, FeatureSpec
 from training.data import BadRowLog, BadRows, Batch, DataError, DataSource
 from training.fit_spec import SpecBuilder
 from training.shards import ColumnWriter, Split, index_dtype
-from training.split import SPLIT_NAMES, TRAIN, VAL, SplitRule
+from training.split import DROPPED, SPLIT_NAMES, TRAIN, VAL, SplitRule
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ DATA_SETTINGS = (
     "num_bins",
     "max_vocab",
     "exact_values",
+    "negative_sampling",
 )
 _LOG_EVERY_ROWS = 1_000_000
 
@@ -92,6 +93,7 @@ def split_rule(settings: Any) -> SplitRule:
         time_column=settings.time_column,
         val_from=settings.val_from,
         test_from=settings.test_from,
+        negative_sampling=settings.negative_sampling,
     )
 
 
@@ -178,8 +180,8 @@ def _build(
     counts = np.zeros(3, dtype=np.int64)
     started = time.perf_counter()
     for batch, splits in _progress(source, rule, log, "pass 1 (spec)"):
-        counts += np.bincount(splits, minlength=3)
-        builder.update(batch, splits == TRAIN)
+        counts += np.bincount(splits, minlength=4)[:3]
+        builder.update(batch, (splits == TRAIN) | (splits == DROPPED))  # vocabularies: all
     if counts.sum() == 0 and log.rows:
         raise DataError(f"{source.name}: every row is malformed ({len(log.rows)} skipped)")
     if counts[TRAIN] == 0:

@@ -10,8 +10,14 @@ from training.shards import Split
 Metrics = dict[str, float]
 
 
+ECE_BINS = 15
+
+
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> Metrics:
-    """AUC, log loss and calibration (mean predicted vs observed rate)."""
+    """AUC, log loss, normalized entropy (log loss over the entropy of the observed rate:
+    He et al. 2014; below 1 is better than predicting the base rate), calibration (mean
+    predicted over observed rate) and the expected calibration error (15 equal-width bins,
+    weighted by their rows)."""
     labels = np.asarray(labels, dtype=np.float64)
     probabilities = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
     single_class = labels.min() == labels.max()
@@ -23,7 +29,20 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> Metrics:
         "observed_rate": float(labels.mean()),
     }
     metrics["calibration"] = metrics["mean_predicted"] / max(metrics["observed_rate"], 1e-12)
+    rate = min(max(metrics["observed_rate"], 1e-7), 1 - 1e-7)
+    metrics["ne"] = metrics["logloss"] / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
+    metrics["ece"] = expected_calibration_error(labels, probabilities)
     return metrics
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Σ over equal-width score bins of (rows in the bin / rows) · |mean score - rate|."""
+    if not len(labels):
+        return float("nan")
+    bins = np.minimum((probabilities * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    scores = np.bincount(bins, weights=probabilities, minlength=ECE_BINS)
+    clicks = np.bincount(bins, weights=labels, minlength=ECE_BINS)
+    return float(np.abs(scores - clicks).sum() / len(labels))
 
 
 def regression_metrics(

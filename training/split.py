@@ -17,7 +17,9 @@ import pyarrow.compute as pc
 from training.data import Batch, DataError
 
 TRAIN, VAL, TEST = 0, 1, 2
+DROPPED = 3  # a training negative left out by negative down-sampling
 SPLIT_NAMES = ("train", "val", "test")
+_SAMPLING_SALT = 0x5A3B_1E5D  # the sampling draw is independent of the split's
 
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
@@ -48,6 +50,7 @@ class SplitRule:
     time_column: str | None = None
     val_from: str | None = None
     test_from: str | None = None
+    negative_sampling: float = 1.0  # share of the training negatives kept
 
     def __post_init__(self) -> None:
         if self.time_column is None:
@@ -61,7 +64,20 @@ class SplitRule:
             raise DataError(f"--val-from {self.val_from} is after --test-from {self.test_from}")
 
     def assign(self, batch: Batch) -> np.ndarray:
-        """``TRAIN``/``VAL``/``TEST`` (int8) for every row of ``batch``."""
+        """``TRAIN``/``VAL``/``TEST`` (int8) for every row of ``batch``; ``DROPPED`` for the
+        training negatives negative down-sampling leaves out (a seeded draw by position:
+        the same rows on every pass and in every process)."""
+        splits = self._split(batch)
+        if self.negative_sampling < 1.0:
+            negatives = (splits == TRAIN) & (batch.labels <= 0)
+            salt = (self.seed ^ _SAMPLING_SALT) & 0xFFFFFFFFFFFFFFFF
+            mixed = row_hash(batch.positions[negatives], salt)
+            uniform = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+            dropped = np.flatnonzero(negatives)[uniform >= self.negative_sampling]
+            splits[dropped] = DROPPED
+        return splits
+
+    def _split(self, batch: Batch) -> np.ndarray:
         if self.time_column is None:
             return self.by_position(batch.positions)
         if batch.time is None or self.val_from is None or self.test_from is None:

@@ -11,6 +11,7 @@ processes up to the order of the rows.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -39,7 +40,7 @@ from training.distributed import (
 )
 from training.evaluation import Metrics, binary_metrics, headline, regression_metrics
 from training.fit_spec import EXACT_VALUES, Binning
-from training.layers import fill_unseen_rows
+from training.layers import FeaturesLinear, FieldAwareTerms, fill_unseen_rows
 from training.memory import activations_kept_in_the_heap
 from training.models import ModelConfig, build_model
 from training.optim import OptimizerName, SparseOptimizer
@@ -76,6 +77,24 @@ class TrainConfig(BaseModel):
     )
     binning: Binning = "quantile"
     num_bins: int = Field(default=16, ge=2, description="quantile bins per numeric field")
+    negative_sampling: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="binary: keep every positive and this share of the training negatives "
+        "(a seeded draw); the exported scores are corrected for it",
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="binary: fit an isotonic map on the validation split and bake it into "
+        "the exported graph",
+    )
+
+    @model_validator(mode="after")
+    def _sampling_is_binary(self) -> TrainConfig:
+        if self.negative_sampling < 1.0 and self.task != "binary":
+            raise ValueError("--negative-sampling needs --task binary (it keeps the positives)")
+        return self
 
     @model_validator(mode="after")
     def _time_split_is_complete(self) -> TrainConfig:
@@ -326,6 +345,19 @@ def fit(
             model.load_state_dict(torch.load(best_path, weights_only=True))
     result.samples_per_s = result.samples_seen / max(result.train_seconds, 1e-9)
     return result
+
+
+def correct_for_sampling(model: nn.Module, kept: float) -> None:
+    """Undo negative down-sampling in the model itself: a model trained on every positive
+    and a share ``kept`` of the negatives predicts p; the true rate is
+    q = p / (p + (1 - p) / kept), which is sigmoid(logit + ln kept) (He et al. 2014). Every
+    model of the ladder adds one global bias to its logit; it takes ln kept, so training's
+    evaluation, the export and a re-export all score the corrected rate."""
+    biases = [m.bias for m in model.modules() if isinstance(m, FeaturesLinear | FieldAwareTerms)]
+    if len(biases) != 1:
+        raise ValueError(f"expected one global bias in {type(model).__name__}, found {len(biases)}")
+    with torch.no_grad():
+        biases[0].add_(math.log(kept))
 
 
 def new_model(prepared: Prepared, config: TrainConfig) -> nn.Module:

@@ -18,6 +18,7 @@ from app.features.spec import NUM_RESERVED, UNSEEN_INDEX  # noqa: E402
 from app.scoring.manifest import ModelManifest  # noqa: E402
 from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E402
 from app.scoring.scorer import Scorer  # noqa: E402
+from training.calibration import Calibration, fit_isotonic  # noqa: E402
 from training.data import open_source  # noqa: E402
 from training.dataset import prepare  # noqa: E402
 from training.export import (  # noqa: E402
@@ -142,6 +143,7 @@ def test_artifact_is_self_describing(model_dir: Path) -> None:
     version_dir = model_dir / manifest.version
     assert json.loads((version_dir / "metrics.json").read_text()) == manifest.metrics
     assert sorted(p.name for p in version_dir.iterdir()) == [
+        "calibration.json",
         "checkpoint.pt",
         "metrics.json",
         "model.onnx",
@@ -264,3 +266,54 @@ def test_fit_improves_over_chance(prepared) -> None:
     model = build_model(prepared.spec.field_dims, config.model)
     result = fit(model, prepared, config, progress=False)
     assert result.history[-1]["val_auc"] > 0.6
+
+
+def test_a_calibrated_export_serves_the_calibrated_torch_score(prepared, tmp_path: Path) -> None:
+    spec = prepared.spec
+    model = _model("nffm", spec.field_dims)
+    rows = fixture_rows(spec.field_dims, 4096, seed=3)
+    with torch.no_grad():
+        probabilities = torch.sigmoid(model(torch.from_numpy(rows))).numpy()
+    labels = (np.random.default_rng(0).random(len(rows)) < probabilities**2).astype(float)
+    calibration = fit_isotonic(labels, probabilities)
+    assert calibration is not None
+    config = DEFAULTS["nffm"].model_copy(update={"embed_dim": 4, "mlp_dims": (8,)})
+    out = tmp_path / "nffm"
+    write_artifact(model, spec, config, "binary", out, {}, {}, calibration=calibration)
+    served = Scorer.load(resolve_model_dir(out)).score_indices(rows)
+    with torch.no_grad():  # the exported model: its unseen rows hold field averages now
+        probabilities = torch.sigmoid(model(torch.from_numpy(rows))).numpy()
+    tolerance = 1e-5 * max(1.0, calibration.steepest)  # the map magnifies the last bits
+    np.testing.assert_allclose(served, calibration.apply(probabilities), rtol=0, atol=tolerance)
+    assert np.abs(served - probabilities).max() > 0.01  # and it is not the raw score
+    again = reexport(out)  # the calibration travels with the version
+    rescored = Scorer.load(out / again.version).score_indices(rows)
+    np.testing.assert_array_equal(rescored, served)
+
+
+def test_training_calibrates_by_default_and_reports_both(model_dir: Path) -> None:
+    version = resolve_model_dir(model_dir)
+    assert Calibration.load(version) is not None
+    metrics = json.loads((version / "metrics.json").read_text())
+    for name in ("ne", "ece", "calibration", "uncalibrated_ne", "uncalibrated_ece"):
+        assert name in metrics
+
+
+def test_no_calibrate_exports_the_model_alone(synth_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    trained = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--data", str(synth_csv), "--model", "lr",
+         "--out", str(out), "--epochs", "1", "--no-progress", "--no-calibrate"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    version = resolve_model_dir(out)
+    assert Calibration.load(version) is None
+    metrics = json.loads((version / "metrics.json").read_text())
+    assert "ece" in metrics
+    assert "uncalibrated_ece" not in metrics
+    model, _ = load_checkpoint(out)
+    rows = fixture_rows(ModelManifest.load(version).features.field_dims, 256)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(rows))).numpy()
+    np.testing.assert_allclose(Scorer.load(version).score_indices(rows), expected, atol=1e-5)
