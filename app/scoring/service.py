@@ -99,7 +99,7 @@ class ServedModel:
     budget its traffic alone spends. Subscribes to the registry: every change, by a poll or
     an admin call, points the cache and the metrics at the versions now loaded."""
 
-    def __init__(self, registry: ModelRegistry, cache: ScoreCache, metrics: ServiceMetrics):
+    def __init__(self, registry: ModelRegistry, cache: ScoreCache, metrics: ServiceMetrics) -> None:
         self.registry = registry
         self.name = registry.name
         self.cache = cache
