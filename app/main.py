@@ -157,10 +157,11 @@ def _default_model(names: list[str]) -> str:
 def _roles(lineup: Lineup) -> list[str]:
     roles = [f"{lineup.default.version} ({lineup.default.manifest.model_type})"]
     roles += [f"{label}={version}" for label, version in lineup.labels.items()]
-    if lineup.split is not None and lineup.split_to is not None:
-        roles.append(f"{lineup.split.percent:g}% to {lineup.split_to.version}")
-    if lineup.shadow_to is not None:
-        roles.append(f"shadow {lineup.shadow_to.version} ({lineup.shadow_sample:.0%})")
+    split, shadow = lineup.policy.split, lineup.policy.shadow
+    if split is not None and lineup.split_to is not None:
+        roles.append(f"{split.percent:g}% to {lineup.split_to.version}")
+    if shadow is not None and lineup.shadow_to is not None:
+        roles.append(f"shadow {lineup.shadow_to.version} ({shadow.sample:.0%})")
     return roles
 
 

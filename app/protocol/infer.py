@@ -53,9 +53,7 @@ class Served:
     @property
     def scorer(self) -> Scorer:
         """The version the request names, else the default (for metadata and readiness)."""
-        found = self.lineup.addressed(self.version) if self.version else self.lineup.default
-        assert found is not None, "served() checked the version is loaded"
-        return found
+        return self.model.addressed(self.lineup, self.version)
 
 
 def served(service: PredictionService, name: str, version: str | None) -> Served:
@@ -64,8 +62,7 @@ def served(service: PredictionService, name: str, version: str | None) -> Served
     try:
         model = service.model(name)
         lineup = model.lineup
-        if version:
-            model.route(lineup, version, None)
+        model.addressed(lineup, version)  # 404 now, before the body is read
     except UnknownModelError as exc:
         raise ProtocolError(str(exc), 404) from None
     except NotReadyError as exc:

@@ -136,7 +136,7 @@ async def answer(
     model, a failed onnxruntime call, overload)."""
     served = service.model(model)
     lineup = served.lineup  # one lineup for the whole request
-    decoding = served.route(lineup, version, None).scorer if version else lineup.default
+    decoding = served.addressed(lineup, version)
     started = time.perf_counter()
     request = decode(body, decoding)
     service.parsed(time.perf_counter() - started)

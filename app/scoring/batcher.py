@@ -94,14 +94,7 @@ class Batcher:
     async def score(self, scorer: Scorer, indices: NDArray[np.int64]) -> NDArray[np.float32]:
         """The scores of ``(N, F)`` encoded rows (raises ``ScoringError``, or
         :class:`OverloadedError` at once when the queue is full). A request cancelled while
-        it waits cancels its job, which is then never scored."""
-        return await self.submit(scorer, indices)
-
-    def submit(
-        self, scorer: Scorer, indices: NDArray[np.int64]
-    ) -> asyncio.Future[NDArray[np.float32]]:
-        """Queue ``(N, F)`` encoded rows; the future is answered on the running event loop
-        (raises :class:`OverloadedError` at once when the queue is full)."""
+        it waits cancels its job's future, and a thread skips a cancelled job."""
         loop = asyncio.get_running_loop()
         job = _Job(scorer, indices, loop, loop.create_future())
         rows = len(indices)
@@ -116,7 +109,7 @@ class Batcher:
             self._jobs.append(job)
             self._queued_rows += rows
             self._ready.notify()
-        return job.future
+        return await job.future
 
     def close(self) -> None:
         """Stop the threads once the jobs already queued are scored."""

@@ -20,6 +20,7 @@ poll, as it re-reads ``CURRENT`` and the labels.
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -59,8 +60,9 @@ class Split(BaseModel):
     percent: float = Field(gt=0, le=100)
     key: str | None = Field(default=None, pattern=_STICKY)
 
-    @property
+    @cached_property
     def sticky(self) -> StickyKey | None:
+        """The key, parsed once: every request of a split reads it."""
         return None if self.key is None else StickyKey.parse(self.key)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.features.errors import SpecError
-from app.scoring.policy import ServingPolicy, Split, load_policy
+from app.scoring.policy import ServingPolicy, load_policy
 from app.scoring.repository import (
     POINTER_FILE,
     ModelRepository,
@@ -79,11 +79,9 @@ class Lineup:
     default: Scorer  # what a request that names no version gets (CURRENT)
     scorers: Mapping[str, Scorer]  # every loaded version, the default's included
     labels: Mapping[str, str]  # label -> a loaded version
-    split: Split | None = None
-    split_to: Scorer | None = None
-    shadow_to: Scorer | None = None
-    shadow_sample: float = 0.0
     policy: ServingPolicy = field(default_factory=ServingPolicy)
+    split_to: Scorer | None = None  # set only when the policy splits
+    shadow_to: Scorer | None = None  # set only when the policy shadows
 
     def addressed(self, name: str) -> Scorer | None:
         """The version a request names, by label or by version."""
@@ -315,16 +313,7 @@ class ModelRegistry:
             shadow_to = part(
                 plan.resolve(policy.shadow.version), before.shadow_to if before else None
             )
-        lineup = Lineup(
-            default=default,
-            scorers=scorers,
-            labels=labels,
-            split=policy.split if split_to is not None else None,
-            split_to=split_to,
-            shadow_to=shadow_to,
-            shadow_sample=policy.shadow.sample if policy.shadow and shadow_to else 0.0,
-            policy=policy,
-        )
+        lineup = Lineup(default, scorers, labels, policy, split_to, shadow_to)
         if before is not None and _same(before, lineup):
             return False
         self._lineup = lineup

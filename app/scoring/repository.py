@@ -152,12 +152,12 @@ class ModelRepository:
 
     def set_label(self, label: str, version: str) -> None:
         """Point ``label`` at an existing version, atomically, as ``CURRENT`` is moved."""
+        if self.is_flat:
+            raise SpecError(f"{self.root} is a flat model directory: it has no labels")
         check_version_name(label)
         if label == POINTER_FILE or (self.root / label).is_dir():
             raise SpecError(f"{label!r} names a version (or CURRENT); a label needs its own name")
         self.version_dir(version)
-        if self.is_flat:
-            raise SpecError(f"{self.root} is a flat model directory: it has no labels")
         folder = self.root / LABELS_DIR
         try:
             folder.mkdir(exist_ok=True)

@@ -112,36 +112,43 @@ class ServedModel:
         """The versions served now (``NotReadyError`` when none is loaded)."""
         return self.registry.lineup
 
+    def addressed(self, lineup: Lineup, version: str | None) -> Scorer:
+        """The version a request names (a version or a label), else the default;
+        :class:`UnknownModelError` when it names one not loaded."""
+        if not version:
+            return lineup.default
+        scorer = lineup.addressed(version)
+        if scorer is None:
+            have = sorted([*lineup.labels, *lineup.scorers])
+            raise UnknownModelError(
+                f"model '{self.name}' has no version or label '{version}' loaded "
+                f"(loaded: {', '.join(have)})"
+            )
+        return scorer
+
     def route(self, lineup: Lineup, version: str | None, first: FirstValue | None) -> Target:
         """The version a request is answered by: the one it names (a version or a label),
         else the split's version for the split's share of keys, else ``CURRENT``'s; and the
         shadow, for the sampled share of requests the default version answers."""
-        if version:
-            scorer = lineup.addressed(version)
-            if scorer is None:
-                have = sorted([*lineup.labels, *lineup.scorers])
-                raise UnknownModelError(
-                    f"model '{self.name}' has no version or label '{version}' loaded "
-                    f"(loaded: {', '.join(have)})"
-                )
-        else:
-            scorer = lineup.default
-            split, split_to = lineup.split, lineup.split_to
-            if (
-                split is not None
-                and split_to is not None
-                and _in_split(self.name, split.percent / 100, split.sticky, first)
-            ):
-                scorer = split_to
-        shadow = lineup.shadow_to
+        scorer = self.addressed(lineup, version)
+        split, shadow = lineup.policy.split, lineup.policy.shadow
+        if (
+            not version
+            and split is not None
+            and lineup.split_to is not None
+            and _in_split(self.name, split.percent / 100, split.sticky, first)
+        ):
+            scorer = lineup.split_to
+        shadow_to = lineup.shadow_to
         if (
             shadow is None
+            or shadow_to is None
             or scorer is not lineup.default
-            or shadow is scorer
-            or random.random() >= lineup.shadow_sample
+            or shadow_to is scorer
+            or random.random() >= shadow.sample
         ):
-            shadow = None
-        return Target(self, scorer, shadow)
+            shadow_to = None
+        return Target(self, scorer, shadow_to)
 
     def _announce(self, lineup: Lineup, swapped: bool) -> None:
         """Point the cache and the metrics at the versions loaded (under the registry's
