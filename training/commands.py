@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from torch import nn
 
 from app.scoring.manifest import ModelManifest
 from app.scoring.repository import resolve_model_dir
@@ -178,15 +177,26 @@ def train_one(
     model.to("cpu")
     if config.negative_sampling < 1.0:
         correct_for_sampling(model, config.negative_sampling)
+    # The validation rows are scored once, when anything needs them: the calibration is
+    # fitted on them, and an export's drift statistics keep their scores as served.
+    reference = prepared.val if len(prepared.val) else prepared.test
+    calibrates = config.task == "binary" and config.calibrate
+    reference_scores, reference_labels = np.empty(0), np.empty(0)
+    if out is not None or calibrates:
+        reference_scores, reference_labels, _ = predict_split(model, reference, config.task)
+    calibration = _calibration(reference_labels, reference_scores) if calibrates else None
     split = prepared.test if len(prepared.test) else prepared.val
-    calibration = _calibration(model, prepared, config)
-    metrics = evaluate(model, split, config.task)
-    if calibration is not None:  # the test metrics of the scores the graph serves
-        scores, labels, _ = predict_split(model, split, config.task)
-        before = metrics
+    if calibration is None:
+        metrics = evaluate(model, split, config.task)
+    else:  # the test metrics of the scores the graph serves, and of the model's own
+        scores, labels = reference_scores, reference_labels
+        if split is not reference:
+            scores, labels, _ = predict_split(model, split, config.task)
+        before = binary_metrics(labels, scores)
         metrics = binary_metrics(labels, calibration.apply(scores))
         kept = ("auc", "logloss", "ne", "calibration", "ece")
         metrics |= {f"uncalibrated_{k}": before[k] for k in kept}
+        reference_scores = calibration.apply(reference_scores)
     summary: dict[str, object] = {
         "model": config.model.name,
         "test": metrics,
@@ -220,7 +230,7 @@ def train_one(
             out,
             metrics,
             training,
-            _statistics(model, prepared, config, calibration),
+            _statistics(prepared, reference_scores),
             calibration,
         )
         summary["version"] = manifest.version
@@ -228,12 +238,9 @@ def train_one(
     return summary
 
 
-def _calibration(model: nn.Module, prepared: Prepared, config: TrainConfig) -> Calibration | None:
-    """The isotonic map of the validation labels on the model's probabilities, when the
-    run calibrates (binary, ``--calibrate``, the default)."""
-    if config.task != "binary" or not config.calibrate or not len(prepared.val):
-        return None
-    scores, labels, _ = predict_split(model, prepared.val, config.task)
+def _calibration(labels: np.ndarray, scores: np.ndarray) -> Calibration | None:
+    """The isotonic map of the validation labels on the model's probabilities (``None``,
+    with a warning, when the split is too small to fit one)."""
     calibration = fit_isotonic(labels, scores)
     if calibration is None:
         logger.warning(
@@ -246,18 +253,9 @@ def _calibration(model: nn.Module, prepared: Prepared, config: TrainConfig) -> C
     return calibration
 
 
-def _statistics(
-    model: nn.Module,
-    prepared: Prepared,
-    config: TrainConfig,
-    calibration: Calibration | None,
-) -> TrainingStatistics:
+def _statistics(prepared: Prepared, scores: np.ndarray) -> TrainingStatistics:
     """The training rows' index counts and the validation scores as served (calibrated),
     for ``ctrserve drift``."""
-    reference = prepared.val if len(prepared.val) else prepared.test
-    scores = predict_split(model, reference, config.task)[0]
-    if calibration is not None:
-        scores = calibration.apply(scores)
     edges, counts = score_histogram(scores)
     return TrainingStatistics(
         rows=len(prepared.train),
