@@ -8,26 +8,48 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.features.spec import FeatureSpec
-from app.scoring.manifest import content_version, sha256_file
+from app.scoring.manifest import (
+    MANIFEST_FILE,
+    ONNX_DATA_FILE,
+    content_version,
+    describe_files,
+)
 from app.scoring.repository import resolve_model_dir
 
 
 def _rewrite_manifest(target: Path, change: Callable[[dict[str, object]], None]) -> None:
-    """Edit spec.json and keep its sha256 and version consistent with the files."""
-    path = target / "spec.json"
+    """Edit spec.json and keep its file list and version consistent with the files."""
+    path = target / MANIFEST_FILE
     manifest = json.loads(path.read_text())
     change(manifest)
+    names = [item.name for item in target.iterdir() if item.is_file() and item != path]
+    files = describe_files(target, names)
+    manifest["files"] = {name: entry.model_dump() for name, entry in files.items()}
     onnx = manifest["onnx"]
     assert isinstance(onnx, dict)
-    onnx["sha256"] = sha256_file(target / "model.onnx")
-    spec = FeatureSpec.model_validate(manifest["features"])
-    manifest["version"] = content_version(onnx["sha256"], spec)
+    content = [files[onnx["file"]].sha256]
+    if onnx.get("external_data"):
+        content.append(files[onnx["external_data"]].sha256)
+    manifest["version"] = content_version(content, FeatureSpec.model_validate(manifest["features"]))
     path.write_text(json.dumps(manifest))
 
 
 def _truncated(target: Path) -> None:
     data = (target / "model.onnx").read_bytes()
     (target / "model.onnx").write_bytes(data[: len(data) // 2])
+
+
+def _bit_flipped_weights(target: Path) -> None:
+    """One bit of one table weight flipped: a valid graph scoring slightly differently."""
+    path = target / ONNX_DATA_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _truncated_weights(target: Path) -> None:
+    path = target / ONNX_DATA_FILE
+    path.write_bytes(path.read_bytes()[:-4096])
 
 
 def _garbage_with_matching_hash(target: Path) -> None:
@@ -87,7 +109,9 @@ def _nan_output(target: Path) -> None:
 
 
 FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
-    "truncated model.onnx": (_truncated, "sha256"),
+    "truncated model.onnx": (_truncated, "truncated"),
+    "bit flipped in model.onnx.data": (_bit_flipped_weights, "model.onnx.data: sha256"),
+    "truncated model.onnx.data": (_truncated_weights, "model.onnx.data: "),
     "corrupt model.onnx": (_garbage_with_matching_hash, "onnxruntime cannot load it"),
     "spec.json does not match the graph": (_spec_does_not_match_graph, "graph takes"),
     "wrong input/output names": (_wrong_io_names, "does not match spec.json"),

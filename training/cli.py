@@ -167,6 +167,20 @@ def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
         help="binary: fit an isotonic calibration on the validation split and bake it into "
         "the exported graph (default: on)",
     )
+    parser.add_argument(
+        "--table-dtype",
+        choices=["float32", "float16", "int8"],
+        default=None,
+        help="store the exported embedding tables as this type (float16: half the bytes, "
+        "int8: a quarter), dequantized inside the graph (default: float32)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the torch checkpoint in the exported version, for re-export and further "
+        "training (default: on)",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--min-count", type=int, default=None)
     parser.add_argument(
@@ -324,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="re-export model.onnx from checkpoint.pt")
     export.add_argument("--model-dir", type=Path, required=True)
+    export.add_argument(
+        "--table-dtype",
+        choices=["float32", "float16", "int8"],
+        default=None,
+        help="store the embedding tables as this type (default: as the version does)",
+    )
+    export.add_argument(
+        "--checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the checkpoint in the new version (default: on)",
+    )
     export.add_argument(
         "--out",
         type=Path,

@@ -232,6 +232,8 @@ def train_one(
             training,
             _statistics(prepared, reference_scores),
             calibration,
+            config.table_dtype,
+            config.checkpoint,
         )
         summary["version"] = manifest.version
         summary["model_dir"] = str(out)
@@ -460,7 +462,7 @@ def _roles_for(manifest: ModelManifest, args: argparse.Namespace) -> ColumnRoles
 
 
 def run_export(args: argparse.Namespace) -> int:
-    manifest = reexport(args.model_dir, args.out)
+    manifest = reexport(args.model_dir, args.out, args.table_dtype, args.checkpoint)
     _emit({"model_dir": str(args.out or args.model_dir), "version": manifest.version})
     return 0
 

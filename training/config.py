@@ -37,6 +37,8 @@ TRAIN_FLAGS = (
     "num_bins",
     "negative_sampling",
     "calibrate",
+    "table_dtype",
+    "checkpoint",
     "optimizer",
     "time_column",
     "val_from",

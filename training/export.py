@@ -12,29 +12,37 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import torch
-from pydantic import JsonValue
+from pydantic import BaseModel, ConfigDict, JsonValue
 from torch import nn
 
-from app.features.spec import MISSING_INDEX, UNSEEN_INDEX, FeatureSpec
+from app.features.spec import MISSING_INDEX, UNSEEN_INDEX, FeatureSpec, load_json_model
 from app.scoring.manifest import (
+    CHECKPOINT_FILE,
+    MANIFEST_FILE,
     METRICS_FILE,
     ONNX_FILE,
     ModelManifest,
     OnnxGraph,
+    TableDtype,
+    VersionFile,
     content_version,
-    sha256_file,
+    describe_files,
+    verify_files,
 )
 from app.scoring.repository import ModelRepository, resolve_model_dir
 from training.calibration import Calibration, CalibrationLayer
 from training.data import Task
+from training.graph_file import compact_tables, save_graph, strip_build_metadata
 from training.layers import fill_unseen_rows, serving_tables
 from training.models import ModelConfig, build_model
 from training.statistics import TrainingStatistics
@@ -44,8 +52,11 @@ logger = logging.getLogger(__name__)
 OPSET = 18
 INPUT_NAME = "indices"
 OUTPUT_NAME = "score"
-CHECKPOINT_FILE = "checkpoint.pt"
 PARITY_ATOL = 1e-5
+# How far compact tables may move the served scores of 99% of the export's fixture rows (the
+# rest sit on the calibration's steepest stretches, which magnify any change); the float16
+# figure is ~2x what the default model shows (docs/LARGE_MODELS.md).
+TABLE_PARITY: dict[TableDtype, float] = {"float32": 0.0, "float16": 1e-3, "int8": 2e-2}
 
 
 class ExportError(RuntimeError):
@@ -81,13 +92,10 @@ def fixture_rows(field_dims: tuple[int, ...], num_rows: int, seed: int = 0) -> n
 
 
 def to_onnx(
-    model: nn.Module,
-    task: Task,
-    num_fields: int,
-    path: Path,
-    calibration: Calibration | None = None,
-) -> None:
-    """Write the serving graph with a dynamic batch axis and a pinned opset."""
+    model: nn.Module, task: Task, num_fields: int, calibration: Calibration | None = None
+) -> ir.Model:
+    """The serving graph with a dynamic batch axis and a pinned opset, stripped of what the
+    exporter records about the machine it ran on."""
     head = _ServingHead(model, task, calibration).eval()
     example = torch.zeros((2, num_fields), dtype=torch.int64)
     batch = torch.export.Dim("batch", min=1)
@@ -109,11 +117,19 @@ def to_onnx(
             )
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
-    program.save(str(path))
+    strip_build_metadata(program.model)
+    return program.model
+
+
+def write_graph(graph: ir.Model, path: Path) -> str | None:
+    """Save ``graph`` (weights beside it) and check it with ``onnx.checker``; returns the
+    name of its weights file, if it has one."""
+    data = save_graph(graph, path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{path}: onnx.checker rejected the graph: {exc}") from exc
+    return data
 
 
 def check_parity(
@@ -142,6 +158,16 @@ def check_parity(
     return gap
 
 
+def compare_tables(float_path: Path, compact_path: Path, rows: np.ndarray) -> tuple[float, float]:
+    """Max and 99th percentile of |float graph - compact graph| on ``rows``."""
+    scores = []
+    for path in (float_path, compact_path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        scores.append(session.run([OUTPUT_NAME], {INPUT_NAME: rows})[0])
+    gaps = np.abs(scores[0] - scores[1])
+    return float(gaps.max()), float(np.quantile(gaps, 0.99))
+
+
 def write_artifact(
     model: nn.Module,
     spec: FeatureSpec,
@@ -152,41 +178,75 @@ def write_artifact(
     training: dict[str, JsonValue],
     statistics: TrainingStatistics | None = None,
     calibration: Calibration | None = None,
+    table_dtype: TableDtype = "float32",
+    checkpoint: bool = True,
 ) -> ModelManifest:
     """Export ``model`` as a new version of the repository ``out_dir``, then point
     ``CURRENT`` at it, with its training statistics and its calibration (baked into the
-    graph, and kept beside it for a re-export) when given. Returns the version's manifest."""
+    graph, and kept beside it for a re-export) when given, its tables stored as
+    ``table_dtype``, and its torch checkpoint unless ``checkpoint`` is false (it is only
+    read to re-export or fine-tune). Returns the version's manifest."""
     model.eval()
     fill_unseen_rows(model, spec.field_dims)
     repository = ModelRepository(out_dir)
     staging = repository.staging_dir()
     try:
-        onnx_path = staging / ONNX_FILE
-        to_onnx(model, task, len(spec.fields), onnx_path, calibration)
+        graph = to_onnx(model, task, len(spec.fields), calibration)
         rows = fixture_rows(spec.field_dims, 2048)
-        gap = check_parity(model, task, onnx_path, rows, calibration)
+        onnx_path = staging / ONNX_FILE
+        float_dir = staging if table_dtype == "float32" else Path(tempfile.mkdtemp(dir=staging))
+        data_file = write_graph(graph, float_dir / ONNX_FILE)
+        gap = check_parity(model, task, float_dir / ONNX_FILE, rows, calibration)
         logger.info("export parity: max |torch - onnxruntime| = %.2e", gap)
-        digest = sha256_file(onnx_path)
+        parity: dict[str, JsonValue] = {"parity_max_abs_diff": gap}
+        if table_dtype != "float32":
+            tables = compact_tables(graph, table_dtype)
+            data_file = write_graph(graph, onnx_path)
+            worst, typical = compare_tables(float_dir / ONNX_FILE, onnx_path, rows)
+            shutil.rmtree(float_dir)
+            if not typical <= TABLE_PARITY[table_dtype]:
+                raise ExportError(
+                    f"{table_dtype} tables move 1% of scores by more than {typical:.3g} "
+                    f"(> {TABLE_PARITY[table_dtype]:.3g}); export with wider tables"
+                )
+            logger.info(
+                "%s tables %s: |float - compact| at most %.2e, 99%% within %.2e",
+                table_dtype,
+                tables,
+                worst,
+                typical,
+            )
+            parity |= {"table_parity_max_abs_diff": worst, "table_parity_p99_abs_diff": typical}
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        if checkpoint:
+            torch.save(model.state_dict(), staging / CHECKPOINT_FILE)
+        if statistics is not None:
+            statistics.save(staging)
+        if calibration is not None:
+            calibration.save(staging)
+        files = describe_files(staging, [p.name for p in staging.iterdir() if p.is_file()])
+        graph_info = OnnxGraph(
+            external_data=data_file,
+            opset=OPSET,
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            table_dtype=table_dtype,
+        )
         manifest = ModelManifest(
             model_type=config.name,
             hyperparameters=config.model_dump(mode="json", exclude={"name"}),
             task=task,
             features=spec,
-            onnx=OnnxGraph(
-                sha256=digest, opset=OPSET, input_name=INPUT_NAME, output_name=OUTPUT_NAME
+            onnx=graph_info,
+            version=content_version(
+                [files[name].sha256 for name in graph_info.content_files], spec
             ),
-            version=content_version(digest, spec),
+            files=files,
             metrics=metrics,
-            training={**training, "parity_max_abs_diff": gap},
+            training={**training, **parity},
             created_at=datetime.now(UTC),
         )
         manifest.save(staging)
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
-        torch.save(model.state_dict(), staging / CHECKPOINT_FILE)
-        if statistics is not None:
-            statistics.save(staging)
-        if calibration is not None:
-            calibration.save(staging)
         for item in staging.iterdir():
             os.chmod(item, 0o644)
         version_dir = repository.commit(staging, manifest.version)
@@ -200,39 +260,76 @@ def write_artifact(
     return manifest
 
 
-def load_checkpoint(model_dir: Path) -> tuple[nn.Module, ModelManifest]:
+class TrainedModel(BaseModel):
+    """What a re-export needs of a version's spec.json, read from any format ctrserve has
+    written (a version exported before whole-version checksums included)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model_type: str
+    hyperparameters: dict[str, JsonValue]
+    task: Task
+    features: FeatureSpec
+    metrics: dict[str, float] = {}
+    training: dict[str, JsonValue] = {}
+    files: dict[str, VersionFile] | None = None  # absent before format 2
+    onnx: dict[str, JsonValue] = {}
+
+    @property
+    def table_dtype(self) -> TableDtype:
+        dtype = self.onnx.get("table_dtype", "float32")
+        return dtype if dtype in TABLE_PARITY else "float32"  # type: ignore[return-value]
+
+
+def load_checkpoint(model_dir: Path) -> tuple[nn.Module, TrainedModel]:
     """Rebuild the torch model of an exported model (a repository's current version, or a
-    version or flat directory) from its weights-only checkpoint."""
+    version or flat directory) from its weights-only checkpoint, checked against spec.json."""
     model_dir = resolve_model_dir(model_dir)
-    manifest = ModelManifest.load(model_dir)
-    config = ModelConfig.model_validate({"name": manifest.model_type, **manifest.hyperparameters})
-    model = build_model(manifest.features.field_dims, config)
-    state = torch.load(model_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    trained = load_json_model(TrainedModel, model_dir / MANIFEST_FILE)
+    path = model_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ExportError(
+            f"{model_dir}: no {CHECKPOINT_FILE}; it was exported with --no-checkpoint, so it "
+            "can be served but not re-exported or trained further"
+        )
+    if trained.files is not None:
+        verify_files(model_dir, trained.files, skip=set(trained.files) - {CHECKPOINT_FILE})
+    config = ModelConfig.model_validate({"name": trained.model_type, **trained.hyperparameters})
+    model = build_model(trained.features.field_dims, config)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # the layers' parameters changed since it was saved
         detail = " ".join(str(exc).split())[:300]
         raise ExportError(
-            f"{model_dir / CHECKPOINT_FILE} does not fit this version's {manifest.model_type} "
+            f"{path} does not fit this version's {trained.model_type} "
             f"layers; it was saved by an older ctrserve: train the model again ({detail})"
         ) from None
-    return model, manifest
+    return model, trained
 
 
-def reexport(model_dir: Path, out_dir: Path | None = None) -> ModelManifest:
-    """Export again from ``checkpoint.pt`` (e.g. after an exporter upgrade), as a new version
-    of ``out_dir`` (default: the same repository)."""
-    model, manifest = load_checkpoint(model_dir)
-    config = ModelConfig.model_validate({"name": manifest.model_type, **manifest.hyperparameters})
+def reexport(
+    model_dir: Path,
+    out_dir: Path | None = None,
+    table_dtype: TableDtype | None = None,
+    checkpoint: bool = True,
+) -> ModelManifest:
+    """Export again from ``checkpoint.pt`` (e.g. after an exporter upgrade, or to store the
+    tables as ``table_dtype``; default: as they were), as a new version of ``out_dir``
+    (default: the same repository)."""
+    model, trained = load_checkpoint(model_dir)
+    config = ModelConfig.model_validate({"name": trained.model_type, **trained.hyperparameters})
     version_dir = resolve_model_dir(model_dir)
     return write_artifact(
         model,
-        manifest.features,
+        trained.features,
         config,
-        manifest.task,
+        trained.task,
         out_dir or model_dir,
-        manifest.metrics,
-        dict(manifest.training),
+        trained.metrics,
+        dict(trained.training),
         TrainingStatistics.load(version_dir),
         Calibration.load(version_dir),
+        table_dtype or trained.table_dtype,
+        checkpoint,
     )

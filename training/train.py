@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm import tqdm
 
+from app.scoring.manifest import TableDtype
 from training.data import DataError, Task
 from training.dataset import Prepared
 from training.distributed import (
@@ -88,6 +89,17 @@ class TrainConfig(BaseModel):
         default=True,
         description="binary: fit an isotonic map on the validation split and bake it into "
         "the exported graph",
+    )
+    table_dtype: TableDtype = Field(
+        default="float32",
+        description="how the exported graph stores its embedding tables: float16 halves "
+        "the model's bytes, int8 (a scale per row) quarters them; gathered rows are "
+        "turned back into float32 inside the graph",
+    )
+    checkpoint: bool = Field(
+        default=True,
+        description="keep the torch checkpoint beside the export (needed only to re-export "
+        "or train further; as large again as the tables)",
     )
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
 """The model repository every worker and replica serves from.
 
 ```
-models/<name>/<version>/      model.onnx + spec.json (+ metrics.json, checkpoint.pt)
+models/<name>/<version>/      model.onnx, model.onnx.data, spec.json (+ metrics, checkpoint...)
 models/<name>/CURRENT         the version unaddressed requests get, one line
 models/<name>/labels/<label>  a version by another name (stable, canary...), one line
 models/<name>/policy.yaml     optional: versions kept loaded, a traffic split, a shadow
@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from app.features.errors import SpecError
-from app.scoring.manifest import MANIFEST_FILE, ModelManifest
+from app.scoring.manifest import MANIFEST_FILE, ModelManifest, read_version, verify_files
 
 POINTER_FILE = "CURRENT"
 LABELS_DIR = "labels"
@@ -76,7 +76,7 @@ class ModelRepository:
     def versions(self) -> list[str]:
         """Complete versions present, oldest first."""
         if self.is_flat:
-            return [ModelManifest.load(self.root).version]
+            return [read_version(self.root)]
         if not self.root.is_dir():
             return []
         found = [
@@ -97,7 +97,7 @@ class ModelRepository:
             SpecError: no pointer, or it names something that is not a version.
         """
         if self.is_flat:
-            return ModelManifest.load(self.root).version
+            return read_version(self.root)
         pointer = self.root / POINTER_FILE
         try:
             version = pointer.read_text(encoding="utf-8").strip()
@@ -113,7 +113,7 @@ class ModelRepository:
     def version_dir(self, version: str) -> Path:
         """The directory of ``version`` (checked to exist)."""
         if self.is_flat:
-            if version != ModelManifest.load(self.root).version:
+            if version != read_version(self.root):
                 raise SpecError(f"{self.root} is a flat model directory without version {version}")
             return self.root
         path = self.root / check_version_name(version)
@@ -201,9 +201,12 @@ class ModelRepository:
 
     def publish(self, source: Path) -> str:
         """Copy an exported model (flat directory or another repository's current version)
-        in as a new version. The caller verifies ``source`` first; returns its version."""
+        in as a new version: every file spec.json lists, each checked after the copy (the
+        checkpoint included), so a file damaged in transit never becomes a version. The
+        caller loads ``source`` first; returns its version."""
         source_dir = ModelRepository(source).current_dir()
-        version = ModelManifest.load(source_dir).version
+        manifest = ModelManifest.load(source_dir)
+        version = manifest.version
         if (self.root / version / MANIFEST_FILE).is_file():
             return version
         try:
@@ -211,11 +214,12 @@ class ModelRepository:
         except OSError as exc:
             raise SpecError(f"cannot add a version to {self.root}: {exc}") from None
         try:
-            for item in source_dir.iterdir():
+            for name in [MANIFEST_FILE, *manifest.files]:
+                item = source_dir / name
                 if item.is_symlink():
                     raise SpecError(f"{item}: a symbolic link; publish the files themselves")
-                if item.is_file():
-                    shutil.copy2(item, staging / item.name)
+                shutil.copy2(item, staging / name)
+            verify_files(staging, manifest.files)
             self.commit(staging, version)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from app.features.encoder import FeatureEncoder
 from app.features.errors import SpecError
 from app.features.spec import UNSEEN_INDEX
-from app.scoring.manifest import ModelManifest, content_version, sha256_file
+from app.scoring.manifest import CHECKPOINT_FILE, ModelManifest, verify_files
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ class Scorer:
         self._input = manifest.onnx.input_name
         self._output = manifest.onnx.output_name
         self._num_fields = len(manifest.features.fields)
-        # What the version holds in memory, near enough: its graph and external weights.
-        self.file_bytes = _weights_bytes(model_dir)
+        # What the version maps into memory: its graph and weights, shared by every worker.
+        self.file_bytes = sum(manifest.files[f].bytes for f in manifest.onnx.content_files)
 
     @classmethod
     def load(
@@ -56,16 +56,13 @@ class Scorer:
         """
         manifest = ModelManifest.load(model_dir)
         onnx_path = model_dir / manifest.onnx.file
-        if not onnx_path.is_file():
-            raise SpecError(f"{onnx_path}: missing")
-        actual = sha256_file(onnx_path)
-        if actual != manifest.onnx.sha256:
-            raise SpecError(
-                f"{onnx_path}: sha256 {actual[:12]}… does not match spec.json "
-                f"({manifest.onnx.sha256[:12]}…); the file is corrupt or from another export"
-            )
-        if content_version(actual, manifest.features) != manifest.version:
-            raise SpecError(f"{model_dir}: version in spec.json does not match its content")
+        # Every file the service may read, checked before onnxruntime maps the weights;
+        # the checkpoint is checked by what reads it (re-export, warm start) and by publish.
+        verify_files(model_dir, manifest.files, skip=[CHECKPOINT_FILE])
+        try:
+            manifest.check_content()
+        except SpecError as exc:
+            raise SpecError(f"{model_dir}: {exc}") from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -147,13 +144,3 @@ class Scorer:
 
     def score_rows(self, rows: Sequence[Mapping[str, object]]) -> NDArray[np.float32]:
         return self.score_indices(self.encoder.encode_rows(rows))
-
-
-def _weights_bytes(model_dir: Path) -> int:
-    """Bytes of the graph and its external-data files (not the manifest, metrics,
-    statistics or checkpoint)."""
-    try:
-        files = [f for f in model_dir.iterdir() if f.is_file()]
-        return sum(f.stat().st_size for f in files if f.suffix not in (".json", ".pt", ".npz"))
-    except OSError:
-        return 0

@@ -125,7 +125,7 @@ def test_a_broken_version_is_refused_once_and_the_old_one_serves(
         assert ready["model_version"] == serving
         assert ready["target_version"] == "broken-1"
         assert "broken-1" in ready["last_error"]
-        assert "sha256" in ready["last_error"]
+        assert "truncated" in ready["last_error"]
         assert client.post("/predict", json=ROW).json()["model_version"] == serving
         text = client.get("/metrics").text
         assert metric(text, "ctr_model_reloads_total", outcome="failed") == 1.0
@@ -209,12 +209,26 @@ def test_publish_seeds_an_empty_repository_once(model_dir: Path, tmp_path: Path)
     assert ModelRepository(fresh).current_version() == ModelManifest.load(other).version
 
 
+def test_publish_checks_every_file_it_copies(repository: Path, tmp_path: Path) -> None:
+    """The checkpoint is not read to serve, yet a damaged one never becomes a version."""
+    before = ModelRepository(repository).current_version()
+    other = second_version(repository, tmp_path / "v2")
+    checkpoint = bytearray((other / "checkpoint.pt").read_bytes())
+    checkpoint[len(checkpoint) // 2] ^= 0x01
+    (other / "checkpoint.pt").write_bytes(bytes(checkpoint))
+    result = _publish(repository, "--from", str(other))
+    assert result.returncode == 2
+    assert "checkpoint.pt: sha256" in result.stderr
+    assert ModelRepository(repository).versions() == [before]
+    assert {p.name for p in repository.iterdir()} == {"CURRENT", before}  # no staging left
+
+
 def test_publish_refuses_a_broken_model(repository: Path, tmp_path: Path) -> None:
     before = ModelRepository(repository).current_version()
     broken = broken_copy(repository, tmp_path / "broken", "truncated model.onnx")
     result = _publish(repository, "--from", str(broken))
     assert result.returncode == 2
     assert result.stderr.startswith("error: ")
-    assert "sha256" in result.stderr
+    assert "truncated" in result.stderr
     assert ModelRepository(repository).current_version() == before
     assert ModelRepository(repository).versions() == [before]

@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 
 from app.features.errors import SpecError  # noqa: E402
 from app.features.spec import NUM_RESERVED, UNSEEN_INDEX  # noqa: E402
-from app.scoring.manifest import ModelManifest  # noqa: E402
+from app.scoring.manifest import ModelManifest, sha256_file  # noqa: E402
 from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E402
 from app.scoring.scorer import Scorer  # noqa: E402
 from training.calibration import Calibration, fit_isotonic  # noqa: E402
@@ -147,9 +147,15 @@ def test_artifact_is_self_describing(model_dir: Path) -> None:
         "checkpoint.pt",
         "metrics.json",
         "model.onnx",
+        "model.onnx.data",  # the weights, mapped by every worker rather than copied
         "spec.json",
         "statistics.npz",
     ]
+    # every file but the manifest itself, with its size and hash
+    assert set(manifest.files) == {p.name for p in version_dir.iterdir()} - {"spec.json"}
+    for name, entry in manifest.files.items():
+        assert entry.bytes == (version_dir / name).stat().st_size
+        assert entry.sha256 == sha256_file(version_dir / name)
     # what ctrserve drift compares with: every training row counted once in each field
     statistics = TrainingStatistics.load(version_dir)
     assert statistics is not None
@@ -163,6 +169,7 @@ def test_artifact_is_self_describing(model_dir: Path) -> None:
 
 def test_reexport_from_checkpoint_is_identical(model_dir: Path, tmp_path: Path) -> None:
     manifest = reexport(model_dir, tmp_path / "again")
+    assert manifest.version == ModelManifest.load(resolve_model_dir(model_dir)).version
     assert (resolve_model_dir(tmp_path / "again") / STATISTICS_FILE).is_file()  # carried over
     assert manifest.features == ModelManifest.load(resolve_model_dir(model_dir)).features
     rows = fixture_rows(manifest.features.field_dims, 500)
@@ -181,6 +188,10 @@ def test_a_checkpoint_of_other_layers_is_refused_clearly(model_dir: Path, tmp_pa
     state = torch.load(old / "checkpoint.pt", weights_only=True)
     state["unexpected.weight"] = torch.zeros(1)
     torch.save(state, old / "checkpoint.pt")
+    spec = json.loads((old / "spec.json").read_text())
+    del spec["files"]  # as an older ctrserve wrote it: no file list to check it against
+    spec["format_version"] = 1
+    (old / "spec.json").write_text(json.dumps(spec))
     with pytest.raises(ExportError, match="older ctrserve: train the model again"):
         load_checkpoint(old)
 

@@ -1,0 +1,152 @@
+"""The exported graph as it is shipped: the same bytes for the same model, the weights in a
+file beside it that every serving worker maps, the tables compact if asked.
+
+- **Deterministic.** torch's exporter stores each node's Python stack trace (with the
+  checkout's absolute paths), its FX node and class hierarchy in the graph's metadata; two
+  exports of one trained model from two checkouts differed in every node. None of it is
+  needed to run the graph, so all of it is dropped before the graph is written.
+- **Weights beside the graph** (``model.onnx.data``, large tensors at 64 KiB offsets).
+  onnxruntime maps that file read-only instead of copying it into each process, so every
+  worker of a replica scores from the page cache's one copy (docs/LARGE_MODELS.md).
+- **Compact tables** (``float16``, or ``int8`` with one scale per row): a table is any float
+  matrix that the graph only ever gathers rows from. It is stored compact and each gathered
+  row is turned back into float32 inside the graph, so the service is unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from app.scoring.manifest import ONNX_DATA_FILE, TableDtype
+
+# Tensors above this go to the data file (what stays inline is a few index buffers).
+EXTERNAL_TENSOR_BYTES = 1024
+_ALIGNMENT = 1 << 16
+# int8 pays a float scale per row: narrower rows (first-order weights) stay float16.
+_INT8_MIN_WIDTH = 8
+
+
+def strip_build_metadata(model: ir.Model) -> None:
+    """Drop what the exporter recorded about where and how it ran (stack traces, FX nodes,
+    module paths, the exported program's signature) from the model, its graphs, nodes and
+    values; the computation is untouched."""
+    model.metadata_props.clear()
+    model.doc_string = None
+    for graph in (model.graph, *model.graph.subgraphs()):
+        graph.metadata_props.clear()
+        graph.doc_string = None
+        values = [*graph.inputs, *graph.outputs, *graph.initializers.values()]
+        for node in graph:
+            node.metadata_props.clear()
+            node.doc_string = None
+            values.extend(node.outputs)
+        for value in values:
+            value.metadata_props.clear()
+            value.doc_string = None
+
+
+def compact_tables(model: ir.Model, dtype: TableDtype) -> list[str]:
+    """Store every embedding table of ``model`` as ``dtype``, dequantized after each gather.
+    Returns the tables' names (none for ``float32``)."""
+    if dtype == "float32":
+        return []
+    graph = model.graph
+    converted = []
+    for name, table in list(graph.initializers.items()):
+        gathers = _gathered_only(table)
+        if not gathers:
+            continue
+        weights = table.const_value.numpy()  # type: ignore[union-attr]
+        if dtype == "int8" and weights.shape[1] >= _INT8_MIN_WIDTH:
+            _to_int8(graph, table, weights, gathers)
+        else:
+            _to_float16(graph, table, weights, gathers)
+        converted.append(name)
+    return converted
+
+
+def save_graph(model: ir.Model, path: Path) -> str | None:
+    """Write ``model`` to ``path`` with its weights in :data:`ONNX_DATA_FILE` beside it;
+    returns that file's name, or ``None`` when every tensor was small enough to stay inline."""
+    ir.save(
+        model,
+        path,
+        external_data=ONNX_DATA_FILE,
+        size_threshold_bytes=EXTERNAL_TENSOR_BYTES,
+        alignment=_ALIGNMENT,
+    )
+    data = path.parent / ONNX_DATA_FILE
+    if data.is_file() and data.stat().st_size == 0:
+        data.unlink()
+    return ONNX_DATA_FILE if data.is_file() else None
+
+
+def _gathered_only(value: ir.Value) -> list[ir.Node]:
+    """The Gather nodes reading rows of ``value``, if that is all the graph does with it and
+    it is a float matrix; else ``[]``."""
+    if value.dtype != ir.DataType.FLOAT or value.const_value is None:
+        return []
+    if len(value.const_value.shape) != 2:
+        return []
+    uses = list(value.uses())
+    if not uses or any(
+        use.node.op_type != "Gather" or use.node.domain not in ("", "ai.onnx") or use.idx != 0
+        for use in uses
+    ):
+        return []
+    if any(use.node.attributes.get_int("axis", 0) != 0 for use in uses):
+        return []
+    return list(dict.fromkeys(use.node for use in uses))
+
+
+def _to_float16(
+    graph: ir.Graph, table: ir.Value, weights: np.ndarray, gathers: list[ir.Node]
+) -> None:
+    table.const_value = ir.tensor(weights.astype(np.float16), name=table.name)
+    table.dtype = ir.DataType.FLOAT16
+    for gather in gathers:
+        _dequantize_after(graph, gather, scale=None)
+
+
+def _to_int8(graph: ir.Graph, table: ir.Value, weights: np.ndarray, gathers: list[ir.Node]) -> None:
+    """Symmetric int8 per row: ``row ≈ q * scale`` with ``scale = max|row| / 127``."""
+    peaks = np.abs(weights).max(axis=1, keepdims=True)
+    scales = np.where(peaks > 0, peaks / 127.0, 1.0).astype(np.float32)
+    quantized = np.clip(np.rint(weights / scales), -127, 127).astype(np.int8)
+    table.const_value = ir.tensor(quantized, name=table.name)
+    table.dtype = ir.DataType.INT8
+    scale_table = ir.Value(name=f"{table.name}.row_scale", const_value=ir.tensor(scales))
+    scale_table.dtype = ir.DataType.FLOAT
+    scale_table.shape = ir.Shape(scales.shape)
+    graph.register_initializer(scale_table)
+    for gather in gathers:
+        _dequantize_after(graph, gather, scale=scale_table)
+
+
+def _dequantize_after(graph: ir.Graph, gather: ir.Node, scale: ir.Value | None) -> None:
+    """Make ``gather``'s output float32 again for every node that read it."""
+    rows = gather.outputs[0]
+    readers = list(rows.uses())
+    graph_outputs = [i for i, out in enumerate(graph.outputs) if out is rows]
+    cast = ir.node("Cast", [rows], attributes={"to": ir.DataType.FLOAT}, name=f"{rows.name}.cast")
+    nodes = [cast]
+    restored = cast.outputs[0]
+    if scale is not None:
+        row_scales = ir.node(
+            "Gather", [scale, gather.inputs[1]], attributes={"axis": 0}, name=f"{rows.name}.scale"
+        )
+        multiply = ir.node("Mul", [restored, row_scales.outputs[0]], name=f"{rows.name}.dequant")
+        nodes += [row_scales, multiply]
+        restored = multiply.outputs[0]
+    restored.name = f"{rows.name}.float"
+    restored.dtype = ir.DataType.FLOAT
+    restored.shape = rows.shape
+    rows.dtype = ir.DataType.FLOAT16 if scale is None else ir.DataType.INT8
+    graph.insert_after(gather, nodes)
+    for use in readers:
+        use.node.replace_input_with(use.idx, restored)
+    for i in graph_outputs:
+        graph.outputs[i] = restored
