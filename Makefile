@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model models serve test bench bench-open peers bench-train bench-dist bench-loop bench-models reliability quality loadtest loop clean
+.PHONY: setup run model models serve test bench bench-open peers bench-train bench-dist bench-loop bench-models bench-large reliability quality loadtest loop clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -34,8 +34,9 @@ $(DATA): | $(RUN_DEPS)
 
 # A second run finds the exported model and goes straight to serving (trained again when
 # what a version keeps changes: its training statistics for `ctrserve drift`, its
-# calibration).
-$(MODEL_DIR)/CURRENT: training/statistics.py training/calibration.py | $(DATA)
+# calibration, its manifest's format).
+VERSION_FORMAT := training/statistics.py training/calibration.py app/scoring/manifest.py
+$(MODEL_DIR)/CURRENT: $(VERSION_FORMAT) | $(DATA)
 	$(VENV)/bin/ctrserve train --data $(DATA) --model nffm --out $(MODEL_DIR) --no-progress
 
 model: setup $(MODEL_DIR)/CURRENT
@@ -43,7 +44,7 @@ model: setup $(MODEL_DIR)/CURRENT
 # The models the container and the Kubernetes manifests serve: the click model above, and a
 # conversion model beside it (a stand-in: a DeepFM of other fields of the same log).
 CVR_DIR := models/cvr
-$(CVR_DIR)/CURRENT: training/statistics.py training/calibration.py | $(DATA)
+$(CVR_DIR)/CURRENT: $(VERSION_FORMAT) | $(DATA)
 	$(VENV)/bin/ctrserve train --data $(DATA) --model deepfm --ignore c2,c3,n1 --out $(CVR_DIR) \
 		--no-progress
 
@@ -82,7 +83,8 @@ peers: $(PEERS)/mlserver/.installed $(PEERS)/bentoml/.installed $(PEERS)/kserve/
 # DeepFM, trained on 200k generated rows (the file is deleted afterwards). Trained again when
 # the layers or the exporter change, so that the benchmarks run the graph of this checkout.
 PRODUCTION := models/production
-$(PRODUCTION)/nffm/CURRENT: training/layers.py training/models.py training/export.py | $(TEST_DEPS)
+$(PRODUCTION)/nffm/CURRENT: training/layers.py training/models.py training/export.py \
+		app/scoring/manifest.py | $(TEST_DEPS)
 	mkdir -p data
 	$(VENV)/bin/ctrserve synth --layout criteo --rows 200000 --seed 7 --out data/criteo_200k.tsv
 	$(VENV)/bin/ctrserve train --data data/criteo_200k.tsv --model nffm --embed-dim 16 \
@@ -95,7 +97,8 @@ $(PRODUCTION)/nffm/CURRENT: training/layers.py training/models.py training/expor
 # The ladder's torch checkpoints (for the onnxruntime-vs-torch section) are retrained when
 # the layers change: a checkpoint of other layers cannot be loaded.
 LADDER := models/ladder
-$(LADDER)/nffm/CURRENT: training/layers.py training/models.py | $(DATA) $(TEST_DEPS)
+$(LADDER)/nffm/CURRENT: training/layers.py training/models.py app/scoring/manifest.py \
+		| $(DATA) $(TEST_DEPS)
 	$(PY) -m training ladder --data $(DATA) --out-dir $(LADDER) --no-progress
 
 bench: model peers $(PRODUCTION)/nffm/CURRENT $(LADDER)/nffm/CURRENT $(TEST_DEPS)
@@ -128,6 +131,12 @@ bench-dist: $(TEST_DEPS)
 # -> docs/MANY_MODELS.md
 bench-models: models $(TEST_DEPS)
 	$(PY) -m benchmarks.many_models
+
+# Models past 2 GiB: a 2.27 GiB NFFM served by 1 and 2 workers (RSS, PSS), weights inside the
+# graph vs mapped beside it, float16/int8 tables (bytes, AUC, speed); ~6 GB of disk at the
+# peak, deleted afterwards -> docs/LARGE_MODELS.md
+bench-large: $(TEST_DEPS)
+	$(PY) -m benchmarks.large_models
 
 bench-loop: model $(PRODUCTION)/nffm/CURRENT $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)

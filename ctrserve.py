@@ -3,7 +3,7 @@ and serving (the ``serve`` extra alone). Serving commands never import torch.
 
     ctrserve synth|train|tune|ladder|evaluate|predict|join|drift|export|inspect ...
                                                    (python -m training ..., the train extra)
-    ctrserve serve|publish|label ...               (python -m app ...)
+    ctrserve serve|publish|label|prune ...             (python -m app ...)
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ SERVING = {
     "serve": "serve a model repository (HTTP /predict, Open Inference Protocol, gRPC)",
     "publish": "copy an exported model into a repository and point CURRENT at it",
     "label": "point a label (stable, canary...) of a model at a version",
+    "prune": "remove old versions a repository's pointers and policy no longer name",
 }
 
 

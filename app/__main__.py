@@ -6,11 +6,14 @@ replica that follows the repository serves it within one poll interval.
 
 ``python -m app label MODEL LABEL VERSION`` (or ``--remove``): point a label (``stable``,
 ``canary``...) at a version, verified first; every worker follows it at its next poll.
+
+``python -m app prune [MODEL] [--keep-last N]``: remove the versions nothing needs any more.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -140,6 +143,33 @@ def label(model: str, name: str, version: str | None) -> int:
     return 0
 
 
+def prune_versions(model: str | None, keep_last: int | None, dry_run: bool) -> int:
+    """Remove the versions of ``model`` its policy's ``prune`` (or ``keep_last``) lets go;
+    print what was kept and removed as JSON."""
+    from app.core.logging import configure_logging
+    from app.scoring.policy import load_policy
+    from app.scoring.prune import prune
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        repository = _model_repository(model)
+        if keep_last is None:
+            rule = None if repository.is_flat else load_policy(repository.root).prune
+            if rule is None:
+                raise SpecError(
+                    f"{repository.root}: its policy.yaml has no prune rule; give --keep-last N"
+                )
+            keep_last = rule.keep_last
+        pruned = prune(repository, keep_last, dry_run=dry_run)
+    except (SpecError, OSError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    summary = {"model": repository.name, "kept": pruned.kept, "removed": pruned.removed}
+    sys.stdout.write(json.dumps({**summary, "dry_run": dry_run}) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app", description="Serve a model repository, or publish a model into it."
@@ -181,7 +211,26 @@ def main(argv: list[str] | None = None) -> int:
     label_parser.add_argument("label", help="the label: letters, digits, '.', '_', '-'")
     label_parser.add_argument("version", nargs="?", help="the version it names from now on")
     label_parser.add_argument("--remove", action="store_true", help="remove the label")
+    prune_parser = commands.add_parser(
+        "prune",
+        help="remove old versions: all but the last N and those CURRENT, a label or the "
+        "policy names",
+    )
+    prune_parser.add_argument(
+        "model", nargs="?", help="the model, in a repository of several (its folder's name)"
+    )
+    prune_parser.add_argument(
+        "--keep-last",
+        type=int,
+        default=None,
+        help="versions kept besides the named ones (default: the policy's prune.keep_last)",
+    )
+    prune_parser.add_argument("--dry-run", action="store_true", help="only say what would go")
     args = parser.parse_args(argv)
+    if args.command == "prune":
+        if args.keep_last is not None and args.keep_last < 1:
+            parser.error("prune: --keep-last must be at least 1")
+        return prune_versions(args.model, args.keep_last, args.dry_run)
     if args.command == "publish":
         return publish(args.source, args.if_empty, args.model)
     if args.command == "label":

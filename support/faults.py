@@ -144,6 +144,22 @@ def second_version(model_dir: Path, target: Path) -> Path:
     return target
 
 
+def nth_version(model_dir: Path, target: Path, n: int) -> Path:
+    """A valid version (flat), one of many: the same graph, the first field's vocabulary
+    rotated by ``n`` places, so each ``n`` (below the vocabulary's size) is its own version."""
+    shutil.copytree(resolve_model_dir(model_dir), target)
+
+    def rotate(manifest: dict[str, object]) -> None:
+        features = manifest["features"]
+        assert isinstance(features, dict)
+        field = features["fields"][0]
+        vocabulary = field["vocabulary"]
+        field["vocabulary"] = vocabulary[n:] + vocabulary[:n]
+
+    _rewrite_manifest(target, rotate)
+    return target
+
+
 def slow_version(model_dir: Path, target: Path, matmuls: int = 6) -> Path:
     """A valid version (flat) that scores exactly as ``model_dir``'s current one, slowly:
     the graph also multiplies a 1024x1024 matrix, scaled by the rows' indices (so

@@ -146,7 +146,9 @@ def _check_memory(
     """Print the memory plan; refuse (with the knobs to turn) when it does not fit. Ranks on
     one machine share its memory: each gets its share of the budget."""
     per_rank = cluster.rank_batch(config.batch_size)
-    memory = plan(prepared.spec.field_dims, config.model, per_rank, config.optimizer)
+    memory = plan(
+        prepared.spec.field_dims, config.model, per_rank, config.optimizer, config.table_dtype
+    )
     limit = (budget if budget is not None else available_memory()) // cluster.local_world_size
     logger.info(
         "memory plan for %s (budget %s MiB):\n  %s",

@@ -25,6 +25,10 @@ _MIB = 1 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
 # Torch, onnxruntime, pyarrow and the interpreter, measured: ~0.4 GB RSS before any data.
 RUNTIME_BYTES = 450 * _MIB
+# One serving worker's own memory besides the mapped weights (USS, docs/LARGE_MODELS.md).
+SERVING_WORKER_BYTES = 120 * _MIB
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
+_INT8_MIN_WIDTH = 8  # as training/graph_file.py: narrower tables stay float16
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,21 @@ class MemoryPlan:
     dense: int  # MLP weights
     batch: int  # one step's activations and gradients, roughly
     buffers: int  # the shuffle buffer and the runtime
+    export: int  # what the export holds besides the model: the tables' serving copies
+    exported: int  # the version's weights file, as the service maps it
+
+    @property
+    def training(self) -> int:
+        return self.tables + self.optimizer + self.dense + self.batch + self.buffers
 
     @property
     def total(self) -> int:
-        return self.tables + self.optimizer + self.dense + self.batch + self.buffers
+        """The run's peak: training, or the export after it (the optimiser state is gone)."""
+        return max(self.training, self.tables + self.dense + self.export + self.buffers)
+
+    def replica(self, workers: int) -> int:
+        """A serving replica of ``workers``: one mapped copy of the weights, shared."""
+        return self.exported + workers * SERVING_WORKER_BYTES
 
     def lines(self) -> list[str]:
         parts = [
@@ -46,17 +61,26 @@ class MemoryPlan:
             ("dense layers", self.dense),
             ("one batch (activations, gradients)", self.batch),
             ("shuffle buffer + runtime", self.buffers),
-            ("total", self.total),
+            ("training", self.training),
+            ("export (tables' serving copies)", self.export),
+            ("total (the peak of the two)", self.total),
+            ("exported weights (model.onnx.data)", self.exported),
+            *((f"served by {n} worker(s), a replica", self.replica(n)) for n in (1, 2, 4)),
         ]
         return [f"{name:<38}{size / _MIB:>10,.0f} MiB" for name, size in parts]
 
 
 def plan(
-    field_dims: Sequence[int], model_config: object, batch_size: int, optimizer: str
+    field_dims: Sequence[int],
+    model_config: object,
+    batch_size: int,
+    optimizer: str,
+    table_dtype: str = "float32",
 ) -> MemoryPlan:
     """Bytes the run will need: tables, optimiser state (Adam: two moments; Adagrad: one
     sum), dense layers, one batch's activations (every intermediate kept for backward,
-    counted from a forward pass on the meta device) and the buffers."""
+    counted from a forward pass on the meta device) and the buffers; then the export (the
+    tables as the graph holds them, and their compact copy) and what serving maps."""
     with torch.device("meta"):
         model = build_model(field_dims, model_config)  # type: ignore[arg-type]
         tables = embedding_tables(model)
@@ -69,13 +93,25 @@ def plan(
     widest = max((t.shape[1] for t in tables), default=1)
     sparse_grads = touched * widest * _FLOAT * 3  # gradient, coalesced copy, update
     buffer_bytes = BLOCK_ROWS * BUFFER_BLOCKS * (len(field_dims) + 2) * 8
+    stored = sum(_stored_bytes(t.shape[0], t.shape[1], table_dtype) for t in tables)
+    compact = stored if table_dtype != "float32" else 0
     return MemoryPlan(
         tables=table_bytes,
         optimizer=moments * table_bytes + 2 * dense_bytes,
         dense=dense_bytes,
         batch=activations + sparse_grads,
         buffers=buffer_bytes + RUNTIME_BYTES,
+        export=table_bytes + compact,
+        exported=stored + dense_bytes,
     )
+
+
+def _stored_bytes(rows: int, width: int, table_dtype: str) -> int:
+    """A table's bytes in the exported graph (int8 keeps a float scale a row)."""
+    if table_dtype == "int8" and width < _INT8_MIN_WIDTH:
+        table_dtype = "float16"
+    scales = rows * _FLOAT if table_dtype == "int8" else 0
+    return rows * width * _DTYPE_BYTES[table_dtype] + scales
 
 
 def _activation_bytes(model: torch.nn.Module, num_fields: int, batch_size: int) -> int:

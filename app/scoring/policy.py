@@ -11,6 +11,7 @@ shadow:                       # score a sample of requests again, off the reques
   version: candidate          # a label or a version
   sample: 1.0
 cache_entries: 50000          # this model's share of the score cache (default: an even share)
+prune: {keep_last: 5}         # remove older versions, never one the lines above name
 ```
 
 Besides what ``versions`` keeps, a worker always loads the version ``CURRENT`` names, every
@@ -75,6 +76,15 @@ class Shadow(BaseModel):
     sample: float = Field(default=1.0, gt=0, le=1)
 
 
+class Prune(BaseModel):
+    """Versions removed at each poll (and by ``ctrserve prune``): every one but the
+    ``keep_last`` most recently exported and those the pointers and the policy name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keep_last: int = Field(ge=1)
+
+
 class ServingPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -82,6 +92,7 @@ class ServingPolicy(BaseModel):
     split: Split | None = None
     shadow: Shadow | None = None
     cache_entries: int | None = Field(default=None, ge=0)
+    prune: Prune | None = None
 
 
 def load_policy(model_root: Path) -> ServingPolicy:

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.features.errors import SpecError
-from app.scoring.policy import ServingPolicy, load_policy
+from app.scoring.plan import Plan, read_plan
+from app.scoring.policy import ServingPolicy
+from app.scoring.prune import prune
 from app.scoring.repository import (
     POINTER_FILE,
     ModelRepository,
@@ -46,29 +48,6 @@ class LoadFailure:
     version: str
     reason: str
     at: float  # unix time
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the repository asks every worker to serve now."""
-
-    current: str
-    labels: Mapping[str, str]
-    policy: ServingPolicy
-    kept: tuple[str, ...]  # versions the policy keeps loaded beyond the pointers
-
-    def resolve(self, name: str) -> str:
-        """The version a label names, or ``name`` itself."""
-        return self.labels.get(name, name)
-
-    def wanted(self) -> list[str]:
-        """Every version to load, the one ``CURRENT`` names first."""
-        names = [self.current, *self.labels.values(), *self.kept]
-        if self.policy.split is not None:
-            names.append(self.resolve(self.policy.split.to))
-        if self.policy.shadow is not None:
-            names.append(self.resolve(self.policy.shadow.version))
-        return list(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
@@ -255,25 +234,24 @@ class ModelRegistry:
         if self._plan is not None:
             self.failures.clear()  # the pointers moved: what failed may be retried
         self._plan = plan
-        return self._apply(plan)
+        changed = self._apply(plan)
+        if plan.policy.prune is not None:
+            self._prune(plan.policy.prune.keep_last)
+        return changed
+
+    def _prune(self, keep_last: int) -> None:
+        """Apply the policy's prune; a repository this worker cannot write (a read-only
+        mount) is left to ``ctrserve prune``, said once per change of plan."""
+        pinned = () if self.pinned_version is None else (self.pinned_version,)
+        try:
+            prune(self.repository, keep_last, pinned)
+        except (OSError, SpecError) as exc:
+            logger.warning("model %s: cannot prune old versions here (%s)", self.name, exc)
 
     def _read_plan(self) -> Plan:
-        repository = self.repository
-        if repository.is_flat:
-            if self._plan is not None:  # nothing to follow: its spec.json is not read again
-                return self._plan
-            current = self.pinned_version or repository.current_version()
-            return Plan(current, {}, ServingPolicy(), ())
-        policy = load_policy(repository.root)
-        current = self.pinned_version or repository.current_version()
-        rule = policy.versions
-        kept: tuple[str, ...] = ()
-        if rule.all or rule.latest is not None:
-            present = repository.versions()
-            kept = tuple(present if rule.all else present[-(rule.latest or 1) :])
-        elif rule.specific is not None:
-            kept = rule.specific
-        return Plan(current, repository.labels(), policy, kept)
+        if self.repository.is_flat and self._plan is not None:
+            return self._plan  # nothing to follow: its spec.json is not read again
+        return read_plan(self.repository, self.pinned_version)
 
     def _apply(self, plan: Plan) -> bool:
         """Load what ``plan`` adds, then install the lineup it makes."""

@@ -20,10 +20,13 @@ as a repository of one version with no pointer to follow.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from app.features.errors import SpecError
@@ -32,6 +35,7 @@ from app.scoring.manifest import MANIFEST_FILE, ModelManifest, read_version, ver
 POINTER_FILE = "CURRENT"
 LABELS_DIR = "labels"
 _STAGING_PREFIX = ".staging-"
+_RETIRED_PREFIX = ".pruned-"
 # Versions are content hashes written by export; anything else that names a directory
 # inside the repository (no separators, no dot-files) is accepted, so hand-made versions work.
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -131,8 +135,40 @@ class ModelRepository:
                 f"{self.root} is a flat model directory with no {POINTER_FILE} pointer; serve a "
                 "model repository (what `python -m training train --out` writes) to switch versions"
             )
-        self.version_dir(version)
-        _write_pointer(self.root, POINTER_FILE, version)
+        with self.locked():
+            self.version_dir(version)
+            _write_pointer(self.root, POINTER_FILE, version)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the repository's lock while the block runs, so a pointer is never moved to a
+        version that a prune is removing: an exclusive ``flock`` on the directory itself,
+        which needs no file of its own and so works on a read-only mount too."""
+        try:
+            handle = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise SpecError(f"{self.root}: cannot open the repository ({exc.strerror})") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)  # closing the descriptor releases the lock
+
+    def retire(self, version: str) -> Path:
+        """Move ``version`` out of sight (a hidden name no reader lists), under the lock;
+        returns where it went, for the caller to delete. Files a worker still has open or
+        mapped stay readable until it lets them go."""
+        source = self.version_dir(version)
+        target = Path(tempfile.mkdtemp(prefix=f"{_RETIRED_PREFIX}{version}-", dir=self.root))
+        os.replace(source, target)
+        return target
+
+    def retired(self) -> list[Path]:
+        """Versions moved out of sight and not yet deleted (a prune that was interrupted)."""
+        try:
+            return [e for e in self.root.iterdir() if e.name.startswith(_RETIRED_PREFIX)]
+        except OSError:
+            return []
 
     def labels(self) -> dict[str, str]:
         """Every label and the version it names (a label naming no version is left out
@@ -157,13 +193,14 @@ class ModelRepository:
         check_version_name(label)
         if label == POINTER_FILE or (self.root / label).is_dir():
             raise SpecError(f"{label!r} names a version (or CURRENT); a label needs its own name")
-        self.version_dir(version)
         folder = self.root / LABELS_DIR
-        try:
-            folder.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise SpecError(f"cannot make {folder}: {exc}") from None
-        _write_pointer(folder, label, version)
+        with self.locked():
+            self.version_dir(version)
+            try:
+                folder.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise SpecError(f"cannot make {folder}: {exc}") from None
+            _write_pointer(folder, label, version)
 
     def remove_label(self, label: str) -> None:
         """Remove ``label`` (:class:`SpecError` if there is none)."""
