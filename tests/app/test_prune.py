@@ -93,7 +93,7 @@ def test_workers_prune_by_the_policy_while_they_follow_the_repository(
         while not stop.is_set():
             try:
                 worker.poll()
-            except BaseException as exc:  # noqa: BLE001 - any error fails the test below
+            except BaseException as exc:  # any error fails the test below
                 errors.append(exc)
 
     threads = [threading.Thread(target=follow, args=(w,)) for w in workers]
