@@ -135,7 +135,7 @@ def run_ladder_model(prepared: Prepared, config: TrainConfig, workdir: Path) -> 
         result.train_seconds,
         len(prepared.train) * len(result.history),
         count_parameters(model),
-        onnx_kb=(scorer.model_dir / scorer.manifest.onnx.file).stat().st_size / 1024,
+        onnx_kb=scorer.file_bytes / 1024,  # the graph and its weights file
         latency_us=latency,
         note=f"{settings_note(config)}, best epoch {result.best_epoch}",
     )
