@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -72,7 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=5)
             poller.stop()
             service.batcher.close()
-            service.shadows.close()
+            # In a thread, so this loop keeps running the finished shadows' callbacks,
+            # which log their requests: none is lost to the log closing first.
+            await asyncio.to_thread(service.shadows.close)
             if service.log is not None:
                 service.log.close()
             service.flush_metrics()

@@ -49,6 +49,7 @@ def make_big_model(out: Path, fields: int, values: int, embed_dim: int) -> dict[
 
     from app.features.spec import CategoricalField, FeatureSpec
     from training.export import write_artifact
+    from training.memory import plan
     from training.models import DEFAULTS, build_model
 
     spec = FeatureSpec(
@@ -64,8 +65,10 @@ def make_big_model(out: Path, fields: int, values: int, embed_dim: int) -> dict[
     started = time.perf_counter()
     manifest = write_artifact(model, spec, config, "binary", out, {}, {}, checkpoint=False)
     seconds = time.perf_counter() - started
+    planned = plan(spec.field_dims, config, 1024, "adam")
     return {
         "parameters_gib": parameters / GIB,
+        "planned_replica": {workers: planned.replica(workers) for workers in (1, 2)},
         "export_s": seconds,
         "version": manifest.version,
         "files": {name: entry.bytes for name, entry in manifest.files.items()},
@@ -79,6 +82,31 @@ def verify_seconds(version_dir: Path) -> float:
     started = time.perf_counter()
     verify_files(version_dir, manifest.files, skip=[CHECKPOINT_FILE])
     return time.perf_counter() - started
+
+
+def refuse_flipped_bit(version_dir: Path, scratch: Path) -> dict[str, Any]:
+    """A copy of the version with one bit of its weights flipped, loaded as a worker would:
+    how long the refusal takes and what it says."""
+    import shutil
+
+    from app.features.errors import SpecError
+    from app.scoring.scorer import Scorer
+
+    copy = Path(shutil.copytree(version_dir, scratch / "flipped"))
+    with (copy / "model.onnx.data").open("r+b") as weights:
+        weights.seek((copy / "model.onnx.data").stat().st_size // 2)
+        byte = weights.read(1)[0]
+        weights.seek(-1, os.SEEK_CUR)
+        weights.write(bytes([byte ^ 0x10]))
+    started = time.perf_counter()
+    try:
+        Scorer.load(copy)
+        message = "LOADED (not refused)"
+    except SpecError as exc:
+        message = str(exc).replace(str(scratch), "<scratch>")
+    seconds = time.perf_counter() - started
+    shutil.rmtree(copy)
+    return {"refused_s": seconds, "message": message}
 
 
 def _sweep_bodies(fields: int, values: int, batch: int) -> list[bytes]:
@@ -165,8 +193,8 @@ _LOADER = """
 import sys, time, numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 fields, values = int(sys.argv[2]), int(sys.argv[3])
-for start in range(0, values, 2000):
-    rows = np.arange(start, min(start + 2000, values))
+for start in range(0, values, 250):
+    rows = np.arange(start, min(start + 250, values))
     session.run(None, {"indices": np.repeat(rows[:, None], fields, axis=1).astype(np.int64)})
 print("ready", flush=True)
 time.sleep(60)
@@ -308,14 +336,20 @@ def report(results: dict, started: str) -> str:
             f"{big['embed_dim']} ({big['model']['parameters_gib']:.2f} GiB of parameters), "
             f"exported in {big['model']['export_s']:.0f} s (graph {files['model.onnx']:,} bytes, "
             f"weights {files['model.onnx.data'] / GIB:.2f} GiB in `model.onnx.data`), every "
-            f"file verified (sha256) in {big['verify_s']:.1f} s, then served by 1 and by 2 "
+            f"file verified (sha256) in {big['verify_s']:.1f} s (a copy with one bit of "
+            f"`model.onnx.data` flipped was refused in {big['flipped']['refused_s']:.1f} s: "
+            f"\"{big['flipped']['message']}\"), then served by 1 and by 2 "
             "uvicorn workers, each driven until it had read every row of every table. RSS "
             "counts a shared page in every process that maps it; PSS splits it between them, "
             "so the sum of PSS is what the replica holds. "
             f"**Replica (2 workers, sum of PSS) = {replica / GIB:.2f} GiB = "
             f"{replica / one_worker:.2f} x one worker's RSS ({one_worker / GIB:.2f} GiB)**; "
             f"the 2-worker service's scores equal the 1-worker service's on 200 probe rows: "
-            f"{'yes' if same else 'NO'}.",
+            f"{'yes' if same else 'NO'}. The training run's memory plan "
+            f"(`training/memory.py`) put a replica at "
+            f"{big['model']['planned_replica'][1] / GIB:.2f} GiB with 1 worker and "
+            f"{big['model']['planned_replica'][2] / GIB:.2f} GiB with 2 (measured above: "
+            f"{one['memory']['pss_sum'] / GIB:.2f} and {replica / GIB:.2f}).",
             ["workers", "ready (s)", "RSS per process (GiB)", "USS per process (MiB)",
              "sum of RSS (GiB)", "sum of PSS (GiB)"],
             rows,
@@ -416,6 +450,7 @@ def main() -> None:
             "embed_dim": args.embed_dim,
             "model": model,
             "verify_s": verify_seconds(version_dir),
+            "flipped": refuse_flipped_bit(version_dir, scratch),
             "served": [
                 serve_big_model(repository, workers, args.fields, args.values, table_bytes)
                 for workers in (1, 2)

@@ -21,7 +21,7 @@ def test_help_lists_every_command() -> None:
     listed = [line.split()[0] for line in result.stdout.splitlines()[2:] if line.strip()]
     assert listed == [
         "synth", "train", "tune", "ladder", "evaluate", "predict", "join", "drift", "export",
-        "inspect", "serve", "publish", "label",
+        "inspect", "serve", "publish", "label", "prune",
     ]  # fmt: skip
 
 

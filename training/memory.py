@@ -25,8 +25,10 @@ _MIB = 1 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
 # Torch, onnxruntime, pyarrow and the interpreter, measured: ~0.4 GB RSS before any data.
 RUNTIME_BYTES = 450 * _MIB
-# One serving worker's own memory besides the mapped weights (USS, docs/LARGE_MODELS.md).
-SERVING_WORKER_BYTES = 120 * _MIB
+# One serving worker's own memory besides the mapped weights (its USS in
+# docs/LARGE_MODELS.md): the runtime, then the encoder's lookup of every vocabulary value.
+SERVING_WORKER_BYTES = 80 * _MIB
+SERVING_BYTES_PER_VALUE = 480
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
 _INT8_MIN_WIDTH = 8  # as training/graph_file.py: narrower tables stay float16
 
@@ -40,6 +42,7 @@ class MemoryPlan:
     buffers: int  # the shuffle buffer and the runtime
     export: int  # what the export holds besides the model: the tables' serving copies
     exported: int  # the version's weights file, as the service maps it
+    worker: int  # one serving worker's own memory: the runtime and the encoder
 
     @property
     def training(self) -> int:
@@ -52,7 +55,7 @@ class MemoryPlan:
 
     def replica(self, workers: int) -> int:
         """A serving replica of ``workers``: one mapped copy of the weights, shared."""
-        return self.exported + workers * SERVING_WORKER_BYTES
+        return self.exported + workers * self.worker
 
     def lines(self) -> list[str]:
         parts = [
@@ -103,6 +106,7 @@ def plan(
         buffers=buffer_bytes + RUNTIME_BYTES,
         export=table_bytes + compact,
         exported=stored + dense_bytes,
+        worker=SERVING_WORKER_BYTES + SERVING_BYTES_PER_VALUE * sum(field_dims),
     )
 
 

@@ -56,6 +56,7 @@ class ShadowJob:
     done: Done | None = None
     loop: asyncio.AbstractEventLoop | None = None
     context: contextvars.Context | None = None  # the request's: its id, for the log
+    told: bool = False  # done() was called (once: by the thread, or by close())
 
 
 class ShadowScorer:
@@ -70,6 +71,8 @@ class ShadowScorer:
         self._tally = tally
         self.max_queued_rows = max_queued_rows
         self._jobs: list[ShadowJob] = []
+        self._running: list[ShadowJob] = []  # taken by the thread, not all told yet
+        self._closed = False
         self._queued_rows = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -86,13 +89,23 @@ class ShadowScorer:
                 self._queued_rows += rows
         if not admitted:
             self._count(job, "dropped", 1)
+            job.told = True
             if job.done is not None:
                 job.done(None)
 
     def close(self) -> None:
-        """Score what is queued, then stop the thread."""
+        """Score what is queued, then stop the thread. What it has not taken within 5 s
+        (at nice +19 on a busy machine it may not run at all) is dropped and told so, so
+        each request is still logged, without a shadow score."""
         self._stop.set()
         self._thread.join(timeout=5)
+        with self._lock:
+            self._closed = True  # a call still running is told nothing more
+            left = [job for job in [*self._running, *self._jobs] if not job.told]
+            self._jobs, self._queued_rows = [], 0
+        for job in left:
+            self._count(job, "dropped", 1)
+            self._tell(job, None)
 
     def _work(self) -> None:
         # Linux schedules threads on their own: this one alone becomes nicer.
@@ -104,6 +117,7 @@ class ShadowScorer:
     def _drain(self) -> None:
         with self._lock:
             jobs, self._jobs, self._queued_rows = self._jobs, [], 0
+            self._running = jobs
         groups: dict[tuple[int, int], list[ShadowJob]] = {}
         for job in jobs:  # one model's default version and its shadow, usually one group
             groups.setdefault((id(job.primary), id(job.shadow)), []).append(job)
@@ -125,6 +139,9 @@ class ShadowScorer:
             lookup.scores[misses] = first.shadow.score_indices(indices[misses])
             first.cache.store(lookup)
         scores = lookup.scores
+        with self._lock:
+            if self._closed:  # close() gave up waiting and told these jobs already
+                return
         self._count(first, "scored", len(jobs), scores - np.concatenate([j.scores for j in jobs]))
         offset = 0
         for job in jobs:
@@ -132,8 +149,11 @@ class ShadowScorer:
             self._tell(job, scores[offset : offset + rows])
             offset += rows
 
-    @staticmethod
-    def _tell(job: ShadowJob, scores: NDArray[np.float32] | None) -> None:
+    def _tell(self, job: ShadowJob, scores: NDArray[np.float32] | None) -> None:
+        with self._lock:
+            if job.told:
+                return
+            job.told = True
         if job.done is not None and job.loop is not None:
             try:
                 job.loop.call_soon_threadsafe(job.done, scores, context=job.context)

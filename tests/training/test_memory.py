@@ -31,7 +31,8 @@ def test_compact_tables_shrink_the_plan_and_workers_share_the_weights(model_dir:
     )
     assert (half.exported - half.dense) == pytest.approx((wide.exported - wide.dense) / 2, rel=0.01)
     assert quarter.exported < half.exported
-    assert wide.replica(4) - wide.replica(1) == 3 * SERVING_WORKER_BYTES  # one copy of the weights
+    assert wide.replica(4) - wide.replica(1) == 3 * wide.worker  # one copy of the weights
+    assert wide.worker > SERVING_WORKER_BYTES  # the runtime, and the encoder's vocabularies
     assert half.export > wide.export  # the compact copy is made beside the float tables
     assert all(p.total >= p.training for p in (wide, half, quarter))
     assert any("served by 2 worker(s)" in line for line in wide.lines())
