@@ -255,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="model repository, e.g. models/nffm: adds a version and points CURRENT at it",
     )
+    train.add_argument(
+        "--warm-start",
+        type=Path,
+        default=None,
+        help="continue this model (a repository's current version, or a version): its "
+        "values keep their learned rows, today's new values get rows of their own, "
+        "the layers carry over (train one epoch of today's data, e.g. --epochs 1)",
+    )
 
     ladder = commands.add_parser(
         "ladder", help="train all seven models on one split, print a table"

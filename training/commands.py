@@ -19,7 +19,7 @@ from app.scoring.scorer import Scorer
 from training import drift, synth
 from training.batch_predict import predict_file
 from training.calibration import MIN_CLASS_ROWS, MIN_ROWS, Calibration, fit_isotonic
-from training.config import config_from_args
+from training.config import MODEL_FLAGS, config_from_args, flags_of
 from training.data import BadRowLog, ColumnRoles, DataError, DataSource, open_source
 from training.dataset import Prepared, encode_batch, prepare, split_rule
 from training.distributed import (
@@ -33,7 +33,7 @@ from training.evaluation import Metrics, binary_metrics, oracle_metrics, regress
 from training.export import reexport, write_artifact
 from training.label_join import join
 from training.memory import available_memory, check_fits, plan
-from training.models import MODELS
+from training.models import MODELS, ModelConfig
 from training.split import SPLIT_NAMES
 from training.statistics import TrainingStatistics, index_counts, score_histogram
 from training.train import (
@@ -45,6 +45,7 @@ from training.train import (
     new_model,
     predict_split,
 )
+from training.warm_start import WarmStart, decayed_counts, load_warm_start, transplant
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,10 @@ def _source(args: argparse.Namespace, config: TrainConfig) -> DataSource:
 
 
 def _prepared(
-    args: argparse.Namespace, model: str, cluster: Cluster | None = None
+    args: argparse.Namespace,
+    model: str,
+    cluster: Cluster | None = None,
+    base: WarmStart | None = None,
 ) -> tuple[Prepared, TrainConfig, int]:
     """The prepared shards, the config and the row count its size defaults came from
     (estimated before reading). The config's task decides how the file is read, so a
@@ -100,14 +104,36 @@ def _prepared(
     source = _source(args, config_from_args(args, model))
     rows = source.estimated_rows()
     config = config_from_args(args, model, rows)
-    prepared = in_turn(cluster, lambda: _prepare(source, config, args))
+    if base is not None:
+        config = config.model_copy(update={"model": _continued(args, config, base)})
+    prepared = in_turn(cluster, lambda: _prepare(source, config, args, base))
     layout = [len(prepared.train), len(prepared.val), len(prepared.test), prepared.fingerprint]
     check_same(cluster, "spec and splits", prepared.spec.model_dump_json() + repr(layout))
     return prepared, config, rows
 
 
-def _prepare(source: DataSource, config: TrainConfig, args: argparse.Namespace) -> Prepared:
-    prepared = prepare(source, config, args.cache_dir, args.bad_rows)
+def _continued(args: argparse.Namespace, config: TrainConfig, base: WarmStart) -> ModelConfig:
+    """The model a warm start continues, checked against the one the flags ask for."""
+    given = {k: v for k, v in flags_of(args).items() if k in MODEL_FLAGS and v is not None}
+    wanted = base.model_config
+    if config.model.name != wanted.name or any(
+        getattr(wanted, k) != (tuple(v) if isinstance(v, list) else v) for k, v in given.items()
+    ):
+        raise DataError(
+            f"--warm-start continues {base.version}, a {wanted.name} "
+            f"({wanted.model_dump(exclude={'name'})}); give --model {wanted.name} and no "
+            "other model hyper-parameters"
+        )
+    return wanted
+
+
+def _prepare(
+    source: DataSource,
+    config: TrainConfig,
+    args: argparse.Namespace,
+    base: WarmStart | None = None,
+) -> Prepared:
+    prepared = prepare(source, config, args.cache_dir, args.bad_rows, base)
     logger.info(
         "%s rows: %s train / %s validation / %s test, %d fields, shards in %s",
         f"{prepared.rows:,}",
@@ -167,12 +193,17 @@ def train_one(
     progress: bool,
     max_memory: int | None = None,
     cluster: Cluster | None = None,
+    base: WarmStart | None = None,
 ) -> dict[str, object]:
     """Fit one model on prepared shards, evaluate on test, optionally export it. In a job
-    every rank trains; only rank 0 scores the test rows and exports (the others get ``{}``)."""
+    every rank trains; only rank 0 scores the test rows and exports (the others get ``{}``).
+    With ``base``, the model starts from that version's rows and layers."""
     cluster = cluster or Cluster()
     memory = _check_memory(prepared, config, max_memory, cluster)
     model = new_model(prepared, config)
+    warm = (
+        None if base is None else {"from": base.version, **transplant(base, model, prepared.spec)}
+    )
     result = fit(model, prepared, config, progress=progress, cluster=cluster)
     if not cluster.is_main:
         return {}
@@ -210,6 +241,7 @@ def train_one(
         "processes": cluster.world_size,
         "device": str(cluster.device),
         "memory": memory,
+        **({} if warm is None else {"warm_start": warm}),
     }
     if out is not None:
         source = prepared.source
@@ -232,7 +264,7 @@ def train_one(
             out,
             metrics,
             training,
-            _statistics(prepared, reference_scores),
+            _statistics(prepared, reference_scores, base, config.count_decay),
             calibration,
             config.table_dtype,
             config.checkpoint,
@@ -257,15 +289,22 @@ def _calibration(labels: np.ndarray, scores: np.ndarray) -> Calibration | None:
     return calibration
 
 
-def _statistics(prepared: Prepared, scores: np.ndarray) -> TrainingStatistics:
+def _statistics(
+    prepared: Prepared, scores: np.ndarray, base: WarmStart | None = None, decay: float = 1.0
+) -> TrainingStatistics:
     """The training rows' index counts and the validation scores as served (calibrated),
-    for ``ctrserve drift``."""
+    for ``ctrserve drift``; after a warm start, the decayed counts of every day too, for
+    the next one."""
     edges, counts = score_histogram(scores)
+    today = index_counts(prepared.spec, prepared.train)
     return TrainingStatistics(
         rows=len(prepared.train),
-        field_counts=index_counts(prepared.spec, prepared.train),
+        field_counts=today,
         score_edges=edges,
         score_counts=counts,
+        vocabulary_counts=None
+        if base is None
+        else decayed_counts(base, prepared.spec, today, decay),
     )
 
 
@@ -275,9 +314,10 @@ def _oracle(prepared: Prepared) -> Metrics | None:
 
 def run_train(args: argparse.Namespace) -> int:
     with cluster_session(args.device, args.collective_timeout) as cluster:
-        prepared, config, _ = _prepared(args, args.model, cluster)
+        base = None if args.warm_start is None else load_warm_start(args.warm_start)
+        prepared, config, _ = _prepared(args, args.model, cluster, base)
         summary = train_one(
-            prepared, config, args.out, not args.no_progress, args.max_memory, cluster
+            prepared, config, args.out, not args.no_progress, args.max_memory, cluster, base
         )
     if not cluster.is_main:
         return 0

@@ -37,6 +37,7 @@ TRAIN_FLAGS = (
     "num_bins",
     "negative_sampling",
     "calibrate",
+    "count_decay",
     "table_dtype",
     "checkpoint",
     "optimizer",

@@ -35,6 +35,7 @@ from training.data import BadRowLog, BadRows, Batch, DataError, DataSource
 from training.fit_spec import SpecBuilder
 from training.shards import ColumnWriter, Split, index_dtype
 from training.split import DROPPED, SPLIT_NAMES, TRAIN, VAL, SplitRule
+from training.warm_start import WarmStart, merge_spec
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ DATA_SETTINGS = (
     "binning",
     "num_bins",
     "max_vocab",
+    "count_decay",
     "exact_values",
     "negative_sampling",
 )
@@ -97,8 +99,15 @@ def split_rule(settings: Any) -> SplitRule:
     )
 
 
-def cache_key(source: DataSource, fingerprint: str, settings: Any, bad_rows: BadRows) -> str:
+def cache_key(
+    source: DataSource,
+    fingerprint: str,
+    settings: Any,
+    bad_rows: BadRows,
+    base: WarmStart | None = None,
+) -> str:
     described = {
+        "warm_start": None if base is None else base.key,
         "format": CACHE_FORMAT,
         "files": [str(p.resolve()) for p in source.files],
         "fingerprint": fingerprint,
@@ -138,12 +147,14 @@ def prepare(
     settings: Any,
     cache_root: Path | None = None,
     bad_rows: BadRows = "error",
+    base: WarmStart | None = None,
 ) -> Prepared:
     """The spec and shards for ``source`` under ``settings`` (a TrainConfig), from the
-    cache when they are there, else made in two passes and cached."""
+    cache when they are there, else made in two passes and cached; with ``base``, the spec
+    grows from that version's (training/warm_start.py)."""
     root = cache_root or default_cache_root()
     fingerprint = source.fingerprint()
-    directory = root / cache_key(source, fingerprint, settings, bad_rows)
+    directory = root / cache_key(source, fingerprint, settings, bad_rows, base)
     if (directory / "meta.json").exists():
         logger.info("encoded shards from the cache: %s", directory)
         return _load(source, directory)
@@ -152,7 +163,7 @@ def prepare(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        _build(source, fingerprint, settings, bad_rows, staging)
+        _build(source, fingerprint, settings, bad_rows, staging, base)
         try:
             staging.rename(directory)
         except OSError:  # another process finished the same shards first: use theirs
@@ -166,7 +177,12 @@ def prepare(
 
 
 def _build(
-    source: DataSource, fingerprint: str, settings: Any, bad_rows: BadRows, out: Path
+    source: DataSource,
+    fingerprint: str,
+    settings: Any,
+    bad_rows: BadRows,
+    out: Path,
+    base: WarmStart | None = None,
 ) -> None:
     rule = split_rule(settings)
     builder = SpecBuilder(
@@ -188,7 +204,12 @@ def _build(
         raise DataError(f"{source.name}: no training rows (check the split settings)")
     if counts[VAL] == 0:
         raise DataError(f"{source.name}: no validation rows (check the split settings)")
-    spec = builder.finish(settings.min_count, settings.max_vocab)
+    if base is None:
+        spec = builder.finish(settings.min_count, settings.max_vocab)
+    else:
+        spec = merge_spec(
+            base, builder, settings.min_count, settings.max_vocab, settings.count_decay
+        )
     fitted = time.perf_counter()
     sketched = builder.sketched_fields()
     if sketched:

@@ -86,6 +86,18 @@ class TokenCounts:
         for token, count in zip(tokens.to_pylist(), counts.to_pylist(), strict=True):
             update(token, count)
 
+    def counted(self) -> dict[str, int]:
+        """Every value counted and its count (the sketch's estimates past the exact bound)."""
+        if self.sketch is None:
+            self._merge()
+        if self.sketch is not None:
+            items = self.sketch.get_frequent_items(ds.frequent_items_error_type.NO_FALSE_POSITIVES)
+            return {token: int(estimate) for token, estimate, _, _ in items}
+        if self.table is None:
+            return {}
+        tokens = self.table.column("token").to_pylist()
+        return dict(zip(tokens, self.table.column("count").to_pylist(), strict=True))
+
     def vocabulary(self, min_count: int, max_values: int | None) -> tuple[str, ...]:
         """Values seen at least ``min_count`` times, most frequent first (ties by value),
         at most ``max_values`` of them."""

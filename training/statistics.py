@@ -27,6 +27,9 @@ class TrainingStatistics:
     field_counts: dict[str, np.ndarray]  # field -> rows per encoded index
     score_edges: np.ndarray  # SCORE_BINS - 1 inner quantile edges of the validation scores
     score_counts: np.ndarray  # validation rows per bin
+    # field -> count per encoded index over every day a warm-started model has seen, each
+    # day's decayed (training/warm_start.py); None: this run's rows only (field_counts)
+    vocabulary_counts: dict[str, np.ndarray] | None = None
 
     def save(self, directory: Path) -> None:
         np.savez_compressed(
@@ -35,6 +38,7 @@ class TrainingStatistics:
             score_edges=self.score_edges,
             score_counts=self.score_counts,
             **{f"field:{name}": counts for name, counts in self.field_counts.items()},
+            **{f"vocab:{name}": c for name, c in (self.vocabulary_counts or {}).items()},
         )
 
     @classmethod
@@ -53,6 +57,12 @@ class TrainingStatistics:
                 },
                 score_edges=saved["score_edges"],
                 score_counts=saved["score_counts"],
+                vocabulary_counts={
+                    key.removeprefix("vocab:"): saved[key]
+                    for key in saved.files
+                    if key.startswith("vocab:")
+                }
+                or None,
             )
 
 

@@ -16,7 +16,7 @@ Each row carries ``p_true``, so the oracle AUC on any split is known.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -213,8 +213,8 @@ def write(
     """Write ``rows`` rows to ``path`` (.csv/.tsv, optionally .gz, or .parquet) chunk by
     chunk, in memory bounded by :data:`CHUNK_ROWS`; returns the rows written (the
     combinations, when aggregated)."""
-    if (day or shift) and (layout != "default" or aggregated):
-        raise ValueError("--day and --shift draw the default layout's impressions only")
+    if (day or shift) and aggregated:
+        raise ValueError("--day and --shift draw impressions, not --aggregate combinations")
     if aggregated:
         if layout != "default":
             raise ValueError("--aggregate groups the default layout's fields only")
@@ -225,12 +225,12 @@ def write(
         from training.synth_criteo import World
 
         world = World(seed)
-        draw: Callable[[int, int], pa.Table] = world.draw
-    else:
 
-        def draw(count: int, chunk: int) -> pa.Table:
-            frame = generate(count, seed, chunk, day, shift)
-            return pa.Table.from_pandas(frame, preserve_index=False)
+    def draw(count: int, chunk: int) -> pa.Table:
+        if layout == "criteo":
+            return world.draw(count, chunk, day, shift)
+        frame = generate(count, seed, chunk, day, shift)
+        return pa.Table.from_pandas(frame, preserve_index=False)
 
     starts = range(0, rows, CHUNK_ROWS)
     return _write_tables(

@@ -10,11 +10,16 @@ tokens), ``p_true``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from training.data import CRITEO_CATEGORICAL, CRITEO_NUMERIC
+
+# Share of a shifted field's values that are new that day (as training/synth.py's).
+SHIFT_NEW_SHARE = 0.3
 
 # Criteo Kaggle's distinct values per categorical field, capped at 10^6.
 CARDINALITIES = (
@@ -38,6 +43,13 @@ def _tail_decay(cardinality: int) -> np.ndarray:
     return 1.0 / np.sqrt(1.0 + np.arange(cardinality) / TAIL_DECAY_RANK)
 
 
+def _tokens(ranks: np.ndarray, field: int) -> pa.Array:
+    """The 8-hex-digit token of each rank of a field (rank ``card`` and up: new values)."""
+    hashed = np.maximum(ranks, 0).astype(np.uint64) * np.uint64(2654435761) + np.uint64(field)
+    hashed = (hashed ^ (hashed >> np.uint64(13))) & np.uint64(0xFFFFFFFF)
+    return pa.array(np.char.mod("%08x", hashed.astype(np.int64)))
+
+
 class World:
     """The truth of one seed; :meth:`draw` samples rows from it, chunk by chunk."""
 
@@ -51,9 +63,7 @@ class World:
         for field, card in enumerate(CARDINALITIES):
             weights = np.arange(1, card + 1, dtype=np.float64) ** -ZIPF_EXPONENT
             self.cdfs.append(np.cumsum(weights / weights.sum()))
-            hashed = np.arange(card, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(field)
-            hashed = (hashed ^ (hashed >> np.uint64(13))) & np.uint64(0xFFFFFFFF)
-            self.tokens.append(pa.array(np.char.mod("%08x", hashed.astype(np.int64))))
+            self.tokens.append(_tokens(np.arange(card), field))
             self.first_order.append(rng.normal(0.0, 0.35, card) * _tail_decay(card))
         pairs = [(i, j) for i in range(fields) for j in range(i + 1, fields)]
         chosen = rng.choice(len(pairs), size=PLANTED_PAIRS, replace=False)
@@ -72,22 +82,35 @@ class World:
         self.zero_effect = rng.normal(0.0, 0.3, numeric)
         self.count_effect = rng.normal(0.0, 0.25, numeric)
 
-    def draw(self, rows: int, chunk: int) -> pa.Table:
-        """``rows`` rows from this world's random stream number ``chunk``."""
-        rng = np.random.default_rng([self.seed + 1, chunk])
+    def draw(self, rows: int, chunk: int, day: int = 0, shift: Sequence[str] = ()) -> pa.Table:
+        """``rows`` rows from this world's random stream number ``chunk``; ``day`` draws
+        another day, on which the fields named in ``shift`` drift as the default layout's
+        do (training/synth.py): popularity ranks rotated by half the field, and a share of
+        values never drawn before (new that day, with no effect of their own)."""
+        unknown = sorted(set(shift) - set(CRITEO_CATEGORICAL))
+        if unknown:
+            raise ValueError(f"--shift names no categorical field: {unknown}")
+        rng = np.random.default_rng([self.seed + 1, chunk] + ([day] if day else []))
         ranks = []
-        for card, cdf, missing in zip(CARDINALITIES, self.cdfs, MISSING, strict=True):
+        for name, card, cdf, missing in zip(
+            CRITEO_CATEGORICAL, CARDINALITIES, self.cdfs, MISSING, strict=True
+        ):
             field_ranks = np.minimum(np.searchsorted(cdf, rng.uniform(size=rows)), card - 1)
+            if name in shift:
+                field_ranks = (field_ranks + card // 2) % card
+                new = rng.uniform(size=rows) < SHIFT_NEW_SHARE
+                field_ranks[new] = card * (1 + day) + rng.integers(0, card, int(new.sum()))
             field_ranks[rng.uniform(size=rows) < missing] = -1
             ranks.append(field_ranks)
+        known = [(r >= 0) & (r < card) for r, card in zip(ranks, CARDINALITIES, strict=True)]
         logit = np.full(rows, BIAS)
-        for field_ranks, effects in zip(ranks, self.first_order, strict=True):
-            logit += np.where(field_ranks >= 0, effects[field_ranks], 0.0)
+        for field_ranks, seen, effects in zip(ranks, known, self.first_order, strict=True):
+            logit += np.where(seen, effects[np.where(seen, field_ranks, 0)], 0.0)
         terms = []
         for i, j in self.pairs:
-            left = self.towards[(i, j)][ranks[i]]
-            right = self.towards[(j, i)][ranks[j]]
-            present = (ranks[i] >= 0) & (ranks[j] >= 0)
+            left = self.towards[(i, j)][np.where(known[i], ranks[i], 0)]
+            right = self.towards[(j, i)][np.where(known[j], ranks[j], 0)]
+            present = known[i] & known[j]
             terms.append(np.where(present, (left * right).sum(axis=1), 0.0))
             logit += terms[-1]
         logit += 2.0 * (np.maximum(terms[0] + terms[1], 0.0) + np.maximum(-terms[2] - terms[3], 0))
@@ -105,9 +128,15 @@ class World:
         label = (rng.uniform(size=rows) < p_true).astype(np.int8)
         columns = {"label": pa.array(label)}
         columns.update(zip(CRITEO_NUMERIC, counts, strict=True))
-        for name, tokens, field_ranks in zip(CRITEO_CATEGORICAL, self.tokens, ranks, strict=True):
+        for field, (name, tokens, field_ranks) in enumerate(
+            zip(CRITEO_CATEGORICAL, self.tokens, ranks, strict=True)
+        ):
             missing = field_ranks < 0
-            taken = tokens.take(pa.array(np.maximum(field_ranks, 0)))
+            card = CARDINALITIES[field]
+            taken = tokens.take(pa.array(np.clip(field_ranks, 0, card - 1)))
+            fresh = field_ranks >= card
+            if fresh.any():  # a day's new values: tokens of their own, never drawn before
+                taken = pc.if_else(pa.array(fresh), _tokens(field_ranks, field), taken)
             columns[name] = pc.if_else(pa.array(missing), pa.scalar(None, pa.string()), taken)
         columns["p_true"] = pa.array(np.round(p_true, 6))
         return pa.table(columns)

@@ -85,6 +85,14 @@ class TrainConfig(BaseModel):
         description="binary: keep every positive and this share of the training negatives "
         "(a seeded draw); the exported scores are corrected for it",
     )
+    count_decay: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="--warm-start: yesterday's value counts are multiplied by this before "
+        "today's are added, so a value unseen for days gives its row, in a field at "
+        "--max-vocab, to one seen today",
+    )
     calibrate: bool = Field(
         default=True,
         description="binary: fit an isotonic map on the validation split and bake it into "

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -62,3 +64,26 @@ def test_criteo_layout_world(tmp_path) -> None:
     biggest = CARDINALITIES.index(max(CARDINALITIES))
     tokens = {t for b in batches for t in b.categorical[f"C{biggest + 1}"].to_pylist()}
     assert len(tokens) > 5_000  # a long tail of ids, as in the real logs
+
+
+def test_a_criteo_shaped_day_drifts_in_the_fields_it_shifts(tmp_path) -> None:
+    """Another day of the Criteo-shaped world: shifted fields bring values never drawn
+    before (tokens of their own), the others keep their values; p_true still drives labels."""
+    from training.data import open_source
+
+    def tokens(path: Path, field: str) -> set[str]:
+        return {t for b in open_source(path).batches() for t in b.categorical[field].to_pylist()}
+
+    day0, day1 = tmp_path / "day0.tsv", tmp_path / "day1.tsv"
+    synth.write(day0, 20_000, seed=1, layout="criteo")
+    synth.write(day1, 20_000, seed=1, layout="criteo", day=1, shift=("C7",))
+    shifted_before, shifted_after = tokens(day0, "C7") - {None}, tokens(day1, "C7") - {None}
+    kept_before, kept_after = tokens(day0, "C1") - {None}, tokens(day1, "C1") - {None}
+    assert len(shifted_after - shifted_before) > 0.5 * len(shifted_after)
+    assert len(kept_after & kept_before) > 0.8 * len(kept_after)
+    batches = list(open_source(day1).batches())
+    labels = np.concatenate([b.labels for b in batches])
+    oracle = np.concatenate([b.oracle for b in batches])
+    assert labels.mean() == pytest.approx(oracle.mean(), abs=0.02)
+    with pytest.raises(ValueError, match="--shift names no categorical field"):
+        synth.write(tmp_path / "bad.tsv", 10, seed=1, layout="criteo", day=1, shift=("c0",))

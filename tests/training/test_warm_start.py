@@ -1,0 +1,158 @@
+"""Warm start: yesterday's model continues on today's data, its vocabulary grown and capped."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from app.features.spec import NUM_RESERVED, CategoricalField, FeatureSpec  # noqa: E402
+from app.scoring.manifest import ModelManifest  # noqa: E402
+from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E402
+from training.data import Batch  # noqa: E402
+from training.fit_spec import SpecBuilder  # noqa: E402
+from training.layers import embedding_tables, field_offsets  # noqa: E402
+from training.models import build_model  # noqa: E402
+from training.statistics import TrainingStatistics  # noqa: E402
+from training.warm_start import load_warm_start, merge_spec, transplant  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _reshuffled(spec: FeatureSpec) -> FeatureSpec:
+    """The first field's vocabulary reversed, its last value gone and a value added."""
+    first = spec.fields[0]
+    assert isinstance(first, CategoricalField)
+    values = (*reversed(first.vocabulary[:-1]), "never-seen-before")
+    changed = first.model_copy(update={"vocabulary": values})
+    return spec.model_copy(update={"fields": (changed, *spec.fields[1:])})
+
+
+def test_every_kept_value_keeps_its_rows_and_a_new_one_starts_at_the_average(
+    model_dir: Path,
+) -> None:
+    base = load_warm_start(model_dir)
+    spec = _reshuffled(base.spec)
+    model = build_model(spec.field_dims, base.model_config)
+    moved = transplant(base, model, spec)
+    old_field, new_field = base.spec.fields[0], spec.fields[0]
+    assert isinstance(old_field, CategoricalField)
+    assert isinstance(new_field, CategoricalField)
+    assert moved["new_values"] == 1
+    old_start = int(field_offsets(base.spec.field_dims)[0])
+    new_start = int(field_offsets(spec.field_dims)[0])
+    for old_table, new_table in zip(
+        embedding_tables(base.model), embedding_tables(model), strict=True
+    ):
+        for i, value in enumerate(new_field.vocabulary[:-1]):
+            j = old_field.vocabulary.index(value)
+            assert torch.equal(
+                new_table[new_start + NUM_RESERVED + i], old_table[old_start + NUM_RESERVED + j]
+            )
+        new_row = new_table[new_start + NUM_RESERVED + len(new_field.vocabulary) - 1]
+        assert torch.equal(new_row, old_table[old_start + 1])  # the field's unseen row
+        for k in range(1, len(spec.fields)):  # the other fields, row for row
+            a, b = (
+                int(field_offsets(base.spec.field_dims)[k]),
+                int(field_offsets(spec.field_dims)[k]),
+            )
+            size = spec.field_dims[k]
+            assert torch.equal(new_table[b : b + size], old_table[a : a + size])
+
+
+def test_the_same_spec_continues_the_same_model(model_dir: Path) -> None:
+    base = load_warm_start(model_dir)
+    model = build_model(base.spec.field_dims, base.model_config)
+    transplant(base, model, base.spec)
+    rows = torch.from_numpy(
+        np.stack([np.arange(len(base.spec.fields)) % 3 + NUM_RESERVED] * 4).astype(np.int64)
+    )
+    with torch.no_grad():
+        assert torch.equal(model.eval()(rows), base.model.eval()(rows))
+
+
+def test_a_field_at_capacity_evicts_the_faded_values_for_todays(model_dir: Path) -> None:
+    base = load_warm_start(model_dir)
+    first = base.spec.fields[0]
+    assert isinstance(first, CategoricalField)
+    categorical = [f.name for f in base.spec.fields if isinstance(f, CategoricalField)]
+    numeric = [f.name for f in base.spec.fields if not isinstance(f, CategoricalField)]
+    builder = SpecBuilder(categorical, numeric)
+    rows = 10_000
+    batch = Batch(
+        categorical={name: pa.array(["fresh"] * rows) for name in categorical},
+        numeric={name: np.zeros(rows) for name in numeric},
+        labels=np.zeros(rows, dtype=np.float32),
+        weights=None,
+        positions=np.arange(rows),
+        oracle=None,
+        time=None,
+    )
+    builder.update(batch)
+    capacity = 5
+    spec = merge_spec(base, builder, min_count=1, capacity=capacity, decay=0.5)
+    merged = spec.fields[0]
+    assert isinstance(merged, CategoricalField)
+    assert len(merged.vocabulary) == capacity
+    assert merged.vocabulary[0] == "fresh"  # seen 10,000 times today: first
+    counts = base.counts[first.name][NUM_RESERVED:]
+    by_count = sorted(zip(first.vocabulary, counts, strict=True), key=lambda vc: (-vc[1], vc[0]))
+    assert list(merged.vocabulary[1:]) == [v for v, _ in by_count[: capacity - 1]]
+
+
+def test_warm_start_grows_the_vocabulary_and_exports_a_new_version(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Day 1 continues day 0's model: values new on day 1 get rows; one more version."""
+    repository = tmp_path / "repo"
+    ModelRepository(repository).root.mkdir()
+    day1 = tmp_path / "day1.csv"
+    assert _cli("synth", "--rows", "20000", "--seed", "3", "--day", "1", "--shift", "c0",
+                "--out", str(day1)).returncode == 0  # fmt: skip
+    base = resolve_model_dir(model_dir)
+    manifest = ModelManifest.load(base)
+    result = _cli(
+        "train", "--data", str(day1), "--model", manifest.model_type, "--warm-start",
+        str(model_dir), "--epochs", "1", "--out", str(repository), "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["warm_start"]["from"] == manifest.version
+    assert summary["warm_start"]["kept_values"] > 0
+    assert summary["warm_start"]["new_values"] > 0
+    grown = ModelManifest.load(resolve_model_dir(repository))
+    assert grown.hyperparameters == manifest.hyperparameters
+    old_c0, new_c0 = manifest.features.fields[0], grown.features.fields[0]
+    assert isinstance(old_c0, CategoricalField)
+    assert isinstance(new_c0, CategoricalField)
+    assert set(new_c0.vocabulary) - set(old_c0.vocabulary)  # day 1's new values have rows
+    statistics = TrainingStatistics.load(resolve_model_dir(repository))
+    assert statistics is not None
+    assert statistics.vocabulary_counts is not None  # carried to the next day
+    assert all(statistics.vocabulary_counts[n].sum() > statistics.field_counts[n].sum()
+               for n in statistics.field_counts)  # fmt: skip
+
+
+def test_warm_start_refuses_another_model(model_dir: Path, synth_csv: Path, tmp_path) -> None:
+    result = _cli(
+        "train", "--data", str(synth_csv), "--model", "fm", "--warm-start", str(model_dir),
+        "--out", str(tmp_path / "repo"), "--no-progress",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "--warm-start continues" in result.stderr
+    assert "give --model nffm" in result.stderr

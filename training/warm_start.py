@@ -1,0 +1,172 @@
+"""Continue yesterday's model on today's data: the vocabulary grows, learned rows carry over.
+
+```
+yesterday's version: checkpoint.pt (rows), spec.json (values), statistics.npz (counts)
+today's pass 1: counts of today's values ─► merge ─► today's spec (old values first claim
+  a row; new values with --min-count today; at most --max-vocab a field, the lowest
+  decayed counts evicted)
+new model ◄─ every table row of a value kept, by value (missing, unseen and numeric bins
+  by index); a new value starts at its field's average row; dense layers copied
+```
+
+A value's count is ``decay x yesterday's count + today's``, so one not seen for days fades
+and, in a field at its capacity, gives its row to a value seen today: memory stays bounded
+across months of days while the head of every field keeps what it learned. Numeric fields
+keep yesterday's bins (new edges would move every bin's meaning under its learned row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.features.spec import NUM_RESERVED, CategoricalField, FeatureSpec
+from app.scoring.manifest import read_version
+from app.scoring.repository import resolve_model_dir
+from training.data import DataError
+from training.export import TrainedModel, load_checkpoint
+from training.fit_spec import SpecBuilder
+from training.layers import embedding_tables, field_offsets
+from training.models import ModelConfig
+from training.statistics import TrainingStatistics
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The version a run continues: its model, spec and decayed value counts."""
+
+    version: str
+    model: nn.Module
+    trained: TrainedModel
+    counts: dict[str, np.ndarray]  # field -> decayed training count per encoded index
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.trained.features
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.model_validate(
+            {"name": self.trained.model_type, **self.trained.hyperparameters}
+        )
+
+    @property
+    def key(self) -> str:
+        """What the encoded shards depend on: the version (its spec and counts)."""
+        return hashlib.blake2b(self.version.encode(), digest_size=8).hexdigest()
+
+
+def load_warm_start(path: Path) -> WarmStart:
+    """The model in ``path`` (a repository's current version, or a version directory).
+
+    Raises:
+        DataError: it has no training statistics to take counts from.
+    """
+    version_dir = resolve_model_dir(path)
+    model, trained = load_checkpoint(version_dir)
+    statistics = TrainingStatistics.load(version_dir)
+    if statistics is None:
+        raise DataError(f"{version_dir}: no statistics.npz (value counts); train it again")
+    counts = statistics.vocabulary_counts or statistics.field_counts
+    return WarmStart(read_version(version_dir), model, trained, counts)
+
+
+def check_fields(base: FeatureSpec, builder: SpecBuilder) -> None:
+    """Today's columns must be yesterday's fields, in kind and order."""
+    today = [*builder.tokens, *builder.numbers]
+    kinds = dict.fromkeys(builder.tokens, "categorical") | dict.fromkeys(builder.numbers, "numeric")
+    before = [(f.name, f.kind) for f in base.fields]
+    if [(name, kinds[name]) for name in today] != before:
+        raise DataError(
+            f"--warm-start continues a model of fields {before}; today's data has "
+            f"{[(name, kinds[name]) for name in today]}: the fields must be the same"
+        )
+
+
+def merge_spec(
+    base: WarmStart, builder: SpecBuilder, min_count: int, capacity: int | None, decay: float
+) -> FeatureSpec:
+    """Today's spec: yesterday's values and today's, by decayed count, at most ``capacity``
+    a field (see the module's docstring)."""
+    check_fields(base.spec, builder)
+    fields = []
+    for field in base.spec.fields:
+        if not isinstance(field, CategoricalField):
+            fields.append(field)  # numeric: yesterday's bins
+            continue
+        old = base.counts[field.name][NUM_RESERVED:]
+        score = {value: decay * float(c) for value, c in zip(field.vocabulary, old, strict=True)}
+        for value, count in builder.tokens[field.name].counted().items():
+            if value in score:
+                score[value] += count
+            elif count >= min_count:
+                score[value] = float(count)
+        order = sorted(score, key=lambda value: (-score[value], value))
+        fields.append(
+            CategoricalField(
+                name=field.name, min_count=min_count, vocabulary=tuple(order[:capacity])
+            )
+        )
+    return FeatureSpec(fields=tuple(fields))
+
+
+def decayed_counts(
+    base: WarmStart, spec: FeatureSpec, today: dict[str, np.ndarray], decay: float
+) -> dict[str, np.ndarray]:
+    """Per encoded index of ``spec``: ``decay x`` the base's count of the same value (or
+    reserved row, or bin) ``+`` today's training rows."""
+    merged = {}
+    for field, old_field in zip(spec.fields, base.spec.fields, strict=True):
+        counts = today[field.name].astype(np.float64)
+        rows = _row_map(old_field, field)
+        kept = rows >= 0
+        counts[kept] += decay * base.counts[field.name][rows[kept]]
+        merged[field.name] = counts
+    return merged
+
+
+def transplant(base: WarmStart, model: nn.Module, spec: FeatureSpec) -> dict[str, int]:
+    """Copy the base model into ``model`` (built for ``spec``): every kept value's row of
+    every table, the reserved rows and the bins; new values at their field's unseen row (the
+    field average); every dense parameter. Returns the values kept and new."""
+    if type(model) is not type(base.model):
+        raise DataError(f"--warm-start continues a {type(base.model).__name__}")
+    old_tables, new_tables = embedding_tables(base.model), embedding_tables(model)
+    old_starts = field_offsets(base.spec.field_dims).tolist()
+    new_starts = field_offsets(spec.field_dims).tolist()
+    table_ids = {id(t) for t in new_tables}
+    kept = new = 0
+    with torch.no_grad():
+        for old, fresh in zip(old_tables, new_tables, strict=True):
+            if old.shape[1] != fresh.shape[1]:
+                raise DataError("--warm-start needs the same model hyper-parameters")
+            for j, (old_field, field) in enumerate(zip(base.spec.fields, spec.fields, strict=True)):
+                rows = torch.from_numpy(_row_map(old_field, field))
+                found = rows >= 0
+                target = new_starts[j] + torch.arange(len(rows))
+                fresh[target[found]] = old[old_starts[j] + rows[found]]
+                fresh[target[~found]] = old[old_starts[j] + 1]  # the unseen row: the average
+                if fresh is new_tables[0]:
+                    kept += int(found.sum()) - NUM_RESERVED
+                    new += int((~found).sum())
+        old_ids = {id(t) for t in old_tables}
+        old_dense = {n: p for n, p in base.model.named_parameters() if id(p) not in old_ids}
+        for name, parameter in model.named_parameters():
+            if id(parameter) not in table_ids:
+                parameter.copy_(old_dense[name])
+    return {"kept_values": kept, "new_values": new}
+
+
+def _row_map(old: CategoricalField | object, new: CategoricalField | object) -> np.ndarray:
+    """For each encoded index of ``new``, the same value's index in ``old`` (-1: new)."""
+    if not isinstance(new, CategoricalField) or not isinstance(old, CategoricalField):
+        size = new.size  # type: ignore[attr-defined]
+        return np.arange(size)  # numeric: the same bins
+    where = {value: NUM_RESERVED + i for i, value in enumerate(old.vocabulary)}
+    mapped = [where.get(value, -1) for value in new.vocabulary]
+    return np.array([*range(NUM_RESERVED), *mapped], dtype=np.int64)
