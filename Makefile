@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model models serve test bench bench-open peers bench-train bench-dist bench-loop bench-models bench-large reliability quality loadtest loop clean
+.PHONY: setup run model models serve test bench bench-open peers bench-train bench-dist bench-loop bench-models bench-large bench-daily reliability quality loadtest loop clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -137,6 +137,12 @@ bench-models: models $(TEST_DEPS)
 # peak, deleted afterwards -> docs/LARGE_MODELS.md
 bench-large: $(TEST_DEPS)
 	$(PY) -m benchmarks.large_models
+
+# Daily retraining: warm start vs from scratch on two Criteo-shaped days, thirty warm days
+# under a vocabulary cap, negative down-sampling on 10M rows (~2 GB of disk at the peak,
+# deleted afterwards) -> docs/DAILY.md
+bench-daily: $(TEST_DEPS)
+	$(PY) -m benchmarks.daily
 
 bench-loop: model $(PRODUCTION)/nffm/CURRENT $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)

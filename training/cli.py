@@ -232,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=(),
         help="categorical fields that drift that day: new values, changed frequencies",
     )
+    synth.add_argument(
+        "--bias",
+        type=float,
+        default=None,
+        help="--layout criteo: the intercept of the true logit (default -1.75: ~25%% clicks, "
+        "as Criteo's own logs; -5: ~4%%, as most ad logs)",
+    )
 
     prepare = commands.add_parser(
         "prepare", help="fit the spec and write the encoded shards into the cache, once"

@@ -77,7 +77,14 @@ def run_synth(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         rows = synth.write(
-            args.out, args.rows, args.seed, args.layout, args.aggregate, args.day, args.shift
+            args.out,
+            args.rows,
+            args.seed,
+            args.layout,
+            args.aggregate,
+            args.day,
+            args.shift,
+            args.bias,
         )
     except ValueError as exc:
         raise DataError(str(exc)) from None

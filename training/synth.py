@@ -209,10 +209,13 @@ def write(
     aggregated: bool = False,
     day: int = 0,
     shift: Sequence[str] = (),
+    bias: float | None = None,
 ) -> int:
     """Write ``rows`` rows to ``path`` (.csv/.tsv, optionally .gz, or .parquet) chunk by
     chunk, in memory bounded by :data:`CHUNK_ROWS`; returns the rows written (the
     combinations, when aggregated)."""
+    if bias is not None and layout != "criteo":
+        raise ValueError("--bias sets the Criteo-shaped world's intercept (--layout criteo)")
     if (day or shift) and aggregated:
         raise ValueError("--day and --shift draw impressions, not --aggregate combinations")
     if aggregated:
@@ -224,7 +227,7 @@ def write(
     if layout == "criteo":
         from training.synth_criteo import World
 
-        world = World(seed)
+        world = World(seed) if bias is None else World(seed, bias)
 
     def draw(count: int, chunk: int) -> pa.Table:
         if layout == "criteo":
