@@ -42,7 +42,8 @@ EMBED_DIM = 4
 PEER_TIMEOUT_S = 1500
 END_TO_END_COLUMNS = [
     "rows", "file MB", "peak RSS MB", "pass 1 / pass 2 s", "epoch s", "wall s",
-    "rows/s end to end", "loop samples/s", "test AUC", "oracle AUC", "planned MiB", "note",
+    "rows/s end to end", "loop samples/s", "test AUC", "oracle AUC", "test NE",
+    "mean predicted / observed", "ECE", "planned MiB", "note",
 ]  # fmt: skip
 GOALS = {"rss_gb": 3.0, "nffm_k4_samples_s": 20_000, "end_to_end_rows_s": 10_000}
 
@@ -228,6 +229,9 @@ def report(results: dict[str, Any], started: str) -> str:
                 f"{out.get('samples_per_s', 0):,}",
                 f"{out.get('test', {}).get('auc', float('nan')):.4f}",
                 f"{out.get('oracle_test', {}).get('auc', float('nan')):.4f}",
+                f"{out.get('test', {}).get('ne', float('nan')):.4f}",
+                f"{out.get('test', {}).get('calibration', float('nan')):.3f}",
+                f"{out.get('test', {}).get('ece', float('nan')):.4f}",
                 f"{out.get('memory', {}).get('planned_mib', 0):,}",
                 run_["note"],
             ]

@@ -17,7 +17,7 @@ from app.scoring.manifest import ModelManifest
 from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from training import drift, synth
-from training.batch_predict import predict_file
+from training.batch_predict import predict_file, score_indices
 from training.calibration import MIN_CLASS_ROWS, MIN_ROWS, Calibration, fit_isotonic
 from training.config import MODEL_FLAGS, config_from_args, flags_of
 from training.data import BadRowLog, ColumnRoles, DataError, DataSource, open_source
@@ -437,7 +437,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for batch in source.batches(log):
         indices = encode_batch(scorer.encoder, batch)
         chosen = slice(None) if rule is None else rule.assign(batch) == wanted
-        predictions.append(scorer.score_indices(indices[chosen]))
+        predictions.append(score_indices(scorer, indices[chosen]))  # bounded calls
         labels.append(batch.labels[chosen])
         if batch.weights is not None:
             weights.append(batch.weights[chosen])
