@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
@@ -57,6 +57,9 @@ class Entry:
     auc_low: float
     auc_high: float
     logloss: float
+    ne: float  # normalized entropy: log loss over the entropy of the observed rate
+    calibration: float  # mean predicted / observed
+    ece: float  # expected calibration error
     train_s: float
     samples_per_s: float
     parameters: int
@@ -91,14 +94,17 @@ def _entry(
     **extra: object,
 ) -> Entry:
     low, high = bootstrap_auc(labels, scores)
-    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+    metrics = binary_metrics(labels, scores)
     return Entry(
         name=name,
         family=family,
-        auc=float(roc_auc_score(labels, scores)),
+        auc=metrics["auc"],
         auc_low=low,
         auc_high=high,
-        logloss=float(log_loss(labels, clipped, labels=[0, 1])),
+        logloss=metrics["logloss"],
+        ne=metrics["ne"],
+        calibration=metrics["calibration"],
+        ece=metrics["ece"],
         train_s=train_s,
         samples_per_s=samples / max(train_s, 1e-9),
         parameters=parameters,
@@ -491,6 +497,9 @@ def markdown(entries: list[Entry], oracle: float | None = None) -> str:
         "family",
         "test AUC [95% CI]",
         "log loss",
+        "NE",
+        "mean predicted / observed",
+        "ECE",
         "train s",
         "samples/s",
         "parameters",
@@ -508,6 +517,9 @@ def markdown(entries: list[Entry], oracle: float | None = None) -> str:
                 e.family,
                 f"{e.auc:.4f} [{e.auc_low:.4f}, {e.auc_high:.4f}]",
                 f"{e.logloss:.4f}",
+                f"{e.ne:.4f}",
+                f"{e.calibration:.3f}",
+                f"{e.ece:.4f}",
                 f"{e.train_s:.1f}",
                 f"{e.samples_per_s:,.0f}",
                 f"{e.parameters:,}",
