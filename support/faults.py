@@ -11,6 +11,7 @@ from app.features.spec import FeatureSpec
 from app.scoring.manifest import (
     MANIFEST_FILE,
     ONNX_DATA_FILE,
+    OnnxGraph,
     content_version,
     describe_files,
 )
@@ -25,12 +26,9 @@ def _rewrite_manifest(target: Path, change: Callable[[dict[str, object]], None])
     names = [item.name for item in target.iterdir() if item.is_file() and item != path]
     files = describe_files(target, names)
     manifest["files"] = {name: entry.model_dump() for name, entry in files.items()}
-    onnx = manifest["onnx"]
-    assert isinstance(onnx, dict)
-    content = [files[onnx["file"]].sha256]
-    if onnx.get("external_data"):
-        content.append(files[onnx["external_data"]].sha256)
-    manifest["version"] = content_version(content, FeatureSpec.model_validate(manifest["features"]))
+    graph = OnnxGraph.model_validate(manifest["onnx"])
+    features = FeatureSpec.model_validate(manifest["features"])
+    manifest["version"] = content_version(graph, files, features)
     path.write_text(json.dumps(manifest))
 
 

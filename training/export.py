@@ -238,9 +238,7 @@ def write_artifact(
             task=task,
             features=spec,
             onnx=graph_info,
-            version=content_version(
-                [files[name].sha256 for name in graph_info.content_files], spec
-            ),
+            version=content_version(graph_info, files, spec),
             files=files,
             metrics=metrics,
             training={**training, **parity},

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -92,12 +92,7 @@ class ModelManifest(BaseModel):
 
     def check_content(self) -> None:
         """Raise :class:`SpecError` unless the version is the hash of the listed content."""
-        missing = [name for name in self.onnx.content_files if name not in self.files]
-        if missing:
-            raise SpecError(f"spec.json does not list the model's file(s) {missing}")
-        expected = content_version(
-            [self.files[name].sha256 for name in self.onnx.content_files], self.features
-        )
+        expected = content_version(self.onnx, self.files, self.features)
         if expected != self.version:
             raise SpecError(
                 f"version {self.version} in spec.json is not the hash of its content "
@@ -162,11 +157,21 @@ def verify_files(folder: Path, files: dict[str, VersionFile], skip: Iterable[str
             )
 
 
-def content_version(content_sha256: Iterable[str], features: FeatureSpec) -> str:
+def content_version(
+    onnx: OnnxGraph, files: Mapping[str, VersionFile], features: FeatureSpec
+) -> str:
     """A version that changes whenever the graph, its weights or the encoding change, and
-    only then: the hash of the content files' hashes and of the feature spec."""
+    only then: the hash of the content files' hashes (as ``files`` lists them) and of the
+    feature spec.
+
+    Raises:
+        SpecError: ``files`` does not list a content file.
+    """
+    missing = [name for name in onnx.content_files if name not in files]
+    if missing:
+        raise SpecError(f"spec.json does not list the model's file(s) {missing}")
     digest = hashlib.sha256()
-    for sha in content_sha256:
-        digest.update(sha.encode())
+    for name in onnx.content_files:
+        digest.update(files[name].sha256.encode())
     digest.update(features.model_dump_json().encode())
     return digest.hexdigest()[:16]
