@@ -51,9 +51,7 @@ class WarmStart:
 
     @property
     def model_config(self) -> ModelConfig:
-        return ModelConfig.model_validate(
-            {"name": self.trained.model_type, **self.trained.hyperparameters}
-        )
+        return self.trained.layers
 
     @property
     def key(self) -> str:
