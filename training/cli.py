@@ -12,10 +12,12 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 from pydantic import ValidationError
 
 from app.features.errors import SpecError
+from app.scoring.manifest import TableDtype
 from training import commands
 from training.data import DataError
 from training.distributed import DEFAULT_TIMEOUT_S
@@ -169,7 +171,7 @@ def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--table-dtype",
-        choices=["float32", "float16", "int8"],
+        choices=get_args(TableDtype),
         default=None,
         help="store the exported embedding tables as this type (float16: half the bytes, "
         "int8: a quarter), dequantized inside the graph (default: float32)",
@@ -355,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model-dir", type=Path, required=True)
     export.add_argument(
         "--table-dtype",
-        choices=["float32", "float16", "int8"],
+        choices=get_args(TableDtype),
         default=None,
         help="store the embedding tables as this type (default: as the version does)",
     )

@@ -107,7 +107,7 @@ def cache_key(
     base: WarmStart | None = None,
 ) -> str:
     described = {
-        "warm_start": None if base is None else base.key,
+        "warm_start": None if base is None else base.version,
         "format": CACHE_FORMAT,
         "files": [str(p.resolve()) for p in source.files],
         "fingerprint": fingerprint,

@@ -26,7 +26,7 @@ from app.scoring.manifest import ONNX_DATA_FILE, TableDtype
 EXTERNAL_TENSOR_BYTES = 1024
 _ALIGNMENT = 1 << 16
 # int8 pays a float scale per row: narrower rows (first-order weights) stay float16.
-_INT8_MIN_WIDTH = 8
+INT8_MIN_WIDTH = 8
 
 
 def strip_build_metadata(model: ir.Model) -> None:
@@ -60,7 +60,7 @@ def compact_tables(model: ir.Model, dtype: TableDtype) -> list[str]:
         if not gathers:
             continue
         weights = table.const_value.numpy()  # type: ignore[union-attr]
-        if dtype == "int8" and weights.shape[1] >= _INT8_MIN_WIDTH:
+        if dtype == "int8" and weights.shape[1] >= INT8_MIN_WIDTH:
             _to_int8(graph, table, weights, gathers)
         else:
             _to_float16(graph, table, weights, gathers)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from training.data import DataError
+from training.graph_file import INT8_MIN_WIDTH
 from training.layers import embedding_tables
 from training.models import build_model
 from training.shards import BLOCK_ROWS, BUFFER_BLOCKS
@@ -30,7 +31,6 @@ RUNTIME_BYTES = 450 * _MIB
 SERVING_WORKER_BYTES = 80 * _MIB
 SERVING_BYTES_PER_VALUE = 480
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
-_INT8_MIN_WIDTH = 8  # as training/graph_file.py: narrower tables stay float16
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def plan(
 
 def _stored_bytes(rows: int, width: int, table_dtype: str) -> int:
     """A table's bytes in the exported graph (int8 keeps a float scale a row)."""
-    if table_dtype == "int8" and width < _INT8_MIN_WIDTH:
+    if table_dtype == "int8" and width < INT8_MIN_WIDTH:  # stays float16
         table_dtype = "float16"
     scales = rows * _FLOAT if table_dtype == "int8" else 0
     return rows * width * _DTYPE_BYTES[table_dtype] + scales

@@ -17,7 +17,6 @@ keep yesterday's bins (new edges would move every bin's meaning under its learne
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,11 +52,6 @@ class WarmStart:
     def model_config(self) -> ModelConfig:
         return self.trained.layers
 
-    @property
-    def key(self) -> str:
-        """What the encoded shards depend on: the version (its spec and counts)."""
-        return hashlib.blake2b(self.version.encode(), digest_size=8).hexdigest()
-
 
 def load_warm_start(path: Path) -> WarmStart:
     """The model in ``path`` (a repository's current version, or a version directory).
@@ -76,13 +70,13 @@ def load_warm_start(path: Path) -> WarmStart:
 
 def check_fields(base: FeatureSpec, builder: SpecBuilder) -> None:
     """Today's columns must be yesterday's fields, in kind and order."""
-    today = [*builder.tokens, *builder.numbers]
-    kinds = dict.fromkeys(builder.tokens, "categorical") | dict.fromkeys(builder.numbers, "numeric")
+    today = [(name, "categorical") for name in builder.tokens]
+    today += [(name, "numeric") for name in builder.numbers]
     before = [(f.name, f.kind) for f in base.fields]
-    if [(name, kinds[name]) for name in today] != before:
+    if today != before:
         raise DataError(
-            f"--warm-start continues a model of fields {before}; today's data has "
-            f"{[(name, kinds[name]) for name in today]}: the fields must be the same"
+            f"--warm-start continues a model of fields {before}; today's data has {today}: "
+            "the fields must be the same"
         )
 
 
@@ -137,26 +131,27 @@ def transplant(base: WarmStart, model: nn.Module, spec: FeatureSpec) -> dict[str
     old_tables, new_tables = embedding_tables(base.model), embedding_tables(model)
     old_starts = field_offsets(base.spec.field_dims).tolist()
     new_starts = field_offsets(spec.field_dims).tolist()
+    # Per field: the base's table row of each new index's value (-1: a new value), once.
+    sources = []
+    for j, (old_field, field) in enumerate(zip(base.spec.fields, spec.fields, strict=True)):
+        rows = torch.from_numpy(_row_map(old_field, field))
+        found = rows >= 0
+        sources.append((new_starts[j] + torch.arange(len(rows)), found, old_starts[j] + rows))
     table_ids = {id(t) for t in new_tables}
-    kept = new = 0
     with torch.no_grad():
         for old, fresh in zip(old_tables, new_tables, strict=True):
             if old.shape[1] != fresh.shape[1]:
                 raise DataError("--warm-start needs the same model hyper-parameters")
-            for j, (old_field, field) in enumerate(zip(base.spec.fields, spec.fields, strict=True)):
-                rows = torch.from_numpy(_row_map(old_field, field))
-                found = rows >= 0
-                target = new_starts[j] + torch.arange(len(rows))
-                fresh[target[found]] = old[old_starts[j] + rows[found]]
-                fresh[target[~found]] = old[old_starts[j] + 1]  # the unseen row: the average
-                if fresh is new_tables[0]:
-                    kept += int(found.sum()) - NUM_RESERVED
-                    new += int((~found).sum())
+            for (target, found, source), start in zip(sources, old_starts, strict=True):
+                fresh[target[found]] = old[source[found]]
+                fresh[target[~found]] = old[start + 1]  # the unseen row: the field average
         old_ids = {id(t) for t in old_tables}
         old_dense = {n: p for n, p in base.model.named_parameters() if id(p) not in old_ids}
         for name, parameter in model.named_parameters():
             if id(parameter) not in table_ids:
                 parameter.copy_(old_dense[name])
+    new = sum(int((~found).sum()) for _, found, _ in sources)
+    kept = sum(int(found.sum()) - NUM_RESERVED for _, found, _ in sources)
     return {"kept_values": kept, "new_values": new}
 
 

@@ -1,8 +1,6 @@
 """Warm start: yesterday's model continues on today's data, its vocabulary grown and capped."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,24 +12,13 @@ torch = pytest.importorskip("torch")
 from app.features.spec import NUM_RESERVED, CategoricalField, FeatureSpec  # noqa: E402
 from app.scoring.manifest import ModelManifest  # noqa: E402
 from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E402
+from support.training_files import training_cli  # noqa: E402
 from training.data import Batch  # noqa: E402
 from training.fit_spec import SpecBuilder  # noqa: E402
 from training.layers import embedding_tables, field_offsets  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.statistics import TrainingStatistics  # noqa: E402
 from training.warm_start import load_warm_start, merge_spec, transplant  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "training", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def _reshuffled(spec: FeatureSpec) -> FeatureSpec:
@@ -122,11 +109,11 @@ def test_warm_start_grows_the_vocabulary_and_exports_a_new_version(
     repository = tmp_path / "repo"
     ModelRepository(repository).root.mkdir()
     day1 = tmp_path / "day1.csv"
-    assert _cli("synth", "--rows", "20000", "--seed", "3", "--day", "1", "--shift", "c0",
+    assert training_cli("synth", "--rows", "20000", "--seed", "3", "--day", "1", "--shift", "c0",
                 "--out", str(day1)).returncode == 0  # fmt: skip
     base = resolve_model_dir(model_dir)
     manifest = ModelManifest.load(base)
-    result = _cli(
+    result = training_cli(
         "train", "--data", str(day1), "--model", manifest.model_type, "--warm-start",
         str(model_dir), "--epochs", "1", "--out", str(repository), "--no-progress",
     )  # fmt: skip
@@ -149,7 +136,7 @@ def test_warm_start_grows_the_vocabulary_and_exports_a_new_version(
 
 
 def test_warm_start_refuses_another_model(model_dir: Path, synth_csv: Path, tmp_path) -> None:
-    result = _cli(
+    result = training_cli(
         "train", "--data", str(synth_csv), "--model", "fm", "--warm-start", str(model_dir),
         "--out", str(tmp_path / "repo"), "--no-progress",
     )  # fmt: skip
