@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import itertools
 import json
 import logging
 import statistics
@@ -29,22 +28,22 @@ from sklearn.metrics import roc_auc_score
 
 from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
+from benchmarks.gbdt import BOOSTERS, MAX_ROUNDS, tune_booster
 from benchmarks.timing import median_seconds
+from training.batch_predict import score_indices
+from training.commands import train_one
 from training.config import build_config
 from training.data import BadRowLog, BadRows, DataSource
 from training.dataset import Prepared, prepare
 from training.evaluation import binary_metrics, oracle_metrics
-from training.export import write_artifact
 from training.models import MODELS
 from training.optim import SparseOptimizer
-from training.train import TrainConfig, count_parameters, fit, new_model, predict
-from training.tuning import GRID, SMALL_DATA_ROWS, Trial, settings_of, tune
+from training.train import TrainConfig, new_model
+from training.tuning import KNOBS, Budget, Trial, tune
 
 logger = logging.getLogger(__name__)
 
 BOOTSTRAP_ROUNDS = 1000
-LIGHTGBM_LEAVES = (15, 63, 255)
-LIGHTGBM_MAX_ROUNDS = 20_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,7 @@ class Entry:
     auc: float
     auc_low: float
     auc_high: float
+    auc_se: float  # bootstrap standard error
     logloss: float
     ne: float  # normalized entropy: log loss over the entropy of the observed rate
     calibration: float  # mean predicted / observed
@@ -69,18 +69,35 @@ class Entry:
     split_aucs: tuple[float, ...] = ()  # test AUC on seeded splits 0, 1, ... (``repeats``)
 
 
-def bootstrap_auc(
-    labels: np.ndarray, scores: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0
-) -> tuple[float, float]:
-    """95% percentile interval of the AUC over resampled test rows."""
+def _resamples(labels: np.ndarray, rounds: int, seed: int) -> Iterator[np.ndarray]:
+    """Seeded bootstrap resamples of the test rows (those holding both classes)."""
     rng = np.random.default_rng(seed)
-    values = []
     for _ in range(rounds):
         sample = rng.integers(0, len(labels), len(labels))
         if labels[sample].min() != labels[sample].max():
-            values.append(roc_auc_score(labels[sample], scores[sample]))
+            yield sample
+
+
+def bootstrap_auc(
+    labels: np.ndarray, scores: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0
+) -> tuple[float, float, float]:
+    """95% percentile interval and standard error of the AUC over resampled test rows."""
+    values = [roc_auc_score(labels[s], scores[s]) for s in _resamples(labels, rounds, seed)]
     low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+    return float(low), float(high), float(np.std(values, ddof=1))
+
+
+def auc_difference(
+    labels: np.ndarray, first: np.ndarray, second: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS
+) -> tuple[float, float]:
+    """AUC(first) - AUC(second) on the same test rows, and its paired bootstrap standard
+    error (both scored on each resample, so the rows' shared luck cancels)."""
+    gaps = [
+        roc_auc_score(labels[s], first[s]) - roc_auc_score(labels[s], second[s])
+        for s in _resamples(labels, rounds, 0)
+    ]
+    gap = roc_auc_score(labels, first) - roc_auc_score(labels, second)
+    return float(gap), float(np.std(gaps, ddof=1))
 
 
 def _entry(
@@ -93,7 +110,7 @@ def _entry(
     parameters: int,
     **extra: object,
 ) -> Entry:
-    low, high = bootstrap_auc(labels, scores)
+    low, high, se = bootstrap_auc(labels, scores)
     metrics = binary_metrics(labels, scores)
     return Entry(
         name=name,
@@ -101,6 +118,7 @@ def _entry(
         auc=metrics["auc"],
         auc_low=low,
         auc_high=high,
+        auc_se=se,
         logloss=metrics["logloss"],
         ne=metrics["ne"],
         calibration=metrics["calibration"],
@@ -113,124 +131,83 @@ def _entry(
 
 
 Preparer = Callable[[TrainConfig], Prepared]
+TUNED = " tuned"  # a tuned ladder model's entry is named "<model> tuned"
 
 
-def run_ladder_model(prepared: Prepared, config: TrainConfig, workdir: Path) -> Entry:
-    model = new_model(prepared, config)
-    result = fit(model, prepared, config, progress=False)
-    test = prepared.test.load()
-    scores = predict(model, test.indices, "binary")
-    out = workdir / config.model.name
-    write_artifact(
-        model,
-        prepared.spec,
-        config.model,
-        "binary",
-        out,
-        binary_metrics(test.labels, scores),
-        {},
-    )
+@dataclass(frozen=True)
+class Contender:
+    """One row of the comparison: what trains and with which settings. ``config`` holds the
+    data settings (and the model's, for the ladder and DeepCTR-Torch); ``booster`` a GBDT's."""
+
+    name: str
+    family: str
+    config: TrainConfig
+    booster: dict[str, Any] | None = None
+    note: str = ""
+
+
+def run_ladder_model(
+    prepared: Prepared, config: TrainConfig, workdir: Path, name: str, note: str
+) -> tuple[Entry, np.ndarray]:
+    """Train and export one ladder model as ``ctrserve train`` does (calibration included),
+    and score the test rows through the exported graph: the scores a user is served. Its
+    one-row latency is the Scorer's, in process."""
+    out = workdir / name.replace(" ", "-")
+    summary = train_one(prepared, config, out, progress=False)
     scorer = Scorer.load(resolve_model_dir(out))
+    test = prepared.test.load()
+    scores = score_indices(scorer, test.indices.astype(np.int64))  # shards keep narrow ints
     row = _raw_row(prepared.source)
     latency = median_seconds(lambda: scorer.score_rows([row]), 2000) * 1e6
-    return _entry(
-        config.model.name,
+    train_s = float(summary["train_seconds"])  # type: ignore[arg-type]
+    entry = _entry(
+        name,
         "ctrserve",
         test.labels,
         scores,
-        result.train_seconds,
-        len(prepared.train) * len(result.history),
-        count_parameters(model),
+        train_s,
+        len(prepared.train) * int(summary["epochs_run"]),  # type: ignore[call-overload]
+        int(summary["parameters"]),  # type: ignore[call-overload]
         onnx_kb=scorer.file_bytes / 1024,  # the graph and its weights file
         latency_us=latency,
-        note=f"{settings_note(config)}, best epoch {result.best_epoch}",
+        note=f"{note}{settings_note(config)}, best epoch {summary['best_epoch']}",
     )
+    return entry, scores
 
 
 def settings_note(config: TrainConfig) -> str:
-    embedding = "" if config.model.name == "lr" else f"k={config.model.embed_dim}, "
-    return f"{embedding}L2 {config.l2:g}, min-count {config.min_count}"
-
-
-def run_lightgbm(prepared: Prepared, seed: int) -> Entry:
-    """LightGBM on the same fields, in its best setting on validation: native categoricals
-    or each index replaced by its training frequency, times ``LIGHTGBM_LEAVES``."""
-    import lightgbm as lgb
-
-    train_rows, val_rows, test_rows = (
-        split.load() for split in (prepared.train, prepared.val, prepared.test)
-    )
-    frequency = [
-        np.bincount(train_rows.indices[:, j], minlength=dim)
-        for j, dim in enumerate(prepared.spec.field_dims)
+    """The settings a reader compares across rows, in a few words."""
+    model = config.model
+    parts = [] if model.name == "lr" else [f"k={model.embed_dim}"]
+    if model.mlp_dims:
+        parts.append("mlp " + "-".join(map(str, model.mlp_dims)) + f", dropout {model.dropout:.2g}")
+    min_count = "auto" if config.min_count is None else config.min_count
+    parts += [
+        f"{config.optimizer} lr {config.learning_rate:.2g}",
+        f"L2 {config.l2:.2g}",
+        f"batch {config.batch_size}",
+        f"min-count {min_count}",
     ]
+    return ", ".join(parts)
 
-    def features(indices: np.ndarray, mode: str) -> np.ndarray:
-        if mode == "categorical":
-            return indices
-        return np.stack([frequency[j][indices[:, j]] for j in range(indices.shape[1])], axis=1)
 
-    # Large files: a faster rate, so early stopping rather than the round cap ends the fit.
-    learning_rate = 0.05 if len(train_rows) < SMALL_DATA_ROWS else 0.1
-    best: tuple[float, str, int, object, float] | None = None
-    for mode, num_leaves in itertools.product(("categorical", "frequency"), LIGHTGBM_LEAVES):
-        started = time.perf_counter()
-        train = lgb.Dataset(
-            features(train_rows.indices, mode),
-            train_rows.labels,
-            categorical_feature="auto"
-            if mode == "frequency"
-            else list(range(train_rows.indices.shape[1])),
-            free_raw_data=False,
-        )
-        valid = lgb.Dataset(features(val_rows.indices, mode), val_rows.labels, reference=train)
-        params = {
-            "objective": "binary",
-            "learning_rate": learning_rate,
-            "num_leaves": num_leaves,
-            "min_data_in_leaf": 20,
-            "feature_fraction": 0.9,
-            "bagging_fraction": 0.9,
-            "bagging_freq": 1,
-            "cat_smooth": 10,
-            "verbose": -1,
-            "seed": seed,
-            "num_threads": 2,
-            "deterministic": True,
-        }
-        booster = lgb.train(
-            params,
-            train,
-            num_boost_round=LIGHTGBM_MAX_ROUNDS,
-            valid_sets=[valid],
-            callbacks=[lgb.early_stopping(50, verbose=False)],
-        )
-        elapsed = time.perf_counter() - started
-        val_auc = roc_auc_score(val_rows.labels, booster.predict(features(val_rows.indices, mode)))
-        logger.info(
-            "LightGBM %s, %d leaves: validation AUC %.4f, %d trees",
-            mode,
-            num_leaves,
-            val_auc,
-            booster.best_iteration,
-        )
-        if best is None or val_auc > best[0]:
-            best = (val_auc, mode, num_leaves, booster, elapsed)
-    assert best is not None
-    _, mode, num_leaves, booster, elapsed = best
-    scores = booster.predict(features(test_rows.indices, mode))  # type: ignore[attr-defined]
-    trees = booster.best_iteration  # type: ignore[attr-defined]
-    capped = " (round cap)" if trees >= LIGHTGBM_MAX_ROUNDS else ""
-    return _entry(
-        "LightGBM",
-        "LightGBM",
-        test_rows.labels,
+def run_booster(prepared: Prepared, contender: Contender, seed: int) -> tuple[Entry, np.ndarray]:
+    assert contender.booster is not None
+    fitted = BOOSTERS[contender.family][0](prepared, contender.booster, seed)
+    test = prepared.test.load()
+    scores = fitted.predict(test.indices)
+    capped = " (round cap)" if fitted.trees >= MAX_ROUNDS else ""
+    entry = _entry(
+        contender.name,
+        contender.family,
+        test.labels,
         scores,
-        elapsed,
-        len(train_rows),  # one fit over the rows: samples/s = rows / fit time
-        trees * num_leaves,
-        note=f"{mode}, {num_leaves} leaves, lr {learning_rate}, {trees} trees{capped}",
+        fitted.seconds,
+        len(prepared.train),  # one fit over the rows: samples/s = rows / fit time
+        fitted.trees * fitted.leaves,
+        note=f"{contender.note}{fitted.trees} trees{capped}",
     )
+    return entry, scores
 
 
 @contextlib.contextmanager
@@ -257,7 +234,7 @@ def _deepctr_offline() -> Iterator[None]:
         requests.get = original  # type: ignore[assignment]
 
 
-def run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
+def run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> tuple[Entry, np.ndarray]:
     """DeepCTR-Torch's DeepFM or ONN on the same encoded fields and hyper-parameters."""
     with _deepctr_offline():
         return _run_deepctr(prepared, name, config)
@@ -289,7 +266,7 @@ def _deepctr_model(name: str, prepared: Prepared, config: TrainConfig) -> torch.
     )
 
 
-def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
+def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> tuple[Entry, np.ndarray]:
     from deepctr_torch.callbacks import EarlyStopping
 
     model = _deepctr_model(name, prepared, config)
@@ -316,7 +293,7 @@ def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
     epochs = len(history.history.get("val_auc", [])) or config.epochs
     scores = model.predict(_deepctr_inputs(test.indices), batch_size=16384).reshape(-1)
     parameters = sum(p.numel() for p in model.parameters())
-    return _entry(
+    entry = _entry(
         f"DeepCTR-Torch {name}",
         "DeepCTR-Torch",
         test.labels,
@@ -326,6 +303,7 @@ def _run_deepctr(prepared: Prepared, name: str, config: TrainConfig) -> Entry:
         parameters,
         note=f"{epochs} epochs",
     )
+    return entry, scores
 
 
 def train_speed(prepared: Prepared, config: TrainConfig) -> tuple[float, float]:
@@ -360,41 +338,67 @@ def train_speed(prepared: Prepared, config: TrainConfig) -> tuple[float, float]:
     return ours, theirs
 
 
-def run_baselines(
-    prepared_for: Preparer, configs: dict[str, TrainConfig], seed: int
-) -> list[Entry]:
-    """LightGBM on NFFM's encoded fields; DeepCTR-Torch's DeepFM and ONN with the settings of
-    our deepfm and nffm."""
-    entries = [run_lightgbm(prepared_for(configs["nffm"]), seed)]
-    for name, ours in (("DeepFM", "deepfm"), ("ONN", "nffm")):
-        config = configs[ours]
-        entries.append(run_deepctr(prepared_for(config), name, config))
-        logger.info("%s: test AUC %.4f", entries[-1].name, entries[-1].auc)
-    return entries
-
-
-def split_test_aucs(
+def contenders(
     prepared_for: Preparer,
-    configs: dict[str, TrainConfig],
     models: tuple[str, ...],
+    tune_models: Collection[str],
+    config_for: Callable[[str], TrainConfig],
+    budget: Budget,
     baselines: bool,
-    seed: int,
-) -> dict[str, float]:
-    """Every contender's test AUC on another seeded split, with the settings chosen on the
-    first split (no search, no export): how much of a ranking is the split's luck."""
-    reseeded = {name: config.model_copy(update={"seed": seed}) for name, config in configs.items()}
-    aucs = {}
-    for name in models:
-        config = reseeded[name]
-        prepared = prepared_for(config)
-        model = new_model(prepared, config)
-        fit(model, prepared, config, progress=False)
-        test = prepared.test.load()
-        aucs[name] = float(roc_auc_score(test.labels, predict(model, test.indices, "binary")))
+    held: Collection[str] = (),
+) -> tuple[list[Contender], dict[str, list[Trial]]]:
+    """Every row of the comparison and the trials behind the tuned ones: each ladder model
+    with its defaults, and tuned where asked; LightGBM and XGBoost tuned with the same
+    budget; DeepCTR-Torch's DeepFM and ONN with the settings of our deepfm and nffm (tuned
+    where they were)."""
+    rows: list[Contender] = []
+    trials: dict[str, list[Trial]] = {}
+    chosen: dict[str, TrainConfig] = {}
+    needed = [*models, *(n for n in ("deepfm", "nffm") if baselines and n not in models)]
+    for name in needed:
+        start = chosen[name] = config_for(name)
+        if name in models:
+            rows.append(Contender(name, "ctrserve", start, note="defaults: "))
+        if name in tune_models:
+            best, trials[name] = tune(prepared_for, start, budget, held)
+            chosen[name] = best
+            if name in models:
+                rows.append(Contender(name + TUNED, "ctrserve", best, note="tuned: "))
     if baselines:
-        aucs.update({e.name: e.auc for e in run_baselines(prepared_for, reseeded, seed)})
-    logger.info("split %d: %s", seed, {k: round(v, 4) for k, v in aucs.items()})
-    return aucs
+        for booster in BOOSTERS:
+            tuned = tune_booster(booster, prepared_for, config_for("nffm"), budget)
+            trials[booster] = tuned.trials
+            note = ", ".join(f"{k} {_short(v)}" for k, v in tuned.params.items())
+            data = "auto" if tuned.config.min_count is None else tuned.config.min_count
+            rows.append(
+                Contender(
+                    f"{booster} tuned",
+                    booster,
+                    tuned.config,
+                    tuned.params,
+                    f"{note}, min-count {data}, ",
+                )
+            )
+        for theirs, ours in (("DeepFM", "deepfm"), ("ONN", "nffm")):
+            rows.append(Contender(f"DeepCTR-Torch {theirs}", "DeepCTR-Torch", chosen[ours]))
+    return rows, trials
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def run_contender(
+    contender: Contender, prepared_for: Preparer, workdir: Path, seed: int
+) -> tuple[Entry, np.ndarray]:
+    """Train ``contender`` on the split of ``seed``; its entry and test scores."""
+    config = contender.config.model_copy(update={"seed": seed})
+    prepared = prepared_for(config)
+    if contender.family == "ctrserve":
+        return run_ladder_model(prepared, config, workdir, contender.name, contender.note)
+    if contender.family == "DeepCTR-Torch":
+        return run_deepctr(prepared, contender.name.removeprefix("DeepCTR-Torch "), config)
+    return run_booster(prepared, contender, seed)
 
 
 def compare(
@@ -403,63 +407,60 @@ def compare(
     models: tuple[str, ...] = tuple(MODELS),
     baselines: bool = True,
     tune_models: Collection[str] = tuple(MODELS),
-    grid: dict[str, tuple[Any, ...]] | None = None,
+    budget: Budget | None = None,
     export_dir: Path | None = None,
     repeats: int = 1,
     config_for: Callable[[str], TrainConfig] | None = None,
     bad_rows: BadRows = "error",
+    held: Collection[str] = (),
 ) -> tuple[list[Entry], dict[str, Any]]:
     """Train and score every contender on one split; returns entries and the set-up.
 
     Args:
         config_for: each model's starting TrainConfig (default: ``build_config`` for the
             file's size with ``seed``); the command line passes its ``--config`` and flags.
-        tune_models: ladder models whose knobs (``grid``, default ``tuning.GRID``) are searched
-            on the validation rows; the others take ``tuning.size_defaults``. DeepCTR-Torch's
-            DeepFM and ONN take the settings of our deepfm and nffm, so each pair trains
-            with the same hyper-parameters.
+        tune_models: ladder models searched on the validation rows (``training.tuning``),
+            each listed twice: with its defaults and tuned. LightGBM and XGBoost are always
+            searched, with the same ``budget`` (default ``Budget()``).
+        held: knobs the ladder's search keeps at the starting values (given by the user).
         export_dir: keep the exported ladder models here (default: a temporary folder).
         repeats: also retrain every contender on ``repeats - 1`` more seeded splits (seeds
             ``seed + 1`` ...) with the same settings; each entry's ``split_aucs`` holds them.
     """
     torch.set_num_threads(2)
     rows = source.estimated_rows()
+    budget = budget or Budget()
 
     def prepared_for(config: TrainConfig) -> Prepared:
         return prepare(source, config, bad_rows=bad_rows)
 
-    configs: dict[str, TrainConfig] = {}
-    trials: dict[str, list[Trial]] = {}
-    needed = [*models, *(n for n in ("deepfm", "nffm") if baselines and n not in models)]
     if config_for is None:
 
         def config_for(name: str) -> TrainConfig:
             return build_config(name, rows, flags={"seed": seed})
 
-    for name in needed:
-        start = config_for(name)
-        if name in tune_models:
-            configs[name], trials[name] = tune(prepared_for, start, grid)
-        else:
-            configs[name] = start
-    entries = []
+    rivals, trials = contenders(
+        prepared_for, models, tune_models, config_for, budget, baselines, held
+    )
+    entries, scores = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         workdir = export_dir or Path(scratch)
-        for name in models:
-            config = configs[name]
-            entries.append(run_ladder_model(prepared_for(config), config, workdir))
-            logger.info("%s: test AUC %.4f", name, entries[-1].auc)
-    if baselines:
-        entries += run_baselines(prepared_for, configs, seed)
+        for rival in rivals:
+            entry, scores[rival.name] = run_contender(rival, prepared_for, workdir, seed)
+            entries.append(entry)
+            logger.info("%s: test AUC %.4f", rival.name, entry.auc)
+        for offset in range(1, repeats):
+            again = {
+                r.name: run_contender(r, prepared_for, Path(scratch) / "again", seed + offset)[0]
+                for r in rivals
+            }
+            entries = [replace(e, split_aucs=(*e.split_aucs, again[e.name].auc)) for e in entries]
+            aucs = {k: round(v.auc, 4) for k, v in again.items()}
+            logger.info("split %d: %s", seed + offset, aucs)
     if repeats > 1:
-        others = [
-            split_test_aucs(prepared_for, configs, models, baselines, seed + offset)
-            for offset in range(1, repeats)
-        ]
-        entries = [
-            replace(e, split_aucs=(e.auc, *(aucs[e.name] for aucs in others))) for e in entries
-        ]
-    prepared = prepared_for(configs[needed[0]])
+        entries = [replace(e, split_aucs=(e.auc, *e.split_aucs)) for e in entries]
+    prepared = prepared_for(rivals[0].config)
+    labels = prepared.test.labels.read()
     oracle = oracle_metrics(prepared.test)
     setup: dict[str, Any] = {
         "rows": prepared.rows,
@@ -469,13 +470,28 @@ def compare(
         "fields": len(prepared.spec.fields),
         "seed": seed,
         "repeats": repeats,
-        "batch_size": configs[needed[0]].batch_size,
-        "test_rate": float(prepared.test.labels.read().mean()),
+        "budget": asdict(budget),
+        "batch_size": rivals[0].config.batch_size,
+        "test_rate": float(labels.mean()),
         "oracle_auc": None if oracle is None else oracle["auc"],
-        "settings": {name: settings_of(config, GRID) for name, config in configs.items()},
+        "settings": {r.name: r.config.model_dump(mode="json") for r in rivals},
+        "boosters": {r.name: r.booster for r in rivals if r.booster is not None},
         "trials": {name: [asdict(trial) for trial in runs] for name, runs in trials.items()},
+        "differences": differences(labels, scores),
     }
     return entries, setup
+
+
+def differences(labels: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    """Tuned NFFM (or NFFM) minus each GBDT's test AUC, with the paired standard error."""
+    ours = next((n for n in ("nffm" + TUNED, "nffm") if n in scores), None)
+    if ours is None:
+        return {}
+    return {
+        f"{ours} - {name}": list(auc_difference(labels, scores[ours], scores[name]))
+        for name in scores
+        if name.removesuffix(TUNED) in BOOSTERS
+    }
 
 
 def _raw_row(source: DataSource) -> dict[str, object]:
@@ -495,7 +511,8 @@ def markdown(entries: list[Entry], oracle: float | None = None) -> str:
     header = [
         "model",
         "family",
-        "test AUC [95% CI]",
+        "test AUC ± SE",
+        *(["lift vs oracle"] if oracle is not None else []),
         "log loss",
         "NE",
         "mean predicted / observed",
@@ -515,7 +532,8 @@ def markdown(entries: list[Entry], oracle: float | None = None) -> str:
             [
                 e.name,
                 e.family,
-                f"{e.auc:.4f} [{e.auc_low:.4f}, {e.auc_high:.4f}]",
+                f"{e.auc:.4f} ± {e.auc_se:.4f}",
+                *([f"{(e.auc - 0.5) / (oracle - 0.5):.1%}"] if oracle is not None else []),
                 f"{e.logloss:.4f}",
                 f"{e.ne:.4f}",
                 f"{e.calibration:.3f}",
@@ -530,14 +548,15 @@ def markdown(entries: list[Entry], oracle: float | None = None) -> str:
             ]
         )
     if oracle is not None:
-        rows.append(["oracle (p_true)", "", f"{oracle:.4f}"] + [""] * (len(header) - 3))
+        rows.append(["oracle (p_true)", "", f"{oracle:.4f}", "100%"] + [""] * (len(header) - 4))
     lines = ["| " + " | ".join(row) + " |" for row in rows]
     lines += [
         "",
-        "Train s / samples/s: ctrserve counts its training epochs (validation excluded); "
-        "DeepCTR-Torch's fit includes its per-epoch validation; LightGBM is the whole fit over "
-        "the training rows. Parameters for LightGBM = trees x leaves. Latency = encoding "
-        "plus onnxruntime for one raw row, in process (HTTP overhead: docs/BENCHMARKS.md).",
+        "SE: bootstrap standard error over the test rows. Train s / samples/s: ctrserve "
+        "counts its training epochs (validation excluded); DeepCTR-Torch's fit includes its "
+        "per-epoch validation; a GBDT's is its whole fit over the training rows. Parameters "
+        "of a GBDT = trees x leaves (at most). Latency = encoding plus onnxruntime for one "
+        "raw row, in process (HTTP overhead: docs/BENCHMARKS.md).",
     ]
     if splits > 1:
         lines[-1] += (
@@ -559,12 +578,21 @@ def main(argv: list[str] | None = None) -> int:
     add_hyperparameter_args(parser)
     parser.add_argument("--models", type=lambda t: tuple(t.split(",")), default=tuple(MODELS))
     parser.add_argument(
-        "--no-baselines", action="store_true", help="only the ladder (no LightGBM / DeepCTR-Torch)"
+        "--no-baselines",
+        action="store_true",
+        help="only the ladder (no LightGBM, XGBoost or DeepCTR-Torch)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=Budget().trials,
+        help="the search budget of every tuned contender (ladder models and GBDTs alike)",
     )
     parser.add_argument(
         "--no-tune",
         action="store_true",
-        help="take the settings as built (defaults, size, --config, flags) without a search",
+        help="the ladder takes its settings as built (defaults, size, --config, flags) "
+        "without a search (the GBDTs are still searched)",
     )
     parser.add_argument(
         "--repeats",
@@ -582,21 +610,24 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"unknown models {unknown}; choose from {sorted(MODELS)}")
         if args.repeats < 1:
             raise DataError(f"--repeats must be at least 1, got {args.repeats}")
+        if args.trials < 1:
+            raise DataError(f"--trials must be at least 1, got {args.trials}")
         file_settings, flags = read_config_file(args.config), flags_of(args)
         roles = ColumnRoles(args.label, args.weight, args.categorical, args.numeric, args.ignore)
         source = open_source(args.data, args.format, roles, "binary")
         rows = source.estimated_rows()
         seed = 0 if args.seed is None else args.seed
         # knobs fixed by a flag or the file are held, as `tune` holds them
-        held = {k for k in GRID if flags.get(k) is not None or k in file_settings}
-        grid = {knob: values for knob, values in GRID.items() if knob not in held}
+        given = {**file_settings, **(file_settings.get("model") or {})}
+        held = {k for k in KNOBS if flags.get(k) is not None or k in given}
         entries, setup = compare(
             source,
             seed,
             args.models,
             baselines=not args.no_baselines,
-            tune_models=() if args.no_tune or not grid else args.models,
-            grid=grid,
+            tune_models=() if args.no_tune or held == set(KNOBS) else args.models,
+            budget=Budget(args.trials),
+            held=held,
             repeats=args.repeats,
             config_for=lambda name: build_config(
                 name, rows, file_settings, {**flags, "seed": seed}

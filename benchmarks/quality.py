@@ -1,9 +1,12 @@
 """The quality report: docs/QUALITY.md from one command (make quality).
 
-Criteo and Avazu slices from ../shared/data (or $CTR_DATA_DIR) and 1M synthetic rows: the
-seven ladder models, LightGBM and DeepCTR-Torch's DeepFM and ONN on one seeded split each,
-AUC with bootstrap 95% intervals; the regression task on aggregated Avazu rows; latent-vector
-maps. Data files are read in place and never copied into the repository.
+Criteo and Avazu slices from ../shared/data (or $CTR_DATA_DIR) and the README's synthetic
+data: the seven ladder models with their defaults and tuned, LightGBM and XGBoost tuned with
+the same budget, DeepCTR-Torch's DeepFM and ONN, on one seeded split each, AUC with its
+bootstrap standard error; the regression task on aggregated Avazu rows; latent-vector maps;
+the ladder on Criteo-shaped synthetic rows. Each section is one run on one data set, kept in
+docs/quality.json with its date: ``--sections`` reruns some and rewrites the page from all of
+them. Data files are read in place and never copied into the repository.
 """
 
 from __future__ import annotations
@@ -26,31 +29,38 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.compare import Entry, compare, markdown
+from benchmarks.compare import TUNED, Entry, compare, markdown
 from support.reports import machine
 from support.servers import ROOT
 from training import synth
 from training.data import ColumnRoles, DataSource, open_source
 from training.dataset import CACHE_ENV
 from training.models import MODELS
-from training.tuning import GRID
+from training.tuning import Budget
 
 logger = logging.getLogger("quality")
 DATA = Path(os.environ.get("CTR_DATA_DIR", ROOT.parent / "shared" / "data"))
 DOCS = ROOT / "docs"
 OUT_MODELS = ROOT / "models" / "quality"
-# One split of a 6k-row slice leaves ~640 test rows (AUC standard error ~0.02): the real
+RESULTS = DOCS / "quality.json"
+# One split of a 6k-row slice leaves ~650 test rows (AUC standard error ~0.02): the real
 # slices are also retrained on more seeded splits, to show how much of a ranking is luck.
 SMALL_DATA_SPLITS = 5
-# At 1M rows a fit takes minutes: only NFFM, the production model, is searched, and every
-# value is seen often enough that min-count does not matter; k goes up instead of down.
-LARGE_GRID: dict[str, tuple[Any, ...]] = {"embed_dim": (8, 16, 32), "l2": (1e-5, 1e-4, 1e-3)}
+# Trials per tuned contender: every ladder model and both GBDTs get the same number.
+REAL_TRIALS = 20
+# The README's data: 200k rows; a NFFM fit takes ~1 minute there, so only NFFM is tuned
+# beside the GBDTs, with fewer trials.
+SYNTHETIC_ROWS = 200_000
+SYNTHETIC_TRIALS = 10
+REGRESSION_TRIALS = 10
 # The Criteo-shaped ladder: 3M rows, one epoch per model (as Criteo results are usually
 # reported; a 2.4M-row epoch of NFFM at its default k=16 takes ~15 minutes here), each field
 # capped as in docs/TRAINING.md.
 CRITEO_SHAPED_ROWS = 3_000_000
 CRITEO_SHAPED_EPOCHS = 1
 CRITEO_SHAPED_VOCAB = 50_000
+SECTIONS = ("speed", "criteo", "avazu", "synthetic", "regression", "latent", "criteo-shaped")
+CRITEO, AVAZU = DATA / "criteo" / "criteo_train.txt", DATA / "avazu" / "train.csv"
 
 
 def md5(path: Path) -> str:
@@ -68,22 +78,28 @@ def auc_plot(name: str, entries: list[Entry], oracle: float | None) -> Path:
     import matplotlib.pyplot as plt
 
     ordered = sorted(entries, key=lambda e: e.auc)
-    colours = {"ctrserve": "tab:blue", "LightGBM": "tab:green", "DeepCTR-Torch": "tab:orange"}
+    colours = {
+        "ctrserve": "tab:blue",
+        "LightGBM": "tab:green",
+        "XGBoost": "tab:olive",
+        "DeepCTR-Torch": "tab:orange",
+    }
     figure, axis = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.5))
     axis.barh(
         [e.name for e in ordered],
         [e.auc for e in ordered],
-        xerr=[[e.auc - e.auc_low for e in ordered], [e.auc_high - e.auc for e in ordered]],
+        xerr=[e.auc_se for e in ordered],
         color=[colours[e.family] for e in ordered],
         capsize=3,
     )
     if oracle is not None:
         axis.axvline(oracle, color="black", linestyle="--", label="oracle (p_true)")
         axis.legend(loc="lower right")
-    low = min(e.auc_low for e in ordered)
-    axis.set_xlim(max(0.5, low - 0.02), min(1.0, max(e.auc_high for e in ordered) + 0.02))
-    axis.set_xlabel("test AUC with bootstrap 95% interval")
-    axis.set_title(f"{name}: the ladder vs LightGBM vs DeepCTR-Torch")
+    low = min(e.auc - 2 * e.auc_se for e in ordered)
+    high = max(e.auc + 2 * e.auc_se for e in ordered)
+    axis.set_xlim(max(0.5, low - 0.01), min(1.0, max(high, oracle or 0) + 0.01))
+    axis.set_xlabel("test AUC ± bootstrap standard error")
+    axis.set_title(f"{name}: the ladder vs GBDTs vs DeepCTR-Torch")
     figure.tight_layout()
     out = DOCS / f"quality_{name}_auc.png"
     figure.savefig(out, dpi=110)
@@ -96,95 +112,101 @@ def dataset_section(
     data: DataSource,
     source: str,
     tune_models: tuple[str, ...],
-    grid: dict[str, tuple[Any, ...]] | None = None,
+    trials: int,
     repeats: int = 1,
 ) -> tuple[str, dict[str, Any]]:
     """The section's Markdown, and its raw results for docs/quality.json."""
-    started = time.perf_counter()
     entries, setup = compare(
         data,
         seed=0,
         tune_models=tune_models,
-        grid=grid,
+        budget=Budget(trials),
         export_dir=OUT_MODELS / name,
         repeats=repeats,
     )
     oracle_auc = setup["oracle_auc"]
     plot = auc_plot(name, entries, oracle_auc)
-    searched = ", ".join(f"{knob} {list(values)}" for knob, values in (grid or GRID).items())
-    tuned = ", ".join(tune_models) or "none"
+    tuned = ", ".join(tune_models)
     text = (
         f"## {name}\n\n{source}. {setup['rows']:,} rows, {setup['fields']} fields; seeded "
         f"random split 80/10/10 (seed {setup['seed']}): {setup['train']:,} train, "
         f"{setup['validation']:,} validation, {setup['test']:,} test rows (test click rate "
-        f"{setup['test_rate']:.1%}). Batch size {setup['batch_size']}. Searched on validation "
-        f"AUC for {tuned}: {searched} (coordinate search, `training/tuning.py`); the other "
-        f"models take the size defaults. Settings used are in each row's note. "
-        f"Ran in {time.perf_counter() - started:.0f} s.\n\n"
-        f"{verdict(entries)}\n\n"
+        f"{setup['test_rate']:.1%}). Every ladder model with its defaults (`defaults:` in "
+        f"its note); {tuned} also tuned (`tuned:`), and LightGBM and XGBoost tuned, each "
+        f"with the same budget of {trials} trials on the validation rows. Settings are in "
+        f"each row's note.\n\n"
+        f"{verdict(entries, setup['differences'])}\n\n"
         f"{markdown(entries, oracle_auc)}\n\n![{name} AUC]({plot.name})\n\n"
-        f"{trials_table(setup['trials'])}"
+        f"{trials_details(setup['trials'])}"
     )
     record = {"setup": setup, "entries": [asdict(e) for e in entries], "oracle_auc": oracle_auc}
     return text, record
 
 
-def verdict(entries: list[Entry], ours: str = "nffm") -> str:
-    """Where NFFM stands, in words, from the numbers: rank, the leader, the baselines."""
+def verdict(entries: list[Entry], differences: dict[str, list[float]]) -> str:
+    """Where NFFM stands against the tuned GBDTs and the rest, in words, from the numbers."""
     ranked = sorted(entries, key=lambda e: -e.auc)
-    nffm = next(e for e in ranked if e.name == ours)
-    leader = ranked[0]
-    if leader is nffm:
-        standing = f"**NFFM is first** of {len(ranked)} ({nffm.auc:.4f})"
-    else:
-        inside = nffm.auc_high >= leader.auc
-        standing = (
-            f"**NFFM is {ranked.index(nffm) + 1} of {len(ranked)}**: {nffm.auc:.4f} against "
-            f"{leader.name}'s {leader.auc:.4f}, "
-            + ("within" if inside else "**outside**")
-            + " NFFM's 95% interval"
-        )
-    rivals = []
-    for family in ("LightGBM", "DeepCTR-Torch"):
-        best = max((e for e in entries if e.family == family), key=lambda e: e.auc, default=None)
-        if best is not None:
-            rivals.append(f"{best.name} {nffm.auc - best.auc:+.4f}")
-    text = standing + ("; NFFM minus " + ", ".join(rivals) if rivals else "") + "."
-    if len(nffm.split_aucs) > 1:
+    names = [e.name for e in ranked]
+    ours = next(e for e in ranked if e.name in ("nffm" + TUNED, "nffm"))
+    parts = [f"**{ours.name} is {names.index(ours.name) + 1} of {len(ranked)}** ({ours.auc:.4f})"]
+    for pair, (gap, se) in differences.items():
+        rival = pair.split(" - ")[1]
+        if abs(gap) <= se:
+            call = "within one standard error: no winner"
+        else:
+            call = f"{'NFFM' if gap > 0 else rival} ahead by more than one standard error"
+        parts.append(f"minus {rival}: {gap:+.4f} ± {se:.4f} (paired bootstrap; {call})")
+    text = "; ".join(parts) + "."
+    lifted = [
+        f"{e.name.removesuffix(TUNED)} {e.auc - base.auc:+.4f}"
+        for e in entries
+        if e.name.endswith(TUNED) and e.family == "ctrserve"
+        for base in entries
+        if base.name == e.name.removesuffix(TUNED)
+    ]
+    if lifted:
+        text += " Tuned minus defaults on test: " + ", ".join(lifted) + "."
+    if len(ours.split_aucs) > 1:
         means = sorted(entries, key=lambda e: -statistics.mean(e.split_aucs))
         top = means[0]
         text += (
-            f" Over {len(nffm.split_aucs)} seeded splits NFFM's mean test AUC ranks "
-            f"{means.index(nffm) + 1} of {len(means)} ({statistics.mean(nffm.split_aucs):.4f}"
+            f" Over {len(ours.split_aucs)} seeded splits {ours.name}'s mean test AUC ranks "
+            f"{means.index(ours) + 1} of {len(means)} ({statistics.mean(ours.split_aucs):.4f}"
             + (
                 ")."
-                if top is nffm
+                if top is ours
                 else f"; first: {top.name}, {statistics.mean(top.split_aucs):.4f})."
             )
         )
     return text
 
 
-def trials_table(trials: dict[str, list[dict[str, Any]]]) -> str:
-    """Every configuration the search tried, folded away under a details tag."""
+def trials_details(trials: dict[str, list[dict[str, Any]]]) -> str:
+    """Every trial of every search, folded away under a details tag."""
     if not trials:
         return ""
     lines = [
         "<details><summary>Validation trials</summary>",
         "",
-        "| model | min-count | k | L2 | validation AUC | fit s |",
-        "|---|---|---|---|---|---|",
+        "| search | trial | state | epochs | validation AUC | seconds | settings |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for model, runs in trials.items():
-        best = max(run["val_score"] for run in runs)
-        for run in runs:
-            knobs = run["settings"]
-            mark = " **best**" if run["val_score"] == best else ""
+    for name, runs in trials.items():
+        best = max((r["val_score"] for r in runs if r["state"] == "complete"), default=None)
+        for run in sorted(runs, key=lambda r: -r["val_score"]):
+            mark = " **best**" if run["val_score"] == best and run["state"] == "complete" else ""
+            settings = ", ".join(f"{k} {_shown(v)}" for k, v in run["settings"].items())
             lines.append(
-                f"| {model} | {knobs.get('min_count', '')} | {knobs.get('embed_dim', '')} | "
-                f"{knobs.get('l2', '')} | {run['val_score']:.4f}{mark} | {run['seconds']:.1f} |"
+                f"| {name} | {run['number']} | {run['state']} | {run['epochs'] or ''} | "
+                f"{run['val_score']:.4f}{mark} | {run['seconds']:.1f} | {settings} |"
             )
     return "\n".join([*lines, "", "</details>", ""])
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "auto"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def speed_section(data: DataSource) -> str:
@@ -240,7 +262,7 @@ def regression_section(avazu: Path) -> str:
         for name in ("lr", "fm", "nffm"):
             # ~580 training rows: batches of 64, and the knobs searched on validation wRMSE.
             start = build_config(name, len(grouped), flags={"task": "regression", "batch_size": 64})
-            config, _ = tune(lambda trial: prepare(data, trial), start)
+            config, _ = tune(lambda trial: prepare(data, trial), start, Budget(REGRESSION_TRIALS))
             prepared = prepare(data, config)
             model = new_model(prepared, config)
             fit(model, prepared, config, progress=False)
@@ -257,7 +279,8 @@ def regression_section(avazu: Path) -> str:
         f"Avazu rows aggregated by {', '.join(keys)}: {len(grouped):,} combinations; label = "
         "observed click rate, weight = the combination's share of impressions; loss and metric "
         "= weighted RMSE (InMobi's setting). Same seeded 80/10/10 split for every model; "
-        "min-count, k and L2 searched on validation weighted RMSE.",
+        f"each searched on validation weighted RMSE ({REGRESSION_TRIALS} trials of "
+        "`ctrserve tune`'s search).",
         "",
         "| model | test weighted RMSE | test RMSE | settings |",
         "|---|---|---|---|",
@@ -348,92 +371,146 @@ def inspect_section(pictures: list[tuple[str, str, Path]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--synthetic-rows", type=int, default=1_000_000)
-    parser.add_argument("--criteo-shaped-rows", type=int, default=CRITEO_SHAPED_ROWS)
-    parser.add_argument("--out", type=Path, default=DOCS / "QUALITY.md")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for chatty in ("onnxscript", "onnx_ir", "torch.onnx", "app"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    DOCS.mkdir(exist_ok=True)
-    # Shards of the generated and public files live as long as this run, not in the cache.
-    shards = tempfile.TemporaryDirectory(prefix="ctrserve-shards-")
-    os.environ[CACHE_ENV] = shards.name
-    sections: list[str] = []
-    results: dict[str, dict[str, Any]] = {}
-    criteo, avazu = DATA / "criteo" / "criteo_train.txt", DATA / "avazu" / "train.csv"
-    files = []
-    if criteo.is_file():
-        text, results["criteo"] = dataset_section(
-            "criteo",
-            open_source(criteo, "criteo"),
-            f"`{criteo.name}` (md5 {md5(criteo)})",
+def _synthetic(scratch: Path, rows: int) -> Path:
+    path = scratch / f"synth-{rows}.csv"
+    if not path.is_file():
+        synth.write(path, rows, seed=0)
+    return path
+
+
+def run_section(
+    name: str, args: argparse.Namespace, scratch: Path
+) -> tuple[str, dict[str, Any] | None]:
+    """One section's Markdown, and a dataset section's raw results."""
+    real = {"criteo": CRITEO, "avazu": AVAZU}
+    if name in real:
+        path = real[name]
+        if not path.is_file():
+            return f"## {name}\n\nNot run: `{path.name}` is not in `$CTR_DATA_DIR`.\n", None
+        data = (
+            open_source(path, "criteo")
+            if name == "criteo"
+            else open_source(path, roles=ColumnRoles(label="click", ignore=("id",)))
+        )
+        return dataset_section(
+            name,
+            data,
+            f"`{path.name}` (md5 {md5(path)})",
             tuple(MODELS),
+            args.trials,
             repeats=SMALL_DATA_SPLITS,
         )
-        sections.append(text)
-        files.append(criteo)
-    if avazu.is_file():
-        data = open_source(avazu, roles=ColumnRoles(label="click", ignore=("id",)))
-        source = f"`{avazu.name}` (md5 {md5(avazu)})"
-        text, results["avazu"] = dataset_section(
-            "avazu", data, source, tuple(MODELS), repeats=SMALL_DATA_SPLITS
-        )
-        sections.append(text)
-        files.append(avazu)
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "synth.csv"
-        synth.write(path, args.synthetic_rows, seed=0)
-        data = open_source(path)
-        text, results["synthetic"] = dataset_section(
+    if name == "synthetic":
+        path = _synthetic(scratch, args.synthetic_rows)
+        return dataset_section(
             "synthetic",
-            data,
-            f"`python -m training synth --rows {args.synthetic_rows} --seed 0` (md5 {md5(path)})",
+            open_source(path),
+            f"The README's data: `ctrserve synth --rows {args.synthetic_rows} --seed 0` "
+            f"(md5 {md5(path)})",
             ("nffm",),
-            LARGE_GRID,
+            args.synthetic_trials,
         )
-        sections.append(text)
-        speed = speed_section(data)
-        if avazu.is_file():
-            sections.append(regression_section(avazu))
-        pictures = [("synthetic", "c0", path)]
-        if avazu.is_file():
-            pictures.insert(0, ("avazu", "site_id", avazu))
-        if criteo.is_file():
-            pictures.insert(0, ("criteo", "C6", criteo))
-        sections.append(inspect_section(pictures))
-    sections.append(criteo_shaped_section(args.criteo_shaped_rows, CRITEO_SHAPED_EPOCHS))
+    if name == "speed":
+        return speed_section(open_source(_synthetic(scratch, args.synthetic_rows))), None
+    if name == "regression":
+        if not AVAZU.is_file():
+            return "## Regression\n\nNot run: `train.csv` is not in `$CTR_DATA_DIR`.\n", None
+        return regression_section(AVAZU), None
+    if name == "latent":
+        pictures = [("synthetic", "c0", _synthetic(scratch, args.synthetic_rows))]
+        for dataset, field, path in (("avazu", "site_id", AVAZU), ("criteo", "C6", CRITEO)):
+            if path.is_file():
+                pictures.insert(0, (dataset, field, path))
+        return inspect_section(pictures), None
+    return criteo_shaped_section(args.criteo_shaped_rows, CRITEO_SHAPED_EPOCHS), None
+
+
+def page(sections: dict[str, dict[str, Any]]) -> str:
     packages = ", ".join(
         f"{p} {version(p)}"
-        for p in ("torch", "onnxruntime", "lightgbm", "deepctr-torch", "scikit-learn")
-    )
+        for p in (
+            "torch", "onnxruntime", "optuna", "lightgbm", "xgboost-cpu", "deepctr-torch",
+            "scikit-learn",
+        )
+    )  # fmt: skip
+    files = [f for f in (CRITEO, AVAZU) if f.is_file()]
     head = [
         "# ctrserve quality",
         "",
-        f"Generated by `make quality` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Machine: "
-        f"{machine()}. {packages}. Seeds: split 0, models 0, bootstrap 0 "
-        f"({1000} resamples of the test rows).",
+        f"Written by `make quality` (`python -m benchmarks.quality`). Machine: {machine()}. "
+        f"{packages}. Seeds: split 0, models 0, bootstrap 0 (1,000 resamples of the test "
+        "rows). Each section is one run on one data set; its date is under its heading.",
         "",
         "Data: "
         + ("; ".join(f"`{f.name}` md5 {md5(f)}" for f in files) or "no real slices found")
         + " (from `../shared/data`, or `$CTR_DATA_DIR`).",
         "",
-        "How settings were chosen: only on each data set's validation rows. Every ladder model "
-        "starts from the size defaults (`training/tuning.py`) and on the real slices its "
-        "min-count, embedding size k and L2 are searched one knob at a time (the trials are "
-        "listed under each table); DeepCTR-Torch's DeepFM and ONN train with the settings our "
-        "deepfm and nffm won with; LightGBM picks native categoricals or frequency encoding and "
-        "15, 63 or 255 leaves, early-stopped on validation. At 1M rows only NFFM is searched "
-        "(k and L2). The test rows are scored once, at the end. On the real slices every contender "
-        f"is then retrained, with the same settings, on {SMALL_DATA_SPLITS - 1} more seeded "
-        "splits: the mean ± sd column shows how much of a ranking is one split's luck. Raw "
-        "numbers: quality.json.",
+        "How settings were chosen, only on each data set's validation rows: every ladder model "
+        "is listed with its defaults, which follow the data (`training/defaults.py`: batch, "
+        "k, L2 and the epoch cap from the rows; each field's min-count from its own value "
+        "counts, `training/fit_spec.py`), and tuned by `ctrserve tune`'s search "
+        "(`training/tuning.py`: Optuna TPE over learning rate, L2, optimizer, batch, "
+        "min-count, numeric bins, k, MLP width, depth and dropout, with median pruning per "
+        "epoch; its first trial is the defaults). LightGBM and XGBoost are searched by the "
+        "same sampler with the same number of trials (`benchmarks/gbdt.py`: categorical or "
+        "frequency encoding, their tree knobs, and the same min-count and bins), each trial "
+        "early-stopped on validation AUC. DeepCTR-Torch's DeepFM and ONN train with the "
+        "settings our deepfm and nffm were tuned to. Ladder rows are scored as served: "
+        "through the exported graph with its isotonic calibration. The test rows are scored "
+        f"once, at the end. On the real slices every contender is then retrained, with the "
+        f"same settings, on {SMALL_DATA_SPLITS - 1} more seeded splits. Raw numbers: "
+        "quality.json.",
         "",
     ]
-    args.out.write_text("\n".join(head) + "\n" + speed + "\n" + "\n".join(sections))
-    args.out.with_name("quality.json").write_text(json.dumps(results, indent=1) + "\n")
+    body = [
+        f"{sections[name]['markdown'].rstrip()}\n\n"
+        f"<sub>Run {sections[name]['generated']} UTC, {sections[name]['seconds']:.0f} s.</sub>\n"
+        for name in SECTIONS
+        if name in sections
+    ]
+    return "\n".join(head) + "\n" + "\n".join(body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--sections",
+        type=lambda text: tuple(text.split(",")),
+        default=SECTIONS,
+        help=f"which to run (default all): {','.join(SECTIONS)}; the others keep their last run",
+    )
+    parser.add_argument("--trials", type=int, default=REAL_TRIALS)
+    parser.add_argument("--synthetic-rows", type=int, default=SYNTHETIC_ROWS)
+    parser.add_argument("--synthetic-trials", type=int, default=SYNTHETIC_TRIALS)
+    parser.add_argument("--criteo-shaped-rows", type=int, default=CRITEO_SHAPED_ROWS)
+    parser.add_argument("--out", type=Path, default=DOCS / "QUALITY.md")
+    args = parser.parse_args()
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {','.join(SECTIONS)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for chatty in ("onnxscript", "onnx_ir", "torch.onnx", "app", "training"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    DOCS.mkdir(exist_ok=True)
+    results = args.out.with_name(RESULTS.name)
+    kept = json.loads(results.read_text()) if results.is_file() else {}
+    sections = {k: v for k, v in kept.items() if isinstance(v, dict) and "markdown" in v}
+    # Shards of the generated and public files live as long as this run, not in the cache.
+    with tempfile.TemporaryDirectory(prefix="ctrserve-quality-") as scratch:
+        os.environ[CACHE_ENV] = str(Path(scratch) / "shards")
+        for name in (s for s in SECTIONS if s in args.sections):
+            started = time.perf_counter()
+            logger.info("section %s", name)
+            text, results_of = run_section(name, args, Path(scratch))
+            sections[name] = {
+                "generated": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
+                "seconds": time.perf_counter() - started,
+                "markdown": text,
+                **({} if results_of is None else {"results": results_of}),
+            }
+            # written after every section, so a stopped run keeps what it finished
+            results.write_text(json.dumps(sections, indent=1) + "\n")
+            args.out.write_text(page(sections))
     logger.info("wrote %s", args.out)
 
 

@@ -335,12 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--report", type=Path, default=None, help="also write the table (Markdown)")
 
     tune = commands.add_parser(
-        "tune", help="choose min-count, embedding size and L2 on the validation rows"
+        "tune",
+        help="search the hyper-parameters on the validation rows (Optuna TPE with pruning)",
     )
     _add_train_args(tune)
-    tune.add_argument("--model", choices=sorted(MODELS), default="nffm")
+    tune.add_argument("--model", choices=[*sorted(MODELS), "all"], default="nffm")
     tune.add_argument(
-        "--write-config", type=Path, default=None, help="save the winner as YAML for --config"
+        "--trials",
+        type=int,
+        default=30,
+        help="trials per model in the study (a resumed study counts the ones it has)",
+    )
+    tune.add_argument("--timeout", type=float, default=None, help="seconds per model for this run")
+    tune.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="writes <model>.yaml (for train --config), trials.md and study.journal; "
+        "a second run with the same --out goes on from the journal",
     )
 
     inspect = commands.add_parser("inspect", help="map a field's latent vectors (PCA/t-SNE)")

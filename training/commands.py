@@ -19,7 +19,7 @@ from app.scoring.scorer import Scorer
 from training import drift, synth
 from training.batch_predict import predict_file, score_indices
 from training.calibration import MIN_CLASS_ROWS, MIN_ROWS, Calibration, fit_isotonic
-from training.config import MODEL_FLAGS, config_from_args, flags_of
+from training.config import MODEL_FLAGS, config_from_args, flags_of, read_config_file
 from training.data import BadRowLog, ColumnRoles, DataError, DataSource, open_source
 from training.dataset import Prepared, encode_batch, prepare, split_rule
 from training.distributed import (
@@ -377,21 +377,24 @@ def ladder_table(rows: list[dict[str, object]], oracle: Metrics | None, task: st
     """A Markdown table: one line per model, plus the oracle when the truth is known."""
     if task == "binary":
         lines = [
-            "| model | test AUC | test log loss | lift vs oracle | parameters | train s "
-            "| samples/s |",
-            "|---|---|---|---|---|---|---|",
+            "| model | test AUC | test log loss | NE | mean predicted / observed | ECE "
+            "| lift vs oracle | parameters | train s | samples/s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in rows:
             test = row["test"]
             assert isinstance(test, dict)
             lift = "" if oracle is None else f"{(test['auc'] - 0.5) / (oracle['auc'] - 0.5):.1%}"
             lines.append(
-                f"| {row['model']} | {test['auc']:.4f} | {test['logloss']:.4f} | {lift} | "
+                f"| {row['model']} | {test['auc']:.4f} | {test['logloss']:.4f} | "
+                f"{test['ne']:.4f} | {test['calibration']:.3f} | {test['ece']:.4f} | {lift} | "
                 f"{row['parameters']:,} | {row['train_seconds']} | {row['samples_per_s']:,} |"
             )
         if oracle is not None:
             lines.append(
-                f"| oracle (p_true) | {oracle['auc']:.4f} | {oracle['logloss']:.4f} | 100% | | | |"
+                f"| oracle (p_true) | {oracle['auc']:.4f} | {oracle['logloss']:.4f} | "
+                f"{oracle['ne']:.4f} | {oracle['calibration']:.3f} | {oracle['ece']:.4f} | "
+                "100% | | | |"
             )
         return "\n".join(lines)
     head = "| model | test weighted RMSE | test RMSE | parameters | train s | samples/s |"
@@ -517,28 +520,54 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    """Search min-count, embedding size and L2 on the validation rows; knobs given as flags
-    are held. Prints every trial; ``--write-config`` saves the winner for ``train --config``."""
-    from training.tuning import GRID, settings_of, tune
+    """Search the knobs on the validation rows (Optuna), for one model or, with ``--model
+    all``, every model of the ladder with the same budget; knobs given as flags or in
+    ``--config`` are held. Writes each winner to ``<out>/<model>.yaml`` for ``train
+    --config``, every trial to ``<out>/trials.md``, and the study to
+    ``<out>/study.journal``, from which a second run goes on."""
+    from training.tuning import KNOBS, Budget, trials_markdown, tune
 
     single_process_only("tune")
-    source = _source(args, config_from_args(args, args.model))
-    config = config_from_args(args, args.model, source.estimated_rows())
-    grid = {knob: values for knob, values in GRID.items() if getattr(args, knob) is None}
-    if not grid:
-        raise DataError("nothing to tune: --min-count, --embed-dim and --l2 are all given")
-    best, trials = tune(lambda trial: _prepare(source, trial, args), config, grid)
-    summary: dict[str, object] = {
-        "model": args.model,
-        "best": settings_of(best, GRID),
-        "trials": [asdict(trial) for trial in trials],
-    }
-    if args.write_config is not None:
+    if args.trials < 1:
+        raise DataError(f"--trials must be at least 1, got {args.trials}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise DataError(f"--timeout must be positive, got {args.timeout}")
+    models = tuple(MODELS) if args.model == "all" else (args.model,)
+    file_settings, flags = read_config_file(args.config), flags_of(args)
+    given = {**file_settings, **(file_settings.get("model") or {})}
+    held = {k for k in KNOBS if flags.get(k) is not None or k in given}
+    if held == set(KNOBS):
+        raise DataError("nothing to tune: every knob is given as a flag or in --config")
+    source = _source(args, config_from_args(args, models[0]))
+    rows = source.estimated_rows()
+    budget = Budget(args.trials, args.timeout)
+    args.out.mkdir(parents=True, exist_ok=True)
+    studies, summary = {}, {}
+    for name in models:
+        start = config_from_args(args, name, rows)
+        fingerprint = _prepare(source, start, args).fingerprint
+        best, trials = tune(
+            lambda trial: _prepare(source, trial, args),
+            start,
+            budget,
+            held,
+            args.out / "study.journal",
+            fingerprint,
+        )
+        studies[name] = trials
         mapping = best.model_dump(mode="json", exclude={"model"})
         mapping["model"] = best.model.model_dump(mode="json", exclude={"name"})
-        args.write_config.parent.mkdir(parents=True, exist_ok=True)
-        args.write_config.write_text(yaml.safe_dump(mapping, sort_keys=False))
-        summary["config"] = str(args.write_config)
+        path = args.out / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(mapping, sort_keys=False))
+        won = max((t for t in trials if t.state == "complete"), key=lambda t: t.val_score)
+        summary[name] = {
+            "best": won.settings,
+            "validation": won.val_score,
+            "trials": len(trials),
+            "pruned": sum(t.state == "pruned" for t in trials),
+            "config": str(path),
+        }
+    (args.out / "trials.md").write_text(trials_markdown(studies))
     _emit(summary)
     return 0
 

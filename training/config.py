@@ -2,7 +2,7 @@
 
 Precedence, lowest first: the model's published defaults (``models.DEFAULTS`` and
 ``models.TRAINING_DEFAULTS``), then the
-defaults for the file's size (``tuning.size_defaults``, when the row count is known), then a
+defaults for the file's size (``defaults.size_defaults``, when the row count is known), then a
 YAML file of TrainConfig fields (``--config``), then flags given on the command line.
 """
 
@@ -17,9 +17,9 @@ import yaml
 
 from app.core.yaml_file import load_yaml
 from training.data import DataError
+from training.defaults import size_defaults
 from training.models import DEFAULTS, TRAINING_DEFAULTS, ModelConfig
 from training.train import TrainConfig
-from training.tuning import size_defaults
 
 MODEL_FLAGS = ("embed_dim", "mlp_dims", "dropout", "batch_norm")
 TRAIN_FLAGS = (

@@ -32,6 +32,13 @@ EXACT_VALUES = 1_000_000  # distinct values per field counted exactly before ske
 SKETCH_LG_SIZE = 18  # frequent-items map of 2**18 entries: ~3.5/2**18 of rows is the error
 RESERVOIR = 100_000  # sampled values per numeric field
 _MERGE_ROWS = 1 << 20  # pending (value, count) rows merged into the exact table at once
+# Without --min-count each field picks its own cut-off from its counts: a field whose values
+# repeat fewer than LONG_TAIL_MEAN_COUNT times on average is a long tail of ids (hashed
+# Criteo and Avazu fields on a few thousand rows), where a value seen 1-4 times learns noise
+# and does better on the field's average row; a field whose values repeat (a user id on 69k
+# rows, any field of the 200k-row default data) keeps every value it saw.
+LONG_TAIL_MEAN_COUNT = 10
+LONG_TAIL_MIN_COUNT = 5
 
 
 class TokenCounts:
@@ -85,6 +92,21 @@ class TokenCounts:
         update = self.sketch.update
         for token, count in zip(tokens.to_pylist(), counts.to_pylist(), strict=True):
             update(token, count)
+
+    def mean_count(self) -> float:
+        """Training rows per distinct value (a sketched field holds more than
+        ``exact_values`` values, so its figure is an upper bound)."""
+        if self.sketch is None:
+            self._merge()
+        if self.sketch is not None:
+            return float(self.sketch.get_total_weight()) / self.exact_values
+        if self.table is None or self.table.num_rows == 0:
+            return 0.0
+        return float(pc.sum(self.table.column("count")).as_py()) / self.table.num_rows
+
+    def min_count(self) -> int:
+        """This field's cut-off when none is given (see ``LONG_TAIL_MEAN_COUNT``)."""
+        return LONG_TAIL_MIN_COUNT if self.mean_count() < LONG_TAIL_MEAN_COUNT else 1
 
     def counted(self) -> dict[str, int]:
         """Every value counted and its count (the sketch's estimates past the exact bound)."""
@@ -246,16 +268,23 @@ class SpecBuilder:
     def sketched_fields(self) -> list[str]:
         return [name for name, counts in self.tokens.items() if not counts.exact]
 
-    def finish(self, min_count: int = 1, max_vocab: int | None = None) -> FeatureSpec:
-        """The spec: categorical fields first, then numeric, in the source's order."""
-        if min_count < 1:
+    def finish(self, min_count: int | None = None, max_vocab: int | None = None) -> FeatureSpec:
+        """The spec: categorical fields first, then numeric, in the source's order.
+
+        Args:
+            min_count: values seen fewer times share the unseen row; ``None``: each field's
+                own cut-off (:meth:`TokenCounts.min_count`).
+        """
+        if min_count is not None and min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
-        fields: list[CategoricalField | NumericField] = [
-            CategoricalField(
-                name=name, min_count=min_count, vocabulary=counts.vocabulary(min_count, max_vocab)
+        fields: list[CategoricalField | NumericField] = []
+        for name, counts in self.tokens.items():
+            cutoff = counts.min_count() if min_count is None else min_count
+            fields.append(
+                CategoricalField(
+                    name=name, min_count=cutoff, vocabulary=counts.vocabulary(cutoff, max_vocab)
+                )
             )
-            for name, counts in self.tokens.items()
-        ]
         for name, sketch in self.numbers.items():
             edges = sketch.quantile_edges() if self.binning == "quantile" else sketch.log_edges()
             fields.append(NumericField(name=name, binning=self.binning, bin_edges=edges))

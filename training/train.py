@@ -14,7 +14,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -71,7 +71,12 @@ class TrainConfig(BaseModel):
     val_from: str | None = Field(default=None, description="time split: first validation value")
     test_from: str | None = Field(default=None, description="time split: first test value")
     seed: int = 0
-    min_count: int = Field(default=1, ge=1)
+    min_count: int | None = Field(
+        default=None,
+        ge=1,
+        description="values seen fewer times share the unseen row; absent: each field's own "
+        "cut-off, 5 for a long tail of ids, else 1 (training.fit_spec.LONG_TAIL_MEAN_COUNT)",
+    )
     max_vocab: int | None = Field(default=None, ge=1, description="values kept per field")
     exact_values: int = Field(
         default=EXACT_VALUES, ge=1, description="distinct values counted exactly, then sketched"
@@ -128,6 +133,7 @@ class TrainConfig(BaseModel):
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
+    best_score: float = float("-inf")  # the headline validation metric of the best epoch
     train_seconds: float = 0.0
     samples_seen: int = 0
     samples_per_s: float = 0.0
@@ -292,9 +298,13 @@ def fit(
     config: TrainConfig,
     progress: bool = True,
     cluster: Cluster | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Train with early stopping on the validation metric; leaves the best weights loaded
     (on rank 0, the only rank that exports, in a job).
+
+    ``on_epoch(epoch, validation score)`` runs after each epoch's validation; an exception
+    it raises (a tuner pruning the trial) ends the fit.
 
     Unseen rows hold the field average of the trained rows, refreshed before every epoch and
     every validation, so the validation score is the score the exported model will have.
@@ -316,7 +326,6 @@ def fit(
         sparse_gradients=cluster.sparse_gradients,
     )
     result = FitResult()
-    best_score = -np.inf
     with tempfile.TemporaryDirectory(prefix="ctrserve-best-") as scratch:
         best_path = Path(scratch) / "best.pt"
         for epoch in range(1, config.epochs + 1):
@@ -354,8 +363,10 @@ def fit(
                 score,
             )
             # Every rank holds rank 0's score, so every rank takes the same branch here.
-            if score > best_score:
-                best_score, result.best_epoch = score, epoch
+            if on_epoch is not None:
+                on_epoch(epoch, score)
+            if score > result.best_score:
+                result.best_score, result.best_epoch = score, epoch
                 if cluster.is_main:
                     torch.save(model.state_dict(), best_path)
             elif epoch - result.best_epoch >= config.patience:

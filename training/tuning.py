@@ -1,124 +1,288 @@
-"""Hyper-parameters for small and large data, and a search that picks them on validation.
+"""``ctrserve tune``: a hyper-parameter search on the validation rows, with Optuna.
 
-``size_defaults`` is what ``python -m training train`` uses when a flag is not given; its
-values come from runs of ``tune`` on the validation splits of the public slices and of the
-synthetic data (docs/QUALITY.md lists every trial). ``tune`` never looks at the test rows.
+TPE proposes a configuration, the fit reports its validation score after every epoch, and
+the median pruner stops a trial that trails the median of earlier trials at the same epoch.
+The first trial is the starting configuration (the defaults, the config file and the flags),
+so the search never returns anything worse on validation than what it started from. A
+study lives in a journal file: a search that was stopped goes on from its last trial. The
+test rows are never looked at. ``open_study`` and ``search`` also drive the GBDT baselines'
+searches (benchmarks/compare.py), so every contender gets the same kind of budget.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from app.features.spec import NumericField
 from training.dataset import Prepared
-from training.evaluation import headline
-from training.models import DEFAULTS, ModelName
-from training.train import TrainConfig, evaluate, fit, new_model
+from training.train import TrainConfig, fit, new_model
 
 logger = logging.getLogger(__name__)
 
-SMALL_DATA_ROWS = 100_000
-MAX_BATCH = 1024
-FIELD_AWARE = frozenset({"ffm", "deepffm", "nffm"})
+# Ranges searched; a starting value outside one is added to it, so trial 0 is the start.
+LEARNING_RATE = (1e-3, 1e-1)
+L2 = (1e-7, 1e-2)
+DROPOUT = (0.0, 0.5)
+OPTIMIZERS = ("adam", "adagrad")
+BATCH_SIZES = (256, 512, 1024, 2048)
+MIN_COUNTS: tuple[int | None, ...] = (None, 1, 2, 3, 5, 10)  # None: each field's own cut-off
+NUM_BINS = (8, 16, 32, 64)
+EMBED_DIMS = (4, 8, 16, 32)
+MLP_WIDTHS = (64, 128, 256, 400)
+MLP_DEPTHS = (1, 2, 3)
+# Knobs by the names a user holds them with (flags, config fields).
+KNOBS = (
+    "learning_rate",
+    "l2",
+    "optimizer",
+    "batch_size",
+    "min_count",
+    "num_bins",
+    "embed_dim",
+    "mlp_dims",
+    "dropout",
+)
+# The median pruner judges a trial from its second epoch, once 5 trials have finished.
+PRUNE_AFTER_TRIALS = 5
+PRUNE_AFTER_EPOCHS = 1
 
-# The knobs ``tune`` searches, in the order it searches them.
-GRID: dict[str, tuple[Any, ...]] = {
-    "min_count": (1, 2, 5),
-    "embed_dim": (4, 8, 16),
-    "l2": (1e-5, 1e-4, 1e-3),
-}
 
+@dataclass(frozen=True)
+class Budget:
+    """How much one search may spend: trials in the study (a resumed study counts the ones
+    it has), and seconds for this run."""
 
-def size_defaults(name: ModelName, rows: int) -> dict[str, Any]:
-    """Training settings for a file of ``rows`` rows (TrainConfig fields; ``embed_dim``
-    belongs to the model).
-
-    The batch size is the power of two nearest rows/50, from 256 to 1024: ~40 optimiser
-    steps an epoch on mid-sized files (a 5k-row file still gets steps, not one batch), and
-    no more than 1024 above 50k rows. With sparse updates a step's fixed cost is small, and
-    measured on a 39-field NFFM (k=4) 1024 ran at 17-19k samples/s against 9-15k at 4096,
-    whose 100 MB activations fall out of the caches; on the 200k-row default data it also
-    reached NFFM's best validation AUC in fewer epochs. Below ``SMALL_DATA_ROWS``: started
-    from the published settings, the search on Criteo's and Avazu's validation rows chose
-    min-count 5 for 10 of the 14 models, and k=4 or 8 for 9 of the 12 with an embedding
-    (field-aware tables hold a vector per field, so they get the smaller one); L2 showed no
-    consistent direction, so 1e-4 stays. Most gaps were under 0.005 AUC, below the noise of
-    ~700 validation rows: these are the consistent direction, not a sharp optimum. Large
-    files keep DESIGN.md's published settings, which the 1M-row search in docs/QUALITY.md
-    checks for NFFM.
-    """
-    batch_size = 2 ** round(math.log2(max(rows, 1) / 50))
-    settings: dict[str, Any] = {"batch_size": int(min(MAX_BATCH, max(256, batch_size)))}
-    if rows < SMALL_DATA_ROWS:
-        settings["min_count"] = 5
-        if name != "lr":
-            cap = 4 if name in FIELD_AWARE else 8
-            settings["embed_dim"] = min(DEFAULTS[name].embed_dim, cap)
-    return settings
+    trials: int = 30
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One configuration tried: its knob values and its validation score (AUC, or minus the
-    weighted RMSE for regression)."""
+    """One configuration tried: its settings, its best validation score (AUC, or minus the
+    weighted RMSE for regression; the last one reported for a pruned trial), the epochs it
+    ran and its seconds."""
 
+    number: int
+    state: str  # "complete" or "pruned"
     settings: dict[str, Any]
     val_score: float
+    epochs: int
     seconds: float
 
 
-def with_setting(config: TrainConfig, knob: str, value: Any) -> TrainConfig:
-    if knob == "embed_dim":
-        model = config.model.model_copy(update={"embed_dim": value})
-        return config.model_copy(update={"model": model})
-    return config.model_copy(update={knob: value})
+def open_study(name: str, journal: Path | None, seed: int, fingerprint: str) -> optuna.Study:
+    """A maximising TPE study with a median pruner; kept in ``journal`` when given, where a
+    study of that name is resumed. ``fingerprint`` names the data: resuming a study on
+    other data is refused."""
+    from training.data import DataError
+
+    storage = None
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=PRUNE_AFTER_EPOCHS
+        ),
+    )
+    known = study.user_attrs.get("data")
+    if known is None:
+        study.set_user_attr("data", fingerprint)
+    elif known != fingerprint:
+        raise DataError(
+            f"{journal}: study {name!r} was run on {known}, not {fingerprint}; "
+            "give another --out to start a new search"
+        )
+    return study
 
 
-def settings_of(config: TrainConfig, grid: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
-    return {
-        knob: config.model.embed_dim if knob == "embed_dim" else getattr(config, knob)
-        for knob in grid
+def finished(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def search(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    budget: Budget,
+    first: dict[str, Any] | None = None,
+) -> None:
+    """Run trials until the study holds ``budget.trials`` finished ones or this run has
+    spent ``budget.seconds``; ``first`` (the starting settings) is tried first in a new
+    study."""
+    done = finished(study)
+    if first is not None and not study.trials:
+        study.enqueue_trial(first)
+    remaining = budget.trials - len(done)
+    if remaining > 0:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(objective, n_trials=remaining, timeout=budget.seconds)
+
+
+def trials_of(study: optuna.Study) -> list[Trial]:
+    trials = []
+    for t in finished(study):
+        reported = list(t.intermediate_values.values())
+        score = t.value if t.value is not None else max(reported, default=math.nan)
+        seconds = t.duration.total_seconds() if t.duration is not None else math.nan
+        trials.append(
+            Trial(t.number, t.state.name.lower(), dict(t.params), score, len(reported), seconds)
+        )
+    return trials
+
+
+def _choices(values: Sequence[Any], start: Any) -> list[Any]:
+    """The grid with the starting value in it (``None`` first: it does not sort)."""
+    rest = sorted({v for v in (*values, start) if v is not None})
+    return ([None] if None in (*values, start) else []) + rest
+
+
+def _span(bounds: tuple[float, float], start: float) -> tuple[float, float]:
+    return min(bounds[0], start), max(bounds[1], start)
+
+
+def start_params(start: TrainConfig, held: Collection[str], has_numeric: bool) -> dict[str, Any]:
+    """The starting configuration as the study's parameters (its first trial)."""
+    params: dict[str, Any] = {
+        "learning_rate": start.learning_rate,
+        "l2": max(start.l2, L2[0]),  # a log scale has no 0: the range's floor stands for it
+        "optimizer": start.optimizer,
+        "batch_size": start.batch_size,
+        "min_count": start.min_count,
     }
+    if has_numeric and start.binning == "quantile":
+        params["num_bins"] = start.num_bins
+    if start.model.name != "lr":
+        params["embed_dim"] = start.model.embed_dim
+    if start.model.mlp_dims:
+        params["mlp_width"] = start.model.mlp_dims[0]
+        params["mlp_depth"] = len(start.model.mlp_dims)
+        params["dropout"] = start.model.dropout
+    if "mlp_dims" in held:
+        params.pop("mlp_width", None), params.pop("mlp_depth", None)
+    return {k: v for k, v in params.items() if k not in held}
+
+
+def suggest(trial: optuna.Trial, start: dict[str, Any]) -> dict[str, Any]:
+    """A configuration's parameters drawn from the space around ``start``'s knobs."""
+    draw: dict[str, Callable[[], Any]] = {
+        "learning_rate": lambda: trial.suggest_float(
+            "learning_rate", *_span(LEARNING_RATE, start["learning_rate"]), log=True
+        ),
+        "l2": lambda: trial.suggest_float("l2", *_span(L2, start["l2"]), log=True),
+        "optimizer": lambda: trial.suggest_categorical("optimizer", OPTIMIZERS),
+        "batch_size": lambda: trial.suggest_categorical(
+            "batch_size", _choices(BATCH_SIZES, start["batch_size"])
+        ),
+        "min_count": lambda: trial.suggest_categorical(
+            "min_count", _choices(MIN_COUNTS, start["min_count"])
+        ),
+        "num_bins": lambda: trial.suggest_categorical(
+            "num_bins", _choices(NUM_BINS, start["num_bins"])
+        ),
+        "embed_dim": lambda: trial.suggest_categorical(
+            "embed_dim", _choices(EMBED_DIMS, start["embed_dim"])
+        ),
+        "mlp_width": lambda: trial.suggest_categorical(
+            "mlp_width", _choices(MLP_WIDTHS, start["mlp_width"])
+        ),
+        "mlp_depth": lambda: trial.suggest_categorical(
+            "mlp_depth", _choices(MLP_DEPTHS, start["mlp_depth"])
+        ),
+        "dropout": lambda: trial.suggest_float("dropout", *_span(DROPOUT, start["dropout"])),
+    }
+    return {name: draw[name]() for name in start}
+
+
+def configured(start: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """``start`` with a trial's parameters applied."""
+    model_update: dict[str, Any] = {}
+    if "embed_dim" in params:
+        model_update["embed_dim"] = params["embed_dim"]
+    if "mlp_width" in params:
+        model_update["mlp_dims"] = (params["mlp_width"],) * params["mlp_depth"]
+    if "dropout" in params:
+        model_update["dropout"] = params["dropout"]
+    training = {k: v for k, v in params.items() if k in TrainConfig.model_fields}
+    model = start.model.model_copy(update=model_update)
+    return TrainConfig.model_validate({**start.model_dump(), **training, "model": model})
 
 
 def tune(
     prepared_for: Callable[[TrainConfig], Prepared],
     start: TrainConfig,
-    grid: dict[str, tuple[Any, ...]] | None = None,
+    budget: Budget,
+    held: Collection[str] = (),
+    journal: Path | None = None,
+    fingerprint: str = "",
 ) -> tuple[TrainConfig, list[Trial]]:
-    """Coordinate search on the validation score: each knob in turn over its grid, the others held
-    at the best values so far. Costs at most ``sum(len(values))`` fits instead of the
-    grid's product; LR has no embedding, so its ``embed_dim`` is never searched.
+    """The best configuration on the validation rows, and every trial in the study.
 
     Args:
         prepared_for: the shards for a configuration (:func:`training.dataset.prepare`:
-            configurations that differ only in the model share one cached preparation).
-
-    Returns the best configuration and every trial, in the order run.
+            trials that differ only in the model share one cached preparation).
+        held: knobs (``KNOBS``) kept at ``start``'s values.
+        journal: the study's file, to resume a stopped search (default: in memory).
     """
-    grid = dict(GRID if grid is None else grid)
-    if start.model.name == "lr":
-        grid.pop("embed_dim", None)
-    trials: dict[tuple[Any, ...], Trial] = {}
+    unknown = set(held) - set(KNOBS)
+    if unknown:
+        raise ValueError(f"unknown knobs {sorted(unknown)}; choose from {KNOBS}")
+    spec = prepared_for(start).spec
+    has_numeric = any(isinstance(f, NumericField) for f in spec.fields)
+    first = start_params(start, held, has_numeric)
+    study = open_study(start.model.name, journal, start.seed, fingerprint)
 
-    def score(config: TrainConfig) -> float:
-        key = tuple(settings_of(config, grid).values())
-        if key not in trials:
-            prepared = prepared_for(config)
-            started = time.perf_counter()
-            model = new_model(prepared, config)
-            fit(model, prepared, config, progress=False)
-            value = headline(evaluate(model, prepared.val, config.task))
-            trials[key] = Trial(settings_of(config, grid), value, time.perf_counter() - started)
-            logger.info("%s %s: validation %.4f", config.model.name, trials[key].settings, value)
-        return trials[key].val_score
+    def objective(trial: optuna.Trial) -> float:
+        config = configured(start, suggest(trial, first))
+        prepared = prepared_for(config)
 
-    best = start
-    for knob, values in grid.items():
-        candidates = [with_setting(best, knob, value) for value in values]
-        best = max([best, *candidates], key=score)
-    return best, list(trials.values())
+        def report(epoch: int, score: float) -> None:
+            trial.report(score, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        result = fit(new_model(prepared, config), prepared, config, False, on_epoch=report)
+        name = start.model.name
+        logger.info("%s trial %d: validation %.4f", name, trial.number, result.best_score)
+        return result.best_score
+
+    search(study, objective, budget, first)
+    return configured(start, study.best_trial.params), trials_of(study)
+
+
+def trials_markdown(studies: dict[str, list[Trial]]) -> str:
+    """Every trial of every study, best first within a model, as a Markdown table."""
+    lines = [
+        "| model | trial | state | epochs | validation | seconds | settings |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, trials in studies.items():
+        best = max((t.val_score for t in trials if t.state == "complete"), default=math.nan)
+        for t in sorted(trials, key=lambda t: -t.val_score):
+            mark = " **best**" if t.state == "complete" and t.val_score == best else ""
+            settings = ", ".join(f"{k} {_shown(v)}" for k, v in t.settings.items())
+            lines.append(
+                f"| {model} | {t.number} | {t.state} | {t.epochs} | {t.val_score:.4f}{mark} | "
+                f"{t.seconds:.1f} | {settings} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "auto"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -81,7 +81,11 @@ def check_fields(base: FeatureSpec, builder: SpecBuilder) -> None:
 
 
 def merge_spec(
-    base: WarmStart, builder: SpecBuilder, min_count: int, capacity: int | None, decay: float
+    base: WarmStart,
+    builder: SpecBuilder,
+    min_count: int | None,
+    capacity: int | None,
+    decay: float,
 ) -> FeatureSpec:
     """Today's spec: yesterday's values and today's, by decayed count, at most ``capacity``
     a field (see the module's docstring)."""
@@ -91,18 +95,18 @@ def merge_spec(
         if not isinstance(field, CategoricalField):
             fields.append(field)  # numeric: yesterday's bins
             continue
+        today = builder.tokens[field.name]
+        cutoff = today.min_count() if min_count is None else min_count
         old = base.counts[field.name][NUM_RESERVED:]
         score = {value: decay * float(c) for value, c in zip(field.vocabulary, old, strict=True)}
-        for value, count in builder.tokens[field.name].counted().items():
+        for value, count in today.counted().items():
             if value in score:
                 score[value] += count
-            elif count >= min_count:
+            elif count >= cutoff:
                 score[value] = float(count)
         order = sorted(score, key=lambda value: (-score[value], value))
         fields.append(
-            CategoricalField(
-                name=field.name, min_count=min_count, vocabulary=tuple(order[:capacity])
-            )
+            CategoricalField(name=field.name, min_count=cutoff, vocabulary=tuple(order[:capacity]))
         )
     return FeatureSpec(fields=tuple(fields))
 

@@ -161,8 +161,14 @@ def test_overload_over_http_is_503_with_retry_after_and_the_service_recovers(
     with TestClient(create_app(settings)) as client:
         scorer = client.app.state.service.model().registry.current
         score = scorer.score_indices
-        gate = threading.Event()
-        scorer.score_indices = lambda indices: gate.wait(10) and score(indices)
+        gate, entered = threading.Event(), threading.Event()
+
+        def blocked(indices: np.ndarray) -> np.ndarray:
+            entered.set()
+            gate.wait(10)
+            return score(indices)
+
+        scorer.score_indices = blocked
 
         def post(i: int) -> tuple[int, str | None, float]:
             started = time.perf_counter()
@@ -174,8 +180,10 @@ def test_overload_over_http_is_503_with_retry_after_and_the_service_recovers(
             )
 
         with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(post, i) for i in range(6)]
-            time.sleep(0.5)  # one scoring, one queued, the rest refused at once
+            futures = [pool.submit(post, 0)]
+            assert entered.wait(10)  # one scoring; of the rest, one queued, four refused
+            futures += [pool.submit(post, i) for i in range(1, 6)]
+            time.sleep(0.5)
             refused = [f.result() for f in futures if f.done()]
             gate.set()
             answered = [f.result() for f in futures]

@@ -236,6 +236,8 @@ def test_single_process_commands_say_so_under_torchrun(
     logs: Path, module: str, command: str
 ) -> None:
     args = ["--data", str(logs)] if command == "compare" else [command, "--data", str(logs)]
+    if command == "tune":
+        args += ["--out", str(logs.parent / "tuned")]
     result = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,

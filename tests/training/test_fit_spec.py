@@ -53,19 +53,37 @@ def _edges(values: np.ndarray, num_bins: int, binning: str = "quantile") -> tupl
 
 
 def test_vocabulary_is_sorted_by_count_then_value() -> None:
-    assert _vocabulary(["b", "a", "c", "a", "b", None, "", "d"]) == ("a", "b", "c", "d")
+    assert _vocabulary(["b", "a", "c", "a", "b", None, "", "d"], min_count=1) == (
+        "a",
+        "b",
+        "c",
+        "d",
+    )
 
 
 def test_min_count_and_the_cap_drop_rare_values() -> None:
     values = ["a"] * 5 + ["b"] * 3 + ["c"] * 2 + ["d"]
     assert _vocabulary(values, min_count=2) == ("a", "b", "c")
-    assert _vocabulary(values, max_vocab=2) == ("a", "b")
+    assert _vocabulary(values, min_count=1, max_vocab=2) == ("a", "b")
+
+
+def test_without_a_min_count_each_field_picks_its_own() -> None:
+    """A long tail of ids (values seen about twice) keeps values seen 5 times or more; a
+    field whose values repeat keeps every value, even one seen once."""
+    tail = [f"id{i // 2}" for i in range(494)] + ["hot"] * 6
+    assert _vocabulary(tail) == ("hot",)
+    repeated = ["a"] * 300 + ["b"] * 199 + ["c"]
+    assert _vocabulary(repeated) == ("a", "b", "c")
+    builder = SpecBuilder(["tail", "repeated"], [])
+    builder.update(_batch({"tail": tail, "repeated": repeated}))
+    assert [f.min_count for f in builder.finish().fields] == [5, 1]  # type: ignore[union-attr]
 
 
 def test_integer_ids_are_spelled_as_the_service_spells_numbers() -> None:
     builder = SpecBuilder(["x"], [])
     builder.update(_batch({"x": [7, 7, 12]}))
-    assert builder.finish().fields[0].vocabulary == ("7", "12")  # type: ignore[union-attr]
+    vocabulary = builder.finish(min_count=1).fields[0].vocabulary  # type: ignore[union-attr]
+    assert vocabulary == ("7", "12")
 
 
 def test_past_the_bound_the_sketch_keeps_the_heavy_hitters() -> None:
