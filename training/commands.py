@@ -45,7 +45,13 @@ from training.train import (
     new_model,
     predict_split,
 )
-from training.warm_start import WarmStart, decayed_counts, load_warm_start, transplant
+from training.warm_start import (
+    WarmStart,
+    carried_optimizer,
+    decayed_counts,
+    load_warm_start,
+    transplant,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -208,10 +214,14 @@ def train_one(
     cluster = cluster or Cluster()
     memory = _check_memory(prepared, config, max_memory, cluster)
     model = new_model(prepared, config)
-    warm = (
-        None if base is None else {"from": base.version, **transplant(base, model, prepared.spec)}
+    warm: dict[str, object] | None = None
+    carried = None
+    if base is not None:
+        warm = {"from": base.version, **transplant(base, model, prepared.spec)}
+        carried, warm["optimizer"] = carried_optimizer(base, prepared.spec, config.optimizer)
+    result = fit(
+        model, prepared, config, progress=progress, cluster=cluster, optimizer_state=carried
     )
-    result = fit(model, prepared, config, progress=progress, cluster=cluster)
     if not cluster.is_main:
         return {}
     model.to("cpu")
@@ -275,6 +285,7 @@ def train_one(
             calibration,
             config.table_dtype,
             config.checkpoint,
+            result.optimizer.state() if result.optimizer is not None else None,
         )
         summary["version"] = manifest.version
         summary["model_dir"] = str(out)

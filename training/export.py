@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,6 +32,7 @@ from app.scoring.manifest import (
     MANIFEST_FILE,
     METRICS_FILE,
     ONNX_FILE,
+    OPTIMIZER_FILE,
     ModelManifest,
     OnnxGraph,
     TableDtype,
@@ -182,12 +184,14 @@ def write_artifact(
     calibration: Calibration | None = None,
     table_dtype: TableDtype = "float32",
     checkpoint: bool = True,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> ModelManifest:
     """Export ``model`` as a new version of the repository ``out_dir``, then point
     ``CURRENT`` at it, with its training statistics and its calibration (baked into the
     graph, and kept beside it for a re-export) when given, its tables stored as
-    ``table_dtype``, and its torch checkpoint unless ``checkpoint`` is false (it is only
-    read to re-export or fine-tune). Returns the version's manifest."""
+    ``table_dtype``, and its torch checkpoint and ``optimizer_state`` unless ``checkpoint``
+    is false (they are only read to re-export or to train further). Returns the version's
+    manifest."""
     model.eval()
     fill_unseen_rows(model, spec.field_dims)
     repository = ModelRepository(out_dir)
@@ -223,6 +227,8 @@ def write_artifact(
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         if checkpoint:
             torch.save(model.state_dict(), staging / CHECKPOINT_FILE)
+            if optimizer_state is not None:
+                torch.save(optimizer_state, staging / OPTIMIZER_FILE)
         if statistics is not None:
             statistics.save(staging)
         if calibration is not None:
@@ -314,6 +320,20 @@ def load_checkpoint(model_dir: Path) -> tuple[nn.Module, TrainedModel]:
     return model, trained
 
 
+def load_optimizer_state(model_dir: Path) -> dict[str, Any] | None:
+    """The optimiser's state a version kept beside its checkpoint (``None``: it has none,
+    e.g. it was exported before ctrserve kept it), checked against spec.json."""
+    model_dir = resolve_model_dir(model_dir)
+    trained = load_json_model(TrainedModel, model_dir / MANIFEST_FILE)
+    path = model_dir / OPTIMIZER_FILE
+    if not path.is_file():
+        return None
+    if trained.files is not None:
+        verify_files(model_dir, trained.files, skip=set(trained.files) - {OPTIMIZER_FILE})
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return state
+
+
 def reexport(
     model_dir: Path,
     out_dir: Path | None = None,
@@ -337,4 +357,5 @@ def reexport(
         Calibration.load(version_dir),
         table_dtype or trained.onnx.table_dtype,
         checkpoint,
+        load_optimizer_state(version_dir) if checkpoint else None,
     )

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,8 +112,9 @@ class TrainConfig(BaseModel):
     )
     checkpoint: bool = Field(
         default=True,
-        description="keep the torch checkpoint beside the export (needed only to re-export "
-        "or train further; as large again as the tables)",
+        description="keep the torch checkpoint and the optimiser state beside the export "
+        "(needed only to re-export or train further; the checkpoint is as large again as the "
+        "tables, the optimiser state once (Adagrad) or twice (Adam) more)",
     )
 
     @model_validator(mode="after")
@@ -134,6 +136,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float = float("-inf")  # the headline validation metric of the best epoch
+    optimizer: SparseOptimizer | None = None  # its state after the last epoch
     train_seconds: float = 0.0
     samples_seen: int = 0
     samples_per_s: float = 0.0
@@ -299,12 +302,14 @@ def fit(
     progress: bool = True,
     cluster: Cluster | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train with early stopping on the validation metric; leaves the best weights loaded
     (on rank 0, the only rank that exports, in a job).
 
     ``on_epoch(epoch, validation score)`` runs after each epoch's validation; an exception
-    it raises (a tuner pruning the trial) ends the fit.
+    it raises (a tuner pruning the trial) ends the fit. ``optimizer_state`` (a warm start's,
+    :meth:`SparseOptimizer.state`) is where the optimiser starts.
 
     Unseen rows hold the field average of the trained rows, refreshed before every epoch and
     every validation, so the validation score is the score the exported model will have.
@@ -325,7 +330,9 @@ def fit(
         config.optimizer,
         sparse_gradients=cluster.sparse_gradients,
     )
-    result = FitResult()
+    if optimizer_state is not None:
+        optimizer.load_state(optimizer_state)
+    result = FitResult(optimizer=optimizer)
     with tempfile.TemporaryDirectory(prefix="ctrserve-best-") as scratch:
         best_path = Path(scratch) / "best.pt"
         for epoch in range(1, config.epochs + 1):

@@ -86,6 +86,7 @@ def open_study(name: str, journal: Path | None, seed: int, fingerprint: str) -> 
     other data is refused."""
     from training.data import DataError
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log line says each trial
     storage = None
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,6 @@ def search(
         study.enqueue_trial(first)
     remaining = budget.trials - len(done)
     if remaining > 0:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(objective, n_trials=remaining, timeout=budget.seconds)
 
 

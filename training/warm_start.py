@@ -1,12 +1,15 @@
 """Continue yesterday's model on today's data: the vocabulary grows, learned rows carry over.
 
 ```
-yesterday's version: checkpoint.pt (rows), spec.json (values), statistics.npz (counts)
+yesterday's version: checkpoint.pt (rows), optimizer.pt (per-row optimiser state),
+  spec.json (values), statistics.npz (counts)
 today's pass 1: counts of today's values ─► merge ─► today's spec (old values first claim
   a row; new values with --min-count today; at most --max-vocab a field, the lowest
   decayed counts evicted)
 new model ◄─ every table row of a value kept, by value (missing, unseen and numeric bins
   by index); a new value starts at its field's average row; dense layers copied
+optimiser ◄─ the same rows of Adagrad's sums or Adam's moments (a new value starts with
+  none, as a fresh row does); the dense layers' Adam state
 ```
 
 A value's count is ``decay x yesterday's count + today's``, so one not seen for days fades
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +32,7 @@ from app.features.spec import NUM_RESERVED, CategoricalField, FeatureSpec
 from app.scoring.manifest import read_version
 from app.scoring.repository import resolve_model_dir
 from training.data import DataError
-from training.export import TrainedModel, load_checkpoint
+from training.export import TrainedModel, load_checkpoint, load_optimizer_state
 from training.fit_spec import SpecBuilder
 from training.layers import embedding_tables, field_offsets
 from training.models import ModelConfig
@@ -43,6 +47,7 @@ class WarmStart:
     model: nn.Module
     trained: TrainedModel
     counts: dict[str, np.ndarray]  # field -> decayed training count per encoded index
+    optimizer: dict[str, Any] | None = None  # SparseOptimizer.state(), when it was kept
 
     @property
     def spec(self) -> FeatureSpec:
@@ -65,7 +70,8 @@ def load_warm_start(path: Path) -> WarmStart:
     if statistics is None:
         raise DataError(f"{version_dir}: no statistics.npz (value counts); train it again")
     counts = statistics.vocabulary_counts or statistics.field_counts
-    return WarmStart(read_version(version_dir), model, trained, counts)
+    optimizer = load_optimizer_state(version_dir)
+    return WarmStart(read_version(version_dir), model, trained, counts, optimizer)
 
 
 def check_fields(base: FeatureSpec, builder: SpecBuilder) -> None:
@@ -126,6 +132,22 @@ def decayed_counts(
     return merged
 
 
+RowSources = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _row_sources(base: WarmStart, spec: FeatureSpec) -> RowSources:
+    """Per field of ``spec``: its table rows, which of them hold a value the base knew, and
+    that value's row in the base's tables."""
+    old_starts = field_offsets(base.spec.field_dims).tolist()
+    new_starts = field_offsets(spec.field_dims).tolist()
+    sources = []
+    for j, (old_field, field) in enumerate(zip(base.spec.fields, spec.fields, strict=True)):
+        rows = torch.from_numpy(_row_map(old_field, field))
+        found = rows >= 0
+        sources.append((new_starts[j] + torch.arange(len(rows)), found, old_starts[j] + rows))
+    return sources
+
+
 def transplant(base: WarmStart, model: nn.Module, spec: FeatureSpec) -> dict[str, int]:
     """Copy the base model into ``model`` (built for ``spec``): every kept value's row of
     every table, the reserved rows and the bins; new values at their field's unseen row (the
@@ -134,13 +156,7 @@ def transplant(base: WarmStart, model: nn.Module, spec: FeatureSpec) -> dict[str
         raise DataError(f"--warm-start continues a {type(base.model).__name__}")
     old_tables, new_tables = embedding_tables(base.model), embedding_tables(model)
     old_starts = field_offsets(base.spec.field_dims).tolist()
-    new_starts = field_offsets(spec.field_dims).tolist()
-    # Per field: the base's table row of each new index's value (-1: a new value), once.
-    sources = []
-    for j, (old_field, field) in enumerate(zip(base.spec.fields, spec.fields, strict=True)):
-        rows = torch.from_numpy(_row_map(old_field, field))
-        found = rows >= 0
-        sources.append((new_starts[j] + torch.arange(len(rows)), found, old_starts[j] + rows))
+    sources = _row_sources(base, spec)
     table_ids = {id(t) for t in new_tables}
     with torch.no_grad():
         for old, fresh in zip(old_tables, new_tables, strict=True):
@@ -157,6 +173,36 @@ def transplant(base: WarmStart, model: nn.Module, spec: FeatureSpec) -> dict[str
     new = sum(int((~found).sum()) for _, found, _ in sources)
     kept = sum(int(found.sum()) - NUM_RESERVED for _, found, _ in sources)
     return {"kept_values": kept, "new_values": new}
+
+
+def carried_optimizer(
+    base: WarmStart, spec: FeatureSpec, optimizer: str
+) -> tuple[dict[str, Any] | None, str]:
+    """The base's optimiser state for today's tables (every kept value's rows of every
+    per-row tensor; new values start with zeros, as a fresh row does; the dense layers'
+    state as it was), and what became of it, in words. ``None`` when there is nothing to
+    carry: no state was kept, or today's optimiser is another one."""
+    if base.optimizer is None:
+        return None, f"fresh: {base.version} kept no optimizer state"
+    if base.optimizer["name"] != optimizer:
+        return None, f"fresh: {base.version} trained with {base.optimizer['name']}"
+    old_rows = sum(base.spec.field_dims)
+    new_rows = sum(spec.field_dims)
+    sources = _row_sources(base, spec)
+    tables = base.optimizer["tables"]
+    state: dict[int, dict[str, Any]] = {}
+    for index, entries in tables["state"].items():
+        state[index] = {}
+        for key, value in entries.items():
+            if not (isinstance(value, torch.Tensor) and value.dim() and len(value) == old_rows):
+                state[index][key] = value  # a step count: the same optimiser goes on
+                continue
+            fresh = value.new_zeros((new_rows, *value.shape[1:]))
+            for target, found, source in sources:
+                fresh[target[found]] = value[source[found]]
+            state[index][key] = fresh
+    carried = {**base.optimizer, "tables": {**tables, "state": state}}
+    return carried, f"carried from {base.version}"
 
 
 def _row_map(old: CategoricalField | object, new: CategoricalField | object) -> np.ndarray:

@@ -27,6 +27,9 @@ ONNX_FILE = "model.onnx"
 ONNX_DATA_FILE = "model.onnx.data"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+OPTIMIZER_FILE = "optimizer.pt"  # the optimiser's state beside the checkpoint, for warm starts
+# Files only training reads (re-export, warm start); the service never opens them.
+TRAINING_FILES = (CHECKPOINT_FILE, OPTIMIZER_FILE)
 FORMAT_VERSION: Literal[2] = 2
 TableDtype = Literal["float32", "float16", "int8"]
 

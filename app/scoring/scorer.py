@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from app.features.encoder import FeatureEncoder
 from app.features.errors import SpecError
 from app.features.spec import UNSEEN_INDEX
-from app.scoring.manifest import CHECKPOINT_FILE, ModelManifest, verify_files
+from app.scoring.manifest import TRAINING_FILES, ModelManifest, verify_files
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ class Scorer:
         manifest = ModelManifest.load(model_dir)
         onnx_path = model_dir / manifest.onnx.file
         # Every file the service may read, checked before onnxruntime maps the weights;
-        # the checkpoint is checked by what reads it (re-export, warm start) and by publish.
-        verify_files(model_dir, manifest.files, skip=[CHECKPOINT_FILE])
+        # the checkpoint and optimiser state are checked by what reads them (re-export, warm
+        # start) and by publish.
+        verify_files(model_dir, manifest.files, skip=TRAINING_FILES)
         try:
             manifest.check_content()
         except SpecError as exc:

@@ -25,6 +25,7 @@ from training.export import (  # noqa: E402
     ExportError,
     fixture_rows,
     load_checkpoint,
+    load_optimizer_state,
     reexport,
     write_artifact,
 )
@@ -148,6 +149,7 @@ def test_artifact_is_self_describing(model_dir: Path) -> None:
         "metrics.json",
         "model.onnx",
         "model.onnx.data",  # the weights, mapped by every worker rather than copied
+        "optimizer.pt",  # Adagrad's per-row sums, for a warm start to go on with
         "spec.json",
         "statistics.npz",
     ]
@@ -170,7 +172,9 @@ def test_artifact_is_self_describing(model_dir: Path) -> None:
 def test_reexport_from_checkpoint_is_identical(model_dir: Path, tmp_path: Path) -> None:
     manifest = reexport(model_dir, tmp_path / "again")
     assert manifest.version == ModelManifest.load(resolve_model_dir(model_dir)).version
-    assert (resolve_model_dir(tmp_path / "again") / STATISTICS_FILE).is_file()  # carried over
+    again = resolve_model_dir(tmp_path / "again")
+    assert (again / STATISTICS_FILE).is_file()  # carried over
+    assert (again / "optimizer.pt").is_file()
     assert manifest.features == ModelManifest.load(resolve_model_dir(model_dir)).features
     rows = fixture_rows(manifest.features.field_dims, 500)
     np.testing.assert_allclose(
@@ -180,6 +184,19 @@ def test_reexport_from_checkpoint_is_identical(model_dir: Path, tmp_path: Path) 
     )
     model, _ = load_checkpoint(model_dir)
     assert isinstance(model, MODELS["nffm"])
+
+
+def test_a_damaged_optimizer_state_is_named_and_serving_never_reads_it(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(resolve_model_dir(model_dir), copy)
+    damaged = bytearray((copy / "optimizer.pt").read_bytes())
+    damaged[-1] ^= 0xFF
+    (copy / "optimizer.pt").write_bytes(bytes(damaged))
+    Scorer.load(copy)  # the service checks only what it reads
+    with pytest.raises(SpecError, match=r"optimizer\.pt: sha256"):
+        load_optimizer_state(copy)
 
 
 def test_a_checkpoint_of_other_layers_is_refused_clearly(model_dir: Path, tmp_path: Path) -> None:

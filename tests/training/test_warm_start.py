@@ -17,8 +17,14 @@ from training.data import Batch  # noqa: E402
 from training.fit_spec import SpecBuilder  # noqa: E402
 from training.layers import embedding_tables, field_offsets  # noqa: E402
 from training.models import build_model  # noqa: E402
+from training.optim import SparseOptimizer  # noqa: E402
 from training.statistics import TrainingStatistics  # noqa: E402
-from training.warm_start import load_warm_start, merge_spec, transplant  # noqa: E402
+from training.warm_start import (  # noqa: E402
+    carried_optimizer,
+    load_warm_start,
+    merge_spec,
+    transplant,
+)
 
 
 def _reshuffled(spec: FeatureSpec) -> FeatureSpec:
@@ -60,6 +66,50 @@ def test_every_kept_value_keeps_its_rows_and_a_new_one_starts_at_the_average(
             )
             size = spec.field_dims[k]
             assert torch.equal(new_table[b : b + size], old_table[a : a + size])
+
+
+def test_the_optimizer_state_follows_the_rows(model_dir: Path) -> None:
+    """Adagrad's per-row sums move with their values; a new value starts with none; the
+    run's own learning rate applies; another optimiser starts fresh."""
+    base = load_warm_start(model_dir)
+    assert base.optimizer is not None
+    name = base.optimizer["name"]
+    spec = _reshuffled(base.spec)
+    carried, said = carried_optimizer(base, spec, name)
+    assert carried is not None
+    assert said == f"carried from {base.version}"
+    old_field, new_field = base.spec.fields[0], spec.fields[0]
+    assert isinstance(old_field, CategoricalField)
+    assert isinstance(new_field, CategoricalField)
+    old_start = int(field_offsets(base.spec.field_dims)[0])
+    new_start = int(field_offsets(spec.field_dims)[0])
+    moved = 0
+    for index, entries in carried["tables"]["state"].items():
+        old_entries = base.optimizer["tables"]["state"][index]
+        for key, value in entries.items():
+            if not (isinstance(value, torch.Tensor) and value.dim()):
+                continue
+            old = old_entries[key]
+            assert len(value) == sum(spec.field_dims)
+            for i, token in enumerate(new_field.vocabulary[:-1]):
+                j = old_field.vocabulary.index(token)
+                assert torch.equal(
+                    value[new_start + NUM_RESERVED + i], old[old_start + NUM_RESERVED + j]
+                )
+            last = new_start + NUM_RESERVED + len(new_field.vocabulary) - 1
+            assert not value[last].any()  # the new value: no history
+            moved += 1
+    assert moved > 0
+    model = build_model(spec.field_dims, base.model_config)
+    optimizer = SparseOptimizer(model, spec.field_dims, 0.123, 0.0, name)
+    optimizer.load_state(carried)
+    assert {g["lr"] for g in optimizer.sparse.param_groups} == {0.123}
+
+    other = "adam" if name == "adagrad" else "adagrad"
+    assert carried_optimizer(base, spec, other) == (
+        None,
+        f"fresh: {base.version} trained with {name}",
+    )
 
 
 def test_the_same_spec_continues_the_same_model(model_dir: Path) -> None:
@@ -122,7 +172,9 @@ def test_warm_start_grows_the_vocabulary_and_exports_a_new_version(
     assert summary["warm_start"]["from"] == manifest.version
     assert summary["warm_start"]["kept_values"] > 0
     assert summary["warm_start"]["new_values"] > 0
+    assert summary["warm_start"]["optimizer"] == f"carried from {manifest.version}"
     grown = ModelManifest.load(resolve_model_dir(repository))
+    assert "optimizer.pt" in grown.files  # and the next day carries it on
     assert grown.hyperparameters == manifest.hyperparameters
     old_c0, new_c0 = manifest.features.fields[0], grown.features.fields[0]
     assert isinstance(old_c0, CategoricalField)
