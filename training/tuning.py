@@ -29,17 +29,25 @@ from training.train import TrainConfig, fit, new_model
 
 logger = logging.getLogger(__name__)
 
-# Ranges searched; a starting value outside one is added to it, so trial 0 is the start.
-LEARNING_RATE = (1e-3, 1e-1)
-L2 = (1e-7, 1e-2)
-DROPOUT = (0.0, 0.5)
-OPTIMIZERS = ("adam", "adagrad")
-BATCH_SIZES = (256, 512, 1024, 2048)
+# The space searched, by parameter: (low, high, log scale) ranges and grids. A starting
+# value outside one is added to it, so that trial 0 is the start.
+L2_FLOOR = 1e-7
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "learning_rate": (1e-3, 1e-1, True),
+    "l2": (L2_FLOOR, 1e-2, True),
+    "dropout": (0.0, 0.5, False),
+}
 MIN_COUNTS: tuple[int | None, ...] = (None, 1, 2, 3, 5, 10)  # None: each field's own cut-off
 NUM_BINS = (8, 16, 32, 64)
-EMBED_DIMS = (4, 8, 16, 32)
-MLP_WIDTHS = (64, 128, 256, 400)
-MLP_DEPTHS = (1, 2, 3)
+GRIDS: dict[str, tuple[Any, ...]] = {
+    "optimizer": ("adam", "adagrad"),
+    "batch_size": (256, 512, 1024, 2048),
+    "min_count": MIN_COUNTS,
+    "num_bins": NUM_BINS,
+    "embed_dim": (4, 8, 16, 32),
+    "mlp_width": (64, 128, 256, 400),
+    "mlp_depth": (1, 2, 3),
+}
 # Knobs by the names a user holds them with (flags, config fields).
 KNOBS = (
     "learning_rate",
@@ -146,20 +154,19 @@ def trials_of(study: optuna.Study) -> list[Trial]:
 
 
 def _choices(values: Sequence[Any], start: Any) -> list[Any]:
-    """The grid with the starting value in it (``None`` first: it does not sort)."""
-    rest = sorted({v for v in (*values, start) if v is not None})
-    return ([None] if None in (*values, start) else []) + rest
-
-
-def _span(bounds: tuple[float, float], start: float) -> tuple[float, float]:
-    return min(bounds[0], start), max(bounds[1], start)
+    """The grid, with the starting value put in its sorted place when it is not in it."""
+    if start in values:
+        return list(values)
+    return ([None] if None in values else []) + sorted(
+        {v for v in (*values, start) if v is not None}
+    )
 
 
 def start_params(start: TrainConfig, held: Collection[str], has_numeric: bool) -> dict[str, Any]:
     """The starting configuration as the study's parameters (its first trial)."""
     params: dict[str, Any] = {
         "learning_rate": start.learning_rate,
-        "l2": max(start.l2, L2[0]),  # a log scale has no 0: the range's floor stands for it
+        "l2": max(start.l2, L2_FLOOR),  # a log scale has no 0: the range's floor stands in
         "optimizer": start.optimizer,
         "batch_size": start.batch_size,
         "min_count": start.min_count,
@@ -178,34 +185,16 @@ def start_params(start: TrainConfig, held: Collection[str], has_numeric: bool) -
 
 
 def suggest(trial: optuna.Trial, start: dict[str, Any]) -> dict[str, Any]:
-    """A configuration's parameters drawn from the space around ``start``'s knobs."""
-    draw: dict[str, Callable[[], Any]] = {
-        "learning_rate": lambda: trial.suggest_float(
-            "learning_rate", *_span(LEARNING_RATE, start["learning_rate"]), log=True
-        ),
-        "l2": lambda: trial.suggest_float("l2", *_span(L2, start["l2"]), log=True),
-        "optimizer": lambda: trial.suggest_categorical("optimizer", OPTIMIZERS),
-        "batch_size": lambda: trial.suggest_categorical(
-            "batch_size", _choices(BATCH_SIZES, start["batch_size"])
-        ),
-        "min_count": lambda: trial.suggest_categorical(
-            "min_count", _choices(MIN_COUNTS, start["min_count"])
-        ),
-        "num_bins": lambda: trial.suggest_categorical(
-            "num_bins", _choices(NUM_BINS, start["num_bins"])
-        ),
-        "embed_dim": lambda: trial.suggest_categorical(
-            "embed_dim", _choices(EMBED_DIMS, start["embed_dim"])
-        ),
-        "mlp_width": lambda: trial.suggest_categorical(
-            "mlp_width", _choices(MLP_WIDTHS, start["mlp_width"])
-        ),
-        "mlp_depth": lambda: trial.suggest_categorical(
-            "mlp_depth", _choices(MLP_DEPTHS, start["mlp_depth"])
-        ),
-        "dropout": lambda: trial.suggest_float("dropout", *_span(DROPOUT, start["dropout"])),
-    }
-    return {name: draw[name]() for name in start}
+    """A configuration's parameters drawn from the space around ``start``'s knobs: each
+    range widened to hold its starting value, each grid holding it."""
+    params = {}
+    for name, value in start.items():
+        if name in RANGES:
+            low, high, log = RANGES[name]
+            params[name] = trial.suggest_float(name, min(low, value), max(high, value), log=log)
+        else:
+            params[name] = trial.suggest_categorical(name, _choices(GRIDS[name], value))
+    return params
 
 
 def configured(start: TrainConfig, params: dict[str, Any]) -> TrainConfig:
