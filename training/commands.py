@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import yaml
 
 from app.scoring.manifest import ModelManifest
@@ -34,7 +35,7 @@ from training.export import reexport, write_artifact
 from training.label_join import join
 from training.memory import available_memory, check_fits, plan
 from training.models import MODELS, ModelConfig
-from training.split import SPLIT_NAMES
+from training.split import SPLIT_NAMES, time_cuts
 from training.statistics import TrainingStatistics, index_counts, score_histogram
 from training.train import (
     TrainConfig,
@@ -114,6 +115,7 @@ def _prepared(
     config without the row count comes first. In a job the shards are prepared once and
     every rank checks that it holds the same spec and splits as rank 0."""
     cluster = cluster or Cluster()
+    _fill_time_split(args, model, base)
     source = _source(args, config_from_args(args, model))
     rows = source.estimated_rows()
     config = config_from_args(args, model, rows)
@@ -123,6 +125,32 @@ def _prepared(
     layout = [len(prepared.train), len(prepared.val), len(prepared.test), prepared.fingerprint]
     check_same(cluster, "spec and splits", prepared.spec.model_dump_json() + repr(layout))
     return prepared, config, rows
+
+
+def _fill_time_split(args: argparse.Namespace, model: str, base: WarmStart | None = None) -> None:
+    """Complete a time split the command line named only by its column: the cut-offs from
+    the column's values (``split.time_cuts``), written into ``args`` so every config built
+    from them, for every model, splits alike. A warm start splits by its base's time column
+    when none is given (a daily job validates on the day's latest rows)."""
+    if base is not None and args.time_column is None:
+        trained = base.trained.training.get("config")
+        args.time_column = trained.get("time_column") if isinstance(trained, dict) else None
+    if args.time_column is None or args.val_from is not None or args.test_from is not None:
+        return
+    config = config_from_args(args, model)
+    source = _source(args, config)
+    times = [batch.time for batch in source.batches(BadRowLog("skip")) if batch.time is not None]
+    if not times:
+        raise DataError(f"{source.name}: no rows to split by {args.time_column!r}")
+    args.val_from, args.test_from = time_cuts(
+        pa.concat_arrays(times), config.val_fraction, config.test_fraction
+    )
+    logger.info(
+        "time split by %s: validation from %s, test from %s",
+        args.time_column,
+        args.val_from,
+        args.test_from,
+    )
 
 
 def _continued(args: argparse.Namespace, config: TrainConfig, base: WarmStart) -> ModelConfig:
@@ -549,6 +577,7 @@ def run_tune(args: argparse.Namespace) -> int:
     held = {k for k in KNOBS if flags.get(k) is not None or k in given}
     if held == set(KNOBS):
         raise DataError("nothing to tune: every knob is given as a flag or in --config")
+    _fill_time_split(args, models[0])
     source = _source(args, config_from_args(args, models[0]))
     rows = source.estimated_rows()
     budget = Budget(args.trials, args.timeout)

@@ -106,6 +106,34 @@ class SplitRule:
         return out
 
 
+def time_cuts(times: pa.Array, val_fraction: float, test_fraction: float) -> tuple[str, str]:
+    """``--val-from`` and ``--test-from`` from the time column's values: the earliest
+    ``1 - val_fraction - test_fraction`` of the rows train, the latest ``test_fraction``
+    test (rows sharing the cut-off's time all go to the later split)."""
+    numbers = _numeric_times(times)
+    values = pc.drop_null(numbers if numbers is not None else times.cast(pa.string()))
+    if len(values) == 0:
+        raise DataError("the time column holds no values to split by")
+    ordered = pc.sort_indices(values)
+    last = len(values) - 1
+
+    def at(share: float) -> str:
+        value = values[ordered[min(last, int(len(values) * share))].as_py()].as_py()
+        if isinstance(value, float):
+            return str(int(value)) if value.is_integer() else repr(value)
+        return str(value)
+
+    val_from, test_from = at(1 - val_fraction - test_fraction), at(1 - test_fraction)
+    first = at(0.0)
+    if val_from in (test_from, first):
+        raise DataError(
+            f"too few distinct times to split {val_fraction:.0%} / {test_fraction:.0%} by "
+            f"time (the cut-offs would be {first!r}, {val_from!r}, {test_from!r}); give "
+            "--val-from and --test-from"
+        )
+    return val_from, test_from
+
+
 def _as_number(text: str) -> float | None:
     try:
         return float(text)

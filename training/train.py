@@ -68,7 +68,13 @@ class TrainConfig(BaseModel):
     patience: int = Field(default=2, ge=1, description="epochs without validation gain")
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, ge=0, lt=0.5)
-    time_column: str | None = Field(default=None, description="split by this column's values")
+    time_column: str | None = Field(
+        default=None,
+        description="split by this column's values: before --val-from train, from "
+        "--test-from test; without those, at the values that leave the last val_fraction + "
+        "test_fraction of the rows to validation and test (a warm start splits by its "
+        "base's time column unless told otherwise)",
+    )
     val_from: str | None = Field(default=None, description="time split: first validation value")
     test_from: str | None = Field(default=None, description="time split: first test value")
     seed: int = 0
@@ -125,9 +131,13 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _time_split_is_complete(self) -> TrainConfig:
-        given = [self.time_column, self.val_from, self.test_from]
-        if any(v is not None for v in given) and any(v is None for v in given):
-            raise ValueError("a time split needs --time-column, --val-from and --test-from")
+        if (self.val_from is None) != (self.test_from is None):
+            raise ValueError(
+                "give both --val-from and --test-from, or neither (with only "
+                "--time-column the cut-offs follow the column's values)"
+            )
+        if self.val_from is not None and self.time_column is None:
+            raise ValueError("--val-from and --test-from need --time-column")
         return self
 
 

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from app.scoring.manifest import ModelManifest
 from app.scoring.repository import resolve_model_dir
 from support.training_files import training_cli as cli
 from support.training_files import write_criteo
@@ -74,6 +75,37 @@ def test_time_split_and_gzip_shards(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     assert summary["test"]["rows"] == 600  # the last hour, held out
+
+
+def _hours(path: Path, hours: range, rows: int = 200) -> Path:
+    lines = ["label,site,hour"] + [
+        f"{(i + hour) % 2},s{i % 13},{hour}" for hour in hours for i in range(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_time_column_alone_splits_at_the_fractions(tmp_path: Path) -> None:
+    """Ten hours of rows: the first eight train, the ninth validates, the tenth tests; a
+    warm start on the next day splits by the same column without being told."""
+    common = ["--model", "lr", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "m")]
+    first = cli("train", "--data", str(_hours(tmp_path / "d1.csv", range(10))), *common,
+                "--time-column", "hour")  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout)["test"]["rows"] == 200
+    config = ModelManifest.load(resolve_model_dir(tmp_path / "m")).training["config"]
+    assert (config["time_column"], config["val_from"], config["test_from"]) == ("hour", "8", "9")
+
+    day2 = _hours(tmp_path / "d2.csv", range(10, 20))
+    warm = cli("train", "--data", str(day2), *common, "--warm-start", str(tmp_path / "m"))
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    config = ModelManifest.load(resolve_model_dir(tmp_path / "m")).training["config"]
+    assert (config["time_column"], config["val_from"], config["test_from"]) == ("hour", "18", "19")
+
+    one_hour = cli("train", "--data", str(_hours(tmp_path / "d3.csv", range(1))), *common,
+                   "--time-column", "hour")  # fmt: skip
+    assert one_hour.returncode == 2
+    assert "too few distinct times" in one_hour.stderr
 
 
 def test_a_model_too_large_for_the_budget_is_refused(synth_csv: Path, tmp_path: Path) -> None:
@@ -172,8 +204,12 @@ def test_regression_on_aggregates(tmp_path: Path) -> None:
         ),
         (["synth", "--rows", "0", "--out", "x.csv"], "--rows must be a positive number"),
         (
-            ["train", "--data", "{bad}", "--out", "x", "--time-column", "site"],
-            "a time split needs --time-column, --val-from and --test-from",
+            ["train", "--data", "{bad}", "--out", "x", "--time-column", "site", "--val-from", "a"],
+            "give both --val-from and --test-from, or neither",
+        ),
+        (
+            ["train", "--data", "{bad}", "--out", "x", "--val-from", "a", "--test-from", "b"],
+            "--val-from and --test-from need --time-column",
         ),
     ],
 )
