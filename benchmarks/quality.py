@@ -461,6 +461,11 @@ def page(sections: dict[str, dict[str, Any]]) -> str:
         f"same settings, on {SMALL_DATA_SPLITS - 1} more seeded splits. Raw numbers: "
         "quality.json.",
         "",
+        "Other public sets: no installable package ships a click log without downloading "
+        "it at run time, which this project never does (scikit-learn's bundled sets are not "
+        "click logs; catboost.datasets, lightfm, surprise and the like fetch theirs from the "
+        "network). Put another set's file in `$CTR_DATA_DIR` and run `benchmarks.compare` on it.",
+        "",
     ]
     body = [
         f"{sections[name]['markdown'].rstrip()}\n\n"
@@ -475,9 +480,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--sections",
-        type=lambda text: tuple(text.split(",")),
+        type=lambda text: tuple(s for s in text.split(",") if s),
         default=SECTIONS,
-        help=f"which to run (default all): {','.join(SECTIONS)}; the others keep their last run",
+        help=f"which to run (default all): {','.join(SECTIONS)}; the others keep their last "
+        "run ('' runs none and writes the page again)",
     )
     parser.add_argument("--trials", type=int, default=REAL_TRIALS)
     parser.add_argument("--synthetic-rows", type=int, default=SYNTHETIC_ROWS)
@@ -511,6 +517,7 @@ def main() -> None:
             # written after every section, so a stopped run keeps what it finished
             results.write_text(json.dumps(sections, indent=1) + "\n")
             args.out.write_text(page(sections))
+    args.out.write_text(page(sections))
     logger.info("wrote %s", args.out)
 
 
