@@ -110,12 +110,11 @@ def auc_plot(name: str, entries: list[Entry], oracle: float | None) -> Path:
 def dataset_section(
     name: str,
     data: DataSource,
-    source: str,
     tune_models: tuple[str, ...],
     trials: int,
     repeats: int = 1,
-) -> tuple[str, dict[str, Any]]:
-    """The section's Markdown, and its raw results for docs/quality.json."""
+) -> dict[str, Any]:
+    """One data set's comparison, as raw results for docs/quality.json."""
     entries, setup = compare(
         data,
         seed=0,
@@ -124,31 +123,48 @@ def dataset_section(
         export_dir=OUT_MODELS / name,
         repeats=repeats,
     )
-    oracle_auc = setup["oracle_auc"]
+    entries_raw = [asdict(e) for e in entries]
+    return {"setup": setup, "entries": entries_raw, "oracle_auc": setup["oracle_auc"]}
+
+
+def _source_text(name: str, rows: int) -> str:
+    if name == "synthetic":
+        return f"The README's data: `ctrserve synth --rows {rows} --seed 0`"
+    path = CRITEO if name == "criteo" else AVAZU
+    return f"`{path.name}` (md5 {md5(path)})" if path.is_file() else f"`{path.name}`"
+
+
+def dataset_text(name: str, record: dict[str, Any]) -> str:
+    """A data set's section from its raw results (so the page can be written again)."""
+    setup, oracle_auc = record["setup"], record["oracle_auc"]
+    entries = [Entry(**{**e, "split_aucs": tuple(e["split_aucs"])}) for e in record["entries"]]
     plot = auc_plot(name, entries, oracle_auc)
-    tuned = ", ".join(tune_models)
-    text = (
-        f"## {name}\n\n{source}. {setup['rows']:,} rows, {setup['fields']} fields; seeded "
-        f"random split 80/10/10 (seed {setup['seed']}): {setup['train']:,} train, "
-        f"{setup['validation']:,} validation, {setup['test']:,} test rows (test click rate "
-        f"{setup['test_rate']:.1%}). Every ladder model with its defaults (`defaults:` in "
-        f"its note); {tuned} also tuned (`tuned:`), and LightGBM and XGBoost tuned, each "
-        f"with the same budget of {trials} trials on the validation rows. Settings are in "
-        f"each row's note.\n\n"
+    tuned = ", ".join(e.name.removesuffix(TUNED) for e in entries if e.name.endswith(TUNED)
+                      and e.family == "ctrserve")  # fmt: skip
+    trials = setup["budget"]["trials"]
+    return (
+        f"## {name}\n\n{_source_text(name, setup['rows'])}. {setup['rows']:,} rows, "
+        f"{setup['fields']} fields; seeded random split 80/10/10 (seed {setup['seed']}): "
+        f"{setup['train']:,} train, {setup['validation']:,} validation, {setup['test']:,} "
+        f"test rows (test click rate {setup['test_rate']:.1%}). Every ladder model with its "
+        f"defaults (`defaults:` in its note); {tuned} also tuned (`tuned:`), and LightGBM "
+        f"and XGBoost tuned, each with the same budget of {trials} trials on the validation "
+        f"rows. Settings are in each row's note.\n\n"
         f"{verdict(entries, setup['differences'])}\n\n"
         f"{markdown(entries, oracle_auc)}\n\n![{name} AUC]({plot.name})\n\n"
         f"{trials_details(setup['trials'])}"
     )
-    record = {"setup": setup, "entries": [asdict(e) for e in entries], "oracle_auc": oracle_auc}
-    return text, record
 
 
 def verdict(entries: list[Entry], differences: dict[str, list[float]]) -> str:
     """Where NFFM stands against the tuned GBDTs and the rest, in words, from the numbers."""
     ranked = sorted(entries, key=lambda e: -e.auc)
     names = [e.name for e in ranked]
-    ours = next(e for e in ranked if e.name in ("nffm" + TUNED, "nffm"))
+    by_name = {e.name: e for e in entries}
+    ours = by_name.get("nffm" + TUNED) or by_name["nffm"]
     parts = [f"**{ours.name} is {names.index(ours.name) + 1} of {len(ranked)}** ({ours.auc:.4f})"]
+    if ours.name != "nffm":
+        parts[0] += f", nffm with its defaults {names.index('nffm') + 1} ({by_name['nffm'].auc:.4f})"
     for pair, (gap, se) in differences.items():
         rival = pair.split(" - ")[1]
         if abs(gap) <= se:
@@ -392,24 +408,12 @@ def run_section(
             if name == "criteo"
             else open_source(path, roles=ColumnRoles(label="click", ignore=("id",)))
         )
-        return dataset_section(
-            name,
-            data,
-            f"`{path.name}` (md5 {md5(path)})",
-            tuple(MODELS),
-            args.trials,
-            repeats=SMALL_DATA_SPLITS,
-        )
+        record = dataset_section(name, data, tuple(MODELS), args.trials, repeats=SMALL_DATA_SPLITS)
+        return dataset_text(name, record), record
     if name == "synthetic":
         path = _synthetic(scratch, args.synthetic_rows)
-        return dataset_section(
-            "synthetic",
-            open_source(path),
-            f"The README's data: `ctrserve synth --rows {args.synthetic_rows} --seed 0` "
-            f"(md5 {md5(path)})",
-            ("nffm",),
-            args.synthetic_trials,
-        )
+        record = dataset_section("synthetic", open_source(path), ("nffm",), args.synthetic_trials)
+        return dataset_text(name, record), record
     if name == "speed":
         return speed_section(open_source(_synthetic(scratch, args.synthetic_rows))), None
     if name == "regression":
@@ -501,6 +505,9 @@ def main() -> None:
     results = args.out.with_name(RESULTS.name)
     kept = json.loads(results.read_text()) if results.is_file() else {}
     sections = {k: v for k, v in kept.items() if isinstance(v, dict) and "markdown" in v}
+    for name, section in sections.items():  # the page follows today's presentation
+        if "results" in section and name not in args.sections:
+            section["markdown"] = dataset_text(name, section["results"])
     # Shards of the generated and public files live as long as this run, not in the cache.
     with tempfile.TemporaryDirectory(prefix="ctrserve-quality-") as scratch:
         os.environ[CACHE_ENV] = str(Path(scratch) / "shards")
