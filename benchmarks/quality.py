@@ -164,7 +164,8 @@ def verdict(entries: list[Entry], differences: dict[str, list[float]]) -> str:
     ours = by_name.get("nffm" + TUNED) or by_name["nffm"]
     parts = [f"**{ours.name} is {names.index(ours.name) + 1} of {len(ranked)}** ({ours.auc:.4f})"]
     if ours.name != "nffm":
-        parts[0] += f", nffm with its defaults {names.index('nffm') + 1} ({by_name['nffm'].auc:.4f})"
+        defaults = by_name["nffm"]
+        parts[0] += f", nffm with its defaults {names.index('nffm') + 1} ({defaults.auc:.4f})"
     for pair, (gap, se) in differences.items():
         rival = pair.split(" - ")[1]
         if abs(gap) <= se:
