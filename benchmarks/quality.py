@@ -158,14 +158,16 @@ def dataset_text(name: str, record: dict[str, Any]) -> str:
 
 def verdict(entries: list[Entry], differences: dict[str, list[float]]) -> str:
     """Where NFFM stands against the tuned GBDTs and the rest, in words, from the numbers."""
-    ranked = sorted(entries, key=lambda e: -e.auc)
-    names = [e.name for e in ranked]
     by_name = {e.name: e for e in entries}
     ours = by_name.get("nffm" + TUNED) or by_name["nffm"]
-    parts = [f"**{ours.name} is {names.index(ours.name) + 1} of {len(ranked)}** ({ours.auc:.4f})"]
+
+    def rank(entry: Entry) -> int:  # ties share a rank
+        return 1 + sum(e.auc > entry.auc for e in entries)
+
+    parts = [f"**{ours.name} is {rank(ours)} of {len(entries)}** ({ours.auc:.4f})"]
     if ours.name != "nffm":
         defaults = by_name["nffm"]
-        parts[0] += f", nffm with its defaults {names.index('nffm') + 1} ({defaults.auc:.4f})"
+        parts[0] += f", nffm with its defaults {rank(defaults)} ({defaults.auc:.4f})"
     for pair, (gap, se) in differences.items():
         rival = pair.split(" - ")[1]
         if abs(gap) <= se:
@@ -186,9 +188,11 @@ def verdict(entries: list[Entry], differences: dict[str, list[float]]) -> str:
     if len(ours.split_aucs) > 1:
         means = sorted(entries, key=lambda e: -statistics.mean(e.split_aucs))
         top = means[0]
+        mean = statistics.mean(ours.split_aucs)
         text += (
             f" Over {len(ours.split_aucs)} seeded splits {ours.name}'s mean test AUC ranks "
-            f"{means.index(ours) + 1} of {len(means)} ({statistics.mean(ours.split_aucs):.4f}"
+            f"{1 + sum(statistics.mean(e.split_aucs) > mean for e in entries)} of "
+            f"{len(means)} ({mean:.4f}"
             + (
                 ")."
                 if top is ours
