@@ -249,7 +249,7 @@ def tune_booster(
     fit_booster, space, first = BOOSTERS[name]
     spec = prepared_for(start).spec
     has_numeric = any(isinstance(f, NumericField) for f in spec.fields)
-    study = open_study(name, None, start.seed, "")
+    study = open_study(name, None, start.seed, "", budget.trials)
 
     def configured(params: dict[str, Any]) -> TrainConfig:
         data = {k: v for k, v in params.items() if k in ("min_count", "num_bins")}

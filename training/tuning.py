@@ -63,6 +63,7 @@ KNOBS = (
 # The median pruner judges a trial from its second epoch, once 5 trials have finished.
 PRUNE_AFTER_TRIALS = 5
 PRUNE_AFTER_EPOCHS = 1
+STARTUP_TRIALS = 10  # random trials before TPE models the rest (Optuna's default)
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,14 @@ class Trial:
     seconds: float
 
 
-def open_study(name: str, journal: Path | None, seed: int, fingerprint: str) -> optuna.Study:
+def open_study(
+    name: str, journal: Path | None, seed: int, fingerprint: str, trials: int
+) -> optuna.Study:
     """A maximising TPE study with a median pruner; kept in ``journal`` when given, where a
     study of that name is resumed. ``fingerprint`` names the data: resuming a study on
-    other data is refused."""
+    other data is refused. TPE models the trials after its first ``min(10, trials // 2)``
+    (Optuna's 10 random ones, fewer on a small budget, so that a 10-trial search is not all
+    random)."""
     from training.data import DataError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log line says each trial
@@ -104,7 +109,9 @@ def open_study(name: str, journal: Path | None, seed: int, fingerprint: str) -> 
         storage=storage,
         load_if_exists=True,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=max(1, min(STARTUP_TRIALS, trials // 2))
+        ),
         pruner=optuna.pruners.MedianPruner(
             n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=PRUNE_AFTER_EPOCHS
         ),
@@ -233,7 +240,7 @@ def tune(
     spec = prepared_for(start).spec
     has_numeric = any(isinstance(f, NumericField) for f in spec.fields)
     first = start_params(start, held, has_numeric)
-    study = open_study(start.model.name, journal, start.seed, fingerprint)
+    study = open_study(start.model.name, journal, start.seed, fingerprint, budget.trials)
 
     def objective(trial: optuna.Trial) -> float:
         config = configured(start, suggest(trial, first))
