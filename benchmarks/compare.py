@@ -39,7 +39,7 @@ from training.evaluation import binary_metrics, oracle_metrics
 from training.models import MODELS
 from training.optim import SparseOptimizer
 from training.train import TrainConfig, new_model
-from training.tuning import KNOBS, Budget, Trial, tune
+from training.tuning import KNOBS, Budget, Trial, shown, tune
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ def contenders(
         for booster in BOOSTERS:
             tuned = tune_booster(booster, prepared_for, config_for("nffm"), budget)
             trials[booster] = tuned.trials
-            note = ", ".join(f"{k} {_short(v)}" for k, v in tuned.params.items())
+            note = ", ".join(f"{k} {shown(v)}" for k, v in tuned.params.items())
             data = "auto" if tuned.config.min_count is None else tuned.config.min_count
             rows.append(
                 Contender(
@@ -382,10 +382,6 @@ def contenders(
         for theirs, ours in (("DeepFM", "deepfm"), ("ONN", "nffm")):
             rows.append(Contender(f"DeepCTR-Torch {theirs}", "DeepCTR-Torch", chosen[ours]))
     return rows, trials
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def run_contender(

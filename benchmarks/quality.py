@@ -36,7 +36,7 @@ from training import synth
 from training.data import ColumnRoles, DataSource, open_source
 from training.dataset import CACHE_ENV
 from training.models import MODELS
-from training.tuning import Budget
+from training.tuning import Budget, Trial, trials_markdown
 
 logger = logging.getLogger("quality")
 DATA = Path(os.environ.get("CTR_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -206,28 +206,8 @@ def trials_details(trials: dict[str, list[dict[str, Any]]]) -> str:
     """Every trial of every search, folded away under a details tag."""
     if not trials:
         return ""
-    lines = [
-        "<details><summary>Validation trials</summary>",
-        "",
-        "| search | trial | state | epochs | validation AUC | seconds | settings |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, runs in trials.items():
-        best = max((r["val_score"] for r in runs if r["state"] == "complete"), default=None)
-        for run in sorted(runs, key=lambda r: -r["val_score"]):
-            mark = " **best**" if run["val_score"] == best and run["state"] == "complete" else ""
-            settings = ", ".join(f"{k} {_shown(v)}" for k, v in run["settings"].items())
-            lines.append(
-                f"| {name} | {run['number']} | {run['state']} | {run['epochs'] or ''} | "
-                f"{run['val_score']:.4f}{mark} | {run['seconds']:.1f} | {settings} |"
-            )
-    return "\n".join([*lines, "", "</details>", ""])
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "auto"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    table = trials_markdown({name: [Trial(**run) for run in runs] for name, runs in trials.items()})
+    return f"<details><summary>Validation trials</summary>\n\n{table}\n</details>\n"
 
 
 def speed_section(data: DataSource) -> str:

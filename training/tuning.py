@@ -261,7 +261,8 @@ def tune(
 
 
 def trials_markdown(studies: dict[str, list[Trial]]) -> str:
-    """Every trial of every study, best first within a model, as a Markdown table."""
+    """Every trial of every study, best first within a model, as a Markdown table (a GBDT's
+    trials report no epochs)."""
     lines = [
         "| model | trial | state | epochs | validation | seconds | settings |",
         "|---|---|---|---|---|---|---|",
@@ -270,15 +271,16 @@ def trials_markdown(studies: dict[str, list[Trial]]) -> str:
         best = max((t.val_score for t in trials if t.state == "complete"), default=math.nan)
         for t in sorted(trials, key=lambda t: -t.val_score):
             mark = " **best**" if t.state == "complete" and t.val_score == best else ""
-            settings = ", ".join(f"{k} {_shown(v)}" for k, v in t.settings.items())
+            settings = ", ".join(f"{k} {shown(v)}" for k, v in t.settings.items())
             lines.append(
-                f"| {model} | {t.number} | {t.state} | {t.epochs} | {t.val_score:.4f}{mark} | "
-                f"{t.seconds:.1f} | {settings} |"
+                f"| {model} | {t.number} | {t.state} | {t.epochs or ''} | "
+                f"{t.val_score:.4f}{mark} | {t.seconds:.1f} | {settings} |"
             )
     return "\n".join(lines) + "\n"
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A setting as the trial tables print it (``None``: min-count's per-field ``auto``)."""
     if value is None:
         return "auto"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
