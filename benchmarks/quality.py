@@ -445,7 +445,7 @@ def page(sections: dict[str, dict[str, Any]]) -> str:
         "frequency encoding, their tree knobs, and the same min-count and bins), each trial "
         "early-stopped on validation AUC. DeepCTR-Torch's DeepFM and ONN train with the "
         "settings our deepfm and nffm were tuned to. Ladder rows are scored as served: "
-        "through the exported graph with its isotonic calibration. The test rows are scored "
+        "through the exported graph with its calibration. The test rows are scored "
         f"once, at the end. On the real slices every contender is then retrained, with the "
         f"same settings, on {SMALL_DATA_SPLITS - 1} more seeded splits. Raw numbers: "
         "quality.json.",

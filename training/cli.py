@@ -166,8 +166,9 @@ def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
         "--calibrate",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="binary: fit an isotonic calibration on the validation split and bake it into "
-        "the exported graph (default: on)",
+        help="binary: fit a calibration on the validation split (Platt's or isotonic, whichever "
+        "predicts held-out validation rows better) and bake it into the exported graph "
+        "(default: on)",
     )
     parser.add_argument(
         "--table-dtype",

@@ -19,7 +19,7 @@ from app.scoring.repository import resolve_model_dir
 from app.scoring.scorer import Scorer
 from training import drift, synth
 from training.batch_predict import predict_file, score_indices
-from training.calibration import MIN_CLASS_ROWS, MIN_ROWS, Calibration, fit_isotonic
+from training.calibration import MIN_CLASS_ROWS, MIN_ROWS, Calibration, fit_calibration
 from training.config import MODEL_FLAGS, config_from_args, flags_of, read_config_file
 from training.data import BadRowLog, ColumnRoles, DataError, DataSource, open_source
 from training.dataset import Prepared, encode_batch, prepare, split_rule
@@ -286,6 +286,7 @@ def train_one(
         "processes": cluster.world_size,
         "device": str(cluster.device),
         "memory": memory,
+        "calibration_map": None if calibration is None else calibration.method,
         **({} if warm is None else {"warm_start": warm}),
     }
     if out is not None:
@@ -321,9 +322,9 @@ def train_one(
 
 
 def _calibration(labels: np.ndarray, scores: np.ndarray) -> Calibration | None:
-    """The isotonic map of the validation labels on the model's probabilities (``None``,
-    with a warning, when the split is too small to fit one)."""
-    calibration = fit_isotonic(labels, scores)
+    """The map of the validation labels on the model's probabilities that predicts held-out
+    rows best (``None``, with a warning, when the split is too small to fit one)."""
+    calibration = fit_calibration(labels, scores)
     if calibration is None:
         logger.warning(
             "no calibration: the validation split is too small to fit one (%d rows; it needs "
@@ -331,6 +332,12 @@ def _calibration(labels: np.ndarray, scores: np.ndarray) -> Calibration | None:
             len(labels),
             MIN_ROWS,
             MIN_CLASS_ROWS,
+        )
+    else:
+        logger.info(
+            "calibration: %s (held-out log loss %s)",
+            calibration.method,
+            ", ".join(f"{name} {loss:.5f}" for name, loss in calibration.held_out_logloss),
         )
     return calibration
 

@@ -107,8 +107,9 @@ class TrainConfig(BaseModel):
     )
     calibrate: bool = Field(
         default=True,
-        description="binary: fit an isotonic map on the validation split and bake it into "
-        "the exported graph",
+        description="binary: fit a calibration map on the validation split (Platt's or "
+        "isotonic, whichever predicts held-out validation rows better) and bake it into the "
+        "exported graph",
     )
     table_dtype: TableDtype = Field(
         default="float32",

@@ -18,7 +18,7 @@ from app.features.spec import NUM_RESERVED, UNSEEN_INDEX  # noqa: E402
 from app.scoring.manifest import ModelManifest, sha256_file  # noqa: E402
 from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E402
 from app.scoring.scorer import Scorer  # noqa: E402
-from training.calibration import Calibration, fit_isotonic  # noqa: E402
+from training.calibration import Calibration, fit_calibration  # noqa: E402
 from training.data import open_source  # noqa: E402
 from training.dataset import prepare  # noqa: E402
 from training.export import (  # noqa: E402
@@ -303,7 +303,7 @@ def test_a_calibrated_export_serves_the_calibrated_torch_score(prepared, tmp_pat
     with torch.no_grad():
         probabilities = torch.sigmoid(model(torch.from_numpy(rows))).numpy()
     labels = (np.random.default_rng(0).random(len(rows)) < probabilities**2).astype(float)
-    calibration = fit_isotonic(labels, probabilities)
+    calibration = fit_calibration(labels, probabilities)
     assert calibration is not None
     config = DEFAULTS["nffm"].model_copy(update={"embed_dim": 4, "mlp_dims": (8,)})
     out = tmp_path / "nffm"
