@@ -18,25 +18,33 @@ them trained on.
 3. **Negative down-sampling**, w = 0.1, on a file of ten million rows with ~4% clicks: the
    same training without and with ``--negative-sampling 0.1``, end to end (both passes
    over the file, the epochs, the test rows, the export), test AUC and calibration on the
-   unsampled test rows, with the correction baked into the exported graph.
+   unsampled test rows, with the correction baked into the exported graph; where each
+   run's time went (the passes, the epochs, the rest: validation, test, export).
+
+``--sections`` runs some of the three; the others keep their figures from daily.json, and
+each section says when it was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from benchmarks.training import measure
-from support.reports import machine, markdown_section, run_and_report
+from support.reports import machine, markdown_section, relative, run_and_report
 from support.servers import ROOT
 
 logger = logging.getLogger(__name__)
 SEED = 7
+SECTIONS = ("two_days", "thirty_days", "down_sampling")
+RAW = ROOT / "docs" / "daily.json"
 SHIFTED = ("C3", "C10", "C12")  # fields that drift on day 2 and every later day
 MODEL = ["--model", "nffm", "--embed-dim", "4"]
 
@@ -71,6 +79,8 @@ def _train(label: str, data: Path, out: Path, cache: Path, *flags: str) -> dict[
         raise RuntimeError(f"{label} failed: {run.note}")
     return {
         "seconds": run.seconds,
+        "pass_seconds": sum(run.output["pass_seconds"].values()),
+        "train_seconds": run.output["train_seconds"],
         "peak_rss_mb": run.peak_rss_mb,
         "test": run.output["test"],
         "epochs_run": run.output["epochs_run"],
@@ -140,13 +150,19 @@ def down_sampling(scratch: Path, rows: int, weight: float, epochs: int) -> dict[
     return {"rows": rows, "weight": weight, "epochs": epochs, "runs": results}
 
 
-def report(results: dict, started: str) -> str:
+def _measured(section: dict[str, Any]) -> str:
+    return f"<sub>Measured {section['measured']}.</sub>"
+
+
+def report(results: dict, _started: str) -> str:
+    """docs/DAILY.md from the sections' results (each with the date it was measured)."""
     text = [
         "# Daily retraining",
         "",
-        f"Measured {started} on {machine()} with `python -m benchmarks.daily` "
-        "(`make bench-daily`). Raw figures: [daily.json](daily.json). NFFM k = 4 throughout; "
-        "Criteo-shaped synthetic data, generated for the run and deleted after it.",
+        f"On {machine()} with `python -m benchmarks.daily` (`make bench-daily`; "
+        "`--sections` reruns some, each says when it ran). Raw figures: "
+        "[daily.json](daily.json). NFFM k = 4 throughout; Criteo-shaped synthetic data, "
+        "generated for the run and deleted after it.",
         "",
     ]
     two = results["two_days"]
@@ -179,6 +195,7 @@ def report(results: dict, started: str) -> str:
             rows,
         )
     )
+    text += [_measured(two), ""]
     thirty = results["thirty_days"]
     text.append(
         markdown_section(
@@ -196,10 +213,11 @@ def report(results: dict, started: str) -> str:
                     "" if not d["warm_start"] else f"{d['warm_start']['new_values']:,}",
                     f"{d['test']['auc']:.4f}",
                 ]
-                for d in thirty
+                for d in thirty["days"]
             ],
         )
     )
+    text += [_measured(thirty), ""]
     sampling = results["down_sampling"]
     runs = sampling["runs"]
     base = runs["unsampled"]
@@ -208,16 +226,26 @@ def report(results: dict, started: str) -> str:
             "Negative down-sampling",
             f"{sampling['rows']:,} rows (Parquet, ~4% clicks: `--bias -5`), "
             f"{sampling['epochs']} epochs each, end to end (both passes over the file, the "
-            "epochs, scoring the unsampled test rows, the export). The sampled model's "
+            "epochs, scoring validation and the unsampled test rows, the export). Sampling "
+            "keeps a tenth of the training and validation negatives (the kept validation "
+            "negatives weigh 10) and the whole test split. The sampled model's "
             "exported graph carries the correction (ln w added to its bias): its test "
-            "metrics are those of the scores it serves, on rows never sampled.",
-            ["training", "wall s", "speed-up", "peak RSS MB", "test AUC", "AUC gap",
-             "mean predicted / observed", "ECE"],
+            "metrics are those of the scores it serves, on rows never sampled. `passes`: "
+            "reading, counting and encoding the file twice; `epochs`: the training steps; "
+            "`rest`: validation after each epoch, the calibration, the test rows, the "
+            "export and the process's start.",
+            ["training", "wall s", "speed-up", "passes s", "epochs s", "rest s",
+             "peak RSS MB", "test AUC", "AUC gap", "mean predicted / observed", "ECE"],
             [
                 [
                     name,
                     f"{run['seconds']:.0f}",
                     f"{base['seconds'] / run['seconds']:.1f}x",
+                    f"{run['pass_seconds']:.0f}" if "pass_seconds" in run else "",
+                    f"{run['train_seconds']:.0f}" if "train_seconds" in run else "",
+                    f"{run['seconds'] - run['pass_seconds'] - run['train_seconds']:.0f}"
+                    if "pass_seconds" in run
+                    else "",
                     f"{run['peak_rss_mb']:,.0f}",
                     f"{run['test']['auc']:.4f}",
                     f"{run['test']['auc'] - base['test']['auc']:+.4f}",
@@ -228,6 +256,7 @@ def report(results: dict, started: str) -> str:
             ],
         )
     )  # fmt: skip
+    text += [_measured(sampling), ""]
     return "\n".join(text)
 
 
@@ -240,19 +269,40 @@ def main() -> None:
     parser.add_argument("--day-rows", type=int, default=100_000, help="rows a day (30 days)")
     parser.add_argument("--sampled-rows", type=int, default=10_000_000)
     parser.add_argument("--sampled-epochs", type=int, default=2)
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"which to run (default all): {','.join(SECTIONS)}; the others keep their "
+        "figures from docs/daily.json",
+    )
     args = parser.parse_args()
+    chosen = [name for name in args.sections.split(",") if name]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+    kept = json.loads(RAW.read_text()) if RAW.is_file() else {}
+    missing = [name for name in SECTIONS if name not in chosen and name not in kept]
+    if missing:
+        parser.error(f"no earlier figures for {missing} in {relative(RAW)}: run them too")
 
     def run(scratch: Path) -> dict[str, Any]:
-        return {
-            "two_days": two_days(scratch, args.rows, args.holdout, args.cap),
-            "thirty_days": thirty_days(scratch, args.days, args.day_rows, args.cap),
-            "down_sampling": down_sampling(scratch, args.sampled_rows, 0.1, args.sampled_epochs),
+        sections = {
+            "two_days": lambda: two_days(scratch, args.rows, args.holdout, args.cap),
+            "thirty_days": lambda: {
+                "days": thirty_days(scratch, args.days, args.day_rows, args.cap)
+            },
+            "down_sampling": lambda: down_sampling(
+                scratch, args.sampled_rows, 0.1, args.sampled_epochs
+            ),
         }
+        results = dict(kept)
+        for name in chosen:
+            started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            results[name] = {**sections[name](), "measured": started}
+        return results
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run_and_report(
-        "ctrserve-daily-", run, report, ROOT / "docs" / "DAILY.md", ROOT / "docs" / "daily.json"
-    )
+    run_and_report("ctrserve-daily-", run, report, ROOT / "docs" / "DAILY.md", RAW)
 
 
 if __name__ == "__main__":

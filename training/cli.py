@@ -159,8 +159,9 @@ def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="W",
-        help="binary: keep every positive and a seeded share W of the training negatives "
-        "(0.1: a tenth); the exported scores are corrected for it",
+        help="binary: keep every positive and a seeded share W of the training and "
+        "validation negatives (0.1: a tenth; the kept validation negatives weigh 1/W, the "
+        "test split stays whole); the exported scores are corrected for it",
     )
     parser.add_argument(
         "--calibrate",

@@ -260,18 +260,23 @@ def train_one(
     reference = prepared.val if len(prepared.val) else prepared.test
     calibrates = config.task == "binary" and config.calibrate
     reference_scores, reference_labels = np.empty(0), np.empty(0)
+    reference_weights: np.ndarray | None = None
     if out is not None or calibrates:
-        reference_scores, reference_labels, _ = predict_split(model, reference, config.task)
-    calibration = _calibration(reference_labels, reference_scores) if calibrates else None
+        reference_scores, reference_labels, reference_weights = predict_split(
+            model, reference, config.task
+        )
+    calibration = (
+        _calibration(reference_labels, reference_scores, reference_weights) if calibrates else None
+    )
     split = prepared.test if len(prepared.test) else prepared.val
     if calibration is None:
         metrics = evaluate(model, split, config.task)
     else:  # the test metrics of the scores the graph serves, and of the model's own
-        scores, labels = reference_scores, reference_labels
+        scores, labels, weights = reference_scores, reference_labels, reference_weights
         if split is not reference:
-            scores, labels, _ = predict_split(model, split, config.task)
-        before = binary_metrics(labels, scores)
-        metrics = binary_metrics(labels, calibration.apply(scores))
+            scores, labels, weights = predict_split(model, split, config.task)
+        before = binary_metrics(labels, scores, weights)
+        metrics = binary_metrics(labels, calibration.apply(scores), weights)
         kept = ("auc", "logloss", "ne", "calibration", "ece")
         metrics |= {f"uncalibrated_{k}": before[k] for k in kept}
         reference_scores = calibration.apply(reference_scores)
@@ -281,6 +286,7 @@ def train_one(
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "parameters": count_parameters(model),
+        "pass_seconds": prepared.seconds,
         "train_seconds": round(result.train_seconds, 2),
         "samples_per_s": round(result.samples_per_s),
         "processes": cluster.world_size,
@@ -310,7 +316,7 @@ def train_one(
             out,
             metrics,
             training,
-            _statistics(prepared, reference_scores, base, config.count_decay),
+            _statistics(prepared, reference_scores, reference_weights, base, config.count_decay),
             calibration,
             config.table_dtype,
             config.checkpoint,
@@ -321,10 +327,12 @@ def train_one(
     return summary
 
 
-def _calibration(labels: np.ndarray, scores: np.ndarray) -> Calibration | None:
+def _calibration(
+    labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None
+) -> Calibration | None:
     """The map of the validation labels on the model's probabilities that predicts held-out
     rows best (``None``, with a warning, when the split is too small to fit one)."""
-    calibration = fit_calibration(labels, scores)
+    calibration = fit_calibration(labels, scores, weights)
     if calibration is None:
         logger.warning(
             "no calibration: the validation split is too small to fit one (%d rows; it needs "
@@ -343,12 +351,16 @@ def _calibration(labels: np.ndarray, scores: np.ndarray) -> Calibration | None:
 
 
 def _statistics(
-    prepared: Prepared, scores: np.ndarray, base: WarmStart | None = None, decay: float = 1.0
+    prepared: Prepared,
+    scores: np.ndarray,
+    weights: np.ndarray | None,
+    base: WarmStart | None = None,
+    decay: float = 1.0,
 ) -> TrainingStatistics:
-    """The training rows' index counts and the validation scores as served (calibrated),
-    for ``ctrserve drift``; after a warm start, the decayed counts of every day too, for
-    the next one."""
-    edges, counts = score_histogram(scores)
+    """The training rows' index counts and the validation scores as served (calibrated,
+    weighted as the rows are), for ``ctrserve drift``; after a warm start, the decayed
+    counts of every day too, for the next one."""
+    edges, counts = score_histogram(scores, weights)
     today = index_counts(prepared.spec, prepared.train)
     return TrainingStatistics(
         rows=len(prepared.train),

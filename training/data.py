@@ -105,6 +105,24 @@ class Batch:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, rows: np.ndarray) -> Batch:
+        """The rows at ``rows`` (positions within this batch), every column alike."""
+        taken = pa.array(rows, type=pa.int64())
+
+        def subset(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[rows]
+
+        return Batch(
+            categorical={name: column.take(taken) for name, column in self.categorical.items()},
+            numeric={name: values[rows] for name, values in self.numeric.items()},
+            labels=self.labels[rows],
+            weights=subset(self.weights),
+            positions=self.positions[rows],
+            oracle=subset(self.oracle),
+            time=None if self.time is None else self.time.take(taken),
+            kept={name: column.take(taken) for name, column in self.kept.items()},
+        )
+
 
 @dataclass(frozen=True)
 class DataSource:

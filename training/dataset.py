@@ -34,7 +34,7 @@ from app.features.spec import MISSING_INDEX, FeatureSpec
 from training.data import BadRowLog, BadRows, Batch, DataError, DataSource
 from training.fit_spec import SpecBuilder
 from training.shards import ColumnWriter, Split, index_dtype
-from training.split import DROPPED, SPLIT_NAMES, TRAIN, VAL, SplitRule
+from training.split import DROPPED, SPLIT_NAMES, TEST, TRAIN, VAL, SplitRule
 from training.warm_start import WarmStart, merge_spec
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def _build(
     counts = np.zeros(3, dtype=np.int64)
     started = time.perf_counter()
     for batch, splits in _progress(source, rule, log, "pass 1 (spec)"):
-        counts += np.bincount(splits, minlength=4)[:3]
+        counts += np.bincount(splits, minlength=5)[:3]
         builder.update(batch, (splits == TRAIN) | (splits == DROPPED))  # vocabularies: all
     if counts.sum() == 0 and log.rows:
         raise DataError(f"{source.name}: every row is malformed ({len(log.rows)} skipped)")
@@ -217,6 +217,7 @@ def _build(
 
     encoder = FeatureEncoder(spec)
     dtype = index_dtype(max(spec.field_dims) - 1)
+    sampled = settings.negative_sampling < 1.0
     writers: list[dict[str, ColumnWriter]] = []
     for split, name in enumerate(SPLIT_NAMES):
         rows = int(counts[split])
@@ -224,7 +225,7 @@ def _build(
             "indices": (dtype, (rows, len(spec.fields))),
             "labels": (np.dtype(np.float32), (rows,)),
         }
-        if source.weight is not None:
+        if source.weight is not None or (sampled and split == VAL):
             kinds["weights"] = (np.dtype(np.float32), (rows,))
         if source.has_oracle and split != TRAIN:
             kinds["oracle"] = (np.dtype(np.float64), (rows,))
@@ -235,6 +236,9 @@ def _build(
             }
         )
     for batch, splits in _progress(source, rule, BadRowLog("skip"), "pass 2 (encode)"):
+        kept = np.flatnonzero(splits <= TEST)
+        if len(kept) < len(splits):  # the rows negative down-sampling left out: not encoded
+            batch, splits = batch.take(kept), splits[kept]
         indices = encode_batch(encoder, batch)
         for split in range(3):
             chosen = splits == split
@@ -243,8 +247,10 @@ def _build(
             split_writers = writers[split]
             split_writers["indices"].append(indices[chosen])
             split_writers["labels"].append(batch.labels[chosen])
-            if "weights" in split_writers and batch.weights is not None:
-                split_writers["weights"].append(batch.weights[chosen])
+            if "weights" in split_writers:
+                split_writers["weights"].append(
+                    _row_weights(batch, chosen, settings.negative_sampling if split == VAL else 1.0)
+                )
             if "oracle" in split_writers and batch.oracle is not None:
                 split_writers["oracle"].append(batch.oracle[chosen])
     for split_writers in writers:
@@ -272,6 +278,18 @@ def _build(
     if log.rows:
         first = "; ".join(f"{s.file} line {s.line}: {s.reason}" for s in log.rows[:3])
         logger.warning("skipped %d malformed rows, first: %s", len(log.rows), first)
+
+
+def _row_weights(batch: Batch, chosen: np.ndarray, kept_share: float) -> np.ndarray:
+    """The weights of the chosen rows: the data's own (1 without a weight column), times
+    1 / ``kept_share`` for a negative of a down-sampled split, which stands for the
+    negatives left out beside it."""
+    weights = (
+        np.ones(int(chosen.sum()), np.float32) if batch.weights is None else batch.weights[chosen]
+    )
+    if kept_share < 1.0:
+        weights = np.where(batch.labels[chosen] <= 0, weights / kept_share, weights)
+    return weights.astype(np.float32)
 
 
 def _progress(

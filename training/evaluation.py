@@ -13,36 +13,45 @@ Metrics = dict[str, float]
 ECE_BINS = 15
 
 
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> Metrics:
+def binary_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None
+) -> Metrics:
     """AUC, log loss, normalized entropy (log loss over the entropy of the observed rate:
     He et al. 2014; below 1 is better than predicting the base rate), calibration (mean
     predicted over observed rate) and the expected calibration error (15 equal-width bins,
-    weighted by their rows)."""
+    weighted by their rows). With ``weights`` a row counts that many times (a down-sampled
+    split's kept negatives stand for the ones left out); ``rows`` stays the rows scored."""
     labels = np.asarray(labels, dtype=np.float64)
     probabilities = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
     single_class = labels.min() == labels.max()
     metrics: Metrics = {
         "rows": float(len(labels)),
-        "auc": float("nan") if single_class else float(roc_auc_score(labels, probabilities)),
-        "logloss": float(log_loss(labels, probabilities, labels=[0.0, 1.0])),
-        "mean_predicted": float(probabilities.mean()),
-        "observed_rate": float(labels.mean()),
+        "auc": float("nan")
+        if single_class
+        else float(roc_auc_score(labels, probabilities, sample_weight=w)),
+        "logloss": float(log_loss(labels, probabilities, sample_weight=w, labels=[0.0, 1.0])),
+        "mean_predicted": float(np.average(probabilities, weights=w)),
+        "observed_rate": float(np.average(labels, weights=w)),
     }
     metrics["calibration"] = metrics["mean_predicted"] / max(metrics["observed_rate"], 1e-12)
     rate = min(max(metrics["observed_rate"], 1e-7), 1 - 1e-7)
     metrics["ne"] = metrics["logloss"] / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
-    metrics["ece"] = expected_calibration_error(labels, probabilities)
+    metrics["ece"] = expected_calibration_error(labels, probabilities, w)
     return metrics
 
 
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """Σ over equal-width score bins of (rows in the bin / rows) · |mean score - rate|."""
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None
+) -> float:
+    """Σ over equal-width score bins of (weight in the bin / weight) · |mean score - rate|."""
     if not len(labels):
         return float("nan")
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
     bins = np.minimum((probabilities * ECE_BINS).astype(np.int64), ECE_BINS - 1)
-    scores = np.bincount(bins, weights=probabilities, minlength=ECE_BINS)
-    clicks = np.bincount(bins, weights=labels, minlength=ECE_BINS)
-    return float(np.abs(scores - clicks).sum() / len(labels))
+    scores = np.bincount(bins, weights=w * probabilities, minlength=ECE_BINS)
+    clicks = np.bincount(bins, weights=w * labels, minlength=ECE_BINS)
+    return float(np.abs(scores - clicks).sum() / w.sum())
 
 
 def regression_metrics(
@@ -74,4 +83,5 @@ def oracle_metrics(split: Split) -> Metrics | None:
     oracle = split.oracle.read()
     if np.isnan(oracle).any():
         return None
-    return binary_metrics(split.labels.read(), oracle)
+    weights = None if split.weights is None else split.weights.read()
+    return binary_metrics(split.labels.read(), oracle, weights)

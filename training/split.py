@@ -18,6 +18,7 @@ from training.data import Batch, DataError
 
 TRAIN, VAL, TEST = 0, 1, 2
 DROPPED = 3  # a training negative left out by negative down-sampling
+DROPPED_VAL = 4  # a validation negative left out (its kept neighbours weigh 1 / w)
 SPLIT_NAMES = ("train", "val", "test")
 _SAMPLING_SALT = 0x5A3B_1E5D  # the sampling draw is independent of the split's
 
@@ -50,7 +51,7 @@ class SplitRule:
     time_column: str | None = None
     val_from: str | None = None
     test_from: str | None = None
-    negative_sampling: float = 1.0  # share of the training negatives kept
+    negative_sampling: float = 1.0  # share of the training and validation negatives kept
 
     def __post_init__(self) -> None:
         if self.time_column is None:
@@ -64,17 +65,21 @@ class SplitRule:
             raise DataError(f"--val-from {self.val_from} is after --test-from {self.test_from}")
 
     def assign(self, batch: Batch) -> np.ndarray:
-        """``TRAIN``/``VAL``/``TEST`` (int8) for every row of ``batch``; ``DROPPED`` for the
-        training negatives negative down-sampling leaves out (a seeded draw by position:
-        the same rows on every pass and in every process)."""
+        """``TRAIN``/``VAL``/``TEST`` (int8) for every row of ``batch``; ``DROPPED`` and
+        ``DROPPED_VAL`` for the training and validation negatives negative down-sampling
+        leaves out (a seeded draw by position: the same rows on every pass and in every
+        process). Validation is sampled too, so that early stopping and the calibration
+        score a fraction of it: AUC is unchanged in expectation by dropping negatives at
+        random, and the kept negatives carry the weight 1 / w everywhere else. The test
+        split stays whole: its metrics are those of unsampled data."""
         splits = self._split(batch)
         if self.negative_sampling < 1.0:
-            negatives = (splits == TRAIN) & (batch.labels <= 0)
+            negatives = ((splits == TRAIN) | (splits == VAL)) & (batch.labels <= 0)
             salt = (self.seed ^ _SAMPLING_SALT) & 0xFFFFFFFFFFFFFFFF
             mixed = row_hash(batch.positions[negatives], salt)
             uniform = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
             dropped = np.flatnonzero(negatives)[uniform >= self.negative_sampling]
-            splits[dropped] = DROPPED
+            splits[dropped] = np.where(splits[dropped] == TRAIN, DROPPED, DROPPED_VAL)
         return splits
 
     def _split(self, batch: Batch) -> np.ndarray:

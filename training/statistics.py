@@ -80,12 +80,21 @@ def add_index_counts(counts: list[np.ndarray], indices: np.ndarray) -> None:
         field_counts += np.bincount(indices[:, j].astype(np.int64), minlength=len(field_counts))
 
 
-def score_histogram(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Quantile edges of ``scores`` and the rows in each bin they make."""
+def score_histogram(
+    scores: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile edges of ``scores`` and the rows in each bin they make (each row counted
+    ``weights`` times, rounded, when given: a down-sampled split's kept negatives)."""
     if len(scores) == 0:
         return np.empty(0), np.zeros(1, dtype=np.int64)
-    edges = np.quantile(scores, np.linspace(0, 1, SCORE_BINS + 1)[1:-1])
-    return edges, score_bins(edges, scores)
+    shares = np.linspace(0, 1, SCORE_BINS + 1)[1:-1]
+    if weights is None:
+        edges = np.quantile(scores, shares)
+        return edges, score_bins(edges, scores)
+    edges = np.quantile(scores, shares, weights=weights, method="inverted_cdf")
+    bins = np.searchsorted(edges, scores, side="right")
+    counts = np.bincount(bins, weights=weights, minlength=len(edges) + 1)
+    return edges, np.rint(counts).astype(np.int64)
 
 
 def score_bins(edges: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -94,8 +94,9 @@ class TrainConfig(BaseModel):
         default=1.0,
         gt=0,
         le=1,
-        description="binary: keep every positive and this share of the training negatives "
-        "(a seeded draw); the exported scores are corrected for it",
+        description="binary: keep every positive and this share of the training and "
+        "validation negatives (a seeded draw; kept validation negatives weigh 1 / share, "
+        "test stays whole); the exported scores are corrected for it",
     )
     count_decay: float = Field(
         default=0.9,
@@ -299,7 +300,7 @@ def evaluate(model: nn.Module, split: Split, task: Task, cluster: Cluster | None
         given = [p[2] for p in parts if p[2] is not None]
         weights = np.concatenate(given) if given else None
         metrics = (
-            binary_metrics(labels, predictions)
+            binary_metrics(labels, predictions, weights)
             if task == "binary"
             else regression_metrics(labels, predictions, weights)
         )

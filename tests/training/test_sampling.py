@@ -1,5 +1,6 @@
-"""Negative down-sampling: every positive kept, a seeded share of the training negatives,
-validation and test untouched, and the exported scores corrected for it."""
+"""Negative down-sampling: every positive kept, a seeded share of the training and
+validation negatives (the kept validation negatives weighted 1 / w), the test split
+untouched, the exported scores corrected for it."""
 
 import json
 import math
@@ -13,10 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from app.scoring.repository import resolve_model_dir  # noqa: E402
-from training.data import Batch  # noqa: E402
+from training.data import Batch, open_source  # noqa: E402
+from training.dataset import prepare  # noqa: E402
+from training.evaluation import binary_metrics  # noqa: E402
 from training.models import DEFAULTS, build_model  # noqa: E402
-from training.split import DROPPED, TEST, TRAIN, VAL, SplitRule  # noqa: E402
-from training.train import correct_for_sampling  # noqa: E402
+from training.split import DROPPED, DROPPED_VAL, TEST, TRAIN, VAL, SplitRule  # noqa: E402
+from training.train import TrainConfig, correct_for_sampling  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNTH_ROWS = 10_000  # the session's synthetic log (tests/conftest.py)
@@ -28,20 +31,56 @@ def _batch(rows: int, seed: int = 0) -> Batch:
     return Batch({}, {}, labels, None, np.arange(rows, dtype=np.int64), None, None)
 
 
-def test_every_positive_and_a_share_of_the_training_negatives_are_kept() -> None:
+def test_every_positive_and_a_share_of_the_negatives_are_kept_but_in_test() -> None:
     batch = _batch(200_000)
     plain = SplitRule(0.1, 0.1, seed=3).assign(batch)
     sampled = SplitRule(0.1, 0.1, seed=3, negative_sampling=0.25).assign(batch)
-    held_out = (plain == VAL) | (plain == TEST)
-    np.testing.assert_array_equal(sampled[held_out], plain[held_out])  # untouched
+    np.testing.assert_array_equal(sampled[plain == TEST], TEST)  # untouched
     positives = batch.labels > 0
-    assert (sampled[positives & (plain == TRAIN)] == TRAIN).all()
-    negatives = ~positives & (plain == TRAIN)
-    kept = np.mean(sampled[negatives] == TRAIN)
-    assert kept == pytest.approx(0.25, abs=0.01)
-    assert set(np.unique(sampled[negatives])) == {TRAIN, DROPPED}
+    np.testing.assert_array_equal(sampled[positives], plain[positives])
+    for split, dropped in ((TRAIN, DROPPED), (VAL, DROPPED_VAL)):
+        negatives = ~positives & (plain == split)
+        assert np.mean(sampled[negatives] == split) == pytest.approx(0.25, abs=0.02)
+        assert set(np.unique(sampled[negatives])) == {split, dropped}
     again = SplitRule(0.1, 0.1, seed=3, negative_sampling=0.25).assign(batch)
     np.testing.assert_array_equal(again, sampled)  # the same rows on every pass
+
+
+def test_kept_validation_negatives_stand_for_the_ones_left_out(
+    synth_csv: Path, tmp_path: Path
+) -> None:
+    def validation(**settings: object) -> tuple[np.ndarray, np.ndarray | None]:
+        config = TrainConfig(model=DEFAULTS["lr"], **settings)  # type: ignore[arg-type]
+        prepared = prepare(open_source(synth_csv), config, tmp_path / "cache")
+        val = prepared.val
+        return val.labels.read(), None if val.weights is None else val.weights.read()
+
+    labels, weights = validation()
+    assert weights is None  # nothing sampled, nothing weighted
+    kept_labels, kept_weights = validation(negative_sampling=0.3)
+    assert kept_weights is not None
+    assert len(kept_labels) < 0.85 * len(labels)
+    assert kept_labels.sum() == labels.sum()  # every positive
+    np.testing.assert_allclose(kept_weights, np.where(kept_labels > 0, 1.0, 1 / 0.3), rtol=1e-6)
+    # the weights restore the rows and the click rate the split would have had
+    assert kept_weights.sum() == pytest.approx(len(labels), rel=0.05)
+    rate = np.average(kept_labels, weights=kept_weights)
+    assert rate == pytest.approx(labels.mean(), abs=0.02)
+    assert rate < kept_labels.mean() - 0.03  # unweighted, the kept rows click more
+
+
+def test_weighted_metrics_count_a_row_as_often_as_its_weight() -> None:
+    rng = np.random.default_rng(5)
+    labels = (rng.random(4000) < 0.3).astype(np.float64)
+    scores = np.clip(0.3 + 0.4 * (labels - 0.3) + rng.normal(0, 0.2, 4000), 0.01, 0.99)
+    weights = rng.integers(1, 4, 4000).astype(np.float64)
+    weighted = binary_metrics(labels, scores, weights)
+    repeated = binary_metrics(
+        np.repeat(labels, weights.astype(int)), np.repeat(scores, weights.astype(int))
+    )
+    for name in ("auc", "logloss", "ne", "calibration", "ece", "observed_rate"):
+        assert weighted[name] == pytest.approx(repeated[name], rel=1e-9), name
+    assert weighted["rows"] == 4000
 
 
 @pytest.mark.parametrize("name", ["lr", "ffm", "deepfm", "nffm"])
