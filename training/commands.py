@@ -316,7 +316,14 @@ def train_one(
             out,
             metrics,
             training,
-            _statistics(prepared, reference_scores, reference_weights, base, config.count_decay),
+            _statistics(
+                prepared,
+                reference_scores,
+                reference_weights,
+                config.negative_sampling,
+                base,
+                config.count_decay,
+            ),
             calibration,
             config.table_dtype,
             config.checkpoint,
@@ -354,16 +361,18 @@ def _statistics(
     prepared: Prepared,
     scores: np.ndarray,
     weights: np.ndarray | None,
+    sampling: float,
     base: WarmStart | None = None,
     decay: float = 1.0,
 ) -> TrainingStatistics:
-    """The training rows' index counts and the validation scores as served (calibrated,
-    weighted as the rows are), for ``ctrserve drift``; after a warm start, the decayed
-    counts of every day too, for the next one."""
+    """The training rows' index counts (those of the rows before negative down-sampling)
+    and the validation scores as served (calibrated, weighted as the rows are), for
+    ``ctrserve drift``; after a warm start, the decayed counts of every day too, for the
+    next one."""
     edges, counts = score_histogram(scores, weights)
-    today = index_counts(prepared.spec, prepared.train)
+    today, rows = index_counts(prepared.spec, prepared.train, 1.0 / sampling)
     return TrainingStatistics(
-        rows=len(prepared.train),
+        rows=rows,
         field_counts=today,
         score_edges=edges,
         score_counts=counts,

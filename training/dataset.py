@@ -39,7 +39,7 @@ from training.warm_start import WarmStart, merge_spec
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: negative down-sampling samples (and weights) validation too
 CACHE_ENV = "CTRSERVE_CACHE_DIR"
 # The TrainConfig fields that decide the split and the spec (and so the shards).
 DATA_SETTINGS = (

@@ -66,12 +66,30 @@ class TrainingStatistics:
             )
 
 
-def index_counts(spec: FeatureSpec, split: Split) -> dict[str, np.ndarray]:
-    """Rows per encoded index of every field over a split on disk, block by block."""
-    counts = [np.zeros(size, dtype=np.int64) for size in spec.field_dims]
-    for block in split.blocks():
-        add_index_counts(counts, block.indices)
-    return {field.name: c for field, c in zip(spec.fields, counts, strict=True)}
+def index_counts(
+    spec: FeatureSpec, split: Split, negative_weight: float = 1.0
+) -> tuple[dict[str, np.ndarray], int]:
+    """Rows per encoded index of every field over a split on disk, block by block, and
+    the rows counted. ``negative_weight``: how many rows a negative stands for (1 / w of a
+    down-sampled split, so the counts are those of the rows before sampling)."""
+    if negative_weight == 1.0:
+        counts = [np.zeros(size, dtype=np.int64) for size in spec.field_dims]
+        for block in split.blocks():
+            add_index_counts(counts, block.indices)
+        rows = len(split)
+    else:
+        sums = [np.zeros(size, dtype=np.float64) for size in spec.field_dims]
+        total = 0.0
+        for block in split.blocks():
+            weights = np.where(block.labels <= 0, negative_weight, 1.0)
+            for j, field_sums in enumerate(sums):
+                field_sums += np.bincount(
+                    block.indices[:, j].astype(np.int64), weights, minlength=len(field_sums)
+                )
+            total += float(weights.sum())
+        counts = [np.rint(field_sums).astype(np.int64) for field_sums in sums]
+        rows = round(total)
+    return {field.name: c for field, c in zip(spec.fields, counts, strict=True)}, rows
 
 
 def add_index_counts(counts: list[np.ndarray], indices: np.ndarray) -> None:

@@ -19,6 +19,7 @@ from training.dataset import prepare  # noqa: E402
 from training.evaluation import binary_metrics  # noqa: E402
 from training.models import DEFAULTS, build_model  # noqa: E402
 from training.split import DROPPED, DROPPED_VAL, TEST, TRAIN, VAL, SplitRule  # noqa: E402
+from training.statistics import TrainingStatistics  # noqa: E402
 from training.train import TrainConfig, correct_for_sampling  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +116,12 @@ def test_training_with_sampling_trains_on_fewer_rows_and_says_so(
     assert manifest["training"]["config"]["negative_sampling"] == 0.3
     assert manifest["training"]["rows"] < 0.8 * SYNTH_ROWS  # ~70% of the negatives left out
     assert summary["test"]["rows"] > 0.08 * SYNTH_ROWS  # the test split is whole (10%)
+    # drift and the next warm start count the rows as they were before sampling
+    statistics = TrainingStatistics.load(resolve_model_dir(out))
+    assert statistics is not None
+    assert statistics.rows == pytest.approx(0.8 * SYNTH_ROWS, rel=0.05)
+    for counts in statistics.field_counts.values():
+        assert counts.sum() == pytest.approx(statistics.rows, rel=0.01)
     refused = subprocess.run(
         [*command, "--task", "regression", "--out", str(tmp_path / "r")],
         cwd=ROOT,
