@@ -386,12 +386,14 @@ def fit(
                 on_epoch(epoch, score)
             if score > result.best_score:
                 result.best_score, result.best_epoch = score, epoch
-                if cluster.is_main:
+                # the last epoch's best weights stay where they are: a large model's copy
+                # on disk (and its reload) costs seconds a gigabyte
+                if cluster.is_main and epoch < config.epochs:
                     torch.save(model.state_dict(), best_path)
             elif epoch - result.best_epoch >= config.patience:
                 logger.info("early stop: no validation gain for %d epochs", config.patience)
                 break
-        if cluster.is_main:
+        if cluster.is_main and result.best_epoch != len(result.history):
             model.load_state_dict(torch.load(best_path, weights_only=True))
     result.samples_per_s = result.samples_seen / max(result.train_seconds, 1e-9)
     return result

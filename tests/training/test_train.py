@@ -54,6 +54,17 @@ def test_early_stopping_restores_the_best_epoch(synth_csv: Path) -> None:
     assert evaluate(model, prepared.val, "binary")["auc"] == pytest.approx(best["val_auc"])
 
 
+def test_a_best_last_epoch_is_the_model_as_trained(synth_csv: Path) -> None:
+    config = TrainConfig(model=DEFAULTS["lr"], epochs=2, patience=2, learning_rate=0.005)
+    prepared = prepare(open_source(synth_csv), config)
+    model = new_model(prepared, config)
+    result = fit(model, prepared, config, progress=False)
+    assert result.best_epoch == 2  # a slow learner still improving
+    assert evaluate(model, prepared.val, "binary")["auc"] == pytest.approx(
+        result.history[-1]["val_auc"]
+    )
+
+
 def test_a_step_updates_only_the_rows_its_batch_read(synth_csv: Path) -> None:
     """Sparse updates: rows no batch touched keep their initial values (dense Adam with
     weight decay would have moved every row), and unseen rows hold the field average."""
