@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 from torch import nn
 
 CALIBRATION_FILE = "calibration.json"
@@ -110,7 +111,13 @@ def fit_calibration(
         for fitted, judged in ((half, ~half), (~half, half)):
             curve = fitter(labels[fitted], probabilities[fitted], weights[fitted])
             mapped = np.interp(probabilities[judged], x, curve(x))
-            loss += _logloss(labels[judged], mapped, weights[judged])
+            loss += log_loss(
+                labels[judged],
+                mapped,
+                normalize=False,
+                sample_weight=weights[judged],
+                labels=[0, 1],
+            )
         losses[method] = loss / weights.sum()
     method = min(losses, key=losses.__getitem__)
     y = FITTERS[method](labels, probabilities, weights)(x)
@@ -120,12 +127,6 @@ def fit_calibration(
         method,  # type: ignore[arg-type]
         tuple((name, round(float(loss), 6)) for name, loss in losses.items()),
     )
-
-
-def _logloss(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray) -> float:
-    """The summed (not averaged) weighted log loss."""
-    p = np.clip(probabilities, _EDGE, 1 - _EDGE)
-    return float(-(weights * (labels * np.log(p) + (1 - labels) * np.log1p(-p))).sum())
 
 
 def _logit(probabilities: np.ndarray) -> np.ndarray:
