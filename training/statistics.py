@@ -72,30 +72,27 @@ def index_counts(
     """Rows per encoded index of every field over a split on disk, block by block, and
     the rows counted. ``negative_weight``: how many rows a negative stands for (1 / w of a
     down-sampled split, so the counts are those of the rows before sampling)."""
-    if negative_weight == 1.0:
-        counts = [np.zeros(size, dtype=np.int64) for size in spec.field_dims]
-        for block in split.blocks():
-            add_index_counts(counts, block.indices)
-        rows = len(split)
-    else:
-        sums = [np.zeros(size, dtype=np.float64) for size in spec.field_dims]
-        total = 0.0
-        for block in split.blocks():
+    sums = [np.zeros(size, dtype=np.float64) for size in spec.field_dims]
+    rows = 0.0
+    for block in split.blocks():
+        weights = None
+        if negative_weight != 1.0:
             weights = np.where(block.labels <= 0, negative_weight, 1.0)
-            for j, field_sums in enumerate(sums):
-                field_sums += np.bincount(
-                    block.indices[:, j].astype(np.int64), weights, minlength=len(field_sums)
-                )
-            total += float(weights.sum())
-        counts = [np.rint(field_sums).astype(np.int64) for field_sums in sums]
-        rows = round(total)
-    return {field.name: c for field, c in zip(spec.fields, counts, strict=True)}, rows
+        add_index_counts(sums, block.indices, weights)
+        rows += len(block.labels) if weights is None else float(weights.sum())
+    counts = [np.rint(field_sums).astype(np.int64) for field_sums in sums]
+    return {field.name: c for field, c in zip(spec.fields, counts, strict=True)}, round(rows)
 
 
-def add_index_counts(counts: list[np.ndarray], indices: np.ndarray) -> None:
-    """Add the rows per encoded index of ``(N, F)`` encoded rows to each field's counts."""
+def add_index_counts(
+    counts: list[np.ndarray], indices: np.ndarray, weights: np.ndarray | None = None
+) -> None:
+    """Add the rows per encoded index of ``(N, F)`` encoded rows to each field's counts
+    (each row counted ``weights`` times, when given: float counts)."""
     for j, field_counts in enumerate(counts):
-        field_counts += np.bincount(indices[:, j].astype(np.int64), minlength=len(field_counts))
+        field_counts += np.bincount(
+            indices[:, j].astype(np.int64), weights, minlength=len(field_counts)
+        )
 
 
 def score_histogram(
@@ -108,12 +105,15 @@ def score_histogram(
     shares = np.linspace(0, 1, SCORE_BINS + 1)[1:-1]
     if weights is None:
         edges = np.quantile(scores, shares)
-        return edges, score_bins(edges, scores)
-    edges = np.quantile(scores, shares, weights=weights, method="inverted_cdf")
+    else:
+        edges = np.quantile(scores, shares, weights=weights, method="inverted_cdf")
+    return edges, score_bins(edges, scores, weights)
+
+
+def score_bins(
+    edges: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows of ``scores`` in each bin ``edges`` make (weighted and rounded, when given)."""
     bins = np.searchsorted(edges, scores, side="right")
-    counts = np.bincount(bins, weights=weights, minlength=len(edges) + 1)
-    return edges, np.rint(counts).astype(np.int64)
-
-
-def score_bins(edges: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    return np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(edges) + 1)
+    counts = np.bincount(bins, weights, minlength=len(edges) + 1)
+    return counts if weights is None else np.rint(counts).astype(np.int64)
