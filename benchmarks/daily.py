@@ -241,11 +241,9 @@ def report(results: dict, _started: str) -> str:
                     name,
                     f"{run['seconds']:.0f}",
                     f"{base['seconds'] / run['seconds']:.1f}x",
-                    f"{run['pass_seconds']:.0f}" if "pass_seconds" in run else "",
-                    f"{run['train_seconds']:.0f}" if "train_seconds" in run else "",
-                    f"{run['seconds'] - run['pass_seconds'] - run['train_seconds']:.0f}"
-                    if "pass_seconds" in run
-                    else "",
+                    f"{run['pass_seconds']:.0f}",
+                    f"{run['train_seconds']:.0f}",
+                    f"{run['seconds'] - run['pass_seconds'] - run['train_seconds']:.0f}",
                     f"{run['peak_rss_mb']:,.0f}",
                     f"{run['test']['auc']:.4f}",
                     f"{run['test']['auc'] - base['test']['auc']:+.4f}",
