@@ -501,21 +501,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 "the same rows; use --split all to score the whole file"
             )
     wanted = None if config is None else SPLIT_NAMES.index(args.split)
-    rule = None if config is None else split_rule(config)
+    # every row of the split, also where training down-sampled its negatives: the
+    # metrics of the scores served on the data as it comes
+    rule = None if config is None else split_rule(config).unsampled()
     log = BadRowLog(args.bad_rows)
     predictions, labels, weights = [], [], []
     for batch in source.batches(log):
-        indices = encode_batch(scorer.encoder, batch)
-        chosen = slice(None) if rule is None else rule.assign(batch) == wanted
-        predictions.append(score_indices(scorer, indices[chosen]))  # bounded calls
-        labels.append(batch.labels[chosen])
+        if rule is not None:
+            batch = batch.take(np.flatnonzero(rule.assign(batch) == wanted))
+            if len(batch) == 0:
+                continue
+        predictions.append(score_indices(scorer, encode_batch(scorer.encoder, batch)))
+        labels.append(batch.labels)
         if batch.weights is not None:
-            weights.append(batch.weights[chosen])
+            weights.append(batch.weights)
+    if not predictions:
+        raise DataError(f"{args.data}: no rows to score in the {args.split} split")
     scores, truth = np.concatenate(predictions), np.concatenate(labels)
+    given = np.concatenate(weights) if weights else None
     if manifest.task == "binary":
-        metrics = binary_metrics(truth, scores)
+        metrics = binary_metrics(truth, scores, given)
     else:
-        metrics = regression_metrics(truth, scores, np.concatenate(weights) if weights else None)
+        metrics = regression_metrics(truth, scores, given)
     _emit(
         {
             "model_dir": str(scorer.model_dir),

@@ -39,7 +39,7 @@ from training.warm_start import WarmStart, merge_spec
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: negative down-sampling samples (and weights) validation too
+CACHE_FORMAT = 3  # 3: negative down-sampling samples (and weights) validation and test
 CACHE_ENV = "CTRSERVE_CACHE_DIR"
 # The TrainConfig fields that decide the split and the spec (and so the shards).
 DATA_SETTINGS = (
@@ -196,7 +196,7 @@ def _build(
     counts = np.zeros(3, dtype=np.int64)
     started = time.perf_counter()
     for batch, splits in _progress(source, rule, log, "pass 1 (spec)"):
-        counts += np.bincount(splits, minlength=5)[:3]
+        counts += np.bincount(splits, minlength=6)[:3]
         builder.update(batch, (splits == TRAIN) | (splits == DROPPED))  # vocabularies: all
     if counts.sum() == 0 and log.rows:
         raise DataError(f"{source.name}: every row is malformed ({len(log.rows)} skipped)")
@@ -225,7 +225,7 @@ def _build(
             "indices": (dtype, (rows, len(spec.fields))),
             "labels": (np.dtype(np.float32), (rows,)),
         }
-        if source.weight is not None or (sampled and split == VAL):
+        if source.weight is not None or (sampled and split != TRAIN):
             kinds["weights"] = (np.dtype(np.float32), (rows,))
         if source.has_oracle and split != TRAIN:
             kinds["oracle"] = (np.dtype(np.float64), (rows,))
@@ -249,7 +249,9 @@ def _build(
             split_writers["labels"].append(batch.labels[chosen])
             if "weights" in split_writers:
                 split_writers["weights"].append(
-                    _row_weights(batch, chosen, settings.negative_sampling if split == VAL else 1.0)
+                    _row_weights(
+                        batch, chosen, 1.0 if split == TRAIN else settings.negative_sampling
+                    )
                 )
             if "oracle" in split_writers and batch.oracle is not None:
                 split_writers["oracle"].append(batch.oracle[chosen])

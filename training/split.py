@@ -8,7 +8,7 @@ the rest validate: how CTR models are judged in practice (the future is held out
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -17,8 +17,10 @@ import pyarrow.compute as pc
 from training.data import Batch, DataError
 
 TRAIN, VAL, TEST = 0, 1, 2
-DROPPED = 3  # a training negative left out by negative down-sampling
-DROPPED_VAL = 4  # a validation negative left out (its kept neighbours weigh 1 / w)
+# a negative left out by negative down-sampling is marked by its split plus DROPPED (its
+# kept neighbours in validation and test weigh 1 / w)
+DROPPED = 3
+DROPPED_VAL, DROPPED_TEST = VAL + DROPPED, TEST + DROPPED
 SPLIT_NAMES = ("train", "val", "test")
 _SAMPLING_SALT = 0x5A3B_1E5D  # the sampling draw is independent of the split's
 
@@ -51,7 +53,7 @@ class SplitRule:
     time_column: str | None = None
     val_from: str | None = None
     test_from: str | None = None
-    negative_sampling: float = 1.0  # share of the training and validation negatives kept
+    negative_sampling: float = 1.0  # share of the negatives kept, in every split
 
     def __post_init__(self) -> None:
         if self.time_column is None:
@@ -65,22 +67,26 @@ class SplitRule:
             raise DataError(f"--val-from {self.val_from} is after --test-from {self.test_from}")
 
     def assign(self, batch: Batch) -> np.ndarray:
-        """``TRAIN``/``VAL``/``TEST`` (int8) for every row of ``batch``; ``DROPPED`` and
-        ``DROPPED_VAL`` for the training and validation negatives negative down-sampling
-        leaves out (a seeded draw by position: the same rows on every pass and in every
-        process). Validation is sampled too, so that early stopping and the calibration
-        score a fraction of it: AUC is unchanged in expectation by dropping negatives at
-        random, and the kept negatives carry the weight 1 / w everywhere else. The test
-        split stays whole: its metrics are those of unsampled data."""
+        """``TRAIN``/``VAL``/``TEST`` (int8) for every row of ``batch``; ``DROPPED``,
+        ``DROPPED_VAL`` and ``DROPPED_TEST`` for the negatives negative down-sampling leaves
+        out (a seeded draw by position: the same rows on every pass and in every process).
+        Validation and test are sampled too, so that early stopping, the calibration and
+        the test metrics score a fraction of them: AUC is unchanged in expectation by
+        dropping negatives at random, and the kept negatives carry the weight 1 / w there,
+        which makes every metric an estimate of the unsampled one. ``ctrserve evaluate
+        --split`` scores a split's every row (:meth:`unsampled`)."""
         splits = self._split(batch)
         if self.negative_sampling < 1.0:
-            negatives = ((splits == TRAIN) | (splits == VAL)) & (batch.labels <= 0)
+            negatives = np.flatnonzero(batch.labels <= 0)
             salt = (self.seed ^ _SAMPLING_SALT) & 0xFFFFFFFFFFFFFFFF
             mixed = row_hash(batch.positions[negatives], salt)
             uniform = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-            dropped = np.flatnonzero(negatives)[uniform >= self.negative_sampling]
-            splits[dropped] = np.where(splits[dropped] == TRAIN, DROPPED, DROPPED_VAL)
+            splits[negatives[uniform >= self.negative_sampling]] += DROPPED
         return splits
+
+    def unsampled(self) -> SplitRule:
+        """The same split without negative down-sampling: every row of every split."""
+        return replace(self, negative_sampling=1.0)
 
     def _split(self, batch: Batch) -> np.ndarray:
         if self.time_column is None:

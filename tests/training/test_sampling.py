@@ -18,7 +18,15 @@ from training.data import Batch, open_source  # noqa: E402
 from training.dataset import prepare  # noqa: E402
 from training.evaluation import binary_metrics  # noqa: E402
 from training.models import DEFAULTS, build_model  # noqa: E402
-from training.split import DROPPED, DROPPED_VAL, TEST, TRAIN, VAL, SplitRule  # noqa: E402
+from training.split import (  # noqa: E402
+    DROPPED,
+    DROPPED_TEST,
+    DROPPED_VAL,
+    TEST,
+    TRAIN,
+    VAL,
+    SplitRule,
+)
 from training.statistics import TrainingStatistics  # noqa: E402
 from training.train import TrainConfig, correct_for_sampling  # noqa: E402
 
@@ -32,14 +40,15 @@ def _batch(rows: int, seed: int = 0) -> Batch:
     return Batch({}, {}, labels, None, np.arange(rows, dtype=np.int64), None, None)
 
 
-def test_every_positive_and_a_share_of_the_negatives_are_kept_but_in_test() -> None:
+def test_every_positive_and_a_share_of_the_negatives_are_kept_in_every_split() -> None:
     batch = _batch(200_000)
     plain = SplitRule(0.1, 0.1, seed=3).assign(batch)
-    sampled = SplitRule(0.1, 0.1, seed=3, negative_sampling=0.25).assign(batch)
-    np.testing.assert_array_equal(sampled[plain == TEST], TEST)  # untouched
+    rule = SplitRule(0.1, 0.1, seed=3, negative_sampling=0.25)
+    sampled = rule.assign(batch)
+    np.testing.assert_array_equal(rule.unsampled().assign(batch), plain)
     positives = batch.labels > 0
     np.testing.assert_array_equal(sampled[positives], plain[positives])
-    for split, dropped in ((TRAIN, DROPPED), (VAL, DROPPED_VAL)):
+    for split, dropped in ((TRAIN, DROPPED), (VAL, DROPPED_VAL), (TEST, DROPPED_TEST)):
         negatives = ~positives & (plain == split)
         assert np.mean(sampled[negatives] == split) == pytest.approx(0.25, abs=0.02)
         assert set(np.unique(sampled[negatives])) == {split, dropped}
@@ -115,7 +124,20 @@ def test_training_with_sampling_trains_on_fewer_rows_and_says_so(
     manifest = json.loads((resolve_model_dir(out) / "spec.json").read_text())
     assert manifest["training"]["config"]["negative_sampling"] == 0.3
     assert manifest["training"]["rows"] < 0.8 * SYNTH_ROWS  # ~70% of the negatives left out
-    assert summary["test"]["rows"] > 0.08 * SYNTH_ROWS  # the test split is whole (10%)
+    # the test split is sampled like the others, its kept negatives weighted; `evaluate`
+    # scores the split's every row, and the weighted metrics estimate those
+    assert summary["test"]["rows"] < 0.07 * SYNTH_ROWS
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", "--model-dir", str(out),
+         "--data", str(synth_csv), "--split", "test"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    whole = json.loads(evaluated.stdout)
+    assert whole["rows"] == pytest.approx(0.1 * SYNTH_ROWS, rel=0.1)
+    assert summary["test"]["auc"] == pytest.approx(whole["auc"], abs=0.03)
+    assert summary["test"]["observed_rate"] == pytest.approx(whole["observed_rate"], abs=0.03)
+    assert summary["test"]["calibration"] == pytest.approx(whole["calibration"], abs=0.1)
     # drift and the next warm start count the rows as they were before sampling
     statistics = TrainingStatistics.load(resolve_model_dir(out))
     assert statistics is not None
