@@ -47,6 +47,7 @@ from training.data import Task
 from training.graph_file import compact_tables, save_graph, strip_build_metadata
 from training.layers import fill_unseen_rows, serving_tables
 from training.models import ModelConfig, build_model
+from training.state_file import load_state, save_state
 from training.statistics import TrainingStatistics
 
 logger = logging.getLogger(__name__)
@@ -226,9 +227,9 @@ def write_artifact(
             parity |= {"table_parity_max_abs_diff": worst, "table_parity_p99_abs_diff": typical}
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         if checkpoint:
-            torch.save(model.state_dict(), staging / CHECKPOINT_FILE)
+            save_state(model.state_dict(), staging / CHECKPOINT_FILE)
             if optimizer_state is not None:
-                torch.save(optimizer_state, staging / OPTIMIZER_FILE)
+                save_state(optimizer_state, staging / OPTIMIZER_FILE)
         if statistics is not None:
             statistics.save(staging)
         if calibration is not None:
@@ -308,7 +309,7 @@ def load_checkpoint(model_dir: Path) -> tuple[nn.Module, TrainedModel]:
     if trained.files is not None:
         verify_files(model_dir, trained.files, skip=set(trained.files) - {CHECKPOINT_FILE})
     model = build_model(trained.features.field_dims, trained.layers)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # the layers' parameters changed since it was saved
@@ -330,7 +331,7 @@ def load_optimizer_state(model_dir: Path) -> dict[str, Any] | None:
         return None
     if trained.files is not None:
         verify_files(model_dir, trained.files, skip=set(trained.files) - {OPTIMIZER_FILE})
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    state: dict[str, Any] = load_state(path)
     return state
 
 

@@ -47,6 +47,7 @@ from training.memory import activations_kept_in_the_heap
 from training.models import ModelConfig, build_model
 from training.optim import OptimizerName, SparseOptimizer
 from training.shards import BLOCK_ROWS, Arrays, Split
+from training.state_file import load_state, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -389,12 +390,12 @@ def fit(
                 # the last epoch's best weights stay where they are: a large model's copy
                 # on disk (and its reload) costs seconds a gigabyte
                 if cluster.is_main and epoch < config.epochs:
-                    torch.save(model.state_dict(), best_path)
+                    save_state(model.state_dict(), best_path)
             elif epoch - result.best_epoch >= config.patience:
                 logger.info("early stop: no validation gain for %d epochs", config.patience)
                 break
         if cluster.is_main and result.best_epoch != len(result.history):
-            model.load_state_dict(torch.load(best_path, weights_only=True))
+            model.load_state_dict(load_state(best_path))
     result.samples_per_s = result.samples_seen / max(result.train_seconds, 1e-9)
     return result
 
