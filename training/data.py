@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from training.read_ahead import read_ahead
+
 DataFormat = Literal["csv", "tsv", "criteo", "parquet"]
 Task = Literal["binary", "regression"]
 BadRows = Literal["error", "skip"]
@@ -149,8 +151,11 @@ class DataSource:
         return self.files[0].name if len(self.files) == 1 else f"{len(self.files)} files"
 
     def batches(self, bad_rows: BadRowLog | None = None) -> Iterator[Batch]:
-        """Checked batches of every file in order; malformed rows go to ``bad_rows``."""
-        log = bad_rows or BadRowLog()
+        """Checked batches of every file in order, read a batch or two ahead of the caller;
+        malformed rows go to ``bad_rows`` (complete once the batches are)."""
+        return read_ahead(self._read(bad_rows or BadRowLog()))
+
+    def _read(self, log: BadRowLog) -> Iterator[Batch]:
         first = 0
         for path in self.files:
             reader = _ParquetFile(path) if self.fmt == "parquet" else _TextFile(path, self.fmt, log)
