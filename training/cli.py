@@ -159,9 +159,10 @@ def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="W",
-        help="binary: keep every positive and a seeded share W of the training and "
-        "validation negatives (0.1: a tenth; the kept validation negatives weigh 1/W, the "
-        "test split stays whole); the exported scores are corrected for it",
+        help="binary: keep every positive and a seeded share W of the negatives of every "
+        "split (0.1: a tenth; the kept validation and test negatives weigh 1/W, so their "
+        "metrics estimate the unsampled ones; `evaluate --split test` scores every row); "
+        "the exported scores are corrected for it",
     )
     parser.add_argument(
         "--calibrate",

@@ -95,9 +95,9 @@ class TrainConfig(BaseModel):
         default=1.0,
         gt=0,
         le=1,
-        description="binary: keep every positive and this share of the training and "
-        "validation negatives (a seeded draw; kept validation negatives weigh 1 / share, "
-        "test stays whole); the exported scores are corrected for it",
+        description="binary: keep every positive and this share of the negatives of every "
+        "split (a seeded draw; kept validation and test negatives weigh 1 / share); the "
+        "exported scores are corrected for it",
     )
     count_decay: float = Field(
         default=0.9,
