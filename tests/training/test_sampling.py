@@ -1,6 +1,6 @@
-"""Negative down-sampling: every positive kept, a seeded share of the training and
-validation negatives (the kept validation negatives weighted 1 / w), the test split
-untouched, the exported scores corrected for it."""
+"""Negative down-sampling: every positive kept, a seeded share of every split's negatives
+(the kept validation and test negatives weighted 1 / w), `evaluate --split` on every row,
+the exported scores corrected for it."""
 
 import json
 import math
