@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -21,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from app.core.cpus import usable_cpus
 from app.features.errors import SpecError
 from app.features.spec import FeatureSpec, load_json_model
 
@@ -127,7 +127,7 @@ def sha256_file(path: Path) -> str:
 def sha256_files(paths: list[Path]) -> list[str]:
     """The sha256 of each file, hashed side by side: hashlib lets go of the GIL while it
     hashes, so a version's gigabyte files take the time of the largest, not of all."""
-    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), usable_cpus()))) as pool:
         return list(pool.map(sha256_file, paths))
 
 
