@@ -1,6 +1,8 @@
 """The prediction log: every scored row of every protocol becomes one record, with its
 request id, values and score; a full queue drops and counts; sampling is sticky by a key;
-a worker killed with SIGKILL loses at most its open file, and no reader sees a partial one."""
+a worker killed with SIGKILL loses only what it had not handed to its writer process, a
+writer killed loses its open file (counted) and another takes over, and no reader ever sees
+a partial file."""
 
 from __future__ import annotations
 
@@ -8,13 +10,13 @@ import asyncio
 import hashlib
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -24,7 +26,8 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.main import create_app
 from app.scoring import prediction_log
-from app.scoring.prediction_log import LOG_COLUMNS, PredictionLog
+from app.scoring.log_writer import LOG_COLUMNS, LogFiles, to_batch
+from app.scoring.prediction_log import PredictionLog
 from app.scoring.repository import resolve_model_dir
 from app.scoring.request import StickyKey
 from app.scoring.scorer import Scorer
@@ -160,20 +163,17 @@ def _scored(scorer: Scorer, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(0, 1, rows, dtype=np.float32), np.zeros(rows, dtype=bool)
 
 
-def test_a_full_queue_drops_and_counts_and_never_waits(
-    repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _writers(process: psutil.Process) -> list[psutil.Process]:
+    """The prediction log writer processes that ``process`` started."""
+    return [p for p in process.children() if "app.scoring.log_writer" in p.cmdline()]
+
+
+def test_a_full_queue_drops_and_counts_and_never_waits(repository: Path, tmp_path: Path) -> None:
     scorer = Scorer.load(resolve_model_dir(repository))
-    release = threading.Event()
-    convert = prediction_log._Rows.batch
-
-    def stalled(rows: prediction_log._Rows) -> pa.RecordBatch:
-        release.wait(10)  # a writer stuck on a slow disk
-        return convert(rows)
-
-    monkeypatch.setattr(prediction_log._Rows, "batch", stalled)
     dropped: list[int] = []
     log = PredictionLog(str(tmp_path / "log"), max_queued_rows=10, on_dropped=dropped.append)
+    (writer,) = _writers(psutil.Process())
+    writer.suspend()  # a writer stuck on a slow disk
     scores, cached = _scored(scorer, 4)
 
     def add() -> None:
@@ -181,7 +181,7 @@ def test_a_full_queue_drops_and_counts_and_never_waits(
 
     async def requests() -> float:
         add()
-        await asyncio.sleep(prediction_log.FLUSH_S + 0.3)  # handed over: the writer is stuck
+        await asyncio.sleep(prediction_log.HAND_OVER_S + 0.3)  # sent: the writer is stuck
         started = time.monotonic()
         for _ in range(5):  # 20 rows, 4 waiting: room for one more request of 4
             add()
@@ -190,13 +190,15 @@ def test_a_full_queue_drops_and_counts_and_never_waits(
     assert asyncio.run(requests()) < 0.5
     assert dropped == [4, 4, 4, 4]
     assert log.dropped_rows == 16
-    release.set()
+    writer.resume()
     log.close()
     assert _records(tmp_path / "log").num_rows == 8  # nothing the queue took is lost
 
 
 @pytest.mark.slow
-def test_sigkill_loses_at_most_the_open_file(repository: Path, tmp_path: Path) -> None:
+def test_a_worker_killed_loses_only_what_it_had_not_handed_over(
+    repository: Path, tmp_path: Path
+) -> None:
     log = tmp_path / "log"
     env = {
         "CTR_MODEL_REPOSITORY": str(repository),
@@ -204,42 +206,91 @@ def test_sigkill_loses_at_most_the_open_file(repository: Path, tmp_path: Path) -
         "CTR_PREDICTION_LOG_ROLL_ROWS": "50",
     }
     with start_server([sys.executable, "-m", "app"], env) as base, httpx.Client() as client:
-
-        def send(count: int, first: int) -> None:
-            for i in range(first, first + count):
-                body = {"features": {"c0": f"c0_{i}", "n0": 1.0}}
-                client.post(f"{base}/predict", json=body).raise_for_status()
-
-        send(60, 0)
+        worker = listening_process(base)
+        (writer,) = _writers(worker)
+        _send(client, base, 60, 0)
         deadline = time.monotonic() + 10
         while metric_values(base, "ctr_prediction_log_records_total")[0] < 60:
             assert time.monotonic() < deadline, "the first file was never published"
             time.sleep(0.1)
-        send(30, 60)
-        time.sleep(2 * prediction_log.FLUSH_S)  # written into the open file, not published
-        listening_process(base).send_signal(signal.SIGKILL)
-        time.sleep(0.5)
+        _send(client, base, 30, 60)
+        time.sleep(2 * prediction_log.HAND_OVER_S)  # handed over to the writer: unpublished
+        worker.send_signal(signal.SIGKILL)
+        _send(client, base, 5, 90, expect_failure=True)  # never answered: never logged
+        writer.wait(10)  # the worker's end is the end of its input: it publishes and exits
     published = sorted(log.glob("*.parquet"))
-    assert len(published) == 1
-    assert pq.read_table(published[0]).num_rows == 60  # whole, with its footer
-    assert _records(log).num_rows == 60  # a reader of the directory sees only that file
-    hidden = [p for p in log.iterdir() if p.name.startswith(".")]
-    assert len(hidden) == 1  # the open file: its 30 records are what was lost
+    assert len(published) == 2
+    assert sorted(pq.read_table(p).num_rows for p in published) == [30, 60]  # whole files
+    assert _records(log).num_rows == 90
+    assert not [p for p in log.iterdir() if p.name.startswith(".")]  # nothing left open
+
+
+@pytest.mark.slow
+def test_a_writer_killed_loses_its_open_file_counted_and_another_takes_over(
+    repository: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    env = {"CTR_MODEL_REPOSITORY": str(repository), "CTR_PREDICTION_LOG": str(log)}
+    with start_server([sys.executable, "-m", "app"], env) as base, httpx.Client() as client:
+        worker = listening_process(base)
+        (writer,) = _writers(worker)
+        _send(client, base, 30, 0)
+        time.sleep(2 * prediction_log.HAND_OVER_S)  # taken by the writer, in its open file
+        writer.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while metric_values(base, "ctr_prediction_log_dropped_total")[0] < 30:
+            assert time.monotonic() < deadline, "the lost records were never counted"
+            time.sleep(0.1)
+        _send(client, base, 20, 30)  # the next frame starts another writer
+        time.sleep(2 * prediction_log.HAND_OVER_S)
+        (replacement,) = _writers(worker)
+        assert replacement.pid != writer.pid
+        assert metric_values(base, "ctr_prediction_log_dropped_total")[0] == 30
+        worker.send_signal(signal.SIGTERM)  # a clean stop publishes the open file
+        replacement.wait(20)
+    assert not list(log.glob("*.parquet"))[1:]  # one file: the new writer's
+    assert sorted(_records(log).column("c0").to_pylist()) == sorted(
+        f"c0_{i}" for i in range(30, 50)
+    )
+
+
+def _send(
+    client: httpx.Client, base: str, count: int, first: int, expect_failure: bool = False
+) -> None:
+    for i in range(first, first + count):
+        body = {"features": {"c0": f"c0_{i}", "n0": 1.0}}
+        try:
+            client.post(f"{base}/predict", json=body, timeout=2).raise_for_status()
+        except httpx.TransportError:
+            assert expect_failure
+        else:
+            assert not expect_failure
 
 
 def test_a_remote_filesystem_gets_whole_files(repository: Path) -> None:
     scorer = Scorer.load(resolve_model_dir(repository))
-    written: list[tuple[int, int]] = []
-    log = PredictionLog("mock:///bucket/log", on_written=lambda r, f: written.append((r, f)))
+    reports: list[tuple[str, int]] = []
+    files = LogFiles(
+        "mock:///bucket/log",
+        roll_rows=1_000,
+        roll_bytes=1 << 20,
+        roll_s=60,
+        report=lambda kind, rows: reports.append((kind, rows)),
+    )
     scores, cached = _scored(scorer, 3)
-    log.add("m", "v1", scores, cached, scorer.encoder, lambda e: {"c0": ["a", "b", None]})
-    log.close()
-    files = log.filesystem.get_file_info(pa.fs.FileSelector("bucket/log"))
-    assert [info.base_name.endswith(".parquet") for info in files] == [True]
-    table = pq.read_table(files[0].path, filesystem=log.filesystem)
+    rows = prediction_log._Rows(scorer.encoder)
+    values = {"c0": ["a", "b", None]}
+    rows.add(prediction_log._Entry(0.0, "r", "m", "v1", scores, cached, scorer.encoder,
+                                   lambda e: values, None, None))  # fmt: skip
+    files.add(to_batch(rows.frame()))
+    assert files.filesystem.get_file_info(pa.fs.FileSelector("bucket/log")) == []  # spooled
+    files.publish()
+    (info,) = files.filesystem.get_file_info(pa.fs.FileSelector("bucket/log"))
+    assert info.base_name.endswith(".parquet")
+    table = pq.read_table(info.path, filesystem=files.filesystem)
     assert table.column("c0").to_pylist() == ["a", "b", None]
     assert table.column("score").to_pylist() == pytest.approx(scores.tolist())
-    assert written == [(3, 1)]
+    assert reports == [("published", 3)]
 
 
 @pytest.mark.parametrize("text", ["cookie:x", "header:", "feature", ""])
