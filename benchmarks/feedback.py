@@ -74,7 +74,11 @@ def peak_rss_mb(command: list[str]) -> tuple[float, float, str]:
 
 
 # -- 1. the prediction log's cost --------------------------------------------------------
-def log_cost(scratch: Path, model_dir: Path, rates: list[int], rounds: int, seconds: int) -> dict:
+def log_cost(
+    scratch: Path, model_dir: Path, shares: list[float], rounds: int, seconds: int
+) -> dict:
+    """Log off against on, taking turns; the open-loop rates are ``shares`` of the
+    closed-loop maximum with the log off, measured first on this machine."""
     spec = load_spec(model_dir)
     slices = write_slices(
         [{"features": r} for r in unique_rows(spec, MAX_VUS * 400, seed=21)],
@@ -82,6 +86,12 @@ def log_cost(scratch: Path, model_dir: Path, rates: list[int], rounds: int, seco
         scratch / "slices",
     )
     bodies = write_bodies([{"features": r} for r in unique_rows(spec, 100_000, seed=22)])
+    env = {"CTR_MODEL_REPOSITORY": str(model_dir), "CTR_CACHE_MAXSIZE": "100000"}
+    with server([sys.executable, "-m", "app"], env) as base:
+        wrk(f"{base}/predict", bodies, 3, 16)  # warm-up
+        maximum = wrk(f"{base}/predict", bodies, seconds, 16).req_per_s
+    rates = [int(round(maximum * share, -2)) for share in shares]
+    logger.info("closed-loop maximum %.0f req/s: rates %s", maximum, rates)
     runs: list[dict[str, Any]] = []
     for round_ in range(rounds):
         for logged in (False, True) if round_ % 2 == 0 else (True, False):
@@ -105,7 +115,8 @@ def log_cost(scratch: Path, model_dir: Path, rates: list[int], rounds: int, seco
                 closed = wrk(f"{base}/predict", bodies, seconds, 16)
                 runs.append({"log": logged, "round": round_, "rate": 0,
                              "req_per_s": closed.req_per_s})  # fmt: skip
-    return {"rates": rates, "rounds": rounds, "seconds": seconds, "runs": runs}
+    return {"maximum": maximum, "shares": shares, "rates": rates, "rounds": rounds,
+            "seconds": seconds, "runs": runs}  # fmt: skip
 
 
 # -- 2. the label join ---------------------------------------------------------------------
@@ -225,9 +236,13 @@ def report(results: dict, started: str) -> str:
         markdown_section(
             "The prediction log at 100%: off against on",
             f"Distinct single rows to /predict, one worker. Open loop: k6 at a fixed rate "
-            f"for {cost['seconds']} s; closed loop: wrk, 16 connections. {cost['rounds']} "
-            "rounds, off and on taking turns; medians over the rounds (every run is in "
-            "docs/feedback.json). CPU: the server's CPU seconds over the run ÷ requests.",
+            f"for {cost['seconds']} s, the rates "
+            + " and ".join(f"{share:.0%}" for share in cost["shares"])
+            + f" of the closed-loop maximum with the log off ({cost['maximum']:,.0f} req/s, "
+            f"measured first); closed loop: wrk, 16 connections. {cost['rounds']} rounds, off "
+            "and on taking turns (off first, then on first); medians over the rounds (every "
+            "run is in docs/feedback.json). CPU: the CPU seconds of the server's process tree "
+            "(the worker and its log writer) over the run ÷ requests.",
             [
                 "load",
                 "p99 ms, off",
@@ -245,7 +260,8 @@ def report(results: dict, started: str) -> str:
         markdown_section(
             f"Joining a day's log: {join['records']:,} records",
             f"The log written by the service's own writer ({join['write_s']:.1f} s, "
-            f"{join['records'] / join['write_s']:,.0f} records/s on the writer thread; "
+            f"{join['records'] / join['write_s']:,.0f} records/s gathered, sent and written by "
+            "its writer process; "
             f"{join['log_mb']:.0f} MB of Parquet), {join['events']:,} clicks with exponential "
             "delays (mean 10 min), window 30 min. Peak RSS of `ctrserve join` from outside "
             "(psutil, every 20 ms). Expected: the rows the generator clicked inside the window.",
@@ -320,8 +336,12 @@ def main() -> int:
         default=ROOT / "models/production/deepfm",
         help="the model of the batch-scoring runs (Criteo-shaped)",
     )
-    parser.add_argument("--rates", default="2500,3500", help="open-loop rates (the SLO rate)")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--shares",
+        default="0.4,0.6",
+        help="open-loop rates as shares of the closed-loop maximum with the log off",
+    )
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--join-records", type=int, default=1_000_000)
     parser.add_argument("--predict-rows", default="1000000,3000000,10000000")
@@ -334,7 +354,7 @@ def main() -> int:
         return {
             "model": relative(model_dir),
             "production": relative(production),
-            "log": log_cost(scratch, model_dir, [int(r) for r in args.rates.split(",")],
+            "log": log_cost(scratch, model_dir, [float(r) for r in args.shares.split(",")],
                             args.rounds, args.seconds),
             "join": join_cost(scratch, model_dir, args.join_records),
             "predict": predict_cost(scratch, production,
