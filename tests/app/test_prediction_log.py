@@ -24,12 +24,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
+from app.features.encoder import FeatureEncoder
+from app.features.spec import FeatureSpec
 from app.main import create_app
 from app.scoring import prediction_log
 from app.scoring.log_writer import LOG_COLUMNS, LogFiles, to_batch
 from app.scoring.prediction_log import PredictionLog
 from app.scoring.repository import resolve_model_dir
-from app.scoring.request import StickyKey
+from app.scoring.request import RequestContext, StickyKey
 from app.scoring.scorer import Scorer
 from support.payloads import triton_inputs
 from support.servers import free_port, listening_process, metric_values
@@ -161,6 +163,40 @@ def _hash(key: str) -> int:
 
 def _scored(scorer: Scorer, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(0, 1, rows, dtype=np.float32), np.zeros(rows, dtype=bool)
+
+
+def test_every_record_taken_is_written_once_in_order(repository: Path, tmp_path: Path) -> None:
+    """Single rows and batches across many frames, and a version of other fields between
+    them: N rows in, the same N records out, each with its values, in arrival order."""
+    scorer = Scorer.load(resolve_model_dir(repository))
+    narrow = FeatureEncoder(FeatureSpec(fields=scorer.encoder.spec.fields[:3]))
+    written: list[tuple[int, int]] = []
+    log = PredictionLog(str(tmp_path / "log"), on_written=lambda r, f: written.append((r, f)))
+    expected: list[tuple[str, str, int]] = []
+    for i in range(1_500):
+        encoder = narrow if 700 <= i < 800 else scorer.encoder
+        token = prediction_log.CURRENT_REQUEST.set(RequestContext(f"r{i}"))
+        if i % 100 == 99:  # a batch of 7 rows
+            values = [f"c0_{i}_{j}" for j in range(7)]
+            scores, cached = _scored(scorer, 7)
+            log.add("m", "v", scores, cached, encoder, lambda e, v=values: {"c0": v})
+            expected += [(f"r{i}", v, j) for j, v in enumerate(values)]
+        else:
+            scores, cached = _scored(scorer, 1)
+            log.add("m", "v", scores, cached, encoder, {"c0": f"c0_{i}", "n0": 1.0})
+            expected.append((f"r{i}", f"c0_{i}", 0))
+        prediction_log.CURRENT_REQUEST.reset(token)
+    log.close()
+    files = sorted((tmp_path / "log").glob("*.parquet"))
+    records = [
+        (r["request_id"], r["c0"], r["row"])
+        for path in files
+        for r in pq.read_table(path, columns=["request_id", "c0", "row"]).to_pylist()
+    ]
+    assert records == expected  # one writer: files and rows in the order they came
+    assert [pq.read_schema(p).names[-1] for p in files] == ["n1", "c2", "n1"]
+    assert sum(rows for rows, _ in written) == len(expected)
+    assert log.dropped_rows == 0
 
 
 def _writers(process: psutil.Process) -> list[psutil.Process]:
