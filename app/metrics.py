@@ -204,7 +204,8 @@ class ServiceMetrics:
         )
 
     def log_written(self, rows: int, files: int) -> None:
-        """Count a published prediction log file (from the log's writer thread)."""
+        """Count a published prediction log file (on the log's reader thread, as the writer
+        process reports it)."""
         self.log_records.inc(rows)
         self.log_files.inc(files)
 
