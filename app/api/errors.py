@@ -17,13 +17,24 @@ from starlette.requests import ClientDisconnect
 
 from app.api.middleware import RETRY_AFTER_S
 from app.features.errors import EncodeError
+from app.protocol.infer import OverloadedProtocolError
 from app.protocol.predict_json import BatchTooLargeError, BodyError
+from app.protocol.tensors import ProtocolError
 from app.scoring.batcher import OverloadedError
 from app.scoring.registry import NotReadyError
 from app.scoring.scorer import ScoringError
 from app.scoring.service import UnknownModelError
 
 logger = logging.getLogger(__name__)
+
+
+def protocol_error_response(exc: ProtocolError) -> JSONResponse:
+    """A V2 (Open Inference Protocol) error: ``{"error": "..."}`` with its status, and
+    Retry-After when the service sheds load."""
+    response = JSONResponse({"error": str(exc)}, status_code=exc.status)
+    if isinstance(exc, OverloadedProtocolError):
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def _encode_error(exc: Exception) -> JSONResponse:

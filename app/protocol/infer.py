@@ -4,20 +4,23 @@ gRPC."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from numpy.typing import NDArray
+from pydantic_core import to_json
 
 from app.core.config import Settings
 from app.features.errors import EncodeError
-from app.protocol.tensors import ProtocolError
+from app.protocol.tensors import ProtocolError, check_outputs, http_response, parse_http
 from app.scoring.batcher import OverloadedError
 from app.scoring.registry import Lineup, NotReadyError
 from app.scoring.scorer import Scorer, ScoringError
 from app.scoring.service import PredictionService, Scored, ServedModel, UnknownModelError
 
+HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor extension's
 PAYLOAD_TOO_LARGE = 413
 UNAVAILABLE = 503
 # Bodies this large (~3,000 rows of 10 fields) take milliseconds to decode: a thread does it
@@ -115,3 +118,32 @@ async def score(
         raise ProtocolError(
             "the model could not score this request; try again", UNAVAILABLE
         ) from None
+
+
+async def answer_http(
+    service: PredictionService,
+    settings: Settings,
+    body: bytes,
+    header_length: str | None,
+    model_name: str,
+    version: str | None,
+) -> tuple[bytes, int | None]:
+    """The answer to a V2 HTTP infer body (JSON, or with the binary tensor extension's
+    ``Inference-Header-Content-Length``): its bytes, and the length of its JSON header when
+    binary scores follow it (``None``: all JSON). Raises :class:`ProtocolError`."""
+    target = served(service, model_name, version)
+    started = time.perf_counter()
+    decoded = await decode_off_loop(len(body), lambda: parse_http(body, header_length))
+    service.parsed(time.perf_counter() - started)
+    check_outputs(decoded.outputs)
+    scored = await score(service, settings, target, decoded.arrays, decoded.num_rows)
+    answer, raw = http_response(
+        model_name,
+        scored.version,
+        decoded.id,
+        scored.scores,
+        decoded.binary_output,
+        scored.cache_hits,
+    )
+    head = to_json(answer)
+    return (head + raw, len(head)) if raw else (head, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +104,58 @@ def test_binary_http_infer_equals_predict(endpoints: tuple[str, str]) -> None:
     # the same score cache as /predict: every row is a hit now
     again = client.infer("nffm", _inputs(httpclient, metadata, ROWS))
     assert again.get_response()["parameters"]["cache_hits"] == len(ROWS)
+
+
+def _streamed(body: bytes) -> Iterator[bytes]:
+    """``body`` in pieces a moment apart, so the server reads it in several messages."""
+    for start in range(0, len(body), 64):
+        time.sleep(0.02)
+        yield body[start : start + 64]
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/v2/models/nffm/infer", "v2 binary"),
+        ("/v2/models/nffm/versions/0123/infer", "v2 unknown version"),
+        ("/v2/models/nffm/infer", "v2 bad body"),
+        ("/predict", "predict"),
+    ],
+)
+def test_a_body_in_pieces_gets_the_answer_of_one_in_one_piece(
+    endpoints: tuple[str, str], path: str, kind: str
+) -> None:
+    """Bodies that arrive whole are answered before routing (app/api/fast_predict.py),
+    bodies that stream in by the routes: the same status, headers and answer."""
+    base, _ = endpoints
+    headers = {"content-type": "application/json"}
+    if kind == "predict":
+        body = json.dumps({"instances": ROWS}).encode()
+    elif kind == "v2 bad body":
+        body = b'{"inputs": [{"name": "c0", "datatype": "BYTES", "shape": [2], "data": [1]}]}'
+    else:
+        inputs = _inputs(httpclient, _metadata(base), ROWS)
+        output = httpclient.InferRequestedOutput("score", binary_data=True)
+        body, length = httpclient.InferenceServerClient.generate_request_body(inputs, [output])
+        headers = {"content-type": "application/octet-stream",
+                   "Inference-Header-Content-Length": str(length)}  # fmt: skip
+    whole = httpx.post(f"{base}{path}", content=body, headers=headers, timeout=10)
+    pieces = httpx.post(f"{base}{path}", content=_streamed(body), headers=headers, timeout=10)
+    assert (pieces.status_code, pieces.headers["content-type"]) == (
+        whole.status_code,
+        whole.headers["content-type"],
+    )
+    assert pieces.headers.get("inference-header-content-length") == whole.headers.get(
+        "inference-header-content-length"
+    )
+    assert whole.status_code == {"v2 unknown version": 404, "v2 bad body": 400}.get(kind, 200)
+    if whole.headers["content-type"] == "application/octet-stream":
+        length = int(whole.headers["inference-header-content-length"])
+        scores = np.frombuffer(whole.content[length:], dtype="<f4")
+        np.testing.assert_array_equal(scores, _predict(base, ROWS))
+        assert pieces.content[length:] == whole.content[length:]
+    else:
+        assert pieces.json() == whole.json()
 
 
 def test_json_infer_with_nested_shape_and_numbers_as_text(endpoints: tuple[str, str]) -> None:

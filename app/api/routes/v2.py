@@ -7,47 +7,19 @@ tensor per field), in JSON or with Triton's binary tensor data extension. Errors
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.responses import JSONResponse
 from pydantic import JsonValue
-from pydantic_core import to_json
 
 from app.api.deps import get_service, get_settings_dep
-from app.api.middleware import RETRY_AFTER_S
-from app.protocol.infer import (
-    OverloadedProtocolError,
-    any_model_ready,
-    decode_off_loop,
-    score,
-    served,
-)
-from app.protocol.tensors import (
-    ProtocolError,
-    check_outputs,
-    http_response,
-    model_metadata,
-    parse_http,
-    server_metadata,
-)
+from app.api.errors import protocol_error_response
+from app.protocol.infer import HEADER_LENGTH, answer_http, any_model_ready, served
+from app.protocol.tensors import ProtocolError, model_metadata, server_metadata
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (KServe V2)"])
 
-_HEADER_LENGTH = "Inference-Header-Content-Length"
 _ERROR = {"content": {"application/json": {"example": {"error": "what was wrong"}}}}
-
-
-def _error(message: str, status_code: int = status.HTTP_400_BAD_REQUEST) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code)
-
-
-def _protocol_error(exc: ProtocolError) -> JSONResponse:
-    response = _error(str(exc), exc.status)
-    if isinstance(exc, OverloadedProtocolError):
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return response
 
 
 @router.get("/health/live")
@@ -82,7 +54,7 @@ def model(request: Request, model_name: str, model_version: str | None = None) -
     try:
         scorer = served(get_service(request), model_name, model_version).scorer
     except ProtocolError as exc:
-        return _error(str(exc), exc.status)
+        return protocol_error_response(exc)
     return model_metadata(model_name, scorer.version, scorer.manifest.features)
 
 
@@ -95,7 +67,7 @@ def model_ready(
         scorer = served(get_service(request), model_name, model_version).scorer
     except ProtocolError as exc:
         if exc.status != status.HTTP_503_SERVICE_UNAVAILABLE:
-            return _error(str(exc), exc.status)
+            return protocol_error_response(exc)
         response.status_code = exc.status
         return {"name": model_name, "ready": False}
     is_ready = scorer.ready()
@@ -156,32 +128,18 @@ _INFER_BODY = {
     openapi_extra=_INFER_BODY,
 )
 async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
-    """Score N rows sent as one tensor per field."""
+    """Score N rows sent as one tensor per field. (A body that came in one piece is
+    answered before routing, by app/api/fast_predict.py, with the same function.)"""
     service, settings = get_service(request), get_settings_dep(request)
     body = await request.body()
     try:
-        target = served(service, model_name, model_version)
-        started = time.perf_counter()
-        header = request.headers.get(_HEADER_LENGTH)
-        decoded = await decode_off_loop(len(body), lambda: parse_http(body, header))
-        service.parsed(time.perf_counter() - started)
-        check_outputs(decoded.outputs)
-        scored = await score(service, settings, target, decoded.arrays, decoded.num_rows)
+        answer, head = await answer_http(
+            service, settings, body, request.headers.get(HEADER_LENGTH), model_name, model_version
+        )
     except ProtocolError as exc:
-        return _protocol_error(exc)
-    answer, raw = http_response(
-        model_name,
-        scored.version,
-        decoded.id,
-        scored.scores,
-        decoded.binary_output,
-        scored.cache_hits,
-    )
-    head = to_json(answer)
-    if not raw:
-        return Response(head, media_type="application/json")
+        return protocol_error_response(exc)
+    if head is None:
+        return Response(answer, media_type="application/json")
     return Response(
-        head + raw,
-        media_type="application/octet-stream",
-        headers={_HEADER_LENGTH: str(len(head))},
+        answer, media_type="application/octet-stream", headers={HEADER_LENGTH: str(head)}
     )
