@@ -380,7 +380,7 @@ class Suite:
 
     def _decode_costs(self) -> None:
         """One 1,000-element BYTES tensor: the length-to-length scan against decode_bytes."""
-        from app.protocol.tensors import _scanned_starts, decode_bytes
+        from app.protocol.tensors import _scan, decode_bytes
 
         random = np.random.default_rng(5)
         ids = [f"c0_{n}".encode() for n in random.integers(0, 10**12, 1000) // 10 ** (
@@ -395,7 +395,7 @@ class Suite:
         rows = []
         for label, values in cases.items():
             raw = bytes_tensor(values)
-            scan = median_seconds(lambda r=raw: _scanned_starts("c0", r, 1000), 500)
+            scan = median_seconds(lambda r=raw: _scan("c0", r, 1000), 500)
             ours = median_seconds(lambda r=raw: decode_bytes("c0", r, 1000), 500)
             rows.append([label, f"{scan * 1e6:.0f}", f"{ours * 1e6:.0f}", f"{scan / ours:.1f}x"])
         self._table(

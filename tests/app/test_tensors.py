@@ -1,6 +1,6 @@
 """BYTES tensors (the binary extension and gRPC raw contents) decode exactly as the protocol
-lays them out, whatever the lengths: equal, mixed, empty, with NUL bytes; and a count that
-does not match the data is a clear 400."""
+lays them out, whatever the lengths (equal, mixed, empty, with NUL bytes) and however many
+(a few, scanned, or many, in numpy); a count that does not match the data is a clear 400."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.protocol.tensors import ProtocolError, decode_bytes
+from app.protocol.tensors import _SCAN_ELEMENTS, ProtocolError, decode_bytes
 from support.payloads import bytes_tensor
 
 
@@ -44,13 +44,14 @@ _TEXT = st.text(st.characters(min_codepoint=1, exclude_categories=["Cs"]), max_s
     )
 )
 def test_bytes_decode_as_the_protocol_lays_them_out(values: list[bytes]) -> None:
-    decoded = decode_bytes("c0", bytes_tensor(values), len(values))
-    expected = _reference(bytes_tensor(values))
-    assert expected == values
-    if decoded.dtype == object:  # values ending in NUL: kept exact as text
-        assert decoded.tolist() == [v.decode("utf-8", "replace") for v in values]
-    else:
-        assert decoded.tolist() == values
+    # as they came (a few elements: the scan), and repeated past the scan's limit (numpy)
+    for elements in (values, values * (_SCAN_ELEMENTS // len(values) + 1)):
+        decoded = decode_bytes("c0", bytes_tensor(elements), len(elements))
+        assert _reference(bytes_tensor(elements)) == elements
+        if decoded.dtype == object:  # values ending in NUL: kept exact as text
+            assert decoded.tolist() == [v.decode("utf-8", "replace") for v in elements]
+        else:
+            assert decoded.tolist() == elements
 
 
 @pytest.mark.parametrize(
@@ -60,6 +61,9 @@ def test_bytes_decode_as_the_protocol_lays_them_out(values: list[bytes]) -> None
         (bytes_tensor([b"ab", b"c"]), 1, "more BYTES elements"),
         (bytes_tensor([b"ab"])[:-1], 1, "runs past the data"),
         (bytes_tensor([b"ab"]) + b"\x01\x00", 2, "ends inside an element's length"),
+        (bytes_tensor([b"ab", b"c"] * 50), 101, "100 BYTES elements for shape of 101"),
+        (bytes_tensor([b"ab"] * 100)[:-1], 100, "runs past the data"),
+        (bytes_tensor([b"ab", b"c"] * 50), 99, "more BYTES elements"),
     ],
 )
 def test_a_count_that_does_not_match_the_data_is_named(
