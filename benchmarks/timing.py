@@ -16,3 +16,19 @@ def median_seconds(call: Callable[[], object], repeats: int) -> float:
         call()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def interleaved_medians(
+    call: Callable[[], object], other: Callable[[], object], repeats: int
+) -> tuple[float, float]:
+    """Median wall times of ``call`` and of ``other``, each ``other`` run timed right after
+    a ``call``: whatever the machine does meanwhile falls on both."""
+    calls, others = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        between = time.perf_counter()
+        other()
+        calls.append(between - started)
+        others.append(time.perf_counter() - between)
+    return statistics.median(calls), statistics.median(others)
