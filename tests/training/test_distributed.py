@@ -144,7 +144,7 @@ def test_a_killed_rank_ends_the_whole_job_never_a_hang(logs: Path, tmp_path: Pat
                     pid = int(started.group(1))
                     break
                 time.sleep(0.2)
-            assert pid is not None, "".join(lines)[-2000:]
+            assert pid is not None, _failure("".join(lines))
             killed_at = time.monotonic()
             os.kill(pid, signal.SIGKILL)  # a rank this test started, by its PID
             job.wait(timeout=120)
@@ -259,3 +259,11 @@ def test_the_same_job_trains_on_a_gpu(logs: Path, tmp_path: Path) -> None:
     cpu, gpu = json.loads(on_cpu.stdout), json.loads(on_gpu.stdout)
     assert gpu["device"].startswith("cuda")
     assert abs(cpu["test"]["auc"] - gpu["test"]["auc"]) < 0.01
+
+
+def _failure(stderr: str) -> str:
+    """What a job's stderr says about a failure: every thread's stack that faulthandler
+    printed when a rank died of a signal (torchrun's own summary names only the signal),
+    else the end of it."""
+    crash = stderr.find("Fatal Python error")
+    return stderr[crash : crash + 8000] if crash >= 0 else stderr[-2000:]
