@@ -14,6 +14,7 @@ handed back unchanged.
 
 from __future__ import annotations
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import SCORING_ERRORS, error_response, protocol_error_response
@@ -62,9 +63,10 @@ class FastPredictMiddleware:
         headers = [(b"content-type", _JSON)]
         if endpoint in (MODEL_INFER, VERSION_INFER):
             assert model is not None
+            length = Headers(scope=scope).get(HEADER_LENGTH)
             try:
                 body, head = await answer_http(
-                    service, state.settings, body, _header(scope, _HEADER_LENGTH), model, version
+                    service, state.settings, body, length, model, version
                 )
             except ProtocolError as exc:
                 await protocol_error_response(exc)(scope, receive, send)
@@ -105,13 +107,6 @@ def _named(
         return model_route, parts[0], None
     if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
         return version_route, parts[0], parts[2]
-    return None
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
     return None
 
 
