@@ -273,11 +273,7 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[Any]
     # numpy's fixed-width bytes drop trailing NULs, and one long element among many short
     # ones would make every row as wide: keep such values exact as text, one by one
     if ends_in_nul.any() or count * int(sizes.max()) > _WIDEST_CUT * len(data):
-        return np.array(
-            [data[p + 4 : p + 4 + n].decode("utf-8", "replace") for p, n in
-             zip(starts.tolist(), sizes.tolist(), strict=True)],
-            dtype=object,
-        )  # fmt: skip
+        return _as_text(data, starts.tolist(), sizes.tolist())
     return _cut(data, starts, sizes)
 
 
@@ -329,8 +325,18 @@ def _scanned(name: str, data: bytes, count: int) -> NDArray[Any]:
     starts, lengths = _scan(name, data, count)
     elements = [data[p + 4 : p + 4 + n] for p, n in zip(starts, lengths, strict=True)]
     if count * max(lengths) > _WIDEST_CUT * len(data) or any(e[-1:] == b"\0" for e in elements):
-        return np.array([e.decode("utf-8", "replace") for e in elements], dtype=object)
+        return _as_text(data, starts, lengths)
     return np.array(elements, dtype=np.bytes_)
+
+
+def _as_text(data: bytes, starts: list[int], lengths: list[int]) -> NDArray[np.object_]:
+    """The elements exact, as text, one by one: for those numpy's fixed-width bytes would
+    change (a trailing NUL dropped) or blow up (one long element making every row as wide)."""
+    return np.array(
+        [data[p + 4 : p + 4 + n].decode("utf-8", "replace") for p, n in
+         zip(starts, lengths, strict=True)],
+        dtype=object,
+    )  # fmt: skip
 
 
 def _scan(name: str, data: bytes, count: int) -> tuple[list[int], list[int]]:
