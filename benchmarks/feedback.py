@@ -95,10 +95,8 @@ def log_cost(
     runs: list[dict[str, Any]] = []
     for round_ in range(rounds):
         for logged in (False, True) if round_ % 2 == 0 else (True, False):
-            env = {"CTR_MODEL_REPOSITORY": str(model_dir), "CTR_CACHE_MAXSIZE": "100000"}
-            if logged:
-                env["CTR_PREDICTION_LOG"] = str(scratch / f"log-{round_}")
-            with server([sys.executable, "-m", "app"], env) as base:
+            log = {"CTR_PREDICTION_LOG": str(scratch / f"log-{round_}")} if logged else {}
+            with server([sys.executable, "-m", "app"], {**env, **log}) as base:
                 cpu_s = _tree_cpu_s(base)
                 run(f"{base}/predict", slices, rates[0], 2, MAX_VUS)  # warm-up
                 for rate in rates:
