@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.features.errors import EncodeError
+from app.features.fixed_width import FixedWidthVocabulary
 from app.features.spec import (
     MISSING_INDEX,
     NUM_RESERVED,
@@ -72,38 +73,6 @@ def _typed(values: object) -> NDArray[np.generic] | None:
     return None
 
 
-class _SortedVocabulary:
-    """A vocabulary as a sorted numpy array, for lookups of whole arrays by binary search.
-
-    One array of str (JSON tensors) and one of UTF-8 bytes (binary tensors), so neither
-    input is converted value by value.
-    """
-
-    def __init__(self, vocabulary: Sequence[str]) -> None:
-        indices = np.arange(NUM_RESERVED, NUM_RESERVED + len(vocabulary), dtype=np.int64)
-        text = np.array(vocabulary, dtype=np.str_) if vocabulary else np.array([""])[:0]
-        order = np.argsort(text, kind="stable")
-        self.text, self.text_index = text[order], indices[order]
-        raw = np.array([v.encode() for v in vocabulary], dtype=np.bytes_)
-        order = np.argsort(raw, kind="stable")
-        self.raw, self.raw_index = raw[order], indices[order]
-
-    def find(self, tokens: NDArray[np.generic]) -> NDArray[np.int64]:
-        """Index of each token (str or bytes array); ``UNSEEN_INDEX`` where absent."""
-        keys, found = (
-            (self.raw, self.raw_index)
-            if tokens.dtype.kind == "S"
-            else (
-                self.text,
-                self.text_index,
-            )
-        )
-        if len(keys) == 0:
-            return np.full(len(tokens), UNSEEN_INDEX, dtype=np.int64)
-        position = np.minimum(np.searchsorted(keys, tokens), len(keys) - 1)
-        return np.where(keys[position] == tokens, found[position], UNSEEN_INDEX)
-
-
 class _CategoricalColumn:
     def __init__(self, field: CategoricalField, max_chars: int | None) -> None:
         self.name = field.name
@@ -112,7 +81,8 @@ class _CategoricalColumn:
         # "" is mapped here too, so the common case (a str) is one dict lookup.
         self.lookup: dict[str, int] = {"": MISSING_INDEX}
         self.lookup.update((v, NUM_RESERVED + i) for i, v in enumerate(field.vocabulary))
-        self.sorted = _SortedVocabulary(field.vocabulary)
+        # typed arrays of either kind are looked up whole, neither converted value by value
+        self.by_kind = {kind: FixedWidthVocabulary(field.vocabulary, kind) for kind in "SU"}
 
     def index(self, value: object) -> int:
         if type(value) is str:
@@ -160,7 +130,7 @@ class _CategoricalColumn:
                 tokens = tokens.astype(object)
                 tokens[integral] = [str(int(n)) for n in numbers[integral].tolist()]
                 tokens = tokens.astype(np.str_)
-        indices = self.sorted.find(tokens)
+        indices = self.by_kind[tokens.dtype.kind].find(tokens)
         if kind in "US":
             self._refuse_long_unseen(values, indices)
         if missing is not None:
