@@ -137,12 +137,14 @@ def parse_http(body: bytes, header_length: str | None) -> InferRequest:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "request"
         raise ProtocolError(f"invalid inference request: {where}: {first['msg']}") from None
-    arrays: dict[str, NDArray[Any]] = {}
+    decoded: list[tuple[str, NDArray[Any] | None, int]] = []
+    strings: list[tuple[str, memoryview, int]] = []  # binary BYTES inputs, decoded together
     offset = 0
     view = memoryview(binary)
     for tensor in request.inputs:
         count = _element_count(tensor.name, tensor.shape)
         size_param = tensor.parameters.get("binary_data_size")
+        values: NDArray[Any] | None = None
         if size_param is None:
             if tensor.data is None:
                 raise ProtocolError(f"input '{tensor.name}': no 'data' and no binary_data_size")
@@ -155,15 +157,18 @@ def parse_http(body: bytes, header_length: str | None) -> InferRequest:
                     f"input '{tensor.name}': binary_data_size {size_param} but only "
                     f"{len(binary) - offset} bytes of binary data are left"
                 )
-            values = decode_raw(
-                tensor.name, tensor.datatype, view[offset : offset + size_param], count
-            )
+            raw = view[offset : offset + size_param]
+            if tensor.datatype == "BYTES":
+                strings.append((tensor.name, raw, count))
+            else:
+                values = decode_raw(tensor.name, tensor.datatype, raw, count)
             offset += size_param
-        _add(arrays, tensor.name, values, count)
+        decoded.append((tensor.name, values, count))
     if offset != len(binary):
         raise ProtocolError(
             f"{len(binary) - offset} bytes of binary data follow the last binary input"
         )
+    arrays = _gathered(decoded, decode_bytes_tensors(strings))
     wanted = request.outputs or []
     binary_output = request.parameters.get("binary_data_output") is True or any(
         o.parameters.get("binary_data") is True for o in wanted
@@ -226,6 +231,51 @@ def decode_raw(name: str, datatype: str, raw: bytes | memoryview, count: int) ->
     return np.frombuffer(raw, dtype=dtype)
 
 
+def decode_bytes_tensors(
+    tensors: Sequence[tuple[str, bytes | memoryview, int]],
+) -> list[NDArray[Any]]:
+    """Several BYTES tensors of one request, as :func:`decode_bytes` decodes each.
+
+    Text tensors of many elements are decoded as one chain: their data joined, the
+    elements found and cut out with one set of numpy calls instead of a set a tensor (a
+    1,000-row request of 8 such fields: docs/BENCHMARKS.md, "Open Inference Protocol").
+    Any tensor the joined chain does not fit exactly (not text, malformed, too few
+    elements to be worth it) is decoded alone, which also names what is wrong with it.
+    """
+    decoded: list[NDArray[Any] | None] = [None] * len(tensors)
+    many = [i for i, (_, _, count) in enumerate(tensors) if count > _SCAN_ELEMENTS]
+    if len(many) > 1:
+        joined = _joined_text([tensors[i][1] for i in many], [tensors[i][2] for i in many])
+        for i, values in zip(many, joined or (), strict=False):
+            decoded[i] = values
+    return [
+        decode_bytes(name, raw, count) if values is None else values
+        for (name, raw, count), values in zip(tensors, decoded, strict=True)
+    ]
+
+
+def _joined_text(
+    parts: Sequence[bytes | memoryview], counts: Sequence[int]
+) -> list[NDArray[np.bytes_]] | None:
+    """Text tensors decoded as one chain (the text path of :func:`decode_bytes`), or
+    ``None`` when they do not make one exactly, each tensor starting at its own first
+    element."""
+    data = b"".join(parts)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    found = _text_starts(buffer, sum(counts))
+    if found is None:
+        return None
+    starts, sizes = found
+    firsts = np.cumsum(counts) - counts
+    begins = np.cumsum([len(part) for part in parts]) - [len(part) for part in parts]
+    if (starts[firsts] != begins).any():
+        return None
+    ends_in_nul = (sizes > 0) & (buffer[starts + 3 + sizes] == 0)
+    if ends_in_nul.any() or len(starts) * int(sizes.max()) > _WIDEST_CUT * len(data):
+        return None  # each tensor alone keeps such values exact, as text
+    return np.split(_cut(data, starts, sizes), firsts[1:])
+
+
 def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[Any]:
     """BYTES elements, each a 4-byte little-endian length then its bytes.
 
@@ -235,10 +285,10 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[Any]
     give exactly the protocol's chain of elements:
 
     - equal lengths (hashed ids, fixed-width codes): one numpy view;
-    - text (no NUL byte inside an element, each shorter than 256 bytes; empty elements
-      allowed): the only zero bytes are then the length prefixes' own, so numpy finds the
-      prefixes from the runs of zeros, and one comparison confirms that each element ends
-      where the next begins (a fraction of a scan's time: docs/BENCHMARKS.md);
+    - text (elements shorter than 256 bytes, empty ones allowed): numpy finds each
+      non-empty element as a length byte, three zeros and a first byte, the empty ones as
+      the four-zero gaps between, and checks that reading byte for byte (a fraction of a
+      scan's time: docs/BENCHMARKS.md);
     - anything else: a scan from length to length, which also names what is malformed.
 
     The elements are then cut out with one row gather. Elements ending
@@ -281,41 +331,46 @@ def _text_starts(
     buffer: NDArray[np.uint8], count: int
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
     """Where each element starts, and its length, if the data is text: ``None`` when it is
-    not (or is malformed), for the scan to decide."""
+    not (or is malformed), for the scan to decide.
+
+    A non-empty element of text is the only place where a non-zero byte (its length) is
+    followed by three zeros and a non-zero byte (its first); between two of them, and at
+    either end, lie only empty elements: four zero bytes each. That reading is checked
+    byte for byte (the gaps' lengths and contents, the count), so it is the data's one
+    chain, or ``None``.
+    """
+    size = len(buffer)
+    if size < 4:
+        return None
     zero = buffer == 0
-    # no empty element: exactly one prefix (length, 0, 0, 0) per element
-    found = _chain(buffer, np.flatnonzero(zero[1:-2] & zero[2:-1] & zero[3:]), count)
-    if found is not None:
-        return found
-    # empty elements: a run of 4k zeros is k of them, a run of 3 a prefix's high bytes
-    bounded = np.zeros(len(zero) + 2, dtype=np.bool_)
-    bounded[1:-1] = zero
-    edges = np.flatnonzero(bounded[1:] != bounded[:-1])
-    run_starts, run_lengths = edges[::2], edges[1::2] - edges[::2]
-    short = run_lengths == 3
-    if not (short | (run_lengths % 4 == 0)).all():
+    head = ~zero[:-4]
+    head &= zero[1:-3]
+    head &= zero[2:-2]
+    head &= zero[3:-1]
+    head &= ~zero[4:]
+    found = np.flatnonzero(head)
+    lengths = buffer[found].astype(np.int64)
+    gap_from = np.concatenate(([0], found + 4 + lengths))
+    gaps = np.concatenate((found, [size])) - gap_from
+    if (gaps < 0).any() or (gaps & 3).any():
         return None
-    per_run = np.where(short, 1, run_lengths // 4)
-    if per_run.sum() != count:
+    empties = gaps >> 2
+    if len(found) + int(empties.sum()) != count:
         return None
-    within = np.arange(count) - np.repeat(np.cumsum(per_run) - per_run, per_run)
-    starts = np.repeat(np.where(short, run_starts - 1, run_starts), per_run) + 4 * within
-    return _chain(buffer, starts, count)
-
-
-def _chain(
-    buffer: NDArray[np.uint8], starts: NDArray[np.int64], count: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
-    """``starts`` and their lengths if they are exactly the data's chain of ``count``
-    elements: the first at 0, each where the one before ends, the last ending the data.
-    The three high bytes of each prefix are zero where ``starts`` come from, so a
-    length is its first byte."""
-    if len(starts) != count:
-        return None
-    sizes = buffer[starts].astype(np.int64)
-    ends = starts + 4 + sizes
-    if starts[0] != 0 or ends[-1] != len(buffer) or (starts[1:] != ends[:-1]).any():
-        return None
+    if not empties.any():
+        return found, lengths
+    # the empty elements: where each gap's start, and their places among all elements
+    places = np.arange(len(gaps)) + np.cumsum(empties)  # of the element after each gap
+    runs = empties > 0
+    k = empties[runs]
+    within = np.arange(count - len(found)) - np.repeat(np.cumsum(k) - k, k)
+    empty_starts = np.repeat(gap_from[runs], k) + 4 * within
+    if buffer[empty_starts[:, None] + np.arange(4)].any():
+        return None  # a gap holds something other than empty elements
+    starts = np.empty(count, dtype=np.int64)
+    sizes = np.zeros(count, dtype=np.int64)
+    starts[places[:-1]], sizes[places[:-1]] = found, lengths
+    starts[np.repeat(places[runs] - k, k) + within] = empty_starts
     return starts, sizes
 
 
@@ -400,6 +455,18 @@ def _add(arrays: dict[str, NDArray[Any]], name: str, values: NDArray[Any], count
     arrays[name] = values
 
 
+def _gathered(
+    decoded: Sequence[tuple[str, NDArray[Any] | None, int]], strings: Sequence[NDArray[Any]]
+) -> dict[str, NDArray[Any]]:
+    """Every input's array in the request's order: ``decoded``'s, its gaps (``None``) filled
+    from ``strings`` in turn."""
+    arrays: dict[str, NDArray[Any]] = {}
+    remaining = iter(strings)
+    for name, values, count in decoded:
+        _add(arrays, name, next(remaining) if values is None else values, count)
+    return arrays
+
+
 def _rows(arrays: Mapping[str, NDArray[Any]]) -> int:
     counts = {name: len(values) for name, values in arrays.items()}
     if len(set(counts.values())) > 1:
@@ -435,16 +502,21 @@ def gather_grpc(
         )
     if not inputs:
         raise ProtocolError("the request has no inputs")
-    arrays: dict[str, NDArray[Any]] = {}
+    decoded: list[tuple[str, NDArray[Any] | None, int]] = []
+    strings: list[tuple[str, bytes, int]] = []  # raw BYTES inputs, decoded together
     for i, (name, datatype, shape, typed) in enumerate(inputs):
         count = _element_count(name, shape)
-        if raw:
+        values: NDArray[Any] | None = None
+        if raw and datatype == "BYTES":
+            strings.append((name, raw[i], count))
+        elif raw:
             values = decode_raw(name, datatype, raw[i], count)
         elif typed is not None:
             values = typed
         else:
             raise ProtocolError(f"input '{name}': no contents")
-        _add(arrays, name, values, count)
+        decoded.append((name, values, count))
+    arrays = _gathered(decoded, decode_bytes_tensors(strings))
     return arrays, _rows(arrays)
 
 

@@ -1,6 +1,7 @@
 """BYTES tensors (the binary extension and gRPC raw contents) decode exactly as the protocol
 lays them out, whatever the lengths (equal, mixed, empty, with NUL bytes) and however many
-(a few, scanned, or many, in numpy); a count that does not match the data is a clear 400."""
+(a few, scanned, or many, in numpy; one tensor or several decoded together); a count that
+does not match the data is a clear 400."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.protocol.tensors import _SCAN_ELEMENTS, ProtocolError, decode_bytes
+from app.protocol.tensors import (
+    _SCAN_ELEMENTS,
+    ProtocolError,
+    decode_bytes,
+    decode_bytes_tensors,
+)
 from support.payloads import bytes_tensor
 
 
@@ -71,3 +77,48 @@ def test_a_count_that_does_not_match_the_data_is_named(
 ) -> None:
     with pytest.raises(ProtocolError, match=message):
         decode_bytes("c0", raw, count)
+
+
+_ELEMENT = st.one_of(
+    _TEXT,
+    st.binary(max_size=8),
+    st.binary(min_size=250, max_size=300),
+    st.sampled_from([b"", b"\x00", b"a\x00", b"c0_12"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.lists(_ELEMENT, min_size=1, max_size=12), st.integers(1, 2 * _SCAN_ELEMENTS)),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_several_tensors_decode_together_as_each_alone(
+    tensors: list[tuple[list[bytes], int]],
+) -> None:
+    """Text tensors of many elements take the joined chain; any other mix (NUL bytes, long
+    values, a few elements) must come out exactly as decoding each alone."""
+    elements = [(values * (size // len(values) + 1))[:size] for values, size in tensors]
+    given = [(f"c{i}", bytes_tensor(e), len(e)) for i, e in enumerate(elements)]
+    together = decode_bytes_tensors(given)
+    alone = [decode_bytes(*tensor) for tensor in given]
+    assert [t.tolist() for t in together] == [a.tolist() for a in alone]
+
+
+def test_a_malformed_tensor_among_text_ones_is_named() -> None:
+    text = bytes_tensor([b"c0_1", b"", b"c0_22"] * 40)
+    with pytest.raises(ProtocolError, match="'c1': 119 BYTES elements for shape of 120"):
+        decode_bytes_tensors([("c0", text, 120), ("c1", text[: -len(b"c0_22") - 4], 120)])
+    with pytest.raises(ProtocolError, match="'c2': more BYTES elements"):
+        decode_bytes_tensors([("c0", text, 120), ("c1", text, 120), ("c2", text, 119)])
+
+
+def test_tensors_whose_bytes_chain_only_when_joined_are_refused() -> None:
+    """One element's bytes split across two tensors: the joined data is a valid chain, but
+    the first tensor alone runs past its data."""
+    data = bytes_tensor([f"c0_{i}".encode() for i in range(130)])
+    cut = len(bytes_tensor([f"c0_{i}".encode() for i in range(65)])) - 2
+    with pytest.raises(ProtocolError, match="'c0': the last BYTES element runs past the data"):
+        decode_bytes_tensors([("c0", data[:cut], 65), ("c1", data[cut:], 65)])
