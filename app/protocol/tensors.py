@@ -238,9 +238,10 @@ def decode_bytes_tensors(
 
     Text tensors of many elements are decoded as one chain: their data joined, the
     elements found and cut out with one set of numpy calls instead of a set a tensor (a
-    1,000-row request of 8 such fields: docs/BENCHMARKS.md, "Open Inference Protocol").
-    Any tensor the joined chain does not fit exactly (not text, malformed, too few
-    elements to be worth it) is decoded alone, which also names what is wrong with it.
+    1,000-row request of 8 such fields: docs/BENCHMARKS.md, "Decoding a BYTES tensor"), or
+    each tensor cut out alone where some values need exact text. When the joined data is not
+    such a chain exactly (not text, malformed), every tensor is decoded alone, which also
+    names what is wrong; tensors of a few elements always are.
     """
     decoded: list[NDArray[Any] | None] = [None] * len(tensors)
     many = [i for i, (_, _, count) in enumerate(tensors) if count > _SCAN_ELEMENTS]
@@ -256,7 +257,7 @@ def decode_bytes_tensors(
 
 def _joined_text(
     parts: Sequence[bytes | memoryview], counts: Sequence[int]
-) -> list[NDArray[np.bytes_]] | None:
+) -> list[NDArray[Any]] | None:
     """Text tensors decoded as one chain (the text path of :func:`decode_bytes`), or
     ``None`` when they do not make one exactly, each tensor starting at its own first
     element."""
@@ -266,14 +267,19 @@ def _joined_text(
     if found is None:
         return None
     starts, sizes = found
-    firsts = np.cumsum(counts) - counts
-    begins = np.cumsum([len(part) for part in parts]) - [len(part) for part in parts]
+    lengths = [len(part) for part in parts]
+    firsts, begins = np.cumsum(counts) - counts, np.cumsum(lengths) - lengths
     if (starts[firsts] != begins).any():
         return None
-    ends_in_nul = (sizes > 0) & (buffer[starts + 3 + sizes] == 0)
-    if ends_in_nul.any() or len(starts) * int(sizes.max()) > _WIDEST_CUT * len(data):
-        return None  # each tensor alone keeps such values exact, as text
-    return np.split(_cut(data, starts, sizes), firsts[1:])
+    if _fits_fixed_width(data, starts, sizes):  # the common case: cut out in one go
+        return np.split(_cut(data, starts, sizes), firsts[1:])
+    # else each tensor alone, as text where it needs to be
+    return [
+        _elements(data[begin : begin + length], starts[first : first + count] - begin,
+                  sizes[first : first + count])
+        for first, count, begin, length in zip(
+            firsts.tolist(), counts, begins.tolist(), lengths, strict=True)
+    ]  # fmt: skip
 
 
 def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[Any]:
@@ -317,14 +323,24 @@ def decode_bytes(name: str, raw: bytes | memoryview, count: int) -> NDArray[Any]
     if found is None:
         places, lengths = _scan(name, data, count)
         found = np.array(places, dtype=np.int64), np.array(lengths, dtype=np.int64)
-    starts, sizes = found
-    ends_in_nul = sizes > 0
-    ends_in_nul[ends_in_nul] = buffer[starts[ends_in_nul] + 3 + sizes[ends_in_nul]] == 0
-    # numpy's fixed-width bytes drop trailing NULs, and one long element among many short
-    # ones would make every row as wide: keep such values exact as text, one by one
-    if ends_in_nul.any() or count * int(sizes.max()) > _WIDEST_CUT * len(data):
-        return _as_text(data, starts.tolist(), sizes.tolist())
-    return _cut(data, starts, sizes)
+    return _elements(data, *found)
+
+
+def _elements(data: bytes, starts: NDArray[np.int64], sizes: NDArray[np.int64]) -> NDArray[Any]:
+    """The elements of ``data`` at ``starts`` (``sizes`` long): fixed-width bytes, or exact
+    text where those would change them or blow them up."""
+    if _fits_fixed_width(data, starts, sizes):
+        return _cut(data, starts, sizes)
+    return _as_text(data, starts.tolist(), sizes.tolist())
+
+
+def _fits_fixed_width(data: bytes, starts: NDArray[np.int64], sizes: NDArray[np.int64]) -> bool:
+    """Whether numpy's fixed-width bytes hold these elements as they are: they drop
+    trailing NULs, and one long element among many short ones would make every row as
+    wide (past ``_WIDEST_CUT`` times the data, the elements are kept as text instead)."""
+    last = np.frombuffer(data, dtype=np.uint8)[starts + 3 + sizes]  # a prefix byte if empty
+    ends_in_nul = bool(((sizes > 0) & (last == 0)).any())
+    return not ends_in_nul and len(starts) * int(sizes.max()) <= _WIDEST_CUT * len(data)
 
 
 def _text_starts(

@@ -122,3 +122,19 @@ def test_tensors_whose_bytes_chain_only_when_joined_are_refused() -> None:
     cut = len(bytes_tensor([f"c0_{i}".encode() for i in range(65)])) - 2
     with pytest.raises(ProtocolError, match="'c0': the last BYTES element runs past the data"):
         decode_bytes_tensors([("c0", data[:cut], 65), ("c1", data[cut:], 65)])
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [[b"a\x00", b"c0_1"], [b"x" * 200, b"", b"c0_1", b"c0_22", b"c0_333"]],
+    ids=["values ending in NUL", "one long value among short ones"],
+)
+def test_a_tensor_that_needs_exact_text_among_joined_ones(odd: list[bytes]) -> None:
+    """The joined chain holds, but one tensor's values must be kept as text: each tensor is
+    cut out alone, the others as fixed-width bytes."""
+    plain = [f"c0_{i % 37}".encode() if i % 9 else b"" for i in range(130)]
+    tensors = [plain, (odd * 130)[:130], plain[::-1]]
+    given = [(f"c{i}", bytes_tensor(t), len(t)) for i, t in enumerate(tensors)]
+    together = decode_bytes_tensors(given)
+    assert [t.tolist() for t in together] == [decode_bytes(*g).tolist() for g in given]
+    assert together[0].dtype.kind == "S"

@@ -106,6 +106,31 @@ def test_binary_http_infer_equals_predict(endpoints: tuple[str, str]) -> None:
     assert again.get_response()["parameters"]["cache_hits"] == len(ROWS)
 
 
+def test_a_large_batch_scores_as_predict_over_http_and_grpc(endpoints: tuple[str, str]) -> None:
+    """300 rows: each BYTES tensor past the small-tensor scan, so the request's text tensors
+    are decoded as one chain (with missing and unseen values among them)."""
+    base, address = endpoints
+    rows: list[dict[str, object]] = [
+        {
+            "c0": f"c0_{i % 40}",
+            "c1": "" if i % 7 == 0 else f"c1_{i % 30}",
+            "c3": f"never-seen-{i}" if i % 11 == 0 else f"c3_{i % 9}",
+            "n0": float(i % 13) - 3.0,
+        }
+        for i in range(300)
+    ]
+    metadata = _metadata(base)
+    expected = _predict(base, rows)
+    over_http = httpclient.InferenceServerClient(base.removeprefix("http://")).infer(
+        "nffm", _inputs(httpclient, metadata, rows)
+    )
+    np.testing.assert_array_equal(over_http.as_numpy("score"), expected)
+    over_grpc = grpcclient.InferenceServerClient(address).infer(
+        "nffm", _inputs(grpcclient, metadata, rows)
+    )
+    np.testing.assert_array_equal(over_grpc.as_numpy("score"), expected)
+
+
 def _streamed(body: bytes) -> Iterator[bytes]:
     """``body`` in pieces a moment apart, so the server reads it in several messages."""
     for start in range(0, len(body), 64):
