@@ -186,23 +186,26 @@ def _from_json(name: str, datatype: str, data: list[Any], rank: int) -> NDArray[
     flat: list[Any] = data
     for _ in range(rank - 1):  # nested ([[v], [v]]) or already flat: the protocol allows both
         flat = [x for item in flat for x in (item if isinstance(item, list) else [item])]
+    # The types of a tensor's values as one set, built in C (a generator over 1,000 values
+    # cost ~0.2 ms a tensor), then the offending value named.
+    types = set(map(type, flat))
     if datatype == "BYTES":
-        if not all(type(value) is str for value in flat):
+        if not types <= {str}:
             bad = next(value for value in flat if type(value) is not str)
             raise ProtocolError(
                 f"input '{name}': BYTES data must be strings, got {type(bad).__name__}"
             )
         # numpy's fixed-width strings drop trailing NULs: keep such values exact as objects
-        exact = any(value.endswith("\x00") for value in flat)
+        exact = "\x00" in "".join(flat) and any(value.endswith("\x00") for value in flat)
         return np.array(flat, dtype=object if exact else np.str_)
     dtype = _numeric_dtype(name, datatype)
     if dtype.kind == "b":
-        if not all(type(value) is bool for value in flat):
+        if not types <= {bool}:
             raise ProtocolError(f"input '{name}': BOOL data must be true or false")
         return np.array(flat, dtype=dtype)
     # JSON has no NaN: null is a missing value of a floating-point tensor.
     allowed = (int, float, type(None)) if dtype.kind == "f" else (int,)
-    if not all(type(value) in allowed for value in flat):
+    if not types <= set(allowed):
         bad = next(value for value in flat if type(value) not in allowed)
         kind = "numbers or null" if dtype.kind == "f" else "integers"
         raise ProtocolError(

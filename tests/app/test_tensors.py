@@ -5,6 +5,7 @@ does not match the data is a clear 400."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -16,6 +17,7 @@ from app.protocol.tensors import (
     ProtocolError,
     decode_bytes,
     decode_bytes_tensors,
+    parse_http,
 )
 from support.payloads import bytes_tensor
 
@@ -138,3 +140,16 @@ def test_a_tensor_that_needs_exact_text_among_joined_ones(odd: list[bytes]) -> N
     together = decode_bytes_tensors(given)
     assert [t.tolist() for t in together] == [decode_bytes(*g).tolist() for g in given]
     assert together[0].dtype.kind == "S"
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [(["a\x00", "b", "\x00c"], "O"), (["a\x00b", "c"], "U"), (["c0_1", ""], "U")],
+    ids=["a value ending in NUL", "a NUL inside a value", "no NUL"],
+)
+def test_json_strings_are_kept_exactly(values: list[str], kind: str) -> None:
+    """numpy's fixed-width str drops trailing NULs: such a tensor is kept as objects."""
+    body = {"inputs": [{"name": "c0", "datatype": "BYTES", "shape": [len(values)], "data": values}]}
+    decoded = parse_http(json.dumps(body).encode(), None).arrays["c0"]
+    assert decoded.dtype.kind == kind
+    assert decoded.tolist() == values

@@ -297,6 +297,30 @@ JSON_ROW = b'{"inputs": [{"name": "c0", "datatype": "BYTES", "shape": [1], "data
             400,
             "input 'n0': inf is not a finite number",  # too large for FP16
         ),
+        (
+            b'{"inputs": [{"name": "c0", "datatype": "BYTES", "shape": [2], "data": ["a", 5]}]}',
+            None,
+            400,
+            "input 'c0': BYTES data must be strings, got int",
+        ),
+        (
+            b'{"inputs": [{"name": "n0", "datatype": "FP32", "shape": [2], "data": [1, "2"]}]}',
+            None,
+            400,
+            "input 'n0': FP32 data must be numbers or null, got str",
+        ),
+        (
+            b'{"inputs": [{"name": "n0", "datatype": "INT64", "shape": [1], "data": [1.5]}]}',
+            None,
+            400,
+            "input 'n0': INT64 data must be integers, got float",
+        ),
+        (
+            b'{"inputs": [{"name": "n0", "datatype": "BOOL", "shape": [2], "data": [true, 1]}]}',
+            None,
+            400,
+            "input 'n0': BOOL data must be true or false",
+        ),
         (JSON_ROW + b"x" * 10, len(JSON_ROW), 400, "10 bytes of binary data follow"),
         (b"{}", 99, 400, "outside the 2-byte body"),
     ],
