@@ -222,9 +222,8 @@ def _from_json(name: str, datatype: str, data: list[Any], rank: int) -> NDArray[
 
 
 def decode_raw(name: str, datatype: str, raw: bytes | memoryview, count: int) -> NDArray[Any]:
-    """One tensor's raw bytes (binary extension or gRPC ``raw_input_contents``)."""
-    if datatype == "BYTES":
-        return decode_bytes(name, raw, count)
+    """One numeric tensor's raw bytes (binary extension or gRPC ``raw_input_contents``);
+    BYTES tensors are decoded together, by :func:`decode_bytes_tensors`."""
     dtype = _numeric_dtype(name, datatype)
     if len(raw) != count * dtype.itemsize:
         raise ProtocolError(
