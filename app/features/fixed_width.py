@@ -39,25 +39,27 @@ class FixedWidthVocabulary:
             else np.array(list(vocabulary), dtype=np.str_)
         )
         indices = np.arange(NUM_RESERVED, NUM_RESERVED + len(vocabulary), dtype=np.int64)
-        # numpy drops trailing NULs, so two values may have one fixed-width form: the first
-        # keeps it, as a dict built in vocabulary order would
-        values, first = np.unique(given, return_index=True)
-        indices = indices[first]
-        self.width = -(-max(values.dtype.itemsize, 1) // _WORD)  # in words
-        words = _words(values, self.width)
+        self.width = -(-max(given.dtype.itemsize, 1) // _WORD)  # in words
+        words = _words(given, self.width)
         for seed in _SEEDS:
             # odd multipliers: each word's bits all reach the hash
             multipliers = np.random.default_rng(seed).integers(
                 0, 2**64, self.width, dtype=np.uint64, endpoint=False
             ) | np.uint64(1)
             hashes = words @ multipliers
-            if len(np.unique(hashes)) == len(hashes):
+            order = np.argsort(hashes, kind="stable")  # equal hashes in vocabulary order
+            repeated = hashes[order][1:] == hashes[order][:-1]
+            if not repeated.any():
+                break
+            # numpy drops trailing NULs, so two values may have one fixed-width form (and so
+            # one hash): the first keeps it, as a dict built in vocabulary order would
+            if (given[order][1:] == given[order][:-1])[repeated].all():
+                order = order[np.concatenate(([True], ~repeated))]
                 break
         else:  # four draws colliding: not a vocabulary, an attack on this hash
             raise ValueError("the vocabulary's values collide under every hash drawn")
-        order = np.argsort(hashes)
         self.multipliers = multipliers
-        self.hashes, self.values, self.indices = hashes[order], values[order], indices[order]
+        self.hashes, self.values, self.indices = hashes[order], given[order], indices[order]
 
     def find(self, tokens: NDArray[np.generic]) -> NDArray[np.int64]:
         """The index of each token (a 1-D array of this vocabulary's kind); ``UNSEEN_INDEX``
@@ -73,10 +75,10 @@ class FixedWidthVocabulary:
 
 def _words(values: NDArray[np.generic], width: int) -> NDArray[np.uint64]:
     """The first ``width`` 64-bit words of each value's bytes, zero-padded."""
-    size = values.dtype.itemsize
+    size, wanted = values.dtype.itemsize, width * _WORD
     raw = np.ascontiguousarray(values).view(np.uint8).reshape(len(values), size)
-    if size % _WORD == 0 and size >= width * _WORD:
-        return raw.view(np.uint64)[:, :width]
-    padded = np.zeros((len(values), max(-(-size // _WORD), width) * _WORD), dtype=np.uint8)
-    padded[:, :size] = raw
-    return padded.view(np.uint64)[:, :width]
+    if size == wanted:
+        return raw.view(np.uint64)
+    words = np.zeros((len(values), wanted), dtype=np.uint8)
+    words[:, : min(size, wanted)] = raw[:, :wanted]
+    return words.view(np.uint64)
