@@ -35,7 +35,7 @@ $(DATA): | $(RUN_DEPS)
 # A second run finds the exported model and goes straight to serving (trained again when
 # what a version keeps changes: its training statistics for `ctrserve drift`, its
 # calibration, its manifest's format).
-VERSION_FORMAT := training/statistics.py training/calibration.py app/scoring/manifest.py
+VERSION_FORMAT := training/statistics.py training/calibration.py app/repository/manifest.py
 $(MODEL_DIR)/CURRENT: $(VERSION_FORMAT) | $(DATA)
 	$(VENV)/bin/ctrserve train --data $(DATA) --model nffm --out $(MODEL_DIR) --no-progress
 
@@ -84,7 +84,7 @@ peers: $(PEERS)/mlserver/.installed $(PEERS)/bentoml/.installed $(PEERS)/kserve/
 # the layers or the exporter change, so that the benchmarks run the graph of this checkout.
 PRODUCTION := models/production
 $(PRODUCTION)/nffm/CURRENT: training/layers.py training/models.py training/export.py \
-		app/scoring/manifest.py | $(TEST_DEPS)
+		app/repository/manifest.py | $(TEST_DEPS)
 	mkdir -p data
 	$(VENV)/bin/ctrserve synth --layout criteo --rows 200000 --seed 7 --out data/criteo_200k.tsv
 	$(VENV)/bin/ctrserve train --data data/criteo_200k.tsv --model nffm --embed-dim 16 \
@@ -97,7 +97,7 @@ $(PRODUCTION)/nffm/CURRENT: training/layers.py training/models.py training/expor
 # The ladder's torch checkpoints (for the onnxruntime-vs-torch section) are retrained when
 # the layers change: a checkpoint of other layers cannot be loaded.
 LADDER := models/ladder
-$(LADDER)/nffm/CURRENT: training/layers.py training/models.py app/scoring/manifest.py \
+$(LADDER)/nffm/CURRENT: training/layers.py training/models.py app/repository/manifest.py \
 		| $(DATA) $(TEST_DEPS)
 	$(PY) -m training ladder --data $(DATA) --out-dir $(LADDER) --no-progress
 

@@ -27,7 +27,7 @@ from types import FrameType
 
 from app.core.config import get_settings
 from app.features.errors import SpecError
-from app.scoring.repository import ModelRepository, check_version_name, is_model
+from app.repository.store import ModelRepository, check_version_name, is_model
 
 # Not imported from app.metrics: prometheus_client picks its mode when first imported, and
 # that must happen after this variable is set.
@@ -99,8 +99,8 @@ def _model_repository(name: str | None) -> ModelRepository:
 
 def publish(source: Path, if_empty: bool, model: str | None) -> int:
     from app.core.logging import configure_logging
-    from app.scoring.repository import resolve_model_dir
-    from app.scoring.scorer import Scorer
+    from app.model.scorer import Scorer
+    from app.repository.store import resolve_model_dir
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
@@ -124,7 +124,7 @@ def label(model: str, name: str, version: str | None) -> int:
     """Point label ``name`` of ``model`` at ``version`` (loaded and scored first), or
     remove it."""
     from app.core.logging import configure_logging
-    from app.scoring.scorer import Scorer
+    from app.model.scorer import Scorer
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
@@ -147,8 +147,8 @@ def prune_versions(model: str | None, keep_last: int | None, dry_run: bool) -> i
     """Remove the versions of ``model`` its policy's ``prune`` (or ``keep_last``) lets go;
     print what was kept and removed as JSON."""
     from app.core.logging import configure_logging
-    from app.scoring.policy import load_policy
-    from app.scoring.prune import prune
+    from app.repository.policy import load_policy
+    from app.repository.prune import prune
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)

@@ -27,13 +27,14 @@ from app.core.cpus import usable_cpus
 from app.core.logging import configure_logging
 from app.features.errors import SpecError
 from app.metrics import ServiceMetrics, mark_worker_gone
+from app.model.lineup import Lineup
+from app.model.scorer import Scorer
+from app.prediction_log.log import PredictionLog
+from app.repository.store import find_models
+from app.request import StickyKey
 from app.scoring.batcher import Batcher
 from app.scoring.poller import RepositoryPoller
-from app.scoring.prediction_log import PredictionLog
-from app.scoring.registry import Lineup, ModelRegistry
-from app.scoring.repository import find_models
-from app.scoring.request import StickyKey
-from app.scoring.scorer import Scorer
+from app.scoring.registry import ModelRegistry
 from app.scoring.service import PredictionService, ServedModel
 from app.scoring.shadow import ShadowScorer
 

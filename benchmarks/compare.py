@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from app.scoring.repository import resolve_model_dir
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
+from app.repository.store import resolve_model_dir
 from benchmarks.gbdt import BOOSTERS, MAX_ROUNDS, tune_booster
 from benchmarks.timing import median_seconds
 from training.batch_predict import score_indices

@@ -30,10 +30,10 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from app.scoring.prediction_log import PredictionLog
-from app.scoring.repository import resolve_model_dir
-from app.scoring.request import CURRENT_REQUEST, RequestContext
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
+from app.prediction_log.log import PredictionLog
+from app.repository.store import resolve_model_dir
+from app.request import CURRENT_REQUEST, RequestContext
 from benchmarks.open_loop import MAX_VUS, _tree_cpu_s
 from support.k6 import run, write_slices
 from support.payloads import load_spec, unique_rows

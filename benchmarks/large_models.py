@@ -76,7 +76,7 @@ def make_big_model(out: Path, fields: int, values: int, embed_dim: int) -> dict[
 
 
 def verify_seconds(version_dir: Path) -> float:
-    from app.scoring.manifest import CHECKPOINT_FILE, ModelManifest, verify_files
+    from app.repository.manifest import CHECKPOINT_FILE, ModelManifest, verify_files
 
     manifest = ModelManifest.load(version_dir)
     started = time.perf_counter()
@@ -90,7 +90,7 @@ def refuse_flipped_bit(version_dir: Path, scratch: Path) -> dict[str, Any]:
     import shutil
 
     from app.features.errors import SpecError
-    from app.scoring.scorer import Scorer
+    from app.model.scorer import Scorer
 
     copy = Path(shutil.copytree(version_dir, scratch / "flipped"))
     with (copy / "model.onnx.data").open("r+b") as weights:
@@ -205,7 +205,7 @@ def inline_against_mapped(scratch: Path, fields: int, values: int, embed_dim: in
     """The same graph with weights inside model.onnx and beside it, two processes each."""
     import onnx
 
-    from app.scoring.repository import resolve_model_dir
+    from app.repository.store import resolve_model_dir
 
     made = make_big_model(scratch / "mid", fields, values, embed_dim)
     mapped = resolve_model_dir(scratch / "mid") / "model.onnx"
@@ -251,7 +251,7 @@ def _cli(*args: str) -> str:
 
 def _speed(version_dir: Path, batch: int, seconds: float) -> float:
     """Rows scored per second by one onnxruntime thread (in this process)."""
-    from app.scoring.scorer import Scorer
+    from app.model.scorer import Scorer
     from training.export import fixture_rows
 
     scorer = Scorer.load(version_dir)
@@ -267,8 +267,8 @@ def _speed(version_dir: Path, batch: int, seconds: float) -> float:
 
 
 def compact_tables(scratch: Path, name: str, synth_args: list[str], train_args: list[str]) -> dict:
-    from app.scoring.manifest import ModelManifest
-    from app.scoring.repository import resolve_model_dir
+    from app.repository.manifest import ModelManifest
+    from app.repository.store import resolve_model_dir
 
     data = scratch / f"{name}.tsv"
     _cli("synth", *synth_args, "--out", str(data))
@@ -422,7 +422,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def measure(scratch: Path) -> dict:
-        from app.scoring.repository import resolve_model_dir
+        from app.repository.store import resolve_model_dir
 
         results: dict[str, Any] = {}
         compact_train = ["--epochs", "3", "--no-progress"]

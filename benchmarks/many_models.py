@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx2 as httpx
 
-from app.scoring.repository import ModelRepository
-from app.scoring.request import in_share
+from app.repository.store import ModelRepository
+from app.request import in_share
 from benchmarks.open_loop import MAX_VUS, _tree_cpu_s
 from support.faults import second_version
 from support.k6 import OpenLoopResult, run, write_slices

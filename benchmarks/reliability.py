@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from app.scoring.repository import ModelRepository
+from app.repository.store import ModelRepository
 from support.payloads import load_spec, random_rows, unique_rows
 from support.reports import machine, markdown_section, relative
 from support.servers import ROOT, listening_process, server

@@ -23,9 +23,9 @@ import httpx2 as httpx
 import numpy as np
 
 from app.features.spec import FeatureSpec
+from app.model.scorer import Scorer
 from app.protocol.predict_json import decode
-from app.scoring.repository import POINTER_FILE, ModelRepository, resolve_model_dir
-from app.scoring.scorer import Scorer
+from app.repository.store import POINTER_FILE, ModelRepository, resolve_model_dir
 from benchmarks.timing import interleaved_medians, median_seconds
 from benchmarks.workloads import (
     DISABLED,

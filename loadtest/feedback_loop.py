@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from app.scoring.repository import resolve_model_dir
+from app.repository.store import resolve_model_dir
 from support.reports import machine, relative
 from support.servers import ROOT, metric_values, server
 

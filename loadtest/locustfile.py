@@ -22,7 +22,7 @@ from pathlib import Path
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 
-from app.scoring.repository import ModelRepository
+from app.repository.store import ModelRepository
 from support.payloads import load_spec, random_rows, v2_binary_body, zipf_stream
 
 MODEL_DIR = Path(os.environ.get("CTR_MODEL_REPOSITORY", "models/default"))

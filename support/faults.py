@@ -8,14 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.features.spec import FeatureSpec
-from app.scoring.manifest import (
+from app.repository.manifest import (
     MANIFEST_FILE,
     ONNX_DATA_FILE,
     OnnxGraph,
     content_version,
     describe_files,
 )
-from app.scoring.repository import resolve_model_dir
+from app.repository.store import resolve_model_dir
 
 
 def _rewrite_manifest(target: Path, change: Callable[[dict[str, object]], None]) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from app.features.spec import CategoricalField, FeatureSpec
-from app.scoring.manifest import ModelManifest
-from app.scoring.repository import resolve_model_dir
+from app.repository.manifest import ModelManifest
+from app.repository.store import resolve_model_dir
 
 Row = dict[str, str | float | None]
 

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from app.scoring.repository import resolve_model_dir
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
+from app.repository.store import resolve_model_dir
 from training.data import BadRowLog, ColumnRoles, DataError, DataFormat, DataSource, open_source
 from training.dataset import encode_batch
 

@@ -17,7 +17,7 @@ from typing import get_args
 from pydantic import ValidationError
 
 from app.features.errors import SpecError
-from app.scoring.manifest import TableDtype
+from app.repository.manifest import TableDtype
 from training import commands
 from training.data import DataError
 from training.distributed import DEFAULT_TIMEOUT_S

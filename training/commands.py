@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from app.scoring.manifest import ModelManifest
-from app.scoring.repository import resolve_model_dir
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
+from app.repository.manifest import ModelManifest
+from app.repository.store import resolve_model_dir
 from training import drift, synth
 from training.batch_predict import predict_file, score_indices
 from training.calibration import MIN_CLASS_ROWS, MIN_ROWS, Calibration, fit_calibration

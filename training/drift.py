@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from app.features.spec import MISSING_INDEX, NUM_RESERVED, UNSEEN_INDEX, CategoricalField
-from app.scoring.repository import resolve_model_dir
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
+from app.repository.store import resolve_model_dir
 from training.batch_predict import model_source, score_indices
 from training.data import BadRowLog, DataError, DataFormat
 from training.dataset import encode_batch

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from torch import nn
 
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX, FeatureSpec, load_json_model
-from app.scoring.manifest import (
+from app.repository.manifest import (
     CHECKPOINT_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
@@ -41,7 +41,7 @@ from app.scoring.manifest import (
     describe_files,
     verify_files,
 )
-from app.scoring.repository import ModelRepository, resolve_model_dir
+from app.repository.store import ModelRepository, resolve_model_dir
 from training.calibration import Calibration, CalibrationLayer
 from training.data import Task
 from training.graph_file import compact_tables, save_graph, strip_build_metadata

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from app.scoring.manifest import ONNX_DATA_FILE, TableDtype
+from app.repository.manifest import ONNX_DATA_FILE, TableDtype
 
 # Tensors above this go to the data file (what stays inline is a few index buffers).
 EXTERNAL_TENSOR_BYTES = 1024

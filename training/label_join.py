@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from app.scoring.log_writer import FILE_PREFIX, FILE_SUFFIX, LOG_COLUMNS
+from app.prediction_log.writer import FILE_PREFIX, FILE_SUFFIX, LOG_COLUMNS
 from training.data import DataError
 
 LABEL_COLUMN = "label"

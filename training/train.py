@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm import tqdm
 
-from app.scoring.manifest import TableDtype
+from app.repository.manifest import TableDtype
 from training.data import DataError, Task
 from training.dataset import Prepared
 from training.distributed import (

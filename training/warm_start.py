@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from app.features.spec import NUM_RESERVED, CategoricalField, FeatureSpec
-from app.scoring.manifest import read_version
-from app.scoring.repository import resolve_model_dir
+from app.repository.manifest import read_version
+from app.repository.store import resolve_model_dir
 from training.data import DataError
 from training.export import TrainedModel, load_checkpoint, load_optimizer_state
 from training.fit_spec import SpecBuilder

@@ -17,12 +17,12 @@ from starlette.requests import ClientDisconnect
 
 from app.api.middleware import RETRY_AFTER_S
 from app.features.errors import EncodeError
+from app.model.scorer import ScoringError
 from app.protocol.infer import OverloadedProtocolError
 from app.protocol.predict_json import BatchTooLargeError, BodyError
 from app.protocol.tensors import ProtocolError
 from app.scoring.batcher import OverloadedError
 from app.scoring.registry import NotReadyError
-from app.scoring.scorer import ScoringError
 from app.scoring.service import UnknownModelError
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import ServiceMetrics
-from app.scoring.request import (
+from app.request import (
     CURRENT_REQUEST,
     REQUEST_ID_HEADER,
     RequestContext,

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         default=None,
         min_length=1,
         description="directory (or pyarrow.fs URI, e.g. s3://bucket/log) of the prediction "
-        "log: one Parquet record per scored row (app/scoring/prediction_log.py); unset: off",
+        "log: one Parquet record per scored row (app/prediction_log/log.py); unset: off",
     )
     prediction_log_sample: float = Field(
         default=1.0,

@@ -433,7 +433,7 @@ class FeatureEncoder:
         fields' values (in ``categorical_names`` order) and one of the numeric fields' (in
         ``numeric_names`` order), ``None`` for missing. Each value is checked and encoded as
         :meth:`encode_rows` does it; the service's batch rows come this way, decoded
-        straight into values (app/scoring/rows.py).
+        straight into values (app/protocol/predict_json.py).
 
         Returns:
             int64 array of shape ``(rows, num_fields)``.

@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from app.core.config import Settings
+from app.model.scorer import Scorer
 from app.protocol.infer import (
     PAYLOAD_TOO_LARGE,
     UNAVAILABLE,
@@ -37,14 +38,13 @@ from app.protocol.tensors import (
     model_metadata,
     server_metadata,
 )
-from app.scoring.request import (
+from app.request import (
     CURRENT_REQUEST,
     REQUEST_ID_HEADER,
     RequestContext,
     new_request_id,
     valid_request_id,
 )
-from app.scoring.scorer import Scorer
 from app.scoring.service import PredictionService
 
 logger = logging.getLogger(__name__)

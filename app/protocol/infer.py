@@ -14,10 +14,11 @@ from pydantic_core import to_json
 
 from app.core.config import Settings
 from app.features.errors import EncodeError
+from app.model.lineup import Lineup
+from app.model.scorer import Scorer, ScoringError
 from app.protocol.tensors import ProtocolError, check_outputs, http_response, parse_http
 from app.scoring.batcher import OverloadedError
-from app.scoring.registry import Lineup, NotReadyError
-from app.scoring.scorer import Scorer, ScoringError
+from app.scoring.registry import NotReadyError
 from app.scoring.service import PredictionService, Scored, ServedModel, UnknownModelError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor extension's

@@ -28,9 +28,9 @@ from numpy.typing import NDArray
 
 from app.features.encoder import FeatureEncoder
 from app.features.errors import EncodeError
+from app.model.scorer import Scorer
+from app.prediction_log.log import Columns, Values
 from app.schemas import BatchPredictResponse, PredictResponse
-from app.scoring.prediction_log import Columns, Values
-from app.scoring.scorer import Scorer
 from app.scoring.service import Encode, PredictionService, Scored
 
 # What a feature value may be in JSON; the encoder checks it against its field's kind.

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 

@@ -12,22 +12,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.features.errors import SpecError
-from app.scoring.plan import Plan, read_plan
-from app.scoring.policy import ServingPolicy
-from app.scoring.prune import prune
-from app.scoring.repository import (
+from app.model.lineup import Lineup
+from app.model.scorer import Scorer
+from app.repository.plan import Plan, read_plan
+from app.repository.prune import prune
+from app.repository.store import (
     POINTER_FILE,
     ModelRepository,
     check_version_name,
     resolve_model_dir,
 )
-from app.scoring.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -48,36 +48,6 @@ class LoadFailure:
     version: str
     reason: str
     at: float  # unix time
-
-
-@dataclass(frozen=True)
-class Lineup:
-    """The loaded versions of one model and how traffic reaches them. Immutable: a request
-    reads ``registry.lineup`` once and is served by what it read, across any swap."""
-
-    default: Scorer  # what a request that names no version gets (CURRENT)
-    scorers: Mapping[str, Scorer]  # every loaded version, the default's included
-    labels: Mapping[str, str]  # label -> a loaded version
-    policy: ServingPolicy = field(default_factory=ServingPolicy)
-    split_to: Scorer | None = None  # set only when the policy splits
-    shadow_to: Scorer | None = None  # set only when the policy shadows
-
-    def addressed(self, name: str) -> Scorer | None:
-        """The version a request names, by label or by version."""
-        version = self.labels.get(name, name)
-        return self.scorers.get(version)
-
-    def serves(self) -> dict[str, list[str]]:
-        """What each loaded version serves: ``default``, its labels, ``split``, ``shadow``."""
-        roles: dict[str, list[str]] = {version: [] for version in self.scorers}
-        roles[self.default.version].append("default")
-        for label, version in self.labels.items():
-            roles[version].append(label)
-        if self.split_to is not None:
-            roles[self.split_to.version].append("split")
-        if self.shadow_to is not None:
-            roles[self.shadow_to.version].append("shadow")
-        return roles
 
 
 class ModelRegistry:
@@ -141,11 +111,6 @@ class ModelRegistry:
     @property
     def ready(self) -> bool:
         return self._lineup is not None
-
-    @property
-    def current(self) -> Scorer:
-        """The default version."""
-        return self.lineup.default
 
     def target_version(self) -> str:
         """The version ``CURRENT`` (or the pin) asks this worker to serve as the default."""
@@ -292,7 +257,7 @@ class ModelRegistry:
                 plan.resolve(policy.shadow.version), before.shadow_to if before else None
             )
         lineup = Lineup(default, scorers, labels, policy, split_to, shadow_to)
-        if before is not None and _same(before, lineup):
+        if before is not None and before.same_as(lineup):
             return False
         self._lineup = lineup
         if before is None or before.default is not default:
@@ -329,15 +294,3 @@ class ModelRegistry:
             return
         self.failures[version] = LoadFailure(version, str(exc), time.time())
         self._on_refused(exc)
-
-
-def _same(a: Lineup, b: Lineup) -> bool:
-    """Whether two lineups serve the same versions the same way (no swap to announce)."""
-    return (
-        a.default is b.default
-        and a.scorers.keys() == b.scorers.keys()
-        and dict(a.labels) == dict(b.labels)
-        and a.policy == b.policy
-        and a.split_to is b.split_to
-        and a.shadow_to is b.shadow_to
-    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,19 +28,17 @@ from app.features.encoder import FeatureEncoder
 from app.features.errors import SpecError
 from app.features.spec import MISSING_INDEX, UNSEEN_INDEX
 from app.metrics import STAGES, ServiceMetrics
+from app.model.lineup import FirstValue, Lineup
+from app.model.scorer import Scorer
+from app.prediction_log.log import PredictionLog, Values
 from app.scoring.batcher import Batcher
-from app.scoring.prediction_log import PredictionLog, Values
-from app.scoring.registry import Lineup, ModelRegistry
-from app.scoring.request import CURRENT_REQUEST, StickyKey, in_share, key_token
-from app.scoring.scorer import Scorer
+from app.scoring.registry import ModelRegistry
 from app.scoring.shadow import ShadowJob, ShadowScorer
 
 logger = logging.getLogger(__name__)
 
 EncodedAs = Literal["value", "missing", "unseen"]
 Encode = Callable[[FeatureEncoder], NDArray[np.int64]]
-# The value of a field in a request's first row (a split keyed by a feature reads it).
-FirstValue = Callable[[str], object]
 _PARSE, _ENCODE, _CACHE = (STAGES.index(stage) for stage in ("parse", "encode", "cache"))
 # Encoding this many rows takes a few milliseconds (10,000 rows of 39 fields: ~60 ms):
 # a batch that large is encoded in a thread, so the event loop keeps answering others.
@@ -128,27 +125,11 @@ class ServedModel:
 
     def route(self, lineup: Lineup, version: str | None, first: FirstValue | None) -> Target:
         """The version a request is answered by: the one it names (a version or a label),
-        else the split's version for the split's share of keys, else ``CURRENT``'s; and the
-        shadow, for the sampled share of requests the default version answers."""
+        else the split's for the split's share, else ``CURRENT``'s; and a sampled shadow."""
         scorer = self.addressed(lineup, version)
-        split, shadow = lineup.policy.split, lineup.policy.shadow
-        if (
-            not version
-            and split is not None
-            and lineup.split_to is not None
-            and _in_split(self.name, split.percent / 100, split.sticky, first)
-        ):
-            scorer = lineup.split_to
-        shadow_to = lineup.shadow_to
-        if (
-            shadow is None
-            or shadow_to is None
-            or scorer is not lineup.default
-            or shadow_to is scorer
-            or random.random() >= shadow.sample
-        ):
-            shadow_to = None
-        return Target(self, scorer, shadow_to)
+        if not version:
+            scorer = lineup.split(self.name, first) or scorer
+        return Target(self, scorer, lineup.shadow(scorer))
 
     def _announce(self, lineup: Lineup, swapped: bool) -> None:
         """Point the cache and the metrics at the versions loaded (under the registry's
@@ -173,21 +154,6 @@ class ServedModel:
         serving = self.registry.loaded
         still = "nothing" if serving is None else serving.default.version
         logger.error("model %s: load refused, still serving %s: %s", self.name, still, exc)
-
-
-def _in_split(name: str, share: float, sticky: StickyKey | None, first: FirstValue | None) -> bool:
-    """Whether a request falls in a split's share: by its sticky key's hash when it has one
-    (the same key meets the same version in every worker), else drawn."""
-    token = None
-    if sticky is not None:
-        if sticky.source == "header":
-            context = CURRENT_REQUEST.get()
-            token = None if context is None else context.header(sticky.name)
-        elif first is not None:
-            token = key_token(first(sticky.name))
-    if token is None:
-        return random.random() < share
-    return in_share(f"{name}/{token}", share)
 
 
 class PredictionService:

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from app.cache import ScoreCache
 from app.metrics import Tally
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 

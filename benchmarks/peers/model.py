@@ -16,8 +16,8 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from app.features.encoder import FeatureEncoder
-from app.scoring.manifest import ModelManifest
-from app.scoring.repository import resolve_model_dir
+from app.repository.manifest import ModelManifest
+from app.repository.store import resolve_model_dir
 
 
 class PeerModel:

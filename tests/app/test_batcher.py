@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.core.cpus import cpu_quota, usable_cpus
 from app.main import create_app
+from app.model.scorer import ScoringError
 from app.scoring.batcher import Batcher, OverloadedError
-from app.scoring.scorer import ScoringError
 
 
 class GatedScorer:
@@ -159,7 +159,7 @@ def test_overload_over_http_is_503_with_retry_after_and_the_service_recovers(
 ) -> None:
     settings = Settings(model_dir=model_dir, scoring_threads=1, batch_max_rows=1, max_queued_rows=1)
     with TestClient(create_app(settings)) as client:
-        scorer = client.app.state.service.model().registry.current
+        scorer = client.app.state.service.model().registry.lineup.default
         score = scorer.score_indices
         gate, entered = threading.Event(), threading.Event()
 
@@ -213,7 +213,7 @@ def test_requests_past_the_inflight_bound_are_refused_before_they_are_read(
     protocol's error shape, while health checks still answer."""
     settings = Settings(model_dir=model_dir, max_inflight_requests=2, max_queued_rows=4096)
     with TestClient(create_app(settings)) as client:
-        scorer = client.app.state.service.model().registry.current
+        scorer = client.app.state.service.model().registry.lineup.default
         score = scorer.score_indices
         gate = threading.Event()
         scorer.score_indices = lambda indices: gate.wait(10) and score(indices)

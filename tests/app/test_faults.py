@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.features.errors import SpecError
 from app.main import create_app
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
 from support.faults import FAULTS, broken_copy
 from support.prometheus import metric
 
@@ -49,7 +49,7 @@ def test_reload_keeps_the_old_model(
 
 
 def test_onnxruntime_failure_mid_request_is_503(client: TestClient, monkeypatch) -> None:
-    scorer = client.app.state.service.model().registry.current
+    scorer = client.app.state.service.model().registry.lineup.default
 
     def broken_run(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated onnxruntime failure")

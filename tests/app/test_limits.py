@@ -82,7 +82,7 @@ def test_only_the_misses_of_a_batch_are_scored(model_dir: Path) -> None:
         first = client.post("/predict", json={"instances": rows}).json()
         for _ in range(2):  # a batch row is cached from its second sight on
             client.post("/predict", json={"instances": rows[:4]})
-        scorer = client.app.state.service.model().registry.current
+        scorer = client.app.state.service.model().registry.lineup.default
         score, scored = scorer.score_indices, []
         scorer.score_indices = lambda indices: scored.append(len(indices)) or score(indices)
         again = client.post("/predict", json={"instances": rows}).json()

@@ -25,7 +25,7 @@ httpclient = pytest.importorskip("tritonclient.http")
 
 from app.core.config import Settings  # noqa: E402
 from app.main import create_app  # noqa: E402
-from app.scoring.repository import ModelRepository  # noqa: E402
+from app.repository.store import ModelRepository  # noqa: E402
 from support.faults import broken_copy, second_version, slow_version  # noqa: E402
 from support.prometheus import metric  # noqa: E402
 from support.servers import ROOT, free_port  # noqa: E402

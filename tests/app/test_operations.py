@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
-from app.scoring.repository import resolve_model_dir
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
+from app.repository.store import resolve_model_dir
 from support.faults import second_version
 from support.prometheus import metric
 
@@ -222,7 +222,7 @@ def test_a_swap_racing_a_reload_leaves_the_cache_on_and_the_new_version_served(
     client: TestClient, model_dir: Path, tmp_path: Path
 ) -> None:
     registry = client.app.state.service.model().registry
-    first = registry.current.version
+    first = registry.lineup.default.version
     published = client.post(
         "/admin/reload",
         headers=AUTH,

@@ -27,12 +27,12 @@ from app.core.config import Settings
 from app.features.encoder import FeatureEncoder
 from app.features.spec import FeatureSpec
 from app.main import create_app
-from app.scoring import prediction_log
-from app.scoring.log_writer import LOG_COLUMNS, LogFiles, to_batch
-from app.scoring.prediction_log import PredictionLog
-from app.scoring.repository import resolve_model_dir
-from app.scoring.request import RequestContext, StickyKey
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
+from app.prediction_log import log as prediction_log
+from app.prediction_log.log import PredictionLog
+from app.prediction_log.writer import LOG_COLUMNS, LogFiles, to_batch
+from app.repository.store import resolve_model_dir
+from app.request import RequestContext, StickyKey
 from support.payloads import triton_inputs
 from support.servers import free_port, listening_process, metric_values
 from support.servers import server as start_server
@@ -201,7 +201,7 @@ def test_every_record_taken_is_written_once_in_order(repository: Path, tmp_path:
 
 def _writers(process: psutil.Process) -> list[psutil.Process]:
     """The prediction log writer processes that ``process`` started."""
-    return [p for p in process.children() if "app.scoring.log_writer" in p.cmdline()]
+    return [p for p in process.children() if "app.prediction_log.writer" in p.cmdline()]
 
 
 def test_a_full_queue_drops_and_counts_and_never_waits(repository: Path, tmp_path: Path) -> None:

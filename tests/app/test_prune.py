@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from app.model.scorer import Scorer
+from app.repository.store import ModelRepository
 from app.scoring.registry import ModelRegistry
-from app.scoring.repository import ModelRepository
-from app.scoring.scorer import Scorer
 from support.faults import nth_version
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.features.errors import SpecError
 from app.main import create_app
-from app.scoring.manifest import ModelManifest
-from app.scoring.repository import ModelRepository, resolve_model_dir
+from app.repository.manifest import ModelManifest
+from app.repository.store import ModelRepository, resolve_model_dir
 from support.faults import broken_copy, second_version
 from support.prometheus import metric
 

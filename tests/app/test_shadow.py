@@ -9,8 +9,8 @@ import pytest
 
 from app.cache import ScoreCache
 from app.metrics import Tally
-from app.scoring.repository import resolve_model_dir
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
+from app.repository.store import resolve_model_dir
 from app.scoring.shadow import ShadowJob, ShadowScorer
 from support.faults import slow_version
 

@@ -21,8 +21,8 @@ def test_app_serves_without_torch(model_dir: Path) -> None:
         from fastapi.testclient import TestClient
         from app.core.config import Settings
         from app.main import create_app
-        from app.scoring.repository import resolve_model_dir
-        from app.scoring.scorer import Scorer
+        from app.repository.store import resolve_model_dir
+        from app.model.scorer import Scorer
 
         with TestClient(create_app(Settings(model_dir={str(model_dir)!r}))) as client:
             response = client.post("/predict", json={{"features": {{"c0": "c0_1"}}}})

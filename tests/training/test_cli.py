@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from app.scoring.manifest import ModelManifest
-from app.scoring.repository import resolve_model_dir
+from app.repository.manifest import ModelManifest
+from app.repository.store import resolve_model_dir
 from support.training_files import training_cli as cli
 from support.training_files import write_criteo
 

@@ -22,7 +22,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from app.features.spec import UNSEEN_INDEX  # noqa: E402
-from app.scoring.repository import ModelRepository  # noqa: E402
+from app.repository.store import ModelRepository  # noqa: E402
 from support.servers import ROOT  # noqa: E402
 from support.training_files import training_cli  # noqa: E402
 from training.distributed import Cluster, block_rows_for, deal_blocks, resolve_device  # noqa: E402

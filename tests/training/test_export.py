@@ -15,9 +15,9 @@ onnx = pytest.importorskip("onnx")
 
 from app.features.errors import SpecError  # noqa: E402
 from app.features.spec import NUM_RESERVED, UNSEEN_INDEX  # noqa: E402
-from app.scoring.manifest import ModelManifest, sha256_file  # noqa: E402
-from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E402
-from app.scoring.scorer import Scorer  # noqa: E402
+from app.model.scorer import Scorer  # noqa: E402
+from app.repository.manifest import ModelManifest, sha256_file  # noqa: E402
+from app.repository.store import ModelRepository, resolve_model_dir  # noqa: E402
 from training.calibration import Calibration, fit_calibration  # noqa: E402
 from training.data import open_source  # noqa: E402
 from training.dataset import prepare  # noqa: E402

@@ -14,9 +14,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from app.scoring.prediction_log import PredictionLog
-from app.scoring.repository import resolve_model_dir
-from app.scoring.scorer import Scorer
+from app.model.scorer import Scorer
+from app.prediction_log.log import PredictionLog
+from app.repository.store import resolve_model_dir
 from support.training_files import training_cli as cli
 from training.data import open_source
 
@@ -66,7 +66,7 @@ def test_join_labels_rows_by_request_row_and_window(model_dir: Path, tmp_path: P
     served = time.time()
 
     def request(request_id: str, values: list[str]) -> None:
-        from app.scoring.request import CURRENT_REQUEST, RequestContext
+        from app.request import CURRENT_REQUEST, RequestContext
 
         token = CURRENT_REQUEST.set(RequestContext(request_id))
         scores = np.full(len(values), 0.5, dtype=np.float32)

@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from app.features.errors import SpecError  # noqa: E402
-from app.scoring.manifest import ONNX_DATA_FILE, ONNX_FILE, ModelManifest  # noqa: E402
-from app.scoring.repository import resolve_model_dir  # noqa: E402
-from app.scoring.scorer import Scorer  # noqa: E402
+from app.model.scorer import Scorer  # noqa: E402
+from app.repository.manifest import ONNX_DATA_FILE, ONNX_FILE, ModelManifest  # noqa: E402
+from app.repository.store import resolve_model_dir  # noqa: E402
 from training.data import open_source  # noqa: E402
 from training.dataset import prepare  # noqa: E402
 from training.export import (  # noqa: E402

@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from app.scoring.manifest import ModelManifest
-from app.scoring.repository import resolve_model_dir
+from app.repository.manifest import ModelManifest
+from app.repository.store import resolve_model_dir
 from training.memory import SERVING_WORKER_BYTES, plan
 from training.models import ModelConfig
 

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from app.scoring.repository import resolve_model_dir  # noqa: E402
+from app.repository.store import resolve_model_dir  # noqa: E402
 from training.data import Batch, open_source  # noqa: E402
 from training.dataset import prepare  # noqa: E402
 from training.evaluation import binary_metrics  # noqa: E402

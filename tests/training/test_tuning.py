@@ -9,8 +9,8 @@ import yaml
 
 pytest.importorskip("torch")
 
-from app.scoring.manifest import ModelManifest
-from app.scoring.repository import resolve_model_dir
+from app.repository.manifest import ModelManifest
+from app.repository.store import resolve_model_dir
 from support.training_files import training_cli as cli
 from training.config import build_config
 from training.data import open_source

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from app.features.spec import NUM_RESERVED, CategoricalField, FeatureSpec  # noqa: E402
-from app.scoring.manifest import ModelManifest  # noqa: E402
-from app.scoring.repository import ModelRepository, resolve_model_dir  # noqa: E402
+from app.repository.manifest import ModelManifest  # noqa: E402
+from app.repository.store import ModelRepository, resolve_model_dir  # noqa: E402
 from support.training_files import training_cli  # noqa: E402
 from training.data import Batch  # noqa: E402
 from training.fit_spec import SpecBuilder  # noqa: E402

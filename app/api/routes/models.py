@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.deps import ReloadAuth, ServiceDep, SettingsDep
 from app.features.errors import SpecError
 from app.features.spec import CategoricalField
+from app.repository.store import PublishRefusedError, confined_source
 from app.schemas import (
     ErrorResponse,
     FieldInfo,
@@ -22,7 +23,6 @@ from app.schemas import (
     ReloadRequest,
     ReloadResponse,
 )
-from app.scoring.repository import PublishRefusedError, confined_source
 from app.scoring.service import PredictionService, ServedModel, UnknownModelError
 
 router = APIRouter(tags=["model"])

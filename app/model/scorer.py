@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from app.features.encoder import FeatureEncoder
 from app.features.errors import SpecError
 from app.features.spec import UNSEEN_INDEX
-from app.scoring.manifest import TRAINING_FILES, ModelManifest, verify_files
+from app.repository.manifest import TRAINING_FILES, ModelManifest, verify_files
 
 logger = logging.getLogger(__name__)
 

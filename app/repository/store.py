@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.features.errors import SpecError
-from app.scoring.manifest import MANIFEST_FILE, ModelManifest, read_version, verify_files
+from app.repository.manifest import MANIFEST_FILE, ModelManifest, read_version, verify_files
 
 POINTER_FILE = "CURRENT"
 LABELS_DIR = "labels"

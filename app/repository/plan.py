@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.scoring.policy import ServingPolicy, load_policy
-from app.scoring.repository import ModelRepository
+from app.repository.policy import ServingPolicy, load_policy
+from app.repository.store import ModelRepository
 
 
 @dataclass(frozen=True)

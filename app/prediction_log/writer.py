@@ -6,8 +6,8 @@ worker ─► stdin: <u32 length><pickled frame> … ─► Arrow ─► row gro
        ◄─ stdout: "ack <rows> <dropped>" per frame, "published <rows>" or "lost <rows>" per file
 ```
 
-Each serving worker starts one (``python -m app.scoring.log_writer``, see
-app/scoring/prediction_log.py), so turning a request's Python values into Arrow and Parquet
+Each serving worker starts one (``python -m app.prediction_log.writer``, see
+app/prediction_log/log.py), so turning a request's Python values into Arrow and Parquet
 runs on a core of its own, never on the interpreter lock that the worker's event loop needs.
 A reader (``ctrserve join``, ``drift``, pyarrow, DuckDB) lists ``*.parquet`` and never sees a
 file being written: the open file is hidden and renamed only once its footer is written. When
@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from app.scoring.request import key_token
+from app.request import key_token
 
 logger = logging.getLogger(__name__)
 

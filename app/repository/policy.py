@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from app.core.yaml_file import load_yaml
 from app.features.errors import SpecError
-from app.scoring.request import StickyKey
+from app.request import StickyKey
 
 POLICY_FILE = "policy.yaml"
 _STICKY = r"^(header|feature):.+$"

@@ -5,7 +5,7 @@ PredictionService.score ─► sampled? ─► PredictionLog.add (past the bound
                                        the request's values appended to the frame being
                                        gathered (a few list appends)
     256 rows or 0.5 s old ─► pickled (one C call) ─► sender thread ─► pipe ─► the writer
-                                       process (app/scoring/log_writer.py): Arrow, Parquet,
+                                       process (app/prediction_log/writer.py): Arrow, Parquet,
                                        whole files ─► acks back ─► reader thread: counts
 ```
 
@@ -39,14 +39,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.features.encoder import FeatureEncoder
-from app.scoring.log_writer import (
+from app.prediction_log.writer import (
     FRAME_HEADER,
     LOG_COLUMNS,
     PredictionLogError,
     as_list,
     open_target,
 )
-from app.scoring.request import CURRENT_REQUEST, StickyKey, in_share, key_token, new_request_id
+from app.request import CURRENT_REQUEST, StickyKey, in_share, key_token, new_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class PredictionLog:
         self.key = key
         self.max_queued_rows = max_queued_rows
         self._command = [
-            sys.executable, "-m", "app.scoring.log_writer", target,
+            sys.executable, "-m", "app.prediction_log.writer", target,
             "--roll-rows", str(roll_rows), "--roll-bytes", str(roll_bytes),
             "--roll-s", str(roll_s),
         ]  # fmt: skip
@@ -405,5 +405,5 @@ class _Rows:
         self.rows += len(entry.scores) if chosen is None else len(chosen)
 
     def frame(self) -> dict[str, Any]:
-        """What the writer process needs, as plain values (app/scoring/log_writer.to_batch)."""
+        """What the writer process needs, as plain values (writer.py: ``to_batch``)."""
         return {"fields": self.fields, "rows": self.rows, "segments": self._segments}

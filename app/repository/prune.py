@@ -15,8 +15,8 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from app.scoring.plan import read_plan
-from app.scoring.repository import ModelRepository
+from app.repository.plan import read_plan
+from app.repository.store import ModelRepository
 
 logger = logging.getLogger(__name__)
 
