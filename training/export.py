@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -198,43 +199,25 @@ def write_artifact(
     repository = ModelRepository(out_dir)
     staging = repository.staging_dir()
     try:
-        graph = to_onnx(model, task, len(spec.fields), calibration)
-        rows = fixture_rows(spec.field_dims, 2048)
-        onnx_path = staging / ONNX_FILE
-        float_dir = staging if table_dtype == "float32" else Path(tempfile.mkdtemp(dir=staging))
-        data_file = write_graph(graph, float_dir / ONNX_FILE)
-        float_scores = graph_scores(float_dir / ONNX_FILE, rows)
-        gap = check_parity(model, task, float_scores, rows, calibration)
-        logger.info("export parity: max |torch - onnxruntime| = %.2e", gap)
-        parity: dict[str, JsonValue] = {"parity_max_abs_diff": gap}
-        if table_dtype != "float32":
-            tables = compact_tables(graph, table_dtype)
-            data_file = write_graph(graph, onnx_path)
-            worst, typical = compare_tables(float_scores, graph_scores(onnx_path, rows))
-            shutil.rmtree(float_dir)
-            if not typical <= TABLE_PARITY[table_dtype]:
-                raise ExportError(
-                    f"{table_dtype} tables move 1% of scores by more than {typical:.3g} "
-                    f"(> {TABLE_PARITY[table_dtype]:.3g}); export with wider tables"
-                )
-            logger.info(
-                "%s tables %s: |float - compact| at most %.2e, 99%% within %.2e",
-                table_dtype,
-                tables,
-                worst,
-                typical,
+        # The training state (gigabytes) is written and hashed while the graph is built:
+        # torch.save and sha256 let go of the GIL (docs/DAILY.md, the export).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctr-export") as writer:
+            training_files = (
+                writer.submit(_save_training_state, model, optimizer_state, staging)
+                if checkpoint
+                else None
             )
-            parity |= {"table_parity_max_abs_diff": worst, "table_parity_p99_abs_diff": typical}
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
-        if checkpoint:
-            save_state(model.state_dict(), staging / CHECKPOINT_FILE)
-            if optimizer_state is not None:
-                save_state(optimizer_state, staging / OPTIMIZER_FILE)
-        if statistics is not None:
-            statistics.save(staging)
-        if calibration is not None:
-            calibration.save(staging)
-        files = describe_files(staging, [p.name for p in staging.iterdir() if p.is_file()])
+            data_file, parity = _write_serving_graph(
+                model, spec, task, calibration, table_dtype, staging
+            )
+            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+            if statistics is not None:
+                statistics.save(staging)
+            if calibration is not None:
+                calibration.save(staging)
+            written = {} if training_files is None else training_files.result()
+        rest = [p.name for p in staging.iterdir() if p.is_file() and p.name not in written]
+        files = dict(sorted((describe_files(staging, rest) | written).items()))
         graph_info = OnnxGraph(
             external_data=data_file,
             opset=OPSET,
@@ -266,6 +249,59 @@ def write_artifact(
         "exported %s version %s to %s (CURRENT)", config.name, manifest.version, version_dir
     )
     return manifest
+
+
+def _write_serving_graph(
+    model: nn.Module,
+    spec: FeatureSpec,
+    task: Task,
+    calibration: Calibration | None,
+    table_dtype: TableDtype,
+    staging: Path,
+) -> tuple[str | None, dict[str, JsonValue]]:
+    """Export the serving graph into ``staging``, its tables as ``table_dtype``, checked
+    against torch (and the float graph); returns its weights file's name and the parity."""
+    graph = to_onnx(model, task, len(spec.fields), calibration)
+    rows = fixture_rows(spec.field_dims, 2048)
+    onnx_path = staging / ONNX_FILE
+    float_dir = staging if table_dtype == "float32" else Path(tempfile.mkdtemp(dir=staging))
+    data_file = write_graph(graph, float_dir / ONNX_FILE)
+    float_scores = graph_scores(float_dir / ONNX_FILE, rows)
+    gap = check_parity(model, task, float_scores, rows, calibration)
+    logger.info("export parity: max |torch - onnxruntime| = %.2e", gap)
+    parity: dict[str, JsonValue] = {"parity_max_abs_diff": gap}
+    if table_dtype != "float32":
+        tables = compact_tables(graph, table_dtype)
+        data_file = write_graph(graph, onnx_path)
+        worst, typical = compare_tables(float_scores, graph_scores(onnx_path, rows))
+        shutil.rmtree(float_dir)
+        if not typical <= TABLE_PARITY[table_dtype]:
+            raise ExportError(
+                f"{table_dtype} tables move 1% of scores by more than {typical:.3g} "
+                f"(> {TABLE_PARITY[table_dtype]:.3g}); export with wider tables"
+            )
+        logger.info(
+            "%s tables %s: |float - compact| at most %.2e, 99%% within %.2e",
+            table_dtype,
+            tables,
+            worst,
+            typical,
+        )
+        parity |= {"table_parity_max_abs_diff": worst, "table_parity_p99_abs_diff": typical}
+    return data_file, parity
+
+
+def _save_training_state(
+    model: nn.Module, optimizer_state: dict[str, Any] | None, staging: Path
+) -> dict[str, VersionFile]:
+    """Write the checkpoint and the optimizer's state into ``staging``; their sizes and
+    hashes."""
+    names = [CHECKPOINT_FILE]
+    save_state(model.state_dict(), staging / CHECKPOINT_FILE)
+    if optimizer_state is not None:
+        save_state(optimizer_state, staging / OPTIMIZER_FILE)
+        names.append(OPTIMIZER_FILE)
+    return describe_files(staging, names)
 
 
 class _TrainedGraph(BaseModel):
