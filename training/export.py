@@ -200,7 +200,7 @@ def write_artifact(
     staging = repository.staging_dir()
     try:
         # The training state (gigabytes) is written and hashed while the graph is built:
-        # torch.save and sha256 let go of the GIL (docs/DAILY.md, the export).
+        # torch.save and sha256 let go of the GIL, so the disk and the exporter work at once.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctr-export") as writer:
             training_files = (
                 writer.submit(_save_training_state, model, optimizer_state, staging)
