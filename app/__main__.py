@@ -83,6 +83,7 @@ def serve() -> int:
             workers=settings.workers,
             log_level=settings.log_level.lower(),
             access_log=False,
+            loop=settings.event_loop,
         )
     return 0
 

@@ -404,22 +404,30 @@ def measure(model: str, duration_s: int, only: list[str] | None) -> dict[str, ob
 SETTINGS_VARIANTS = (
     ("as shipped", {}),
     ("gc.freeze off (CTR_GC_FREEZE=false)", {"CTR_GC_FREEZE": "false"}),
+    ("uvloop (CTR_EVENT_LOOP=uvloop)", {"CTR_EVENT_LOOP": "uvloop"}),
 )
+# The variants whose accepting of new connections under overload is compared.
+LOOP_VARIANTS = (SETTINGS_VARIANTS[0], SETTINGS_VARIANTS[2])
 
 
-def settings_ab(model_dir: Path, duration_s: int, rates: tuple[int, ...] = (2500, 3500)) -> str:
+def settings_ab(model_dir: Path, duration_s: int) -> str:
     """ctrserve as shipped against each tuned setting turned off, distinct single rows at
-    fixed rates, the variants taking turns over three rounds (a drift of the machine's speed
-    falls on all of them)."""
+    40% and 70% of its closed-loop maximum, the variants taking turns over three rounds (a
+    drift of the machine's speed falls on all of them); then, for the event loops, a flood of
+    new connections at twice that maximum."""
     spec = load_spec(model_dir)
     env = {"CTR_MODEL_REPOSITORY": str(model_dir), "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES)}
     results: dict[str, list[OpenLoopResult]] = {name: [] for name, _ in SETTINGS_VARIANTS}
+    floods: dict[str, list[OpenLoopResult]] = {name: [] for name, _ in LOOP_VARIANTS}
     with tempfile.TemporaryDirectory(prefix="ctrserve-settings-") as scratch:
         slices = write_slices(
             [{"features": r} for r in unique_rows(spec, MAX_VUS * BODIES_PER_VU, seed=13)],
             MAX_VUS,
             Path(scratch),
         )
+        with server([sys.executable, "-m", "app"], env) as base:
+            maximum = closed_loop_max(base, spec, duration_s)
+        rates = (_round_rate(0.4 * maximum), _round_rate(0.7 * maximum))
         for round_ in range(3):
             order = SETTINGS_VARIANTS if round_ % 2 == 0 else SETTINGS_VARIANTS[::-1]
             for name, extra_env in order:
@@ -430,22 +438,58 @@ def settings_ab(model_dir: Path, duration_s: int, rates: tuple[int, ...] = (2500
                         results[name].append(
                             run(f"{base}/predict", slices, rate, duration_s, MAX_VUS, start)
                         )
+        for round_ in range(2):
+            order = LOOP_VARIANTS if round_ % 2 == 0 else LOOP_VARIANTS[::-1]
+            for name, extra_env in order:
+                with server([sys.executable, "-m", "app"], {**env, **extra_env}) as base:
+                    start = (round_ + 1) * 104_729
+                    flood = _round_rate(2 * maximum)
+                    floods[name].append(run(f"{base}/predict", slices, flood, 20, 256, start))
     rows = [
         [name, f"{r.rate:,}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.p999_ms:.2f}",
          str(r.dropped), str(r.failed)]
         for name, runs in results.items() for r in sorted(runs, key=lambda r: r.rate)
     ]  # fmt: skip
+    flood_rows = [
+        [name, f"{r.rate:,}", f"{r.sent:,}", f"{r.sent - r.failed:,}", str(r.failed),
+         f"{r.ok_p99_ms:.1f}", f"{r.ok_max_ms:,.1f}"]
+        for name, runs in floods.items() for r in runs
+    ]  # fmt: skip
     return (
         "# ctrserve's tuned settings, open loop\n\n"
         f"`make bench-open` on {machine()} ({relative(model_dir)}). Each setting the service "
-        "tunes stays only while turning it off raises p99 at a fixed rate.\n\n"
+        "tunes stays only while turning it off raises p99 at a fixed rate, or the wait of a "
+        "new connection under overload. Closed-loop "
+        f"maximum (wrk, as shipped): {maximum:,.0f} req/s; the rates are 40% and 70% of it.\n\n"
         + markdown_section(
             "As shipped against each setting off (distinct single rows, three rounds)",
             "k6 constant-arrival-rate, one worker, every run its own fresh rows.",
             ["variant", "rate /s", "p50 ms", "p99 ms", "p99.9 ms", "dropped", "failed"],
             rows,
         )
+        + "\n"
+        + markdown_section(
+            "New connections under overload: asyncio (as shipped) against uvloop (two rounds)",
+            "k6 opens its 256 connections as the run starts, at twice the closed-loop maximum "
+            "for 20 s: a request on a connection the server has not yet accepted waits in "
+            "the listen queue, which k6 counts. `answered`: 2xx; `refused`: 503 + "
+            "Retry-After (or no answer).",
+            [
+                "variant",
+                "rate /s",
+                "sent",
+                "answered",
+                "refused",
+                "answered p99 ms",
+                "answered max ms",
+            ],
+            flood_rows,
+        )
     )
+
+
+def _round_rate(rate: float) -> int:
+    return max(100, int(round(rate, -2)))
 
 
 def _ctrserve_extras(

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         description="scoring requests a worker answers at once; past it a request is refused "
         "at once with 503 and Retry-After (gRPC: RESOURCE_EXHAUSTED)",
     )
+    # uvloop accepts one connection a loop turn: under overload a burst of new connections
+    # waited seconds; p99 at fixed rates differed within noise (docs/OPEN_LOOP_SETTINGS.md).
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        default="asyncio",
+        description="each worker's event loop: asyncio accepts every waiting connection at "
+        "once, uvloop one per turn of its loop",
+    )
     # Stays while it lowers p99 at a fixed rate: docs/OPEN_LOOP_SETTINGS.md.
     gc_freeze: bool = Field(
         default=True,

@@ -19,6 +19,16 @@ def test_the_queue_holds_at_least_one_call() -> None:
     assert Settings(batch_max_rows=10, max_queued_rows=10).max_queued_rows == 10
 
 
+def test_the_event_loop_is_one_uvicorn_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTR_EVENT_LOOP", "tokio")
+    with pytest.raises(ValidationError, match="'asyncio' or 'uvloop'"):
+        Settings()
+    monkeypatch.setenv("CTR_EVENT_LOOP", "uvloop")
+    assert Settings().event_loop == "uvloop"
+    monkeypatch.delenv("CTR_EVENT_LOOP")
+    assert Settings().event_loop == "asyncio"
+
+
 def test_a_missing_repository_refuses_to_start(tmp_path: Path) -> None:
     missing = tmp_path / "nothing-here"
     with (

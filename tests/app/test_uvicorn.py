@@ -61,6 +61,19 @@ def _post_in_two_parts(base: str, body: bytes) -> tuple[int, dict[str, object]]:
     return response.status, answer
 
 
+def test_each_event_loop_serves_the_same_scores(model_dir: Path) -> None:
+    """CTR_EVENT_LOOP picks the loop each worker runs; the answers do not depend on it."""
+    payload = {"instances": [{"c0": "c0_2", "n0": 4.0}, {"c0": "never-seen"}]}
+    answers = []
+    for loop in ("asyncio", "uvloop"):
+        env = {"CTR_MODEL_REPOSITORY": str(model_dir), "CTR_EVENT_LOOP": loop}
+        with start_server([sys.executable, "-m", "app"], env) as base:
+            served = httpx.post(f"{base}/predict", json=payload, timeout=5)
+        assert served.status_code == 200, served.text
+        answers.append(served.json()["predictions"])
+    assert answers[0] == answers[1]
+
+
 def test_a_body_that_arrives_in_parts_is_answered_alike(server: str) -> None:
     rows = [{"c0": f"c0_{i}", "n0": float(i)} for i in range(40)]
     whole = httpx.post(f"{server}/predict", json={"instances": rows}, timeout=5).json()
