@@ -203,7 +203,7 @@ def write_artifact(
         # torch.save and sha256 let go of the GIL, so the disk and the exporter work at once.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctr-export") as writer:
             training_files = (
-                writer.submit(_save_training_state, model, optimizer_state, staging)
+                writer.submit(_save_training_state, model.state_dict(), optimizer_state, staging)
                 if checkpoint
                 else None
             )
@@ -292,12 +292,13 @@ def _write_serving_graph(
 
 
 def _save_training_state(
-    model: nn.Module, optimizer_state: dict[str, Any] | None, staging: Path
+    weights: dict[str, Any], optimizer_state: dict[str, Any] | None, staging: Path
 ) -> dict[str, VersionFile]:
-    """Write the checkpoint and the optimizer's state into ``staging``; their sizes and
-    hashes."""
+    """Write the checkpoint (``weights``: the model's state dict, taken by the caller before
+    the exporter traces the model, which may swap a module's parameters while it runs) and
+    the optimizer's state into ``staging``; their sizes and hashes."""
     names = [CHECKPOINT_FILE]
-    save_state(model.state_dict(), staging / CHECKPOINT_FILE)
+    save_state(weights, staging / CHECKPOINT_FILE)
     if optimizer_state is not None:
         save_state(optimizer_state, staging / OPTIMIZER_FILE)
         names.append(OPTIMIZER_FILE)
