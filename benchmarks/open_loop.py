@@ -45,6 +45,8 @@ from support.wrk import write_bodies, wrk
 
 logger = logging.getLogger("benchmarks.open_loop")
 MAX_VUS = 64
+# VUs of an overload run: each opens its connection as the run starts, at the flood's rate.
+FLOOD_VUS = 256
 # A log configuration for KServe's server: warnings only, no line a request.
 _QUIET_LOGS = Path(tempfile.gettempdir()) / "ctrserve-kserve-logging.json"
 _QUIET_LOGS.write_text(
@@ -308,7 +310,7 @@ def overload(
     base: str, slices: Path, rate: int, duration_s: int
 ) -> tuple[OpenLoopResult, int, bool]:
     """``rate`` for ``duration_s``; then whether one normal request is answered at once."""
-    result = run(f"{base}/predict", slices, rate, duration_s, 256, start=104_729)
+    result = run(f"{base}/predict", slices, rate, duration_s, FLOOD_VUS, start=104_729)
     after = httpx.post(f"{base}/predict", json={"features": {}}, timeout=5)
     return result, after.status_code, after.elapsed.total_seconds() < 0.1
 
@@ -428,6 +430,7 @@ def settings_ab(model_dir: Path, duration_s: int) -> str:
         with server([sys.executable, "-m", "app"], env) as base:
             maximum = closed_loop_max(base, spec, duration_s)
         rates = (_round_rate(0.4 * maximum), _round_rate(0.7 * maximum))
+        flood = _round_rate(2 * maximum)
         for round_ in range(3):
             order = SETTINGS_VARIANTS if round_ % 2 == 0 else SETTINGS_VARIANTS[::-1]
             for name, extra_env in order:
@@ -443,8 +446,7 @@ def settings_ab(model_dir: Path, duration_s: int) -> str:
             for name, extra_env in order:
                 with server([sys.executable, "-m", "app"], {**env, **extra_env}) as base:
                     start = (round_ + 1) * 104_729
-                    flood = _round_rate(2 * maximum)
-                    floods[name].append(run(f"{base}/predict", slices, flood, 20, 256, start))
+                    floods[name].append(run(f"{base}/predict", slices, flood, 20, FLOOD_VUS, start))
     rows = [
         [name, f"{r.rate:,}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.p999_ms:.2f}",
          str(r.dropped), str(r.failed)]
@@ -470,8 +472,8 @@ def settings_ab(model_dir: Path, duration_s: int) -> str:
         + "\n"
         + markdown_section(
             "New connections under overload: asyncio (as shipped) against uvloop (two rounds)",
-            "k6 opens its 256 connections as the run starts, at twice the closed-loop maximum "
-            "for 20 s: a request on a connection the server has not yet accepted waits in "
+            f"k6 opens its {FLOOD_VUS} connections as the run starts, at twice the closed-loop "
+            "maximum for 20 s: a request on a connection the server has not yet accepted waits in "
             "the listen queue, which k6 counts. `answered`: 2xx; `refused`: 503 + "
             "Retry-After (or no answer).",
             [
