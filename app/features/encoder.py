@@ -82,7 +82,15 @@ class _CategoricalColumn:
         self.lookup: dict[str, int] = {"": MISSING_INDEX}
         self.lookup.update((v, NUM_RESERVED + i) for i, v in enumerate(field.vocabulary))
         # typed arrays of either kind are looked up whole, neither converted value by value
-        self.by_kind = {kind: FixedWidthVocabulary(field.vocabulary, kind) for kind in "SU"}
+        self._typed: dict[str, FixedWidthVocabulary] = {}
+
+    def typed(self, kind: str) -> FixedWidthVocabulary:
+        """The vocabulary for arrays of one string kind (``"S"`` or ``"U"``), built on first
+        use: only request paths look up typed arrays."""
+        found = self._typed.get(kind)
+        if found is None:
+            found = self._typed[kind] = FixedWidthVocabulary(self.vocabulary, kind)
+        return found
 
     def index(self, value: object) -> int:
         if type(value) is str:
@@ -130,7 +138,7 @@ class _CategoricalColumn:
                 tokens = tokens.astype(object)
                 tokens[integral] = [str(int(n)) for n in numbers[integral].tolist()]
                 tokens = tokens.astype(np.str_)
-        indices = self.by_kind[tokens.dtype.kind].find(tokens)
+        indices = self.typed(tokens.dtype.kind).find(tokens)
         if kind in "US":
             self._refuse_long_unseen(values, indices)
         if missing is not None:
@@ -456,10 +464,18 @@ class FeatureEncoder:
             if not self._name_set.issuperset(row):
                 self.check_names(row)
 
+    def warm_lookups(self) -> None:
+        """Build what only request paths look values up in (the batch lookup, each field's
+        typed-array vocabularies) before traffic does; the trainer never builds them (2.3 s
+        for the 3M values of a 10M-row Criteo-shaped spec)."""
+        self.batch_lookup()
+        for column in self._categorical.columns:
+            for kind in "SU":
+                column.typed(kind)
+
     def batch_lookup(self) -> VocabularyDicts | VocabularyTable:
-        """The categorical vocabularies behind one batch lookup, built on the first call:
-        only the service encodes request batches (the trainer never needs it), and it builds
-        the lookup before traffic does (70 ms for 26 fields of up to 20,000 values)."""
+        """The categorical vocabularies behind one batch lookup, built on the first call
+        (70 ms for 26 fields of up to 20,000 values)."""
         if self._lookup is None:
             vocabularies = [column.vocabulary for column in self._categorical.columns]
             self._lookup = vocabulary_lookup(vocabularies)

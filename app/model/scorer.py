@@ -108,10 +108,10 @@ class Scorer:
 
         onnxruntime sizes its buffers on the first call of each shape, and the first calls
         page the model's tables in; warming a new version beside the old one keeps that
-        first-call cost off the requests after the swap (and the encoder's batch lookup is
-        built here for the same reason).
+        first-call cost off the requests after the swap (and the encoder's request lookups
+        are built here for the same reason).
         """
-        self.encoder.batch_lookup()
+        self.encoder.warm_lookups()
         rng = np.random.default_rng(0)
         dims = np.array(self.manifest.features.field_dims, dtype=np.int64)
         for size in sorted({size for size in batch_sizes if size > 0}):
