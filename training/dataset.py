@@ -5,6 +5,8 @@ Pass 1 reads record batches, splits each row (:mod:`training.split`) and feeds t
 rows to the spec builder (bounded memory: :mod:`training.fit_spec`). Pass 2 reads again and
 encodes every batch with the shared :class:`FeatureEncoder` -- each distinct value of a batch
 once, through the service's own per-value code -- appending to one file per split and column.
+Under negative down-sampling pass 2 reads only the rows it keeps, which pass 1 wrote aside
+(:mod:`training.kept_rows`).
 
 The result lives under ``<cache root>/<key>/``, the key hashing the data's fingerprint and
 modification times and every setting that changes the spec or the split. ``train``, ``tune``,
@@ -33,6 +35,7 @@ from app.features.encoder import FeatureEncoder
 from app.features.spec import MISSING_INDEX, FeatureSpec
 from training.data import BadRowLog, BadRows, Batch, DataError, DataSource
 from training.fit_spec import SpecBuilder
+from training.kept_rows import KeptRows
 from training.shards import ColumnWriter, Split, index_dtype
 from training.split import DROPPED, SPLIT_NAMES, TEST, TRAIN, VAL, SplitRule
 from training.warm_start import WarmStart, merge_spec
@@ -194,10 +197,15 @@ def _build(
     )
     log = BadRowLog(bad_rows)
     counts = np.zeros(3, dtype=np.int64)
+    sampled = settings.negative_sampling < 1.0
+    stash = KeptRows(out / "kept-rows.arrow") if sampled else None
     started = time.perf_counter()
     for batch, splits in _progress(source, rule, log, "pass 1 (spec)"):
         counts += np.bincount(splits, minlength=6)[:3]
         builder.update(batch, (splits == TRAIN) | (splits == DROPPED))  # vocabularies: all
+        if stash is not None:
+            kept = np.flatnonzero(splits <= TEST)
+            stash.add(batch.take(kept), splits[kept])
     if counts.sum() == 0 and log.rows:
         raise DataError(f"{source.name}: every row is malformed ({len(log.rows)} skipped)")
     if counts[TRAIN] == 0:
@@ -217,7 +225,6 @@ def _build(
 
     encoder = FeatureEncoder(spec)
     dtype = index_dtype(max(spec.field_dims) - 1)
-    sampled = settings.negative_sampling < 1.0
     writers: list[dict[str, ColumnWriter]] = []
     for split, name in enumerate(SPLIT_NAMES):
         rows = int(counts[split])
@@ -235,10 +242,12 @@ def _build(
                 for kind, (kind_dtype, shape) in kinds.items()
             }
         )
-    for batch, splits in _progress(source, rule, BadRowLog("skip"), "pass 2 (encode)"):
-        kept = np.flatnonzero(splits <= TEST)
-        if len(kept) < len(splits):  # the rows negative down-sampling left out: not encoded
-            batch, splits = batch.take(kept), splits[kept]
+    if stash is None:
+        to_encode = _progress(source, rule, BadRowLog("skip"), "pass 2 (encode)")
+    else:
+        logger.info("pass 2 (encode): the %s rows sampling kept, from pass 1", f"{stash.rows:,}")
+        to_encode = stash.batches()
+    for batch, splits in to_encode:
         indices = encode_batch(encoder, batch)
         for split in range(3):
             chosen = splits == split
@@ -258,6 +267,8 @@ def _build(
     for split_writers in writers:
         for writer in split_writers.values():
             writer.close()
+    if stash is not None:
+        stash.remove()
     encoded = time.perf_counter()
 
     (out / "spec.json").write_text(spec.model_dump_json(indent=1))

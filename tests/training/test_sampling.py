@@ -9,13 +9,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from app.repository.store import resolve_model_dir  # noqa: E402
 from training.data import Batch, open_source  # noqa: E402
-from training.dataset import prepare  # noqa: E402
+from training.dataset import prepare, split_rule  # noqa: E402
 from training.evaluation import binary_metrics  # noqa: E402
 from training.models import DEFAULTS, build_model  # noqa: E402
 from training.split import (  # noqa: E402
@@ -77,6 +79,43 @@ def test_kept_validation_negatives_stand_for_the_ones_left_out(
     rate = np.average(kept_labels, weights=kept_weights)
     assert rate == pytest.approx(labels.mean(), abs=0.02)
     assert rate < kept_labels.mean() - 0.03  # unweighted, the kept rows click more
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_sampled_shards_are_the_kept_rows_of_the_unsampled_ones(
+    synth_csv: Path, tmp_path: Path, fmt: str
+) -> None:
+    """Pass 2 of a sampled run reads the rows pass 1 kept aside, not the source: the shards
+    must be exactly the unsampled shards' rows that the sampling keeps, in order."""
+    data = synth_csv
+    if fmt == "parquet":
+        data = tmp_path / "synth.parquet"
+        pq.write_table(pacsv.read_csv(synth_csv), data, row_group_size=3_000)
+    full_config = TrainConfig(model=DEFAULTS["lr"])
+    sampled_config = TrainConfig(model=DEFAULTS["lr"], negative_sampling=0.3)
+    source = open_source(data, batch_rows=1_000)  # many batches, so their order counts
+    full = prepare(source, full_config, tmp_path / "cache")
+    sampled = prepare(source, sampled_config, tmp_path / "cache")
+    assert sampled.spec == full.spec  # the vocabularies count the dropped negatives too
+    rule = split_rule(sampled_config)
+    batches = list(source.batches())
+    assigned = np.concatenate([rule.assign(batch) for batch in batches])
+    plain = np.concatenate([rule.unsampled().assign(batch) for batch in batches])
+    for split, name in ((TRAIN, "train"), (VAL, "val"), (TEST, "test")):
+        kept = assigned[plain == split] == split
+        assert 0 < kept.sum() < len(kept)
+        every, chosen = getattr(full, name).read(), getattr(sampled, name).read()
+        np.testing.assert_array_equal(chosen.indices, every.indices[kept])
+        np.testing.assert_array_equal(chosen.labels, every.labels[kept])
+        if split != TRAIN:  # the generator's true probabilities, kept for val and test
+            assert every.oracle is not None
+            assert chosen.oracle is not None
+            np.testing.assert_array_equal(chosen.oracle, every.oracle[kept])
+    # nothing of pass 1's copy is left: the same files, and the sampled splits' weights
+    weights = {"val.weights.npy", "test.weights.npy"}
+    assert {p.name for p in sampled.directory.iterdir()} == {
+        p.name for p in full.directory.iterdir()
+    } | weights
 
 
 def test_weighted_metrics_count_a_row_as_often_as_its_weight() -> None:
