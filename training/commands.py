@@ -7,12 +7,14 @@ import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import yaml
+from torch import nn
 
 from app.model.scorer import Scorer
 from app.repository.manifest import ModelManifest
@@ -31,7 +33,7 @@ from training.distributed import (
     single_process_only,
 )
 from training.evaluation import Metrics, binary_metrics, oracle_metrics, regression_metrics
-from training.export import reexport, write_artifact
+from training.export import VersionDraft, reexport
 from training.label_join import join
 from training.memory import available_memory, check_fits, plan
 from training.models import MODELS, ModelConfig
@@ -255,13 +257,85 @@ def train_one(
     model.to("cpu")
     if config.negative_sampling < 1.0:
         correct_for_sampling(model, config.negative_sampling)
+    # The weights are final: an export starts writing the training state now, while the
+    # validation and test rows are scored.
+    draft = (
+        None
+        if out is None
+        else VersionDraft(
+            model,
+            prepared.spec,
+            out,
+            config.checkpoint,
+            result.optimizer.state() if result.optimizer is not None else None,
+        )
+    )
+    with draft or nullcontext():
+        metrics, calibration, reference_scores, reference_weights = _scored(
+            model, prepared, config, out is not None
+        )
+        summary: dict[str, object] = {
+            "model": config.model.name,
+            "test": metrics,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "parameters": count_parameters(model),
+            "pass_seconds": prepared.seconds,
+            "train_seconds": round(result.train_seconds, 2),
+            "samples_per_s": round(result.samples_per_s),
+            "processes": cluster.world_size,
+            "device": str(cluster.device),
+            "memory": memory,
+            "calibration_map": None if calibration is None else calibration.method,
+            **({} if warm is None else {"warm_start": warm}),
+        }
+        if draft is not None:
+            source = prepared.source
+            training = {
+                "data": [p.name for p in source.files],
+                "data_fingerprint": prepared.fingerprint,
+                "rows": prepared.rows,
+                "label": source.label,
+                "skipped_rows": prepared.skipped,
+                "weight": source.weight,
+                "config": config.model_dump(mode="json"),
+                **{k: v for k, v in summary.items() if k not in {"model", "test"}},
+                "history": result.history,
+            }
+            manifest = draft.finish(
+                config.model,
+                config.task,
+                metrics,
+                training,
+                _statistics(
+                    prepared,
+                    reference_scores,
+                    reference_weights,
+                    config.negative_sampling,
+                    base,
+                    config.count_decay,
+                ),
+                calibration,
+                config.table_dtype,
+            )
+            summary["version"] = manifest.version
+            summary["model_dir"] = str(out)
+    return summary
+
+
+def _scored(
+    model: nn.Module, prepared: Prepared, config: TrainConfig, exported: bool
+) -> tuple[Metrics, Calibration | None, np.ndarray, np.ndarray | None]:
+    """The test metrics (of the calibrated scores, and the model's own beside them), the
+    calibration, and the validation scores as served with their weights (for an export's
+    drift statistics; empty when nothing needs them)."""
     # The validation rows are scored once, when anything needs them: the calibration is
     # fitted on them, and an export's drift statistics keep their scores as served.
     reference = prepared.val if len(prepared.val) else prepared.test
     calibrates = config.task == "binary" and config.calibrate
     reference_scores, reference_labels = np.empty(0), np.empty(0)
     reference_weights: np.ndarray | None = None
-    if out is not None or calibrates:
+    if exported or calibrates:
         reference_scores, reference_labels, reference_weights = predict_split(
             model, reference, config.task
         )
@@ -270,68 +344,16 @@ def train_one(
     )
     split = prepared.test if len(prepared.test) else prepared.val
     if calibration is None:
-        metrics = evaluate(model, split, config.task)
-    else:  # the test metrics of the scores the graph serves, and of the model's own
-        scores, labels, weights = reference_scores, reference_labels, reference_weights
-        if split is not reference:
-            scores, labels, weights = predict_split(model, split, config.task)
-        before = binary_metrics(labels, scores, weights)
-        metrics = binary_metrics(labels, calibration.apply(scores), weights)
-        kept = ("auc", "logloss", "ne", "calibration", "ece")
-        metrics |= {f"uncalibrated_{k}": before[k] for k in kept}
-        reference_scores = calibration.apply(reference_scores)
-    summary: dict[str, object] = {
-        "model": config.model.name,
-        "test": metrics,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "parameters": count_parameters(model),
-        "pass_seconds": prepared.seconds,
-        "train_seconds": round(result.train_seconds, 2),
-        "samples_per_s": round(result.samples_per_s),
-        "processes": cluster.world_size,
-        "device": str(cluster.device),
-        "memory": memory,
-        "calibration_map": None if calibration is None else calibration.method,
-        **({} if warm is None else {"warm_start": warm}),
-    }
-    if out is not None:
-        source = prepared.source
-        training = {
-            "data": [p.name for p in source.files],
-            "data_fingerprint": prepared.fingerprint,
-            "rows": prepared.rows,
-            "label": source.label,
-            "skipped_rows": prepared.skipped,
-            "weight": source.weight,
-            "config": config.model_dump(mode="json"),
-            **{k: v for k, v in summary.items() if k not in {"model", "test"}},
-            "history": result.history,
-        }
-        manifest = write_artifact(
-            model,
-            prepared.spec,
-            config.model,
-            config.task,
-            out,
-            metrics,
-            training,
-            _statistics(
-                prepared,
-                reference_scores,
-                reference_weights,
-                config.negative_sampling,
-                base,
-                config.count_decay,
-            ),
-            calibration,
-            config.table_dtype,
-            config.checkpoint,
-            result.optimizer.state() if result.optimizer is not None else None,
-        )
-        summary["version"] = manifest.version
-        summary["model_dir"] = str(out)
-    return summary
+        return evaluate(model, split, config.task), None, reference_scores, reference_weights
+    # the test metrics of the scores the graph serves, and of the model's own
+    scores, labels, weights = reference_scores, reference_labels, reference_weights
+    if split is not reference:
+        scores, labels, weights = predict_split(model, split, config.task)
+    before = binary_metrics(labels, scores, weights)
+    metrics = binary_metrics(labels, calibration.apply(scores), weights)
+    kept = ("auc", "logloss", "ne", "calibration", "ece")
+    metrics |= {f"uncalibrated_{k}": before[k] for k in kept}
+    return metrics, calibration, calibration.apply(reference_scores), reference_weights
 
 
 def _calibration(

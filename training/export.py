@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,28 +194,80 @@ def write_artifact(
     ``table_dtype``, and its torch checkpoint and ``optimizer_state`` unless ``checkpoint``
     is false (they are only read to re-export or to train further). Returns the version's
     manifest."""
-    model.eval()
-    fill_unseen_rows(model, spec.field_dims)
-    repository = ModelRepository(out_dir)
-    staging = repository.staging_dir()
-    try:
-        # The training state (gigabytes) is written and hashed while the graph is built:
-        # torch.save and sha256 let go of the GIL, so the disk and the exporter work at once.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctr-export") as writer:
-            training_files = (
-                writer.submit(_save_training_state, model.state_dict(), optimizer_state, staging)
-                if checkpoint
-                else None
+    with VersionDraft(model, spec, out_dir, checkpoint, optimizer_state) as draft:
+        return draft.finish(config, task, metrics, training, statistics, calibration, table_dtype)
+
+
+class VersionDraft:
+    """A version of ``model`` being written into ``out_dir``'s staging directory.
+
+    Entering fills the model's unseen rows and starts writing its training state (the
+    checkpoint and ``optimizer_state``: gigabytes for a large model) on a thread: torch.save
+    and sha256 let go of the GIL, so the disk works while the caller scores its validation
+    and test rows and :meth:`finish` builds the serving graph. Leaving the block waits for
+    the writes; a draft not finished (an error, an exception) leaves no staging directory.
+    The weights must not change inside the block.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: FeatureSpec,
+        out_dir: Path,
+        checkpoint: bool = True,
+        optimizer_state: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.spec = spec
+        self.repository = ModelRepository(out_dir)
+        self._checkpoint = checkpoint
+        self._optimizer_state = optimizer_state
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctr-export")
+        self._training_files: Future[dict[str, VersionFile]] | None = None
+        self._finished = False
+
+    def __enter__(self) -> VersionDraft:
+        self.model.eval()
+        fill_unseen_rows(self.model, self.spec.field_dims)
+        self.staging = self.repository.staging_dir()
+        if self._checkpoint:
+            # the state dict is taken here, not on the thread: the exporter's tracing may
+            # swap a module's parameters while it runs
+            self._training_files = self._writer.submit(
+                _save_training_state,
+                self.model.state_dict(),
+                self._optimizer_state,
+                self.staging,
             )
-            data_file, parity = _write_serving_graph(
-                model, spec, task, calibration, table_dtype, staging
-            )
-            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
-            if statistics is not None:
-                statistics.save(staging)
-            if calibration is not None:
-                calibration.save(staging)
-            written = {} if training_files is None else training_files.result()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._writer.shutdown(wait=True)
+        if not self._finished:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def finish(
+        self,
+        config: ModelConfig,
+        task: Task,
+        metrics: dict[str, float],
+        training: dict[str, JsonValue],
+        statistics: TrainingStatistics | None = None,
+        calibration: Calibration | None = None,
+        table_dtype: TableDtype = "float32",
+    ) -> ModelManifest:
+        """Build, write and check the serving graph, wait for the training state, commit
+        the version and point ``CURRENT`` at it; returns its manifest."""
+        staging, spec = self.staging, self.spec
+        data_file, parity = _write_serving_graph(
+            self.model, spec, task, calibration, table_dtype, staging
+        )
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        if statistics is not None:
+            statistics.save(staging)
+        if calibration is not None:
+            calibration.save(staging)
+        written = {} if self._training_files is None else self._training_files.result()
         rest = [p.name for p in staging.iterdir() if p.is_file() and p.name not in written]
         files = dict(sorted((describe_files(staging, rest) | written).items()))
         graph_info = OnnxGraph(
@@ -240,15 +292,13 @@ def write_artifact(
         manifest.save(staging)
         for item in staging.iterdir():
             os.chmod(item, 0o644)
-        version_dir = repository.commit(staging, manifest.version)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    repository.set_current(manifest.version)
-    logger.info(
-        "exported %s version %s to %s (CURRENT)", config.name, manifest.version, version_dir
-    )
-    return manifest
+        version_dir = self.repository.commit(staging, manifest.version)
+        self._finished = True
+        self.repository.set_current(manifest.version)
+        logger.info(
+            "exported %s version %s to %s (CURRENT)", config.name, manifest.version, version_dir
+        )
+        return manifest
 
 
 def _write_serving_graph(

@@ -259,6 +259,30 @@ def test_failed_export_leaves_the_served_version(prepared, tmp_path: Path, monke
     assert {p.name for p in out.iterdir()} == {"CURRENT", first.version}  # no staging left
 
 
+def test_a_training_that_fails_after_its_export_began_leaves_the_served_version(
+    prepared, tmp_path: Path, monkeypatch
+) -> None:
+    """The export starts writing the checkpoint while the test rows are scored; a failure
+    there waits for that write and removes it."""
+    import training.commands as commands
+
+    spec = prepared.spec
+    out = tmp_path / "lr"
+    first = write_artifact(
+        _model("lr", spec.field_dims), spec, DEFAULTS["lr"], "binary", out, {}, {}
+    )
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure while scoring")
+
+    monkeypatch.setattr(commands, "_calibration", broken)
+    config = TrainConfig(model=DEFAULTS["lr"], epochs=1)
+    with pytest.raises(RuntimeError, match="simulated"):
+        commands.train_one(prepared, config, out, progress=False)
+    assert (out / "CURRENT").read_text().strip() == first.version
+    assert {p.name for p in out.iterdir()} == {"CURRENT", first.version}  # no staging left
+
+
 def test_a_second_export_adds_a_version_and_moves_the_pointer(prepared, tmp_path: Path) -> None:
     spec = prepared.spec
     out = tmp_path / "repo"
