@@ -15,6 +15,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -347,8 +348,11 @@ def fit(
     if optimizer_state is not None:
         optimizer.load_state(optimizer_state)
     result = FitResult(optimizer=optimizer)
-    with tempfile.TemporaryDirectory(prefix="ctrserve-best-") as scratch:
-        best_path = Path(scratch) / "best.pt"
+    with (
+        tempfile.TemporaryDirectory(prefix="ctrserve-best-") as scratch,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctr-best") as saver,
+    ):
+        best_path, candidate_path = Path(scratch) / "best.pt", Path(scratch) / "candidate.pt"
         for epoch in range(1, config.epochs + 1):
             fill_unseen_rows(model, field_dims)
             batches, rows = epoch_batches(prepared.train, config, epoch, cluster)
@@ -369,6 +373,14 @@ def fit(
             result.samples_seen += int(rows_seen)
             loss = loss_sum / max(rows_seen, 1.0)
             fill_unseen_rows(model, field_dims)
+            # This epoch's weights are written while validation scores them (a large
+            # model's copy takes seconds a gigabyte) and kept if they score best; the last
+            # epoch's stay where they are. The next epoch waits for the write.
+            candidate = (
+                saver.submit(save_state, model.state_dict(), candidate_path)
+                if cluster.is_main and epoch < config.epochs
+                else None
+            )
             val = evaluate(model, prepared.val, config.task, cluster)
             score = headline(val)
             result.history.append(
@@ -383,15 +395,15 @@ def fit(
                 "auc" if config.task == "binary" else "-wrmse",
                 score,
             )
+            if candidate is not None:
+                candidate.result()
             # Every rank holds rank 0's score, so every rank takes the same branch here.
             if on_epoch is not None:
                 on_epoch(epoch, score)
             if score > result.best_score:
                 result.best_score, result.best_epoch = score, epoch
-                # the last epoch's best weights stay where they are: a large model's copy
-                # on disk (and its reload) costs seconds a gigabyte
-                if cluster.is_main and epoch < config.epochs:
-                    save_state(model.state_dict(), best_path)
+                if candidate is not None:
+                    candidate_path.replace(best_path)
             elif epoch - result.best_epoch >= config.patience:
                 logger.info("early stop: no validation gain for %d epochs", config.patience)
                 break
