@@ -45,8 +45,9 @@ from support.wrk import write_bodies, wrk
 
 logger = logging.getLogger("benchmarks.open_loop")
 MAX_VUS = 64
-# VUs of an overload run: each opens its connection as the run starts, at the flood's rate.
+# An overload run: FLOOD_VUS each open a connection as the run starts, for OVERLOAD_SECONDS.
 FLOOD_VUS = 256
+OVERLOAD_SECONDS = 20
 # A log configuration for KServe's server: warnings only, no line a request.
 _QUIET_LOGS = Path(tempfile.gettempdir()) / "ctrserve-kserve-logging.json"
 _QUIET_LOGS.write_text(
@@ -446,7 +447,9 @@ def settings_ab(model_dir: Path, duration_s: int) -> str:
             for name, extra_env in order:
                 with server([sys.executable, "-m", "app"], {**env, **extra_env}) as base:
                     start = (round_ + 1) * 104_729
-                    floods[name].append(run(f"{base}/predict", slices, flood, 20, FLOOD_VUS, start))
+                    floods[name].append(
+                        run(f"{base}/predict", slices, flood, OVERLOAD_SECONDS, FLOOD_VUS, start)
+                    )
     rows = [
         [name, f"{r.rate:,}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.p999_ms:.2f}",
          str(r.dropped), str(r.failed)]
@@ -473,9 +476,9 @@ def settings_ab(model_dir: Path, duration_s: int) -> str:
         + markdown_section(
             "New connections under overload: asyncio (as shipped) against uvloop (two rounds)",
             f"k6 opens its {FLOOD_VUS} connections as the run starts, at twice the closed-loop "
-            "maximum for 20 s: a request on a connection the server has not yet accepted waits in "
-            "the listen queue, which k6 counts. `answered`: 2xx; `refused`: 503 + "
-            "Retry-After (or no answer).",
+            f"maximum for {OVERLOAD_SECONDS} s: a request on a connection the server has not "
+            "yet accepted waits in the listen queue, which k6 counts. `answered`: 2xx; "
+            "`refused`: 503 + Retry-After (or no answer).",
             [
                 "variant",
                 "rate /s",
@@ -503,7 +506,7 @@ def _ctrserve_extras(
     single = WORKLOADS[0]
     distinct = next(x for x in ladders if (x.server, x.workload) == ("ctrserve", single.name))
     slo = max(distinct.slo_rate(single.slo_ms), single.rates[0])
-    flood, status_after, quick = overload(base, bodies, 3 * slo, 20)
+    flood, status_after, quick = overload(base, bodies, 3 * slo, OVERLOAD_SECONDS)
     return {
         "closed_loop_max": maximum,
         "p99_at_70_percent": asdict(at_70),
@@ -610,8 +613,8 @@ def _report(
             markdown_section(
                 "ctrserve: tail at 70% of its closed-loop maximum, and overload",
                 "Distinct single rows. The closed-loop maximum is wrk's (16 connections). The "
-                "overload run sends 3x ctrserve's SLO rate for 20 s: the excess must be "
-                "refused (503 + Retry-After) and no accepted request may wait over 1 s.",
+                f"overload run sends 3x ctrserve's SLO rate for {OVERLOAD_SECONDS} s: the excess "
+                "must be refused (503 + Retry-After) and no accepted request may wait over 1 s.",
                 ["figure", "value"],
                 [
                     ["closed-loop maximum", f"{extra['closed_loop_max']:,.0f} req/s"],
@@ -620,7 +623,7 @@ def _report(
                         f"{at_70['p99_ms']:.2f} ms ({at_70['rate']:,}/s, "
                         f"{at_70['failed']} failed, {at_70['dropped']} dropped)",
                     ],
-                    ["overload rate", f"{flood['rate']:,}/s for 20 s"],
+                    ["overload rate", f"{flood['rate']:,}/s for {OVERLOAD_SECONDS} s"],
                     ["refused (503) or failed", f"{flood['failed']:,} of {flood['sent']:,}"],
                     [
                         "accepted: p99 / max",
