@@ -62,6 +62,7 @@ class Run:
 
 def measure(label: str, command: list[str], timeout: float | None = None) -> Run:
     """Run ``command``; sample the RSS of it and its children every 0.1 s from outside."""
+    os.sync()  # an earlier run's gigabytes of writes are flushed before this one, not during it
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
