@@ -147,7 +147,8 @@ def down_sampling(scratch: Path, rows: int, weight: float, epochs: int) -> dict[
     fixed = ["--epochs", str(epochs), "--patience", str(epochs)]
     results = {}
     for name, flags in (("unsampled", []), (f"w = {weight}", ["--negative-sampling", str(weight)])):
-        out, cache = scratch / name.replace(" ", ""), scratch / f"cache-{name.replace(' ', '')}"
+        slug = name.replace(" ", "")
+        out, cache = scratch / slug, scratch / f"cache-{slug}"
         trained = _train(name, data, out, cache, *fixed, *flags)
         # every row of the test split, after the timed run: the sampled run's own test
         # metrics are weighted estimates from a tenth of the negatives
