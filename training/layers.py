@@ -22,14 +22,21 @@ def field_offsets(field_dims: Sequence[int]) -> torch.Tensor:
     return torch.cumsum(dims, dim=0)
 
 
+def sparse_table(rows: int, width: int, std: float) -> nn.Embedding:
+    """A trainable table with sparse gradients, drawn once from N(0, ``std``²) (zeros for
+    ``std`` 0): ``nn.Embedding``'s own N(0, 1) draw, overwritten at once, took 5.7 s of the
+    6.7 s that building a 470M-parameter NFFM took here."""
+    weight = torch.zeros(rows, width) if std == 0 else torch.empty(rows, width).normal_(0, std)
+    return nn.Embedding.from_pretrained(weight, freeze=False, sparse=True)
+
+
 class FeaturesLinear(nn.Module):
     """First-order term ``w0 + sum_i w[x_i]``."""
 
     def __init__(self, field_dims: Sequence[int]) -> None:
         super().__init__()
-        self.weight = nn.Embedding(sum(field_dims), 1, sparse=True)
+        self.weight = sparse_table(sum(field_dims), 1, std=0.0)
         self.bias = nn.Parameter(torch.zeros(1))
-        nn.init.zeros_(self.weight.weight)
         self.register_buffer("offsets", field_offsets(field_dims), persistent=False)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
@@ -42,8 +49,7 @@ class FeaturesEmbedding(nn.Module):
 
     def __init__(self, field_dims: Sequence[int], embed_dim: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(sum(field_dims), embed_dim, sparse=True)
-        nn.init.normal_(self.embedding.weight, std=0.01)
+        self.embedding = sparse_table(sum(field_dims), embed_dim, std=0.01)
         self.register_buffer("offsets", field_offsets(field_dims), persistent=False)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
@@ -83,8 +89,7 @@ class FieldAwareEmbedding(nn.Module):
     def __init__(self, field_dims: Sequence[int], embed_dim: int) -> None:
         super().__init__()
         width = field_aware_width(len(field_dims), embed_dim)
-        self.embedding = nn.Embedding(sum(field_dims), width, sparse=True)
-        nn.init.normal_(self.embedding.weight, std=0.01)
+        self.embedding = sparse_table(sum(field_dims), width, std=0.01)
         with torch.no_grad():
             self.embedding.weight[:, -1] = 0.0  # first-order weights start at zero, as in LR
         self.register_buffer("offsets", field_offsets(field_dims), persistent=False)
