@@ -16,6 +16,7 @@ from training.layers import (  # noqa: E402
     FieldAwareEmbedding,
     FieldAwareTerms,
     fill_unseen_rows,
+    sparse_table,
 )
 
 FIELD_DIMS = (5, 7, 3, 4)
@@ -81,6 +82,19 @@ def test_offsets_keep_fields_apart() -> None:
         linear.weight.weight.copy_(torch.arange(sum(FIELD_DIMS), dtype=torch.float32)[:, None])
     # index 0 of each field -> global rows 0, 5, 12, 15
     assert linear(torch.zeros(1, 4, dtype=torch.int64)).item() == pytest.approx(0 + 5 + 12 + 15)
+
+
+def test_tables_start_small_and_train_with_sparse_gradients() -> None:
+    torch.manual_seed(0)
+    vectors = FeaturesEmbedding((20_000, 30_000), 8).embedding.weight
+    assert abs(vectors.mean().item()) < 1e-4
+    assert vectors.std().item() == pytest.approx(0.01, rel=0.01)  # N(0, 0.01^2), drawn once
+    assert torch.count_nonzero(FeaturesLinear(FIELD_DIMS).weight.weight) == 0
+    table = sparse_table(10, 4, std=0.01)
+    assert table.weight.requires_grad
+    table(torch.tensor([[1, 3]])).sum().backward()
+    assert table.weight.grad is not None
+    assert table.weight.grad.is_sparse
 
 
 def test_embedding_shapes() -> None:
