@@ -32,6 +32,7 @@ from app.repository.manifest import (
     CHECKPOINT_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
+    ONNX_DATA_FILE,
     ONNX_FILE,
     OPTIMIZER_FILE,
     ModelManifest,
@@ -125,9 +126,9 @@ def to_onnx(
     return program.model
 
 
-def write_graph(graph: ir.Model, path: Path) -> str | None:
+def write_graph(graph: ir.Model, path: Path) -> VersionFile | None:
     """Save ``graph`` (weights beside it) and check it with ``onnx.checker``; returns the
-    name of its weights file, if it has one."""
+    size and sha256 of its weights file, if it has one."""
     data = save_graph(graph, path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -202,11 +203,12 @@ class VersionDraft:
     """A version of ``model`` being written into ``out_dir``'s staging directory.
 
     Entering fills the model's unseen rows and starts writing its training state (the
-    checkpoint and ``optimizer_state``: gigabytes for a large model) on a thread: torch.save
-    and sha256 let go of the GIL, so the disk works while the caller scores its validation
-    and test rows and :meth:`finish` builds the serving graph. Leaving the block waits for
-    the writes; a draft not finished (an error, an exception) leaves no staging directory.
-    The weights must not change inside the block.
+    checkpoint and ``optimizer_state``: gigabytes for a large model) on a thread, around
+    the page cache and hashed on the way (:mod:`training.uncached_file`), so the disk
+    works while the caller scores its validation and test rows and :meth:`finish` builds
+    the serving graph. Leaving the block waits for the writes; a draft not finished (an
+    error, an exception) leaves no staging directory. The weights must not change inside
+    the block.
     """
 
     def __init__(
@@ -259,7 +261,7 @@ class VersionDraft:
         """Build, write and check the serving graph, wait for the training state, commit
         the version and point ``CURRENT`` at it; returns its manifest."""
         staging, spec = self.staging, self.spec
-        data_file, parity = _write_serving_graph(
+        data, parity = _write_serving_graph(
             self.model, spec, task, calibration, table_dtype, staging
         )
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
@@ -268,10 +270,12 @@ class VersionDraft:
         if calibration is not None:
             calibration.save(staging)
         written = {} if self._training_files is None else self._training_files.result()
+        if data is not None:
+            written = {**written, ONNX_DATA_FILE: data}
         rest = [p.name for p in staging.iterdir() if p.is_file() and p.name not in written]
         files = dict(sorted((describe_files(staging, rest) | written).items()))
         graph_info = OnnxGraph(
-            external_data=data_file,
+            external_data=None if data is None else ONNX_DATA_FILE,
             opset=OPSET,
             input_name=INPUT_NAME,
             output_name=OUTPUT_NAME,
@@ -308,21 +312,22 @@ def _write_serving_graph(
     calibration: Calibration | None,
     table_dtype: TableDtype,
     staging: Path,
-) -> tuple[str | None, dict[str, JsonValue]]:
+) -> tuple[VersionFile | None, dict[str, JsonValue]]:
     """Export the serving graph into ``staging``, its tables as ``table_dtype``, checked
-    against torch (and the float graph); returns its weights file's name and the parity."""
+    against torch (and the float graph); returns its weights file's size and sha256 (if it
+    has one) and the parity."""
     graph = to_onnx(model, task, len(spec.fields), calibration)
     rows = fixture_rows(spec.field_dims, 2048)
     onnx_path = staging / ONNX_FILE
     float_dir = staging if table_dtype == "float32" else Path(tempfile.mkdtemp(dir=staging))
-    data_file = write_graph(graph, float_dir / ONNX_FILE)
+    data = write_graph(graph, float_dir / ONNX_FILE)
     float_scores = graph_scores(float_dir / ONNX_FILE, rows)
     gap = check_parity(model, task, float_scores, rows, calibration)
     logger.info("export parity: max |torch - onnxruntime| = %.2e", gap)
     parity: dict[str, JsonValue] = {"parity_max_abs_diff": gap}
     if table_dtype != "float32":
         tables = compact_tables(graph, table_dtype)
-        data_file = write_graph(graph, onnx_path)
+        data = write_graph(graph, onnx_path)
         worst, typical = compare_tables(float_scores, graph_scores(onnx_path, rows))
         shutil.rmtree(float_dir)
         if not typical <= TABLE_PARITY[table_dtype]:
@@ -338,7 +343,7 @@ def _write_serving_graph(
             typical,
         )
         parity |= {"table_parity_max_abs_diff": worst, "table_parity_p99_abs_diff": typical}
-    return data_file, parity
+    return data, parity
 
 
 def _save_training_state(
@@ -347,12 +352,10 @@ def _save_training_state(
     """Write the checkpoint (``weights``: the model's state dict, taken by the caller before
     the exporter traces the model, which may swap a module's parameters while it runs) and
     the optimizer's state into ``staging``; their sizes and hashes."""
-    names = [CHECKPOINT_FILE]
-    save_state(weights, staging / CHECKPOINT_FILE)
+    written = {CHECKPOINT_FILE: save_state(weights, staging / CHECKPOINT_FILE)}
     if optimizer_state is not None:
-        save_state(optimizer_state, staging / OPTIMIZER_FILE)
-        names.append(OPTIMIZER_FILE)
-    return describe_files(staging, names)
+        written[OPTIMIZER_FILE] = save_state(optimizer_state, staging / OPTIMIZER_FILE)
+    return written
 
 
 class _TrainedGraph(BaseModel):

@@ -5,7 +5,8 @@ file beside it that every serving worker maps, the tables compact if asked.
   checkout's absolute paths), its FX node and class hierarchy in the graph's metadata; two
   exports of one trained model from two checkouts differed in every node. None of it is
   needed to run the graph, so all of it is dropped before the graph is written.
-- **Weights beside the graph** (``model.onnx.data``, large tensors at 64 KiB offsets).
+- **Weights beside the graph** (``model.onnx.data``, large tensors at 64 KiB offsets,
+  written by :func:`save_graph` straight from the trained tables).
   onnxruntime maps that file read-only instead of copying it into each process, so every
   worker of a replica scores from the page cache's one copy (docs/LARGE_MODELS.md).
 - **Compact tables** (``float16``, or ``int8`` with one scale per row): a table is any float
@@ -20,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from app.repository.manifest import ONNX_DATA_FILE, TableDtype
+from app.repository.manifest import ONNX_DATA_FILE, TableDtype, VersionFile
+from training.uncached_file import UncachedWriter
 
 # Tensors above this go to the data file (what stays inline is a few index buffers).
 EXTERNAL_TENSOR_BYTES = 1024
-_ALIGNMENT = 1 << 16
+_ALIGNMENT = 1 << 16  # onnxruntime maps a tensor at such an offset rather than copy it
+_ALIGN_OVER = 1 << 20  # smaller tensors are packed: aligning them only wastes the file
 # int8 pays a float scale per row: narrower rows (first-order weights) stay float16.
 INT8_MIN_WIDTH = 8
 
@@ -68,20 +71,41 @@ def compact_tables(model: ir.Model, dtype: TableDtype) -> list[str]:
     return converted
 
 
-def save_graph(model: ir.Model, path: Path) -> str | None:
-    """Write ``model`` to ``path`` with its weights in :data:`ONNX_DATA_FILE` beside it;
-    returns that file's name, or ``None`` when every tensor was small enough to stay inline."""
-    ir.save(
-        model,
-        path,
-        external_data=ONNX_DATA_FILE,
-        size_threshold_bytes=EXTERNAL_TENSOR_BYTES,
-        alignment=_ALIGNMENT,
-    )
-    data = path.parent / ONNX_DATA_FILE
-    if data.is_file() and data.stat().st_size == 0:
-        data.unlink()
-    return ONNX_DATA_FILE if data.is_file() else None
+def save_graph(model: ir.Model, path: Path) -> VersionFile | None:
+    """Write ``model`` to ``path`` with its tensors over :data:`EXTERNAL_TENSOR_BYTES` in
+    :data:`ONNX_DATA_FILE` beside it (those over 1 MiB at 64 KiB offsets, as
+    ``onnx_ir.save`` places them), the file written around the page cache
+    (:class:`UncachedWriter`); returns that file's size and sha256, or ``None`` when every
+    tensor was small enough to stay inline. The model's large tensors refer to the file
+    afterwards.
+
+    The tables are written from what the exporter holds (a view of each trained table
+    without its last column), a few rows at a time, not from a copy of them."""
+    large = [
+        (value, value.const_value)
+        for value in model.graph.initializers.values()
+        if value.const_value is not None and value.const_value.nbytes > EXTERNAL_TENSOR_BYTES
+    ]
+    if not large:
+        ir.save(model, path)
+        return None
+    with UncachedWriter(path.parent / ONNX_DATA_FILE) as out:
+        for value, tensor in large:
+            if tensor.nbytes > _ALIGN_OVER:
+                out.pad_to(_ALIGNMENT)
+            offset = out.tell()
+            out.write_array(tensor.numpy())
+            value.const_value = ir.ExternalTensor(
+                ONNX_DATA_FILE,
+                offset,
+                tensor.nbytes,
+                tensor.dtype,
+                shape=ir.Shape(tensor.shape),
+                name=tensor.name or value.name or "",
+                base_dir=path.parent,
+            )
+    ir.save(model, path)
+    return out.written
 
 
 def _gathered_only(value: ir.Value) -> list[ir.Node]:

@@ -109,12 +109,13 @@ class FieldAwareEmbedding(nn.Module):
 @contextmanager
 def serving_tables(model: nn.Module) -> Iterator[None]:
     """While exporting ``model``, hold each field-aware table as two: the vectors and the
-    weights. They are copies (the trained table is left as it is, and the export holds only
-    the copies, as it holds only what the graph reads), dropped when the block ends."""
+    weights. They are views of the trained table (the exporter keeps them as they are, and
+    the graph's file is written from them a few rows at a time), dropped when the block
+    ends."""
     layers = [m for m in model.modules() if isinstance(m, FieldAwareEmbedding)]
     for layer in layers:
         table = layer.embedding.weight.detach()
-        layer.served = (table[:, :-1].contiguous(), table[:, -1:].contiguous())
+        layer.served = (table[:, :-1], table[:, -1:])
     try:
         yield
     finally:

@@ -40,7 +40,7 @@ class MemoryPlan:
     dense: int  # MLP weights
     batch: int  # one step's activations and gradients, roughly
     buffers: int  # the shuffle buffer and the runtime
-    export: int  # what the export holds besides the model: the tables' serving copies
+    export: int  # what the export holds besides the model: compact tables (float32: none)
     exported: int  # the version's weights file, as the service maps it
     worker: int  # one serving worker's own memory: the runtime and the encoder
 
@@ -65,7 +65,7 @@ class MemoryPlan:
             ("one batch (activations, gradients)", self.batch),
             ("shuffle buffer + runtime", self.buffers),
             ("training", self.training),
-            ("export (tables' serving copies)", self.export),
+            ("export (compact tables' copy)", self.export),
             ("total (the peak of the two)", self.total),
             ("exported weights (model.onnx.data)", self.exported),
             *((f"served by {n} worker(s), a replica", self.replica(n)) for n in (1, 2, 4)),
@@ -83,7 +83,8 @@ def plan(
     """Bytes the run will need: tables, optimiser state (Adam: two moments; Adagrad: one
     sum), dense layers, one batch's activations (every intermediate kept for backward,
     counted from a forward pass on the meta device) and the buffers; then the export (the
-    tables as the graph holds them, and their compact copy) and what serving maps."""
+    compact copy of the tables, if any: the graph's file is written from the trained
+    tables themselves) and what serving maps."""
     with torch.device("meta"):
         model = build_model(field_dims, model_config)  # type: ignore[arg-type]
         tables = embedding_tables(model)
@@ -104,7 +105,7 @@ def plan(
         dense=dense_bytes,
         batch=activations + sparse_grads,
         buffers=buffer_bytes + RUNTIME_BYTES,
-        export=table_bytes + compact,
+        export=compact,
         exported=stored + dense_bytes,
         worker=SERVING_WORKER_BYTES + SERVING_BYTES_PER_VALUE * sum(field_dims),
     )

@@ -3,9 +3,11 @@
 A 470M-parameter NFFM's state is ~1.8 GB a file. torch's zip writer computes a CRC-32 of
 every record by default, which took 7.5 s of the 9.7 s of one such save here; every file
 written here is a version's (its sha256 is in spec.json and checked before it is read) or
-a scratch file the same process reads back, so the CRC is left out. Reads map the file and
-copy from the page cache rather than read it through the unpickler (4.4 s to 0.2 s for the
-same file)."""
+a scratch file the same process reads back, so the CRC is left out.
+
+Writes go around the page cache, hashed on the way (:mod:`training.uncached_file`).
+Reads map the file and copy from the page cache rather than read it through the unpickler
+(4.4 s to 0.2 s for the same file)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,16 @@ from typing import Any
 import torch
 from torch.utils.serialization import config
 
+from app.repository.manifest import VersionFile
+from training.uncached_file import UncachedWriter
 
-def save_state(state: Any, path: Path) -> None:
-    """Write ``state`` (tensors in dicts and lists) to ``path`` without per-record CRCs."""
-    with config.patch({"save.compute_crc32": False}):
-        torch.save(state, path)
+
+def save_state(state: Any, path: Path) -> VersionFile:
+    """Write ``state`` (tensors in dicts and lists) to ``path`` without per-record CRCs;
+    returns the file's size and sha256."""
+    with UncachedWriter(path) as out, config.patch({"save.compute_crc32": False}):
+        torch.save(state, out)
+    return out.written
 
 
 def load_state(path: Path) -> Any:

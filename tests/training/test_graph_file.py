@@ -1,6 +1,7 @@
 """A version is all of its files: the same model gives the same bytes and version however
 often and wherever it is exported; compact tables stay within their parity bound."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
+ir = pytest.importorskip("onnx_ir")
 
 from app.features.errors import SpecError  # noqa: E402
 from app.model.scorer import Scorer  # noqa: E402
@@ -26,8 +28,10 @@ from training.export import (  # noqa: E402
     fixture_rows,
     load_checkpoint,
     reexport,
+    to_onnx,
     write_artifact,
 )
+from training.graph_file import EXTERNAL_TENSOR_BYTES, save_graph  # noqa: E402
 from training.models import DEFAULTS, build_model  # noqa: E402
 from training.train import TrainConfig  # noqa: E402
 
@@ -65,6 +69,50 @@ def test_two_exports_of_one_model_are_one_version_byte_for_byte(prepared, tmp_pa
     again = _export(prepared, tmp_path / "a")
     assert again == first
     assert [p.name for p in (tmp_path / "a").iterdir() if p.is_dir()] == [first.name]
+
+
+def test_the_weights_file_holds_the_trained_tables_and_is_described_as_written(
+    prepared, tmp_path
+) -> None:
+    """The tables are written from the trained ones (a view without the last column, a
+    few rows at a time), and spec.json's size and sha256 of the file, taken as it was
+    written, are the file's."""
+    model = _model(prepared.spec.field_dims)
+    version = _export(prepared, tmp_path / "w", model)
+    graph = onnx.load(str(version / ONNX_FILE), load_external_data=False)
+    places = {
+        init.name: {entry.key: entry.value for entry in init.external_data}
+        for init in graph.graph.initializer
+        if init.data_location == onnx.TensorProto.EXTERNAL
+    }
+    table = model.field_aware.embedding.weight.detach().numpy()
+    data = (version / ONNX_DATA_FILE).read_bytes()
+    by_length = {int(p["length"]): int(p["offset"]) for p in places.values()}
+    for trained in (table[:, :-1], table[:, -1]):  # the vectors, then the first-order weights
+        stored = np.frombuffer(data, np.float32, trained.size, by_length[trained.nbytes])
+        np.testing.assert_array_equal(stored, trained.reshape(-1))
+    described = ModelManifest.load(version).files[ONNX_DATA_FILE]
+    assert described.bytes == len(data)
+    assert described.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_the_weights_file_is_laid_out_as_onnx_ir_lays_it_out(tmp_path: Path) -> None:
+    """Tensors over 1 MiB at 64 KiB offsets (onnxruntime maps them), smaller ones packed:
+    the bytes ``onnx_ir.save`` writes, so a model exports to the version it always did."""
+    model = build_model((40_000, 100, 100, 50), CONFIG).eval()  # a 2.6 MB table
+    ours, reference = tmp_path / "ours", tmp_path / "onnx_ir"
+    ours.mkdir()
+    reference.mkdir()
+    save_graph(to_onnx(model, "binary", 4), ours / ONNX_FILE)
+    ir.save(
+        to_onnx(model, "binary", 4),
+        reference / ONNX_FILE,
+        external_data=ONNX_DATA_FILE,
+        size_threshold_bytes=EXTERNAL_TENSOR_BYTES,
+        alignment=1 << 16,
+    )
+    for name in (ONNX_FILE, ONNX_DATA_FILE):
+        assert (ours / name).read_bytes() == (reference / name).read_bytes()
 
 
 def test_the_graph_holds_nothing_of_the_machine_that_exported_it(prepared, tmp_path) -> None:
