@@ -40,8 +40,10 @@ from training.models import MODELS, ModelConfig
 from training.split import SPLIT_NAMES, time_cuts
 from training.statistics import TrainingStatistics, index_counts, score_histogram
 from training.train import (
+    Scored,
     TrainConfig,
     correct_for_sampling,
+    corrected_scores,
     count_parameters,
     evaluate,
     fit,
@@ -270,9 +272,13 @@ def train_one(
             result.optimizer.state() if result.optimizer is not None else None,
         )
     )
+    validation = result.best_validation
+    if validation is not None and config.negative_sampling < 1.0:
+        scores, labels, weights = validation
+        validation = corrected_scores(scores, config.negative_sampling), labels, weights
     with draft or nullcontext():
         metrics, calibration, reference_scores, reference_weights = _scored(
-            model, prepared, config, out is not None
+            model, prepared, config, out is not None, validation
         )
         summary: dict[str, object] = {
             "model": config.model.name,
@@ -324,20 +330,28 @@ def train_one(
 
 
 def _scored(
-    model: nn.Module, prepared: Prepared, config: TrainConfig, exported: bool
+    model: nn.Module,
+    prepared: Prepared,
+    config: TrainConfig,
+    exported: bool,
+    validation: Scored | None = None,
 ) -> tuple[Metrics, Calibration | None, np.ndarray, np.ndarray | None]:
     """The test metrics (of the calibrated scores, and the model's own beside them), the
     calibration, and the validation scores as served with their weights (for an export's
-    drift statistics; empty when nothing needs them)."""
-    # The validation rows are scored once, when anything needs them: the calibration is
-    # fitted on them, and an export's drift statistics keep their scores as served.
+    drift statistics; empty when nothing needs them). ``validation``: the model's scores
+    of the validation rows, when fit kept them."""
+    # The validation rows are scored when anything needs them and fit did not keep them:
+    # the calibration is fitted on them, and an export's drift statistics keep their
+    # scores as served.
     reference = prepared.val if len(prepared.val) else prepared.test
     calibrates = config.task == "binary" and config.calibrate
     reference_scores, reference_labels = np.empty(0), np.empty(0)
     reference_weights: np.ndarray | None = None
     if exported or calibrates:
-        reference_scores, reference_labels, reference_weights = predict_split(
-            model, reference, config.task
+        reference_scores, reference_labels, reference_weights = (
+            validation
+            if validation is not None and reference is prepared.val
+            else predict_split(model, reference, config.task)
         )
     calibration = (
         _calibration(reference_labels, reference_scores, reference_weights) if calibrates else None

@@ -145,12 +145,19 @@ class TrainConfig(BaseModel):
         return self
 
 
+# predictions, labels and weights (None: every row weighs 1) of a split's rows
+Scored = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float = float("-inf")  # the headline validation metric of the best epoch
     optimizer: SparseOptimizer | None = None  # its state after the last epoch
+    # the best epoch's validation predictions, labels and weights (on rank 0): the weights
+    # fit leaves loaded score them so, and a calibration need not score them again
+    best_validation: Scored | None = None
     train_seconds: float = 0.0
     samples_seen: int = 0
     samples_per_s: float = 0.0
@@ -270,9 +277,6 @@ def predict(
     return (torch.sigmoid(scores) if task == "binary" else scores).numpy()
 
 
-Scored = tuple[np.ndarray, np.ndarray, np.ndarray | None]
-
-
 def predict_split(
     model: nn.Module, split: Split, task: Task, cluster: Cluster | None = None
 ) -> Scored:
@@ -297,19 +301,37 @@ def evaluate(model: nn.Module, split: Split, task: Task, cluster: Cluster | None
     """The split's metrics; in a job each rank scores a slice, rank 0 computes the metrics
     on all of them (AUC does not add up from parts) and every rank gets rank 0's numbers."""
     cluster = cluster or Cluster()
+    return scored_metrics(gathered_scores(model, split, task, cluster), task, cluster)
+
+
+def gathered_scores(
+    model: nn.Module, split: Split, task: Task, cluster: Cluster | None = None
+) -> Scored | None:
+    """Predictions, labels and weights of every row of a split, in order, on rank 0 (in a
+    job each rank scores a slice); ``None`` on the other ranks."""
+    cluster = cluster or Cluster()
     parts = gather_on_main(cluster, predict_split(model, split, task, cluster))
+    if parts is None:
+        return None
+    given = [p[2] for p in parts if p[2] is not None]
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate(given) if given else None,
+    )
+
+
+def scored_metrics(scored: Scored | None, task: Task, cluster: Cluster | None = None) -> Metrics:
+    """Rank 0's metrics of its ``scored`` rows, on every rank."""
     metrics = None
-    if parts is not None:
-        predictions = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
-        given = [p[2] for p in parts if p[2] is not None]
-        weights = np.concatenate(given) if given else None
+    if scored is not None:
+        predictions, labels, weights = scored
         metrics = (
             binary_metrics(labels, predictions, weights)
             if task == "binary"
             else regression_metrics(labels, predictions, weights)
         )
-    return from_main(cluster, metrics)
+    return from_main(cluster or Cluster(), metrics)
 
 
 def fit(
@@ -383,7 +405,8 @@ def fit(
                 if cluster.is_main and epoch < config.epochs
                 else None
             )
-            val = evaluate(model, prepared.val, config.task, cluster)
+            scored = gathered_scores(model, prepared.val, config.task, cluster)
+            val = scored_metrics(scored, config.task, cluster)
             score = headline(val)
             result.history.append(
                 {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}}
@@ -404,6 +427,7 @@ def fit(
                 on_epoch(epoch, score)
             if score > result.best_score:
                 result.best_score, result.best_epoch = score, epoch
+                result.best_validation = scored
                 if candidate is not None:
                     candidate_path.replace(best_path)
             elif epoch - result.best_epoch >= config.patience:
@@ -426,6 +450,13 @@ def correct_for_sampling(model: nn.Module, kept: float) -> None:
         raise ValueError(f"expected one global bias in {type(model).__name__}, found {len(biases)}")
     with torch.no_grad():
         biases[0].add_(math.log(kept))
+
+
+def corrected_scores(scores: np.ndarray, kept: float) -> np.ndarray:
+    """What a model scores after :func:`correct_for_sampling` where it scored ``scores``
+    before: q = p / (p + (1 - p) / kept)."""
+    p = scores.astype(np.float64)
+    return (p / (p + (1.0 - p) / kept)).astype(scores.dtype)
 
 
 def new_model(prepared: Prepared, config: TrainConfig) -> nn.Module:

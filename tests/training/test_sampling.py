@@ -30,7 +30,7 @@ from training.split import (  # noqa: E402
     SplitRule,
 )
 from training.statistics import TrainingStatistics  # noqa: E402
-from training.train import TrainConfig, correct_for_sampling  # noqa: E402
+from training.train import TrainConfig, correct_for_sampling, corrected_scores  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNTH_ROWS = 10_000  # the session's synthetic log (tests/conftest.py)
@@ -145,6 +145,9 @@ def test_the_correction_is_the_published_one(name: str) -> None:
         corrected = torch.sigmoid(model(rows)).numpy()
     expected = sampled / (sampled + (1 - sampled) / 0.1)  # He et al. 2014
     np.testing.assert_allclose(corrected, expected, rtol=1e-5)
+    # the validation scores fit kept, corrected after it, are what the corrected model scores
+    np.testing.assert_allclose(corrected_scores(sampled, 0.1), corrected, rtol=1e-5)
+    assert corrected_scores(sampled, 0.1).dtype == sampled.dtype
     assert math.isclose(float(corrected.mean()), float(expected.mean()), rel_tol=1e-5)
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -9,7 +10,7 @@ torch = pytest.importorskip("torch")
 from training.data import open_source  # noqa: E402
 from training.dataset import prepare  # noqa: E402
 from training.models import DEFAULTS  # noqa: E402
-from training.train import TrainConfig, evaluate, fit, new_model  # noqa: E402
+from training.train import TrainConfig, evaluate, fit, new_model, predict_split  # noqa: E402
 
 
 def _run(synth_csv: Path, seed: int) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
@@ -52,6 +53,12 @@ def test_early_stopping_restores_the_best_epoch(synth_csv: Path) -> None:
     assert result.best_epoch == best["epoch"]
     assert len(result.history) < 12
     assert evaluate(model, prepared.val, "binary")["auc"] == pytest.approx(best["val_auc"])
+    # the best epoch's validation scores are kept: they are the restored model's
+    assert result.best_validation is not None
+    kept, kept_labels, _ = result.best_validation
+    scores, labels, _ = predict_split(model, prepared.val, "binary")
+    np.testing.assert_allclose(kept, scores, rtol=1e-6)
+    np.testing.assert_array_equal(kept_labels, labels)
 
 
 def test_a_best_last_epoch_is_the_model_as_trained(synth_csv: Path) -> None:
