@@ -205,10 +205,9 @@ class VersionDraft:
     Entering fills the model's unseen rows and starts writing its training state (the
     checkpoint and ``optimizer_state``: gigabytes for a large model) on a thread, around
     the page cache and hashed on the way (:mod:`training.uncached_file`), so the disk
-    works while the caller scores its validation and test rows and :meth:`finish` builds
-    the serving graph. Leaving the block waits for the writes; a draft not finished (an
-    error, an exception) leaves no staging directory. The weights must not change inside
-    the block.
+    works while the caller scores its test rows and :meth:`finish` builds the serving
+    graph. Leaving the block waits for the writes; a draft not finished (an error, an
+    exception) leaves no staging directory. The weights must not change inside the block.
     """
 
     def __init__(
