@@ -13,13 +13,7 @@ from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
 from app.api.fast_predict import FastPredictMiddleware
-from app.api.middleware import (
-    AdmissionMiddleware,
-    BodyLimitMiddleware,
-    LatencyMiddleware,
-    RequestIdMiddleware,
-    TimeoutMiddleware,
-)
+from app.api.middleware import RequestGuard
 from app.api.routes import health, models, predict, v2
 from app.cache import ScoreCache
 from app.core.config import Settings, get_settings
@@ -94,12 +88,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(FastPredictMiddleware)  # innermost: timed and bounded like any request
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
-    app.add_middleware(AdmissionMiddleware, max_inflight=settings.max_inflight_requests)
-    app.add_middleware(LatencyMiddleware, metrics=metrics)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(FastPredictMiddleware)  # innermost: guarded like any request
+    app.add_middleware(
+        RequestGuard,
+        metrics=metrics,
+        max_inflight=settings.max_inflight_requests,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_timeout_s,
+    )
     return app
 
 

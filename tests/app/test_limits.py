@@ -7,8 +7,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.api.middleware import RequestGuard
 from app.core.config import Settings
-from app.main import TimeoutMiddleware, create_app
+from app.main import create_app
+from app.metrics import ServiceMetrics
 
 
 def _client(model_dir: Path, **overrides: object) -> TestClient:
@@ -69,7 +71,9 @@ def test_slow_request_gets_504() -> None:
         await asyncio.sleep(1.0)
         return {"status": "late"}
 
-    slow.add_middleware(TimeoutMiddleware, timeout_s=0.05)
+    slow.add_middleware(
+        RequestGuard, metrics=ServiceMetrics(), max_inflight=8, max_bytes=1024, timeout_s=0.05
+    )
     with TestClient(slow) as client:
         response = client.get("/slow")
     assert response.status_code == 504
