@@ -13,7 +13,11 @@ Every run sends rows no earlier run of that server sent to its cache: each k6 VU
 its own slice of distinct rows from its own offset, and every cache is sized to
 ``CACHE_ENTRIES`` rows, so a row back after its VU's slice came round was evicted long
 before. CPU a request is read from outside the processes: the server's process tree, and
-k6's own (reported, so the load generator is never an unseen bottleneck).
+k6's own (reported, so the load generator is never an unseen bottleneck). ctrserve's
+single-row tail at 30%, 50% and 70% of its closed-loop maximum is set beside the floor's at
+the same rates (benchmarks/floor_app.py: the same uvicorn answering a fixed body), which is
+what the machine, uvicorn and k6 cost there, so a tail no server could beat on this machine
+is told apart from one that is ctrserve's.
 
 Writes docs/OPEN_LOOP.md and docs/open_loop.json.
 """
@@ -78,28 +82,28 @@ WORKLOADS = (
         1,
         0.0,
         10.0,
-        (250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000),
+        (250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 7000, 8000),
     ),
     Workload(
         "repeated single row",
         1,
         1.0,
         10.0,
-        (500, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000),
+        (500, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000, 12000, 14000),
     ),
     Workload(
         "100-row batches",
         100,
         0.0,
         50.0,
-        (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1500),
+        (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500),
     ),
     Workload(
         "100-row batches, 90% repeats",
         100,
         0.9,
         50.0,
-        (50, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000),
+        (50, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000),
     ),
 )
 
@@ -301,6 +305,22 @@ def climb(entry: Server, base: str, workload: Workload, slices: Path, duration_s
     return ladder
 
 
+def _floor(bodies: Path, rates: list[int], duration_s: int) -> list[OpenLoopResult]:
+    """k6 against benchmarks/floor_app.py at the rates of ctrserve's tail runs, the same
+    bodies: what the machine, uvicorn and k6 cost at those rates."""
+    command = [
+        *(sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}"),
+        *("--http", "httptools", "--log-level", "warning", "--no-access-log"),
+        "benchmarks.floor_app:app",
+    ]
+    with server(command, {}, health="/") as base:
+        run(f"{base}/predict", bodies, rates[0], 2, MAX_VUS)  # warm-up
+        return [
+            run(f"{base}/predict", bodies, rate, duration_s, MAX_VUS, start)
+            for rate, start in zip(rates, (31337, 41337, 51337), strict=True)
+        ]
+
+
 def closed_loop_max(base: str, spec: FeatureSpec, duration_s: int) -> float:
     """wrk's req/s on distinct single rows, 16 connections: the closed-loop maximum."""
     bodies = write_bodies([{"features": r} for r in unique_rows(spec, 100_000, seed=99)])
@@ -401,6 +421,11 @@ def measure(model: str, duration_s: int, only: list[str] | None) -> dict[str, ob
                         single = slices
                 if entry.name == "ctrserve":
                     extra = _ctrserve_extras(base, spec, single, ladders, duration_s)
+            if entry.name == "ctrserve":  # the floor at the same rates, ctrserve stopped
+                tail = extra["tail"]
+                assert isinstance(tail, list)
+                rates = [int(r["rate"]) for r in tail]
+                extra["floor"] = [asdict(r) for r in _floor(single, rates, duration_s)]
     return {"ladders": [asdict(ladder) for ladder in ladders], **extra}
 
 
@@ -497,19 +522,26 @@ def _round_rate(rate: float) -> int:
     return max(100, int(round(rate, -2)))
 
 
+# Shares of ctrserve's closed-loop maximum at which its single-row tail is measured.
+TAIL_SHARES = (0.3, 0.5, 0.7)
+
+
 def _ctrserve_extras(
     base: str, spec: FeatureSpec, bodies: Path, ladders: list[Ladder], duration_s: int
 ) -> dict[str, object]:
-    """ctrserve's own figures: its closed-loop maximum, p99 at 70% of it, and overload."""
+    """ctrserve's own figures: its closed-loop maximum, p99 at shares of it, and overload."""
     maximum = closed_loop_max(base, spec, duration_s)
-    at_70 = run(f"{base}/predict", bodies, int(0.7 * maximum), duration_s, MAX_VUS, start=31337)
+    tail = [
+        asdict(run(f"{base}/predict", bodies, int(share * maximum), duration_s, MAX_VUS, start))
+        for share, start in zip(TAIL_SHARES, (31337, 41337, 51337), strict=True)
+    ]
     single = WORKLOADS[0]
     distinct = next(x for x in ladders if (x.server, x.workload) == ("ctrserve", single.name))
     slo = max(distinct.slo_rate(single.slo_ms), single.rates[0])
     flood, status_after, quick = overload(base, bodies, 3 * slo, OVERLOAD_SECONDS)
     return {
         "closed_loop_max": maximum,
-        "p99_at_70_percent": asdict(at_70),
+        "tail": tail,
         "overload": {"rate": 3 * slo, **asdict(flood), "after": status_after, "quick": quick},
     }
 
@@ -605,24 +637,19 @@ def _report(
         )
     )
     if extra:
-        at_70 = extra["p99_at_70_percent"]
-        flood = extra["overload"]
-        assert isinstance(at_70, dict)
+        tail, floor, flood = extra["tail"], extra.get("floor", []), extra["overload"]
+        assert isinstance(tail, list)
+        assert isinstance(floor, list)
         assert isinstance(flood, dict)
+        parts.append(_tail_section(float(extra["closed_loop_max"]), tail, floor))  # type: ignore[arg-type]
         parts.append(
             markdown_section(
-                "ctrserve: tail at 70% of its closed-loop maximum, and overload",
-                "Distinct single rows. The closed-loop maximum is wrk's (16 connections). The "
-                f"overload run sends 3x ctrserve's SLO rate for {OVERLOAD_SECONDS} s: the excess "
-                "must be refused (503 + Retry-After) and no accepted request may wait over 1 s.",
+                "ctrserve: overload",
+                f"Distinct single rows. The overload run sends 3x ctrserve's SLO rate for "
+                f"{OVERLOAD_SECONDS} s: the excess must be refused (503 + Retry-After) and no "
+                "accepted request may wait over 1 s.",
                 ["figure", "value"],
                 [
-                    ["closed-loop maximum", f"{extra['closed_loop_max']:,.0f} req/s"],
-                    [
-                        "p99 at 70% of it",
-                        f"{at_70['p99_ms']:.2f} ms ({at_70['rate']:,}/s, "
-                        f"{at_70['failed']} failed, {at_70['dropped']} dropped)",
-                    ],
                     ["overload rate", f"{flood['rate']:,}/s for {OVERLOAD_SECONDS} s"],
                     ["refused (503) or failed", f"{flood['failed']:,} of {flood['sent']:,}"],
                     [
@@ -634,6 +661,44 @@ def _report(
             )
         )
     return "\n".join(parts)
+
+
+_FLOOR_LATENCIES = "floor p50 / p99 / p99.9 ms"
+
+
+def _latencies(run: dict[str, float] | None) -> list[str]:
+    """p50 / p99 / p99.9 of a run, and its requests lost (failed or dropped)."""
+    if run is None:
+        return ["", ""]
+    lost = int(run["dropped"] + run["failed"])
+    return [f"{run['p50_ms']:.2f} / {run['p99_ms']:.2f} / {run['p999_ms']:.2f}", str(lost)]
+
+
+def _tail_section(
+    maximum: float, tail: list[dict[str, float]], floor: list[dict[str, float]]
+) -> str:
+    """ctrserve's single-row tail at shares of its closed-loop maximum, beside the floor's."""
+    floors: list[dict[str, float] | None] = [*floor] if floor else [None] * len(tail)
+    return markdown_section(
+        "ctrserve: tail at shares of its closed-loop maximum, against the floor",
+        "Distinct single rows, k6 at a fixed rate. The closed-loop maximum is wrk's (16 "
+        f"connections): {maximum:,.0f} req/s. The floor is benchmarks/floor_app.py at the same "
+        "rate with the same bodies, ctrserve stopped: an app on the same uvicorn that reads the "
+        "body and answers a fixed one, so its latencies are what the machine, uvicorn and k6 "
+        "cost at that rate. Goal: ctrserve's p99 ≤ 5 ms up to 70%.",
+        [
+            "share",
+            "rate /s",
+            "ctrserve p50 / p99 / p99.9 ms",
+            "lost",
+            "floor p50 / p99 / p99.9 ms",
+            "floor lost",
+        ],
+        [
+            [f"{share:.0%}", f"{int(ours['rate']):,}", *_latencies(ours), *_latencies(base)]
+            for share, ours, base in zip(TAIL_SHARES, tail, floors, strict=True)
+        ],
+    )
 
 
 def _document(on: str, sections: list[str]) -> str:
