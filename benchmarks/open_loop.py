@@ -4,9 +4,12 @@
 
 Requests arrive on k6's schedule (``constant-arrival-rate``) whatever the server does, as
 a user's traffic does; a closed-loop client (wrk) instead waits for each answer and so never
-meets the queue a slow server builds. Each server runs alone, in turn, with the whole machine
-in its best honest configuration, and climbs a ladder of rates until its p99 passes twice
-the SLO or requests fail or cannot be sent. A server's **SLO rate** is the highest rate whose
+meets the queue a slow server builds. Every server is started in its best honest
+configuration, and they climb a ladder of rates together: at each rate each server still
+climbing runs in turn, with the whole machine (the others idle), until its p99 passes twice
+the SLO or requests fail or cannot be sent. Taking turns rung by rung matters here: this
+machine's speed can halve within minutes, which, with each server's ladder run whole, fell
+on one server and not another. A server's **SLO rate** is the highest rate whose
 p99 ≤ 10 ms (single rows) or ≤ 50 ms (100-row batches) with nothing failed or dropped.
 
 Every run sends rows no earlier run of that server sent to its cache: each k6 VU replays
@@ -15,9 +18,9 @@ its own slice of distinct rows from its own offset, and every cache is sized to
 before. CPU a request is read from outside the processes: the server's process tree, and
 k6's own (reported, so the load generator is never an unseen bottleneck). ctrserve's
 single-row tail at 30%, 50% and 70% of its closed-loop maximum is set beside the floor's at
-the same rates (benchmarks/floor_app.py: the same uvicorn answering a fixed body), which is
-what the machine, uvicorn and k6 cost there, so a tail no server could beat on this machine
-is told apart from one that is ctrserve's.
+the same rates, each run right after ctrserve's (benchmarks/floor_app.py: the same uvicorn
+answering a fixed body), which is what the machine, uvicorn and k6 cost there, so a tail no
+server could beat on this machine is told apart from one that is ctrserve's.
 
 Writes docs/OPEN_LOOP.md and docs/open_loop.json.
 """
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -277,48 +280,55 @@ def _tree_cpu_s(base: str) -> Callable[[], float]:
     return cpu_s
 
 
-def climb(entry: Server, base: str, workload: Workload, slices: Path, duration_s: int) -> Ladder:
-    """Rates from the bottom of the ladder until p99 passes twice the SLO or requests fail."""
-    ladder = Ladder(entry.name, workload.name)
-    cpu_s = _tree_cpu_s(base)
-    url = f"{base}{entry.path}"
-    run(url, slices, workload.rates[0], 2, MAX_VUS, start=0)  # warm-up: caches, first calls
-    for position, rate in enumerate(workload.rates):
-        before = cpu_s()
-        result = run(url, slices, rate, duration_s, MAX_VUS, start=(position + 1) * 7919)
-        ladder.server_cpu_us.append((cpu_s() - before) / max(result.sent, 1) * 1e6)
-        ladder.runs.append(result)
+@dataclass
+class _Climber:
+    """A server climbing one workload's ladder: where it listens, its bodies, its figures."""
+
+    entry: Server
+    url: str
+    slices: Path
+    cpu_s: Callable[[], float]
+    ladder: Ladder
+
+    def step(self, workload: Workload, rate: int, position: int, duration_s: int) -> bool:
+        """One rung; whether the server climbs on (p99 within twice the SLO, ≤ 1% lost)."""
+        before = self.cpu_s()
+        result = run(self.url, self.slices, rate, duration_s, MAX_VUS, (position + 1) * 7919)
+        self.ladder.server_cpu_us.append((self.cpu_s() - before) / max(result.sent, 1) * 1e6)
+        self.ladder.runs.append(result)
         logger.info(
             "%s, %s @ %d/s: p50 %.2f p99 %.2f ms, failed %d, dropped %d, k6 %.0f µs a request",
-            entry.name,
-            workload.name,
-            rate,
-            result.p50_ms,
-            result.p99_ms,
-            result.failed,
-            result.dropped,
-            result.k6_cpu_s / max(result.sent, 1) * 1e6,
+            *(self.entry.name, workload.name, rate, result.p50_ms, result.p99_ms),
+            *(result.failed, result.dropped, result.k6_cpu_s / max(result.sent, 1) * 1e6),
         )
         lost = result.failed + result.dropped
-        if result.p99_ms > 2 * workload.slo_ms or lost > 0.01 * max(result.sent, 1):
+        return result.p99_ms <= 2 * workload.slo_ms and lost <= 0.01 * max(result.sent, 1)
+
+
+def climb(climbers: list[_Climber], workload: Workload, duration_s: int) -> list[Ladder]:
+    """Every server up the ladder together: at each rate each server still climbing runs in
+    turn (the order reversed every rung), so a drift of the machine's speed, which here can
+    halve it within minutes, falls on all of them alike. A server stops at its first rate
+    whose p99 passes twice the SLO or that loses requests."""
+    for climber in climbers:  # warm-up: caches, first calls
+        run(climber.url, climber.slices, workload.rates[0], 2, MAX_VUS, start=0)
+    climbing = list(climbers)
+    for position, rate in enumerate(workload.rates):
+        order = climbing if position % 2 == 0 else climbing[::-1]
+        climbing = [c for c in order if c.step(workload, rate, position, duration_s)]
+        if not climbing:
             break
-    return ladder
+    return [climber.ladder for climber in climbers]
 
 
-def _floor(bodies: Path, rates: list[int], duration_s: int) -> list[OpenLoopResult]:
-    """k6 against benchmarks/floor_app.py at the rates of ctrserve's tail runs, the same
-    bodies: what the machine, uvicorn and k6 cost at those rates."""
+def _floor_server() -> AbstractContextManager[str]:
+    """benchmarks/floor_app.py on the uvicorn ctrserve runs on: the machine's own tail."""
     command = [
         *(sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}"),
         *("--http", "httptools", "--log-level", "warning", "--no-access-log"),
         "benchmarks.floor_app:app",
     ]
-    with server(command, {}, health="/") as base:
-        run(f"{base}/predict", bodies, rates[0], 2, MAX_VUS)  # warm-up
-        return [
-            run(f"{base}/predict", bodies, rate, duration_s, MAX_VUS, start)
-            for rate, start in zip(rates, (31337, 41337, 51337), strict=True)
-        ]
+    return server(command, {}, health="/")
 
 
 def closed_loop_max(base: str, spec: FeatureSpec, duration_s: int) -> float:
@@ -402,30 +412,34 @@ def measure(model: str, duration_s: int, only: list[str] | None) -> dict[str, ob
     entries = [e for e in servers(model_dir, spec) if not only or e.name in only]
     ladders: list[Ladder] = []
     extra: dict[str, object] = {}
-    with tempfile.TemporaryDirectory(prefix="ctrserve-open-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="ctrserve-open-") as scratch, ExitStack() as stack:
         plans = {w.name: _bodies_for(spec, w, MAX_VUS, seed=3) for w in WORKLOADS}
-        for entry in entries:
+        started: list[tuple[Server, str]] = []
+        for entry in entries:  # all started, each measured in turn while the others idle
             why = installed(entry.environment)
             if why:
                 ladders += [Ladder(entry.name, w.name, skipped=why) for w in WORKLOADS]
-                continue
-            with entry.start() as base:
-                for position, workload in enumerate(WORKLOADS):
-                    slices = write_slices(
-                        [entry.body(rows) for rows in plans[workload.name]],
-                        MAX_VUS,
-                        Path(scratch) / f"{entry.name}-{position}",
-                    )
-                    ladders.append(climb(entry, base, workload, slices, duration_s))
-                    if entry.name == "ctrserve" and position == 0:
-                        single = slices
-                if entry.name == "ctrserve":
-                    extra = _ctrserve_extras(base, spec, single, ladders, duration_s)
-            if entry.name == "ctrserve":  # the floor at the same rates, ctrserve stopped
-                tail = extra["tail"]
-                assert isinstance(tail, list)
-                rates = [int(r["rate"]) for r in tail]
-                extra["floor"] = [asdict(r) for r in _floor(single, rates, duration_s)]
+            else:
+                started.append((entry, stack.enter_context(entry.start())))
+        cpu = {entry.name: _tree_cpu_s(base) for entry, base in started}
+        slices: dict[tuple[str, int], Path] = {}
+        for position, workload in enumerate(WORKLOADS):
+            climbers = []
+            for entry, base in started:
+                folder = Path(scratch) / f"{entry.name}-{position}"
+                bodies = [entry.body(rows) for rows in plans[workload.name]]
+                slices[entry.name, position] = write_slices(bodies, MAX_VUS, folder)
+                ladder = Ladder(entry.name, workload.name)
+                url = f"{base}{entry.path}"
+                climbers.append(
+                    _Climber(entry, url, slices[entry.name, position], cpu[entry.name], ladder)
+                )
+            ladders += climb(climbers, workload, duration_s)
+        ours = next((base for entry, base in started if entry.name == "ctrserve"), None)
+        if ours is not None:
+            floor = stack.enter_context(_floor_server())
+            single = slices["ctrserve", 0]
+            extra = _ctrserve_extras(ours, floor, spec, single, ladders, duration_s)
     return {"ladders": [asdict(ladder) for ladder in ladders], **extra}
 
 
@@ -527,14 +541,22 @@ TAIL_SHARES = (0.3, 0.5, 0.7)
 
 
 def _ctrserve_extras(
-    base: str, spec: FeatureSpec, bodies: Path, ladders: list[Ladder], duration_s: int
+    base: str,
+    floor: str,
+    spec: FeatureSpec,
+    bodies: Path,
+    ladders: list[Ladder],
+    duration_s: int,
 ) -> dict[str, object]:
-    """ctrserve's own figures: its closed-loop maximum, p99 at shares of it, and overload."""
+    """ctrserve's own figures: its closed-loop maximum, p99 at shares of it (each run
+    followed by the floor's at the same rate, with the same bodies), and overload."""
     maximum = closed_loop_max(base, spec, duration_s)
-    tail = [
-        asdict(run(f"{base}/predict", bodies, int(share * maximum), duration_s, MAX_VUS, start))
-        for share, start in zip(TAIL_SHARES, (31337, 41337, 51337), strict=True)
-    ]
+    run(f"{floor}/predict", bodies, int(TAIL_SHARES[0] * maximum), 2, MAX_VUS)  # warm-up
+    tail, floors = [], []
+    for share, start in zip(TAIL_SHARES, (31337, 41337, 51337), strict=True):
+        rate = int(share * maximum)
+        tail.append(asdict(run(f"{base}/predict", bodies, rate, duration_s, MAX_VUS, start)))
+        floors.append(asdict(run(f"{floor}/predict", bodies, rate, duration_s, MAX_VUS, start)))
     single = WORKLOADS[0]
     distinct = next(x for x in ladders if (x.server, x.workload) == ("ctrserve", single.name))
     slo = max(distinct.slo_rate(single.slo_ms), single.rates[0])
@@ -542,6 +564,7 @@ def _ctrserve_extras(
     return {
         "closed_loop_max": maximum,
         "tail": tail,
+        "floor": floors,
         "overload": {"rate": 3 * slo, **asdict(flood), "after": status_after, "quick": quick},
     }
 
@@ -556,7 +579,8 @@ def _report(
         f"## {relative(model_dir)}\n",
         markdown_section(
             "Servers",
-            "Each in its best honest configuration found here, alone on the machine in turn.",
+            "Each in its best honest configuration found here; all started, each measured in "
+            "turn while the others idle.",
             ["server", "configuration"],
             [[entry.name, entry.note] for entry in entries],
         ),
@@ -586,8 +610,9 @@ def _report(
     parts.append(
         markdown_section(
             "SLO rate: the highest rate held (p99 ≤ 10 ms single rows, ≤ 50 ms batches)",
-            "Each server alone with the whole machine, k6 constant-arrival-rate, "
-            "nothing failed or dropped at the rate given; latencies at that rate; CPU a request "
+            "Each server with the whole machine while the others idle, the servers taking turns "
+            "at each rate, k6 constant-arrival-rate, nothing failed or dropped at the rate "
+            "given; latencies at that rate; CPU a request "
             "from outside the processes (the server's process tree; k6's own).",
             [
                 "workload",
@@ -683,9 +708,9 @@ def _tail_section(
         "ctrserve: tail at shares of its closed-loop maximum, against the floor",
         "Distinct single rows, k6 at a fixed rate. The closed-loop maximum is wrk's (16 "
         f"connections): {maximum:,.0f} req/s. The floor is benchmarks/floor_app.py at the same "
-        "rate with the same bodies, ctrserve stopped: an app on the same uvicorn that reads the "
-        "body and answers a fixed one, so its latencies are what the machine, uvicorn and k6 "
-        "cost at that rate. Goal: ctrserve's p99 ≤ 5 ms up to 70%.",
+        "rate with the same bodies, right after ctrserve's run: an app on the same uvicorn that "
+        "reads the body and answers a fixed one, so its latencies are what the machine, uvicorn "
+        "and k6 cost at that rate. Goal: ctrserve's p99 ≤ 5 ms up to 70%.",
         [
             "share",
             "rate /s",
