@@ -662,7 +662,7 @@ def _report(
         )
     )
     if extra:
-        tail, floor, flood = extra["tail"], extra.get("floor", []), extra["overload"]
+        tail, floor, flood = extra["tail"], extra["floor"], extra["overload"]
         assert isinstance(tail, list)
         assert isinstance(floor, list)
         assert isinstance(flood, dict)
@@ -688,13 +688,8 @@ def _report(
     return "\n".join(parts)
 
 
-_FLOOR_LATENCIES = "floor p50 / p99 / p99.9 ms"
-
-
-def _latencies(run: dict[str, float] | None) -> list[str]:
+def _latencies(run: dict[str, float]) -> list[str]:
     """p50 / p99 / p99.9 of a run, and its requests lost (failed or dropped)."""
-    if run is None:
-        return ["", ""]
     lost = int(run["dropped"] + run["failed"])
     return [f"{run['p50_ms']:.2f} / {run['p99_ms']:.2f} / {run['p999_ms']:.2f}", str(lost)]
 
@@ -703,7 +698,6 @@ def _tail_section(
     maximum: float, tail: list[dict[str, float]], floor: list[dict[str, float]]
 ) -> str:
     """ctrserve's single-row tail at shares of its closed-loop maximum, beside the floor's."""
-    floors: list[dict[str, float] | None] = [*floor] if floor else [None] * len(tail)
     return markdown_section(
         "ctrserve: tail at shares of its closed-loop maximum, against the floor",
         "Distinct single rows, k6 at a fixed rate. The closed-loop maximum is wrk's (16 "
@@ -721,7 +715,7 @@ def _tail_section(
         ],
         [
             [f"{share:.0%}", f"{int(ours['rate']):,}", *_latencies(ours), *_latencies(base)]
-            for share, ours, base in zip(TAIL_SHARES, tail, floors, strict=True)
+            for share, ours, base in zip(TAIL_SHARES, tail, floor, strict=True)
         ],
     )
 
