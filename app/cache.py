@@ -59,8 +59,14 @@ class Lookup:
     @classmethod
     def missed(cls, rows: int) -> Lookup:
         """Nothing known and nothing to store: every row to be scored."""
-        scores = np.full(rows, np.nan, dtype=np.float32)
+        scores = np.empty(rows, dtype=np.float32)
+        scores.fill(np.nan)  # not np.full: a Python wrapper, a third of a single row's lookup
         return cls(np.zeros(rows, dtype=np.bool_), scores, [], _NONE_LOOKED_UP, None)
+
+    @property
+    def misses(self) -> NDArray[np.intp]:
+        """The rows to be scored, in order."""
+        return (~self.hits).nonzero()[0]
 
 
 class Doorkeeper:
@@ -236,18 +242,23 @@ class ScoreCache:
         """Keep the scores (filled in by now) of the rows ``lookup`` looked up and missed."""
         if self._entries is None or not lookup.keys:
             return
-        missed = ~lookup.hits[lookup.looked_up]
-        if not missed.any():
+        rows = lookup.looked_up
+        fresh = [
+            (key, score)
+            for key, hit, score in zip(
+                lookup.keys, lookup.hits[rows].tolist(), lookup.scores[rows].tolist(), strict=True
+            )
+            if not hit
+        ]
+        if not fresh:
             return
-        values = lookup.scores[lookup.looked_up[missed]].tolist()
-        keys = [key for key, miss in zip(lookup.keys, missed.tolist(), strict=True) if miss]
         with self._lock:
             if lookup.slot not in self._slots.values():  # its version was unloaded meanwhile
                 return
             expires = self._timer() + self.ttl_s
             entries = self._entries
-            for key, value in zip(keys, values, strict=True):
-                entries[key] = (value, expires)
+            for key, score in fresh:
+                entries[key] = (score, expires)
 
     def _live(self, key: bytes, now: float) -> float | None:
         """``key``'s score if it has not expired by ``now`` (an expired entry is dropped).

@@ -363,13 +363,15 @@ class Tally:
         self, model: str, version: str, fields: Sequence[str], indices: NDArray[np.int64]
     ) -> None:
         """Count the missing and unseen values of ``(N, F)`` rows encoded by ``version``."""
-        reserved = indices <= UNSEEN_INDEX  # missing = 0, unseen = 1: one compare for both
+        # missing = 0, unseen = 1: one compare for both; ufunc calls, not ndarray.any() and
+        # .sum(), whose Python wrappers cost a single row more than the counting
+        reserved = np.count_nonzero(indices <= UNSEEN_INDEX)
         with self._lock:
             counts = self._counts(model, version, fields)
             counts.rows += len(indices)
-            if reserved.any():
-                counts.missing += (indices == MISSING_INDEX).sum(axis=0)
-                counts.unseen += (indices == UNSEEN_INDEX).sum(axis=0)
+            if reserved:
+                counts.missing += np.add.reduce(indices == MISSING_INDEX, axis=0)
+                counts.unseen += np.add.reduce(indices == UNSEEN_INDEX, axis=0)
 
     def served(
         self,

@@ -30,7 +30,6 @@ from app.features.encoder import FeatureEncoder
 from app.features.errors import EncodeError
 from app.model.scorer import Scorer
 from app.prediction_log.log import Columns, Values
-from app.schemas import BatchPredictResponse, PredictResponse
 from app.scoring.service import Encode, PredictionService, Scored
 
 # What a feature value may be in JSON; the encoder checks it against its field's kind.
@@ -64,6 +63,7 @@ class _LooseRequest(msgspec.Struct):
 
 _REQUEST = msgspec.json.Decoder(PredictRequest)
 _LOOSE = msgspec.json.Decoder(_LooseRequest)
+_JSON = msgspec.json.Encoder()
 
 
 # Rows of a body (dicts, or the model's structs) encoded by the model's encoder.
@@ -160,26 +160,24 @@ def _first(request: PredictBody, scorer: Scorer, field: str) -> object:
 
 
 def render(scored: Scored, single: bool) -> bytes:
-    """The JSON body of a /predict answer."""
+    """The JSON body of a /predict answer, in the documented shapes (``PredictResponse``,
+    ``BatchPredictResponse`` in app/schemas.py), written by msgspec: building and dumping
+    the pydantic model cost a single row's answer 5 µs against 0.5."""
     if single:
-        return (
-            PredictResponse(
-                prediction=float(scored.scores[0]),
-                model_version=scored.version,
-                cached=bool(scored.cached[0]),
-            )
-            .model_dump_json()
-            .encode()
+        return _JSON.encode(
+            {
+                "prediction": float(scored.scores[0]),
+                "model_version": scored.version,
+                "cached": bool(scored.cached[0]),
+            }
         )
-    return (
-        BatchPredictResponse(
-            predictions=scored.scores.tolist(),
-            model_version=scored.version,
-            cached=scored.cached.tolist(),
-            cache_hits=scored.cache_hits,
-        )
-        .model_dump_json()
-        .encode()
+    return _JSON.encode(
+        {
+            "predictions": scored.scores.tolist(),
+            "model_version": scored.version,
+            "cached": scored.cached.tolist(),
+            "cache_hits": scored.cache_hits,
+        }
     )
 
 

@@ -217,7 +217,7 @@ class PredictionService:
         tally = self.metrics.tally
         started = time.perf_counter()
         lookup = model.cache.lookup(scorer.version, indices)
-        misses = np.flatnonzero(~lookup.hits)
+        misses = lookup.misses
         cache_s = time.perf_counter() - started
         if len(misses):
             todo = indices if len(misses) == len(indices) else indices[misses]

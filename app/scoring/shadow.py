@@ -134,7 +134,7 @@ class ShadowScorer:
         first = jobs[0]
         indices = np.concatenate([job.indices for job in jobs])
         lookup = first.cache.lookup(first.shadow.version, indices)
-        misses = np.flatnonzero(~lookup.hits)
+        misses = lookup.misses
         if len(misses):
             lookup.scores[misses] = first.shadow.score_indices(indices[misses])
             first.cache.store(lookup)

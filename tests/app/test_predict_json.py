@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from app.features.encoder import FeatureEncoder
 from app.features.errors import EncodeError
 from app.features.spec import CategoricalField, FeatureSpec, NumericField
-from app.protocol.predict_json import PredictRequest, RowDecoder
+from app.protocol.predict_json import PredictRequest, RowDecoder, render
+from app.schemas import BatchPredictResponse, PredictResponse
+from app.scoring.service import Scored
 from support.fuzz import ENCODER, rows
 
 # Field names JSON allows and Python does not, in an order that mixes the two kinds.
@@ -152,3 +154,21 @@ def test_nesting_is_refused_at_its_first_step(opening: str, closing: str, depth:
         assert RowDecoder(FeatureEncoder(ODD)).decode(body) is None
         with pytest.raises(msgspec.ValidationError):
             msgspec.json.decode(body, type=PredictRequest)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    scores=st.lists(st.floats(min_value=0.0, max_value=1.0, width=32), min_size=1, max_size=5),
+    data=st.data(),
+)
+def test_an_answer_is_the_documented_schema_with_the_scores_it_was_given(
+    scores: list[float], data: st.DataObject
+) -> None:
+    cached = data.draw(st.lists(st.booleans(), min_size=len(scores), max_size=len(scores)))
+    scored = Scored(np.array(scores, dtype=np.float32), np.array(cached), "v1")
+    one = PredictResponse.model_validate_json(render(scored, single=True))
+    assert (one.prediction, one.cached, one.model_version) == (scores[0], cached[0], "v1")
+    batch = BatchPredictResponse.model_validate_json(render(scored, single=False))
+    assert batch.predictions == scores
+    assert batch.cached == cached
+    assert batch.cache_hits == sum(cached)
