@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +23,21 @@ logger = logging.getLogger(__name__)
 
 class ScoringError(RuntimeError):
     """onnxruntime failed or returned something unusable (the service answers 503)."""
+
+
+class Calls:
+    """The onnxruntime calls of one thread, which its owner stops when it shuts down: a
+    daemon thread left inside onnxruntime when the process exits aborts it ("terminate
+    called without an active exception") as the library's globals go."""
+
+    def __init__(self) -> None:
+        self.options = ort.RunOptions()
+
+    def stop(self, thread: threading.Thread, wait_s: float = 5.0) -> None:
+        """Terminate the call ``thread`` is still in, once its owner has waited for it."""
+        if thread.is_alive():
+            self.options.terminate = True
+            thread.join(timeout=wait_s)
 
 
 class Scorer:
@@ -130,12 +146,16 @@ class Scorer:
         row = np.full((1, self._num_fields), UNSEEN_INDEX, dtype=np.int64)
         return float(self.score_indices(row)[0])
 
-    def score_indices(self, indices: NDArray[np.int64]) -> NDArray[np.float32]:
-        """Probabilities (binary) or values (regression) for ``(N, F)`` encoded rows."""
+    def score_indices(
+        self, indices: NDArray[np.int64], calls: Calls | None = None
+    ) -> NDArray[np.float32]:
+        """Probabilities (binary) or values (regression) for ``(N, F)`` encoded rows, as one
+        of ``calls`` (a thread's, which its owner may stop)."""
         if len(indices) == 0:
             return np.empty(0, dtype=np.float32)
+        options = None if calls is None else calls.options
         try:
-            (scores,) = self.session.run([self._output], {self._input: indices})
+            (scores,) = self.session.run([self._output], {self._input: indices}, options)
         except Exception as exc:  # ORT's exceptions are not one type
             raise ScoringError(f"onnxruntime failed: {exc}") from exc
         result = np.asarray(scores, dtype=np.float32).reshape(-1)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from app.model.scorer import Scorer
+from app.model.scorer import Calls, Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,11 @@ class Batcher:
         self._jobs: deque[_Job] = deque()
         self._queued_rows = 0
         self._ready = threading.Condition(threading.Lock())
+        # A thread was woken for the queue and has not taken from it yet: it takes what
+        # arrives meanwhile too, so no second thread wakes to find nothing (a wake-up takes
+        # the GIL from the event loop: 2,950 against 4,780 a thread in 6 s of wrk).
+        self._waking = False
+        self._calls = Calls()  # stopped by close() when a call outlives its wait
         self._closed = False
         self._threads = [
             threading.Thread(target=self._work, name=f"ctr-scoring-{i}", daemon=True)
@@ -108,16 +113,20 @@ class Batcher:
                 )
             self._jobs.append(job)
             self._queued_rows += rows
-            self._ready.notify()
+            if not self._waking:
+                self._waking = True
+                self._ready.notify()
         return await job.future
 
     def close(self) -> None:
-        """Stop the threads once the jobs already queued are scored."""
+        """Stop the threads once the jobs already queued are scored; a thread still in a
+        call after 5 s has that call stopped (its requests get the ScoringError, a 503)."""
         with self._ready:
             self._closed = True
             self._ready.notify_all()
         for thread in self._threads:
             thread.join(timeout=5)
+            self._calls.stop(thread)
 
     def _take(self) -> list[_Job] | None:
         """The next call's jobs: the queue's head and the jobs queued after it for the same
@@ -144,6 +153,9 @@ class Batcher:
                 rows += size
             self._jobs.extendleft(reversed(others))
             self._queued_rows -= rows
+            self._waking = bool(self._jobs)  # what is left is another free thread's
+            if self._waking:
+                self._ready.notify()
             return taken
 
     def _work(self) -> None:
@@ -156,7 +168,9 @@ class Batcher:
         block = jobs[0].indices if len(jobs) == 1 else np.concatenate([j.indices for j in jobs])
         started = time.perf_counter()
         try:
-            answer: NDArray[np.float32] | BaseException = jobs[0].scorer.score_indices(block)
+            answer: NDArray[np.float32] | BaseException = jobs[0].scorer.score_indices(
+                block, self._calls
+            )
         except BaseException as exc:  # handed to every job of the call, which answers it
             answer = exc
         seconds = time.perf_counter() - started

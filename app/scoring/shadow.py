@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from app.cache import ScoreCache
 from app.metrics import Tally
-from app.model.scorer import Scorer
+from app.model.scorer import Calls, Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class ShadowScorer:
         self._queued_rows = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._calls = Calls()  # stopped by close() when a call outlives its wait
         self._thread = threading.Thread(target=self._work, name="ctr-shadow", daemon=True)
         self._thread.start()
 
@@ -106,6 +107,7 @@ class ShadowScorer:
         for job in left:
             self._count(job, "dropped", 1)
             self._tell(job, None)
+        self._calls.stop(self._thread)
 
     def _work(self) -> None:
         # Linux schedules threads on their own: this one alone becomes nicer.
@@ -125,6 +127,9 @@ class ShadowScorer:
             try:
                 self._run(group)
             except Exception:  # the thread must outlive any one bad call
+                with self._lock:
+                    if self._closed:  # close() stopped the call, and told its jobs
+                        return
                 logger.exception("shadow scoring of model %s failed", group[0].model)
                 self._count(group[0], "failed", len(group))
                 for job in group:
@@ -136,7 +141,7 @@ class ShadowScorer:
         lookup = first.cache.lookup(first.shadow.version, indices)
         misses = lookup.misses
         if len(misses):
-            lookup.scores[misses] = first.shadow.score_indices(indices[misses])
+            lookup.scores[misses] = first.shadow.score_indices(indices[misses], self._calls)
             first.cache.store(lookup)
         scores = lookup.scores
         with self._lock:

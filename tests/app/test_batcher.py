@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.core.cpus import cpu_quota, usable_cpus
 from app.main import create_app
-from app.model.scorer import ScoringError
+from app.model.scorer import Calls, ScoringError
 from app.scoring.batcher import Batcher, OverloadedError
 
 
@@ -31,7 +31,7 @@ class GatedScorer:
         self.calls: list[list[int]] = []
         self.fail = False
 
-    def score_indices(self, indices: np.ndarray) -> np.ndarray:
+    def score_indices(self, indices: np.ndarray, calls: Calls | None = None) -> np.ndarray:
         self.started.set()
         self.gate.wait(10)
         self.calls.append(indices[:, 0].tolist())
@@ -163,10 +163,10 @@ def test_overload_over_http_is_503_with_retry_after_and_the_service_recovers(
         score = scorer.score_indices
         gate, entered = threading.Event(), threading.Event()
 
-        def blocked(indices: np.ndarray) -> np.ndarray:
+        def blocked(indices: np.ndarray, calls: Calls | None = None) -> np.ndarray:
             entered.set()
             gate.wait(10)
-            return score(indices)
+            return score(indices, calls)
 
         scorer.score_indices = blocked
 
@@ -216,7 +216,7 @@ def test_requests_past_the_inflight_bound_are_refused_before_they_are_read(
         scorer = client.app.state.service.model().registry.lineup.default
         score = scorer.score_indices
         gate = threading.Event()
-        scorer.score_indices = lambda indices: gate.wait(10) and score(indices)
+        scorer.score_indices = lambda indices, calls=None: gate.wait(10) and score(indices, calls)
         with ThreadPoolExecutor(2) as pool:
             held = [
                 pool.submit(client.post, "/predict", json={"features": {"c0": f"c0_{i}"}})

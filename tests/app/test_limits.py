@@ -88,7 +88,9 @@ def test_only_the_misses_of_a_batch_are_scored(model_dir: Path) -> None:
             client.post("/predict", json={"instances": rows[:4]})
         scorer = client.app.state.service.model().registry.lineup.default
         score, scored = scorer.score_indices, []
-        scorer.score_indices = lambda indices: scored.append(len(indices)) or score(indices)
+        scorer.score_indices = lambda indices, calls=None: (
+            scored.append(len(indices)) or score(indices, calls)
+        )
         again = client.post("/predict", json={"instances": rows}).json()
         scorer.score_indices = score
     assert scored == [4]
