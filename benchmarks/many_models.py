@@ -229,9 +229,8 @@ def report(results: dict, started: str) -> str:
             f"Distinct single rows, k6 open loop, {shadow['seconds']} s a run, shadow off "
             "and on taking turns over the rounds. The shadow is a second version of the "
             "model scoring every request again off its path (app/scoring/shadow.py: a bounded "
-            "queue, one thread at nice +19 taking everything queued every 10 ms). Medians: "
-            + "; ".join(summary)
-            + ".",
+            "queue, one thread at nice +19 taking everything queued 10 ms after a job "
+            "comes). Medians: " + "; ".join(summary) + ".",
             [
                 "rate /s",
                 "round",
