@@ -1,0 +1,19 @@
+"""`python -m benchmarks.versus`'s report: medians of the rounds, the ratio this tree's."""
+
+from benchmarks.versus import WORKLOADS, report
+
+
+def test_the_report_gives_each_workloads_median_rounds_and_their_ratio() -> None:
+    names = ("this tree (abc1234)", "0168c04")
+    results = {}
+    for workload in WORKLOADS:
+        # (req/s, CPU µs a request, p99 ms, errors) a round
+        results[workload, names[0]] = [(800.0, 120.0, 3.0, 0), (900.0, 110.0, 2.0, 1)]
+        results[workload, names[0]].append((700.0, 130.0, 4.0, 0))
+        results[workload, names[1]] = [(1000.0, 100.0, 2.0, 0)] * 3
+    text = report(results, names, "python -m benchmarks.versus --revision 0168c04")
+    rows = [line for line in text.splitlines() if line.startswith("| distinct single rows")]
+    expected = "| distinct single rows | 1,000 | 800 | **0.80** | 100 | 120 | 2.00 | 3.00 | 1 |"
+    # the revision first, then this tree: req/s, ratio, CPU, p99, the errors of both
+    assert rows == [expected]
+    assert "- repeated single row, this tree (abc1234): 800, 900, 700" in text
