@@ -60,7 +60,7 @@ class Lookup:
     def missed(cls, rows: int) -> Lookup:
         """Nothing known and nothing to store: every row to be scored."""
         scores = np.empty(rows, dtype=np.float32)
-        scores.fill(np.nan)  # not np.full: a Python wrapper, a third of a single row's lookup
+        scores.fill(np.nan)  # np.full does this in a Python wrapper around the same two calls
         return cls(np.zeros(rows, dtype=np.bool_), scores, [], _NONE_LOOKED_UP, None)
 
     @property
