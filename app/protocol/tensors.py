@@ -273,7 +273,11 @@ def _joined_text(
     firsts, begins = np.cumsum(counts) - counts, np.cumsum(lengths) - lengths
     if (starts[firsts] != begins).any():
         return None
-    if _fits_fixed_width(data, starts, sizes):  # the common case: cut out in one go
+    # the common case, cut out in one go: bytes for every tensor, as each alone would be
+    # (one long element among a tensor's short ones makes that tensor text alone)
+    widest = np.maximum.reduceat(sizes, firsts.astype(np.intp))
+    each_fits = (np.asarray(counts) * widest <= _WIDEST_CUT * np.asarray(lengths)).all()
+    if each_fits and _fits_fixed_width(data, starts, sizes):
         return np.split(_cut(data, starts, sizes), firsts[1:])
     # else each tensor alone, as text where it needs to be
     return [

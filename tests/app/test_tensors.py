@@ -109,6 +109,19 @@ def test_several_tensors_decode_together_as_each_alone(
     assert [t.tolist() for t in together] == [a.tolist() for a in alone]
 
 
+def test_a_tensor_made_text_by_one_long_element_stays_text_beside_others() -> None:
+    """Alone, a tensor of short elements and a few of 250 bytes comes out as text (fixed
+    width would make every row 250 bytes wide); decoded with a tensor of long elements it
+    did not, when the width was judged over the joined data (found by hypothesis in CI)."""
+    long = b"\x01" + bytes(248) + b"\x01"
+    elements = [[long] * 65, ([b""] * 4 + [long]) * 13]
+    given = [(f"c{i}", bytes_tensor(e), len(e)) for i, e in enumerate(elements)]
+    together = decode_bytes_tensors(given)
+    alone = [decode_bytes(*tensor) for tensor in given]
+    assert [t.tolist() for t in together] == [a.tolist() for a in alone]
+    assert together[1].dtype == object  # text, as alone
+
+
 def test_a_malformed_tensor_among_text_ones_is_named() -> None:
     text = bytes_tensor([b"c0_1", b"", b"c0_22"] * 40)
     with pytest.raises(ProtocolError, match="'c1': 119 BYTES elements for shape of 120"):
