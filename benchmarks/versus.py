@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-
-import httpx
-import psutil
 
 from benchmarks.workloads import CACHE_ENTRIES, ours, requests_for, turns
 from support.payloads import load_spec
 from support.reports import relative
-from support.servers import ROOT, free_port
+from support.servers import ROOT, listening_process, server
 from support.wrk import write_bodies, wrk
 
 logger = logging.getLogger("benchmarks")
@@ -67,48 +62,20 @@ def train(tree: Path, model: str) -> Path:
     return out
 
 
-@contextmanager
-def serving(tree: Path, model_dir: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    """``tree``'s service on ``model_dir`` until the block ends: (URL, process id). It starts
-    in an empty folder (no developer's .env), ``tree`` first on its path."""
-    port = free_port()
+def serving(tree: Path, model_dir: Path, env: dict[str, str]) -> AbstractContextManager[str]:
+    """``tree``'s service on ``model_dir`` until the block ends, its URL."""
     settings = {
         "CTR_MODEL_REPOSITORY": str(model_dir),
         "CTR_MODEL_DIR": str(model_dir),  # what older trees read
         "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES),
         "CTR_CACHE_TTL_S": "3600",
-        "CTR_HOST": "127.0.0.1",
-        "CTR_PORT": str(port),
-        "CTR_LOG_LEVEL": "WARNING",
         **env,
     }
-    full = {**os.environ, **settings, "PYTHONPATH": str(tree)}
-    with tempfile.TemporaryDirectory(prefix="ctrserve-cwd-") as cwd:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=cwd, env=full, stdout=subprocess.DEVNULL
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while not _healthy(base):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the service of {tree} did not start")
-                time.sleep(0.5)
-            yield base, process.pid
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return server([sys.executable, "-m", "app"], settings, tree=tree)
 
 
 def measure(
-    servers: dict[str, tuple[str, int]], duration_s: int, rounds: int
+    servers: dict[str, str], duration_s: int, rounds: int
 ) -> dict[tuple[str, str], list[tuple[float, float, float, int]]]:
     """(workload, server) -> per round: req/s, server CPU µs a request, p99 ms, errors."""
     spec = load_spec(ROOT / "models" / "default")
@@ -116,10 +83,10 @@ def measure(
     for workload in WORKLOADS:
         bodies = write_bodies([ours(rows) for rows in requests_for(spec, workload)])
         for round_, name in turns(list(servers), rounds):
-            base, pid = servers[name]
+            base = servers[name]
             if round_ == 0:
                 wrk(f"{base}/predict", bodies, max(2, duration_s // 2))  # warm-up
-            process = psutil.Process(pid)
+            process = listening_process(base)
             before = sum(process.cpu_times()[:2])
             run = wrk(f"{base}/predict", bodies, duration_s)
             cpu_us = (sum(process.cpu_times()[:2]) - before) / max(run.requests, 1) * 1e6

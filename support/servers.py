@@ -34,11 +34,14 @@ def listening_process(base: str) -> psutil.Process:
 
 @contextmanager
 def server(
-    command: Sequence[str], env: dict[str, str] | None = None, health: str = "/healthz"
+    command: Sequence[str],
+    env: dict[str, str] | None = None,
+    health: str = "/healthz",
+    tree: Path = ROOT,
 ) -> Iterator[str]:
     """Run ``command`` (which must listen on ``$PORT``, or on ``{port}`` written in its
     arguments or ``env`` values) until the block ends, once ``health`` answers 200; yield its
-    URL.
+    URL. ``tree``: the checkout whose packages it imports first (another revision's, say).
 
     The process starts in an empty working directory, so a developer's ``.env`` in the
     repository never configures a server under test: only ``env`` and the environment do.
@@ -51,7 +54,7 @@ def server(
         "CTR_PORT": str(port),
         "CTR_HOST": "127.0.0.1",
         "CTR_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
     }
     command = [part.replace("{port}", str(port)) for part in command]
     with tempfile.TemporaryDirectory(prefix="ctrserve-cwd-") as cwd:
