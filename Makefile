@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model models serve test bench bench-open bench-versus peers bench-train bench-dist bench-loop bench-models bench-large bench-daily reliability quality loadtest loop clean
+.PHONY: setup run model models serve test bench bench-open bench-versus bench-calibration peers bench-train bench-dist bench-loop bench-models bench-large bench-daily reliability quality loadtest loop clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -112,6 +112,11 @@ bench: model peers $(PRODUCTION)/nffm/CURRENT $(LADDER)/nffm/CURRENT $(TEST_DEPS
 bench-versus: model $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	$(PY) -m benchmarks.versus --revision 0168c04 --env CTR_RESPONSE_CACHE_MAX_BYTES=1066666
+
+# What the calibration in the served graph costs an onnxruntime call, by rows: the graph
+# without it, with the knots counted in int64 (before), as exported now -> docs/CALIBRATION_COST.md
+bench-calibration: model $(TEST_DEPS)
+	$(PY) -m benchmarks.calibration_cost
 
 # Open loop: each server alone at a ladder of fixed request rates (k6), default model and the
 # production NFFM -> docs/OPEN_LOOP.md; ctrserve's tuned settings on and off ->
