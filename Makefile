@@ -83,7 +83,7 @@ peers: $(PEERS)/mlserver/.installed $(PEERS)/bentoml/.installed $(PEERS)/kserve/
 # DeepFM, trained on 200k generated rows (the file is deleted afterwards). Trained again when
 # the layers or the exporter change, so that the benchmarks run the graph of this checkout.
 PRODUCTION := models/production
-$(PRODUCTION)/nffm/CURRENT: training/layers.py training/models.py training/export.py \
+$(PRODUCTION)/nffm/CURRENT: training/layers.py training/models.py training/export.py training/calibration.py \
 		app/repository/manifest.py | $(TEST_DEPS)
 	mkdir -p data
 	$(VENV)/bin/ctrserve synth --layout criteo --rows 200000 --seed 7 --out data/criteo_200k.tsv
