@@ -15,7 +15,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -23,6 +22,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from app.model.scorer import inference_session
+from app.repository.manifest import ModelManifest
 from app.repository.store import resolve_model_dir
 from support.reports import machine, relative
 from training.calibration import Calibration, CalibrationLayer
@@ -30,6 +31,7 @@ from training.export import INPUT_NAME, fixture_rows, load_checkpoint, to_onnx, 
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = (1, 16, 100, 1000)
+_CALIBRATED = ("int64 count (before)", "float32 count (now)")  # must agree
 
 
 class _IntegerCount(CalibrationLayer):
@@ -42,39 +44,26 @@ class _IntegerCount(CalibrationLayer):
         return self.low[segment] + along.clamp(0.0, 1.0) * self.rise[segment]
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def graphs(model_dir: Path, folder: Path) -> dict[str, ort.InferenceSession]:
-    """The model's graph without calibration, with the int64 count, and as exported now."""
+    """The model's graph without calibration, with the int64 count, and as exported now,
+    each in a session as a scoring thread runs it."""
     model, trained = load_checkpoint(model_dir)
     calibration = Calibration.load(resolve_model_dir(model_dir))
     if calibration is None:
         raise SystemExit(f"{relative(model_dir)} has no calibration to measure")
-    fields = len(trained.features.fields)
-    exported = {
-        "no calibration": lambda: to_onnx(model, trained.task, fields),
-        "int64 count (before)": lambda: _with_integer_count(
-            lambda: to_onnx(model, trained.task, fields, calibration)
-        ),
-        "float32 count (now)": lambda: to_onnx(model, trained.task, fields, calibration),
-    }
+    exports = (
+        ("no calibration", None, CalibrationLayer),
+        ("int64 count (before)", calibration, _IntegerCount),
+        ("float32 count (now)", calibration, CalibrationLayer),
+    )
     sessions = {}
-    for i, (name, export) in enumerate(exported.items()):
+    for i, (name, calibrated, layer) in enumerate(exports):
+        with mock.patch("training.export.CalibrationLayer", layer):
+            graph = to_onnx(model, trained.task, len(trained.features.fields), calibrated)
         path = folder / f"graph{i}.onnx"
-        write_graph(export(), path)
-        sessions[name] = _session(path)
+        write_graph(graph, path)
+        sessions[name] = inference_session(path)
     return sessions
-
-
-def _with_integer_count(export: Callable[[], object]) -> object:
-    with mock.patch("training.export.CalibrationLayer", _IntegerCount):
-        return export()
 
 
 def measure(
@@ -84,8 +73,8 @@ def measure(
     results: dict[int, dict[str, float]] = {}
     for rows in ROWS:
         feed = {INPUT_NAME: fixture_rows(field_dims, rows, seed=rows)}
-        outputs = [session.run(None, feed)[0] for session in sessions.values()]
-        if not np.allclose(outputs[1], outputs[2], atol=1e-6):
+        before, now = (sessions[name].run(None, feed)[0] for name in _CALIBRATED)
+        if not np.allclose(before, now, atol=1e-6):
             raise SystemExit("the two calibrated graphs disagree")
         times: dict[str, list[float]] = {name: [] for name in sessions}
         for _ in range(repeats):
@@ -125,10 +114,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=ROOT / "docs/CALIBRATION_COST.md")
     args = parser.parse_args()
+    field_dims = ModelManifest.load(resolve_model_dir(args.model_dir)).features.field_dims
     with tempfile.TemporaryDirectory(prefix="ctrserve-calibration-") as folder:
-        sessions = graphs(args.model_dir, Path(folder))
-        _, trained = load_checkpoint(args.model_dir)
-        results = measure(sessions, trained.features.field_dims, args.repeats)
+        results = measure(graphs(args.model_dir, Path(folder)), field_dims, args.repeats)
     text = report(results, args.model_dir, args.repeats)
     args.out.write_text(text)
     print(text)

@@ -40,6 +40,19 @@ class Calls:
             thread.join(timeout=wait_s)
 
 
+def inference_session(onnx_path: Path, intra_op_threads: int = 1) -> ort.InferenceSession:
+    """The graph at ``onnx_path`` as the service runs it: ``intra_op_threads`` for a call,
+    one call at a time a session (the scoring threads give the parallelism), every graph
+    optimisation, on the CPU."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(
+        str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
 class Scorer:
     """One loaded model version: manifest, encoder and onnxruntime session."""
 
@@ -80,14 +93,8 @@ class Scorer:
             manifest.check_content()
         except SpecError as exc:
             raise SpecError(f"{model_dir}: {exc}") from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            session = ort.InferenceSession(
-                str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            session = inference_session(onnx_path, intra_op_threads)
         except Exception as exc:  # ORT raises its own exception types for bad graphs
             raise SpecError(f"{onnx_path}: onnxruntime cannot load it ({exc})") from None
         scorer = cls(manifest, session, model_dir, max_value_chars)
