@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx2 as httpx
 import psutil
 
+from support.prometheus import metric
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -80,16 +82,11 @@ def server(
                 process.kill()
 
 
-def metric_values(base: str, *series: str) -> list[float]:
-    """The value of each named series (the whole name before the value, labels included)
-    on the service's Prometheus endpoint; 0 for a series not exposed yet."""
+def metric_values(base: str, *names: str) -> list[float]:
+    """Each named metric on the service's Prometheus endpoint, summed over its label sets
+    (the service labels most by model and version); 0 for one not exposed yet."""
     text = httpx.get(f"{base}/metrics", timeout=5).text
-    values = dict.fromkeys(series, 0.0)
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name in values:
-            values[name] = float(value)
-    return [values[name] for name in series]
+    return [metric(text, name) for name in names]
 
 
 def cache_counts(base: str) -> tuple[float, float]:

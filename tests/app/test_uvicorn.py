@@ -12,6 +12,7 @@ import httpx2 as httpx
 import pytest
 
 from support.prometheus import metric
+from support.servers import cache_counts
 from support.servers import server as start_server
 
 pytestmark = pytest.mark.slow  # starts processes: servers or the training CLI
@@ -40,6 +41,7 @@ def test_real_server_predicts_and_caches(server: str) -> None:
     )
     text = httpx.get(f"{server}/metrics", timeout=5).text
     assert metric(text, "ctr_cache_hits_total", model="nffm") == 1.0
+    assert cache_counts(server) == (1.0, 1.0)  # what the benchmarks read: every label summed
 
 
 def _post_in_two_parts(base: str, body: bytes) -> tuple[int, dict[str, object]]:
