@@ -68,7 +68,7 @@ test: $(TEST_DEPS)
 	$(PY) -m pytest
 	$(PY) scripts/audit.py
 
-# The serving peers (Seldon MLServer, BentoML, KServe, Triton via PyTriton), each in an
+# The serving peers (Seldon MLServer, KServe, Triton via PyTriton), each in an
 # environment of its own.
 PEERS := .venv-peers
 $(PEERS)/%/.installed: benchmarks/peers/%.txt
@@ -76,7 +76,7 @@ $(PEERS)/%/.installed: benchmarks/peers/%.txt
 	$(PEERS)/$*/bin/pip install --quiet -r $<
 	touch $@
 
-peers: $(PEERS)/mlserver/.installed $(PEERS)/bentoml/.installed $(PEERS)/kserve/.installed \
+peers: $(PEERS)/mlserver/.installed $(PEERS)/kserve/.installed \
 	$(PEERS)/pytriton/.installed
 
 # A production-size model: Criteo-shaped 39 fields, NFFM k=16 with one hidden layer, and

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -44,11 +43,11 @@ import psutil
 
 from app.core.config import Settings
 from app.features.spec import FeatureSpec
-from benchmarks.workloads import CACHE_ENTRIES, PEERS_DIR, Server, installed, mlserver
+from benchmarks.workloads import CACHE_ENTRIES, DISABLED, Server, installed, servers
 from support.k6 import BODIES_PER_VU, OpenLoopResult, run, write_slices
-from support.payloads import Row, load_spec, unique_rows, v2_json_body
+from support.payloads import Row, load_spec, unique_rows
 from support.reports import machine, markdown_section, relative
-from support.servers import ROOT, free_port, listening_process, server
+from support.servers import ROOT, listening_process, server
 from support.wrk import write_bodies, wrk
 
 logger = logging.getLogger("benchmarks.open_loop")
@@ -56,19 +55,6 @@ MAX_VUS = 64
 # An overload run: FLOOD_VUS each open a connection as the run starts, for OVERLOAD_SECONDS.
 FLOOD_VUS = 256
 OVERLOAD_SECONDS = 20
-# A log configuration for KServe's server: warnings only, no line a request.
-_QUIET_LOGS = Path(tempfile.gettempdir()) / "ctrserve-kserve-logging.json"
-_QUIET_LOGS.write_text(
-    json.dumps(
-        {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "loggers": {
-                name: {"level": "WARNING"} for name in ("kserve", "kserve.trace", "uvicorn.access")
-            },
-        }
-    )
-)
 
 
 @dataclass(frozen=True)
@@ -142,124 +128,6 @@ def _bodies_for(spec: FeatureSpec, workload: Workload, vus: int, seed: int) -> l
         ]
         for _ in range(count)
     ]
-
-
-def _ours(rows: list[Row]) -> object:
-    return {"features": rows[0]} if len(rows) == 1 else {"instances": rows}
-
-
-def _triton_body(spec: FeatureSpec) -> Callable[[list[Row]], object]:
-    """V2 JSON with each field an ``[N, 1]`` BYTES tensor (Triton batches along the first
-    axis); numbers as text, since JSON has no NaN and Triton refuses null in an FP32 tensor,
-    so a missing number is an empty string, as for the categorical fields."""
-
-    def body(rows: list[Row]) -> object:
-        request = v2_json_body(spec, rows)
-        for tensor in request["inputs"]:  # type: ignore[union-attr]
-            tensor["shape"] = [len(rows), 1]
-            if tensor["datatype"] != "BYTES":
-                tensor["datatype"] = "BYTES"
-                tensor["data"] = ["" if v is None else repr(v) for v in tensor["data"]]
-        return request
-
-    return body
-
-
-def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
-    """ctrserve and the peers, each with the whole machine (2 cores here)."""
-    ours_env = {
-        "CTR_MODEL_REPOSITORY": str(model_dir),
-        "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES),
-        "CTR_CACHE_TTL_S": "3600",
-    }
-    app = [sys.executable, "-m", "app"]
-    peer = {"CTR_MODEL_REPOSITORY": str(model_dir), "CTR_CACHE_MAXSIZE": str(CACHE_ENTRIES)}
-    return [
-        Server(
-            "ctrserve",
-            lambda: server(app, ours_env),
-            "/predict",
-            _ours,
-            "1 worker, scoring threads = CPUs (2), cache 2,000 rows",
-        ),
-        Server(
-            "ctrserve, 2 workers",
-            lambda: server(app, {**ours_env, "CTR_WORKERS": "2"}),
-            "/predict",
-            _ours,
-            "2 workers, 2 scoring threads each, cache 2,000 rows each",
-        ),
-        Server(
-            "KServe ModelServer",
-            lambda: _peer_server(
-                "kserve",
-                [
-                    *("-m", "benchmarks.peers.kserve_model", "--model_dir", str(model_dir)),
-                    *("--http_port", "{port}", "--workers", "2", "--enable_grpc", "false"),
-                    *("--enable_latency_logging", "false", "--log_config_file", str(_QUIET_LOGS)),
-                ],
-                health="/v2/health/live",
-            ),
-            "/v1/models/ctr:predict",
-            lambda rows: {"instances": rows},
-            "kserve.ModelServer --workers 2, V1 JSON, access and latency logs off, no cache "
-            "(it has none)",
-            "kserve",
-        ),
-        Server(
-            "Triton (PyTriton)",
-            lambda: _peer_server(
-                "pytriton",
-                [
-                    *("-m", "benchmarks.peers.pytriton_model", "--model-dir", str(model_dir)),
-                    *("--http-port", "{port}", "--grpc-port", str(free_port())),
-                    *("--metrics-port", str(free_port())),
-                ],
-                health="/v2/models/ctr/ready",
-            ),
-            "/v2/models/ctr/infer",
-            _triton_body(spec),
-            "dynamic batching on, response cache on (1 MiB), 2 instances, V2 JSON (numbers as "
-            "BYTES text)",
-            "pytriton",
-        ),
-        Server(
-            "Seldon MLServer",
-            lambda: mlserver(model_dir),
-            "/v2/models/ctr/infer",
-            lambda rows: v2_json_body(spec, rows),
-            "parallel_workers 0 (its best here), httptools, its cache on (2,000), V2 JSON",
-            "mlserver",
-        ),
-        Server(
-            "FastAPI + onnxruntime + cachetools",
-            lambda: server(
-                [
-                    *(sys.executable, "-m", "uvicorn", "--factory", "--workers", "2"),
-                    *("--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"),
-                    *("--no-access-log", "benchmarks.peers.plain_app:create_app"),
-                ],
-                peer,
-            ),
-            "/predict",
-            _ours,
-            "2 uvicorn workers, sync route, TTLCache of 2,000 rows each",
-        ),
-    ]
-
-
-def _peer_server(name: str, args: list[str], health: str) -> AbstractContextManager[str]:
-    python = PEERS_DIR / name / "bin" / "python"
-    # Triton's Python backend stub links libpython3.x.so from the system's library path:
-    # point it at this interpreter's own, or a different patch release's C part meets this
-    # one's standard library (PyTriton's models then fail to start).
-    libdir = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return server([str(python), *args], {"LD_LIBRARY_PATH": libdir}, health=health)
 
 
 def _tree_cpu_s(base: str) -> Callable[[], float]:
@@ -412,7 +280,8 @@ def measure(model: str, duration_s: int, only: list[str] | None) -> dict[str, ob
     """Every server's ladders on ``model`` (and ctrserve's extras), as JSON-ready data."""
     model_dir = (ROOT / "models" / model).resolve()
     spec = load_spec(model_dir)
-    entries = [e for e in servers(model_dir, spec) if not only or e.name in only]
+    entries = [e for e in servers(model_dir, spec) if e.name != DISABLED]
+    entries = [e for e in entries if not only or e.name in only]
     ladders: list[Ladder] = []
     extra: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="ctrserve-open-") as scratch, ExitStack() as stack:
