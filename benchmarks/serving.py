@@ -942,6 +942,9 @@ def main() -> None:
         "--only", choices=SECTIONS, default=None, help="run one section, print it, write nothing"
     )
     args = parser.parse_args()
+    # Checked before the hour of runs, not when the section that reads them comes up.
+    if not args.only and not (args.ladder_dir / "nffm" / POINTER_FILE).is_file():
+        parser.error(f"{relative(args.ladder_dir)}: no ladder of models (`make bench` trains it)")
     args.model_dir = args.model_dir.resolve()  # servers under test start in an empty directory
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
