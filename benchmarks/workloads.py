@@ -59,19 +59,6 @@ BATCH_BODIES = 3_200
 PEERS_DIR = ROOT / ".venv-peers"
 UVICORN = ["-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", "{port}"]
 QUIET = ["--log-level", "warning", "--no-access-log"]
-# A log configuration for KServe's server: warnings only, no line a request.
-_QUIET_LOGS = Path(tempfile.gettempdir()) / "ctrserve-kserve-logging.json"
-_QUIET_LOGS.write_text(
-    json.dumps(
-        {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "loggers": {
-                name: {"level": "WARNING"} for name in ("kserve", "kserve.trace", "uvicorn.access")
-            },
-        }
-    )
-)
 
 
 def requests_for(spec: FeatureSpec, workload: str, seed: int = 0) -> list[list[Row]]:
@@ -203,7 +190,8 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
                 [
                     *("-m", "benchmarks.peers.kserve_model", "--model_dir", str(model_dir)),
                     *("--http_port", "{port}", "--workers", "2", "--enable_grpc", "false"),
-                    *("--enable_latency_logging", "false", "--log_config_file", str(_QUIET_LOGS)),
+                    *("--enable_latency_logging", "false"),
+                    *("--log_config_file", str(_kserve_logging())),
                 ],
                 health="/v2/health/live",
             ),
@@ -242,9 +230,8 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
             "FastAPI + onnxruntime + cachetools",
             lambda: server(
                 [
-                    *(sys.executable, "-m", "uvicorn", "--factory", "--workers", "2"),
-                    *("--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"),
-                    *("--no-access-log", "benchmarks.peers.plain_app:create_app"),
+                    *(sys.executable, *UVICORN, "--workers", "2", *QUIET),
+                    "benchmarks.peers.plain_app:create_app",
                 ],
                 peer,
             ),
@@ -253,6 +240,16 @@ def servers(model_dir: Path, spec: FeatureSpec) -> list[Server]:
             "2 uvicorn workers, sync route, TTLCache of 2,000 rows each",
         ),
     ]
+
+
+def _kserve_logging() -> Path:
+    """A log configuration for KServe's server: warnings only, no line a request."""
+    path = Path(tempfile.gettempdir()) / "ctrserve-kserve-logging.json"
+    loggers = {name: {"level": "WARNING"} for name in ("kserve", "kserve.trace", "uvicorn.access")}
+    path.write_text(
+        json.dumps({"version": 1, "disable_existing_loggers": False, "loggers": loggers})
+    )
+    return path
 
 
 def peer_server(name: str, args: list[str], health: str) -> AbstractContextManager[str]:
