@@ -12,9 +12,10 @@ one run:
 2. **The mechanism on a model below 2 GiB**: the same graph with its weights inside
    ``model.onnx`` (what every export under 2 GiB was before) against its weights in
    ``model.onnx.data`` (every export now), each loaded by two processes.
-3. **Compact tables**: an NFFM trained on the default synthetic data and on Criteo-shaped
-   data, exported with float32, float16 and int8 tables: bytes, test AUC and log loss
-   (onnxruntime), the parity the export measured, and scoring speed.
+3. **Compact tables and int8 dense layers**: an NFFM trained on the default synthetic data
+   and on Criteo-shaped data, exported with float32, float16 and int8 tables and with its
+   MLP in float32 and int8: bytes, test AUC and log loss (onnxruntime), the parity the
+   export measured, and scoring speed.
 """
 
 from __future__ import annotations
@@ -266,6 +267,15 @@ def _speed(version_dir: Path, batch: int, seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
+# (tables, dense layers) exported from the float32 model's checkpoint, beside it.
+COMPACT_EXPORTS = (
+    ("float16", "float32"),
+    ("int8", "float32"),
+    ("float32", "int8"),
+    ("int8", "int8"),
+)
+
+
 def compact_tables(scratch: Path, name: str, synth_args: list[str], train_args: list[str]) -> dict:
     from app.repository.manifest import ModelManifest
     from app.repository.store import resolve_model_dir
@@ -274,11 +284,14 @@ def compact_tables(scratch: Path, name: str, synth_args: list[str], train_args: 
     _cli("synth", *synth_args, "--out", str(data))
     repo = scratch / name
     _cli("train", "--data", str(data), "--model", "nffm", "--out", str(repo), *train_args)
-    dirs = {"float32": resolve_model_dir(repo)}
-    for dtype in ("float16", "int8"):
-        out = scratch / f"{name}-{dtype}"
-        _cli("export", "--model-dir", str(repo), "--out", str(out), "--table-dtype", dtype)
-        dirs[dtype] = resolve_model_dir(out)
+    dirs = {"float32/float32": resolve_model_dir(repo)}
+    for tables, dense in COMPACT_EXPORTS:
+        out = scratch / f"{name}-{tables}-{dense}"
+        _cli(
+            "export", "--model-dir", str(repo), "--out", str(out),
+            "--table-dtype", tables, "--dense-dtype", dense,
+        )  # fmt: skip
+        dirs[f"{tables}/{dense}"] = resolve_model_dir(out)
     rows = {}
     for dtype, version_dir in dirs.items():
         evaluated = json.loads(
@@ -291,8 +304,8 @@ def compact_tables(scratch: Path, name: str, synth_args: list[str], train_args: 
             "data_bytes": manifest.files["model.onnx.data"].bytes,
             "auc": evaluated["auc"],
             "logloss": evaluated["logloss"],
-            "parity_max": manifest.training.get("table_parity_max_abs_diff", 0.0),
-            "parity_p99": manifest.training.get("table_parity_p99_abs_diff", 0.0),
+            "parity_max": manifest.training.get("compact_parity_max_abs_diff", 0.0),
+            "parity_p99": manifest.training.get("compact_parity_p99_abs_diff", 0.0),
         }
     for batch in (1, 100):  # rounds, alternating, for a noisy machine
         speeds: dict[str, list[float]] = {dtype: [] for dtype in dirs}
@@ -379,12 +392,14 @@ def report(results: dict, started: str) -> str:
     )
     compact_rows = []
     for data_name, by_dtype in results["compact"].items():
-        base = by_dtype["float32"]
+        base = by_dtype["float32/float32"]
         for dtype, row in by_dtype.items():
+            tables, dense = dtype.split("/")
             compact_rows.append(
                 [
                     data_name,
-                    dtype,
+                    tables,
+                    dense,
                     f"{row['data_bytes'] / MIB:,.1f} "
                     f"({row['data_bytes'] / base['data_bytes']:.2f}x)",
                     f"{row['auc']:.4f} ({row['auc'] - base['auc']:+.4f})",
@@ -396,16 +411,17 @@ def report(results: dict, started: str) -> str:
             )
     text.append(
         markdown_section(
-            "Compact tables",
-            "NFFM trained once per data set, exported three ways from the same checkpoint "
-            "(`ctrserve export --table-dtype`): the weights file's size, test AUC and log loss "
-            "served by onnxruntime (`ctrserve evaluate --split test`), how far the export "
-            "measured the compact graph from the float one on its fixture rows (99th "
-            "percentile / max of |score difference|; the export refuses a 99th percentile "
-            "above 1e-3 for float16 and 2e-2 for int8), and rows scored per second by one "
-            "onnxruntime thread (median of 3 alternating rounds).",
-            ["data", "tables", "weights MiB", "test AUC", "log loss", "parity p99 / max",
-             "rows/s batch 1", "rows/s batch 100"],
+            "Compact tables and int8 dense layers",
+            "NFFM trained once per data set, exported five ways from the same checkpoint "
+            "(`ctrserve export --table-dtype --dense-dtype`): the weights file's size, test "
+            "AUC and log loss served by onnxruntime (`ctrserve evaluate --split test`), how "
+            "far the export measured the compact graph from the float one on its fixture rows "
+            "(99th percentile / max of |score difference|; the export refuses a 99th "
+            "percentile above 1e-3 for float16 tables, 2e-2 for int8 tables and 1e-2 for int8 "
+            "dense layers, their sum for both), and rows scored per second by one onnxruntime "
+            "thread (median of 3 alternating rounds).",
+            ["data", "tables", "dense layers", "weights MiB", "test AUC", "log loss",
+             "parity p99 / max", "rows/s batch 1", "rows/s batch 100"],
             compact_rows,
         )
     )  # fmt: skip

@@ -17,7 +17,7 @@ from typing import get_args
 from pydantic import ValidationError
 
 from app.features.errors import SpecError
-from app.repository.manifest import TableDtype
+from app.repository.manifest import DenseDtype, TableDtype
 from training import commands
 from training.data import DataError
 from training.distributed import DEFAULT_TIMEOUT_S
@@ -178,6 +178,13 @@ def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="store the exported embedding tables as this type (float16: half the bytes, "
         "int8: a quarter), dequantized inside the graph (default: float32)",
+    )
+    parser.add_argument(
+        "--dense-dtype",
+        choices=get_args(DenseDtype),
+        default=None,
+        help="store the exported MLP's weights as this type (int8: onnxruntime's MatMulNBits, "
+        "8-bit weight blocks; each row scored independently of its batch) (default: float32)",
     )
     parser.add_argument(
         "--checkpoint",
@@ -375,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=get_args(TableDtype),
         default=None,
         help="store the embedding tables as this type (default: as the version does)",
+    )
+    export.add_argument(
+        "--dense-dtype",
+        choices=get_args(DenseDtype),
+        default=None,
+        help="store the MLP's weights as this type (default: as the version does)",
     )
     export.add_argument(
         "--checkpoint",

@@ -323,6 +323,7 @@ def train_one(
                 ),
                 calibration,
                 config.table_dtype,
+                config.dense_dtype,
             )
             summary["version"] = manifest.version
             summary["model_dir"] = str(out)
@@ -624,7 +625,9 @@ def _roles_for(manifest: ModelManifest, args: argparse.Namespace) -> ColumnRoles
 
 
 def run_export(args: argparse.Namespace) -> int:
-    manifest = reexport(args.model_dir, args.out, args.table_dtype, args.checkpoint)
+    manifest = reexport(
+        args.model_dir, args.out, args.table_dtype, args.checkpoint, args.dense_dtype
+    )
     _emit({"model_dir": str(args.out or args.model_dir), "version": manifest.version})
     return 0
 

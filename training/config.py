@@ -39,6 +39,7 @@ TRAIN_FLAGS = (
     "calibrate",
     "count_decay",
     "table_dtype",
+    "dense_dtype",
     "checkpoint",
     "optimizer",
     "time_column",

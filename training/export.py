@@ -35,6 +35,7 @@ from app.repository.manifest import (
     ONNX_DATA_FILE,
     ONNX_FILE,
     OPTIMIZER_FILE,
+    DenseDtype,
     ModelManifest,
     OnnxGraph,
     TableDtype,
@@ -46,7 +47,7 @@ from app.repository.manifest import (
 from app.repository.store import ModelRepository, resolve_model_dir
 from training.calibration import Calibration, CalibrationLayer
 from training.data import Task
-from training.graph_file import compact_tables, save_graph, strip_build_metadata
+from training.graph_file import compact_dense, compact_tables, save_graph, strip_build_metadata
 from training.layers import fill_unseen_rows, serving_tables
 from training.models import ModelConfig, build_model
 from training.state_file import load_state, save_state
@@ -61,7 +62,12 @@ PARITY_ATOL = 1e-5
 # How far compact tables may move the served scores of 99% of the export's fixture rows (the
 # rest sit on the calibration's steepest stretches, which magnify any change); the float16
 # figure is ~2x what the default model shows (docs/LARGE_MODELS.md).
-TABLE_PARITY: dict[TableDtype, float] = {"float16": 1e-3, "int8": 2e-2}
+TABLE_PARITY: dict[TableDtype, float] = {"float32": 0.0, "float16": 1e-3, "int8": 2e-2}
+# The same for int8 dense layers, ~2.5x what the default model shows; compact tables and
+# dense layers together may move scores by the sum of the two.
+DENSE_PARITY: dict[DenseDtype, float] = {"float32": 0.0, "int8": 1e-2}
+# What an export records of its graph's parity (``training`` of spec.json).
+_PARITY_RECORDS = ("parity_max_abs_diff", "parity_p99_abs_diff")
 
 
 class ExportError(RuntimeError):
@@ -169,8 +175,9 @@ def check_parity(
     return gap
 
 
-def compare_tables(float_scores: np.ndarray, compact_scores: np.ndarray) -> tuple[float, float]:
-    """Max and 99th percentile of |float graph - compact graph| on the same rows."""
+def compare_compact(float_scores: np.ndarray, compact_scores: np.ndarray) -> tuple[float, float]:
+    """Max and 99th percentile of |float graph - compact graph| on the same rows (compact:
+    its tables, its dense layers or both)."""
     gaps = np.abs(float_scores - compact_scores)
     return float(gaps.max()), float(np.quantile(gaps, 0.99))
 
@@ -188,15 +195,18 @@ def write_artifact(
     table_dtype: TableDtype = "float32",
     checkpoint: bool = True,
     optimizer_state: dict[str, Any] | None = None,
+    dense_dtype: DenseDtype = "float32",
 ) -> ModelManifest:
     """Export ``model`` as a new version of the repository ``out_dir``, then point
     ``CURRENT`` at it, with its training statistics and its calibration (baked into the
     graph, and kept beside it for a re-export) when given, its tables stored as
-    ``table_dtype``, and its torch checkpoint and ``optimizer_state`` unless ``checkpoint``
-    is false (they are only read to re-export or to train further). Returns the version's
-    manifest."""
+    ``table_dtype`` and its dense layers as ``dense_dtype``, and its torch checkpoint and
+    ``optimizer_state`` unless ``checkpoint`` is false (they are only read to re-export or
+    to train further). Returns the version's manifest."""
     with VersionDraft(model, spec, out_dir, checkpoint, optimizer_state) as draft:
-        return draft.finish(config, task, metrics, training, statistics, calibration, table_dtype)
+        return draft.finish(
+            config, task, metrics, training, statistics, calibration, table_dtype, dense_dtype
+        )
 
 
 class VersionDraft:
@@ -256,12 +266,13 @@ class VersionDraft:
         statistics: TrainingStatistics | None = None,
         calibration: Calibration | None = None,
         table_dtype: TableDtype = "float32",
+        dense_dtype: DenseDtype = "float32",
     ) -> ModelManifest:
         """Build, write and check the serving graph, wait for the training state, commit
         the version and point ``CURRENT`` at it; returns its manifest."""
         staging, spec = self.staging, self.spec
-        data, parity = _write_serving_graph(
-            self.model, spec, task, calibration, table_dtype, staging
+        data, parity, dense_dtype = _write_serving_graph(
+            self.model, spec, task, calibration, table_dtype, dense_dtype, staging
         )
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         if statistics is not None:
@@ -279,6 +290,7 @@ class VersionDraft:
             input_name=INPUT_NAME,
             output_name=OUTPUT_NAME,
             table_dtype=table_dtype,
+            dense_dtype=dense_dtype,
         )
         manifest = ModelManifest(
             model_type=config.name,
@@ -310,39 +322,52 @@ def _write_serving_graph(
     task: Task,
     calibration: Calibration | None,
     table_dtype: TableDtype,
+    dense_dtype: DenseDtype,
     staging: Path,
-) -> tuple[VersionFile | None, dict[str, JsonValue]]:
-    """Export the serving graph into ``staging``, its tables as ``table_dtype``, checked
-    against torch (and the float graph); returns its weights file's size and sha256 (if it
-    has one) and the parity."""
+) -> tuple[VersionFile | None, dict[str, JsonValue], DenseDtype]:
+    """Export the serving graph into ``staging``, its tables as ``table_dtype`` and its
+    dense layers as ``dense_dtype``, checked against torch (and the float graph); returns
+    its weights file's size and sha256 (if it has one), the parity and how its dense layers
+    are stored (float32 where the model has none)."""
     graph = to_onnx(model, task, len(spec.fields), calibration)
     rows = fixture_rows(spec.field_dims, 2048)
     onnx_path = staging / ONNX_FILE
-    float_dir = staging if table_dtype == "float32" else Path(tempfile.mkdtemp(dir=staging))
+    compact = table_dtype != "float32" or dense_dtype != "float32"
+    float_dir = Path(tempfile.mkdtemp(dir=staging)) if compact else staging
     data = write_graph(graph, float_dir / ONNX_FILE)
     float_scores = graph_scores(float_dir / ONNX_FILE, rows)
     gap = check_parity(model, task, float_scores, rows, calibration)
     logger.info("export parity: max |torch - onnxruntime| = %.2e", gap)
     parity: dict[str, JsonValue] = {"parity_max_abs_diff": gap}
-    if table_dtype != "float32":
-        tables = compact_tables(graph, table_dtype)
-        data = write_graph(graph, onnx_path)
-        worst, typical = compare_tables(float_scores, graph_scores(onnx_path, rows))
-        shutil.rmtree(float_dir)
-        if not typical <= TABLE_PARITY[table_dtype]:
-            raise ExportError(
-                f"{table_dtype} tables move 1% of scores by more than {typical:.3g} "
-                f"(> {TABLE_PARITY[table_dtype]:.3g}); export with wider tables"
-            )
-        logger.info(
-            "%s tables %s: |float - compact| at most %.2e, 99%% within %.2e",
-            table_dtype,
-            tables,
-            worst,
-            typical,
+    if not compact:
+        return data, parity, dense_dtype
+    tables = compact_tables(graph, table_dtype)
+    layers = compact_dense(graph, dense_dtype)
+    if not layers:
+        dense_dtype = "float32"
+    data = write_graph(graph, onnx_path)
+    worst, typical = compare_compact(float_scores, graph_scores(onnx_path, rows))
+    shutil.rmtree(float_dir)
+    allowed = TABLE_PARITY[table_dtype] + DENSE_PARITY[dense_dtype]
+    if not typical <= allowed:
+        raise ExportError(
+            f"{table_dtype} tables and {dense_dtype} dense layers move 1% of scores by more "
+            f"than {typical:.3g} (> {allowed:.3g}); export with wider ones"
         )
-        parity |= {"table_parity_max_abs_diff": worst, "table_parity_p99_abs_diff": typical}
-    return data, parity
+    logger.info(
+        "%s tables %s, %s dense layers %s: |float - compact| at most %.2e, 99%% within %.2e",
+        table_dtype,
+        tables,
+        dense_dtype,
+        layers,
+        worst,
+        typical,
+    )
+    return (
+        data,
+        parity | {"compact_parity_max_abs_diff": worst, "compact_parity_p99_abs_diff": typical},
+        dense_dtype,
+    )
 
 
 def _save_training_state(
@@ -361,6 +386,7 @@ class _TrainedGraph(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     table_dtype: TableDtype = "float32"  # absent before compact tables: float32
+    dense_dtype: DenseDtype = "float32"  # absent before int8 dense layers: float32
 
 
 class TrainedModel(BaseModel):
@@ -429,12 +455,15 @@ def reexport(
     out_dir: Path | None = None,
     table_dtype: TableDtype | None = None,
     checkpoint: bool = True,
+    dense_dtype: DenseDtype | None = None,
 ) -> ModelManifest:
     """Export again from ``checkpoint.pt`` (e.g. after an exporter upgrade, or to store the
-    tables as ``table_dtype``; default: as they were), as a new version of ``out_dir``
-    (default: the same repository)."""
+    tables as ``table_dtype`` or the dense layers as ``dense_dtype``; default: as they were),
+    as a new version of ``out_dir`` (default: the same repository)."""
     model, trained = load_checkpoint(model_dir)
     version_dir = resolve_model_dir(model_dir)
+    # the old export's parity figures describe the old graph: this export measures its own
+    training = {k: v for k, v in trained.training.items() if not k.endswith(_PARITY_RECORDS)}
     return write_artifact(
         model,
         trained.features,
@@ -442,10 +471,11 @@ def reexport(
         trained.task,
         out_dir or model_dir,
         trained.metrics,
-        dict(trained.training),
+        training,
         TrainingStatistics.load(version_dir),
         Calibration.load(version_dir),
         table_dtype or trained.onnx.table_dtype,
         checkpoint,
         load_optimizer_state(version_dir) if checkpoint else None,
+        dense_dtype or trained.onnx.dense_dtype,
     )

@@ -12,6 +12,13 @@ file beside it that every serving worker maps, the tables compact if asked.
 - **Compact tables** (``float16``, or ``int8`` with one scale per row): a table is any float
   matrix that the graph only ever gathers rows from. It is stored compact and each gathered
   row is turned back into float32 inside the graph, so the service is unchanged.
+- **int8 dense layers**: each fully connected layer (a ``Gemm`` or ``MatMul`` by a constant
+  matrix) becomes onnxruntime's ``MatMulNBits`` with 8-bit weights in blocks of 128 along the
+  input, one scale a block, quantized by onnxruntime's own quantizer. Its int8 compute
+  quantizes each row's activations on its own, so a row's score does not depend on the
+  rows batched with it (the standard ``DynamicQuantizeLinear`` takes one scale for the
+  whole batch: a row's score moved by 3e-4 with its batch-mates, and the score cache keeps
+  whichever came first).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from app.repository.manifest import ONNX_DATA_FILE, TableDtype, VersionFile
+from app.repository.manifest import ONNX_DATA_FILE, DenseDtype, TableDtype, VersionFile
 from training.uncached_file import UncachedWriter
 
 # Tensors above this go to the data file (what stays inline is a few index buffers).
@@ -30,6 +37,12 @@ _ALIGNMENT = 1 << 16  # onnxruntime maps a tensor at such an offset rather than 
 _ALIGN_OVER = 1 << 20  # smaller tensors are packed: aligning them only wastes the file
 # int8 pays a float scale per row: narrower rows (first-order weights) stay float16.
 INT8_MIN_WIDTH = 8
+# Weights a scale in int8 dense layers (onnxruntime's default block): on a 100-row call
+# 128 against 256 measured p99 score moves of 3.8e-3 against 4.8e-3 and 250 against 242 µs.
+DENSE_BLOCK = 128
+# MatMulNBits' int8 compute: activations quantized per row and block (its accuracy_level 4).
+_INT8_COMPUTE = 4
+_ORT_DOMAIN = "com.microsoft"
 
 
 def strip_build_metadata(model: ir.Model) -> None:
@@ -68,6 +81,61 @@ def compact_tables(model: ir.Model, dtype: TableDtype) -> list[str]:
         else:
             _to_float16(graph, table, weights, gathers)
         converted.append(name)
+    return converted
+
+
+def compact_dense(model: ir.Model, dtype: DenseDtype) -> list[str]:
+    """Store every fully connected layer of ``model`` (``Gemm`` or ``MatMul`` of an input by
+    a constant float matrix) as ``dtype``: ``int8`` makes it a ``MatMulNBits`` of 8-bit
+    weight blocks, plus its bias. Returns the layers' weight names (none for ``float32``, or
+    for a model without such layers: LR, FM, FFM)."""
+    if dtype == "float32":
+        return []
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    quantizer = DefaultWeightOnlyQuantizer(
+        DefaultWeightOnlyQuantConfig(
+            block_size=DENSE_BLOCK, is_symmetric=True, accuracy_level=_INT8_COMPUTE, bits=8
+        )
+    )
+    graph = model.graph
+    converted = []
+    for node in list(graph):
+        layer = _dense_layer(node)
+        if layer is None:
+            continue
+        inputs, weight, weights = layer
+        packed, scales, _ = quantizer.qbits_block_quant(weights)
+        blocks = _initializer(graph, f"{weight.name}.int8", packed)
+        block_scales = _initializer(graph, f"{weight.name}.block_scale", scales)
+        depth, width = weights.shape
+        matmul = ir.node(
+            "MatMulNBits",
+            [inputs, blocks, block_scales],
+            attributes={
+                "K": depth,
+                "N": width,
+                "bits": 8,
+                "block_size": DENSE_BLOCK,
+                "accuracy_level": _INT8_COMPUTE,
+            },
+            domain=_ORT_DOMAIN,
+            name=f"{node.name}.int8",
+        )
+        nodes = [matmul]
+        if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
+            nodes.append(
+                ir.node("Add", [matmul.outputs[0], node.inputs[2]], name=f"{node.name}.bias")
+            )
+        _replace(graph, node, nodes)
+        if not list(weight.uses()):
+            graph.initializers.pop(weight.name or "")
+        converted.append(weight.name or "")
+    if converted:
+        model.opset_imports.setdefault(_ORT_DOMAIN, 1)
     return converted
 
 
@@ -174,3 +242,49 @@ def _dequantize_after(graph: ir.Graph, gather: ir.Node, scale: ir.Value | None) 
         use.node.replace_input_with(use.idx, restored)
     for i in graph_outputs:
         graph.outputs[i] = restored
+
+
+def _dense_layer(node: ir.Node) -> tuple[ir.Value, ir.Value, np.ndarray] | None:
+    """``node``'s input, weight and the ``(inputs, outputs)`` float matrix it multiplies the
+    input by, if it is a plain fully connected layer (MatMul, or Gemm with unit alpha and
+    beta and an untransposed input); else ``None``."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in ("Gemm", "MatMul"):
+        return None
+    inputs, weight = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    if inputs is None or weight is None or weight.const_value is None:
+        return None
+    if weight.dtype != ir.DataType.FLOAT or len(weight.const_value.shape) != 2:
+        return None
+    matrix = weight.const_value.numpy()
+    if node.op_type == "MatMul":
+        return inputs, weight, matrix
+    attributes = node.attributes
+    if attributes.get_int("transA", 0) or attributes.get_float("alpha", 1.0) != 1.0:
+        return None
+    if attributes.get_float("beta", 1.0) != 1.0:
+        return None
+    if attributes.get_int("transB", 0):
+        matrix = np.ascontiguousarray(matrix.T)
+    return inputs, weight, matrix
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.dtype = ir.tensor(array).dtype
+    value.shape = ir.Shape(array.shape)
+    graph.register_initializer(value)
+    return value
+
+
+def _replace(graph: ir.Graph, node: ir.Node, nodes: list[ir.Node]) -> None:
+    """Put ``nodes`` where ``node`` stood: the last one's output takes over its output's
+    name, type and readers (the graph's outputs included)."""
+    graph.insert_before(node, nodes)
+    old, new = node.outputs[0], nodes[-1].outputs[0]
+    new.type = old.type
+    new.shape = old.shape
+    name = old.name
+    old.name = f"{name}.replaced"
+    new.name = name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    graph.remove(node, safe=True)

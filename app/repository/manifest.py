@@ -34,6 +34,7 @@ OPTIMIZER_FILE = "optimizer.pt"  # the optimiser's state beside the checkpoint, 
 TRAINING_FILES = (CHECKPOINT_FILE, OPTIMIZER_FILE)
 FORMAT_VERSION: Literal[2] = 2
 TableDtype = Literal["float32", "float16", "int8"]
+DenseDtype = Literal["float32", "int8"]
 
 
 class VersionFile(BaseModel):
@@ -54,6 +55,7 @@ class OnnxGraph(BaseModel):
     input_name: str = "indices"
     output_name: str = "score"
     table_dtype: TableDtype = "float32"  # how the embedding tables are stored
+    dense_dtype: DenseDtype = "float32"  # how the fully connected layers' weights are stored
 
     @property
     def content_files(self) -> list[str]:

@@ -60,6 +60,26 @@ def test_synth_train_evaluate(synth_csv: Path, tmp_path: Path) -> None:
     assert "not the data this model was trained on" in refused.stderr
 
 
+def test_int8_dense_layers_from_train_and_export(synth_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nfm"
+    trained = cli(
+        "train", "--data", str(synth_csv), "--model", "nfm", "--out", str(out),
+        "--epochs", "1", "--no-progress", "--dense-dtype", "int8",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert ModelManifest.load(resolve_model_dir(out)).onnx.dense_dtype == "int8"
+    # served by onnxruntime, the int8 graph scores the test split as the float model did
+    evaluated = cli(
+        "evaluate", "--model-dir", str(out), "--data", str(synth_csv), "--split", "test"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    auc = json.loads(trained.stdout)["test"]["auc"]
+    assert json.loads(evaluated.stdout)["auc"] == pytest.approx(auc, abs=5e-3)
+    wide = cli("export", "--model-dir", str(out), "--dense-dtype", "float32")
+    assert wide.returncode == 0, wide.stderr
+    assert ModelManifest.load(resolve_model_dir(out)).onnx.dense_dtype == "float32"
+
+
 def test_time_split_and_gzip_shards(tmp_path: Path) -> None:
     day = tmp_path / "day"
     day.mkdir()
