@@ -15,7 +15,8 @@ one run:
 3. **Compact tables and int8 dense layers**: an NFFM trained on the default synthetic data
    and on Criteo-shaped data, exported with float32, float16 and int8 tables and with its
    MLP in float32 and int8: bytes, test AUC and log loss (onnxruntime), the parity the
-   export measured, and scoring speed.
+   export measured, and scoring speed; then the float32 and int8-MLP exports served by one
+   ctrserve worker each, taking turns under wrk: requests a second and CPU a request.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,11 @@ import httpx2 as httpx
 import numpy as np
 import psutil
 
+from benchmarks.workloads import ours, requests_for
+from support.payloads import load_spec
 from support.reports import machine, markdown_section, run_and_report
 from support.servers import ROOT, server
+from support.wrk import write_bodies, wrk
 
 logger = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -318,6 +323,48 @@ def compact_tables(scratch: Path, name: str, synth_args: list[str], train_args: 
     return rows
 
 
+SERVED_WORKLOADS = ("distinct single rows", "batches of 100 distinct rows")
+
+
+def served_dense(float_repo: Path, dense_repo: Path, rounds: int = 3, seconds: int = 5) -> dict:
+    """The float32 and the int8-MLP export each served by one ctrserve worker with its score
+    cache off (every request scored), wrk (16 connections) on each in turn, every other
+    round in reverse order: requests a second and CPU µs a request outside wrk."""
+    spec = load_spec(float_repo)
+    repos = {"float32": float_repo, "int8": dense_repo}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    with ExitStack() as stack:
+        bases = {
+            dense: stack.enter_context(
+                server(
+                    [sys.executable, "-m", "app"],
+                    {
+                        "CTR_MODEL_REPOSITORY": str(repo),
+                        "CTR_CACHE_MAXSIZE": "0",
+                        "CTR_LOG_LEVEL": "WARNING",
+                    },
+                )
+            )
+            for dense, repo in repos.items()
+        }
+        for workload in SERVED_WORKLOADS:
+            bodies = write_bodies([ours(rows) for rows in requests_for(spec, workload)])
+            for base in bases.values():  # warm: the first calls of a shape cost more
+                wrk(f"{base}/predict", bodies, 2)
+            runs: dict[str, list[dict[str, float]]] = {dense: [] for dense in bases}
+            for round_ in range(rounds):
+                order = list(bases) if round_ % 2 == 0 else list(bases)[::-1]
+                for dense in order:
+                    result = wrk(f"{bases[dense]}/predict", bodies, seconds)
+                    if result.errors:
+                        raise RuntimeError(f"{workload}, {dense}: {result.errors} errors")
+                    runs[dense].append(
+                        {"req_per_s": result.req_per_s, "cpu_us": result.server_cpu_us}
+                    )
+            results[workload] = runs
+    return results
+
+
 # -- the report ------------------------------------------------------------------------------
 def report(results: dict, started: str) -> str:
     big = results["big"]
@@ -425,6 +472,37 @@ def report(results: dict, started: str) -> str:
             compact_rows,
         )
     )  # fmt: skip
+    served_rows = []
+    for data_name, by_workload in results["served_dense"].items():
+        for workload, runs in by_workload.items():
+            rate = {
+                dense: statistics.median(r["req_per_s"] for r in rs) for dense, rs in runs.items()
+            }
+            cpu = {dense: statistics.median(r["cpu_us"] for r in rs) for dense, rs in runs.items()}
+            served_rows.append(
+                [
+                    data_name,
+                    workload,
+                    f"{rate['float32']:,.0f}",
+                    f"{rate['int8']:,.0f} ({rate['int8'] / rate['float32']:.2f}x)",
+                    f"{cpu['float32']:,.0f}",
+                    f"{cpu['int8']:,.0f} ({cpu['int8'] / cpu['float32']:.2f}x)",
+                    " / ".join(f"{r['req_per_s']:,.0f}" for r in runs["float32"]),
+                    " / ".join(f"{r['req_per_s']:,.0f}" for r in runs["int8"]),
+                ]
+            )
+    text.append(
+        markdown_section(
+            "int8 dense layers, served",
+            "The float32 export and the int8-MLP one of the table above, each served by one "
+            "ctrserve worker with its score cache off (every request scored); wrk (1 thread, "
+            "16 connections, 5 s) on each in turn, every other round in reverse order, after a "
+            "2 s warm-up. Medians of 3 rounds; CPU a request is the machine's outside wrk.",
+            ["data", "workload", "float32 req/s", "int8 req/s", "float32 CPU µs a request",
+             "int8 CPU µs a request", "float32 rounds", "int8 rounds"],
+            served_rows,
+        )
+    )  # fmt: skip
     return "\n".join(text)
 
 
@@ -451,6 +529,10 @@ def main() -> None:
                 [*compact_train, "--embed-dim", "16", "--mlp-dims", "100", "--max-vocab", "20000"],
             ),
         }  # fmt: skip
+        results["served_dense"] = {
+            name: served_dense(scratch / repo, scratch / f"{repo}-float32-int8")
+            for name, repo in (("default", "default"), ("criteo-shaped", "criteo"))
+        }
         results["mechanism"] = inline_against_mapped(
             scratch, args.fields, args.mid_values, args.embed_dim
         )

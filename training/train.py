@@ -124,9 +124,9 @@ class TrainConfig(BaseModel):
         default="float32",
         description="how the exported graph stores its fully connected layers: int8 runs "
         "them as onnxruntime's MatMulNBits (8-bit weight blocks, each row's activations "
-        "quantized on their own; a Criteo-shaped NFFM scored 1.7x the rows a call of one "
-        "and 1.17x in calls of 100, docs/LARGE_MODELS.md); models without an MLP (LR, FM, "
-        "FFM) stay float32",
+        "quantized on their own; a Criteo-shaped NFFM scored 1.6-1.7x the rows a call of "
+        "one and 1.2-1.3x in calls of 100 in two runs, docs/LARGE_MODELS.md); models "
+        "without an MLP (LR, FM, FFM) stay float32",
     )
     checkpoint: bool = Field(
         default=True,
