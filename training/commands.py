@@ -218,7 +218,12 @@ def _check_memory(
     one machine share its memory: each gets its share of the budget."""
     per_rank = cluster.rank_batch(config.batch_size)
     memory = plan(
-        prepared.spec.field_dims, config.model, per_rank, config.optimizer, config.table_dtype
+        prepared.spec.field_dims,
+        config.model,
+        per_rank,
+        config.optimizer,
+        config.table_dtype,
+        config.dense_dtype,
     )
     limit = (budget if budget is not None else available_memory()) // cluster.local_world_size
     logger.info(

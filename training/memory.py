@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from training.data import DataError
-from training.graph_file import INT8_MIN_WIDTH
+from training.graph_file import DENSE_BLOCK, INT8_MIN_WIDTH
 from training.layers import embedding_tables
 from training.models import build_model
 from training.shards import BLOCK_ROWS, BUFFER_BLOCKS
@@ -79,6 +79,7 @@ def plan(
     batch_size: int,
     optimizer: str,
     table_dtype: str = "float32",
+    dense_dtype: str = "float32",
 ) -> MemoryPlan:
     """Bytes the run will need: tables, optimiser state (Adam: two moments; Adagrad: one
     sum), dense layers, one batch's activations (every intermediate kept for backward,
@@ -90,7 +91,9 @@ def plan(
         tables = embedding_tables(model)
         table_ids = {id(t) for t in tables}
         table_bytes = sum(t.numel() for t in tables) * _FLOAT
-        dense_bytes = sum(p.numel() for p in model.parameters() if id(p) not in table_ids) * _FLOAT
+        dense = [p for p in model.parameters() if id(p) not in table_ids]
+        dense_bytes = sum(p.numel() for p in dense) * _FLOAT
+        stored_dense = sum(_stored_dense(tuple(p.shape), dense_dtype) for p in dense)
         activations = _activation_bytes(model, len(field_dims), batch_size)
     moments = 2 if optimizer == "adam" else 1
     touched = batch_size * len(field_dims)
@@ -106,7 +109,7 @@ def plan(
         batch=activations + sparse_grads,
         buffers=buffer_bytes + RUNTIME_BYTES,
         export=compact,
-        exported=stored + dense_bytes,
+        exported=stored + stored_dense,
         worker=SERVING_WORKER_BYTES + SERVING_BYTES_PER_VALUE * sum(field_dims),
     )
 
@@ -117,6 +120,17 @@ def _stored_bytes(rows: int, width: int, table_dtype: str) -> int:
         table_dtype = "float16"
     scales = rows * _FLOAT if table_dtype == "int8" else 0
     return rows * width * _DTYPE_BYTES[table_dtype] + scales
+
+
+def _stored_dense(shape: tuple[int, ...], dense_dtype: str) -> int:
+    """A dense parameter's bytes in the exported graph: an int8 layer's ``(outputs, inputs)``
+    weight keeps a byte a weight, its inputs padded to whole blocks, and a float scale a
+    block; biases stay float32."""
+    if dense_dtype != "int8" or len(shape) != 2:
+        return _FLOAT * int(torch.Size(shape).numel())
+    outputs, inputs = shape
+    blocks = -(-inputs // DENSE_BLOCK)
+    return outputs * blocks * (DENSE_BLOCK + _FLOAT)
 
 
 def _activation_bytes(model: torch.nn.Module, num_fields: int, batch_size: int) -> int:

@@ -34,6 +34,7 @@ from training.export import (  # noqa: E402
     write_artifact,
 )
 from training.graph_file import EXTERNAL_TENSOR_BYTES, save_graph  # noqa: E402
+from training.memory import plan  # noqa: E402
 from training.models import DEFAULTS, build_model  # noqa: E402
 from training.train import TrainConfig  # noqa: E402
 
@@ -262,6 +263,10 @@ def test_int8_dense_layers_score_each_row_on_its_own_within_their_bound(
     gaps = np.abs(served - Scorer.load(float_dir).score_indices(rows))
     assert 0 < np.quantile(gaps, 0.99) <= DENSE_PARITY["int8"]
     assert manifest.training["compact_parity_p99_abs_diff"] <= DENSE_PARITY["int8"]
+    # the memory plan a training run prints put the weights file at what was written
+    planned = plan(prepared.spec.field_dims, CONFIG, 256, "adam", dense_dtype="int8")
+    written = manifest.files[ONNX_DATA_FILE].bytes
+    assert abs(planned.exported - written) <= 0.05 * written
     # a row's score is its own, whatever is batched with it, to float rounding (the score
     # cache relies on it; one activation scale per batch moved rows by ~3e-4)
     alone = np.concatenate([scorer.score_indices(rows[i : i + 1]) for i in range(50)])

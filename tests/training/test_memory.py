@@ -36,3 +36,14 @@ def test_compact_tables_shrink_the_plan_and_workers_share_the_weights(model_dir:
     assert half.export > wide.export  # the compact copy is made beside the float tables
     assert all(p.total >= p.training for p in (wide, half, quarter))
     assert any("served by 2 worker(s)" in line for line in wide.lines())
+
+
+def test_int8_dense_layers_shrink_the_planned_weights_file(model_dir: Path) -> None:
+    manifest = ModelManifest.load(resolve_model_dir(model_dir))
+    dims, config = manifest.features.field_dims, _config(manifest)
+    wide = plan(dims, config, 256, "adam")
+    narrow = plan(dims, config, 256, "adam", dense_dtype="int8")
+    # about a byte a weight where float32 keeps four (tests/training/test_graph_file.py
+    # holds the plan against a written int8 export)
+    assert wide.exported - wide.dense * 3 // 4 <= narrow.exported < wide.exported
+    assert narrow.dense == wide.dense  # training holds the float layers either way
