@@ -74,6 +74,11 @@ def build_config(
     model_overrides = chosen.pop("model", None) or {}
     if not isinstance(model_overrides, Mapping):
         raise DataError("config: 'model' must be a mapping of model hyper-parameters")
+    named = model_overrides.get("name", model)
+    if named != model:  # the model is --model's (default nffm): a file naming another is a mistake
+        raise DataError(
+            f"config: model.name is {named!r} but --model is {model!r}; pass --model {named}"
+        )
     settings.update(chosen)
     model_fields.update(model_overrides)
     for key, value in (flags or {}).items():

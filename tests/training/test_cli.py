@@ -231,12 +231,18 @@ def test_regression_on_aggregates(tmp_path: Path) -> None:
             ["train", "--data", "{bad}", "--out", "x", "--val-from", "a", "--test-from", "b"],
             "--val-from and --test-from need --time-column",
         ),
+        (
+            ["train", "--data", "{bad}", "--out", "x", "--config", "{config}"],
+            "config: model.name is 'nfm' but --model is 'nffm'; pass --model nfm",
+        ),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("label,site\n0,a\n1,b,c\n")
-    result = cli(*[a.replace("{bad}", str(bad)) for a in args])
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {name: nfm, embed_dim: 8}\n")
+    result = cli(*[a.replace("{bad}", str(bad)).replace("{config}", str(config)) for a in args])
     assert result.returncode == 2
     assert result.stderr.startswith("error: ")
     assert message in result.stderr
