@@ -27,6 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+from onnxruntime.quantization.matmul_nbits_quantizer import (
+    DefaultWeightOnlyQuantConfig,
+    DefaultWeightOnlyQuantizer,
+)
 
 from app.repository.manifest import ONNX_DATA_FILE, DenseDtype, TableDtype, VersionFile
 from training.uncached_file import UncachedWriter
@@ -91,11 +95,6 @@ def compact_dense(model: ir.Model, dtype: DenseDtype) -> list[str]:
     for a model without such layers: LR, FM, FFM)."""
     if dtype == "float32":
         return []
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        DefaultWeightOnlyQuantizer,
-    )
-
     quantizer = DefaultWeightOnlyQuantizer(
         DefaultWeightOnlyQuantConfig(
             block_size=DENSE_BLOCK, is_symmetric=True, accuracy_level=_INT8_COMPUTE, bits=8
