@@ -37,7 +37,7 @@ import httpx2 as httpx
 import numpy as np
 import psutil
 
-from benchmarks.workloads import ours, requests_for
+from benchmarks.workloads import ours, requests_for, turns
 from support.payloads import load_spec
 from support.reports import machine, markdown_section, run_and_report
 from support.servers import ROOT, server
@@ -352,15 +352,11 @@ def served_dense(float_repo: Path, dense_repo: Path, rounds: int = 3, seconds: i
             for base in bases.values():  # warm: the first calls of a shape cost more
                 wrk(f"{base}/predict", bodies, 2)
             runs: dict[str, list[dict[str, float]]] = {dense: [] for dense in bases}
-            for round_ in range(rounds):
-                order = list(bases) if round_ % 2 == 0 else list(bases)[::-1]
-                for dense in order:
-                    result = wrk(f"{bases[dense]}/predict", bodies, seconds)
-                    if result.errors:
-                        raise RuntimeError(f"{workload}, {dense}: {result.errors} errors")
-                    runs[dense].append(
-                        {"req_per_s": result.req_per_s, "cpu_us": result.server_cpu_us}
-                    )
+            for _, dense in turns(list(bases), rounds):
+                result = wrk(f"{bases[dense]}/predict", bodies, seconds)
+                if result.errors:
+                    raise RuntimeError(f"{workload}, {dense}: {result.errors} errors")
+                runs[dense].append({"req_per_s": result.req_per_s, "cpu_us": result.server_cpu_us})
             results[workload] = runs
     return results
 
