@@ -129,7 +129,9 @@ def compact_dense(model: ir.Model, dtype: DenseDtype) -> list[str]:
             nodes.append(
                 ir.node("Add", [matmul.outputs[0], node.inputs[2]], name=f"{node.name}.bias")
             )
-        _replace(graph, node, nodes)
+        ir.convenience.replace_nodes_and_values(
+            graph, node, [node], nodes, [node.outputs[0]], [nodes[-1].outputs[0]]
+        )
         if not list(weight.uses()):
             graph.initializers.pop(weight.name or "")
         converted.append(weight.name or "")
@@ -209,10 +211,7 @@ def _to_int8(graph: ir.Graph, table: ir.Value, weights: np.ndarray, gathers: lis
     quantized = np.clip(np.rint(weights / scales), -127, 127).astype(np.int8)
     table.const_value = ir.tensor(quantized, name=table.name)
     table.dtype = ir.DataType.INT8
-    scale_table = ir.Value(name=f"{table.name}.row_scale", const_value=ir.tensor(scales))
-    scale_table.dtype = ir.DataType.FLOAT
-    scale_table.shape = ir.Shape(scales.shape)
-    graph.register_initializer(scale_table)
+    scale_table = _initializer(graph, f"{table.name}.row_scale", scales)
     for gather in gathers:
         _dequantize_after(graph, gather, scale=scale_table)
 
@@ -268,22 +267,7 @@ def _dense_layer(node: ir.Node) -> tuple[ir.Value, ir.Value, np.ndarray] | None:
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    value.dtype = ir.tensor(array).dtype
-    value.shape = ir.Shape(array.shape)
+    """``array`` as a new initializer of ``graph`` named ``name``."""
+    value = ir.val(name, const_value=ir.tensor(array, name=name))
     graph.register_initializer(value)
     return value
-
-
-def _replace(graph: ir.Graph, node: ir.Node, nodes: list[ir.Node]) -> None:
-    """Put ``nodes`` where ``node`` stood: the last one's output takes over its output's
-    name, type and readers (the graph's outputs included)."""
-    graph.insert_before(node, nodes)
-    old, new = node.outputs[0], nodes[-1].outputs[0]
-    new.type = old.type
-    new.shape = old.shape
-    name = old.name
-    old.name = f"{name}.replaced"
-    new.name = name
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
-    graph.remove(node, safe=True)
