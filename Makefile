@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run model models serve test bench bench-open bench-versus bench-calibration peers bench-train bench-dist bench-loop bench-models bench-large bench-daily reliability quality loadtest loop clean
+.PHONY: setup run model models serve test bench bench-open bench-versus bench-calibration bench-thresholds peers bench-train bench-dist bench-loop bench-models bench-large bench-daily reliability quality loadtest loop clean
 
 # `make run` installs what the main job needs (train + serve); `make test` adds the rest.
 RUN_DEPS := $(VENV)/.installed-run
@@ -106,12 +106,18 @@ bench: model peers $(PRODUCTION)/nffm/CURRENT $(LADDER)/nffm/CURRENT $(TEST_DEPS
 	$(PY) -m benchmarks.serving
 	$(PY) -m benchmarks.open_loop
 	$(PY) -m benchmarks.open_loop --settings
+	$(PY) -m benchmarks.thresholds
 
 # Closed loop against the revision issue 33 holds the serving core to (its suite gave ctrserve
 # a response cache, a setting this tree no longer has) -> docs/VERSUS.md
 bench-versus: model $(TEST_DEPS)
 	command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	$(PY) -m benchmarks.versus --revision 0168c04 --env CTR_RESPONSE_CACHE_MAX_BYTES=1066666
+
+# Every size threshold of the serving path forced to each side in turn, in process (the
+# production NFFM's sweeps where it is built) -> docs/THRESHOLDS.md
+bench-thresholds: model $(TEST_DEPS)
+	$(PY) -m benchmarks.thresholds
 
 # What the calibration in the served graph costs an onnxruntime call, by rows: the graph
 # without it, with the knots counted in int64 (before), as exported now -> docs/CALIBRATION_COST.md
