@@ -22,7 +22,7 @@ _FIRST_ROW = np.zeros(1, dtype=np.intp)
 _NONE_LOOKED_UP = np.empty(0, dtype=np.intp)
 _SINGLES_PENDING = 1024  # single rows marked in the doorkeeper together, at most this many
 DOORKEEPER_MIN_ROWS = 4096  # so that a small cache still sees a large batch come back
-_BITS_PER_ENTRY = 64  # the doorkeeper's sparsity (see Doorkeeper)
+_BITS_PER_ENTRY = 64  # the doorkeeper's sparsity: docs/THRESHOLDS.md#doorkeeper
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: one slot per version loaded
@@ -76,9 +76,8 @@ class Doorkeeper:
     vectorised hash and a few array operations a batch instead of a cache lookup and a
     cache write per row. A false positive admits a one-off row (a lookup and a store
     wasted), so the tables are sparse: ``_BITS_PER_ENTRY`` bits per entry of capacity keep
-    at most 1 bit in 32 set, a false-positive rate of about 3%. (At 4 flags an entry it
-    was 30%, and those wasted stores cost an all-miss 100-row batch 58 µs in process
-    against 2 with the cache off.) Two generations: after ``capacity`` marks the older one
+    at most 1 bit in 32 set (false positives, memory and cost by sparsity:
+    docs/THRESHOLDS.md#doorkeeper). Two generations: after ``capacity`` marks the older one
     is dropped, so sightings age out, while rows seen in the last generation are still
     known (a single table wiped at once made every hot row a first sight again). Memory:
     16 bytes an entry of capacity (two generations of 64 bits).
@@ -224,7 +223,7 @@ class ScoreCache:
         return Lookup(hits, scores, keys, looked_up, slot)
 
     def _lookup_row(self, version: str, row: NDArray[np.int64], nothing: Lookup) -> Lookup:
-        """One row, with scalar work only: a dozen numpy calls would cost it ~15 µs."""
+        """One row, with scalar work only: a dozen numpy calls would cost it more."""
         with self._lock:
             slot = self._slots.get(version)
             if slot is None:

@@ -9,8 +9,8 @@ registry, so several apps can live in one process.
 Every per-request count (latency, stages, cache hits, rows per call, scores, per-field
 missing and unseen values) is tallied in plain Python and numpy on the request path and
 flushed into the collectors off it (by the repository poller, and before each scrape): a
-multiprocess-mode collector update costs 2-3 µs, a tally update well under one, and a
-1,000-row request costs the same few array operations as a single row.
+multiprocess-mode collector update writes a memory-mapped file, a tally update adds to a
+number, and a 1,000-row request costs the same few array operations as a single row.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ POST /predict (and /models/<name>[/versions/<v>]/predict) and the V2 infer route
 (/v2/models/<name>[/versions/<v>]/infer).
 
 Starlette's exception middleware, the router, a ``Request`` and a ``Response`` cost a
-request more than parsing, encoding and scoring a row (a single-row cache miss took 215 µs
-through the route and 130 µs here in process; docs/BENCHMARKS.md). So this middleware
+request more than parsing, encoding and scoring a row (docs/BENCHMARKS.md, "Where the time
+goes"). So this middleware
 reads the body and answers it with the routes' own functions
 (:func:`~app.protocol.predict_json.answer`, :func:`~app.protocol.infer.answer_http`), its
 errors rendered as the routes render them. A body that arrives in more than one ASGI

@@ -159,12 +159,8 @@ class Settings(BaseSettings):
     prediction_log_roll_s: float = Field(default=300.0, gt=0, description="... or at this age")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
-    # Off by default: the service's own metrics are Prometheus' (/metrics), and with
-    # FastAPI's native telemetry on, every request first asks OpenTelemetry whether any
-    # provider is configured: ~4.4 µs a request in process, a sixth of a response-cache
-    # hit's time through the whole ASGI stack (21.0 against 25.4 µs). Over HTTP (default
-    # model, wrk, 16 connections, 5 s rounds side by side): response-cache hits 13,954
-    # against 12,615 req/s, distinct single rows 9,790 against 9,481.
+    # Off by default: the service's own metrics are Prometheus' (/metrics), and with it on
+    # every request asks OpenTelemetry for a provider first: docs/THRESHOLDS.md#otel
     otel: bool = Field(
         default=False,
         description="FastAPI's native OpenTelemetry: request spans, metrics and logs through "

@@ -55,13 +55,10 @@ def canonical_token(value: object) -> str | None:
 
 # Array kinds encoded column-wise in numpy: str, bytes, signed and unsigned ints, floats, bool.
 _TYPED_KINDS = frozenset("USiufb")
-# Up to this many rows a typed column is encoded value by value: a dozen numpy calls per
-# field cost more than a few dict lookups (measured: 93 µs against 6 µs for one 10-field row).
-SMALL_COLUMN_ROWS = 16
-# Request batches of up to this many values (rows x fields) are encoded value by value: the
-# batch path's fixed ~50 µs of numpy calls costs more. Measured crossovers: ~5 rows of a
-# 39-field model with 20,000-value vocabularies, ~50 rows of the 10-field default model.
-SMALL_BATCH_VALUES = 256
+# Typed columns this short are encoded value by value: docs/THRESHOLDS.md#small_column_rows
+SMALL_COLUMN_ROWS = 24
+# Batches this small (rows x fields) go value by value: docs/THRESHOLDS.md#small_batch_values
+SMALL_BATCH_VALUES = 128
 # The JSON types a batch's numeric values may have to be converted in one numpy call (bool
 # is refused by the value path, and strings are parsed there).
 _NUMBER_TYPES = frozenset((int, float, type(None)))
@@ -269,10 +266,9 @@ class _Bins:
 
     A small batch is binned in one search of all fields' edges merged and sorted: the search
     finds how many merged edges are <= x, and a table gives how many of those are the
-    field's own. Exact, and one numpy call for the batch where a search per field costs 13
-    calls on the production model: 10 rows in 10 µs against 51, 100 rows in 44 against 68.
-    A larger batch is binned a field at a time: a search of a field's own ~15 edges is
-    shorter than one of all ~165, 227 µs against 146 at 300 rows.
+    field's own. Exact, and one numpy call for the batch where a search per field costs a
+    call a field. A larger batch is binned a field at a time: a search of a field's own
+    edges is shorter than one of all of them (docs/THRESHOLDS.md#merged_max_rows).
     """
 
     MERGED_MAX_ROWS = 128
@@ -474,8 +470,7 @@ class FeatureEncoder:
                 column.typed(kind)
 
     def batch_lookup(self) -> VocabularyDicts | VocabularyTable:
-        """The categorical vocabularies behind one batch lookup, built on the first call
-        (70 ms for 26 fields of up to 20,000 values)."""
+        """The categorical vocabularies behind one batch lookup, built on the first call."""
         if self._lookup is None:
             vocabularies = [column.vocabulary for column in self._categorical.columns]
             self._lookup = vocabulary_lookup(vocabularies)

@@ -5,13 +5,13 @@ whose hash is not computed yet. Two ways to look them all up, chosen by the voca
 total size (:func:`vocabulary_lookup`):
 
 - :class:`VocabularyDicts`: one dict per field, walked in one C-level ``map``. While the dicts
-  fit the CPU caches a value costs little more than its hash: 100 rows of the 10-field default
-  model (1,885 values in all) in 53 µs against the table's 143.
+  fit the CPU caches a value costs little more than its hash.
 - :class:`VocabularyTable`: one numpy hash table. In dicts of megabytes each value costs a few
-  dependent memory reads, ~0.5 µs (100 rows of 26 fields of up to 20,000 values: 763 µs
-  against the table's 331); here a value costs one ``hash()`` call and the batch is probed
+  dependent memory reads; here a value costs one ``hash()`` call and the batch is probed
   with a dozen numpy calls whose reads the CPU overlaps (the home slot, then the rest of
   the window for the few values it does not settle).
+
+Where one overtakes the other: docs/THRESHOLDS.md#dicts_max_values.
 
 Either is an accelerator in front of the exact dict lookup: a value it does not find
 (unseen, a number, anything not stored) is left to the caller, which looks it up the exact
@@ -29,19 +29,15 @@ from numpy.typing import NDArray
 from app.features.spec import MISSING_INDEX, NUM_RESERVED
 
 NOT_FOUND = -1
-# Slots probed per value: a key sits within WINDOW slots of its home slot or is not stored
-# (at a load of at most 1/2, about two keys in a thousand are not: ~350-380 of the
-# production model's 197,360).
+# Slots probed per value: a key not within WINDOW slots of its home is left to the exact
+# lookup (few at a load of at most 1/2: docs/THRESHOLDS.md#window).
 WINDOW = 8
 # The key of an empty slot. A value whose key is this is not stored: its lookup stops at
 # the first empty slot with a match whose index is NOT_FOUND.
 _EMPTY = np.iinfo(np.int64).min
 _FURTHER = np.arange(1, WINDOW)  # a window's slots after the home slot
 _TEXT_TYPES = frozenset((str, type(None)))
-# Up to this many vocabulary values in all, a batch is looked up in dicts; above, in the
-# table. Measured on 100-row batches of fresh strings: 10 fields of 200 values, dicts 58 µs
-# against 119; 26 of 1,000, 280 against 314; 26 of 2,000, 474 against 333; 26 of 5,000,
-# 1,043 against 347. The crossover is near 26,000.
+# Vocabularies this small in all are looked up in dicts: docs/THRESHOLDS.md#dicts_max_values
 DICTS_MAX_VALUES = 20_000
 
 
@@ -165,9 +161,8 @@ class VocabularyTable:
         hit = stored == keys
         found = np.where(hit, self.indices[slots], NOT_FOUND)
         # The rest read the rest of their window at once, taking its first match: a key is
-        # never placed beyond an empty slot of its window, so none needs to stop there. A
-        # step at a time (eight rounds of numpy calls at most), 10 rows of the production
-        # model's 26 fields took 95 µs against 61, 100 rows 481 against 431.
+        # never placed beyond an empty slot of its window, so none needs to stop there (one
+        # round of numpy calls, not one a slot of the window).
         rest = np.flatnonzero(~hit & (stored != _EMPTY))
         if len(rest):
             window = slots[rest, None] + _FURTHER

@@ -50,8 +50,9 @@ from app.request import CURRENT_REQUEST, StickyKey, in_share, key_token, new_req
 
 logger = logging.getLogger(__name__)
 
-# A frame: rows gathered on the loop and pickled at once, or fewer once it is HAND_OVER_S
-# old. Small enough that pickling one (~2 µs a row) holds the event loop for ~0.5 ms.
+# A frame: rows gathered on the loop and pickled at once (on the loop: small, so it never
+# holds it for long), or fewer once it is HAND_OVER_S old; the log's cost a request at
+# 100% sampling, open and closed loop: docs/FEEDBACK.md.
 FRAME_ROWS = 256
 HAND_OVER_S = 0.5
 _RESTART_S = 1.0  # a writer that died is replaced at most this often

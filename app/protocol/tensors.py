@@ -54,11 +54,9 @@ _LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 # BYTES elements are cut into fixed-width rows while those take at most this many times
 # the data's own size.
 _WIDEST_CUT = 4
-# Up to this many BYTES elements a Python scan decodes faster than the numpy paths' fixed
-# cost (measured: 1 element 1.4 against 15 µs, 16 ids 9 against 100, 64 ids 33 against 123);
-# elements of equal length (hashed ids) only up to the second figure.
+# BYTES tensors this short are scanned in Python: docs/THRESHOLDS.md#scan_elements
 _SCAN_ELEMENTS = 64
-_SCAN_EQUAL_ELEMENTS = 16
+_SCAN_EQUAL_ELEMENTS = 8  # of equal lengths: docs/THRESHOLDS.md#scan_equal_elements
 
 
 class ProtocolError(ValueError):
@@ -186,8 +184,8 @@ def _from_json(name: str, datatype: str, data: list[Any], rank: int) -> NDArray[
     flat: list[Any] = data
     for _ in range(rank - 1):  # nested ([[v], [v]]) or already flat: the protocol allows both
         flat = [x for item in flat for x in (item if isinstance(item, list) else [item])]
-    # The types of a tensor's values as one set, built in C (a generator over 1,000 values
-    # cost ~0.2 ms a tensor), then the offending value named.
+    # The types of a tensor's values as one set, built in C (not a generator in Python),
+    # then the offending value named.
     types = set(map(type, flat))
     if datatype == "BYTES":
         if not types <= {str}:

@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 EncodedAs = Literal["value", "missing", "unseen"]
 Encode = Callable[[FeatureEncoder], NDArray[np.int64]]
 _PARSE, _ENCODE, _CACHE = (STAGES.index(stage) for stage in ("parse", "encode", "cache"))
-# Encoding this many rows takes a few milliseconds (10,000 rows of 39 fields: ~60 ms):
-# a batch that large is encoded in a thread, so the event loop keeps answering others.
+# Larger batches are encoded in a thread, so the event loop keeps answering others while
+# they take milliseconds: docs/THRESHOLDS.md#large_batch_rows
 LARGE_BATCH_ROWS = 1024
 
 

@@ -121,7 +121,8 @@ def test_missing_spellings_in_tensors() -> None:
         ({"count": np.array([np.inf])}, "count", "inf"),
         ({"site": np.array(["x" * 13])}, "site", "13 characters exceeds 12"),
         ({"site": np.array([np.inf])}, "site", "inf"),
-        ({"count": np.array([np.inf] * 20)}, "count", "infinite"),  # the whole-array path
+        # past SMALL_COLUMN_ROWS: the whole-array path
+        ({"count": np.array([np.inf] * (SMALL_COLUMN_ROWS + 1))}, "count", "infinite"),
     ],
 )
 def test_bad_tensors_are_refused_naming_the_field(tensors, field: str, message: str) -> None:
