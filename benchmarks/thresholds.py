@@ -21,7 +21,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +49,8 @@ from support.servers import ROOT
 PAST_ANY = 10**9  # a threshold no size reaches: the small side everywhere
 BUDGET_S = 0.15  # each side's time per size: enough calls for a steady median
 Patches = tuple[tuple[Any, str, object], ...]  # (owner, attribute, value) set for a call
+Call = Callable[[], object]  # one timed call, its inputs made
+Fresh = Callable[[], list[object]]  # a maker of a request's values, freshly decoded
 
 
 @dataclass
@@ -102,8 +104,8 @@ def forced(patches: Patches) -> Iterator[None]:
 
 
 def in_turns(
-    small: Callable[[], Callable[[], object]],
-    large: Callable[[], Callable[[], object]],
+    small: Callable[[], Call],
+    large: Callable[[], Call],
     small_side: Patches,
     large_side: Patches,
     agree: Callable[[Any, Any], bool] | None = None,
@@ -139,14 +141,16 @@ def _same(one: Any, other: Any) -> bool:
     return bool(np.asarray(one).tolist() == np.asarray(other).tolist())
 
 
-def _fresh(values: list[object]) -> Callable[[], list[object]]:
+def _fresh(values: list[object]) -> Fresh:
     """A maker of ``values`` as a request brings them: decoded from JSON each time, so each
     string is a new object whose hash is not computed yet."""
     body = msgspec.json.encode(values)
     return lambda: msgspec.json.decode(body)
 
 
-def _row_values(encoder: FeatureEncoder, rows: list[dict[str, object]]) -> tuple[list, list]:
+def _row_values(
+    encoder: FeatureEncoder, rows: Sequence[Mapping[str, object]]
+) -> tuple[list[object], list[object]]:
     categorical = [row.get(name) for row in rows for name in encoder.categorical_names]
     numeric = [row.get(name) for row in rows for name in encoder.numeric_names]
     return categorical, numeric
@@ -172,7 +176,7 @@ def small_batch_values(label: str, spec: FeatureSpec) -> Sweep:
         categorical, numeric = _row_values(encoder, unique_rows(spec, rows, seed=rows))
         fresh_categorical, fresh_numeric = _fresh(categorical), _fresh(numeric)
 
-        def prepare(c: Callable = fresh_categorical, n: Callable = fresh_numeric, r: int = rows):
+        def prepare(c: Fresh = fresh_categorical, n: Fresh = fresh_numeric, r: int = rows) -> Call:
             a, b = c(), n()
             return lambda: encoder.encode_values(a, b, r)
 
@@ -211,7 +215,7 @@ def small_column_rows(label: str, spec: FeatureSpec) -> Sweep:
             else:
                 columns[f.name] = np.array([np.nan if v is None else v for v in values], float)
 
-        def prepare(c: dict = columns, r: int = rows):
+        def prepare(c: dict[str, np.ndarray] = columns, r: int = rows) -> Call:
             return lambda: encoder.encode_columns(c, r)
 
         small, large = in_turns(
@@ -245,7 +249,7 @@ def merged_bins(label: str, spec: FeatureSpec) -> Sweep:
         _, values = _row_values(encoder, unique_rows(spec, rows, seed=rows))
         fresh = _fresh(values)
 
-        def prepare(n: Callable = fresh, r: int = rows):
+        def prepare(n: Fresh = fresh, r: int = rows) -> Call:
             v = n()
             return lambda: encoder.encode_values([], v, r)
 
@@ -303,11 +307,11 @@ def dicts_or_table() -> Sweep:
         ]
         fresh = _fresh(values)
 
-        def dict_call(f: Callable = fresh, d: VocabularyDicts = dicts) -> Callable[[], object]:
+        def dict_call(f: Fresh = fresh, d: VocabularyDicts = dicts) -> Call:
             v = f()
             return lambda: d.find(v, rows)
 
-        def table_call(f: Callable = fresh, t: VocabularyTable = table) -> Callable[[], object]:
+        def table_call(f: Fresh = fresh, t: VocabularyTable = table) -> Call:
             v = f()
             return lambda: t.find(v, rows)
 
@@ -357,7 +361,7 @@ def scan_elements(equal: bool) -> Sweep:
                             strict=True)]  # fmt: skip
         raw = _bytes_tensor(elements)
 
-        def prepare(r: bytes = raw, n: int = count) -> Callable[[], object]:
+        def prepare(r: bytes = raw, n: int = count) -> Call:
             return lambda: decode_bytes("c0", r, n)
 
         scan_side = (

@@ -101,6 +101,7 @@ class Measured:
     rounds: list[WrkResult] = field(default_factory=list)
     skipped: str = ""
     hit_ratio: float | None = None  # ctrserve's, from its counters
+    rows_per_call: float | None = None  # ctrserve's rows an onnxruntime call, likewise
 
     @property
     def req_per_s(self) -> float:
