@@ -8,9 +8,10 @@ forced to one side and then the other (the constant set past every size, then to
 and the same public call runs on the same inputs at a sweep of sizes, the two sides taking
 turns call by call, each call on freshly decoded values as a request brings them. The
 report gives each side's median, the side the threshold picks, and what that pick costs
-against the faster side at each size; the doorkeeper's sparsity and the setting of one
-on/off choice (FastAPI's telemetry) are measured the same way. Writes docs/THRESHOLDS.md
-and docs/thresholds.json. The code's comments name the threshold and link its section.
+against the faster side at each size. Beside them: the score cache doorkeeper's sparsity,
+the vocabulary table's window, how long encoding a large batch holds the event loop, and
+FastAPI's telemetry on and off. Writes docs/THRESHOLDS.md and docs/thresholds.json; the
+code's comments link their sections.
 """
 
 from __future__ import annotations
