@@ -51,7 +51,7 @@ from support.payloads import (
 )
 from support.reports import machine, markdown_section, relative
 from support.servers import ROOT, metric_values, server
-from support.wrk import WrkResult, write_bodies, wrk
+from support.wrk import write_bodies, wrk
 
 logger = logging.getLogger("benchmarks")
 APP = [sys.executable, "-m", "app"]
@@ -124,9 +124,6 @@ class Suite:
     def _single_bodies(self, count: int, seed: int) -> Path:
         return write_bodies([{"features": r} for r in unique_rows(self.spec, count, seed)])
 
-    def _load(self, base: str, bodies: Path, connections: int = 16) -> WrkResult:
-        return wrk(f"{base}/predict", bodies, self.duration_s, connections)
-
     def _table(self, title: str, intro: str, header: list[str], rows: list[list[str]]) -> None:
         section = markdown_section(title, intro, header, rows)
         self.sections.append(section)
@@ -185,7 +182,11 @@ class Suite:
     @staticmethod
     def _raw(results: dict[str, Measured]) -> dict[str, object]:
         return {
-            name: {"hit_ratio": m.hit_ratio, "rounds": [r.__dict__ for r in m.rounds]}
+            name: {
+                "hit_ratio": m.hit_ratio,
+                "rows_per_call": m.rows_per_call,
+                "rounds": [r.__dict__ for r in m.rounds],
+            }
             for name, m in results.items()
         }
 
@@ -866,22 +867,22 @@ def _counters(base: str) -> np.ndarray:
     )
 
 
-def _by_round(runs: dict[str, Measured], one: str, other: str) -> list[float]:
-    """``one`` ÷ ``other`` in req/s round by round (they took turns within each round)."""
-    pairs = zip(runs[one].rounds, runs[other].rounds, strict=True)
+def _by_round(one: Measured, other: Measured) -> list[float]:
+    """``one`` ÷ ``other`` in req/s round by round: within a round they took turns, so a
+    round's pair ran moments apart, and a drift of the machine's speed between rounds
+    cancels out of it."""
+    pairs = zip(one.rounds, other.rounds, strict=True)
     return [a.req_per_s / b.req_per_s for a, b in pairs]
 
 
 def _round_ratios(runs: dict[str, Measured], versus: str | None = None) -> list[float]:
-    """ctrserve ÷ ``versus`` (a server of ``runs``; the best peer by default) in req/s round
-    by round: within a round the servers take turns, so a round's pair ran moments apart,
-    and a drift of the machine's speed between rounds cancels out of it."""
+    """ctrserve ÷ ``versus`` (a server of ``runs``; the best peer by default), round by
+    round (:func:`_by_round`)."""
     best = best_ours(runs.values()) if versus is None else runs.get("ctrserve")
     other = _best_peer(runs.values()) if versus is None else runs.get(versus)
     if best is None or other is None:
         return []
-    ours = best.rounds
-    return [a.req_per_s / b.req_per_s for a, b in zip(ours, other.rounds, strict=True)]
+    return _by_round(best, other)
 
 
 def _why(
@@ -1096,6 +1097,7 @@ def main() -> None:
     suite.workers()
     suite.profile()
     overhead = max(batches["1000"], batches["10000"])
+    ceiling_runs, at_90 = suite.side_by_side["ceiling"], suite.side_by_side["cache effect: 90%"]
     goals = [
         *(
             _goal(
@@ -1130,20 +1132,20 @@ def main() -> None:
             "cache-hit /predict req/s ÷ bare endpoint",
             0.9,
             ceiling["hit_vs_bare"],
-            rounds=_by_round(suite.side_by_side["ceiling"], "/predict, cache hit", BARE_NAME),
+            rounds=_by_round(ceiling_runs["/predict, cache hit"], ceiling_runs[BARE_NAME]),
         ),
         _goal(
             "cache-miss /predict req/s ÷ bare endpoint",
             0.5,
             ceiling["miss_vs_bare"],
-            rounds=_by_round(suite.side_by_side["ceiling"], "/predict, cache miss", BARE_NAME),
+            rounds=_by_round(ceiling_runs["/predict, cache miss"], ceiling_runs[BARE_NAME]),
         ),
         _goal("server time ÷ raw ORT at ≥ 1,000 rows (worst)", 1.5, overhead, False),
         _goal(
             "req/s with cache ÷ without, at 90% hits",
             5.0,
             cache_90,
-            rounds=_by_round(suite.side_by_side["cache effect: 90%"], "cached", "uncached"),
+            rounds=_by_round(at_90["cached"], at_90["uncached"]),
         ),
         _goal(
             "V2 binary server time ÷ raw ORT at 1,000 rows",
@@ -1160,7 +1162,7 @@ def main() -> None:
         suite.profile_us,
         len(suite.spec.fields),
         protocol,
-        suite.side_by_side["cache effect: 90%"],
+        at_90,
     ) + _why_versus(
         goals,
         suite.costs,
