@@ -90,10 +90,27 @@ def serve() -> int:
 
 def _model_repository(name: str | None) -> ModelRepository:
     """The folder of model ``name`` in ``CTR_MODEL_REPOSITORY``: the directory itself when
-    it is one model's (or no model is named), else its folder ``name`` (new or not)."""
+    it is one model's (or new, with no model named), else its folder ``name`` (new or not).
+
+    Raises:
+        SpecError: ``name`` is not the one model the directory holds, or the directory holds
+            models in folders and none is named (acting on another model than the one named loses
+            versions or moves the wrong pointer).
+    """
     settings = get_settings()
     root = settings.model_dir
-    if name is None or is_model(root):
+    if is_model(root):
+        repository = ModelRepository(root, settings.model_name)
+        if name is not None and name != repository.name:
+            raise SpecError(
+                f"{root} holds one model, {repository.name!r}, not {name!r} "
+                "(CTR_MODEL_REPOSITORY names a folder of several models to choose from)"
+            )
+        return repository
+    if name is None:
+        held = [folder.name for folder in root.glob("*/") if is_model(folder)]
+        if held:
+            raise SpecError(f"{root} holds the models {sorted(held)}; name one")
         return ModelRepository(root, settings.model_name)
     return ModelRepository(root / check_version_name(name), name)
 

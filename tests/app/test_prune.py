@@ -3,6 +3,7 @@ stay, whoever prunes (``ctrserve prune`` or the workers' poll) and while workers
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -73,6 +74,34 @@ def test_prune_without_a_rule_or_a_count_says_what_to_give(repository: Path) -> 
     bad = _prune_cli(repository, "--keep-last", "0")
     assert bad.returncode == 2
     assert "--keep-last must be at least 1" in bad.stderr
+
+
+def test_the_model_named_is_the_model_acted_on(repository: Path, tmp_path: Path) -> None:
+    """A name that is not the directory's one model is refused, never applied to that model;
+    in a folder of models, prune asks which."""
+    v1, _ = _versions(repository, repository, 2, tmp_path)  # CURRENT stays on the first
+    other = _prune_cli(repository, "other", "--keep-last", "1")
+    assert other.returncode == 2
+    assert "holds one model, 'repository', not 'other'" in other.stderr
+    assert v1 in ModelRepository(repository).versions()
+    label = subprocess.run(
+        [sys.executable, "-m", "app", "label", "other", "stable", v1],
+        cwd=ROOT,
+        env={**os.environ, "CTR_MODEL_REPOSITORY": str(repository)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert label.returncode == 2, label.stderr
+    assert ModelRepository(repository).labels() == {}
+    models = tmp_path / "models"
+    shutil.copytree(repository, models / "ctr")
+    unnamed = _prune_cli(models, "--keep-last", "1")
+    assert unnamed.returncode == 2
+    assert "holds the models ['ctr']; name one" in unnamed.stderr
+    named = _prune_cli(models, "ctr", "--keep-last", "1")
+    assert named.returncode == 0, named.stderr
+    assert json.loads(named.stdout)["removed"] == [v1]
 
 
 def test_workers_prune_by_the_policy_while_they_follow_the_repository(
