@@ -64,7 +64,7 @@ serve: setup
 test: $(TEST_DEPS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app
+	$(VENV)/bin/mypy app training benchmarks loadtest support scripts ctrserve.py
 	$(PY) -m pytest
 	$(PY) scripts/audit.py
 

@@ -244,8 +244,9 @@ def _deepctr_inputs(indices: np.ndarray) -> dict[str, np.ndarray]:
     return {f"f{j}": indices[:, j].astype(np.int64) for j in range(indices.shape[1])}
 
 
-def _deepctr_model(name: str, prepared: Prepared, config: TrainConfig) -> torch.nn.Module:
-    """DeepCTR-Torch's DeepFM or ONN over our encoded fields, with our hyper-parameters."""
+def _deepctr_model(name: str, prepared: Prepared, config: TrainConfig) -> Any:
+    """DeepCTR-Torch's DeepFM or ONN over our encoded fields, with our hyper-parameters (its
+    untyped Keras-like model: ``compile``, ``fit``, ``predict``)."""
     from deepctr_torch.inputs import SparseFeat
     from deepctr_torch.models import ONN, DeepFM
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,11 @@ def peak_rss_mb(command: list[str]) -> tuple[float, float, str]:
 
 
 # -- 1. the prediction log's cost --------------------------------------------------------
+def _columns(values: dict[str, list[Any]], encoder: object) -> dict[str, list[Any]]:
+    """A batch's values for the log, given as they were decoded."""
+    return values
+
+
 def log_cost(
     scratch: Path, model_dir: Path, shares: list[float], rounds: int, seconds: int
 ) -> dict:
@@ -133,7 +139,7 @@ def join_cost(scratch: Path, model_dir: Path, records: int) -> dict:
         token = CURRENT_REQUEST.set(RequestContext(request_id))
         served = time.time()  # the record's served_at is taken a few µs after this
         log.add("ctr", "v1", frame["p_true"].to_numpy(np.float32),
-                np.zeros(len(frame), bool), scorer.encoder, lambda e, v=values: v)  # fmt: skip
+                np.zeros(len(frame), bool), scorer.encoder, partial(_columns, values))  # fmt: skip
         CURRENT_REQUEST.reset(token)
         rows = np.flatnonzero(frame["label"].to_numpy() == 1)
         # no click in the first millisecond: its record may be stamped after it

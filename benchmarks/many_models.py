@@ -214,9 +214,9 @@ def report(results: dict, started: str) -> str:
          f"{r['failed']} / {r['dropped']}"]
         for r in two["runs"]
     ]  # fmt: skip
-    cpu = {setup: median(two["runs"], "cpu_us", setup=setup) for setup in SETUPS}
-    alone = (cpu["ctr alone"] + cpu["cvr alone"]) / 2
-    p99 = {setup: median(two["runs"], "p99_ms", setup=setup) for setup in SETUPS}
+    cpu_by = {setup: median(two["runs"], "cpu_us", setup=setup) for setup in SETUPS}
+    alone = (cpu_by["ctr alone"] + cpu_by["cvr alone"]) / 2
+    p99_by = {setup: median(two["runs"], "p99_ms", setup=setup) for setup in SETUPS}
     sections = [
         "# Many models in one server",
         "",
@@ -248,10 +248,11 @@ def report(results: dict, started: str) -> str:
             f"Two k6 runs at {two['rate'] // 2:,}/s each, at once, {two['seconds']} s: both to "
             "the click model (ctr alone), both to the conversion model (cvr alone), or one to "
             "each, served by one process, each model with its own cache (ctr + cvr). Medians: "
-            f"CPU a request {cpu['ctr alone']:.0f} µs (ctr alone), {cpu['cvr alone']:.0f} µs "
-            f"(cvr alone), {cpu['ctr + cvr']:.0f} µs together: **{cpu['ctr + cvr'] / alone:.2f}x** "
-            f"the mean of the two alone; p99 {p99['ctr alone']:.2f}, {p99['cvr alone']:.2f} and "
-            f"{p99['ctr + cvr']:.2f} ms.",
+            f"CPU a request {cpu_by['ctr alone']:.0f} µs (ctr alone), "
+            f"{cpu_by['cvr alone']:.0f} µs (cvr alone), {cpu_by['ctr + cvr']:.0f} µs together: "
+            f"**{cpu_by['ctr + cvr'] / alone:.2f}x** "
+            f"the mean of the two alone; p99 {p99_by['ctr alone']:.2f}, "
+            f"{p99_by['cvr alone']:.2f} and {p99_by['ctr + cvr']:.2f} ms.",
             ["round", "served", "CPU µs a request", "p99 ms (worse half)", "failed / dropped"],
             two_rows,
         ),

@@ -315,13 +315,16 @@ def measure(model: str, duration_s: int, only: list[str] | None) -> dict[str, ob
     return {"ladders": [asdict(ladder) for ladder in ladders], **extra}
 
 
-SETTINGS_VARIANTS = (
+SETTINGS_VARIANTS: tuple[tuple[str, dict[str, str]], ...] = (
     ("as shipped", {}),
     ("gc.freeze off (CTR_GC_FREEZE=false)", {"CTR_GC_FREEZE": "false"}),
     ("uvloop (CTR_EVENT_LOOP=uvloop)", {"CTR_EVENT_LOOP": "uvloop"}),
 )
 # The variants whose accepting of new connections under overload is compared.
-LOOP_VARIANTS = (SETTINGS_VARIANTS[0], SETTINGS_VARIANTS[2])
+LOOP_VARIANTS: tuple[tuple[str, dict[str, str]], ...] = (
+    SETTINGS_VARIANTS[0],
+    SETTINGS_VARIANTS[2],
+)
 
 
 def settings_ab(model_dir: Path, duration_s: int) -> str:

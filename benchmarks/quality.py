@@ -27,13 +27,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from benchmarks.compare import TUNED, Entry, compare, markdown
 from support.reports import machine
 from support.servers import ROOT
 from training import synth
-from training.data import ColumnRoles, DataSource, open_source
+from training.data import ColumnRoles, DataFormat, DataSource, open_source
 from training.dataset import CACHE_ENV
 from training.models import MODELS
 from training.tuning import Budget, Trial, trials_markdown
@@ -321,7 +322,8 @@ def _lightgbm_regression(prepared: object) -> dict[str, float]:
         ],
         callbacks=[lgb.early_stopping(50, verbose=False)],
     )
-    return regression_metrics(test.labels, booster.predict(test.indices), test.weights)
+    predicted = np.asarray(booster.predict(test.indices))
+    return regression_metrics(test.labels, predicted, test.weights)
 
 
 def criteo_shaped_section(rows: int, epochs: int) -> str:
@@ -359,7 +361,7 @@ def inspect_section(pictures: list[tuple[str, str, Path]]) -> str:
     for dataset, field, data in pictures:
         model_dir = OUT_MODELS / dataset / "nffm"
         out = DOCS / f"latent_{dataset}_{field}.png"
-        fmt = "criteo" if dataset == "criteo" else None
+        fmt: DataFormat | None = "criteo" if dataset == "criteo" else None
         roles = ColumnRoles(label="click") if dataset == "avazu" else None
         source = open_source(data, fmt, roles) if data.is_file() else None
         summary = plot_field(model_dir, field, source, out, "pca")

@@ -25,11 +25,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx2 as httpx
 
 from app.repository.store import ModelRepository
 from support.payloads import load_spec, random_rows, unique_rows
+
+if TYPE_CHECKING:
+    from schemathesis.core.errors import InvalidSchema
+    from schemathesis.core.result import Err, Ok
+    from schemathesis.schemas import APIOperation
 from support.reports import machine, markdown_section, relative
 from support.servers import ROOT, listening_process, server
 from support.shutdown import sigterm_during_a_request
@@ -55,6 +61,16 @@ class Report:
         logger.info("\n%s", section)
 
 
+def _operation(result: Ok[APIOperation] | Err[InvalidSchema]) -> APIOperation:
+    """One operation of the service's schema; a part the schema tool could not read stops
+    the run with its error."""
+    from schemathesis.core.result import Err
+
+    if isinstance(result, Err):
+        raise result.err()
+    return result.ok()
+
+
 def fuzzing(report: Report, model_dir: Path, examples: int) -> None:
     import schemathesis
     from fastapi.testclient import TestClient
@@ -68,7 +84,7 @@ def fuzzing(report: Report, model_dir: Path, examples: int) -> None:
         app = create_app(Settings(model_dir=repository, reload_token=TOKEN, log_level="ERROR"))
         with TestClient(app):
             schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-            operations = [result.ok() for result in schema.get_all_operations()]
+            operations = [_operation(result) for result in schema.get_all_operations()]
             for mode in ("positive", "negative"):
                 for operation in operations:
                     if mode == "negative" and not operation.body:

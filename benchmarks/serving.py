@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
@@ -323,12 +324,13 @@ class Suite:
                 rows = random_rows(self.spec, size, seed=size)
                 payload = json.dumps({"instances": rows}).encode()
                 repeats = max(5, min(200, 20_000 // size))
-                server_s = median_seconds(
-                    lambda p=payload: client.post(
-                        f"{base}/predict", content=p, headers={"content-type": "application/json"}
-                    ).raise_for_status(),
-                    repeats,
+                post = partial(
+                    client.post,
+                    f"{base}/predict",
+                    content=payload,
+                    headers={"content-type": "application/json"},
                 )
+                server_s = median_seconds(partial(_raise_for_status, post), repeats)
                 parse_s, encode_s, ort_s = _stage_seconds(scorer, rows, repeats)
                 ratios[str(size)] = server_s / ort_s
                 self.stages_ms[size] = (parse_s * 1e3, encode_s * 1e3, ort_s * 1e3)
@@ -414,7 +416,7 @@ class Suite:
                         post()
                     before = _latency_totals(client, base, route)
                     round_trip_s, ort_s = interleaved_medians(
-                        post, lambda i=indices: scorer.score_indices(i), repeats
+                        post, partial(scorer.score_indices, indices), repeats
                     )
                     after = _latency_totals(client, base, route)
                     server_s = (after[0] - before[0]) / (after[1] - before[1])
@@ -493,11 +495,15 @@ class Suite:
         for label, tensors in cases.items():
             raws = [bytes_tensor(values) for values in tensors]
             given = [("c0", raw, 1000) for raw in raws]
+
+            def scan_each(r: list[bytes] = raws) -> object:
+                return [_scan("c0", raw, 1000) for raw in r]
+
             scan, ours = interleaved_medians(
-                lambda r=raws: [_scan("c0", raw, 1000) for raw in r],
-                (lambda g=given: decode_bytes(*g[0]))
+                scan_each,
+                partial(decode_bytes, *given[0])
                 if len(given) == 1
-                else (lambda g=given: decode_bytes_tensors(g)),
+                else partial(decode_bytes_tensors, given),
                 500,
             )
             rows.append([label, f"{scan * 1e6:.0f}", f"{ours * 1e6:.0f}", f"{scan / ours:.1f}x"])
@@ -542,9 +548,7 @@ class Suite:
                     place = np.minimum(np.searchsorted(k, g), len(k) - 1)
                     return np.where(k[place] == g, place, -1)
 
-                sorted_s, hashed_s = interleaved_medians(
-                    search, lambda g=given, h=hashed: h.find(g), 500
-                )
+                sorted_s, hashed_s = interleaved_medians(search, partial(hashed.find, given), 500)
                 rows.append(
                     [
                         f"{len(vocabulary):,}",
@@ -569,6 +573,7 @@ class Suite:
         """onnxruntime vs torch eager per ladder model, batch 1 and 1,024."""
         try:
             import torch
+            from torch import nn
 
             from training.export import load_checkpoint
         except ImportError:
@@ -589,9 +594,13 @@ class Suite:
                 part = data[:batch]
                 tensor = torch.from_numpy(part)
                 repeats = 2000 if batch == 1 else 50
-                ort_s = median_seconds(lambda p=part, s=scorer: s.score_indices(p), repeats)
+                ort_s = median_seconds(partial(scorer.score_indices, part), repeats)
+
+                def torch_scores(t: torch.Tensor = tensor, m: nn.Module = model) -> torch.Tensor:
+                    return torch.sigmoid(m(t))
+
                 with torch.inference_mode():
-                    torch_s = median_seconds(lambda t=tensor, m=model: torch.sigmoid(m(t)), repeats)
+                    torch_s = median_seconds(torch_scores, repeats)
                 cells += [f"{ort_s * 1e6:,.0f}", f"{torch_s * 1e6:,.0f}", f"{torch_s / ort_s:.1f}x"]
             rows.append(cells)
         self._table(
@@ -789,6 +798,10 @@ class Suite:
             plt.close(figure)
 
 
+def _raise_for_status(post: Callable[[], httpx.Response]) -> httpx.Response:
+    return post().raise_for_status()
+
+
 def _latency_totals(client: httpx.Client, base: str, route: str) -> tuple[float, float]:
     """(seconds, requests) the server has counted for ``route``'s 2xx answers so far."""
     text = client.get(f"{base}/metrics").text
@@ -815,7 +828,7 @@ def _request_costs(model_dir: Path, spec: FeatureSpec) -> dict[str, float]:
     parse_s, encode_s, ort_s = _stage_seconds(scorer, rows, 200)
     indices = scorer.encoder.encode_rows(rows)
     costs = {
-        f"ort_{n}_ms": median_seconds(lambda n=n: scorer.score_indices(indices[:n]), 200) * 1e3
+        f"ort_{n}_ms": median_seconds(partial(scorer.score_indices, indices[:n]), 200) * 1e3
         for n in (1, 10)
     }
     return {

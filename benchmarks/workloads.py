@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -141,7 +141,7 @@ def triton_body(spec: FeatureSpec) -> Callable[[list[Row]], object]:
 
     def body(rows: list[Row]) -> object:
         request = v2_json_body(spec, rows)
-        for tensor in request["inputs"]:  # type: ignore[union-attr]
+        for tensor in cast(list[dict[str, Any]], request["inputs"]):
             tensor["shape"] = [len(rows), 1]
             if tensor["datatype"] != "BYTES":
                 tensor["datatype"] = "BYTES"

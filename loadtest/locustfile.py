@@ -67,7 +67,7 @@ class ScoringUser(FastHttpUser):
         body, header_length = v2_binary_body(_SPEC, rows)
         with self.client.post(
             f"/v2/models/{MODEL_NAME}/infer",
-            data=body,
+            data=body,  # type: ignore[arg-type]  # bytes go as they are (its docstring)
             headers={
                 "Content-Type": "application/octet-stream",
                 "Inference-Header-Content-Length": str(header_length),

@@ -22,7 +22,7 @@ from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 
-from app.prediction_log.log import LOG_COLUMNS
+from app.prediction_log.writer import LOG_COLUMNS
 
 DAY = os.environ.get("LOOP_DAY", "d1")
 DAY_FILE = os.environ["LOOP_DAY_FILE"]

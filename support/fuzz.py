@@ -59,6 +59,7 @@ def v2_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     blobs: list[bytes] = []
     for name in names:
         datatype = FIELDS[name]
+        data: list[str] | list[float]
         if datatype == "BYTES" or (draw(st.booleans()) and name.startswith("n")):
             values = draw(st.lists(st.text(max_size=6), min_size=n, max_size=n))
             if name.startswith("n"):

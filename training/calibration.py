@@ -167,6 +167,11 @@ class CalibrationLayer(nn.Module):
     The knots are counted in float32 (exact up to 2**24): onnxruntime's ReduceSum over
     int64 made a 100-row call 377 µs against 293 (docs/CALIBRATION_COST.md)."""
 
+    start: torch.Tensor  # buffers: typed here, as nn.Module's attribute lookup is not
+    width: torch.Tensor
+    low: torch.Tensor
+    rise: torch.Tensor
+
     def __init__(self, calibration: Calibration) -> None:
         super().__init__()
         x = torch.tensor(calibration.x, dtype=torch.float64)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import yaml
+from pydantic import JsonValue, TypeAdapter
 from torch import nn
 
 from app.model.scorer import Scorer
@@ -59,6 +60,7 @@ from training.warm_start import (
 )
 
 logger = logging.getLogger(__name__)
+JSON_OBJECT = TypeAdapter(dict[str, JsonValue])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -302,17 +304,20 @@ def train_one(
         }
         if draft is not None:
             source = prepared.source
-            training = {
-                "data": [p.name for p in source.files],
-                "data_fingerprint": prepared.fingerprint,
-                "rows": prepared.rows,
-                "label": source.label,
-                "skipped_rows": prepared.skipped,
-                "weight": source.weight,
-                "config": config.model_dump(mode="json"),
-                **{k: v for k, v in summary.items() if k not in {"model", "test"}},
-                "history": result.history,
-            }
+            # what spec.json records of the run, checked to be JSON (a typed JsonValue dict)
+            training = JSON_OBJECT.validate_python(
+                {
+                    "data": [p.name for p in source.files],
+                    "data_fingerprint": prepared.fingerprint,
+                    "rows": prepared.rows,
+                    "label": source.label,
+                    "skipped_rows": prepared.skipped,
+                    "weight": source.weight,
+                    "config": config.model_dump(mode="json"),
+                    **{k: v for k, v in summary.items() if k not in {"model", "test"}},
+                    "history": result.history,
+                }
+            )
             manifest = draft.finish(
                 config.model,
                 config.task,

@@ -169,7 +169,7 @@ def save_graph(model: ir.Model, path: Path) -> VersionFile | None:
                 offset,
                 tensor.nbytes,
                 tensor.dtype,
-                shape=ir.Shape(tensor.shape),
+                shape=ir.Shape(tensor.shape.numpy()),
                 name=tensor.name or value.name or "",
                 base_dir=path.parent,
             )

@@ -98,7 +98,7 @@ class SparseOptimizer:
         if self.dense is not None:
             self.dense.step()
 
-    def _touched_rows_gradient(self, table: nn.Parameter) -> torch.Tensor:
+    def _touched_rows_gradient(self, table: torch.Tensor) -> torch.Tensor:
         """The batch's gradient summed per row, unseen rows dropped, L2 on the rest."""
         assert table.grad is not None
         rows, values = _summed_per_row(table.grad)
@@ -112,7 +112,7 @@ class SparseOptimizer:
         # Rows come from torch.unique, so they are unique and sorted.
         return torch.sparse_coo_tensor(rows.unsqueeze(0), values, table.shape, is_coalesced=True)
 
-    def _dense_touched_rows(self, table: nn.Parameter) -> None:
+    def _dense_touched_rows(self, table: torch.Tensor) -> None:
         """The same rules on a dense gradient: unseen rows zeroed, L2 on touched rows."""
         assert table.grad is not None
         grad = table.grad

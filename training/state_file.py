@@ -12,7 +12,7 @@ Reads map the file and copy from the page cache rather than read it through the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 from torch.utils.serialization import config
@@ -24,8 +24,9 @@ from training.uncached_file import UncachedWriter
 def save_state(state: Any, path: Path) -> VersionFile:
     """Write ``state`` (tensors in dicts and lists) to ``path`` without per-record CRCs;
     returns the file's size and sha256."""
-    with UncachedWriter(path) as out, config.patch({"save.compute_crc32": False}):
-        torch.save(state, out)
+    # torch's config modules make patch() at run time; its stubs do not know it
+    with UncachedWriter(path) as out, config.patch({"save.compute_crc32": False}):  # type: ignore[attr-defined]
+        torch.save(state, cast(IO[bytes], out))  # a raw binary file: all torch.save needs
     return out.written
 
 

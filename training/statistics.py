@@ -32,14 +32,15 @@ class TrainingStatistics:
     vocabulary_counts: dict[str, np.ndarray] | None = None
 
     def save(self, directory: Path) -> None:
-        np.savez_compressed(
-            directory / STATISTICS_FILE,
-            rows=np.int64(self.rows),
-            score_edges=self.score_edges,
-            score_counts=self.score_counts,
+        arrays = {
+            "rows": np.int64(self.rows),
+            "score_edges": self.score_edges,
+            "score_counts": self.score_counts,
             **{f"field:{name}": counts for name, counts in self.field_counts.items()},
             **{f"vocab:{name}": c for name, c in (self.vocabulary_counts or {}).items()},
-        )
+        }
+        # numpy's stub takes a ** of arrays for its own flags too (allow_pickle)
+        np.savez_compressed(directory / STATISTICS_FILE, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, version_dir: Path) -> TrainingStatistics | None:

@@ -132,12 +132,12 @@ class World:
         for field, (name, tokens, field_ranks) in enumerate(
             zip(CRITEO_CATEGORICAL, self.tokens, ranks, strict=True)
         ):
-            missing = field_ranks < 0
+            unset = field_ranks < 0
             card = CARDINALITIES[field]
             taken = tokens.take(pa.array(np.clip(field_ranks, 0, card - 1)))
             fresh = field_ranks >= card
             if fresh.any():  # a day's new values: tokens of their own, never drawn before
                 taken = pc.if_else(pa.array(fresh), _tokens(field_ranks, field), taken)
-            columns[name] = pc.if_else(pa.array(missing), pa.scalar(None, pa.string()), taken)
+            columns[name] = pc.if_else(pa.array(unset), pa.scalar(None, pa.string()), taken)
         columns["p_true"] = pa.array(np.round(p_true, 6))
         return pa.table(columns)

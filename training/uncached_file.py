@@ -19,10 +19,14 @@ import io
 import mmap
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.repository.manifest import VersionFile
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc's from Python 3.12
 
 BLOCK = 4096  # O_DIRECT's alignment of addresses, lengths and offsets on Linux filesystems
 CHUNK = 32 << 20
@@ -58,7 +62,7 @@ class UncachedWriter(io.RawIOBase):
     def tell(self) -> int:
         return self._size
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def write(self, data: Buffer) -> int:
         view = memoryview(data).cast("B")
         self._digest.update(view)  # hashlib lets go of the GIL on large buffers
         done = 0
@@ -77,10 +81,10 @@ class UncachedWriter(io.RawIOBase):
         """Write ``array``'s elements in C order; a strided view (a table without its
         last column) is copied a few rows at a time, never whole."""
         if array.flags.c_contiguous:
-            self.write(memoryview(array.reshape(-1)).cast("B"))
+            self.write(array.reshape(-1).data.cast("B"))
             return
         if array.ndim < 2:
-            self.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+            self.write(np.ascontiguousarray(array).data.cast("B"))
             return
         per_row = max(1, array[0].nbytes)
         rows = max(1, CHUNK // per_row)
@@ -88,7 +92,7 @@ class UncachedWriter(io.RawIOBase):
         for start in range(0, len(array), rows):
             part = staging[: min(rows, len(array) - start)]
             np.copyto(part, array[start : start + len(part)])
-            self.write(memoryview(part.reshape(-1)).cast("B"))
+            self.write(part.reshape(-1).data.cast("B"))
 
     def pad_to(self, alignment: int) -> None:
         """Write zeros up to the next multiple of ``alignment`` bytes."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.features.spec import NUM_RESERVED, CategoricalField, FeatureSpec
+from app.features.spec import NUM_RESERVED, CategoricalField, FeatureSpec, NumericField
 from app.repository.manifest import read_version
 from app.repository.store import resolve_model_dir
 from training.data import DataError
@@ -96,7 +96,7 @@ def merge_spec(
     """Today's spec: yesterday's values and today's, by decayed count, at most ``capacity``
     a field (see the module's docstring)."""
     check_fields(base.spec, builder)
-    fields = []
+    fields: list[CategoricalField | NumericField] = []
     for field in base.spec.fields:
         if not isinstance(field, CategoricalField):
             fields.append(field)  # numeric: yesterday's bins
@@ -205,11 +205,12 @@ def carried_optimizer(
     return carried, f"carried from {base.version}"
 
 
-def _row_map(old: CategoricalField | object, new: CategoricalField | object) -> np.ndarray:
+def _row_map(
+    old: CategoricalField | NumericField, new: CategoricalField | NumericField
+) -> np.ndarray:
     """For each encoded index of ``new``, the same value's index in ``old`` (-1: new)."""
     if not isinstance(new, CategoricalField) or not isinstance(old, CategoricalField):
-        size = new.size  # type: ignore[attr-defined]
-        return np.arange(size)  # numeric: the same bins
+        return np.arange(new.size)  # numeric: the same bins
     where = {value: NUM_RESERVED + i for i, value in enumerate(old.vocabulary)}
     mapped = [where.get(value, -1) for value in new.vocabulary]
     return np.array([*range(NUM_RESERVED), *mapped], dtype=np.int64)
