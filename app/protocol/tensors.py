@@ -460,7 +460,8 @@ def _numeric_dtype(name: str, datatype: str) -> np.dtype[Any]:
 
 
 def _element_count(name: str, shape: Sequence[int]) -> int:
-    if any(d < 0 for d in shape) or (len(shape) == 2 and shape[1] != 1):
+    rank = len(shape)
+    if rank not in (1, 2) or any(d < 0 for d in shape) or (rank == 2 and shape[1] != 1):
         raise ProtocolError(
             f"input '{name}': shape {list(shape)} is not [N] or [N, 1] (one value per row)"
         )

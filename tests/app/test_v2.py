@@ -228,6 +228,12 @@ def test_grpc_errors_name_the_problem(endpoints: tuple[str, str]) -> None:
     text.set_data_from_numpy(np.array([b"cheap"], dtype=object))
     with pytest.raises(InferenceServerException, match="input 'n0': expected a number"):
         client.infer("nffm", [text])
+    # one value a row, as over HTTP: [N] or [N, 1], never a deeper or a scalar tensor
+    for shape in ([1, 1, 1], []):
+        odd = grpcclient.InferInput("n0", shape, "FP32")
+        odd.set_data_from_numpy(np.ones(shape, dtype=np.float32))
+        with pytest.raises(InferenceServerException, match=r"is not \[N\] or \[N, 1\]"):
+            client.infer("nffm", [odd])
 
 
 def test_fp16_inputs_score_as_over_http(endpoints: tuple[str, str]) -> None:
