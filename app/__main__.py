@@ -112,7 +112,7 @@ def _model_repository(name: str | None) -> ModelRepository:
         if held:
             raise SpecError(f"{root} holds the models {sorted(held)}; name one")
         return ModelRepository(root, settings.model_name)
-    return ModelRepository(root / check_version_name(name), name)
+    return ModelRepository(root / check_version_name(name, "model"), name)
 
 
 def publish(source: Path, if_empty: bool, model: str | None) -> int:

@@ -46,11 +46,12 @@ class PublishRefusedError(SpecError):
     root, a symbolic link): refused before anything is read."""
 
 
-def check_version_name(version: str) -> str:
-    """``version`` if it can name a version directory; :class:`SpecError` otherwise."""
+def check_version_name(version: str, kind: str = "version") -> str:
+    """``version`` if it can name a version directory (or a label's or a model's file, as
+    ``kind`` says in the message); :class:`SpecError` otherwise."""
     if not _VERSION.fullmatch(version):
         raise SpecError(
-            f"{version!r} is not a version name (letters, digits, '.', '_', '-'; "
+            f"{version!r} is not a {kind} name (letters, digits, '.', '_', '-'; "
             "at most 128 characters, not starting with a dot)"
         )
     return version
@@ -190,7 +191,7 @@ class ModelRepository:
         """Point ``label`` at an existing version, atomically, as ``CURRENT`` is moved."""
         if self.is_flat:
             raise SpecError(f"{self.root} is a flat model directory: it has no labels")
-        check_version_name(label)
+        check_version_name(label, "label")
         if label == POINTER_FILE or (self.root / label).is_dir():
             raise SpecError(f"{label!r} names a version (or CURRENT); a label needs its own name")
         folder = self.root / LABELS_DIR
@@ -204,7 +205,7 @@ class ModelRepository:
 
     def remove_label(self, label: str) -> None:
         """Remove ``label`` (:class:`SpecError` if there is none)."""
-        path = self.root / LABELS_DIR / check_version_name(label)
+        path = self.root / LABELS_DIR / check_version_name(label, "label")
         try:
             path.unlink()
         except FileNotFoundError:

@@ -73,6 +73,8 @@ def test_version_names_cannot_leave_the_repository(repository: Path) -> None:
             repo.set_current(bad)
     with pytest.raises(SpecError, match="no version"):
         repo.set_current("does-not-exist")
+    with pytest.raises(SpecError, match="'a b' is not a label name"):
+        repo.set_label("a b", repo.current_version())
 
 
 def test_a_flat_first_stage_directory_still_serves(model_dir: Path, tmp_path: Path) -> None:
