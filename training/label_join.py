@@ -58,6 +58,11 @@ def _log_files(log: Path) -> str:
         if not files:
             raise DataError(f"{log}: no prediction log files ({FILE_PREFIX}*{FILE_SUFFIX})")
     elif log.is_file():
+        if log.suffix.lower() != FILE_SUFFIX:  # DuckDB would say only "no magic bytes"
+            raise DataError(
+                f"{log}: not a prediction log file; name the log's directory or one of its "
+                f"{FILE_SUFFIX} files"
+            )
         files = [log]
     else:
         raise DataError(f"{log}: no such file or directory")

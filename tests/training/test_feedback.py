@@ -122,6 +122,10 @@ def test_join_names_what_is_wrong(tmp_path: Path) -> None:
                str(tmp_path / "t.parquet"), "--window", "soon")  # fmt: skip
     assert done.returncode == 2
     assert "expected a duration" in done.stderr
+    done = cli("join", "--log", str(labels), "--labels", str(labels), "--out",
+               str(tmp_path / "t.parquet"))  # fmt: skip
+    assert done.returncode == 2
+    assert "clicks.csv: not a prediction log file" in done.stderr
 
 
 def _day(tmp_path: Path, name: str, *options: str) -> Path:
