@@ -596,10 +596,23 @@ def run_join(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_plot(path: Path | None) -> None:
+    """Refuse a picture format matplotlib cannot write before any work is done (no suffix:
+    its default, PNG)."""
+    if path is None or not path.suffix:
+        return
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise DataError(f"--plot {path}: name a picture file ({', '.join(formats)})")
+
+
 def run_drift(args: argparse.Namespace) -> int:
     """Exit 1 when a field or the score drifted past the threshold (0: none did)."""
     if args.threshold <= 0:
         raise DataError(f"--threshold must be positive, got {args.threshold}")
+    _check_plot(args.plot)
     report = drift.drift(
         args.model_dir, args.data, args.format, args.threshold, BadRowLog(args.bad_rows)
     )
@@ -699,6 +712,7 @@ def run_tune(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     from training.inspect_vectors import plot_field
 
+    _check_plot(args.plot)
     source = None
     if args.data is not None:
         manifest = ModelManifest.load(resolve_model_dir(args.model_dir))

@@ -32,3 +32,6 @@ def test_inspect_draws_a_field_map(model_dir: Path, synth_csv: Path, tmp_path: P
     bad = cli("inspect", "--model-dir", str(model_dir), "--field", "nope", "--plot", str(plot))
     assert bad.returncode == 2
     assert "unknown field 'nope'" in bad.stderr
+    odd = cli("inspect", "--model-dir", str(model_dir), "--field", "c0", "--plot", "c0.xyz")
+    assert odd.returncode == 2
+    assert "--plot c0.xyz: name a picture file (" in odd.stderr
