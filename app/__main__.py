@@ -25,9 +25,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from pydantic import ValidationError
+
 from app.core.config import get_settings
 from app.features.errors import SpecError
-from app.repository.store import ModelRepository, check_version_name, is_model
+from app.repository.store import ModelRepository, check_version_name, find_models, is_model
 
 # Not imported from app.metrics: prometheus_client picks its mode when first imported, and
 # that must happen after this variable is set.
@@ -74,6 +76,11 @@ def serve() -> int:
     import uvicorn
 
     settings = get_settings()
+    try:  # the repository's absence said in one line here, not in a worker's traceback
+        find_models(settings.model_dir, settings.model_name)
+    except SpecError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
     with _metrics_dir():
         uvicorn.run(
             "app.main:create_app",
@@ -188,6 +195,18 @@ def prune_versions(model: str | None, keep_last: int | None, dry_run: bool) -> i
     return 0
 
 
+def _bad_settings(exc: ValidationError) -> str:
+    """One clause a bad setting: its variable, what it was given, what was wrong."""
+    clauses = []
+    for error in exc.errors():
+        if error["loc"]:
+            name = "CTR_" + "_".join(str(part) for part in error["loc"]).upper()
+            clauses.append(f"{name}={error['input']!r}: {error['msg']}")
+        else:  # a rule across settings: its message names them
+            clauses.append(error["msg"].removeprefix("Value error, "))
+    return "bad settings: " + "; ".join(clauses)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app", description="Serve a model repository, or publish a model into it."
@@ -245,6 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     prune_parser.add_argument("--dry-run", action="store_true", help="only say what would go")
     args = parser.parse_args(argv)
+    # Flags become the settings' variables, which uvicorn's worker processes inherit.
+    if getattr(args, "model_name", None):
+        os.environ["CTR_MODEL_NAME"] = args.model_name
+    if getattr(args, "model_dir", None):
+        os.environ["CTR_MODEL_REPOSITORY"] = str(args.model_dir)
+    try:
+        get_settings()
+    except ValidationError as exc:
+        sys.stderr.write(f"error: {_bad_settings(exc)}\n")
+        return 2
     if args.command == "prune":
         if args.keep_last is not None and args.keep_last < 1:
             parser.error("prune: --keep-last must be at least 1")
@@ -255,11 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         if (args.version is None) != args.remove:
             parser.error("label: give a VERSION, or --remove")
         return label(args.model, args.label, args.version)
-    # Flags become the settings' variables, which uvicorn's worker processes inherit.
-    if getattr(args, "model_name", None):
-        os.environ["CTR_MODEL_NAME"] = args.model_name
-    if getattr(args, "model_dir", None):
-        os.environ["CTR_MODEL_REPOSITORY"] = str(args.model_dir)
     return serve()
 
 

@@ -1,6 +1,9 @@
 """Settings: those that contradict each other, or name no model, fail at start-up with the
 reason; those that tune the process hold while the service runs."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,32 @@ def test_a_missing_repository_refuses_to_start(tmp_path: Path) -> None:
         TestClient(create_app(Settings(model_dir=missing))),
     ):
         pass
+
+
+@pytest.mark.slow  # starts the serving CLI
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        (
+            {"CTR_WORKERS": "two"},
+            "bad settings: CTR_WORKERS='two': Input should be a valid",
+        ),
+        ({"CTR_PORT": "99999"}, "CTR_PORT='99999': Input should be less than or equal to 65535"),
+        ({"CTR_MODEL_REPOSITORY": "nothing-here"}, "nothing-here: no such model repository"),
+    ],
+)
+def test_the_server_refuses_bad_settings_in_one_line(env: dict[str, str], said: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "serve"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ")
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_fastapi_opentelemetry_traces_requests_only_when_asked(
