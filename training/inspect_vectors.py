@@ -74,7 +74,8 @@ def plot_field(
     method: Method = "pca",
     max_values: int = 2000,
 ) -> dict[str, object]:
-    """Draw the map of ``field_name`` into ``out``; returns a short summary."""
+    """Draw the map of ``field_name`` into ``out``; returns a short summary (the first
+    axis's correlation with the click rate is ``None`` without rates for four values)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,9 +123,10 @@ def plot_field(
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
     plt.close(figure)
-    correlation = float("nan")
+    correlation = None  # JSON has no NaN: null where no rates were given
     if seen.sum() > 3:
-        correlation = float(np.corrcoef(points[seen, 0], rates[seen])[0, 1])
+        found = float(np.corrcoef(points[seen, 0], rates[seen])[0, 1])
+        correlation = None if np.isnan(found) else found
     logger.info("wrote %s", out)
     return {
         "plot": str(out),
