@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -81,7 +82,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _emit(payload: object) -> None:
-    sys.stdout.write(json.dumps(payload, indent=1) + "\n")
+    sys.stdout.write(json.dumps(_json_ready(payload), indent=1, allow_nan=False) + "\n")
+
+
+def _json_ready(value: object) -> object:
+    """``value`` with each NaN or infinite number (an undefined metric) as null: JSON has
+    neither, and a strict reader refuses them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(item) for item in value]
+    return value
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Metrics for both tasks, as plain dicts that go straight into metrics.json."""
+"""Metrics for both tasks, as plain dicts: the CLI's summaries and the record spec.json keeps."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def binary_metrics(
     """AUC, log loss, normalized entropy (log loss over the entropy of the observed rate:
     He et al. 2014; below 1 is better than predicting the base rate), calibration (mean
     predicted over observed rate) and the expected calibration error (15 equal-width bins,
-    weighted by their rows). With ``weights`` a row counts that many times (a down-sampled
+    weighted by their rows); NaN where one class leaves a metric undefined (AUC, NE, and
+    calibration at a zero rate). With ``weights`` a row counts that many times (a down-sampled
     split's kept negatives stand for the ones left out); ``rows`` stays the rows scored."""
     labels = np.asarray(labels, dtype=np.float64)
     probabilities = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
@@ -34,9 +35,14 @@ def binary_metrics(
         "mean_predicted": float(np.average(probabilities, weights=w)),
         "observed_rate": float(np.average(labels, weights=w)),
     }
-    metrics["calibration"] = metrics["mean_predicted"] / max(metrics["observed_rate"], 1e-12)
-    rate = min(max(metrics["observed_rate"], 1e-7), 1 - 1e-7)
-    metrics["ne"] = metrics["logloss"] / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
+    # of one class, the rate's entropy is 0 and a zero rate divides nothing: undefined (NaN)
+    rate = metrics["observed_rate"]
+    metrics["calibration"] = metrics["mean_predicted"] / rate if rate > 0 else float("nan")
+    metrics["ne"] = (
+        float("nan")
+        if single_class
+        else metrics["logloss"] / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
+    )
     metrics["ece"] = expected_calibration_error(labels, probabilities, w)
     return metrics
 

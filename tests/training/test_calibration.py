@@ -99,6 +99,9 @@ def test_normalized_entropy_and_calibration_error() -> None:
     labels = (rng.random(50_000) < 0.2).astype(np.float64)
     base_rate = binary_metrics(labels, np.full(len(labels), labels.mean()))
     assert base_rate["ne"] == pytest.approx(1.0, abs=1e-6)  # the base rate scores NE 1
+    one_class = binary_metrics(np.zeros(100), np.full(100, 0.2))
+    assert np.isnan([one_class["auc"], one_class["ne"], one_class["calibration"]]).all()
+    assert one_class["logloss"] == pytest.approx(-np.log(0.8))
     assert base_rate["ece"] == pytest.approx(0.0, abs=1e-9)
     assert expected_calibration_error(labels, np.full(len(labels), 0.5)) == pytest.approx(
         abs(0.5 - labels.mean())

@@ -59,6 +59,16 @@ def test_synth_train_evaluate(synth_csv: Path, tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "not the data this model was trained on" in refused.stderr
 
+    # rows without a click leave AUC, NE and calibration undefined: null, never NaN (not JSON)
+    lines = synth_csv.read_text().splitlines()
+    no_clicks = tmp_path / "no_clicks.csv"
+    no_clicks.write_text("\n".join([lines[0], *(x for x in lines[1:] if x.startswith("0,"))]))
+    undefined = cli("evaluate", "--model-dir", str(out), "--data", str(no_clicks))
+    assert undefined.returncode == 0, undefined.stderr
+    strict = json.loads(undefined.stdout, parse_constant=_not_json)
+    assert (strict["auc"], strict["ne"], strict["calibration"]) == (None, None, None)
+    assert strict["observed_rate"] == 0.0
+
 
 def test_int8_dense_layers_from_train_and_export(synth_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "nfm"
@@ -268,3 +278,7 @@ def test_a_crash_in_native_code_says_where_the_process_was(tmp_path: Path) -> No
     assert job.returncode == -signal.SIGSEGV
     assert "Fatal Python error: Segmentation fault" in stderr
     assert "training/synth.py" in stderr
+
+
+def _not_json(constant: str) -> object:
+    raise AssertionError(f"{constant} is not JSON")
