@@ -75,10 +75,14 @@ def _metrics_dir() -> Iterator[None]:
 def serve() -> int:
     import uvicorn
 
+    from app.prediction_log.writer import PredictionLogError, open_target
+
     settings = get_settings()
-    try:  # the repository's absence said in one line here, not in a worker's traceback
+    try:  # what a worker's start-up would refuse, said in one line here, not in its traceback
         find_models(settings.model_dir, settings.model_name)
-    except SpecError as exc:
+        if settings.prediction_log is not None:
+            open_target(settings.prediction_log)
+    except (SpecError, PredictionLogError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     with _metrics_dir():

@@ -51,12 +51,15 @@ def test_a_missing_repository_refuses_to_start(tmp_path: Path) -> None:
         ),
         ({"CTR_PORT": "99999"}, "CTR_PORT='99999': Input should be less than or equal to 65535"),
         ({"CTR_MODEL_REPOSITORY": "nothing-here"}, "nothing-here: no such model repository"),
+        ({"CTR_PREDICTION_LOG": "ftp://host/log"}, "prediction log 'ftp://host/log': Unrecog"),
     ],
 )
-def test_the_server_refuses_bad_settings_in_one_line(env: dict[str, str], said: str) -> None:
+def test_the_server_refuses_bad_settings_in_one_line(
+    model_dir: Path, env: dict[str, str], said: str
+) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "app", "serve"],
-        env={**os.environ, **env},
+        env={**os.environ, "CTR_MODEL_REPOSITORY": str(model_dir), **env},
         capture_output=True,
         text=True,
         timeout=60,
