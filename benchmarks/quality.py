@@ -365,12 +365,10 @@ def inspect_section(pictures: list[tuple[str, str, Path]]) -> str:
         roles = ColumnRoles(label="click") if dataset == "avazu" else None
         source = open_source(data, fmt, roles) if data.is_file() else None
         summary = plot_field(model_dir, field, source, out, "pca")
-        correlation = summary["corr_first_axis_vs_rate"]
-        said = "none (no click rates)" if correlation is None else f"{correlation:+.2f}"
         lines.append(
             f"- {dataset}, field `{field}` ({summary['values']} values): PCA of NFFM's "
             f"field-aware vectors, coloured by observed click rate; correlation of the first "
-            f"axis with the click rate {said}.\n\n"
+            f"axis with the click rate {summary['corr_first_axis_vs_rate']:+.2f}.\n\n"
             f"  ![{dataset} {field}]({out.name})"
         )
     return "\n".join(lines) + "\n"

@@ -74,8 +74,7 @@ def plot_field(
     method: Method = "pca",
     max_values: int = 2000,
 ) -> dict[str, object]:
-    """Draw the map of ``field_name`` into ``out``; returns a short summary (the first
-    axis's correlation with the click rate is ``None`` without rates for four values)."""
+    """Draw the map of ``field_name`` into ``out``; returns a short summary."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,10 +122,9 @@ def plot_field(
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
     plt.close(figure)
-    correlation = None  # JSON has no NaN: null where no rates were given
+    correlation = float("nan")
     if seen.sum() > 3:
-        found = float(np.corrcoef(points[seen, 0], rates[seen])[0, 1])
-        correlation = None if np.isnan(found) else found
+        correlation = float(np.corrcoef(points[seen, 0], rates[seen])[0, 1])
     logger.info("wrote %s", out)
     return {
         "plot": str(out),
