@@ -119,10 +119,11 @@ def _model_repository(name: str | None) -> ModelRepository:
             )
         return repository
     if name is None:
-        held = [folder.name for folder in root.glob("*/") if is_model(folder)]
-        if held:
-            raise SpecError(f"{root} holds the models {sorted(held)}; name one")
-        return ModelRepository(root, settings.model_name)
+        try:
+            held = sorted(find_models(root))
+        except SpecError:  # no model there yet: a new one-model repository
+            return ModelRepository(root, settings.model_name)
+        raise SpecError(f"{root} holds the models {held}; name one")
     return ModelRepository(root / check_version_name(name, "model"), name)
 
 
