@@ -11,11 +11,12 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
 import yaml
-from pydantic import JsonValue, TypeAdapter
+from pydantic import JsonValue
 from torch import nn
 
 from app.model.scorer import Scorer
@@ -61,7 +62,6 @@ from training.warm_start import (
 )
 
 logger = logging.getLogger(__name__)
-JSON_OBJECT = TypeAdapter(dict[str, JsonValue])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,8 +317,9 @@ def train_one(
         }
         if draft is not None:
             source = prepared.source
-            # what spec.json records of the run, checked to be JSON (a typed JsonValue dict)
-            training = JSON_OBJECT.validate_python(
+            # what spec.json records of the run; the manifest validates it as JSON
+            training = cast(
+                dict[str, JsonValue],
                 {
                     "data": [p.name for p in source.files],
                     "data_fingerprint": prepared.fingerprint,
@@ -329,7 +330,7 @@ def train_one(
                     "config": config.model_dump(mode="json"),
                     **{k: v for k, v in summary.items() if k not in {"model", "test"}},
                     "history": result.history,
-                }
+                },
             )
             manifest = draft.finish(
                 config.model,
