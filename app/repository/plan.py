@@ -24,14 +24,17 @@ class Plan:
         """The version a label names, or ``name`` itself."""
         return self.labels.get(name, name)
 
-    def wanted(self) -> list[str]:
-        """Every version to load, the one ``CURRENT`` names first."""
-        names = [self.current, *self.labels.values(), *self.kept]
-        if self.policy.split is not None:
-            names.append(self.resolve(self.policy.split.to))
-        if self.policy.shadow is not None:
-            names.append(self.resolve(self.policy.shadow.version))
-        return list(dict.fromkeys(names))
+    def wanted(self) -> dict[str, list[str]]:
+        """Every version to load (the one ``CURRENT`` names first) with the parts that want
+        it, so a version that cannot load is reported with what it was to play."""
+        parts: dict[str, list[str]] = {self.current: ["the default"]}
+        for label, version in self.labels.items():
+            parts.setdefault(version, []).append(f"label {label}")
+        for version in self.kept:
+            parts.setdefault(version, []).append("policy.yaml's versions")
+        for part, name in self.policy.names().items():
+            parts.setdefault(self.resolve(name), []).append(f"policy.yaml's {part}")
+        return parts
 
 
 def read_plan(repository: ModelRepository, pinned_version: str | None = None) -> Plan:

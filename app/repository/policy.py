@@ -94,6 +94,12 @@ class ServingPolicy(BaseModel):
     cache_entries: int | None = Field(default=None, ge=0)
     prune: Prune | None = None
 
+    def names(self) -> dict[str, str]:
+        """The version or label each part of the policy names: ``{"split": ..., "shadow": ...}``."""
+        parts = {"split": self.split.to if self.split else None}
+        parts["shadow"] = self.shadow.version if self.shadow else None
+        return {part: name for part, name in parts.items() if name is not None}
+
 
 def load_policy(model_root: Path) -> ServingPolicy:
     """The policy in ``model_root/policy.yaml``; the default one when there is no file.

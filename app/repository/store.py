@@ -31,6 +31,7 @@ from pathlib import Path
 
 from app.features.errors import SpecError
 from app.repository.manifest import MANIFEST_FILE, ModelManifest, read_version, verify_files
+from app.repository.policy import POLICY_FILE, load_policy
 
 POINTER_FILE = "CURRENT"
 LABELS_DIR = "labels"
@@ -204,8 +205,15 @@ class ModelRepository:
             _write_pointer(folder, label, version)
 
     def remove_label(self, label: str) -> None:
-        """Remove ``label`` (:class:`SpecError` if there is none)."""
+        """Remove ``label`` (:class:`SpecError` if there is none, or if the policy's split
+        or shadow names it: a worker started after would serve neither)."""
         path = self.root / LABELS_DIR / check_version_name(label, "label")
+        naming = [part for part, name in load_policy(self.root).names().items() if name == label]
+        if naming and path.exists():
+            raise SpecError(
+                f"{self.root}: {POLICY_FILE} names label {label!r} (its {' and '.join(naming)}): "
+                "point them elsewhere first, or move the label to another version"
+            )
         try:
             path.unlink()
         except FileNotFoundError:

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 Loader = Callable[[Path], Scorer]
 # Told of the lineup served: at subscription (False), then after every change (True).
 OnSwap = Callable[["Lineup", bool], None]
-OnRefused = Callable[[SpecError], None]
+# Told of every refusal, once each: what was refused ("loading", "label canary") and why.
+OnRefused = Callable[[str, SpecError], None]
 
 
 class NotReadyError(RuntimeError):
@@ -79,7 +80,7 @@ class ModelRegistry:
         self._plan: Plan | None = None
         self.failures: dict[str, LoadFailure] = {}
         self._on_swap: OnSwap = lambda lineup, swapped: None
-        self._on_refused: OnRefused = lambda exc: None
+        self._on_refused: OnRefused = lambda action, exc: None
         with self._lock:
             self._follow()
 
@@ -92,7 +93,7 @@ class ModelRegistry:
             if self._lineup is not None:
                 on_swap(self._lineup, False)
             for failure in self.failures.values():
-                on_refused(SpecError(failure.reason))
+                on_refused(_action(failure.version), SpecError(failure.reason))
 
     @property
     def lineup(self) -> Lineup:
@@ -133,13 +134,15 @@ class ModelRegistry:
         Raises:
             SpecError: it cannot be loaded; the old version keeps serving.
         """
-        with self._lock, self._telling_refusals():
+        with (
+            self._lock,
+            self._telling_refusals("reload" if version is None else f"reload to {version}"),
+        ):
             if version is not None:
                 self._check_may_move_pointer()
                 version = check_version_name(version)
                 self._verified(version)
                 self.repository.set_current(version)
-            self.failures.clear()
             self._plan = None
             self._follow()
             return self.lineup
@@ -150,7 +153,8 @@ class ModelRegistry:
         Raises:
             SpecError: the version cannot be loaded, or the label cannot be written.
         """
-        with self._lock, self._telling_refusals():
+        action = f"removing label {label}" if version is None else f"label {label} -> {version}"
+        with self._lock, self._telling_refusals(action):
             if self.repository.is_flat:
                 raise SpecError(f"{self.repository.root} is a flat model directory: no labels")
             if version is None:
@@ -169,7 +173,7 @@ class ModelRegistry:
         Raises:
             SpecError: it cannot be loaded; nothing is published, the old version serves.
         """
-        with self._telling_refusals():
+        with self._telling_refusals(f"publishing {source}"):
             # Verified and copied outside the lock: a large model's copy holds up no poll.
             self._check_may_move_pointer()
             checked = self._loader(resolve_model_dir(source))
@@ -196,8 +200,7 @@ class ModelRegistry:
         self.failures.pop(POINTER_FILE, None)
         if plan == self._plan:
             return False
-        if self._plan is not None:
-            self.failures.clear()  # the pointers moved: what failed may be retried
+        self.failures.clear()  # the pointers moved (or a change re-reads them): retry what failed
         self._plan = plan
         changed = self._apply(plan)
         if plan.policy.prune is not None:
@@ -222,13 +225,13 @@ class ModelRegistry:
         """Load what ``plan`` adds, then install the lineup it makes."""
         before = self._lineup
         scorers: dict[str, Scorer] = {}
-        for version in plan.wanted():
+        for version, parts in plan.wanted().items():
             loaded = None if before is None else before.scorers.get(version)
             if loaded is None and version not in self.failures:
                 try:
                     loaded = self._loader(self.repository.version_dir(version))
                 except SpecError as exc:
-                    self._refuse_once(version, exc)
+                    self._refuse_once(version, SpecError(f"wanted as {', '.join(parts)}: {exc}"))
             if loaded is not None:
                 scorers[version] = loaded
 
@@ -267,11 +270,11 @@ class ModelRegistry:
         return True
 
     @contextmanager
-    def _telling_refusals(self) -> Iterator[None]:
+    def _telling_refusals(self, action: str) -> Iterator[None]:
         try:
             yield
         except SpecError as exc:
-            self._on_refused(exc)
+            self._on_refused(action, exc)
             raise
 
     def _check_may_move_pointer(self) -> None:
@@ -293,4 +296,9 @@ class ModelRegistry:
         if known is not None and known.reason == str(exc):
             return
         self.failures[version] = LoadFailure(version, str(exc), time.time())
-        self._on_refused(exc)
+        self._on_refused(_action(version), exc)
+
+
+def _action(failed: str) -> str:
+    """What a poll was doing when ``failed`` (a version, or the pointer file) failed."""
+    return "reading the pointers" if failed == POINTER_FILE else f"loading {failed}"

@@ -149,11 +149,11 @@ class ServedModel:
         if swapped:
             self.metrics.reloads.labels(self.name, "ok").inc()
 
-    def _refused(self, exc: SpecError) -> None:
+    def _refused(self, action: str, exc: SpecError) -> None:
         self.metrics.reloads.labels(self.name, "failed").inc()
         serving = self.registry.loaded
         still = "nothing" if serving is None else serving.default.version
-        logger.error("model %s: load refused, still serving %s: %s", self.name, still, exc)
+        logger.error("model %s: %s refused, still serving %s: %s", self.name, action, still, exc)
 
 
 class PredictionService:

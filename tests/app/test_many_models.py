@@ -338,6 +338,29 @@ def test_the_log_holds_both_scores_of_a_shadowed_request(
         assert record["shadow_score"] == pytest.approx(record["score"], abs=1e-7)
 
 
+def test_a_label_the_policy_names_is_kept_and_a_fix_clears_the_failure(
+    models: Path, tmp_path: Path
+) -> None:
+    ctr = models / "ctr"
+    second = _add_version(ctr, tmp_path)
+    _split_policy(ctr)  # its split names label canary, which is not there yet
+    settings = Settings(model_dir=models, reload_token="t0ken")
+    with TestClient(create_app(settings)) as client:
+        (failure,) = client.get("/model/ctr").json()["failures"].values()
+        assert failure.startswith("wanted as policy.yaml's split:")
+        put = client.put("/admin/models/ctr/labels/canary", json={"version": second}, headers=AUTH)
+        assert put.status_code == 200, put.text
+        served = client.get("/model/ctr").json()
+        assert served["failures"] == {}  # the change re-read the plan and retried
+        roles = {v["version"]: v["serves"] for v in served["loaded"]}
+        assert roles[second] == ["canary", "split"]
+        # Removing it would leave a worker started later with no split: refused.
+        gone = client.delete("/admin/models/ctr/labels/canary", headers=AUTH)
+        assert gone.status_code == 422
+        assert "policy.yaml names label 'canary' (its split)" in gone.json()["detail"]
+    assert ModelRepository(ctr).labels() == {"canary": second}
+
+
 def test_a_broken_version_of_one_model_leaves_both_models_serving(
     models: Path, tmp_path: Path
 ) -> None:
