@@ -1,7 +1,7 @@
 """The ``ctrserve`` command: one entry point for training (needs the ``train`` extra, torch)
 and serving (the ``serve`` extra alone). Serving commands never import torch.
 
-    ctrserve synth|train|tune|ladder|evaluate|predict|join|drift|export|inspect ...
+    ctrserve synth|prepare|train|tune|ladder|evaluate|predict|join|drift|export|inspect ...
                                                    (python -m training ..., the train extra)
     ctrserve serve|publish|label|prune ...             (python -m app ...)
 """
@@ -12,6 +12,7 @@ import sys
 
 TRAINING = {
     "synth": "write synthetic CTR logs with known true probabilities",
+    "prepare": "fit the spec and write the encoded shards into the cache, once",
     "train": "train one model and export it into a model repository",
     "tune": "search min-count, k and L2 on the validation rows",
     "ladder": "train every model of the ladder on one split",
@@ -36,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if command in SERVING:
         from app.__main__ import main as serving
 
-        return serving(args)
+        return serving(args, prog="ctrserve")
     if command in TRAINING:
         from training.cli import main as training
 
-        return training(args)
+        return training(args, prog="ctrserve")
     lines = ["usage: ctrserve COMMAND [options]   (ctrserve COMMAND --help for its options)", ""]
     lines += [f"  {name:<9} {text}" for name, text in {**TRAINING, **SERVING}.items()]
     stream = sys.stdout if command in ("", "-h", "--help") else sys.stderr

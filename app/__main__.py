@@ -212,9 +212,10 @@ def _bad_settings(exc: ValidationError) -> str:
     return "bad settings: " + "; ".join(clauses)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser(prog: str = "python -m app") -> argparse.ArgumentParser:
+    """The serving commands' parser (``prog``: the name usage and errors show)."""
     parser = argparse.ArgumentParser(
-        prog="python -m app", description="Serve a model repository, or publish a model into it."
+        prog=prog, description="Serve a model repository, or publish a model into it."
     )
     commands = parser.add_subparsers(dest="command")
     serve_parser = commands.add_parser(
@@ -268,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         help="versions kept besides the named ones (default: the policy's prune.keep_last)",
     )
     prune_parser.add_argument("--dry-run", action="store_true", help="only say what would go")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m app") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     # Flags become the settings' variables, which uvicorn's worker processes inherit.
     if getattr(args, "model_name", None):

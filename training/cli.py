@@ -214,8 +214,9 @@ def add_hyperparameter_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-bins", type=int, default=None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
+    """The training commands' parser (``prog``: the name usage and errors show)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="write synthetic CTR logs with known p_true")
@@ -409,7 +410,7 @@ def _ours_or_warnings(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or record.name.startswith(("training", "app"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m training") -> int:
     # A rank that dies of a signal inside torch's or onnxruntime's C++ leaves torchrun only
     # "SIGSEGV received by PID ..."; this prints where every thread of it was.
     faulthandler.enable()
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_ours_or_warnings)
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     return run_guarded(lambda: commands.run(args))
 
 
