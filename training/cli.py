@@ -268,7 +268,12 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
         "train", help="train one model and export it (alone, or as ranks under torchrun)"
     )
     _add_train_args(train)
-    train.add_argument("--model", choices=sorted(MODELS), default="nffm")
+    train.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default=None,
+        help="default: nffm, or with --warm-start the base's model",
+    )
     train.add_argument(
         "--out",
         type=Path,

@@ -450,7 +450,8 @@ def _oracle(prepared: Prepared) -> Metrics | None:
 def run_train(args: argparse.Namespace) -> int:
     with cluster_session(args.device, args.collective_timeout) as cluster:
         base = None if args.warm_start is None else load_warm_start(args.warm_start)
-        prepared, config, _ = _prepared(args, args.model, cluster, base)
+        model = args.model or ("nffm" if base is None else base.model_config.name)
+        prepared, config, _ = _prepared(args, model, cluster, base)
         summary = train_one(
             prepared, config, args.out, not args.no_progress, args.max_memory, cluster, base
         )

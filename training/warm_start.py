@@ -75,14 +75,25 @@ def load_warm_start(path: Path) -> WarmStart:
 
 
 def check_fields(base: FeatureSpec, builder: SpecBuilder) -> None:
-    """Today's columns must be yesterday's fields, in kind and order."""
-    today = [(name, "categorical") for name in builder.tokens]
-    today += [(name, "numeric") for name in builder.numbers]
-    before = [(f.name, f.kind) for f in base.fields]
-    if today != before:
+    """Today's columns must be yesterday's fields, of the same kinds, in any order (rows
+    are encoded by column name, and today's spec keeps yesterday's field order)."""
+    today = dict.fromkeys(builder.tokens, "categorical")
+    today |= dict.fromkeys(builder.numbers, "numeric")
+    before = {f.name: f.kind for f in base.fields}
+    differences = []
+    if added := [name for name in today if name not in before]:
+        differences.append(f"adds {', '.join(added)}")
+    if lacking := [name for name in before if name not in today]:
+        differences.append(f"lacks {', '.join(lacking)}")
+    differences += [
+        f"has {name} as {kind}, not {before[name]} (--categorical, --numeric)"
+        for name, kind in today.items()
+        if before.get(name, kind) != kind
+    ]
+    if differences:
         raise DataError(
-            f"--warm-start continues a model of fields {before}; today's data has {today}: "
-            "the fields must be the same"
+            f"--warm-start continues a model of fields {', '.join(before)}; today's data "
+            f"{'; '.join(differences)}: the fields must be the same"
         )
 
 

@@ -13,7 +13,7 @@ from app.features.spec import NUM_RESERVED, CategoricalField, FeatureSpec  # noq
 from app.repository.manifest import ModelManifest  # noqa: E402
 from app.repository.store import ModelRepository, resolve_model_dir  # noqa: E402
 from support.training_files import training_cli  # noqa: E402
-from training.data import Batch  # noqa: E402
+from training.data import Batch, DataError  # noqa: E402
 from training.fit_spec import SpecBuilder  # noqa: E402
 from training.layers import embedding_tables, field_offsets  # noqa: E402
 from training.models import build_model  # noqa: E402
@@ -152,6 +152,48 @@ def test_a_field_at_capacity_evicts_the_faded_values_for_todays(model_dir: Path)
     assert list(merged.vocabulary[1:]) == [v for v, _ in by_count[: capacity - 1]]
 
 
+def _builder(categorical: list[str], numeric: list[str]) -> SpecBuilder:
+    """Today's columns, each seen in a few rows."""
+    builder = SpecBuilder(categorical, numeric)
+    rows = 100
+    builder.update(
+        Batch(
+            categorical={name: pa.array([f"{name}_1"] * rows) for name in categorical},
+            numeric={name: np.ones(rows) for name in numeric},
+            labels=np.zeros(rows, dtype=np.float32),
+            weights=None,
+            positions=np.arange(rows),
+            oracle=None,
+            time=None,
+        )
+    )
+    return builder
+
+
+def test_columns_in_another_order_continue_the_same_fields(model_dir: Path) -> None:
+    base = load_warm_start(model_dir)
+    categorical = [f.name for f in base.spec.fields if isinstance(f, CategoricalField)]
+    numeric = [f.name for f in base.spec.fields if not isinstance(f, CategoricalField)]
+    in_order = merge_spec(base, _builder(categorical, numeric), 1, None, 0.9)
+    reordered = merge_spec(base, _builder(categorical[::-1], numeric[::-1]), 1, None, 0.9)
+    assert reordered == in_order
+    assert [f.name for f in reordered.fields] == [f.name for f in base.spec.fields]
+
+
+def test_other_fields_are_refused_with_what_differs(model_dir: Path) -> None:
+    base = load_warm_start(model_dir)
+    categorical = [f.name for f in base.spec.fields if isinstance(f, CategoricalField)]
+    numeric = [f.name for f in base.spec.fields if not isinstance(f, CategoricalField)]
+    today = _builder([*categorical[1:], "new_field"], [categorical[0], *numeric])
+    with pytest.raises(DataError) as refused:
+        merge_spec(base, today, 1, None, 0.9)
+    assert f"today's data adds new_field; has {categorical[0]} as numeric, not categorical" in (
+        str(refused.value)
+    )
+    with pytest.raises(DataError, match=f"today's data lacks {numeric[-1]}:"):
+        merge_spec(base, _builder(categorical, numeric[:-1]), 1, None, 0.9)
+
+
 def test_warm_start_grows_the_vocabulary_and_exports_a_new_version(
     model_dir: Path, tmp_path: Path
 ) -> None:
@@ -164,9 +206,17 @@ def test_warm_start_grows_the_vocabulary_and_exports_a_new_version(
     base = resolve_model_dir(model_dir)
     manifest = ModelManifest.load(base)
     result = training_cli(
-        "train", "--data", str(day1), "--model", manifest.model_type, "--warm-start",
-        str(model_dir), "--epochs", "1", "--out", str(repository), "--no-progress",
-    )  # fmt: skip
+        "train",
+        "--data",
+        str(day1),
+        "--warm-start",
+        str(model_dir),
+        "--epochs",
+        "1",
+        "--out",
+        str(repository),
+        "--no-progress",
+    )  # fmt: skip  (no --model: the base's)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["warm_start"]["from"] == manifest.version
