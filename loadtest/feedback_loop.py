@@ -4,7 +4,8 @@
  day 1 impressions ─► locust ─► ctrserve (prediction log 100%) ─► log/day1 ┐
                         └─► clicks (delayed, some past the window) ────────┴─► ctrserve join
  day 2, c1 and c3 shifted ─► locust ─► ctrserve ─► log/day2 ─► ctrserve drift (exit 1)
- joined day 1 ─► ctrserve train ─► the next model ─► evaluate on day 2, beside the served one
+ joined day 1 ─► ctrserve train --warm-start (the served model) ─► the next model
+                ─► evaluate on day 2, beside the served one
 ```
 
 Every step is the command a user runs; the figures go to docs/LOOP.md and the drift chart
@@ -143,8 +144,8 @@ def main() -> int:
             drift[day] = (done.returncode, report.read_text())
         next_model = work / "models/next"
         trained = json.loads(
-            ctrserve("train", "--data", str(joined), "--model", "nffm", "--out",
-                     str(next_model), "--no-progress").stdout
+            ctrserve("train", "--data", str(joined), "--warm-start", str(model_dir),
+                     "--epochs", "1", "--out", str(next_model), "--no-progress").stdout
         )  # fmt: skip
         quality = {
             name: json.loads(
@@ -170,6 +171,7 @@ def _report(
     quality: dict,
 ) -> None:
     served = resolve_model_dir(model_dir).name
+    warm = trained["warm_start"]
     lines = [
         "# The feedback loop, run on this machine",
         "",
@@ -211,9 +213,11 @@ def _report(
             "",
         ]
     lines += [
-        "## The next model, trained on the joined day 1",
+        "## The next model: the served one, continued on the joined day 1",
         "",
-        f"NFFM on {join['rows']:,} joined rows ({trained.get('train_seconds', 0):.1f} s). "
+        f"One warm-start epoch on {join['rows']:,} joined rows "
+        f"({trained['train_seconds']:.1f} s; {warm['kept_values']:,} values kept, "
+        f"{warm['new_values']:,} new; optimizer {warm['optimizer']}). "
         "Both models scored on day 2's impressions (its labels from the generator):",
         "",
         "| model | AUC | log loss |",
