@@ -10,7 +10,8 @@ COPY training ./training
 COPY ctrserve.py ./
 RUN pip install --quiet '.[serve]' \
     && python -c "import app.main" \
-    && ! python -c "import torch" 2>/dev/null
+    && ! python -c "import torch" 2>/dev/null \
+    && pip uninstall --quiet --yes pip setuptools  # the service never installs anything
 
 # The training image, for deploy/training/pytorchjob.yaml: `docker build --target train -t
 # ctrserve-train .` adds torch (the `train` extra) and torchrun. A plain `docker build`
@@ -33,7 +34,8 @@ CMD ["torchrun", "--help"]
 FROM ${BASE_IMAGE}
 RUN useradd --system --no-create-home --uid 10001 ctrserve
 COPY --from=build /opt/venv /opt/venv
-# The models are baked in (run `make models` before building): the default (click) model is
+# The models are baked in (run `make models` before building; .dockerignore lets in
+# models/default and models/cvr, without their training-only files): the default (click) model is
 # what a plain `docker run` serves; point CTR_MODEL_REPOSITORY at /models to serve every
 # model there (the Kubernetes manifests seed a shared volume with them), or at a volume.
 COPY models/ /models/

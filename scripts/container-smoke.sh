@@ -10,6 +10,7 @@ IMAGE=localhost/ctrserve:latest
 PORT_A=${PORT_A:-18123}
 PORT_B=${PORT_B:-18124}
 TOKEN=smoke-token-$$
+WORKERS=2
 PY=.venv/bin/python
 
 make model
@@ -34,8 +35,8 @@ for port in "$PORT_A" "$PORT_B"; do
   # podman run options go before the image: the tool passes them straight to `podman run`.
   "$BUILD" --run -d --name "$name" --read-only \
     -v "$work/repository:/models/default" -v "$work/export:/exports/lr:ro" \
-    -e CTR_HOST=127.0.0.1 -e CTR_PORT="$port" -e CTR_WORKERS=2 -e CTR_POLL_INTERVAL_S=1 \
-    -e CTR_RELOAD_TOKEN="$TOKEN" "$IMAGE" >/dev/null
+    -e CTR_HOST=127.0.0.1 -e CTR_PORT="$port" -e CTR_WORKERS="$WORKERS" -e CTR_POLL_INTERVAL_S=1 \
+    -e CTR_RELOAD_TOKEN="$TOKEN" -e CTR_PUBLISH_ROOT=/exports "$IMAGE" >/dev/null
   names+=("$name")
 done
 
@@ -58,13 +59,22 @@ reload=$(curl -fsS -X POST "http://127.0.0.1:$PORT_A/admin/reload" -H "Authoriza
 echo "reload via the first container: $reload"
 new=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["version"])' "$reload")
 [ "$new" != "$old" ] || { echo "the reload did not change the version" >&2; exit 1; }
+# Every worker of a container says what it serves in ctr_model_info (one series per pid);
+# /model alone answers for whichever worker took the request.
+every_worker_serves() {
+  local defaults
+  defaults=$(curl -fsS "http://127.0.0.1:$1/metrics" | grep '^ctr_model_info{' | grep ' 1.0$' \
+    | grep -E 'serves="([^"]*,)?default[,"]' || true)
+  [ "$(grep -c "version=\"$new\"" <<< "$defaults")" = "$WORKERS" ] \
+    && [ "$(grep -c . <<< "$defaults")" = "$WORKERS" ]
+}
 for port in "$PORT_A" "$PORT_B"; do
   for _ in $(seq 1 20); do
-    [ "$(version_of "$port")" = "$new" ] && break
+    every_worker_serves "$port" && break
     sleep 0.5
   done
-  [ "$(version_of "$port")" = "$new" ] || { echo "container on $port still serves $old" >&2; exit 1; }
-  echo "container on $port serves $new"
+  every_worker_serves "$port" || { echo "a worker on $port still serves $old" >&2; exit 1; }
+  echo "container on $port serves $new on all $WORKERS workers"
 done
 
 uid_in=$(podman --runtime runc exec "${names[0]}" id -u)
