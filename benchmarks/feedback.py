@@ -162,7 +162,7 @@ def join_cost(scratch: Path, model_dir: Path, records: int) -> dict:
     return {
         "records": records,
         "write_s": write_s,
-        "log_mb": sum(p.stat().st_size for p in log_dir.glob("*.parquet")) / 2**20,
+        "log_mb": sum(p.stat().st_size for p in log_dir.rglob("*.parquet")) / 2**20,
         "events": len(table),
         "expected_labelled": expected,
         "peak_rss_mb": rss,

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from app.prediction_log.writer import model_folders
 from training.read_ahead import read_ahead
 
 DataFormat = Literal["csv", "tsv", "criteo", "parquet"]
@@ -219,6 +220,20 @@ def detect_format(path: Path) -> DataFormat:
     return "tsv" if last == ".tsv" else "csv"
 
 
+def one_model_log(root: Path) -> Path:
+    """The folder of a prediction log's one model (``<log>/<model>/``), for a command that
+    reads one model's records; :class:`DataError` naming the folders when there are more."""
+    folders = model_folders(root)
+    if len(folders) == 1:
+        return folders[0]
+    if folders:
+        names = ", ".join(folder.name for folder in folders)
+        raise DataError(
+            f"{root}: a prediction log of models {names}, one folder each: name one ({folders[0]})"
+        )
+    raise DataError(f"{root}: no data files in the directory")
+
+
 def expand_files(data: Path) -> tuple[Path, ...]:
     """A file, every data file of a directory, or a glob, in sorted order."""
     text = str(data)
@@ -236,7 +251,7 @@ def expand_files(data: Path) -> tuple[Path, ...]:
             if any(s in known for s in (x.lower() for x in p.suffixes))
         )
         if not files:
-            raise DataError(f"{data}: no data files in the directory")
+            return expand_files(one_model_log(data))
         return tuple(files)
     if not data.is_file():
         raise DataError(f"{data}: no such file")

@@ -7,9 +7,11 @@ prediction log (request_id, row, served_at, …, fields)   label events (request
    0 otherwise (no event, or only late ones) ─► Parquet: label + the model's fields
 ```
 
-DuckDB does the join: it streams the Parquet log, holds the label events in a hash table and
-spills to disk past its memory limit, so a day of logs fits on a small machine. A request id
-logged twice (a client retrying with the same ``X-Request-ID``) keeps its first record.
+``--log`` names one model's folder of the log (``<log>/<model>/``), or the log itself when it
+holds one model. DuckDB does the join: it streams the Parquet log, holds the label events in
+a hash table and spills to disk past its memory limit, so a day of logs fits on a small
+machine. A request id logged twice (a client retrying with the same ``X-Request-ID``) keeps
+its first record.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from pathlib import Path
 
 import duckdb
 
-from app.prediction_log.writer import FILE_PREFIX, FILE_SUFFIX, LOG_COLUMNS
-from training.data import DataError
+from app.prediction_log.writer import FILE_PREFIX, FILE_SUFFIX, LOG_COLUMNS, model_folders
+from training.data import DataError, one_model_log
 
 LABEL_COLUMN = "label"
 
@@ -55,6 +57,9 @@ def _log_files(log: Path) -> str:
     """The log's published files as a DuckDB list (open files are hidden, never read)."""
     if log.is_dir():
         files = sorted(log.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
+        if not files and model_folders(log):
+            log = one_model_log(log)  # the log's root: its one model's folder
+            files = sorted(log.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
         if not files:
             raise DataError(f"{log}: no prediction log files ({FILE_PREFIX}*{FILE_SUFFIX})")
     elif log.is_file():

@@ -121,7 +121,7 @@ class PredictionLog:
         # The loop gathers a frame and hands it over pickled; the sender pops whole frames
         # (a deque does both safely across threads). Rows added are counted by the loop, rows
         # done with (written or dropped) by the log's threads, under the lock.
-        self._gathering: _Rows | None = None
+        self._gathering: dict[tuple[object, ...], _Rows] = {}  # by model and its fields
         self._frames: deque[tuple[int, bytes]] = deque()
         self._added_rows = 0
         self._done_rows = 0
@@ -190,11 +190,11 @@ class PredictionLog:
         entry = _Entry(
             time.time(), request_id, model, version, scores, cached, encoder, values, rows, shadow
         )
-        group = self._gathering
+        key = (model, encoder.categorical_names, encoder.numeric_names)
         try:
-            if group is None or group.fields != (encoder.categorical_names, encoder.numeric_names):
-                self._hand_over(group)  # a model version of other fields: a frame of its own
-                group = self._gathering = self._start_group(encoder)
+            group = self._gathering.get(key)
+            if group is None:  # each model (and each set of its fields) has frames of its own
+                group = self._gathering[key] = self._start_group(model, encoder)
             group.add(entry)
         except Exception:  # a value the log cannot hold never fails the request
             logger.exception("prediction log: records of request %s dropped", request_id)
@@ -210,13 +210,14 @@ class PredictionLog:
 
     def close(self, timeout: float = 30.0) -> None:
         """Send what was gathered, let the writer publish its open file, stop."""
-        self._hand_over(self._gathering)
+        for group in list(self._gathering.values()):
+            self._hand_over(group)
         self._closing = True
         self._wake.set()
         self._sender.join(timeout)
 
-    def _start_group(self, encoder: FeatureEncoder) -> _Rows:
-        group = _Rows(encoder)
+    def _start_group(self, model: str, encoder: FeatureEncoder) -> _Rows:
+        group = _Rows(model, encoder)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -224,11 +225,11 @@ class PredictionLog:
         loop.call_later(HAND_OVER_S, self._hand_over, group)
         return group
 
-    def _hand_over(self, group: _Rows | None) -> None:
+    def _hand_over(self, group: _Rows) -> None:
         """Pickle a gathered frame and give it to the sender (on the loop's thread)."""
-        if group is None or group is not self._gathering:
-            return
-        self._gathering = None
+        if self._gathering.get(group.key) is not group:
+            return  # handed over already (full, then its timer)
+        del self._gathering[group.key]
         try:
             payload = pickle.dumps(group.frame(), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # a value pickle cannot carry: the frame's records only
@@ -362,16 +363,18 @@ class _Writer:
 
 
 class _Rows:
-    """Records gathered for one frame of one model's fields, in arrival order: a single row
+    """Records gathered for one frame of one model and its fields, in arrival order: a single row
     as one tuple of what the request already holds (its values as they came), a batch as its
     columns and score arrays. A request costs the log an append; the writer process turns
     them into columns."""
 
-    def __init__(self, encoder: FeatureEncoder) -> None:
+    def __init__(self, model: str, encoder: FeatureEncoder) -> None:
         clash = set(LOG_COLUMNS) & set(encoder.names)
         if clash:
             raise ValueError(f"fields {sorted(clash)} have the names of the log's own columns")
+        self.model = model
         self.fields = (encoder.categorical_names, encoder.numeric_names)
+        self.key = (model, *self.fields)
         self._names = (*encoder.categorical_names, *encoder.numeric_names)
         self.rows = 0
         self._segments: list[tuple[Any, ...]] = []  # see log_writer.to_batch
@@ -407,4 +410,9 @@ class _Rows:
 
     def frame(self) -> dict[str, Any]:
         """What the writer process needs, as plain values (writer.py: ``to_batch``)."""
-        return {"fields": self.fields, "rows": self.rows, "segments": self._segments}
+        return {
+            "model": self.model,
+            "fields": self.fields,
+            "rows": self.rows,
+            "segments": self._segments,
+        }

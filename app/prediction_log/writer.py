@@ -9,7 +9,8 @@ worker ─► stdin: <u32 length><pickled frame> … ─► Arrow ─► row gro
 Each serving worker starts one (``python -m app.prediction_log.writer``, see
 app/prediction_log/log.py), so turning a request's Python values into Arrow and Parquet
 runs on a core of its own, never on the interpreter lock that the worker's event loop needs.
-A reader (``ctrserve join``, ``drift``, pyarrow, DuckDB) lists ``*.parquet`` and never sees a
+Each model's records go to a folder of their own (``<log>/<model>/``). A reader
+(``ctrserve join``, ``drift``, pyarrow, DuckDB) lists ``*.parquet`` and never sees a
 file being written: the open file is hidden and renamed only once its footer is written. When
 its worker goes away (even by SIGKILL) the writer reads the end of its input, publishes what it
 holds and exits; SIGINT and SIGTERM, which a terminal or a pod's shutdown send to the worker,
@@ -35,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -214,7 +216,12 @@ def _numeric(values: list[object]) -> pa.Array:
 
 # -- files ----------------------------------------------------------------------------------
 class LogFiles:
-    """Record batches into rolling Parquet files under ``target``, each published whole.
+    """Record batches into rolling Parquet files under ``target``, one folder per model
+    (``<target>/<model>/predictions-*.parquet``), each file published whole.
+
+    Each model, and each set of its fields (a canary that adds one), fills a file of its own,
+    so a join or a drift reads one model's folder, and requests of two models (or versions)
+    interleaved never close one another's file at every request.
 
     Args:
         target: a directory, or a URI ``pyarrow.fs`` opens.
@@ -236,9 +243,70 @@ class LogFiles:
         self.filesystem, self.root, remote = open_target(target)
         self._spool = tempfile.mkdtemp(prefix="ctrserve-log-") if remote else None
         self.roll_rows, self.roll_bytes, self.roll_s = roll_rows, roll_bytes, roll_s
-        self._report = report
+        self.report = report
         self._prefix = f"{_safe(socket.gethostname())}-{os.getpid()}-"
         self._sequence = 0
+        self._streams: dict[tuple[str, tuple[str, ...]], _Stream] = {}
+
+    @property
+    def rows(self) -> int:
+        """Records taken and not yet published."""
+        return sum(stream.rows for stream in self._streams.values())
+
+    def add(self, model: str, batch: pa.RecordBatch) -> None:
+        key = (model, tuple(batch.schema.names))
+        stream = self._streams.get(key)
+        if stream is None:
+            folder = model_folder(model)
+            remote = None if self._spool is None else f"{self.root}/{folder}"
+            local = os.path.join(self._spool or self.root, folder)
+            os.makedirs(local, exist_ok=True)
+            if remote is not None:
+                self.filesystem.create_dir(remote, recursive=True)
+            stream = self._streams[key] = _Stream(self, local, remote)
+        stream.add(batch)
+
+    def wait_s(self) -> float:
+        """Seconds until the first stream's unpublished records are due by age."""
+        return min((stream.wait_s() for stream in self._streams.values()), default=self.roll_s)
+
+    def roll_if_due(self) -> None:
+        for stream in self._streams.values():
+            stream.roll_if_due()
+
+    def publish(self) -> None:
+        """Write what is gathered, close every open file and make it visible, whole."""
+        for stream in self._streams.values():
+            stream.publish()
+
+    def file_name(self) -> str:
+        """A new file's name: unique to this writer (host, pid, sequence), sorted by time."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        self._sequence += 1
+        return f"{FILE_PREFIX}{stamp}-{self._prefix}{self._sequence:05d}{FILE_SUFFIX}"
+
+
+def model_folder(model: str) -> str:
+    """The folder of the log that holds ``model``'s files."""
+    return _safe(model)
+
+
+def model_folders(root: Path) -> list[Path]:
+    """The model folders of a local log directory that hold published files."""
+    return sorted(
+        entry
+        for entry in root.iterdir()
+        if entry.is_dir() and next(entry.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"), None) is not None
+    )
+
+
+class _Stream:
+    """The rolling files of one model's records of one set of fields: the row group being
+    gathered and the open file."""
+
+    def __init__(self, owner: LogFiles, local: str, remote: str | None) -> None:
+        self._owner = owner
+        self._local, self._remote = local, remote  # remote: where a spooled file is copied
         self._pending: list[pa.RecordBatch] = []  # the row group being gathered
         self._pending_rows = 0
         self._file: _OpenFile | None = None
@@ -246,12 +314,9 @@ class LogFiles:
 
     @property
     def rows(self) -> int:
-        """Records taken and not yet published."""
         return self._pending_rows + (self._file.rows if self._file is not None else 0)
 
     def add(self, batch: pa.RecordBatch) -> None:
-        if self._pending and batch.schema != self._pending[0].schema:
-            self._write_pending()  # a model version of other fields: a file of its own
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
         if self._since is None:
@@ -261,37 +326,36 @@ class LogFiles:
         self.roll_if_due()
 
     def wait_s(self) -> float:
-        """Seconds until the unpublished records are due by age."""
         if self._since is None:
-            return self.roll_s
-        return max(0.01, self.roll_s - (time.monotonic() - self._since))
+            return self._owner.roll_s
+        return max(0.01, self._owner.roll_s - (time.monotonic() - self._since))
 
     def roll_if_due(self) -> None:
         if self._since is None:
             return
+        owner = self._owner
         size = os.path.getsize(self._file.path) if self._file is not None else 0
         if (
-            self.rows >= self.roll_rows
-            or size >= self.roll_bytes
-            or time.monotonic() - self._since >= self.roll_s
+            self.rows >= owner.roll_rows
+            or size >= owner.roll_bytes
+            or time.monotonic() - self._since >= owner.roll_s
         ):
             self.publish()
 
     def publish(self) -> None:
-        """Write what is gathered, close the open file and make it visible, whole."""
         self._write_pending()
         open_file, self._file, self._since = self._file, None, None
         if open_file is None:
             return
         try:
             open_file.close()
-            if self._spool is None:
-                os.replace(open_file.path, os.path.join(self.root, open_file.name))
+            if self._remote is None:
+                os.replace(open_file.path, os.path.join(self._local, open_file.name))
             else:
-                destination = f"{self.root}/{open_file.name}"
+                destination = f"{self._remote}/{open_file.name}"
                 with (
                     open(open_file.path, "rb") as source,
-                    self.filesystem.open_output_stream(destination) as sink,
+                    self._owner.filesystem.open_output_stream(destination) as sink,
                 ):
                     while chunk := source.read(1 << 20):
                         sink.write(chunk)
@@ -299,19 +363,15 @@ class LogFiles:
         except OSError:
             logger.exception("prediction log: publishing %s failed", open_file.name)
             open_file.abandon()
-            self._report("lost", open_file.rows)
+            self._owner.report("lost", open_file.rows)
             return
-        self._report("published", open_file.rows)
+        self._owner.report("published", open_file.rows)
 
     def _write_pending(self) -> None:
         if not self._pending:
             return
         table = pa.Table.from_batches(self._pending)
         self._pending, self._pending_rows = [], 0
-        if self._file is not None and table.schema != self._file.schema:
-            since = self._since
-            self.publish()
-            self._since = since
         try:
             if self._file is None:
                 self._file = self._open(table.schema)
@@ -323,19 +383,16 @@ class LogFiles:
                 lost += self._file.rows
                 self._file.abandon()
             self._file = None
-            self._report("lost", lost)
+            self._owner.report("lost", lost)
 
     def _open(self, schema: pa.Schema) -> _OpenFile:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        self._sequence += 1
-        name = f"{FILE_PREFIX}{stamp}-{self._prefix}{self._sequence:05d}{FILE_SUFFIX}"
-        directory = self._spool or self.root
-        return _OpenFile(schema, name, os.path.join(directory, f".{name}{_OPEN_SUFFIX}"))
+        name = self._owner.file_name()
+        return _OpenFile(schema, name, os.path.join(self._local, f".{name}{_OPEN_SUFFIX}"))
 
 
 class _OpenFile:
     def __init__(self, schema: pa.Schema, name: str, path: str) -> None:
-        self.schema, self.name, self.path = schema, name, path
+        self.name, self.path = name, path
         self.rows = 0
         self._writer = pq.ParquetWriter(path, schema, compression="zstd")
 
@@ -388,7 +445,7 @@ def serve(source: BinaryIO, sink: Callable[[str], None], files: LogFiles) -> Non
         try:
             frame = pickle.loads(payload)  # written by this writer's own worker
             rows = frame["rows"]
-            files.add(to_batch(frame))
+            files.add(frame["model"], to_batch(frame))
         except Exception:  # records the log cannot hold never stop the writer
             logger.exception("prediction log: a frame of records could not be converted")
             dropped = rows

@@ -330,7 +330,7 @@ def test_the_log_holds_both_scores_of_a_shadowed_request(
 
             _until(scored, seconds=60)
     table = pq.read_table(
-        [str(p) for p in Path(settings.prediction_log or "").glob("*.parquet")]
+        [str(p) for p in Path(settings.prediction_log or "", "ctr").glob("*.parquet")]
     ).to_pylist()
     assert len(table) == 5
     for record in table:

@@ -11,6 +11,7 @@ import hashlib
 import signal
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_every_protocol_logs_every_row_with_its_id_values_and_score(
     answers["g-1"] = result.as_numpy("score").tolist()
     listening_process(base).send_signal(signal.SIGTERM)  # a clean stop publishes the open file
     deadline = time.monotonic() + 20
-    while not list(log.glob("*.parquet")) and time.monotonic() < deadline:
+    while not list(log.rglob("*.parquet")) and time.monotonic() < deadline:
         time.sleep(0.1)
 
     table = _records(log).sort_by([("request_id", "ascending"), ("row", "ascending")])
@@ -166,36 +167,39 @@ def _scored(scorer: Scorer, rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_every_record_taken_is_written_once_in_order(repository: Path, tmp_path: Path) -> None:
-    """Single rows and batches across many frames, and a version of other fields between
-    them: N rows in, the same N records out, each with its values, in arrival order."""
+    """Single rows and batches across many frames, two models and a version of other fields
+    interleaved: N rows in, the same N records out, each with its values, in arrival order
+    in a file of its model and fields."""
     scorer = Scorer.load(resolve_model_dir(repository))
     narrow = FeatureEncoder(FeatureSpec(fields=scorer.encoder.spec.fields[:3]))
     written: list[tuple[int, int]] = []
     log = PredictionLog(str(tmp_path / "log"), on_written=lambda r, f: written.append((r, f)))
-    expected: list[tuple[str, str, int]] = []
+    expected: dict[tuple[str, str], list[tuple[str, str, int]]] = defaultdict(list)
     for i in range(1_500):
-        encoder = narrow if 700 <= i < 800 else scorer.encoder
+        model = "cvr" if i % 3 == 0 else "ctr"  # an ad server asks both, turn by turn
+        encoder = narrow if model == "ctr" and 700 <= i < 800 and i % 2 else scorer.encoder
+        into = expected[model, encoder.names[-1]]
         token = prediction_log.CURRENT_REQUEST.set(RequestContext(f"r{i}"))
         if i % 100 == 99:  # a batch of 7 rows
             values = [f"c0_{i}_{j}" for j in range(7)]
             scores, cached = _scored(scorer, 7)
-            log.add("m", "v", scores, cached, encoder, lambda e, v=values: {"c0": v})
-            expected += [(f"r{i}", v, j) for j, v in enumerate(values)]
+            log.add(model, "v", scores, cached, encoder, lambda e, v=values: {"c0": v})
+            into += [(f"r{i}", v, j) for j, v in enumerate(values)]
         else:
             scores, cached = _scored(scorer, 1)
-            log.add("m", "v", scores, cached, encoder, {"c0": f"c0_{i}", "n0": 1.0})
-            expected.append((f"r{i}", f"c0_{i}", 0))
+            log.add(model, "v", scores, cached, encoder, {"c0": f"c0_{i}", "n0": 1.0})
+            into.append((f"r{i}", f"c0_{i}", 0))
         prediction_log.CURRENT_REQUEST.reset(token)
     log.close()
-    files = sorted((tmp_path / "log").glob("*.parquet"))
-    records = [
-        (r["request_id"], r["c0"], r["row"])
-        for path in files
-        for r in pq.read_table(path, columns=["request_id", "c0", "row"]).to_pylist()
-    ]
-    assert records == expected  # one writer: files and rows in the order they came
-    assert [pq.read_schema(p).names[-1] for p in files] == ["n1", "c2", "n1"]
-    assert sum(rows for rows, _ in written) == len(expected)
+    files = sorted((tmp_path / "log").rglob("*.parquet"))
+    assert len(files) == len(expected) == 3  # ctr's two sets of fields, cvr's one
+    for path in files:
+        table = pq.read_table(path)
+        (model,) = set(table.column("model").to_pylist())
+        assert path.parent.name == model  # a folder per model
+        records = table.select(["request_id", "c0", "row"]).to_pylist()
+        assert [tuple(r.values()) for r in records] == expected[model, table.column_names[-1]]
+    assert sum(rows for rows, _ in written) == sum(len(rows) for rows in expected.values())
     assert log.dropped_rows == 0
 
 
@@ -254,11 +258,11 @@ def test_a_worker_killed_loses_only_what_it_had_not_handed_over(
         worker.send_signal(signal.SIGKILL)
         _send(client, base, 5, 90, expect_failure=True)  # never answered: never logged
         writer.wait(10)  # the worker's end is the end of its input: it publishes and exits
-    published = sorted(log.glob("*.parquet"))
+    published = sorted(log.rglob("*.parquet"))
     assert len(published) == 2
     assert sorted(pq.read_table(p).num_rows for p in published) == [30, 60]  # whole files
     assert _records(log).num_rows == 90
-    assert not [p for p in log.iterdir() if p.name.startswith(".")]  # nothing left open
+    assert not list(log.rglob(".*"))  # nothing left open
 
 
 @pytest.mark.slow
@@ -284,7 +288,7 @@ def test_a_writer_killed_loses_its_open_file_counted_and_another_takes_over(
         assert metric_values(base, "ctr_prediction_log_dropped_total")[0] == 30
         worker.send_signal(signal.SIGTERM)  # a clean stop publishes the open file
         replacement.wait(20)
-    assert not list(log.glob("*.parquet"))[1:]  # one file: the new writer's
+    assert not list(log.rglob("*.parquet"))[1:]  # one file: the new writer's
     assert sorted(_records(log).column("c0").to_pylist()) == sorted(
         f"c0_{i}" for i in range(30, 50)
     )
@@ -314,14 +318,14 @@ def test_a_remote_filesystem_gets_whole_files(repository: Path) -> None:
         report=lambda kind, rows: reports.append((kind, rows)),
     )
     scores, cached = _scored(scorer, 3)
-    rows = prediction_log._Rows(scorer.encoder)
+    rows = prediction_log._Rows("m", scorer.encoder)
     values = {"c0": ["a", "b", None]}
     rows.add(prediction_log._Entry(0.0, "r", "m", "v1", scores, cached, scorer.encoder,
                                    lambda e: values, None, None))  # fmt: skip
-    files.add(to_batch(rows.frame()))
-    assert files.filesystem.get_file_info(pa.fs.FileSelector("bucket/log")) == []  # spooled
+    files.add("m", to_batch(rows.frame()))
+    assert files.filesystem.get_file_info(pa.fs.FileSelector("bucket/log/m")) == []  # spooled
     files.publish()
-    (info,) = files.filesystem.get_file_info(pa.fs.FileSelector("bucket/log"))
+    (info,) = files.filesystem.get_file_info(pa.fs.FileSelector("bucket/log/m"))
     assert info.base_name.endswith(".parquet")
     table = pq.read_table(info.path, filesystem=files.filesystem)
     assert table.column("c0").to_pylist() == ["a", "b", None]

@@ -110,6 +110,50 @@ def test_join_labels_rows_by_request_row_and_window(model_dir: Path, tmp_path: P
     assert source.numeric == scorer.encoder.numeric_names
 
 
+def test_join_and_drift_read_one_model_of_a_log_of_two(
+    model_dir: Path, cvr_model_dir: Path, tmp_path: Path
+) -> None:
+    """A click and a conversion model of other fields asked for every impression under one
+    request id: each model's records in a folder of their own, joined and compared alone."""
+    from app.request import CURRENT_REQUEST, RequestContext
+
+    models = {"ctr": Scorer.load(resolve_model_dir(model_dir))}
+    models["cvr"] = Scorer.load(resolve_model_dir(cvr_model_dir))
+    log = PredictionLog(str(tmp_path / "log"))
+    served = time.time()
+    for i in range(40):
+        for name, scorer in models.items():
+            token = CURRENT_REQUEST.set(RequestContext(f"imp{i}"))
+            log.add(name, "v1", np.full(1, 0.5, np.float32), np.zeros(1, bool), scorer.encoder,
+                    {"c0": f"c0_{i}", "n0": 1.0})  # fmt: skip
+            CURRENT_REQUEST.reset(token)
+    log.close()
+    assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["ctr", "cvr"]
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(f"request_id,time\nimp3,{served + 10}\n")
+    out = tmp_path / "cvr.parquet"
+    join = ["join", "--labels", str(clicks), "--out", str(out), "--window", "1h"]
+    both = cli(*join, "--log", str(tmp_path / "log"))
+    assert both.returncode == 2
+    assert "a prediction log of models ctr, cvr, one folder each: name one" in both.stderr
+    done = cli(*join, "--log", str(tmp_path / "log" / "cvr"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["rows"], summary["labelled"], summary["duplicates"]) == (40, 1, 0)
+    encoder = models["cvr"].encoder
+    assert pq.read_table(out).column_names == [
+        "label",
+        *encoder.categorical_names,
+        *encoder.numeric_names,
+    ]
+    drift = ["drift", "--model-dir", str(cvr_model_dir), "--data"]
+    both = cli(*drift, str(tmp_path / "log"))
+    assert both.returncode == 2
+    assert "one folder each: name one" in both.stderr
+    alone = cli(*drift, str(tmp_path / "log" / "cvr"))
+    assert "Drift of 40 rows" in alone.stdout, alone.stderr
+
+
 def test_join_names_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "log").mkdir()
     labels = tmp_path / "clicks.csv"
