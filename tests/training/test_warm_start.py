@@ -127,22 +127,9 @@ def test_a_field_at_capacity_evicts_the_faded_values_for_todays(model_dir: Path)
     base = load_warm_start(model_dir)
     first = base.spec.fields[0]
     assert isinstance(first, CategoricalField)
-    categorical = [f.name for f in base.spec.fields if isinstance(f, CategoricalField)]
-    numeric = [f.name for f in base.spec.fields if not isinstance(f, CategoricalField)]
-    builder = SpecBuilder(categorical, numeric)
-    rows = 10_000
-    batch = Batch(
-        categorical={name: pa.array(["fresh"] * rows) for name in categorical},
-        numeric={name: np.zeros(rows) for name in numeric},
-        labels=np.zeros(rows, dtype=np.float32),
-        weights=None,
-        positions=np.arange(rows),
-        oracle=None,
-        time=None,
-    )
-    builder.update(batch)
+    today = _builder(*_columns(base.spec), rows=10_000, token="fresh")
     capacity = 5
-    spec = merge_spec(base, builder, min_count=1, capacity=capacity, decay=0.5)
+    spec = merge_spec(base, today, min_count=1, capacity=capacity, decay=0.5)
     merged = spec.fields[0]
     assert isinstance(merged, CategoricalField)
     assert len(merged.vocabulary) == capacity
@@ -152,13 +139,20 @@ def test_a_field_at_capacity_evicts_the_faded_values_for_todays(model_dir: Path)
     assert list(merged.vocabulary[1:]) == [v for v, _ in by_count[: capacity - 1]]
 
 
-def _builder(categorical: list[str], numeric: list[str]) -> SpecBuilder:
-    """Today's columns, each seen in a few rows."""
+def _columns(spec: FeatureSpec) -> tuple[list[str], list[str]]:
+    """A spec's categorical and numeric fields, in its order."""
+    categorical = [f.name for f in spec.fields if isinstance(f, CategoricalField)]
+    return categorical, [f.name for f in spec.fields if not isinstance(f, CategoricalField)]
+
+
+def _builder(
+    categorical: list[str], numeric: list[str], rows: int = 100, token: str | None = None
+) -> SpecBuilder:
+    """Today's columns, each holding one value (``token``, or ``<field>_1``) in every row."""
     builder = SpecBuilder(categorical, numeric)
-    rows = 100
     builder.update(
         Batch(
-            categorical={name: pa.array([f"{name}_1"] * rows) for name in categorical},
+            categorical={name: pa.array([token or f"{name}_1"] * rows) for name in categorical},
             numeric={name: np.ones(rows) for name in numeric},
             labels=np.zeros(rows, dtype=np.float32),
             weights=None,
@@ -172,8 +166,7 @@ def _builder(categorical: list[str], numeric: list[str]) -> SpecBuilder:
 
 def test_columns_in_another_order_continue_the_same_fields(model_dir: Path) -> None:
     base = load_warm_start(model_dir)
-    categorical = [f.name for f in base.spec.fields if isinstance(f, CategoricalField)]
-    numeric = [f.name for f in base.spec.fields if not isinstance(f, CategoricalField)]
+    categorical, numeric = _columns(base.spec)
     in_order = merge_spec(base, _builder(categorical, numeric), 1, None, 0.9)
     reordered = merge_spec(base, _builder(categorical[::-1], numeric[::-1]), 1, None, 0.9)
     assert reordered == in_order
@@ -182,8 +175,7 @@ def test_columns_in_another_order_continue_the_same_fields(model_dir: Path) -> N
 
 def test_other_fields_are_refused_with_what_differs(model_dir: Path) -> None:
     base = load_warm_start(model_dir)
-    categorical = [f.name for f in base.spec.fields if isinstance(f, CategoricalField)]
-    numeric = [f.name for f in base.spec.fields if not isinstance(f, CategoricalField)]
+    categorical, numeric = _columns(base.spec)
     today = _builder([*categorical[1:], "new_field"], [categorical[0], *numeric])
     with pytest.raises(DataError) as refused:
         merge_spec(base, today, 1, None, 0.9)
