@@ -220,18 +220,25 @@ def detect_format(path: Path) -> DataFormat:
     return "tsv" if last == ".tsv" else "csv"
 
 
-def one_model_log(root: Path) -> Path:
-    """The folder of a prediction log's one model (``<log>/<model>/``), for a command that
-    reads one model's records; :class:`DataError` naming the folders when there are more."""
+def one_model_log(root: Path, files: Sequence[Path] = ()) -> Path | None:
+    """The folder of a prediction log's one model (``<log>/<model>/``) when ``root`` holds
+    model folders and no ``files`` of its own, ``None`` when it holds no model folders;
+    :class:`DataError` naming the folders when there are more, or when files of the log's
+    older layout (one folder for every model) lie beside them, which no reader should skip."""
     folders = model_folders(root)
-    if len(folders) == 1:
-        return folders[0]
-    if folders:
-        names = ", ".join(folder.name for folder in folders)
+    if not folders:
+        return None
+    names = ", ".join(folder.name for folder in folders)
+    if files:
+        raise DataError(
+            f"{root}: files beside the prediction log's model folders ({names}), as the log's "
+            "older layout left them: move each into its model's folder, or name one folder"
+        )
+    if len(folders) > 1:
         raise DataError(
             f"{root}: a prediction log of models {names}, one folder each: name one ({folders[0]})"
         )
-    raise DataError(f"{root}: no data files in the directory")
+    return folders[0]
 
 
 def expand_files(data: Path) -> tuple[Path, ...]:
@@ -250,8 +257,11 @@ def expand_files(data: Path) -> tuple[Path, ...]:
             if p.is_file() and not p.name.startswith((".", "_"))
             if any(s in known for s in (x.lower() for x in p.suffixes))
         )
+        folder = one_model_log(data, files)
+        if folder is not None:
+            return expand_files(folder)
         if not files:
-            return expand_files(one_model_log(data))
+            raise DataError(f"{data}: no data files in the directory")
         return tuple(files)
     if not data.is_file():
         raise DataError(f"{data}: no such file")

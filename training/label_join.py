@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 
-from app.prediction_log.writer import FILE_PREFIX, FILE_SUFFIX, LOG_COLUMNS, model_folders
+from app.prediction_log.writer import FILE_PREFIX, FILE_SUFFIX, LOG_COLUMNS
 from training.data import DataError, one_model_log
 
 LABEL_COLUMN = "label"
@@ -57,9 +57,9 @@ def _log_files(log: Path) -> str:
     """The log's published files as a DuckDB list (open files are hidden, never read)."""
     if log.is_dir():
         files = sorted(log.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
-        if not files and model_folders(log):
-            log = one_model_log(log)  # the log's root: its one model's folder
-            files = sorted(log.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
+        folder = one_model_log(log, files)  # the log's root: its one model's folder
+        if folder is not None:
+            log, files = folder, sorted(folder.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
         if not files:
             raise DataError(f"{log}: no prediction log files ({FILE_PREFIX}*{FILE_SUFFIX})")
     elif log.is_file():

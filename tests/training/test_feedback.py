@@ -152,6 +152,12 @@ def test_join_and_drift_read_one_model_of_a_log_of_two(
     assert "one folder each: name one" in both.stderr
     alone = cli(*drift, str(tmp_path / "log" / "cvr"))
     assert "Drift of 40 rows" in alone.stdout, alone.stderr
+    # A file left at the top by the log's older layout is never skipped without a word.
+    (older,) = (tmp_path / "log" / "ctr").glob("*.parquet")
+    older.rename(tmp_path / "log" / older.name)
+    mixed = cli(*join, "--log", str(tmp_path / "log"))
+    assert mixed.returncode == 2
+    assert "files beside the prediction log's model folders (cvr)" in mixed.stderr
 
 
 def test_join_names_what_is_wrong(tmp_path: Path) -> None:
