@@ -301,7 +301,12 @@ def open_source(
     else:
         columns = _column_names(files[0], fmt)
         for path in files[1:]:
-            if (other := _column_names(path, fmt)) != columns:
+            other = _column_names(path, fmt)
+            if not labelled:
+                # Rows to score need only their model's columns: a prediction log's folder
+                # holds the files of a canary that adds a field beside the others'.
+                _require(path, other, (*roles.categorical, *roles.numeric, *keep))
+            elif other != columns:
                 raise DataError(f"{path}: columns {other} differ from {files[0].name}'s {columns}")
     if fmt == "criteo" or (
         not roles.categorical and not roles.numeric and set(CRITEO_COLUMNS) <= set(columns)

@@ -14,6 +14,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from app.features.encoder import FeatureEncoder
+from app.features.spec import CategoricalField, FeatureSpec
 from app.model.scorer import Scorer
 from app.prediction_log.log import PredictionLog
 from app.repository.store import resolve_model_dir
@@ -212,10 +214,17 @@ def test_drift_reads_a_prediction_log(model_dir: Path, tmp_path: Path) -> None:
         values = {name: part.column(name).to_pylist() for name in scorer.encoder.names}
         log.add("ctr", "v1", np.zeros(part.num_rows, np.float32),
                 np.zeros(part.num_rows, bool), scorer.encoder, lambda e, v=values: v)  # fmt: skip
+    # A canary that adds a field: its records fill files of their own in the model's folder.
+    added = CategoricalField(name="c9", min_count=1, vocabulary=("c9_1",))
+    wider = FeatureEncoder(FeatureSpec(fields=(*scorer.encoder.spec.fields, added)))
+    canary = {name: rows.column(name).to_pylist()[:500] for name in scorer.encoder.names}
+    log.add("ctr", "v2", np.zeros(500, np.float32), np.zeros(500, bool), wider,
+            lambda e: {**canary, "c9": ["c9_1"] * 500})  # fmt: skip
     log.close()
+    assert len(list((tmp_path / "log" / "ctr").glob("*.parquet"))) == 2
     moved = cli("drift", "--model-dir", str(model_dir), "--data", str(tmp_path / "log"))
     assert moved.returncode == 1, moved.stderr
-    assert "Drift of 8,000 rows" in moved.stdout
+    assert "Drift of 8,500 rows" in moved.stdout
 
 
 def test_drift_names_what_is_wrong(model_dir: Path, tmp_path: Path) -> None:
