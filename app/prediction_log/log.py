@@ -64,6 +64,15 @@ Columns = Callable[[FeatureEncoder], Mapping[str, Sequence[object] | NDArray[Any
 Values = Columns | Mapping[str, object]
 
 
+_GroupKey = tuple[str, tuple[str, ...], tuple[str, ...]]
+
+
+def _group_key(model: str, encoder: FeatureEncoder) -> _GroupKey:
+    """What a frame gathers records of: one model and its fields (a request finds its
+    frame by it, and a frame hands itself over under it)."""
+    return (model, encoder.categorical_names, encoder.numeric_names)
+
+
 class _Entry(NamedTuple):
     served_at: float
     request_id: str
@@ -121,7 +130,7 @@ class PredictionLog:
         # The loop gathers a frame and hands it over pickled; the sender pops whole frames
         # (a deque does both safely across threads). Rows added are counted by the loop, rows
         # done with (written or dropped) by the log's threads, under the lock.
-        self._gathering: dict[tuple[object, ...], _Rows] = {}  # by model and its fields
+        self._gathering: dict[_GroupKey, _Rows] = {}  # by model and its fields
         self._frames: deque[tuple[int, bytes]] = deque()
         self._added_rows = 0
         self._done_rows = 0
@@ -190,7 +199,7 @@ class PredictionLog:
         entry = _Entry(
             time.time(), request_id, model, version, scores, cached, encoder, values, rows, shadow
         )
-        key = (model, encoder.categorical_names, encoder.numeric_names)
+        key = _group_key(model, encoder)
         try:
             group = self._gathering.get(key)
             if group is None:  # each model (and each set of its fields) has frames of its own
@@ -374,7 +383,7 @@ class _Rows:
             raise ValueError(f"fields {sorted(clash)} have the names of the log's own columns")
         self.model = model
         self.fields = (encoder.categorical_names, encoder.numeric_names)
-        self.key = (model, *self.fields)
+        self.key = _group_key(model, encoder)
         self._names = (*encoder.categorical_names, *encoder.numeric_names)
         self.rows = 0
         self._segments: list[tuple[Any, ...]] = []  # see log_writer.to_batch
