@@ -96,9 +96,12 @@ class ServingPolicy(BaseModel):
 
     def names(self) -> dict[str, str]:
         """The version or label each part of the policy names: ``{"split": ..., "shadow": ...}``."""
-        parts = {"split": self.split.to if self.split else None}
-        parts["shadow"] = self.shadow.version if self.shadow else None
-        return {part: name for part, name in parts.items() if name is not None}
+        parts = {}
+        if self.split is not None:
+            parts["split"] = self.split.to
+        if self.shadow is not None:
+            parts["shadow"] = self.shadow.version
+        return parts
 
 
 def load_policy(model_root: Path) -> ServingPolicy:
